@@ -1,1 +1,51 @@
-//! placeholder
+//! The Kafka adapter every service shares. It speaks plain Kafka protocol (no transactions), so
+//! the same code runs against Tansu, Apache Kafka or Redpanda.
+//!
+//! - [`settings`]: broker address, topic prefix, timeouts.
+//! - [`topics`]: topic names (one per aggregate type, plus the dead-letter topic) and their
+//!   creation.
+//! - [`producer`]: appending envelopes with the idempotent producer, `acks=all`, key = aggregate
+//!   id; every answer is the record's [`LogPosition`].
+//! - [`consumer`]: reading topics from given offsets and learning where they end.
+//! - [`resolution`]: the one rule by which every reader admits or refuses an event, so that
+//!   racing writers are resolved the same way everywhere (`docs/consistency.md`).
+
+pub mod consumer;
+pub mod producer;
+pub mod resolution;
+pub mod settings;
+pub mod topics;
+
+use rdkafka::error::KafkaError;
+use schemas::ConsistencyToken;
+use thiserror::Error;
+
+pub use producer::EventProducer;
+pub use settings::KafkaSettings;
+pub use topics::Topics;
+
+/// Where one record sits in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogPosition {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl From<LogPosition> for ConsistencyToken {
+    fn from(position: LogPosition) -> Self {
+        Self { topic: position.topic, partition: position.partition, offset: position.offset }
+    }
+}
+
+/// The log could not do what was asked. Callers treat this as "infrastructure broke", never as
+/// a rejection of the command.
+#[derive(Debug, Error)]
+pub enum LogError {
+    #[error("the broker refused or timed out: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("could not encode the event: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("topic {0} is not known to the broker")]
+    UnknownTopic(String),
+}

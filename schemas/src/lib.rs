@@ -1,1 +1,19 @@
-//! placeholder
+//! The wire contract of Funeral Manager: what travels on Kafka and what a client may hold on to.
+//!
+//! Every event on a topic is one JSON [`EventEnvelope`]: who/what/when metadata around the
+//! domain event's payload (`data`). The payload of each event type and version is described by a
+//! JSON Schema checked in under `schemas/events/<aggregate>/<EventType>.v<N>.json`; the
+//! envelope by `schemas/envelope.v1.json`. Consumers validate against them before trusting a
+//! record, and a changed event that did not change its schema fails this crate's tests.
+//!
+//! - [`envelope`]: the envelope, the actor and the aggregate types.
+//! - [`registry`]: the embedded schemas, validation, and typed encoding/decoding of events.
+//! - [`token`]: the consistency token a command returns and a query may present.
+
+pub mod envelope;
+pub mod registry;
+pub mod token;
+
+pub use envelope::{Actor, AggregateType, EventEnvelope, EventMetadata, Role};
+pub use registry::{ContractViolation, SchemaRegistry};
+pub use token::ConsistencyToken;

@@ -1,0 +1,22 @@
+//! The command-service: the write side of Funeral Manager.
+//!
+//! It keeps every aggregate's state folded from the log, decides commands against it with the
+//! pure domain, appends the resulting events to Kafka, and answers only after reading its own
+//! event back admitted (`docs/consistency.md`).
+//!
+//! - [`startup`]: `Application::build` and `run_until_stopped`.
+//! - [`settings`]: configuration.
+//! - `store`: the aggregate store and the tailer that feeds it from the log.
+//! - `commands`: the write path (decide, append, confirm).
+//! - `routes`: one module per route group; DTOs become domain commands there.
+//! - `error`: the one `ApiError` and its mapping to problem+json.
+
+mod commands;
+mod error;
+mod routes;
+pub mod settings;
+pub mod startup;
+mod store;
+
+pub use settings::Settings;
+pub use startup::Application;

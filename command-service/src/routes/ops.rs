@@ -1,0 +1,51 @@
+//! `/ready` and `/openapi.json` (`/health` and `/metrics` come from `platform::http`).
+
+use std::time::Duration;
+
+use axum::{Json, extract::State};
+use platform::http::{ReadyCheck, ReadyReport, probe};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+use crate::startup::AppState;
+
+/// `GET /ready`: the broker answers and the aggregate store has read the log.
+pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
+    let broker = probe(Duration::from_secs(2), state.producer.ping()).await;
+    let caught_up = if state.commands.store().is_caught_up() {
+        Ok(())
+    } else {
+        Err("still reading the event log")
+    };
+    ReadyReport::new(vec![
+        ReadyCheck::from_result("kafka", broker),
+        ReadyCheck::from_result("event_log_caught_up", caught_up),
+    ])
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Funeral Manager command-service", description = "Writes: every accepted command appends events to the log."),
+    paths(super::facilities::register, super::bookings::request),
+    modifiers(&BearerAuth)
+)]
+pub(crate) struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// `GET /openapi.json`, generated from the handlers and DTOs.
+pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,54 @@
+//! The command-service's configuration.
+
+use std::time::Duration;
+
+use event_log::KafkaSettings;
+use platform::settings::{AuthSettings, HttpSettings, LogSettings, millis};
+use serde::Deserialize;
+
+/// Everything the command-service reads from its configuration layers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    #[serde(default = "default_http")]
+    pub http: HttpSettings,
+    #[serde(default)]
+    pub kafka: KafkaSettings,
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub log: platform::settings::LogSettings,
+    #[serde(default)]
+    pub commands: CommandSettings,
+}
+
+fn default_http() -> HttpSettings {
+    HttpSettings::on_port(8081)
+}
+
+/// How the write path waits on the log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct CommandSettings {
+    /// How long a writer waits to read its own event back before it answers 503 (the event may
+    /// still be admitted; a retry with the same Idempotency-Key finds out).
+    #[serde(deserialize_with = "millis")]
+    pub outcome_timeout: Duration,
+}
+
+impl Default for CommandSettings {
+    fn default() -> Self {
+        Self { outcome_timeout: Duration::from_secs(10) }
+    }
+}
+
+impl Settings {
+    /// Settings for tests and tools: defaults everywhere but the secret.
+    pub fn with_secret(secret: &str) -> Self {
+        Self {
+            http: default_http(),
+            kafka: KafkaSettings::default(),
+            auth: AuthSettings { secret: secret.to_owned().into() },
+            log: LogSettings::default(),
+            commands: CommandSettings::default(),
+        }
+    }
+}

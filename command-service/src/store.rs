@@ -1,0 +1,251 @@
+//! The command side's view of every aggregate: each stream folded from the log with the same
+//! admission rule every reader uses ([`event_log::resolution`]).
+//!
+//! A tailer task reads every event topic from the beginning and keeps reading. Writers decide
+//! against this view, append, and then wait for the tailer to reach their own record: only then
+//! do they know whether their event was admitted or lost a race (`docs/consistency.md`).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use domain::{
+    aggregate::Aggregate, booking::Booking, facility::Facility, payment::Payment,
+};
+use event_log::{
+    LogError, LogPosition, Topics,
+    consumer::{self, TopicPartition},
+    resolution::{Admission, admit},
+};
+use futures::StreamExt;
+use rdkafka::{Message, consumer::StreamConsumer};
+use schemas::{AggregateType, ContractViolation, EventEnvelope, SchemaRegistry};
+use tokio::sync::oneshot;
+use platform::shutdown::CancellationToken;
+use uuid::Uuid;
+
+
+/// One aggregate's folded stream.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stream<S> {
+    /// The sequence of the last admitted event; 0 for a stream with no events.
+    pub(crate) version: u64,
+    pub(crate) state: S,
+    /// Where the last admitted event sits, for a no-op command's consistency token.
+    pub(crate) last_position: Option<LogPosition>,
+}
+
+/// What happened to an appended event once the log was read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Admitted,
+    /// Another event took the sequence first (or the stream has a gap); this one is ignored by
+    /// every reader.
+    Refused,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Streams {
+    facilities: HashMap<Uuid, Stream<<Facility as Aggregate>::State>>,
+    bookings: HashMap<Uuid, Stream<<Booking as Aggregate>::State>>,
+    payments: HashMap<Uuid, Stream<<Payment as Aggregate>::State>>,
+}
+
+/// An aggregate kept in the store: which map holds it and which topic carries it.
+pub(crate) trait Stored: Aggregate {
+    const KIND: AggregateType;
+    #[doc(hidden)]
+    fn streams(streams: &Streams) -> &HashMap<Uuid, Stream<Self::State>>;
+    #[doc(hidden)]
+    fn streams_mut(streams: &mut Streams) -> &mut HashMap<Uuid, Stream<Self::State>>;
+}
+
+macro_rules! stored {
+    ($aggregate:ty, $kind:expr, $field:ident) => {
+        impl Stored for $aggregate {
+            const KIND: AggregateType = $kind;
+            fn streams(streams: &Streams) -> &HashMap<Uuid, Stream<Self::State>> {
+                &streams.$field
+            }
+            fn streams_mut(streams: &mut Streams) -> &mut HashMap<Uuid, Stream<Self::State>> {
+                &mut streams.$field
+            }
+        }
+    };
+}
+
+stored!(Facility, AggregateType::Facility, facilities);
+stored!(Booking, AggregateType::Booking, bookings);
+stored!(Payment, AggregateType::Payment, payments);
+
+/// Every aggregate's state, and the writers waiting to learn their outcome.
+#[derive(Debug)]
+pub(crate) struct AggregateStore {
+    streams: RwLock<Streams>,
+    waiting: Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>,
+    caught_up: AtomicBool,
+    registry: SchemaRegistry,
+}
+
+impl AggregateStore {
+    pub(crate) fn new(registry: SchemaRegistry) -> Self {
+        Self {
+            streams: RwLock::default(),
+            waiting: Mutex::default(),
+            caught_up: AtomicBool::new(false),
+            registry,
+        }
+    }
+
+    /// A copy of one stream (a fresh empty one if it has no events).
+    pub(crate) fn read<A: Stored>(&self, id: Uuid) -> Stream<A::State> {
+        let streams = self.streams.read().unwrap_or_else(PoisonError::into_inner);
+        A::streams(&streams).get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Whether the store had read the whole log as it stood at start-up.
+    pub(crate) fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Registers interest in an event's outcome. Call before appending it, so that the tailer
+    /// cannot pass the record before anyone listens.
+    pub(crate) fn await_outcome(&self, event_id: Uuid) -> oneshot::Receiver<Outcome> {
+        let (sender, receiver) = oneshot::channel();
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).insert(event_id, sender);
+        receiver
+    }
+
+    /// Drops interest in an event whose append failed.
+    pub(crate) fn forget(&self, event_id: Uuid) {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(&event_id);
+    }
+
+    /// Applies one record read from the log. Records that break the contract are skipped here:
+    /// the projection-service dead-letters them, and a writer never produces one.
+    fn apply_record(&self, position: LogPosition, payload: Option<&[u8]>) {
+        let envelope = match payload.map(|bytes| self.registry.validate_bytes(bytes)) {
+            Some(Ok(envelope)) => envelope,
+            Some(Err(violation)) => {
+                tracing::warn!(%violation, topic = %position.topic, offset = position.offset, "skipping an invalid record");
+                return;
+            }
+            None => {
+                tracing::warn!(topic = %position.topic, offset = position.offset, "skipping a record without a value");
+                return;
+            }
+        };
+        let event_id = envelope.event_id;
+        let outcome = match envelope.aggregate_type {
+            AggregateType::Facility => self.fold::<Facility>(&envelope, position),
+            AggregateType::Booking => self.fold::<Booking>(&envelope, position),
+            AggregateType::Payment => self.fold::<Payment>(&envelope, position),
+        };
+        let outcome = outcome.unwrap_or_else(|violation| {
+            tracing::warn!(%violation, "skipping an event that does not decode");
+            Outcome::Refused
+        });
+        let waiter = self.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(&event_id);
+        if let Some(waiter) = waiter {
+            // The writer may have given up waiting; then nobody needs the answer.
+            let _ = waiter.send(outcome);
+        }
+    }
+
+    fn fold<A: Stored>(
+        &self,
+        envelope: &EventEnvelope,
+        position: LogPosition,
+    ) -> Result<Outcome, ContractViolation> {
+        let event: A::Event = self.registry.decode(envelope)?;
+        let mut streams = self.streams.write().unwrap_or_else(PoisonError::into_inner);
+        let stream = A::streams_mut(&mut streams).entry(envelope.aggregate_id).or_default();
+        Ok(match admit(stream.version, envelope.sequence) {
+            Admission::Next => {
+                stream.state = A::evolve(std::mem::take(&mut stream.state), &event);
+                stream.version = envelope.sequence;
+                stream.last_position = Some(position);
+                Outcome::Admitted
+            }
+            Admission::Stale => Outcome::Refused,
+            Admission::Gap { expected } => {
+                tracing::error!(
+                    aggregate_id = %envelope.aggregate_id,
+                    sequence = envelope.sequence,
+                    expected,
+                    "gap in an aggregate stream; event not applied"
+                );
+                Outcome::Refused
+            }
+        })
+    }
+}
+
+/// Reads every event topic from the beginning into the store until `shutdown`.
+pub(crate) struct Tailer {
+    consumer: StreamConsumer,
+    targets: BTreeMap<TopicPartition, i64>,
+}
+
+impl std::fmt::Debug for Tailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tailer").field("targets", &self.targets).finish_non_exhaustive()
+    }
+}
+
+impl Tailer {
+    /// Assigns every partition of every event topic from offset 0 and notes where each ends now,
+    /// which is how far the store must read before the service is ready.
+    pub(crate) fn start(settings: &event_log::KafkaSettings, client_id: &str) -> Result<Self, LogError> {
+        let consumer = consumer::manual_consumer(settings, client_id)?;
+        let topics = Topics::new(&settings.topic_prefix).event_topics();
+        let partitions = consumer::partitions(&consumer, &topics, settings)?;
+        let targets = consumer::end_offsets(&consumer, &partitions, settings)?;
+        let from_start = partitions.into_iter().map(|tp| (tp, 0)).collect();
+        consumer::assign(&consumer, &from_start)?;
+        Ok(Self { consumer, targets })
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub(crate) async fn run(self, store: Arc<AggregateStore>, shutdown: CancellationToken) {
+        let mut remaining: BTreeMap<TopicPartition, i64> =
+            self.targets.into_iter().filter(|(_, end)| *end > 0).collect();
+        if remaining.is_empty() {
+            store.caught_up.store(true, Ordering::Release);
+        }
+        let mut stream = self.consumer.stream();
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => break,
+                message = stream.next() => message,
+            };
+            let Some(message) = message else { break };
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "error reading the log; retrying");
+                    continue;
+                }
+            };
+            let position = LogPosition {
+                topic: message.topic().to_owned(),
+                partition: message.partition(),
+                offset: message.offset(),
+            };
+            let key = (position.topic.clone(), position.partition);
+            let next_offset = position.offset + 1;
+            store.apply_record(position, message.payload());
+            if remaining.get(&key).is_some_and(|end| next_offset >= *end) {
+                remaining.remove(&key);
+                if remaining.is_empty() {
+                    tracing::info!("aggregate store caught up with the log");
+                    store.caught_up.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Appending events: idempotent producer, `acks=all`, key = aggregate id.
+
+use rdkafka::{
+    ClientConfig,
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+use schemas::EventEnvelope;
+
+use crate::{KafkaSettings, LogError, LogPosition, Topics};
+
+/// Record header names. Consumers can filter on them without decoding the value.
+pub mod headers {
+    pub const EVENT_TYPE: &str = "fm-event-type";
+    pub const EVENT_VERSION: &str = "fm-event-version";
+    pub const CORRELATION_ID: &str = "fm-correlation-id";
+    pub const CAUSATION_ID: &str = "fm-causation-id";
+    /// On dead letters: why the record could not be used.
+    pub const DEAD_LETTER_REASON: &str = "fm-dead-letter-reason";
+    /// On dead letters: where the record came from (`topic`, `partition`, `offset`).
+    pub const ORIGIN_TOPIC: &str = "fm-origin-topic";
+    pub const ORIGIN_PARTITION: &str = "fm-origin-partition";
+    pub const ORIGIN_OFFSET: &str = "fm-origin-offset";
+}
+
+/// Appends envelopes to their aggregate's topic and answers with where they landed.
+///
+/// The producer is idempotent with `acks=all`: once `append` returns `Ok`, every in-sync replica
+/// has the record, and librdkafka's internal retries cannot write it twice or out of order.
+#[derive(Clone)]
+pub struct EventProducer {
+    producer: FutureProducer,
+    topics: Topics,
+    settings: KafkaSettings,
+}
+
+impl std::fmt::Debug for EventProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventProducer").field("brokers", &self.settings.brokers).finish()
+    }
+}
+
+impl EventProducer {
+    /// Creates the producer; no connection is made until the first append.
+    pub fn new(settings: &KafkaSettings) -> Result<Self, LogError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
+            .create()?;
+        Ok(Self { producer, topics: Topics::new(&settings.topic_prefix), settings: settings.clone() })
+    }
+
+    /// The topic names this producer writes to.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Appends one event to its aggregate's topic.
+    #[tracing::instrument(skip_all, fields(event_type = %envelope.event_type, aggregate_id = %envelope.aggregate_id, sequence = envelope.sequence))]
+    pub async fn append(&self, envelope: &EventEnvelope) -> Result<LogPosition, LogError> {
+        let topic = self.topics.events(envelope.aggregate_type);
+        let payload = serde_json::to_vec(envelope)?;
+        let key = envelope.aggregate_id.to_string();
+        let version = envelope.event_version.to_string();
+        let correlation = envelope.correlation_id.to_string();
+        let causation = envelope.causation_id.to_string();
+        let record_headers = OwnedHeaders::new()
+            .insert(Header { key: headers::EVENT_TYPE, value: Some(envelope.event_type.as_str()) })
+            .insert(Header { key: headers::EVENT_VERSION, value: Some(version.as_str()) })
+            .insert(Header { key: headers::CORRELATION_ID, value: Some(correlation.as_str()) })
+            .insert(Header { key: headers::CAUSATION_ID, value: Some(causation.as_str()) });
+        self.send(&topic, Some(key.as_bytes()), &payload, record_headers).await
+    }
+
+    /// Sends raw bytes with the given headers (dead letters, retries of dead letters).
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<LogPosition, LogError> {
+        let mut record = FutureRecord::to(topic).payload(payload).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        let delivery = self
+            .producer
+            .send(record, self.settings.delivery_timeout)
+            .await
+            .map_err(|(error, _message)| LogError::Kafka(error))?;
+        Ok(LogPosition { topic: topic.to_owned(), partition: delivery.partition, offset: delivery.offset })
+    }
+}
+
+impl EventProducer {
+    /// Asks the broker for cluster metadata: `Ok` if it answers within the request timeout.
+    pub async fn ping(&self) -> Result<(), LogError> {
+        let producer = self.producer.clone();
+        let timeout = self.settings.request_timeout;
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            producer.client().fetch_metadata(None, timeout).map(|_| ())
+        })
+        .await
+        .map_err(|_| LogError::Kafka(rdkafka::error::KafkaError::Canceled))?
+        .map_err(LogError::from)
+    }
+}

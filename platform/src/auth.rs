@@ -1,0 +1,205 @@
+//! Bearer tokens with roles.
+//!
+//! Tokens are HS256 JWTs signed with the deployment's secret (`FM_AUTH__SECRET`). The subject is
+//! an opaque id: for a family it is what ties them to the bookings they made.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use chrono::{Duration, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use schemas::{Actor, Role};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::problem::Problem;
+
+/// What a token says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: Role,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// The signing secret is too short to be safe.
+#[derive(Debug, Error)]
+#[error("the auth secret must be at least {MIN_SECRET_BYTES} bytes long")]
+pub struct WeakSecret;
+
+/// Shortest accepted secret: 256 bits, the size of the HS256 hash.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Mints and verifies tokens with one secret.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKeys(..)")
+    }
+}
+
+impl TokenKeys {
+    pub fn from_secret(secret: &SecretString) -> Result<Self, WeakSecret> {
+        let bytes = secret.expose_secret().as_bytes();
+        if bytes.len() < MIN_SECRET_BYTES {
+            return Err(WeakSecret);
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 30;
+        Ok(Self {
+            encoding: EncodingKey::from_secret(bytes),
+            decoding: DecodingKey::from_secret(bytes),
+            validation,
+        })
+    }
+
+    /// A token for `subject` with `role`, valid for `ttl`.
+    pub fn mint(&self, subject: &str, role: Role, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = Utc::now();
+        let claims = Claims {
+            sub: subject.to_owned(),
+            role,
+            iat: now.timestamp(),
+            exp: (now + ttl).timestamp(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+    }
+
+    /// The claims of a token with a valid signature that has not expired.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthRejection> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|_| AuthRejection::InvalidToken)
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub subject: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Refuses the request unless the caller has one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), AuthRejection> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(AuthRejection::Forbidden { role: self.role })
+        }
+    }
+
+    /// The caller as the actor recorded on the events it causes.
+    pub fn actor(&self) -> Actor {
+        Actor { subject: self.subject.clone(), role: self.role }
+    }
+}
+
+/// Why a request was not let in.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AuthRejection {
+    /// 401: no `Authorization: Bearer` header.
+    #[error("no bearer token was presented")]
+    MissingToken,
+    /// 401: a token that is malformed, badly signed or expired.
+    #[error("the bearer token is invalid or expired")]
+    InvalidToken,
+    /// 403: a valid token whose role may not do this.
+    #[error("the role {role} may not do this")]
+    Forbidden { role: Role },
+}
+
+impl IntoResponse for AuthRejection {
+    fn into_response(self) -> Response {
+        let detail = self.to_string();
+        let mut response = match self {
+            Self::MissingToken | Self::InvalidToken => {
+                Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Unauthenticated")
+            }
+            Self::Forbidden { .. } => Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+        }
+        .with_detail(detail)
+        .into_response();
+        if response.status() == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    Arc<TokenKeys>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let keys = Arc::<TokenKeys>::from_ref(state);
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(AuthRejection::MissingToken)?
+            .to_str()
+            .map_err(|_| AuthRejection::InvalidToken)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(AuthRejection::InvalidToken)?;
+        let claims = keys.verify(token.trim())?;
+        Ok(Self { subject: claims.sub, role: claims.role })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(secret: &str) -> TokenKeys {
+        TokenKeys::from_secret(&SecretString::from(secret)).expect("long enough")
+    }
+
+    #[test]
+    fn a_minted_token_verifies_with_its_claims() {
+        let keys = keys("0123456789abcdef0123456789abcdef");
+        let token = keys.mint("family-7", Role::Family, Duration::hours(1)).expect("mints");
+        let claims = keys.verify(&token).expect("verifies");
+        assert_eq!((claims.sub.as_str(), claims.role), ("family-7", Role::Family));
+    }
+
+    #[test]
+    fn a_token_signed_with_another_secret_is_invalid() {
+        let token = keys("0123456789abcdef0123456789abcdef")
+            .mint("d", Role::Director, Duration::hours(1))
+            .expect("mints");
+        let other = keys("fedcba9876543210fedcba9876543210");
+        assert_eq!(other.verify(&token).err(), Some(AuthRejection::InvalidToken));
+    }
+
+    #[test]
+    fn an_expired_token_is_invalid() {
+        let keys = keys("0123456789abcdef0123456789abcdef");
+        let token = keys.mint("d", Role::Director, Duration::hours(-1)).expect("mints");
+        assert_eq!(keys.verify(&token).err(), Some(AuthRejection::InvalidToken));
+    }
+
+    #[test]
+    fn a_short_secret_is_refused() {
+        assert!(TokenKeys::from_secret(&SecretString::from("short")).is_err());
+    }
+}

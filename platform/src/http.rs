@@ -1,0 +1,164 @@
+//! Serving a router: limits, timeouts, request tracing, HTTP metrics, and the operational
+//! endpoints every service has (`/health`, `/metrics`, and the shape of `/ready`).
+
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    BoxError, Json, Router,
+    error_handling::HandleErrorLayer,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::trace::TraceLayer;
+
+use crate::{problem::Problem, settings::HttpSettings};
+
+/// Binds the listener a service will serve on (port 0 picks a free one).
+pub async fn bind(settings: &HttpSettings) -> std::io::Result<TcpListener> {
+    TcpListener::bind((settings.host.as_str(), settings.port)).await
+}
+
+/// Adds what every service's router needs: `/health` and `/metrics`, a body limit, a request
+/// timeout (answered 503 problem), request tracing and HTTP metrics.
+pub fn standard_layers(router: Router, settings: &HttpSettings) -> Router {
+    let handle = metrics_handle().clone();
+    router
+        .route("/health", get(health))
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(timeout_problem))
+                .timeout(settings.request_timeout),
+        )
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(middleware::from_fn(track_http))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn timeout_problem(error: BoxError) -> Problem {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out")
+            .with_detail("The request took too long and was abandoned. Retry with the same Idempotency-Key.")
+    } else {
+        tracing::error!(%error, "unhandled middleware error");
+        Problem::internal()
+    }
+}
+
+/// `GET /health`: the process is alive and serving. Says nothing about dependencies.
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "alive"}))
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every service in a process).
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".to_owned()),
+                &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            )
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed, in which case ours just renders empty.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed");
+        }
+        handle
+    })
+}
+
+async fn track_http(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The answer of `/ready`: 200 if every dependency check passed, 503 naming the ones that
+/// failed otherwise.
+#[derive(Debug, Serialize)]
+pub struct ReadyReport {
+    pub ready: bool,
+    pub checks: Vec<ReadyCheck>,
+}
+
+/// One dependency check of `/ready`.
+#[derive(Debug, Serialize)]
+pub struct ReadyCheck {
+    pub name: &'static str,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl ReadyReport {
+    pub fn new(checks: Vec<ReadyCheck>) -> Self {
+        Self { ready: checks.iter().all(|check| check.ok), checks }
+    }
+}
+
+impl ReadyCheck {
+    pub fn from_result<E: std::fmt::Display>(name: &'static str, result: Result<(), E>) -> Self {
+        match result {
+            Ok(()) => Self { name, ok: true, detail: None },
+            Err(error) => Self { name, ok: false, detail: Some(error.to_string()) },
+        }
+    }
+}
+
+impl IntoResponse for ReadyReport {
+    fn into_response(self) -> Response {
+        let status = if self.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        (status, Json(self)).into_response()
+    }
+}
+
+/// Runs a readiness probe with a deadline, so that `/ready` answers even when a dependency hangs.
+pub async fn probe<F, E>(deadline: Duration, check: F) -> Result<(), String>
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    match tokio::time::timeout(deadline, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
+    }
+}

@@ -1,0 +1,69 @@
+//! The `bookings` read model.
+
+use domain::booking::{BookingEvent, BookingStatus};
+use event_log::resolution::Admission;
+use schemas::EventEnvelope;
+use sqlx::PgConnection;
+
+use super::{Applied, ApplyError, admission, version_of, wire_json, wire_text};
+
+const LOCK: &str = "SELECT version FROM bookings WHERE booking_id = $1 FOR UPDATE";
+
+pub(crate) async fn apply(
+    conn: &mut PgConnection,
+    event: &BookingEvent,
+    envelope: &EventEnvelope,
+) -> Result<Applied, ApplyError> {
+    match admission(conn, LOCK, envelope).await? {
+        Admission::Next => {}
+        Admission::Stale => return Ok(Applied::Stale),
+        Admission::Gap { expected } => return Ok(Applied::Gap { expected }),
+    }
+    let version = version_of(envelope);
+    let (status, reason) = match event {
+        BookingEvent::BookingRequested { facility_id, service_type, slot, deceased, family_contacts, price, .. } => {
+            let price = wire_json(price);
+            sqlx::query(
+                "INSERT INTO bookings (booking_id, facility_id, service_type, status, slot_start, slot_end, slot, \
+                 deceased, family_contacts, price_amount_minor, price_currency, requested_by, requested_by_role, \
+                 version, requested_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)",
+            )
+            .bind(envelope.aggregate_id)
+            .bind(facility_id.as_uuid())
+            .bind(wire_text(service_type))
+            .bind(wire_text(&BookingStatus::Requested))
+            .bind(slot.start_utc())
+            .bind(slot.end_utc())
+            .bind(wire_json(slot))
+            .bind(wire_json(deceased))
+            .bind(wire_json(family_contacts))
+            .bind(price["amount_minor"].as_i64().unwrap_or_default())
+            .bind(price["currency"].as_str().unwrap_or_default())
+            .bind(&envelope.actor.subject)
+            .bind(envelope.actor.role.as_str())
+            .bind(version)
+            .bind(envelope.occurred_at)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(Applied::Changed);
+        }
+        BookingEvent::BookingSlotHeld { .. } => (BookingStatus::SlotHeld, None),
+        BookingEvent::BookingConfirmed { .. } => (BookingStatus::Confirmed, None),
+        BookingEvent::BookingRejected { reason } => (BookingStatus::Rejected, Some(reason.clone())),
+        BookingEvent::BookingFailed { reason } => (BookingStatus::Failed, Some(reason.clone())),
+        BookingEvent::BookingCancelled { reason, .. } => (BookingStatus::Cancelled, reason.clone()),
+    };
+    sqlx::query(
+        "UPDATE bookings SET status = $2, status_reason = COALESCE($3, status_reason), version = $4, \
+         updated_at = $5 WHERE booking_id = $1",
+    )
+    .bind(envelope.aggregate_id)
+    .bind(wire_text(&status))
+    .bind(reason)
+    .bind(version)
+    .bind(envelope.occurred_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Applied::Changed)
+}

@@ -1,0 +1,84 @@
+//! The read models and how each event changes them.
+//!
+//! Each aggregate's events go to the module of its read model. Every change first locks the
+//! row and asks the shared admission rule whether the event is the next one of its stream.
+
+pub(crate) mod bookings;
+pub(crate) mod facilities;
+
+use event_log::resolution::{Admission, admit};
+use schemas::{AggregateType, ContractViolation, EventEnvelope, SchemaRegistry};
+use serde::Serialize;
+use sqlx::PgConnection;
+
+/// What applying one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    Changed,
+    /// A redelivery, or the loser of a race: already reflected, or never admitted.
+    Stale,
+    /// An event is missing before this one; nothing was changed.
+    Gap { expected: u64 },
+    /// No read model of this service uses this aggregate's events.
+    Ignored,
+}
+
+/// Applying failed: the event does not decode (dead-letter it), or the database failed (retry).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApplyError {
+    #[error(transparent)]
+    Contract(#[from] ContractViolation),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Applies one validated envelope inside the caller's transaction.
+pub(crate) async fn apply(
+    conn: &mut PgConnection,
+    registry: &SchemaRegistry,
+    envelope: &EventEnvelope,
+) -> Result<Applied, ApplyError> {
+    match envelope.aggregate_type {
+        AggregateType::Facility => facilities::apply(conn, &registry.decode(envelope)?, envelope).await,
+        AggregateType::Booking => bookings::apply(conn, &registry.decode(envelope)?, envelope).await,
+        AggregateType::Payment => {
+            // Decoded so that a payment event that breaks its contract is still dead-lettered.
+            let _: domain::payment::PaymentEvent = registry.decode(envelope)?;
+            Ok(Applied::Ignored)
+        }
+    }
+}
+
+/// Locks a row and returns whether `envelope` is the next event for it.
+pub(crate) async fn admission(
+    conn: &mut PgConnection,
+    lock_query: &'static str,
+    envelope: &EventEnvelope,
+) -> Result<Admission, sqlx::Error> {
+    let version: Option<i64> = sqlx::query_scalar(lock_query)
+        .bind(envelope.aggregate_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let last = version.and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+    Ok(admit(last, envelope.sequence))
+}
+
+/// A value's wire form as text (`"chapel"`, `"Europe/London"`): the same string the log holds.
+pub(crate) fn wire_text<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        Ok(other) => other.to_string(),
+        Err(error) => unreachable!("domain values serialise: {error}"),
+    }
+}
+
+/// A value's wire form as JSON, for JSONB columns.
+pub(crate) fn wire_json<T: Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_else(|error| unreachable!("domain values serialise: {error}"))
+}
+
+/// An event's sequence as the `BIGINT` stored in `version` columns.
+pub(crate) fn version_of(envelope: &EventEnvelope) -> i64 {
+    i64::try_from(envelope.sequence).unwrap_or(i64::MAX)
+}
+

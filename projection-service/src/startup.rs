@@ -1,0 +1,91 @@
+//! Building and running the service.
+
+use anyhow::Context;
+use axum::{Router, extract::State, routing::get};
+use platform::{
+    http::{ReadyCheck, ReadyReport, probe},
+    shutdown::CancellationToken,
+};
+use schemas::SchemaRegistry;
+use secrecy::ExposeSecret;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use std::time::Duration;
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use crate::{projector::Projector, settings::Settings};
+
+/// The read-model migrations, owned by this service.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .acquire_timeout(settings.database.acquire_timeout)
+        .connect(settings.database.url.expose_secret())
+        .await
+        .context("Failed to connect to PostgreSQL")
+}
+
+/// Runs the read-model migrations.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let pool = connect(settings).await?;
+    MIGRATOR.run(&pool).await.context("Failed to run the read-model migrations")
+}
+
+#[derive(Debug, Clone)]
+struct AppState {
+    pool: PgPool,
+    producer: event_log::EventProducer,
+}
+
+/// A built projection-service.
+#[derive(Debug)]
+pub struct Application {
+    port: u16,
+    listener: TcpListener,
+    router: Router,
+    projector: JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Migrates, assigns the projector at its stored offsets, binds the health/metrics listener.
+    pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let pool = connect(&settings).await?;
+        MIGRATOR.run(&pool).await.context("Failed to run the read-model migrations")?;
+        let registry = SchemaRegistry::load().context("Failed to compile the event schemas")?;
+        let projector = Projector::start(pool.clone(), &settings.kafka, registry)
+            .await
+            .context("Failed to start the projector (do the topics exist? run `fmctl topics ensure`)")?;
+        let projector = tokio::spawn(projector.run(shutdown.clone()));
+        let producer = event_log::EventProducer::new(&settings.kafka)?;
+        let router = Router::new().route("/ready", get(ready)).with_state(AppState { pool, producer });
+        let router = platform::http::standard_layers(router, &settings.http);
+        let listener = platform::http::bind(&settings.http)
+            .await
+            .with_context(|| format!("Failed to bind {}:{}", settings.http.host, settings.http.port))?;
+        let port = listener.local_addr()?.port();
+        Ok(Self { port, listener, router, projector, shutdown })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves health and metrics until shutdown, then waits for the projector to finish its
+    /// record in hand.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        platform::http::serve(self.listener, self.router, self.shutdown.clone()).await?;
+        self.shutdown.cancel();
+        self.projector.await.context("Projector panicked")?;
+        Ok(())
+    }
+}
+
+/// `GET /ready`: Postgres and the broker answer.
+async fn ready(State(state): State<AppState>) -> ReadyReport {
+    let deadline = Duration::from_secs(2);
+    let postgres = probe(deadline, async { sqlx::query("SELECT 1").execute(&state.pool).await.map(|_| ()) }).await;
+    let kafka = probe(deadline, state.producer.ping()).await;
+    ReadyReport::new(vec![ReadyCheck::from_result("postgres", postgres), ReadyCheck::from_result("kafka", kafka)])
+}

@@ -1,0 +1,64 @@
+//! The query-api's one error type and its one mapping to HTTP.
+
+use std::time::Duration;
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use platform::{
+    auth::AuthRejection,
+    problem::{FieldError, Problem},
+};
+
+/// Everything a query can answer other than success.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// 404: nothing with that id, or nothing this caller may see (a family asking for another
+    /// family's booking gets the same answer, so the id's existence does not leak).
+    #[error("not found")]
+    NotFound,
+    /// 400: the `Consistency-Token` header is not a token.
+    #[error("malformed consistency token")]
+    MalformedToken,
+    /// 503: the read model did not reach the token's position in time.
+    #[error("the read model has not caught up within {waited:?}")]
+    NotCaughtUp { waited: Duration },
+    /// 401/403.
+    #[error(transparent)]
+    Auth(#[from] AuthRejection),
+    /// 503: Postgres failed; the detail is logged, not returned.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::NotFound => Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found")
+                .with_detail("No such resource, or not one you may see.")
+                .into_response(),
+            Self::MalformedToken => Problem::validation(vec![FieldError::new(
+                "Consistency-Token",
+                "consistency_token.format",
+                "send the consistency_token a command returned, unchanged",
+            )])
+            .into_response(),
+            Self::NotCaughtUp { waited } => {
+                let mut response = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-caught-up", "Read model behind")
+                    .with_detail(format!(
+                        "The read model has not applied your write within {} ms; retry shortly.",
+                        waited.as_millis()
+                    ))
+                    .into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            Self::Auth(rejection) => rejection.into_response(),
+            Self::Database(error) => {
+                tracing::error!(%error, "query failed in the database");
+                Problem::unavailable().with_detail("The read store is unavailable. Retry shortly.").into_response()
+            }
+        }
+    }
+}

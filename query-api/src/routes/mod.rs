@@ -1,0 +1,30 @@
+//! One module per route group.
+
+pub(crate) mod bookings;
+pub(crate) mod facilities;
+pub(crate) mod ops;
+
+use axum::{
+    Json,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+/// Answers a representation with its ETag, or `304` if the client's `If-None-Match` has it.
+pub(crate) fn with_etag<T: Serialize>(request: &HeaderMap, etag: &str, body: T) -> Response {
+    let tag = format!("\"{etag}\"");
+    let matches = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.split(',').any(|candidate| {
+            let candidate = candidate.trim();
+            candidate == "*" || candidate.trim_start_matches("W/") == tag
+        }));
+    let etag_header = HeaderValue::from_str(&tag).ok();
+    let mut response = if matches { StatusCode::NOT_MODIFIED.into_response() } else { Json(body).into_response() };
+    if let Some(value) = etag_header {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}

@@ -1,0 +1,46 @@
+//! `/ready` and `/openapi.json`.
+
+use std::time::Duration;
+
+use axum::{Json, extract::State};
+use platform::http::{ReadyCheck, ReadyReport, probe};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+use crate::startup::AppState;
+
+/// `GET /ready`: Postgres answers.
+pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
+    let postgres = probe(Duration::from_secs(2), async {
+        sqlx::query("SELECT 1").execute(&state.pool).await.map(|_| ())
+    })
+    .await;
+    ReadyReport::new(vec![ReadyCheck::from_result("postgres", postgres)])
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Funeral Manager query-api", description = "Reads over the read models, with read-your-writes on request."),
+    paths(super::bookings::get_booking, super::facilities::get_facility),
+    modifiers(&BearerAuth)
+)]
+pub(crate) struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// `GET /openapi.json`, generated from the handlers and views.
+pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,73 @@
+//! Building and running the service.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::{Router, extract::FromRef, routing::get};
+use platform::{auth::TokenKeys, shutdown::CancellationToken};
+use secrecy::ExposeSecret;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::net::TcpListener;
+
+use crate::{
+    routes::{bookings, facilities, ops},
+    settings::{ConsistencySettings, Settings},
+};
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) pool: PgPool,
+    pub(crate) keys: Arc<TokenKeys>,
+    pub(crate) consistency: ConsistencySettings,
+}
+
+impl FromRef<AppState> for Arc<TokenKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
+}
+
+/// A built query-api, listening, not yet serving.
+#[derive(Debug)]
+pub struct Application {
+    port: u16,
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Connects to Postgres (lazily, so the API starts and reports not-ready while it is down)
+    /// and binds the listener.
+    pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let keys = TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?;
+        let pool: PgPool = PgPoolOptions::new()
+            .max_connections(settings.database.max_connections)
+            .acquire_timeout(settings.database.acquire_timeout)
+            .connect_lazy(settings.database.url.expose_secret())
+            .context("Invalid database URL")?;
+        let state = AppState { pool, keys: Arc::new(keys), consistency: settings.consistency.clone() };
+        let router = Router::new()
+            .route("/bookings/{id}", get(bookings::get_booking))
+            .route("/facilities/{id}", get(facilities::get_facility))
+            .route("/ready", get(ops::ready))
+            .route("/openapi.json", get(ops::openapi))
+            .with_state(state);
+        let router = platform::http::standard_layers(router, &settings.http);
+        let listener = platform::http::bind(&settings.http)
+            .await
+            .with_context(|| format!("Failed to bind {}:{}", settings.http.host, settings.http.port))?;
+        let port = listener.local_addr()?.port();
+        Ok(Self { port, listener, router, shutdown })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains requests.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        platform::http::serve(self.listener, self.router, self.shutdown).await.context("HTTP server failed")
+    }
+}
