@@ -1,0 +1,312 @@
+//! Why the domain said no.
+//!
+//! Two kinds of refusal live here, both "the domain said no" and never "infrastructure broke":
+//! - [`ValueError`]: a raw value could not become a value object (a malformed email, a negative
+//!   amount). It names the rule but not the field, because the same value object sits under many
+//!   fields; the HTTP edge knows the JSON path and attaches it.
+//! - [`DomainError`]: a well-formed command was refused by an aggregate. It knows which contract
+//!   field it concerns ([`DomainError::field`]), its stable rule code ([`DomainError::rule`]) and
+//!   what kind of refusal it is ([`DomainError::kind`]), which the edge maps to an HTTP status.
+
+use thiserror::Error;
+
+use crate::booking::BookingStatus;
+use crate::values::{BookingId, Currency, Money};
+
+/// A raw value that failed to parse into a value object.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{message}")]
+pub struct ValueError {
+    /// The stable machine code of the broken rule, e.g. `"email.format"`.
+    pub rule: &'static str,
+    /// A human-readable explanation, safe to show to the caller.
+    pub message: String,
+}
+
+impl ValueError {
+    /// A parse error for `rule` with a human-readable `message`.
+    pub fn new(rule: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            rule,
+            message: message.into(),
+        }
+    }
+}
+
+/// What sort of refusal a [`DomainError`] is; the HTTP edge maps it to a status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectionKind {
+    /// The command breaks a rule whatever the state: 422 Unprocessable Content.
+    Invalid,
+    /// The aggregate the command addresses does not exist: 404 Not Found.
+    NotFound,
+    /// The command does not fit the aggregate's current lifecycle state: 409 Conflict.
+    Conflict,
+}
+
+/// A command refused by an aggregate.
+///
+/// Each variant documents its [`RejectionKind`] and the contract field it concerns, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DomainError {
+    /// The facility has not been registered. Not found, field `facility_id`.
+    #[error("the facility is not registered")]
+    FacilityNotRegistered,
+
+    /// The facility was registered before. Conflict, field `facility_id`.
+    #[error("the facility is already registered")]
+    FacilityAlreadyRegistered,
+
+    /// The booking already holds a different slot at this facility; it must release it first.
+    /// Conflict, field `slot`.
+    #[error("booking {booking_id} already holds a different slot at this facility")]
+    BookingHoldsAnotherSlot {
+        /// The booking that asked for a second slot.
+        booking_id: BookingId,
+    },
+
+    /// The booking has not been requested. Not found, field `booking_id`.
+    #[error("the booking does not exist")]
+    BookingNotFound,
+
+    /// A booking with this id was already requested. Conflict, field `booking_id`.
+    #[error("a booking with this id was already requested")]
+    BookingAlreadyRequested,
+
+    /// The booking names no family contact. Invalid, field `family_contacts`.
+    #[error("at least one family contact is required")]
+    NoFamilyContacts,
+
+    /// The slot starts now or in the past. Invalid, field `slot.start`.
+    #[error("the slot must start in the future")]
+    SlotInPast,
+
+    /// The date of death is after today (in the facility's time zone).
+    /// Invalid, field `deceased.date_of_death`.
+    #[error("the date of death cannot be in the future")]
+    DateOfDeathInFuture,
+
+    /// The service would take place, in the facility's time zone, on a date before the date of
+    /// death. Invalid, field `slot.start`.
+    #[error("the service cannot take place before the date of death")]
+    ServiceBeforeDateOfDeath,
+
+    /// The slot does not lie within one opening interval of the facility, in the facility's time
+    /// zone. Invalid, field `slot`.
+    #[error("the slot is outside the facility's opening hours")]
+    SlotOutsideOpeningHours,
+
+    /// The command does not apply to a booking in status `from`. Conflict, no field.
+    #[error("cannot {command} a booking that is {from}")]
+    InvalidTransition {
+        /// The booking's status when the command arrived.
+        from: BookingStatus,
+        /// The refused command, in `snake_case` (`"confirm"`, `"cancel"`, ...).
+        command: &'static str,
+    },
+
+    /// The service has started (or is over), so it can no longer be cancelled. Conflict, no field.
+    #[error("the service has already started")]
+    ServiceAlreadyStarted,
+
+    /// No payment was recorded for this booking. Not found, field `payment_id`.
+    #[error("no payment was recorded")]
+    PaymentNotFound,
+
+    /// The payment id is not the one derived from the booking id
+    /// (see [`crate::values::PaymentId::for_booking`]). Invalid, field `payment_id`.
+    #[error("the payment id does not belong to this booking")]
+    PaymentIdMismatch,
+
+    /// A gateway reference was empty. Invalid, field `gateway_reference`.
+    #[error("the gateway reference cannot be empty")]
+    MissingGatewayReference,
+
+    /// The payment was already captured under another gateway reference. Conflict, no field.
+    #[error("the payment was already captured")]
+    PaymentAlreadyCaptured,
+
+    /// The payment was declined; it cannot be captured afterwards. Conflict, no field.
+    #[error("the payment was declined")]
+    PaymentAlreadyDeclined,
+
+    /// The payment was already refunded under another gateway reference. Conflict, no field.
+    #[error("the payment was already refunded")]
+    PaymentAlreadyRefunded,
+
+    /// Only a captured payment can be refunded. Conflict, no field.
+    #[error("the payment was not captured")]
+    PaymentNotCaptured,
+
+    /// The refund's currency differs from the captured currency. Invalid, field `amount.currency`.
+    #[error("refund currency {refund} differs from captured currency {captured}")]
+    RefundCurrencyMismatch {
+        /// The currency of the refund asked for.
+        refund: Currency,
+        /// The currency that was captured.
+        captured: Currency,
+    },
+
+    /// The refund is larger than the captured amount. Invalid, field `amount.amount_minor`.
+    #[error("refund of {refund} exceeds the captured {captured}")]
+    RefundExceedsCapture {
+        /// The refund asked for.
+        refund: Money,
+        /// The amount captured.
+        captured: Money,
+    },
+
+    /// The refund is smaller than the captured amount; only full refunds are supported.
+    /// Invalid, field `amount.amount_minor`.
+    #[error(
+        "refund of {refund} is less than the captured {captured}; only full refunds are supported"
+    )]
+    PartialRefundNotSupported {
+        /// The refund asked for.
+        refund: Money,
+        /// The amount captured.
+        captured: Money,
+    },
+}
+
+impl DomainError {
+    /// The contract field this refusal concerns, as a dotted path (`"slot.start"`), if any.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::FacilityNotRegistered | Self::FacilityAlreadyRegistered => Some("facility_id"),
+            Self::BookingHoldsAnotherSlot { .. } | Self::SlotOutsideOpeningHours => Some("slot"),
+            Self::BookingNotFound | Self::BookingAlreadyRequested => Some("booking_id"),
+            Self::NoFamilyContacts => Some("family_contacts"),
+            Self::SlotInPast | Self::ServiceBeforeDateOfDeath => Some("slot.start"),
+            Self::DateOfDeathInFuture => Some("deceased.date_of_death"),
+            Self::PaymentNotFound | Self::PaymentIdMismatch => Some("payment_id"),
+            Self::MissingGatewayReference => Some("gateway_reference"),
+            Self::RefundCurrencyMismatch { .. } => Some("amount.currency"),
+            Self::RefundExceedsCapture { .. } | Self::PartialRefundNotSupported { .. } => {
+                Some("amount.amount_minor")
+            }
+            Self::InvalidTransition { .. }
+            | Self::ServiceAlreadyStarted
+            | Self::PaymentAlreadyCaptured
+            | Self::PaymentAlreadyDeclined
+            | Self::PaymentAlreadyRefunded
+            | Self::PaymentNotCaptured => None,
+        }
+    }
+
+    /// The stable machine code of the refused rule, e.g. `"slot.in_past"`.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Self::FacilityNotRegistered => "facility.not_registered",
+            Self::FacilityAlreadyRegistered => "facility.already_registered",
+            Self::BookingHoldsAnotherSlot { .. } => "facility.booking_holds_another_slot",
+            Self::BookingNotFound => "booking.not_found",
+            Self::BookingAlreadyRequested => "booking.already_requested",
+            Self::NoFamilyContacts => "booking.family_contacts_required",
+            Self::SlotInPast => "slot.in_past",
+            Self::DateOfDeathInFuture => "deceased.date_of_death_in_future",
+            Self::ServiceBeforeDateOfDeath => "slot.before_date_of_death",
+            Self::SlotOutsideOpeningHours => "slot.outside_opening_hours",
+            Self::InvalidTransition { .. } => "booking.invalid_transition",
+            Self::ServiceAlreadyStarted => "booking.service_already_started",
+            Self::PaymentNotFound => "payment.not_found",
+            Self::PaymentIdMismatch => "payment.id_mismatch",
+            Self::MissingGatewayReference => "payment.gateway_reference_required",
+            Self::PaymentAlreadyCaptured => "payment.already_captured",
+            Self::PaymentAlreadyDeclined => "payment.already_declined",
+            Self::PaymentAlreadyRefunded => "payment.already_refunded",
+            Self::PaymentNotCaptured => "payment.not_captured",
+            Self::RefundCurrencyMismatch { .. } => "refund.currency_mismatch",
+            Self::RefundExceedsCapture { .. } => "refund.exceeds_capture",
+            Self::PartialRefundNotSupported { .. } => "refund.full_amount_only",
+        }
+    }
+
+    /// What sort of refusal this is (422, 404 or 409 at the HTTP edge).
+    pub fn kind(&self) -> RejectionKind {
+        match self {
+            Self::FacilityNotRegistered | Self::BookingNotFound | Self::PaymentNotFound => {
+                RejectionKind::NotFound
+            }
+            Self::FacilityAlreadyRegistered
+            | Self::BookingHoldsAnotherSlot { .. }
+            | Self::BookingAlreadyRequested
+            | Self::InvalidTransition { .. }
+            | Self::ServiceAlreadyStarted
+            | Self::PaymentAlreadyCaptured
+            | Self::PaymentAlreadyDeclined
+            | Self::PaymentAlreadyRefunded
+            | Self::PaymentNotCaptured => RejectionKind::Conflict,
+            Self::NoFamilyContacts
+            | Self::SlotInPast
+            | Self::DateOfDeathInFuture
+            | Self::ServiceBeforeDateOfDeath
+            | Self::SlotOutsideOpeningHours
+            | Self::PaymentIdMismatch
+            | Self::MissingGatewayReference
+            | Self::RefundCurrencyMismatch { .. }
+            | Self::RefundExceedsCapture { .. }
+            | Self::PartialRefundNotSupported { .. } => RejectionKind::Invalid,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_code_is_namespaced_snake_case() {
+        let samples = [
+            DomainError::FacilityNotRegistered,
+            DomainError::SlotInPast,
+            DomainError::InvalidTransition {
+                from: BookingStatus::Cancelled,
+                command: "confirm",
+            },
+            DomainError::PaymentNotCaptured,
+        ];
+        for error in samples {
+            let rule = error.rule();
+            let (namespace, name) = rule.split_once('.').expect("rule has a namespace");
+            for part in [namespace, name] {
+                assert!(
+                    !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "{rule}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_invalid_transition_says_what_was_refused_and_why() {
+        let error = DomainError::InvalidTransition {
+            from: BookingStatus::Rejected,
+            command: "confirm",
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot confirm a booking that is rejected"
+        );
+        assert_eq!(error.kind(), RejectionKind::Conflict);
+        assert_eq!(error.field(), None);
+    }
+
+    #[test]
+    fn field_errors_name_the_contract_path() {
+        assert_eq!(DomainError::SlotInPast.field(), Some("slot.start"));
+        assert_eq!(
+            DomainError::DateOfDeathInFuture.field(),
+            Some("deceased.date_of_death")
+        );
+        assert_eq!(
+            DomainError::NoFamilyContacts.field(),
+            Some("family_contacts")
+        );
+        assert_eq!(
+            DomainError::SlotOutsideOpeningHours.kind(),
+            RejectionKind::Invalid
+        );
+        assert_eq!(DomainError::BookingNotFound.kind(), RejectionKind::NotFound);
+    }
+}

@@ -1,0 +1,140 @@
+//! Aggregate identifiers: UUIDs that cannot be mixed up with one another.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ValueError;
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// A fresh random (version 4) id.
+            #[allow(clippy::new_without_default, reason = "a random id is not a default value")]
+            pub fn new() -> Self {
+                Self(Uuid::new_v4())
+            }
+
+            /// Wraps an existing UUID, e.g. one read from a URL path or a database row.
+            pub const fn from_uuid(uuid: Uuid) -> Self {
+                Self(uuid)
+            }
+
+            /// The UUID inside.
+            pub const fn as_uuid(&self) -> &Uuid {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0.hyphenated(), f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ValueError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s)
+                    .map(Self)
+                    .map_err(|_| ValueError::new("id.uuid", format!("{s:?} is not a UUID")))
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(uuid: Uuid) -> Self {
+                Self(uuid)
+            }
+        }
+
+        impl From<$name> for Uuid {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+    };
+}
+
+uuid_id! {
+    /// Identifies a facility, and the facility's event stream.
+    FacilityId
+}
+
+uuid_id! {
+    /// Identifies a booking, and the booking's event stream.
+    BookingId
+}
+
+uuid_id! {
+    /// Identifies a payment, and the payment's event stream. There is one payment per booking:
+    /// its id is derived from the booking id with [`PaymentId::for_booking`].
+    PaymentId
+}
+
+/// The UUID v5 namespace of payment ids. Changing it would orphan every recorded payment.
+pub const PAYMENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x1fe7_8e3f_0a75_480c_a77f_1501_6d97_a08c);
+
+impl PaymentId {
+    /// The payment id of `booking`: a UUID v5 of the booking id, so that every component that
+    /// knows the booking (the saga, a retried capture, an operator) names the same payment
+    /// without a lookup, and a booking can never have two payments.
+    pub fn for_booking(booking: BookingId) -> Self {
+        Self(Uuid::new_v5(
+            &PAYMENT_ID_NAMESPACE,
+            booking.as_uuid().as_bytes(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payment_id_is_derived_from_its_booking_id() {
+        let booking = BookingId::from_uuid(Uuid::from_u128(42));
+        assert_eq!(
+            PaymentId::for_booking(booking),
+            PaymentId::for_booking(booking)
+        );
+        assert_ne!(
+            PaymentId::for_booking(booking),
+            PaymentId::for_booking(BookingId::from_uuid(Uuid::from_u128(43)))
+        );
+        assert_eq!(
+            PaymentId::for_booking(booking).as_uuid().get_version_num(),
+            5
+        );
+    }
+
+    #[test]
+    fn the_payment_id_derivation_never_changes() {
+        let booking: BookingId = "6a1f7a52-34b4-4e6b-9d0e-0c1f3a9b2c11".parse().unwrap();
+        assert_eq!(
+            PaymentId::for_booking(booking).to_string(),
+            Uuid::new_v5(&PAYMENT_ID_NAMESPACE, booking.as_uuid().as_bytes()).to_string()
+        );
+        assert_eq!(
+            PAYMENT_ID_NAMESPACE.to_string(),
+            "1fe78e3f-0a75-480c-a77f-15016d97a08c"
+        );
+    }
+
+    #[test]
+    fn ids_display_and_parse_as_hyphenated_uuids() {
+        let id = FacilityId::new();
+        assert_eq!(id.to_string().parse::<FacilityId>().unwrap(), id);
+        assert_eq!(
+            "not-a-uuid".parse::<BookingId>().unwrap_err().rule,
+            "id.uuid"
+        );
+    }
+}
