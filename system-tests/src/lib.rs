@@ -1,1 +1,185 @@
-//! placeholder
+//! The harness for tests that span services: it starts the command-service, the
+//! projection-service and the query-api in-process on free ports, against the real broker and
+//! PostgreSQL that the test command (`compose/test`) started, each test with its own topics
+//! and its own database so tests never see each other's data.
+//!
+//! The broker and database come from `FM_TEST_KAFKA_BROKERS` and `FM_TEST_DATABASE_URL`; a test
+//! run without them fails at once with a sentence saying how to run it.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use event_log::KafkaSettings;
+use platform::{
+    auth::TokenKeys,
+    settings::{DatabaseSettings, HttpSettings},
+    shutdown::CancellationToken,
+};
+use schemas::Role;
+use secrecy::SecretString;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+/// The signing secret of every test stack.
+pub const TEST_SECRET: &str = "system-tests-secret-0123456789abcdef";
+
+/// Reads a variable the test command sets, or explains how to run the tests.
+pub fn required_env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| {
+        format!("{name} is not set: run the suite with `compose/test`, which starts the broker and PostgreSQL")
+    })
+}
+
+/// Kafka settings with a topic prefix of the test's own, and the topics created.
+pub async fn fresh_kafka() -> anyhow::Result<KafkaSettings> {
+    let settings = KafkaSettings {
+        brokers: required_env("FM_TEST_KAFKA_BROKERS")?,
+        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
+        ..KafkaSettings::default()
+    };
+    event_log::topics::ensure_topics(&settings).await.context("Failed to create the test topics")?;
+    Ok(settings)
+}
+
+/// A new empty database on the test server; returns its URL.
+pub async fn fresh_database() -> anyhow::Result<String> {
+    let admin_url = required_env("FM_TEST_DATABASE_URL")?;
+    let name = format!("fm_test_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_url).await.context("Failed to connect to the test PostgreSQL")?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+    let (base, _) = admin_url.rsplit_once('/').context("FM_TEST_DATABASE_URL has no database name")?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// The three services, running in this process.
+#[derive(Debug)]
+pub struct TestStack {
+    pub command_url: String,
+    pub query_url: String,
+    pub projection_url: String,
+    pub kafka: KafkaSettings,
+    pub database_url: String,
+    pub http: reqwest::Client,
+    keys: TokenKeys,
+    shutdown: CancellationToken,
+}
+
+impl TestStack {
+    /// Starts every service on fresh topics and a fresh database and waits until all are ready.
+    pub async fn spawn() -> anyhow::Result<Self> {
+        let kafka = fresh_kafka().await?;
+        let database_url = fresh_database().await?;
+        let shutdown = CancellationToken::new();
+        let http_settings = HttpSettings::on_port(0);
+        let database = DatabaseSettings { url: SecretString::from(database_url.clone()), ..DatabaseSettings::default() };
+
+        let projection_settings = projection_service::Settings {
+            http: http_settings.clone(),
+            kafka: kafka.clone(),
+            database: database.clone(),
+            ..projection_service::Settings::default()
+        };
+        let projection = projection_service::Application::build(projection_settings, shutdown.clone()).await?;
+        let projection_url = format!("http://127.0.0.1:{}", projection.port());
+        tokio::spawn(projection.run_until_stopped());
+
+        let mut command_settings = command_service::Settings::with_secret(TEST_SECRET);
+        command_settings.http = http_settings.clone();
+        command_settings.kafka = kafka.clone();
+        let command = command_service::Application::build(command_settings, shutdown.clone()).await?;
+        let command_url = format!("http://127.0.0.1:{}", command.port());
+        tokio::spawn(command.run_until_stopped());
+
+        let mut query_settings = query_api::Settings::new(TEST_SECRET, database);
+        query_settings.http = http_settings;
+        let query = query_api::Application::build(query_settings, shutdown.clone()).await?;
+        let query_url = format!("http://127.0.0.1:{}", query.port());
+        tokio::spawn(query.run_until_stopped());
+
+        let keys = TokenKeys::from_secret(&SecretString::from(TEST_SECRET))?;
+        let stack = Self {
+            command_url,
+            query_url,
+            projection_url,
+            kafka,
+            database_url,
+            http: reqwest::Client::new(),
+            keys,
+            shutdown,
+        };
+        for url in [&stack.command_url, &stack.query_url, &stack.projection_url] {
+            stack.wait_ready(url).await?;
+        }
+        Ok(stack)
+    }
+
+    async fn wait_ready(&self, base: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let response = self.http.get(format!("{base}/ready")).send().await;
+            if response.as_ref().is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                let body = match response {
+                    Ok(response) => response.text().await.unwrap_or_default(),
+                    Err(error) => error.to_string(),
+                };
+                bail!("{base} did not become ready within 30 s: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A bearer token for `subject` with `role`.
+    pub fn token(&self, role: Role, subject: &str) -> String {
+        self.keys.mint(subject, role, chrono::Duration::hours(1)).expect("minting with a valid key")
+    }
+}
+
+impl Drop for TestStack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Bodies for the contract's requests, valid unless a test changes them.
+pub mod bodies {
+    use chrono::{Datelike, Duration, NaiveTime, TimeZone, Utc};
+    use serde_json::{Value, json};
+
+    /// A chapel in London open 08:00–20:00 every day, with a 30-minute turnaround.
+    pub fn facility() -> Value {
+        let hours: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+            .iter()
+            .map(|day| json!({"weekday": day, "opens": "08:00", "closes": "20:00"}))
+            .collect();
+        json!({
+            "name": "St Mary's Chapel",
+            "kind": "chapel",
+            "capacity": 120,
+            "time_zone": "Europe/London",
+            "opening_hours": hours,
+            "turnaround_minutes": 30,
+        })
+    }
+
+    /// A one-hour burial at 10:00 London time `days_ahead` days from now.
+    pub fn booking(facility_id: &str, days_ahead: i64) -> Value {
+        let day = (Utc::now() + Duration::days(days_ahead)).date_naive();
+        let start = chrono_tz::Europe::London
+            .from_local_datetime(&day.and_time(NaiveTime::from_hms_opt(10, 0, 0).expect("valid time")))
+            .single()
+            .expect("10:00 exists on every London day");
+        let end = start + Duration::hours(1);
+        let death = Utc::now().date_naive() - Duration::days(2);
+        json!({
+            "facility_id": facility_id,
+            "service_type": "burial",
+            "slot": {"start": start.to_rfc3339(), "end": end.to_rfc3339()},
+            "deceased": {"full_name": "Ada Lovelace", "date_of_death": format!("{:04}-{:02}-{:02}", death.year(), death.month(), death.day())},
+            "family_contacts": [{"name": "Byron King", "relationship": "son", "email": "byron@example.org", "phone": "+447700900123"}],
+            "price": {"amount_minor": 125_000, "currency": "GBP"},
+        })
+    }
+}
