@@ -23,7 +23,11 @@ pub(crate) enum CommandError {
     Conflict { aggregate_id: Uuid, sequence: u64 },
     /// The client's `If-Match` version is not the aggregate's version.
     #[error("aggregate {aggregate_id} is at version {actual}, not {expected}")]
-    VersionMismatch { aggregate_id: Uuid, expected: u64, actual: u64 },
+    VersionMismatch {
+        aggregate_id: Uuid,
+        expected: u64,
+        actual: u64,
+    },
     /// The service has not finished reading the log since it started.
     #[error("the service is still reading the log")]
     NotReady,
@@ -58,7 +62,11 @@ impl CommandHandler {
         producer: EventProducer,
         outcome_timeout: Duration,
     ) -> Self {
-        Self { store, producer, outcome_timeout }
+        Self {
+            store,
+            producer,
+            outcome_timeout,
+        }
     }
 
     pub(crate) fn store(&self) -> &AggregateStore {
@@ -83,24 +91,38 @@ impl CommandHandler {
         }
         let stream = self.store.read::<A>(aggregate_id);
         if let Some(expected) = expected_version.filter(|expected| *expected != stream.version) {
-            return Err(CommandError::VersionMismatch { aggregate_id, expected, actual: stream.version });
+            return Err(CommandError::VersionMismatch {
+                aggregate_id,
+                expected,
+                actual: stream.version,
+            });
         }
         let events = A::decide(&stream.state, command)?;
-        let mut appended =
-            Appended { aggregate_id, version: stream.version, position: stream.last_position };
+        let mut appended = Appended {
+            aggregate_id,
+            version: stream.version,
+            position: stream.last_position,
+        };
         for event in &events {
             let sequence = appended.version + 1;
             let envelope = EventEnvelope::wrap(A::KIND, aggregate_id, sequence, event, metadata)
                 .map_err(LogError::from)?;
             let position = self.append_and_confirm(&envelope).await?;
-            appended = Appended { aggregate_id, version: sequence, position: Some(position) };
+            appended = Appended {
+                aggregate_id,
+                version: sequence,
+                position: Some(position),
+            };
         }
         metrics::counter!("commands_total", "aggregate" => A::AGGREGATE_TYPE, "outcome" => "appended")
             .increment(1);
         Ok(appended)
     }
 
-    async fn append_and_confirm(&self, envelope: &EventEnvelope) -> Result<LogPosition, CommandError> {
+    async fn append_and_confirm(
+        &self,
+        envelope: &EventEnvelope,
+    ) -> Result<LogPosition, CommandError> {
         let outcome = self.store.await_outcome(envelope.event_id);
         let started = std::time::Instant::now();
         let position = match self.producer.append(envelope).await {
@@ -133,5 +155,10 @@ impl CommandHandler {
 
 /// The metadata of a command that starts a new flow: its own correlation, caused by the request.
 pub(crate) fn metadata_for_request(actor: schemas::Actor, request_id: Uuid) -> EventMetadata {
-    EventMetadata { correlation_id: request_id, causation_id: request_id, actor, occurred_at: Utc::now() }
+    EventMetadata {
+        correlation_id: request_id,
+        causation_id: request_id,
+        actor,
+        occurred_at: Utc::now(),
+    }
 }

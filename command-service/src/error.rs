@@ -59,28 +59,44 @@ impl IntoResponse for ApiError {
             Self::Problem(problem) => problem,
             Self::Command(CommandError::Rejected(rejection)) => {
                 let (status, slug, title) = match rejection.kind() {
-                    RejectionKind::Invalid => {
-                        (StatusCode::UNPROCESSABLE_ENTITY, "validation", "The request is not valid")
-                    }
+                    RejectionKind::Invalid => (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "validation",
+                        "The request is not valid",
+                    ),
                     RejectionKind::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-                    RejectionKind::Conflict => {
-                        (StatusCode::CONFLICT, "conflict", "Not allowed in the current state")
-                    }
+                    RejectionKind::Conflict => (
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        "Not allowed in the current state",
+                    ),
                 };
                 let field = rejection.field().unwrap_or_default();
                 Problem::new(status, slug, title)
                     .with_detail(rejection.to_string())
-                    .with_errors(vec![FieldError::new(field, rejection.rule(), rejection.to_string())])
+                    .with_errors(vec![FieldError::new(
+                        field,
+                        rejection.rule(),
+                        rejection.to_string(),
+                    )])
             }
-            Self::Command(error @ CommandError::Conflict { .. }) => {
-                Problem::new(StatusCode::CONFLICT, "concurrent-modification", "Concurrent modification")
-                    .with_detail(format!("{error}. Re-read the resource and retry."))
-            }
-            Self::Command(error @ CommandError::VersionMismatch { .. }) => {
-                Problem::new(StatusCode::PRECONDITION_FAILED, "version-mismatch", "Version mismatch")
-                    .with_detail(error.to_string())
-                    .with_errors(vec![FieldError::new("If-Match", "version.current", error.to_string())])
-            }
+            Self::Command(error @ CommandError::Conflict { .. }) => Problem::new(
+                StatusCode::CONFLICT,
+                "concurrent-modification",
+                "Concurrent modification",
+            )
+            .with_detail(format!("{error}. Re-read the resource and retry.")),
+            Self::Command(error @ CommandError::VersionMismatch { .. }) => Problem::new(
+                StatusCode::PRECONDITION_FAILED,
+                "version-mismatch",
+                "Version mismatch",
+            )
+            .with_detail(error.to_string())
+            .with_errors(vec![FieldError::new(
+                "If-Match",
+                "version.current",
+                error.to_string(),
+            )]),
             Self::Command(CommandError::NotReady) => Problem::unavailable()
                 .with_detail("The service is still reading the event log. Retry shortly."),
             Self::Command(error @ (CommandError::OutcomeUnknown | CommandError::Log(_))) => {

@@ -4,8 +4,8 @@
 //! pure domain, appends the resulting events to Kafka, and answers only after reading its own
 //! event back admitted (`docs/consistency.md`).
 //!
-//! - [`startup`]: `Application::build` and `run_until_stopped`.
-//! - [`settings`]: configuration.
+//! - [`startup`] — `Application::build` and `run_until_stopped`.
+//! - [`settings`] — configuration.
 //! - `store`: the aggregate store and the tailer that feeds it from the log.
 //! - `commands`: the write path (decide, append, confirm).
 //! - `routes`: one module per route group; DTOs become domain commands there.

@@ -11,5 +11,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("Failed to start the command-service")?;
     tracing::info!(port = app.port(), "command-service listening");
-    app.run_until_stopped().await.context("command-service stopped with an error")
+    app.run_until_stopped()
+        .await
+        .context("command-service stopped with an error")
 }

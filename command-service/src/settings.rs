@@ -36,7 +36,9 @@ pub struct CommandSettings {
 
 impl Default for CommandSettings {
     fn default() -> Self {
-        Self { outcome_timeout: Duration::from_secs(10) }
+        Self {
+            outcome_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -46,7 +48,9 @@ impl Settings {
         Self {
             http: default_http(),
             kafka: KafkaSettings::default(),
-            auth: AuthSettings { secret: secret.to_owned().into() },
+            auth: AuthSettings {
+                secret: secret.to_owned().into(),
+            },
             log: LogSettings::default(),
             commands: CommandSettings::default(),
         }

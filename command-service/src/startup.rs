@@ -50,16 +50,24 @@ impl Application {
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let keys = TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?;
         let registry = SchemaRegistry::load().context("Failed to compile the event schemas")?;
-        let producer = EventProducer::new(&settings.kafka).context("Failed to create the producer")?;
+        let producer =
+            EventProducer::new(&settings.kafka).context("Failed to create the producer")?;
         let kafka = settings.kafka.clone();
         let tailer = tokio::task::spawn_blocking(move || Tailer::start(&kafka, "command-service"))
             .await
             .context("Tailer start-up panicked")?
-            .context("Failed to read the event topics (do they exist? run `fmctl topics ensure`)")?;
+            .context(
+                "Failed to read the event topics (do they exist? run `fmctl topics ensure`)",
+            )?;
         let store = Arc::new(AggregateStore::new(registry));
         let tailer = tokio::spawn(tailer.run(store.clone(), shutdown.clone()));
-        let commands = CommandHandler::new(store, producer.clone(), settings.commands.outcome_timeout);
-        let state = AppState { commands, producer, keys: Arc::new(keys) };
+        let commands =
+            CommandHandler::new(store, producer.clone(), settings.commands.outcome_timeout);
+        let state = AppState {
+            commands,
+            producer,
+            keys: Arc::new(keys),
+        };
         let router = Router::new()
             .route("/facilities", post(facilities::register))
             .route("/bookings", post(bookings::request))
@@ -69,9 +77,20 @@ impl Application {
         let router = platform::http::standard_layers(router, &settings.http);
         let listener = platform::http::bind(&settings.http)
             .await
-            .with_context(|| format!("Failed to bind {}:{}", settings.http.host, settings.http.port))?;
+            .with_context(|| {
+                format!(
+                    "Failed to bind {}:{}",
+                    settings.http.host, settings.http.port
+                )
+            })?;
         let port = listener.local_addr()?.port();
-        Ok(Self { port, listener, router, tailer, shutdown })
+        Ok(Self {
+            port,
+            listener,
+            router,
+            tailer,
+            shutdown,
+        })
     }
 
     /// The port the service listens on.

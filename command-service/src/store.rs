@@ -13,21 +13,18 @@ use std::{
     },
 };
 
-use domain::{
-    aggregate::Aggregate, booking::Booking, facility::Facility, payment::Payment,
-};
+use domain::{aggregate::Aggregate, booking::Booking, facility::Facility, payment::Payment};
 use event_log::{
     LogError, LogPosition, Topics,
     consumer::{self, TopicPartition},
     resolution::{Admission, admit},
 };
 use futures::StreamExt;
+use platform::shutdown::CancellationToken;
 use rdkafka::{Message, consumer::StreamConsumer};
 use schemas::{AggregateType, ContractViolation, EventEnvelope, SchemaRegistry};
 use tokio::sync::oneshot;
-use platform::shutdown::CancellationToken;
 use uuid::Uuid;
-
 
 /// One aggregate's folded stream.
 #[derive(Debug, Clone, Default)]
@@ -116,13 +113,19 @@ impl AggregateStore {
     /// cannot pass the record before anyone listens.
     pub(crate) fn await_outcome(&self, event_id: Uuid) -> oneshot::Receiver<Outcome> {
         let (sender, receiver) = oneshot::channel();
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).insert(event_id, sender);
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(event_id, sender);
         receiver
     }
 
     /// Drops interest in an event whose append failed.
     pub(crate) fn forget(&self, event_id: Uuid) {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(&event_id);
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&event_id);
     }
 
     /// Applies one record read from the log. Records that break the contract are skipped here:
@@ -149,7 +152,11 @@ impl AggregateStore {
             tracing::warn!(%violation, "skipping an event that does not decode");
             Outcome::Refused
         });
-        let waiter = self.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(&event_id);
+        let waiter = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&event_id);
         if let Some(waiter) = waiter {
             // The writer may have given up waiting; then nobody needs the answer.
             let _ = waiter.send(outcome);
@@ -163,7 +170,9 @@ impl AggregateStore {
     ) -> Result<Outcome, ContractViolation> {
         let event: A::Event = self.registry.decode(envelope)?;
         let mut streams = self.streams.write().unwrap_or_else(PoisonError::into_inner);
-        let stream = A::streams_mut(&mut streams).entry(envelope.aggregate_id).or_default();
+        let stream = A::streams_mut(&mut streams)
+            .entry(envelope.aggregate_id)
+            .or_default();
         Ok(match admit(stream.version, envelope.sequence) {
             Admission::Next => {
                 stream.state = A::evolve(std::mem::take(&mut stream.state), &event);
@@ -193,14 +202,19 @@ pub(crate) struct Tailer {
 
 impl std::fmt::Debug for Tailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tailer").field("targets", &self.targets).finish_non_exhaustive()
+        f.debug_struct("Tailer")
+            .field("targets", &self.targets)
+            .finish_non_exhaustive()
     }
 }
 
 impl Tailer {
     /// Assigns every partition of every event topic from offset 0 and notes where each ends now,
     /// which is how far the store must read before the service is ready.
-    pub(crate) fn start(settings: &event_log::KafkaSettings, client_id: &str) -> Result<Self, LogError> {
+    pub(crate) fn start(
+        settings: &event_log::KafkaSettings,
+        client_id: &str,
+    ) -> Result<Self, LogError> {
         let consumer = consumer::manual_consumer(settings, client_id)?;
         let topics = Topics::new(&settings.topic_prefix).event_topics();
         let partitions = consumer::partitions(&consumer, &topics, settings)?;
@@ -212,8 +226,11 @@ impl Tailer {
 
     /// Runs until `shutdown` is cancelled.
     pub(crate) async fn run(self, store: Arc<AggregateStore>, shutdown: CancellationToken) {
-        let mut remaining: BTreeMap<TopicPartition, i64> =
-            self.targets.into_iter().filter(|(_, end)| *end > 0).collect();
+        let mut remaining: BTreeMap<TopicPartition, i64> = self
+            .targets
+            .into_iter()
+            .filter(|(_, end)| *end > 0)
+            .collect();
         if remaining.is_empty() {
             store.caught_up.store(true, Ordering::Release);
         }

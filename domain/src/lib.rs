@@ -8,17 +8,17 @@
 //! and append what comes back.
 //!
 //! Map of the crate:
-//! - [`aggregate`]: the [`Aggregate`] and [`DomainEvent`] traits every aggregate implements.
-//! - [`values`]: value objects shared by the aggregates (ids, [`values::EmailAddress`],
+//! - [`aggregate`] — the [`Aggregate`] and [`DomainEvent`] traits every aggregate implements.
+//! - [`values`] — value objects shared by the aggregates (ids, [`values::EmailAddress`],
 //!   [`values::PhoneNumber`], [`values::Money`], [`values::Slot`], [`values::OpeningHours`],
 //!   names, ...). They are parsed once at the edge and cannot hold invalid data, not even when
 //!   deserialised.
-//! - [`facility`]: a chapel, crematorium, graveside or reception hall and its reservations.
-//! - [`booking`]: the service a family asks for and its lifecycle.
-//! - [`payment`]: the money side of one booking: captured, declined, refunded.
-//! - [`error`]: [`ValueError`] (a value failed to parse) and [`DomainError`] (a command was
+//! - [`facility`] — a chapel, crematorium, graveside or reception hall and its reservations.
+//! - [`booking`] — the service a family asks for and its lifecycle.
+//! - [`payment`] — the money side of one booking: captured, declined, refunded.
+//! - [`error`] — [`ValueError`] (a value failed to parse) and [`DomainError`] (a command was
 //!   refused), each with a stable machine-readable rule.
-//! - [`fixtures`]: sample values and one sample of every event, for other crates' tests
+//! - [`fixtures`] — sample values and one sample of every event, for other crates' tests
 //!   (the `schemas` crate checks its JSON Schemas against them).
 //! - `testing` (feature `testing`): the given/when/then harness used by the domain's tests.
 

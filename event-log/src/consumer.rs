@@ -15,7 +15,10 @@ pub type TopicPartition = (String, i32);
 /// A consumer that reads partitions it is explicitly given, and never commits offsets to the
 /// broker: whoever uses it keeps its own position (in memory, or in Postgres beside the read
 /// model), so the position can never run ahead of the effect.
-pub fn manual_consumer(settings: &KafkaSettings, client_id: &str) -> Result<StreamConsumer, LogError> {
+pub fn manual_consumer(
+    settings: &KafkaSettings,
+    client_id: &str,
+) -> Result<StreamConsumer, LogError> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &settings.brokers)
         .set("client.id", client_id)

@@ -1,13 +1,13 @@
 //! The Kafka adapter every service shares. It speaks plain Kafka protocol (no transactions), so
 //! the same code runs against Tansu, Apache Kafka or Redpanda.
 //!
-//! - [`settings`]: broker address, topic prefix, timeouts.
-//! - [`topics`]: topic names (one per aggregate type, plus the dead-letter topic) and their
+//! - [`settings`] — broker address, topic prefix, timeouts.
+//! - [`topics`] — topic names (one per aggregate type, plus the dead-letter topic) and their
 //!   creation.
-//! - [`producer`]: appending envelopes with the idempotent producer, `acks=all`, key = aggregate
+//! - [`producer`] — appending envelopes with the idempotent producer, `acks=all`, key = aggregate
 //!   id; every answer is the record's [`LogPosition`].
-//! - [`consumer`]: reading topics from given offsets and learning where they end.
-//! - [`resolution`]: the one rule by which every reader admits or refuses an event, so that
+//! - [`consumer`] — reading topics from given offsets and learning where they end.
+//! - [`resolution`] — the one rule by which every reader admits or refuses an event, so that
 //!   racing writers are resolved the same way everywhere (`docs/consistency.md`).
 
 pub mod consumer;
@@ -34,7 +34,11 @@ pub struct LogPosition {
 
 impl From<LogPosition> for ConsistencyToken {
     fn from(position: LogPosition) -> Self {
-        Self { topic: position.topic, partition: position.partition, offset: position.offset }
+        Self {
+            topic: position.topic,
+            partition: position.partition,
+            offset: position.offset,
+        }
     }
 }
 

@@ -36,7 +36,9 @@ pub struct EventProducer {
 
 impl std::fmt::Debug for EventProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventProducer").field("brokers", &self.settings.brokers).finish()
+        f.debug_struct("EventProducer")
+            .field("brokers", &self.settings.brokers)
+            .finish_non_exhaustive()
     }
 }
 
@@ -48,9 +50,16 @@ impl EventProducer {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
-            .set("message.timeout.ms", settings.delivery_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout.as_millis().to_string(),
+            )
             .create()?;
-        Ok(Self { producer, topics: Topics::new(&settings.topic_prefix), settings: settings.clone() })
+        Ok(Self {
+            producer,
+            topics: Topics::new(&settings.topic_prefix),
+            settings: settings.clone(),
+        })
     }
 
     /// The topic names this producer writes to.
@@ -68,11 +77,24 @@ impl EventProducer {
         let correlation = envelope.correlation_id.to_string();
         let causation = envelope.causation_id.to_string();
         let record_headers = OwnedHeaders::new()
-            .insert(Header { key: headers::EVENT_TYPE, value: Some(envelope.event_type.as_str()) })
-            .insert(Header { key: headers::EVENT_VERSION, value: Some(version.as_str()) })
-            .insert(Header { key: headers::CORRELATION_ID, value: Some(correlation.as_str()) })
-            .insert(Header { key: headers::CAUSATION_ID, value: Some(causation.as_str()) });
-        self.send(&topic, Some(key.as_bytes()), &payload, record_headers).await
+            .insert(Header {
+                key: headers::EVENT_TYPE,
+                value: Some(envelope.event_type.as_str()),
+            })
+            .insert(Header {
+                key: headers::EVENT_VERSION,
+                value: Some(version.as_str()),
+            })
+            .insert(Header {
+                key: headers::CORRELATION_ID,
+                value: Some(correlation.as_str()),
+            })
+            .insert(Header {
+                key: headers::CAUSATION_ID,
+                value: Some(causation.as_str()),
+            });
+        self.send(&topic, Some(key.as_bytes()), &payload, record_headers)
+            .await
     }
 
     /// Sends raw bytes with the given headers (dead letters, retries of dead letters).
@@ -92,7 +114,11 @@ impl EventProducer {
             .send(record, self.settings.delivery_timeout)
             .await
             .map_err(|(error, _message)| LogError::Kafka(error))?;
-        Ok(LogPosition { topic: topic.to_owned(), partition: delivery.partition, offset: delivery.offset })
+        Ok(LogPosition {
+            topic: topic.to_owned(),
+            partition: delivery.partition,
+            offset: delivery.offset,
+        })
     }
 }
 

@@ -18,7 +18,9 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned() }
+        Self {
+            prefix: prefix.to_owned(),
+        }
     }
 
     /// The topic holding the streams of one aggregate type.
@@ -28,7 +30,9 @@ impl Topics {
 
     /// The aggregate type whose events a topic holds, if it is one of ours.
     pub fn aggregate_of(&self, topic: &str) -> Option<AggregateType> {
-        AggregateType::ALL.into_iter().find(|aggregate| self.events(*aggregate) == topic)
+        AggregateType::ALL
+            .into_iter()
+            .find(|aggregate| self.events(*aggregate) == topic)
     }
 
     /// Where records that cannot be decoded or applied go, with the reason in a header.
@@ -38,7 +42,10 @@ impl Topics {
 
     /// Every event topic, in a stable order.
     pub fn event_topics(&self) -> Vec<String> {
-        AggregateType::ALL.into_iter().map(|aggregate| self.events(aggregate)).collect()
+        AggregateType::ALL
+            .into_iter()
+            .map(|aggregate| self.events(aggregate))
+            .collect()
     }
 
     /// Every topic this deployment owns.
@@ -75,7 +82,9 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<Vec<String>, LogE
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
                 return Err(LogError::Kafka(rdkafka::error::KafkaError::AdminOp(code)))
-                    .inspect_err(|_| tracing::error!(topic = %name, %code, "topic creation failed"));
+                    .inspect_err(
+                        |_| tracing::error!(topic = %name, %code, "topic creation failed"),
+                    );
             }
         }
     }

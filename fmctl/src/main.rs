@@ -15,8 +15,14 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
-#[command(name = "fmctl", version, about = "Operate Funeral Manager: topics, tokens.")]
-#[command(after_help = "Examples:\n  fmctl topics ensure\n  fmctl token mint --role director --subject director-1\n  fmctl token mint --role family --subject family-42 --ttl-days 7")]
+#[command(
+    name = "fmctl",
+    version,
+    about = "Operate Funeral Manager: topics, tokens."
+)]
+#[command(
+    after_help = "Examples:\n  fmctl topics ensure\n  fmctl token mint --role director --subject director-1\n  fmctl token mint --role family --subject family-42 --ttl-days 7"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,7 +46,7 @@ enum TopicsCommand {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Print a bearer token signed with FM_AUTH__SECRET.
+    /// Print a bearer token signed with the deployment's auth secret.
     Mint {
         #[arg(long, value_enum)]
         role: RoleArg,
@@ -95,19 +101,30 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings: Settings = platform::settings::load().context("Failed to read the FM_* configuration")?;
+    let settings: Settings =
+        platform::settings::load().context("Failed to read the FM_* configuration")?;
     match cli.command {
         Command::Topics(TopicsCommand::Ensure) => {
             let created = event_log::topics::ensure_topics(&settings.kafka)
                 .await
-                .with_context(|| format!("Failed to create topics on {}", settings.kafka.brokers))?;
+                .with_context(|| {
+                    format!("Failed to create topics on {}", settings.kafka.brokers)
+                })?;
             let all = event_log::Topics::new(&settings.kafka.topic_prefix).all();
             for topic in all {
-                let state = if created.contains(&topic) { "created" } else { "exists" };
+                let state = if created.contains(&topic) {
+                    "created"
+                } else {
+                    "exists"
+                };
                 println!("{topic}\t{state}");
             }
         }
-        Command::Token(TokenCommand::Mint { role, subject, ttl_days }) => {
+        Command::Token(TokenCommand::Mint {
+            role,
+            subject,
+            ttl_days,
+        }) => {
             let auth = settings.auth.context("FM_AUTH__SECRET is not set")?;
             let keys = TokenKeys::from_secret(&auth.secret)?;
             let token = keys.mint(&subject, role.into(), chrono::Duration::days(ttl_days))?;

@@ -66,7 +66,12 @@ impl TokenKeys {
     }
 
     /// A token for `subject` with `role`, valid for `ttl`.
-    pub fn mint(&self, subject: &str, role: Role, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn mint(
+        &self,
+        subject: &str,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = Utc::now();
         let claims = Claims {
             sub: subject.to_owned(),
@@ -104,7 +109,10 @@ impl Caller {
 
     /// The caller as the actor recorded on the events it causes.
     pub fn actor(&self) -> Actor {
-        Actor { subject: self.subject.clone(), role: self.role }
+        Actor {
+            subject: self.subject.clone(),
+            role: self.role,
+        }
     }
 }
 
@@ -126,9 +134,11 @@ impl IntoResponse for AuthRejection {
     fn into_response(self) -> Response {
         let detail = self.to_string();
         let mut response = match self {
-            Self::MissingToken | Self::InvalidToken => {
-                Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Unauthenticated")
-            }
+            Self::MissingToken | Self::InvalidToken => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Unauthenticated",
+            ),
             Self::Forbidden { .. } => Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
         }
         .with_detail(detail)
@@ -162,7 +172,10 @@ where
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or(AuthRejection::InvalidToken)?;
         let claims = keys.verify(token.trim())?;
-        Ok(Self { subject: claims.sub, role: claims.role })
+        Ok(Self {
+            subject: claims.sub,
+            role: claims.role,
+        })
     }
 }
 
@@ -177,9 +190,14 @@ mod tests {
     #[test]
     fn a_minted_token_verifies_with_its_claims() {
         let keys = keys("0123456789abcdef0123456789abcdef");
-        let token = keys.mint("family-7", Role::Family, Duration::hours(1)).expect("mints");
+        let token = keys
+            .mint("family-7", Role::Family, Duration::hours(1))
+            .expect("mints");
         let claims = keys.verify(&token).expect("verifies");
-        assert_eq!((claims.sub.as_str(), claims.role), ("family-7", Role::Family));
+        assert_eq!(
+            (claims.sub.as_str(), claims.role),
+            ("family-7", Role::Family)
+        );
     }
 
     #[test]
@@ -188,13 +206,18 @@ mod tests {
             .mint("d", Role::Director, Duration::hours(1))
             .expect("mints");
         let other = keys("fedcba9876543210fedcba9876543210");
-        assert_eq!(other.verify(&token).err(), Some(AuthRejection::InvalidToken));
+        assert_eq!(
+            other.verify(&token).err(),
+            Some(AuthRejection::InvalidToken)
+        );
     }
 
     #[test]
     fn an_expired_token_is_invalid() {
         let keys = keys("0123456789abcdef0123456789abcdef");
-        let token = keys.mint("d", Role::Director, Duration::hours(-1)).expect("mints");
+        let token = keys
+            .mint("d", Role::Director, Duration::hours(-1))
+            .expect("mints");
         assert_eq!(keys.verify(&token).err(), Some(AuthRejection::InvalidToken));
     }
 

@@ -59,8 +59,14 @@ pub async fn serve(
 
 async fn timeout_problem(error: BoxError) -> Problem {
     if error.is::<tower::timeout::error::Elapsed>() {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out")
-            .with_detail("The request took too long and was abandoned. Retry with the same Idempotency-Key.")
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "Request timed out",
+        )
+        .with_detail(
+            "The request took too long and was abandoned. Retry with the same Idempotency-Key.",
+        )
     } else {
         tracing::error!(%error, "unhandled middleware error");
         Problem::internal()
@@ -79,7 +85,9 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Suffix("_seconds".to_owned()),
-                &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                &[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
             )
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
@@ -130,22 +138,37 @@ pub struct ReadyCheck {
 
 impl ReadyReport {
     pub fn new(checks: Vec<ReadyCheck>) -> Self {
-        Self { ready: checks.iter().all(|check| check.ok), checks }
+        Self {
+            ready: checks.iter().all(|check| check.ok),
+            checks,
+        }
     }
 }
 
 impl ReadyCheck {
     pub fn from_result<E: std::fmt::Display>(name: &'static str, result: Result<(), E>) -> Self {
         match result {
-            Ok(()) => Self { name, ok: true, detail: None },
-            Err(error) => Self { name, ok: false, detail: Some(error.to_string()) },
+            Ok(()) => Self {
+                name,
+                ok: true,
+                detail: None,
+            },
+            Err(error) => Self {
+                name,
+                ok: false,
+                detail: Some(error.to_string()),
+            },
         }
     }
 }
 
 impl IntoResponse for ReadyReport {
     fn into_response(self) -> Response {
-        let status = if self.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let status = if self.ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         (status, Json(self)).into_response()
     }
 }

@@ -42,15 +42,21 @@ where
             )
             .with_detail("Send the body as Content-Type: application/json."));
         }
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Body too large")
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Problem::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body-too-large",
+                        "Body too large",
+                    )
                     .with_detail(rejection.body_text())
-            } else {
-                Problem::new(rejection.status(), "unreadable-body", "Unreadable body")
-                    .with_detail(rejection.body_text())
-            }
-        })?;
+                } else {
+                    Problem::new(rejection.status(), "unreadable-body", "Unreadable body")
+                        .with_detail(rejection.body_text())
+                }
+            })?;
         parse(&bytes).map(ValidJson)
     }
 }
@@ -76,9 +82,17 @@ fn field_error(parent: &str, message: &str) -> FieldError {
         "." | "" => name.to_owned(),
         parent => format!("{parent}.{name}"),
     };
-    let field_path = if parent == "." { String::new() } else { parent.to_owned() };
+    let field_path = if parent == "." {
+        String::new()
+    } else {
+        parent.to_owned()
+    };
     if message.starts_with("unknown field") {
-        FieldError::new(join(named), "unknown_field", format!("`{named}` is not a field of this request"))
+        FieldError::new(
+            join(named),
+            "unknown_field",
+            format!("`{named}` is not a field of this request"),
+        )
     } else if message.starts_with("missing field") {
         FieldError::new(join(named), "required", format!("`{named}` is required"))
     } else if message.starts_with("invalid type") {

@@ -1,14 +1,14 @@
 //! What every Funeral Manager service shares at run time, so that each service's own code is
 //! only its routes and its domain wiring.
 //!
-//! - [`settings`]: typed configuration (defaults, then an optional file, then `FM_SECTION__KEY`
+//! - [`settings`] — typed configuration (defaults, then an optional file, then `FM_SECTION__KEY`
 //!   environment variables) and the sections every service uses.
-//! - [`telemetry`]: JSON or pretty structured logs.
-//! - [`shutdown`]: the shutdown token every long-running loop takes, tripped by SIGTERM/Ctrl-C.
-//! - [`auth`]: bearer tokens with roles; minting and checking them.
-//! - [`problem`]: RFC 9457 `application/problem+json` bodies.
-//! - [`json`]: a JSON body extractor whose rejections name the field and the rule.
-//! - [`http`]: serving a router with limits, timeouts, tracing and metrics; `/health`,
+//! - [`telemetry`] — JSON or pretty structured logs.
+//! - [`shutdown`] — the shutdown token every long-running loop takes, tripped by SIGTERM/Ctrl-C.
+//! - [`auth`] — bearer tokens with roles; minting and checking them.
+//! - [`problem`] — RFC 9457 `application/problem+json` bodies.
+//! - [`json`] — a JSON body extractor whose rejections name the field and the rule.
+//! - [`http`] — serving a router with limits, timeouts, tracing and metrics; `/health`,
 //!   `/metrics` and the readiness report.
 
 pub mod auth;

@@ -68,21 +68,33 @@ impl Problem {
             [one] => format!("{}: {}", one.field, one.message),
             many => format!("{} fields are invalid", many.len()),
         };
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", "The request is not valid")
-            .with_detail(detail)
-            .with_errors(errors)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "The request is not valid",
+        )
+        .with_detail(detail)
+        .with_errors(errors)
     }
 
     /// 500 that says nothing internal; the caller logs the detail.
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
-            .with_detail("The request could not be completed. It has been logged.")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+        )
+        .with_detail("The request could not be completed. It has been logged.")
     }
 
     /// 503 for a dependency that is down; says nothing internal.
     pub fn unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
-            .with_detail("A dependency is unavailable. Retry with the same Idempotency-Key.")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+        )
+        .with_detail("A dependency is unavailable. Retry with the same Idempotency-Key.")
     }
 
     fn status_code(&self) -> StatusCode {
@@ -91,8 +103,16 @@ impl Problem {
 }
 
 impl FieldError {
-    pub fn new(field: impl Into<String>, rule: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), rule: rule.into(), message: message.into() }
+    pub fn new(
+        field: impl Into<String>,
+        rule: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            rule: rule.into(),
+            message: message.into(),
+        }
     }
 }
 

@@ -44,7 +44,10 @@ pub struct HttpSettings {
 impl HttpSettings {
     /// The defaults with a service's own port.
     pub fn on_port(port: u16) -> Self {
-        Self { port, ..Self::default() }
+        Self {
+            port,
+            ..Self::default()
+        }
     }
 }
 
@@ -97,7 +100,10 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: LogFormat::Json, filter: "info".to_owned() }
+        Self {
+            format: LogFormat::Json,
+            filter: "info".to_owned(),
+        }
     }
 }
 

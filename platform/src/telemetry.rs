@@ -11,7 +11,9 @@ pub fn init(settings: &LogSettings) {
         .unwrap_or_else(|_| EnvFilter::new(settings.filter.clone()));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match settings.format {
-        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).try_init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true))
+            .try_init(),
         LogFormat::Pretty => registry.with(fmt::layer()).try_init(),
     };
     // Err only means a subscriber is already installed, which is what we want.

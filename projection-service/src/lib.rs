@@ -5,8 +5,8 @@
 //! aggregate sequence applied, so a redelivered or losing event is ignored. Records that break
 //! the contract go to the dead-letter topic with the reason, and the projector goes on.
 //!
-//! - [`startup`]: `Application::build`, `run_until_stopped`, and `migrate`.
-//! - [`settings`]: configuration.
+//! - [`startup`] — `Application::build`, `run_until_stopped`, and `migrate`.
+//! - [`settings`] — configuration.
 //! - `projector`: the consume-apply-commit loop and dead-lettering.
 //! - `read_models`: one module per read model, each applying events to its tables.
 

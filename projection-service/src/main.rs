@@ -12,10 +12,16 @@ async fn main() -> anyhow::Result<()> {
             println!("read-model migrations are up to date");
             return Ok(());
         }
-        Some(other) => anyhow::bail!("unknown command `{other}`: use `serve` (the default) or `migrate`"),
+        Some(other) => {
+            anyhow::bail!("unknown command `{other}`: use `serve` (the default) or `migrate`")
+        }
     }
     let shutdown = platform::shutdown::on_signal();
-    let app = Application::build(settings, shutdown).await.context("Failed to start the projection-service")?;
+    let app = Application::build(settings, shutdown)
+        .await
+        .context("Failed to start the projection-service")?;
     tracing::info!(port = app.port(), "projection-service running");
-    app.run_until_stopped().await.context("projection-service stopped with an error")
+    app.run_until_stopped()
+        .await
+        .context("projection-service stopped with an error")
 }

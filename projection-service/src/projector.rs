@@ -39,7 +39,9 @@ pub(crate) struct Projector {
 
 impl std::fmt::Debug for Projector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Projector").field("topics", &self.topics).finish_non_exhaustive()
+        f.debug_struct("Projector")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,8 +56,10 @@ async fn stored_offsets(
     .bind(PROJECTION)
     .fetch_all(pool)
     .await?;
-    let stored: BTreeMap<TopicPartition, i64> =
-        rows.into_iter().map(|(topic, partition, offset)| ((topic, partition), offset)).collect();
+    let stored: BTreeMap<TopicPartition, i64> = rows
+        .into_iter()
+        .map(|(topic, partition, offset)| ((topic, partition), offset))
+        .collect();
     Ok(partitions
         .into_iter()
         .map(|tp| {
@@ -101,7 +105,13 @@ impl Projector {
         consumer::assign(&consumer, &offsets)?;
         tracing::info!(?offsets, "projector assigned");
         let dead_letters = EventProducer::new(settings)?;
-        Ok(Self { pool, consumer, registry, dead_letters, topics })
+        Ok(Self {
+            pool,
+            consumer,
+            registry,
+            dead_letters,
+            topics,
+        })
     }
 
     /// Runs until `shutdown`; the record in hand is finished first.
@@ -145,12 +155,22 @@ impl Projector {
             partition: message.partition(),
             offset: message.offset(),
         };
-        let envelope = match self.registry.validate_bytes(message.payload().unwrap_or_default()) {
+        let envelope = match self
+            .registry
+            .validate_bytes(message.payload().unwrap_or_default())
+        {
             Ok(envelope) => envelope,
-            Err(violation) => return self.dead_letter(message, &position, &violation.to_string()).await,
+            Err(violation) => {
+                return self
+                    .dead_letter(message, &position, &violation.to_string())
+                    .await;
+            }
         };
         if self.topics.aggregate_of(&position.topic) != Some(envelope.aggregate_type) {
-            let reason = format!("a {} event on topic {}", envelope.aggregate_type, position.topic);
+            let reason = format!(
+                "a {} event on topic {}",
+                envelope.aggregate_type, position.topic
+            );
             return self.dead_letter(message, &position, &reason).await;
         }
         let mut tx = self.pool.begin().await?;
@@ -158,7 +178,9 @@ impl Projector {
             Ok(applied) => applied,
             Err(ApplyError::Contract(violation)) => {
                 drop(tx);
-                return self.dead_letter(message, &position, &violation.to_string()).await;
+                return self
+                    .dead_letter(message, &position, &violation.to_string())
+                    .await;
             }
             Err(ApplyError::Database(error)) => return Err(error.into()),
         };
@@ -184,17 +206,39 @@ impl Projector {
 
     /// Sends a record that cannot be used to the dead-letter topic with the reason and its
     /// origin, then stores its offset so the projector moves on.
-    async fn dead_letter(&self, message: &BorrowedMessage<'_>, position: &LogPosition, reason: &str) -> anyhow::Result<()> {
+    async fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        position: &LogPosition,
+        reason: &str,
+    ) -> anyhow::Result<()> {
         tracing::warn!(%reason, topic = %position.topic, partition = position.partition, offset = position.offset, "dead-lettering a record");
         let partition = position.partition.to_string();
         let offset = position.offset.to_string();
         let record_headers = OwnedHeaders::new()
-            .insert(Header { key: headers::DEAD_LETTER_REASON, value: Some(reason) })
-            .insert(Header { key: headers::ORIGIN_TOPIC, value: Some(position.topic.as_str()) })
-            .insert(Header { key: headers::ORIGIN_PARTITION, value: Some(partition.as_str()) })
-            .insert(Header { key: headers::ORIGIN_OFFSET, value: Some(offset.as_str()) });
+            .insert(Header {
+                key: headers::DEAD_LETTER_REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: headers::ORIGIN_TOPIC,
+                value: Some(position.topic.as_str()),
+            })
+            .insert(Header {
+                key: headers::ORIGIN_PARTITION,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: headers::ORIGIN_OFFSET,
+                value: Some(offset.as_str()),
+            });
         self.dead_letters
-            .send(&self.topics.dead_letter(), message.key(), message.payload().unwrap_or_default(), record_headers)
+            .send(
+                &self.topics.dead_letter(),
+                message.key(),
+                message.payload().unwrap_or_default(),
+                record_headers,
+            )
             .await?;
         let mut tx = self.pool.begin().await?;
         store_offset(&mut tx, position).await?;

@@ -29,7 +29,10 @@ async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
 /// Runs the read-model migrations.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
-    MIGRATOR.run(&pool).await.context("Failed to run the read-model migrations")
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("Failed to run the read-model migrations")
 }
 
 #[derive(Debug, Clone)]
@@ -52,20 +55,38 @@ impl Application {
     /// Migrates, assigns the projector at its stored offsets, binds the health/metrics listener.
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let pool = connect(&settings).await?;
-        MIGRATOR.run(&pool).await.context("Failed to run the read-model migrations")?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("Failed to run the read-model migrations")?;
         let registry = SchemaRegistry::load().context("Failed to compile the event schemas")?;
         let projector = Projector::start(pool.clone(), &settings.kafka, registry)
             .await
-            .context("Failed to start the projector (do the topics exist? run `fmctl topics ensure`)")?;
+            .context(
+                "Failed to start the projector (do the topics exist? run `fmctl topics ensure`)",
+            )?;
         let projector = tokio::spawn(projector.run(shutdown.clone()));
         let producer = event_log::EventProducer::new(&settings.kafka)?;
-        let router = Router::new().route("/ready", get(ready)).with_state(AppState { pool, producer });
+        let router = Router::new()
+            .route("/ready", get(ready))
+            .with_state(AppState { pool, producer });
         let router = platform::http::standard_layers(router, &settings.http);
         let listener = platform::http::bind(&settings.http)
             .await
-            .with_context(|| format!("Failed to bind {}:{}", settings.http.host, settings.http.port))?;
+            .with_context(|| {
+                format!(
+                    "Failed to bind {}:{}",
+                    settings.http.host, settings.http.port
+                )
+            })?;
         let port = listener.local_addr()?.port();
-        Ok(Self { port, listener, router, projector, shutdown })
+        Ok(Self {
+            port,
+            listener,
+            router,
+            projector,
+            shutdown,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -85,7 +106,16 @@ impl Application {
 /// `GET /ready`: Postgres and the broker answer.
 async fn ready(State(state): State<AppState>) -> ReadyReport {
     let deadline = Duration::from_secs(2);
-    let postgres = probe(deadline, async { sqlx::query("SELECT 1").execute(&state.pool).await.map(|_| ()) }).await;
+    let postgres = probe(deadline, async {
+        sqlx::query("SELECT 1")
+            .execute(&state.pool)
+            .await
+            .map(|_| ())
+    })
+    .await;
     let kafka = probe(deadline, state.producer.ping()).await;
-    ReadyReport::new(vec![ReadyCheck::from_result("postgres", postgres), ReadyCheck::from_result("kafka", kafka)])
+    ReadyReport::new(vec![
+        ReadyCheck::from_result("postgres", postgres),
+        ReadyCheck::from_result("kafka", kafka),
+    ])
 }

@@ -20,7 +20,9 @@ pub(crate) async fn wait_for_token(
     pool: &PgPool,
     settings: &ConsistencySettings,
 ) -> Result<(), ApiError> {
-    let Some(value) = headers.get(HEADER) else { return Ok(()) };
+    let Some(value) = headers.get(HEADER) else {
+        return Ok(());
+    };
     let token: ConsistencyToken = value
         .to_str()
         .ok()
@@ -40,7 +42,9 @@ pub(crate) async fn wait_for_token(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(ApiError::NotCaughtUp { waited: settings.max_wait });
+            return Err(ApiError::NotCaughtUp {
+                waited: settings.max_wait,
+            });
         }
         tokio::time::sleep(settings.poll_interval).await;
     }

@@ -45,19 +45,27 @@ impl IntoResponse for ApiError {
             )])
             .into_response(),
             Self::NotCaughtUp { waited } => {
-                let mut response = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-caught-up", "Read model behind")
-                    .with_detail(format!(
-                        "The read model has not applied your write within {} ms; retry shortly.",
-                        waited.as_millis()
-                    ))
-                    .into_response();
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                let mut response = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not-caught-up",
+                    "Read model behind",
+                )
+                .with_detail(format!(
+                    "The read model has not applied your write within {} ms; retry shortly.",
+                    waited.as_millis()
+                ))
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }
             Self::Auth(rejection) => rejection.into_response(),
             Self::Database(error) => {
                 tracing::error!(%error, "query failed in the database");
-                Problem::unavailable().with_detail("The read store is unavailable. Retry shortly.").into_response()
+                Problem::unavailable()
+                    .with_detail("The read store is unavailable. Retry shortly.")
+                    .into_response()
             }
         }
     }

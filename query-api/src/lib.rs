@@ -3,8 +3,8 @@
 //! Reads never touch the log. A client that just wrote can present the consistency token of its
 //! command; the query then waits (bounded) until the projector has applied that log position.
 //!
-//! - [`startup`]: `Application::build` and `run_until_stopped`.
-//! - [`settings`]: configuration.
+//! - [`startup`] — `Application::build` and `run_until_stopped`.
+//! - [`settings`] — configuration.
 //! - `consistency`: waiting for a consistency token.
 //! - `routes`: one module per route group.
 //! - `error`: the one `ApiError` and its mapping to problem+json.

@@ -7,7 +7,11 @@ async fn main() -> anyhow::Result<()> {
         .context("Failed to load settings (FM_AUTH__SECRET must be set)")?;
     platform::telemetry::init(&settings.log);
     let shutdown = platform::shutdown::on_signal();
-    let app = Application::build(settings, shutdown).await.context("Failed to start the query-api")?;
+    let app = Application::build(settings, shutdown)
+        .await
+        .context("Failed to start the query-api")?;
     tracing::info!(port = app.port(), "query-api listening");
-    app.run_until_stopped().await.context("query-api stopped with an error")
+    app.run_until_stopped()
+        .await
+        .context("query-api stopped with an error")
 }

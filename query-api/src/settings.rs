@@ -35,7 +35,10 @@ pub struct ConsistencySettings {
 
 impl Default for ConsistencySettings {
     fn default() -> Self {
-        Self { max_wait: Duration::from_secs(5), poll_interval: Duration::from_millis(20) }
+        Self {
+            max_wait: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(20),
+        }
     }
 }
 
@@ -45,7 +48,9 @@ impl Settings {
         Self {
             http: default_http(),
             database,
-            auth: AuthSettings { secret: secret.to_owned().into() },
+            auth: AuthSettings {
+                secret: secret.to_owned().into(),
+            },
             log: LogSettings::default(),
             consistency: ConsistencySettings::default(),
         }

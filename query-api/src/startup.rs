@@ -47,7 +47,11 @@ impl Application {
             .acquire_timeout(settings.database.acquire_timeout)
             .connect_lazy(settings.database.url.expose_secret())
             .context("Invalid database URL")?;
-        let state = AppState { pool, keys: Arc::new(keys), consistency: settings.consistency.clone() };
+        let state = AppState {
+            pool,
+            keys: Arc::new(keys),
+            consistency: settings.consistency.clone(),
+        };
         let router = Router::new()
             .route("/bookings/{id}", get(bookings::get_booking))
             .route("/facilities/{id}", get(facilities::get_facility))
@@ -57,9 +61,19 @@ impl Application {
         let router = platform::http::standard_layers(router, &settings.http);
         let listener = platform::http::bind(&settings.http)
             .await
-            .with_context(|| format!("Failed to bind {}:{}", settings.http.host, settings.http.port))?;
+            .with_context(|| {
+                format!(
+                    "Failed to bind {}:{}",
+                    settings.http.host, settings.http.port
+                )
+            })?;
         let port = listener.local_addr()?.port();
-        Ok(Self { port, listener, router, shutdown })
+        Ok(Self {
+            port,
+            listener,
+            router,
+            shutdown,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -68,6 +82,8 @@ impl Application {
 
     /// Serves until the shutdown token is cancelled, then drains requests.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        platform::http::serve(self.listener, self.router, self.shutdown).await.context("HTTP server failed")
+        platform::http::serve(self.listener, self.router, self.shutdown)
+            .await
+            .context("HTTP server failed")
     }
 }

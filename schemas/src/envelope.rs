@@ -81,7 +81,10 @@ pub struct Actor {
 impl Actor {
     /// The actor for commands a service issues on its own behalf.
     pub fn system(service: &str) -> Self {
-        Self { subject: service.to_owned(), role: Role::System }
+        Self {
+            subject: service.to_owned(),
+            role: Role::System,
+        }
     }
 }
 
@@ -128,7 +131,10 @@ impl EventEnvelope {
         metadata: &EventMetadata,
     ) -> Result<Self, serde_json::Error> {
         let tagged = serde_json::to_value(event)?;
-        let data = tagged.get("data").cloned().unwrap_or(serde_json::Value::Null);
+        let data = tagged
+            .get("data")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
         Ok(Self {
             event_id: Uuid::new_v4(),
             event_type: event.event_type().to_owned(),

@@ -6,9 +6,9 @@
 //! envelope by `schemas/envelope.v1.json`. Consumers validate against them before trusting a
 //! record, and a changed event that did not change its schema fails this crate's tests.
 //!
-//! - [`envelope`]: the envelope, the actor and the aggregate types.
-//! - [`registry`]: the embedded schemas, validation, and typed encoding/decoding of events.
-//! - [`token`]: the consistency token a command returns and a query may present.
+//! - [`envelope`] — the envelope, the actor and the aggregate types.
+//! - [`registry`] — the embedded schemas, validation, and typed encoding/decoding of events.
+//! - [`token`] — the consistency token a command returns and a query may present.
 
 pub mod envelope;
 pub mod registry;

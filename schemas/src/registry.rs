@@ -68,11 +68,23 @@ pub enum ContractViolation {
     #[error("envelope invalid at '{path}': {message}")]
     Envelope { path: String, message: String },
     #[error("unknown event type {event_type} v{event_version}")]
-    UnknownEvent { event_type: String, event_version: u16 },
+    UnknownEvent {
+        event_type: String,
+        event_version: u16,
+    },
     #[error("{event_type} v{event_version} payload invalid at '{path}': {message}")]
-    Payload { event_type: String, event_version: u16, path: String, message: String },
+    Payload {
+        event_type: String,
+        event_version: u16,
+        path: String,
+        message: String,
+    },
     #[error("{event_type} v{event_version} payload does not decode: {message}")]
-    Decode { event_type: String, event_version: u16, message: String },
+    Decode {
+        event_type: String,
+        event_version: u16,
+        message: String,
+    },
 }
 
 /// A schema file that does not compile: a defect in this crate, caught by its tests.
@@ -91,7 +103,10 @@ pub struct SchemaRegistry {
 }
 
 fn compile(name: &str, text: &str) -> Result<Validator, BrokenSchema> {
-    let broken = |message: String| BrokenSchema { name: name.to_owned(), message };
+    let broken = |message: String| BrokenSchema {
+        name: name.to_owned(),
+        message,
+    };
     let schema: Value = serde_json::from_str(text).map_err(|e| broken(e.to_string()))?;
     jsonschema::draft202012::options()
         .should_validate_formats(true)
@@ -114,7 +129,10 @@ impl SchemaRegistry {
         let mut events = BTreeMap::new();
         for file in EVENT_SCHEMAS {
             let name = format!("{}.v{}", file.event_type, file.event_version);
-            events.insert((file.event_type, file.event_version), compile(&name, file.text)?);
+            events.insert(
+                (file.event_type, file.event_version),
+                compile(&name, file.text)?,
+            );
         }
         Ok(Self { envelope, events })
     }
@@ -132,8 +150,11 @@ impl SchemaRegistry {
         if let Some((path, message)) = first_error(&self.envelope, document) {
             return Err(ContractViolation::Envelope { path, message });
         }
-        let envelope: EventEnvelope = serde_json::from_value(document.clone())
-            .map_err(|e| ContractViolation::Envelope { path: String::new(), message: e.to_string() })?;
+        let envelope: EventEnvelope =
+            serde_json::from_value(document.clone()).map_err(|e| ContractViolation::Envelope {
+                path: String::new(),
+                message: e.to_string(),
+            })?;
         self.validate_payload(&envelope)?;
         Ok(envelope)
     }

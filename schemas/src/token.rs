@@ -31,15 +31,29 @@ impl FromStr for ConsistencyToken {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.rsplitn(3, ':');
-        let offset = parts.next().and_then(|p| p.parse::<i64>().ok()).ok_or(MalformedToken)?;
-        let partition = parts.next().and_then(|p| p.parse::<i32>().ok()).ok_or(MalformedToken)?;
-        let topic = parts.next().filter(|t| !t.is_empty()).ok_or(MalformedToken)?;
-        let valid_topic =
-            topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        let offset = parts
+            .next()
+            .and_then(|p| p.parse::<i64>().ok())
+            .ok_or(MalformedToken)?;
+        let partition = parts
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+            .ok_or(MalformedToken)?;
+        let topic = parts
+            .next()
+            .filter(|t| !t.is_empty())
+            .ok_or(MalformedToken)?;
+        let valid_topic = topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !valid_topic || partition < 0 || offset < 0 {
             return Err(MalformedToken);
         }
-        Ok(Self { topic: topic.to_owned(), partition, offset })
+        Ok(Self {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+        })
     }
 }
 
@@ -49,14 +63,24 @@ mod tests {
 
     #[test]
     fn a_token_reads_back_what_it_wrote() {
-        let token = ConsistencyToken { topic: "fm.booking.events".into(), partition: 2, offset: 41 };
+        let token = ConsistencyToken {
+            topic: "fm.booking.events".into(),
+            partition: 2,
+            offset: 41,
+        };
         assert_eq!(token.to_string().parse::<ConsistencyToken>(), Ok(token));
     }
 
     #[test]
     fn malformed_tokens_are_refused() {
-        for bad in ["", "x", "fm:1", ":1:2", "fm:-1:2", "fm:1:-2", "fm:a:2", "f m:1:2", "fm:1:2x"] {
-            assert_eq!(bad.parse::<ConsistencyToken>(), Err(MalformedToken), "{bad:?}");
+        for bad in [
+            "", "x", "fm:1", ":1:2", "fm:-1:2", "fm:1:-2", "fm:a:2", "f m:1:2", "fm:1:2x",
+        ] {
+            assert_eq!(
+                bad.parse::<ConsistencyToken>(),
+                Err(MalformedToken),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -1,15 +1,12 @@
 //! The wire contract holds: every event the domain can emit has a checked-in schema, validates
 //! against it, and reads back equal; anything else is refused with a reason.
 
+#![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
+
 use std::collections::BTreeSet;
 
 use chrono::{TimeZone, Utc};
-use domain::{
-    DomainEvent,
-    booking::BookingEvent,
-    facility::FacilityEvent,
-    payment::PaymentEvent,
-};
+use domain::{DomainEvent, booking::BookingEvent, facility::FacilityEvent, payment::PaymentEvent};
 use schemas::{
     Actor, AggregateType, ContractViolation, EventEnvelope, EventMetadata, Role, SchemaRegistry,
     registry::EVENT_SCHEMAS,
@@ -25,7 +22,10 @@ fn metadata() -> EventMetadata {
     EventMetadata {
         correlation_id: Uuid::from_u128(1),
         causation_id: Uuid::from_u128(2),
-        actor: Actor { subject: "director-1".into(), role: Role::Director },
+        actor: Actor {
+            subject: "director-1".into(),
+            role: Role::Director,
+        },
         occurred_at: Utc.with_ymd_and_hms(2027, 1, 5, 9, 30, 0).unwrap(),
     }
 }
@@ -39,14 +39,20 @@ fn round_trip<E: DomainEvent>(aggregate: AggregateType, event: &E) -> E {
     let registry = registry();
     let bytes = serde_json::to_vec(&envelope_of(aggregate, event)).unwrap();
     let envelope = registry.validate_bytes(&bytes).unwrap_or_else(|violation| {
-        panic!("{} does not match its schema: {violation}", event.event_type())
+        panic!(
+            "{} does not match its schema: {violation}",
+            event.event_type()
+        )
     });
     registry.decode(&envelope).expect("decodes")
 }
 
 fn all_samples_round_trip<E: DomainEvent>(aggregate: AggregateType, samples: Vec<E>) {
     let types: BTreeSet<_> = samples.iter().map(DomainEvent::event_type).collect();
-    let catalogue: BTreeSet<_> = E::catalogue().iter().map(|(event_type, _)| *event_type).collect();
+    let catalogue: BTreeSet<_> = E::catalogue()
+        .iter()
+        .map(|(event_type, _)| *event_type)
+        .collect();
     assert_eq!(types, catalogue, "the samples must cover every variant");
     for event in samples {
         assert_eq!(round_trip(aggregate, &event), event);
@@ -88,12 +94,20 @@ fn every_schema_file_on_disk_is_embedded_and_every_embedded_one_is_on_disk() {
         let aggregate = aggregate.unwrap();
         for file in std::fs::read_dir(aggregate.path()).unwrap() {
             let name = file.unwrap().file_name().into_string().unwrap();
-            on_disk.insert(format!("{}/{name}", aggregate.file_name().to_string_lossy()));
+            on_disk.insert(format!(
+                "{}/{name}",
+                aggregate.file_name().to_string_lossy()
+            ));
         }
     }
     let embedded: BTreeSet<String> = EVENT_SCHEMAS
         .iter()
-        .map(|file| format!("{}/{}.v{}.json", file.aggregate, file.event_type, file.event_version))
+        .map(|file| {
+            format!(
+                "{}/{}.v{}.json",
+                file.aggregate, file.event_type, file.event_version
+            )
+        })
         .collect();
     assert_eq!(on_disk, embedded);
 }
@@ -112,15 +126,25 @@ fn violation(document: &Value) -> ContractViolation {
 fn an_event_that_grew_a_field_its_schema_does_not_know_is_refused() {
     let mut document = booking_requested_document();
     document["data"]["discount"] = json!(10);
-    assert!(matches!(violation(&document), ContractViolation::Payload { .. }));
+    assert!(matches!(
+        violation(&document),
+        ContractViolation::Payload { .. }
+    ));
 }
 
 #[test]
 fn an_event_that_lost_or_renamed_a_field_is_refused() {
     let mut document = booking_requested_document();
-    let price = document["data"].as_object_mut().unwrap().remove("price").unwrap();
+    let price = document["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("price")
+        .unwrap();
     document["data"]["cost"] = price;
-    assert!(matches!(violation(&document), ContractViolation::Payload { .. }));
+    assert!(matches!(
+        violation(&document),
+        ContractViolation::Payload { .. }
+    ));
 }
 
 #[test]
@@ -137,17 +161,26 @@ fn an_event_whose_field_changed_type_is_refused_naming_the_place() {
 fn a_payload_that_breaks_a_value_rule_is_refused() {
     let mut document = booking_requested_document();
     document["data"]["family_contacts"][0]["email"] = json!("not an email");
-    assert!(matches!(violation(&document), ContractViolation::Payload { .. }));
+    assert!(matches!(
+        violation(&document),
+        ContractViolation::Payload { .. }
+    ));
 }
 
 #[test]
 fn an_unknown_event_type_or_version_is_refused() {
     let mut document = booking_requested_document();
     document["event_version"] = json!(2);
-    assert!(matches!(violation(&document), ContractViolation::UnknownEvent { .. }));
+    assert!(matches!(
+        violation(&document),
+        ContractViolation::UnknownEvent { .. }
+    ));
     document["event_version"] = json!(1);
     document["event_type"] = json!("BookingTeleported");
-    assert!(matches!(violation(&document), ContractViolation::UnknownEvent { .. }));
+    assert!(matches!(
+        violation(&document),
+        ContractViolation::UnknownEvent { .. }
+    ));
 }
 
 #[test]
@@ -167,11 +200,16 @@ fn a_broken_envelope_is_refused_naming_the_field() {
     }
     let mut document = booking_requested_document();
     document.as_object_mut().unwrap().remove("actor");
-    assert!(matches!(violation(&document), ContractViolation::Envelope { .. }));
+    assert!(matches!(
+        violation(&document),
+        ContractViolation::Envelope { .. }
+    ));
 }
 
 #[test]
 fn bytes_that_are_not_json_are_refused() {
-    let error = registry().validate_bytes(b"\x00\x9f garbage").expect_err("refused");
+    let error = registry()
+        .validate_bytes(b"\x00\x9f garbage")
+        .expect_err("refused");
     assert!(matches!(error, ContractViolation::NotJson(_)));
 }

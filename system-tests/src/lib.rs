@@ -37,7 +37,9 @@ pub async fn fresh_kafka() -> anyhow::Result<KafkaSettings> {
         topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
         ..KafkaSettings::default()
     };
-    event_log::topics::ensure_topics(&settings).await.context("Failed to create the test topics")?;
+    event_log::topics::ensure_topics(&settings)
+        .await
+        .context("Failed to create the test topics")?;
     Ok(settings)
 }
 
@@ -45,9 +47,15 @@ pub async fn fresh_kafka() -> anyhow::Result<KafkaSettings> {
 pub async fn fresh_database() -> anyhow::Result<String> {
     let admin_url = required_env("FM_TEST_DATABASE_URL")?;
     let name = format!("fm_test_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url).await.context("Failed to connect to the test PostgreSQL")?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
-    let (base, _) = admin_url.rsplit_once('/').context("FM_TEST_DATABASE_URL has no database name")?;
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .context("Failed to connect to the test PostgreSQL")?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .context("FM_TEST_DATABASE_URL has no database name")?;
     Ok(format!("{base}/{name}"))
 }
 
@@ -71,7 +79,10 @@ impl TestStack {
         let database_url = fresh_database().await?;
         let shutdown = CancellationToken::new();
         let http_settings = HttpSettings::on_port(0);
-        let database = DatabaseSettings { url: SecretString::from(database_url.clone()), ..DatabaseSettings::default() };
+        let database = DatabaseSettings {
+            url: SecretString::from(database_url.clone()),
+            ..DatabaseSettings::default()
+        };
 
         let projection_settings = projection_service::Settings {
             http: http_settings.clone(),
@@ -79,14 +90,16 @@ impl TestStack {
             database: database.clone(),
             ..projection_service::Settings::default()
         };
-        let projection = projection_service::Application::build(projection_settings, shutdown.clone()).await?;
+        let projection =
+            projection_service::Application::build(projection_settings, shutdown.clone()).await?;
         let projection_url = format!("http://127.0.0.1:{}", projection.port());
         tokio::spawn(projection.run_until_stopped());
 
         let mut command_settings = command_service::Settings::with_secret(TEST_SECRET);
         command_settings.http = http_settings.clone();
         command_settings.kafka = kafka.clone();
-        let command = command_service::Application::build(command_settings, shutdown.clone()).await?;
+        let command =
+            command_service::Application::build(command_settings, shutdown.clone()).await?;
         let command_url = format!("http://127.0.0.1:{}", command.port());
         tokio::spawn(command.run_until_stopped());
 
@@ -133,7 +146,9 @@ impl TestStack {
 
     /// A bearer token for `subject` with `role`.
     pub fn token(&self, role: Role, subject: &str) -> String {
-        self.keys.mint(subject, role, chrono::Duration::hours(1)).expect("minting with a valid key")
+        self.keys
+            .mint(subject, role, chrono::Duration::hours(1))
+            .expect("minting with a valid key")
     }
 }
 
@@ -168,7 +183,9 @@ pub mod bodies {
     pub fn booking(facility_id: &str, days_ahead: i64) -> Value {
         let day = (Utc::now() + Duration::days(days_ahead)).date_naive();
         let start = chrono_tz::Europe::London
-            .from_local_datetime(&day.and_time(NaiveTime::from_hms_opt(10, 0, 0).expect("valid time")))
+            .from_local_datetime(
+                &day.and_time(NaiveTime::from_hms_opt(10, 0, 0).expect("valid time")),
+            )
             .single()
             .expect("10:00 exists on every London day");
         let end = start + Duration::hours(1);

@@ -1,6 +1,8 @@
 //! The tracer bullet: one facility and one booking through every service, on the real broker
 //! and PostgreSQL.
 
+#![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
+
 use reqwest::StatusCode;
 use schemas::Role;
 use serde_json::Value;
@@ -33,7 +35,10 @@ async fn a_booking_travels_from_the_command_api_through_kafka_into_the_query_api
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let header_token = response.headers()["consistency-token"].to_str().unwrap().to_owned();
+    let header_token = response.headers()["consistency-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let accepted: Value = response.json().await.unwrap();
     assert_eq!(accepted["consistency_token"], header_token.as_str());
     let booking_id = accepted["booking_id"].as_str().unwrap();
@@ -72,7 +77,10 @@ async fn a_booking_travels_from_the_command_api_through_kafka_into_the_query_api
         .http
         .get(format!("{}/facilities/{facility_id}", stack.query_url))
         .bearer_auth(&director)
-        .header("consistency-token", facility["consistency_token"].as_str().unwrap())
+        .header(
+            "consistency-token",
+            facility["consistency_token"].as_str().unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -105,34 +113,80 @@ async fn a_family_cannot_see_a_booking_it_did_not_make() {
         .http
         .post(format!("{}/bookings", stack.command_url))
         .bearer_auth(&family)
-        .json(&bodies::booking(facility["facility_id"].as_str().unwrap(), 10))
+        .json(&bodies::booking(
+            facility["facility_id"].as_str().unwrap(),
+            10,
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let accepted: Value = response.json().await.unwrap();
-    let url = format!("{}/bookings/{}", stack.query_url, accepted["booking_id"].as_str().unwrap());
+    let url = format!(
+        "{}/bookings/{}",
+        stack.query_url,
+        accepted["booking_id"].as_str().unwrap()
+    );
     let token = accepted["consistency_token"].as_str().unwrap();
 
-    let own = stack.http.get(&url).bearer_auth(&family).header("consistency-token", token).send().await.unwrap();
+    let own = stack
+        .http
+        .get(&url)
+        .bearer_auth(&family)
+        .header("consistency-token", token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(own.status(), StatusCode::OK);
-    let others = stack.http.get(&url).bearer_auth(&other_family).send().await.unwrap();
+    let others = stack
+        .http
+        .get(&url)
+        .bearer_auth(&other_family)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(others.status(), StatusCode::NOT_FOUND);
     let body = others.text().await.unwrap();
-    assert!(!body.contains("byron@example.org"), "no contact data leaks: {body}");
+    assert!(
+        !body.contains("byron@example.org"),
+        "no contact data leaks: {body}"
+    );
 }
 
 #[tokio::test]
 async fn writes_without_a_valid_token_or_role_are_refused_and_nothing_is_written() {
     let stack = TestStack::spawn().await.expect("stack starts");
     let url = format!("{}/facilities", stack.command_url);
-    let anonymous = stack.http.post(&url).json(&bodies::facility()).send().await.unwrap();
+    let anonymous = stack
+        .http
+        .post(&url)
+        .json(&bodies::facility())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(anonymous.headers()["content-type"], "application/problem+json");
-    let forged = stack.http.post(&url).bearer_auth("not.a.token").json(&bodies::facility()).send().await.unwrap();
+    assert_eq!(
+        anonymous.headers()["content-type"],
+        "application/problem+json"
+    );
+    let forged = stack
+        .http
+        .post(&url)
+        .bearer_auth("not.a.token")
+        .json(&bodies::facility())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
     let family = stack.token(Role::Family, "family-1");
-    let wrong_role = stack.http.post(&url).bearer_auth(&family).json(&bodies::facility()).send().await.unwrap();
+    let wrong_role = stack
+        .http
+        .post(&url)
+        .bearer_auth(&family)
+        .json(&bodies::facility())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong_role.status(), StatusCode::FORBIDDEN);
 }
 
@@ -163,9 +217,17 @@ async fn an_invalid_booking_gets_a_problem_naming_every_broken_field() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     let problem: Value = response.json().await.unwrap();
-    let fields: Vec<&str> = problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
     assert_eq!(fields, ["family_contacts[0].email", "price.amount_minor"]);
 
     let unknown_facility = bodies::booking("7f1c1a8e-0000-4000-8000-000000000000", 14);

@@ -3,10 +3,13 @@
 use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use chrono::{NaiveDate, Utc};
 use domain::{
+    ValueError,
     booking::{Booking, BookingCommand, Deceased, FacilitySchedule, FamilyContact},
     facility::Facility,
-    values::{BookingId, Currency, EmailAddress, FacilityId, Money, PersonName, PhoneNumber, Relationship, ServiceType, Slot},
-    ValueError,
+    values::{
+        BookingId, Currency, EmailAddress, FacilityId, Money, PersonName, PhoneNumber,
+        Relationship, ServiceType, Slot,
+    },
 };
 use platform::{auth::Caller, json::ValidJson};
 use schemas::Role;
@@ -84,23 +87,40 @@ pub(crate) struct BookingAccepted {
 }
 
 impl RequestBooking {
-    fn into_command(self, booking_id: BookingId, facility: FacilitySchedule) -> Result<BookingCommand, ApiError> {
+    fn into_command(
+        self,
+        booking_id: BookingId,
+        facility: FacilitySchedule,
+    ) -> Result<BookingCommand, ApiError> {
         let mut violations = Violations::default();
         let service_type = violations.check(
             "service_type",
-            parse_variant::<ServiceType>(&self.service_type, "service_type.one_of", "burial, cremation, memorial, viewing"),
+            parse_variant::<ServiceType>(
+                &self.service_type,
+                "service_type.one_of",
+                "burial, cremation, memorial, viewing",
+            ),
         );
         let slot = violations.check("slot", Slot::parse(&self.slot.start, &self.slot.end));
-        let full_name = violations.check("deceased.full_name", PersonName::parse(&self.deceased.full_name));
+        let full_name = violations.check(
+            "deceased.full_name",
+            PersonName::parse(&self.deceased.full_name),
+        );
         let date_of_death = violations.check(
             "deceased.date_of_death",
-            NaiveDate::parse_from_str(&self.deceased.date_of_death, "%Y-%m-%d").map_err(|_| ValueError {
-                rule: "date.iso8601",
-                message: "must be a date as YYYY-MM-DD".to_owned(),
+            NaiveDate::parse_from_str(&self.deceased.date_of_death, "%Y-%m-%d").map_err(|_| {
+                ValueError {
+                    rule: "date.iso8601",
+                    message: "must be a date as YYYY-MM-DD".to_owned(),
+                }
             }),
         );
         if self.family_contacts.is_empty() {
-            violations.add("family_contacts", "family_contacts.non_empty", "at least one family contact is required");
+            violations.add(
+                "family_contacts",
+                "family_contacts.non_empty",
+                "at least one family contact is required",
+            );
         }
         let contacts: Vec<_> = self
             .family_contacts
@@ -109,29 +129,49 @@ impl RequestBooking {
             .filter_map(|(index, contact)| {
                 let field = |name: &str| format!("family_contacts[{index}].{name}");
                 let name = violations.check(field("name"), PersonName::parse(&contact.name));
-                let relationship = violations.check(field("relationship"), Relationship::parse(&contact.relationship));
+                let relationship = violations.check(
+                    field("relationship"),
+                    Relationship::parse(&contact.relationship),
+                );
                 let email = violations.check(field("email"), EmailAddress::parse(&contact.email));
                 let phone = match contact.phone.as_deref() {
                     None => Some(None),
-                    Some(phone) => violations.check(field("phone"), PhoneNumber::parse(phone)).map(Some),
+                    Some(phone) => violations
+                        .check(field("phone"), PhoneNumber::parse(phone))
+                        .map(Some),
                 };
-                Some(FamilyContact { name: name?, relationship: relationship?, email: email?, phone: phone? })
+                Some(FamilyContact {
+                    name: name?,
+                    relationship: relationship?,
+                    email: email?,
+                    phone: phone?,
+                })
             })
             .collect();
         let currency = violations.check("price.currency", Currency::parse(&self.price.currency));
-        let price = currency.and_then(|currency| violations.check("price.amount_minor", Money::new(self.price.amount_minor, currency)));
+        let price = currency.and_then(|currency| {
+            violations.check(
+                "price.amount_minor",
+                Money::new(self.price.amount_minor, currency),
+            )
+        });
         violations.finish()?;
         match (service_type, slot, full_name, date_of_death, price) {
-            (Some(service_type), Some(slot), Some(full_name), Some(date_of_death), Some(price)) => Ok(BookingCommand::Request {
-                booking_id,
-                facility,
-                service_type,
-                slot,
-                deceased: Deceased { full_name, date_of_death },
-                family_contacts: contacts,
-                price,
-                now: Utc::now(),
-            }),
+            (Some(service_type), Some(slot), Some(full_name), Some(date_of_death), Some(price)) => {
+                Ok(BookingCommand::Request {
+                    booking_id,
+                    facility,
+                    service_type,
+                    slot,
+                    deceased: Deceased {
+                        full_name,
+                        date_of_death,
+                    },
+                    family_contacts: contacts,
+                    price,
+                    now: Utc::now(),
+                })
+            }
             _ => unreachable!("every None recorded a violation"),
         }
     }
@@ -164,7 +204,10 @@ pub(crate) async fn request(
     let facility_id = body.facility_id;
     let facility = state.commands.store().read::<Facility>(facility_id);
     let Some(profile) = facility.state.profile() else {
-        return Err(ApiError::NotFound { field: "facility_id", id: facility_id });
+        return Err(ApiError::NotFound {
+            field: "facility_id",
+            id: facility_id,
+        });
     };
     let schedule = FacilitySchedule {
         facility_id: FacilityId::from_uuid(facility_id),
@@ -179,6 +222,10 @@ pub(crate) async fn request(
         .execute::<Booking>(*booking_id.as_uuid(), None, command, &metadata)
         .await?;
     let (headers, consistency_token) = token_of(&appended);
-    let body = BookingAccepted { booking_id: *booking_id.as_uuid(), version: appended.version, consistency_token };
+    let body = BookingAccepted {
+        booking_id: *booking_id.as_uuid(),
+        version: appended.version,
+        consistency_token,
+    };
     Ok((StatusCode::ACCEPTED, headers, Json(body)))
 }

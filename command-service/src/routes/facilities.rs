@@ -4,7 +4,10 @@ use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use domain::{
     ValueError,
     facility::{Facility, FacilityCommand},
-    values::{Capacity, FacilityId, FacilityKind, FacilityName, OpeningHours, OpeningInterval, TimeZone, TurnaroundBuffer},
+    values::{
+        Capacity, FacilityId, FacilityKind, FacilityName, OpeningHours, OpeningInterval, TimeZone,
+        TurnaroundBuffer,
+    },
 };
 use platform::{auth::Caller, json::ValidJson};
 use schemas::Role;
@@ -21,7 +24,7 @@ use crate::{commands::metadata_for_request, error::ApiError, startup::AppState};
 pub(crate) struct RegisterFacility {
     #[schema(example = "St Mary's Chapel")]
     name: String,
-    /// chapel, crematorium, graveside or reception_hall.
+    /// `chapel`, `crematorium`, `graveside` or `reception_hall`.
     #[schema(example = "chapel")]
     kind: String,
     #[schema(example = 120)]
@@ -62,9 +65,16 @@ impl RegisterFacility {
         let name = violations.check("name", FacilityName::parse(&self.name));
         let kind = violations.check(
             "kind",
-            parse_variant::<FacilityKind>(&self.kind, "kind.one_of", "chapel, crematorium, graveside, reception_hall"),
+            parse_variant::<FacilityKind>(
+                &self.kind,
+                "kind.one_of",
+                "chapel, crematorium, graveside, reception_hall",
+            ),
         );
-        let capacity = violations.check("capacity", whole(self.capacity, "capacity.range").and_then(Capacity::new));
+        let capacity = violations.check(
+            "capacity",
+            whole(self.capacity, "capacity.range").and_then(Capacity::new),
+        );
         let time_zone = violations.check("time_zone", TimeZone::parse(&self.time_zone));
         let intervals: Vec<_> = self
             .opening_hours
@@ -84,13 +94,27 @@ impl RegisterFacility {
         };
         let turnaround = violations.check(
             "turnaround_minutes",
-            whole(self.turnaround_minutes, "turnaround.range").and_then(TurnaroundBuffer::from_minutes),
+            whole(self.turnaround_minutes, "turnaround.range")
+                .and_then(TurnaroundBuffer::from_minutes),
         );
         violations.finish()?;
         match (name, kind, capacity, time_zone, opening_hours, turnaround) {
-            (Some(name), Some(kind), Some(capacity), Some(time_zone), Some(opening_hours), Some(turnaround)) => {
-                Ok(FacilityCommand::Register { facility_id, name, kind, capacity, time_zone, opening_hours, turnaround })
-            }
+            (
+                Some(name),
+                Some(kind),
+                Some(capacity),
+                Some(time_zone),
+                Some(opening_hours),
+                Some(turnaround),
+            ) => Ok(FacilityCommand::Register {
+                facility_id,
+                name,
+                kind,
+                capacity,
+                time_zone,
+                opening_hours,
+                turnaround,
+            }),
             _ => unreachable!("every None recorded a violation"),
         }
     }
@@ -98,7 +122,8 @@ impl RegisterFacility {
 
 /// A JSON integer that must fit a `u32` before its own rules apply.
 fn whole(value: i64, rule: &'static str) -> Result<u32, ValueError> {
-    u32::try_from(value).map_err(|_| ValueError::new(rule, "must be a whole number from 0 to 4294967295"))
+    u32::try_from(value)
+        .map_err(|_| ValueError::new(rule, "must be a whole number from 0 to 4294967295"))
 }
 
 /// Register a facility.
@@ -131,6 +156,10 @@ pub(crate) async fn register(
         .execute::<Facility>(*facility_id.as_uuid(), None, command, &metadata)
         .await?;
     let (headers, consistency_token) = token_of(&appended);
-    let body = FacilityRegistered { facility_id: *facility_id.as_uuid(), version: appended.version, consistency_token };
+    let body = FacilityRegistered {
+        facility_id: *facility_id.as_uuid(),
+        version: appended.version,
+        consistency_token,
+    };
     Ok((StatusCode::CREATED, headers, Json(body)))
 }

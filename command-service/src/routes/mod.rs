@@ -21,11 +21,16 @@ pub(crate) struct Violations(Vec<FieldError>);
 
 impl Violations {
     /// Keeps the value, or records why `field` is invalid.
-    pub(crate) fn check<T>(&mut self, field: impl Into<String>, parsed: Result<T, ValueError>) -> Option<T> {
+    pub(crate) fn check<T>(
+        &mut self,
+        field: impl Into<String>,
+        parsed: Result<T, ValueError>,
+    ) -> Option<T> {
         match parsed {
             Ok(value) => Some(value),
             Err(error) => {
-                self.0.push(FieldError::new(field, error.rule, error.message));
+                self.0
+                    .push(FieldError::new(field, error.rule, error.message));
                 None
             }
         }
@@ -38,21 +43,37 @@ impl Violations {
 
     /// `Ok` when nothing was recorded.
     pub(crate) fn finish(self) -> Result<(), ApiError> {
-        if self.0.is_empty() { Ok(()) } else { Err(ApiError::Invalid(self.0)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Invalid(self.0))
+        }
     }
 }
 
-/// Parses a string into one of a domain enum's snake_case variants.
-pub(crate) fn parse_variant<T: serde::de::DeserializeOwned>(value: &str, rule: &'static str, allowed: &str) -> Result<T, ValueError> {
-    serde_json::from_value(serde_json::Value::String(value.to_owned()))
-        .map_err(|_| ValueError { rule, message: format!("must be one of: {allowed}") })
+/// Parses a string into one of a domain enum's `snake_case` variants.
+pub(crate) fn parse_variant<T: serde::de::DeserializeOwned>(
+    value: &str,
+    rule: &'static str,
+    allowed: &str,
+) -> Result<T, ValueError> {
+    serde_json::from_value(serde_json::Value::String(value.to_owned())).map_err(|_| ValueError {
+        rule,
+        message: format!("must be one of: {allowed}"),
+    })
 }
 
 /// The consistency-token header and body field of a command's answer.
 pub(crate) fn token_of(appended: &Appended) -> (HeaderMap, Option<String>) {
-    let token = appended.position.clone().map(|position| ConsistencyToken::from(position).to_string());
+    let token = appended
+        .position
+        .clone()
+        .map(|position| ConsistencyToken::from(position).to_string());
     let mut headers = HeaderMap::new();
-    if let Some(value) = token.as_deref().and_then(|token| HeaderValue::from_str(token).ok()) {
+    if let Some(value) = token
+        .as_deref()
+        .and_then(|token| HeaderValue::from_str(token).ok())
+    {
         headers.insert(CONSISTENCY_TOKEN, value);
     }
     (headers, token)

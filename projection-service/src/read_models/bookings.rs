@@ -21,7 +21,15 @@ pub(crate) async fn apply(
     }
     let version = version_of(envelope);
     let (status, reason) = match event {
-        BookingEvent::BookingRequested { facility_id, service_type, slot, deceased, family_contacts, price, .. } => {
+        BookingEvent::BookingRequested {
+            facility_id,
+            service_type,
+            slot,
+            deceased,
+            family_contacts,
+            price,
+            ..
+        } => {
             let price = wire_json(price);
             sqlx::query(
                 "INSERT INTO bookings (booking_id, facility_id, service_type, status, slot_start, slot_end, slot, \

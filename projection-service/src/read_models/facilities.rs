@@ -21,7 +21,15 @@ pub(crate) async fn apply(
     }
     let version = version_of(envelope);
     match event {
-        FacilityEvent::FacilityRegistered { name, kind, capacity, time_zone, opening_hours, turnaround_minutes, .. } => {
+        FacilityEvent::FacilityRegistered {
+            name,
+            kind,
+            capacity,
+            time_zone,
+            opening_hours,
+            turnaround_minutes,
+            ..
+        } => {
             sqlx::query(
                 "INSERT INTO facilities (facility_id, name, kind, capacity, time_zone, opening_hours, \
                  turnaround_minutes, version, registered_at, updated_at) \
@@ -50,13 +58,17 @@ pub(crate) async fn apply(
         }
         // Reservations change the facility's stream, so its version moves; the calendar read
         // model that lists them is its own module.
-        FacilityEvent::SlotReserved { .. } | FacilityEvent::SlotRejected { .. } | FacilityEvent::SlotReleased { .. } => {
-            sqlx::query("UPDATE facilities SET version = $2, updated_at = $3 WHERE facility_id = $1")
-                .bind(envelope.aggregate_id)
-                .bind(version)
-                .bind(envelope.occurred_at)
-                .execute(&mut *conn)
-                .await?;
+        FacilityEvent::SlotReserved { .. }
+        | FacilityEvent::SlotRejected { .. }
+        | FacilityEvent::SlotReleased { .. } => {
+            sqlx::query(
+                "UPDATE facilities SET version = $2, updated_at = $3 WHERE facility_id = $1",
+            )
+            .bind(envelope.aggregate_id)
+            .bind(version)
+            .bind(envelope.occurred_at)
+            .execute(&mut *conn)
+            .await?;
         }
     }
     Ok(Applied::Changed)

@@ -18,7 +18,9 @@ pub(crate) enum Applied {
     /// A redelivery, or the loser of a race: already reflected, or never admitted.
     Stale,
     /// An event is missing before this one; nothing was changed.
-    Gap { expected: u64 },
+    Gap {
+        expected: u64,
+    },
     /// No read model of this service uses this aggregate's events.
     Ignored,
 }
@@ -39,8 +41,12 @@ pub(crate) async fn apply(
     envelope: &EventEnvelope,
 ) -> Result<Applied, ApplyError> {
     match envelope.aggregate_type {
-        AggregateType::Facility => facilities::apply(conn, &registry.decode(envelope)?, envelope).await,
-        AggregateType::Booking => bookings::apply(conn, &registry.decode(envelope)?, envelope).await,
+        AggregateType::Facility => {
+            facilities::apply(conn, &registry.decode(envelope)?, envelope).await
+        }
+        AggregateType::Booking => {
+            bookings::apply(conn, &registry.decode(envelope)?, envelope).await
+        }
         AggregateType::Payment => {
             // Decoded so that a payment event that breaks its contract is still dead-lettered.
             let _: domain::payment::PaymentEvent = registry.decode(envelope)?;
@@ -74,11 +80,11 @@ pub(crate) fn wire_text<T: Serialize>(value: &T) -> String {
 
 /// A value's wire form as JSON, for JSONB columns.
 pub(crate) fn wire_json<T: Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).unwrap_or_else(|error| unreachable!("domain values serialise: {error}"))
+    serde_json::to_value(value)
+        .unwrap_or_else(|error| unreachable!("domain values serialise: {error}"))
 }
 
 /// An event's sequence as the `BIGINT` stored in `version` columns.
 pub(crate) fn version_of(envelope: &EventEnvelope) -> i64 {
     i64::try_from(envelope.sequence).unwrap_or(i64::MAX)
 }
-

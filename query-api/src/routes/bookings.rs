@@ -21,7 +21,7 @@ pub(crate) struct BookingView {
     booking_id: Uuid,
     facility_id: Uuid,
     service_type: String,
-    /// requested, slot_held, confirmed, rejected, failed or cancelled.
+    /// `requested`, `slot_held`, `confirmed`, `rejected`, `failed` or `cancelled`.
     status: String,
     /// Why it was rejected, failed or cancelled.
     status_reason: Option<String>,

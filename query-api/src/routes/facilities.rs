@@ -19,7 +19,7 @@ use crate::{consistency::wait_for_token, error::ApiError, startup::AppState};
 pub(crate) struct FacilityView {
     facility_id: Uuid,
     name: String,
-    /// chapel, crematorium, graveside or reception_hall.
+    /// `chapel`, `crematorium`, `graveside` or `reception_hall`.
     kind: String,
     capacity: i32,
     /// IANA time zone of the opening hours.

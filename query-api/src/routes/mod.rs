@@ -17,12 +17,18 @@ pub(crate) fn with_etag<T: Serialize>(request: &HeaderMap, etag: &str, body: T) 
     let matches = request
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.split(',').any(|candidate| {
-            let candidate = candidate.trim();
-            candidate == "*" || candidate.trim_start_matches("W/") == tag
-        }));
+        .is_some_and(|value| {
+            value.split(',').any(|candidate| {
+                let candidate = candidate.trim();
+                candidate == "*" || candidate.trim_start_matches("W/") == tag
+            })
+        });
     let etag_header = HeaderValue::from_str(&tag).ok();
-    let mut response = if matches { StatusCode::NOT_MODIFIED.into_response() } else { Json(body).into_response() };
+    let mut response = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Json(body).into_response()
+    };
     if let Some(value) = etag_header {
         response.headers_mut().insert(header::ETAG, value);
     }

@@ -14,7 +14,10 @@ use crate::startup::AppState;
 /// `GET /ready`: Postgres answers.
 pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
     let postgres = probe(Duration::from_secs(2), async {
-        sqlx::query("SELECT 1").execute(&state.pool).await.map(|_| ())
+        sqlx::query("SELECT 1")
+            .execute(&state.pool)
+            .await
+            .map(|_| ())
     })
     .await;
     ReadyReport::new(vec![ReadyCheck::from_result("postgres", postgres)])
@@ -35,7 +38,12 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
     }
 }
