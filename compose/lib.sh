@@ -1,0 +1,559 @@
+# shellcheck shell=bash
+# compose/lib.sh: the functions compose/up, compose/down, compose/test and .ci/run share.
+# Source it from a bash script running under `set -euo pipefail`; it has no effect of its own.
+#
+# Map:
+#   logging and timing ... log, warn, die, run_phase, elapsed_since
+#   installing ........... install_build_tools, install_postgres, install_tansu,
+#                          install_rust_tools, ensure_nextest
+#   waiting .............. port_in_use, wait_for_port, wait_for_http
+#   processes ............ start_daemon, pid_alive, stop_pidfile
+#   PostgreSQL ........... start_postgres, stop_postgres, postgres_running, pg_admin_psql,
+#                          ensure_pg_role_db
+#   Tansu ................ start_tansu, stop_tansu
+#   services ............. cargo_target_dir, service_binary, start_service, stop_service,
+#                          wait_for_ready
+#
+# Conventions: pid files go to "$FM_RUN_DIR", logs to "$FM_LOG_DIR" (the caller sets both).
+# Every server listens on 127.0.0.1 only. Nothing here asks a question: no stdin is needed.
+
+if [[ -n "${FM_LIB_SOURCED:-}" ]]; then
+    return 0
+fi
+FM_LIB_SOURCED=1
+
+FM_REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck disable=SC2034 # used by the scripts that source this file
+FM_COMPOSE_DIR="$FM_REPO_ROOT/compose"
+
+# The tansu release these scripts are written against (flags checked with `tansu broker --help`).
+# Set FM_TANSU_VERSION= (empty) to install the newest release instead.
+FM_TANSU_VERSION=${FM_TANSU_VERSION-0.6.0}
+FM_TANSU_FEATURES=${FM_TANSU_FEATURES:-libsql,dynostore}
+
+# ---------------------------------------------------------------------------------------------
+# Logging and timing
+
+log() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "${FM_LOG_TAG:-compose}" "$*" >&2; }
+warn() { log "warning: $*"; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# elapsed_since EPOCH_SECONDS: prints "1m07s".
+elapsed_since() {
+    local secs=$((SECONDS - $1))
+    printf '%dm%02ds' $((secs / 60)) $((secs % 60))
+}
+
+# run_phase NAME CMD...: runs CMD with a start line and a duration line; returns CMD's status
+# (the caller decides whether a failure stops it).
+run_phase() {
+    local name=$1 start=$SECONDS rc=0
+    shift
+    log "==> $name (started $(date -u +%Y-%m-%dT%H:%M:%SZ))"
+    "$@" || rc=$?
+    log "<== $name: $(elapsed_since "$start"), exit $rc"
+    return "$rc"
+}
+
+# show_log_tail FILE [LINES]: the end of a log, indented, on stderr.
+show_log_tail() {
+    local file=$1 lines=${2:-40}
+    if [[ -r "$file" ]]; then
+        log "last $lines lines of $file:"
+        tail -n "$lines" "$file" | sed 's/^/    /' >&2
+    else
+        log "(no log at $file)"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Installing what is missing
+
+is_root() { [[ $EUID -eq 0 ]]; }
+
+# as_root CMD...: runs CMD as root (directly, or through passwordless sudo).
+as_root() {
+    if is_root; then
+        "$@"
+    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+        sudo -n "$@"
+    else
+        die "need root to run '$*' (no passwordless sudo); run it yourself, then retry"
+    fi
+}
+
+apt_update_once() {
+    if [[ -z "${FM_APT_UPDATED:-}" ]]; then
+        log "apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+        FM_APT_UPDATED=1
+    fi
+}
+
+# apt_install PKG...: installs Debian packages without questions.
+apt_install() {
+    command -v apt-get >/dev/null || die "apt-get not found; install these yourself: $*"
+    apt_update_once
+    log "apt-get install $*"
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "$@" >&2
+}
+
+# install_build_tools: a C toolchain (librdkafka, libsql and zstd are built from source by
+# cargo), pkg-config, and curl (the readiness probes).
+install_build_tools() {
+    local missing=()
+    command -v cc >/dev/null || missing+=(build-essential)
+    command -v make >/dev/null || missing+=(make)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    command -v curl >/dev/null || missing+=(curl ca-certificates)
+    if ((${#missing[@]})); then
+        apt_install "${missing[@]}"
+    fi
+}
+
+# pg_bin_dir: prints the directory holding initdb/pg_ctl/postgres/psql, preferring
+# PostgreSQL 15; FM_PG_BIN overrides. Fails (status 1, no output) when none is installed.
+pg_bin_dir() {
+    local dir
+    if [[ -n "${FM_PG_BIN:-}" ]]; then
+        printf '%s\n' "$FM_PG_BIN"
+        return 0
+    fi
+    for dir in /usr/lib/postgresql/15/bin $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -rV); do
+        if [[ -x "$dir/pg_ctl" && -x "$dir/initdb" && -x "$dir/postgres" && -x "$dir/psql" ]]; then
+            printf '%s\n' "$dir"
+            return 0
+        fi
+    done
+    if command -v pg_ctl >/dev/null && command -v initdb >/dev/null && command -v psql >/dev/null; then
+        dirname "$(readlink -f "$(command -v pg_ctl)")"
+        return 0
+    fi
+    return 1
+}
+
+# install_postgres: installs PostgreSQL 15 from Debian unless binaries are already there.
+# On a machine where we install postgresql-common ourselves, we first switch off Debian's
+# automatic "main" cluster: it would start on 5432 and collide with the local stack.
+install_postgres() {
+    if PG_BIN=$(pg_bin_dir); then
+        return 0
+    fi
+    log "PostgreSQL not found: installing it from Debian's packages"
+    if ! dpkg -s postgresql-common >/dev/null 2>&1; then
+        apt_install postgresql-common
+        if [[ -f /etc/postgresql-common/createcluster.conf ]]; then
+            as_root sed -ri 's/^#?\s*create_main_cluster\s*=.*/create_main_cluster = false/' \
+                /etc/postgresql-common/createcluster.conf
+        fi
+    fi
+    apt_install postgresql-15 || apt_install postgresql
+    PG_BIN=$(pg_bin_dir) || die "PostgreSQL installed but initdb/pg_ctl/psql not found"
+    log "PostgreSQL binaries: $PG_BIN"
+}
+
+# tansu_bin: prints the path of the tansu binary (PATH first, then ~/.cargo/bin).
+tansu_bin() {
+    if command -v tansu >/dev/null; then
+        command -v tansu
+    elif [[ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]]; then
+        printf '%s\n' "${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+    else
+        return 1
+    fi
+}
+
+# install_tansu: `cargo install tansu --locked --features libsql,dynostore` unless tansu is on
+# PATH or in ~/.cargo/bin. Built in cargo's own temporary directory, not the project's target.
+install_tansu() {
+    if TANSU_BIN=$(tansu_bin); then
+        return 0
+    fi
+    command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+    install_build_tools
+    local version_args=()
+    if [[ -n "$FM_TANSU_VERSION" ]]; then
+        version_args=(--version "$FM_TANSU_VERSION")
+    fi
+    log "tansu not found: cargo install tansu ${version_args[*]} (this takes a while)"
+    env -u CARGO_TARGET_DIR cargo install tansu "${version_args[@]}" --locked \
+        --features "$FM_TANSU_FEATURES" </dev/null >&2 ||
+        die "cargo install tansu failed (see above)"
+    TANSU_BIN=$(tansu_bin) || die "tansu installed but not found on PATH or in ~/.cargo/bin"
+    log "tansu: $TANSU_BIN ($("$TANSU_BIN" --version 2>/dev/null || echo 'version unknown'))"
+}
+
+# install_rust_tools: rustfmt and clippy (rustup components) when missing.
+install_rust_tools() {
+    command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+    local missing=()
+    cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+    if ((${#missing[@]})); then
+        command -v rustup >/dev/null || die "missing ${missing[*]} and no rustup to add them"
+        log "rustup component add ${missing[*]}"
+        rustup component add "${missing[@]}" >&2
+    fi
+}
+
+# ensure_nextest: succeeds when `cargo nextest` is usable, installing it from crates.io if it
+# is missing (FM_INSTALL_NEXTEST=0 skips the install). Fails when it is still unavailable;
+# callers then fall back to `cargo test`.
+ensure_nextest() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ "${FM_INSTALL_NEXTEST:-1}" == 0 ]]; then
+        return 1
+    fi
+    log "cargo-nextest not found: cargo install cargo-nextest --locked"
+    if env -u CARGO_TARGET_DIR cargo install cargo-nextest --locked </dev/null >&2; then
+        cargo nextest --version >/dev/null 2>&1
+    else
+        warn "installing cargo-nextest failed; falling back to cargo test"
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Waiting
+
+# port_in_use PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
+port_in_use() {
+    timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# wait_for_port PORT [TIMEOUT_SECONDS] [PID]: waits until the port answers; gives up early
+# when PID (the process that should open it) has died.
+wait_for_port() {
+    local port=$1 timeout=${2:-30} pid=${3:-} deadline=$((SECONDS + ${2:-30}))
+    until port_in_use "$port"; do
+        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+            log "process $pid exited before port $port answered"
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            log "port $port did not answer within ${timeout}s"
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# wait_for_http URL [TIMEOUT_SECONDS] [PID]: waits until URL answers 2xx; gives up early when
+# PID has died.
+wait_for_http() {
+    local url=$1 timeout=${2:-60} pid=${3:-} deadline=$((SECONDS + ${2:-60}))
+    until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+            log "process $pid exited before $url answered"
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            log "$url did not answer 2xx within ${timeout}s"
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Background processes tracked by pid files
+
+# pid_alive PIDFILE [NAME]: true when the pid file names a live process (whose command line
+# contains NAME, if given: a recycled pid does not count).
+pid_alive() {
+    local pidfile=$1 name=${2:-} pid
+    [[ -s "$pidfile" ]] || return 1
+    pid=$(<"$pidfile")
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    if [[ -n "$name" ]]; then
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$name" || return 1
+    fi
+}
+
+# start_daemon PIDFILE LOG CMD...: starts CMD in its own session (so a Ctrl-C in the calling
+# terminal does not reach it), stdin from /dev/null, stdout+stderr appended to LOG.
+start_daemon() {
+    local pidfile=$1 logfile=$2
+    shift 2
+    mkdir -p "$(dirname "$pidfile")" "$(dirname "$logfile")"
+    setsid "$@" </dev/null >>"$logfile" 2>&1 &
+    printf '%s\n' "$!" >"$pidfile"
+}
+
+# stop_pidfile PIDFILE NAME [TIMEOUT_SECONDS]: SIGTERM, wait, then SIGKILL; removes PIDFILE.
+stop_pidfile() {
+    local pidfile=$1 name=$2 timeout=${3:-${FM_STOP_TIMEOUT:-20}} pid deadline
+    if ! pid_alive "$pidfile" "$name"; then
+        rm -f "$pidfile"
+        return 0
+    fi
+    pid=$(<"$pidfile")
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + timeout))
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            warn "$name (pid $pid) still running after ${timeout}s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.2
+    done
+    rm -f "$pidfile"
+}
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL: one cluster per data directory, driven with pg_ctl. PostgreSQL refuses to run as
+# root, so as root the cluster belongs to the `postgres` OS user and every pg_* command runs
+# through `runuser -u postgres --`; otherwise it belongs to the current user. The bootstrap
+# superuser is that OS user, reached over the Unix socket with peer authentication; TCP
+# (127.0.0.1 only) asks for a password (scram-sha-256).
+
+pg_os_user() {
+    if is_root; then echo postgres; else id -un; fi
+}
+
+# pg_run CMD...: runs CMD as the cluster's OS user (from / so that runuser has a readable cwd).
+pg_run() {
+    if is_root; then
+        (cd / && runuser -u postgres -- "$@")
+    else
+        "$@"
+    fi
+}
+
+# pg_own PATH...: gives PATHs to the cluster's OS user.
+pg_own() {
+    if is_root; then
+        chown postgres:postgres "$@"
+    fi
+}
+
+# pg_socket_dir DATA_DIR: the Unix socket lives in the data directory, unless that path is too
+# long for a socket (108 bytes on Linux); then in a short directory under /tmp.
+pg_socket_dir() {
+    local data=$1
+    if ((${#data} <= 90)); then
+        printf '%s\n' "$data"
+    else
+        printf '/tmp/fm-pg-%s\n' "$(printf '%s' "$data" | cksum | cut -d' ' -f1)"
+    fi
+}
+
+# postgres_running DATA_DIR: true when the cluster of DATA_DIR is up.
+postgres_running() {
+    local data=$1
+    [[ -f "$data/postmaster.pid" ]] || return 1
+    PG_BIN=${PG_BIN:-$(pg_bin_dir)} || return 1
+    pg_run "$PG_BIN/pg_ctl" status -D "$data" >/dev/null 2>&1
+}
+
+# postgres_port DATA_DIR / postgres_socket DATA_DIR: what the running cluster listens on
+# (lines 4 and 5 of postmaster.pid).
+postgres_port() { pg_run sed -n 4p "$1/postmaster.pid"; }
+postgres_socket() { pg_run sed -n 5p "$1/postmaster.pid"; }
+
+# init_postgres DATA_DIR: initdb once; later calls find PG_VERSION and do nothing.
+init_postgres() {
+    local data=$1
+    if pg_run test -s "$data/PG_VERSION"; then
+        return 0
+    fi
+    mkdir -p "$data"
+    chmod 700 "$data"
+    pg_own "$data"
+    if ! pg_run test -w "$data"; then
+        die "$(pg_os_user) cannot write $data (a parent directory is not traversable by" \
+            "that user?): move the checkout, or chmod o+x its parent directories"
+    fi
+    log "initdb $data"
+    pg_run "$PG_BIN/initdb" -D "$data" --encoding=UTF8 --locale=C \
+        --auth-local=peer --auth-host=scram-sha-256 >/dev/null ||
+        die "initdb failed for $data"
+    # Where and how to listen is rewritten at every start (fm-local.conf); the rest is here.
+    pg_run sh -c "printf '%s\n' '' '# Added by compose/lib.sh' \
+        \"include_if_exists = 'fm-local.conf'\" >> '$data/postgresql.conf'"
+}
+
+# start_postgres DATA_DIR PORT [LOG] [SETTING=VALUE...]: initdb if needed, then start the
+# cluster on 127.0.0.1:PORT. Leaves an already running cluster alone (and says on which port).
+# Extra SETTING=VALUE pairs go to its configuration (e.g. fsync=off for throw-away clusters).
+start_postgres() {
+    local data=$1 port=$2 logfile=${3:-$1/postgres.log} running_port socket setting
+    shift 2
+    if (($# > 0)); then shift; fi
+    PG_BIN=${PG_BIN:-$(pg_bin_dir)} || die "PostgreSQL is not installed (install_postgres)"
+    init_postgres "$data"
+    if postgres_running "$data"; then
+        running_port=$(postgres_port "$data")
+        log "PostgreSQL already running for $data (port $running_port)"
+        if [[ "$running_port" != "$port" ]]; then
+            warn "it listens on $running_port, not the requested $port; stop it first to move it"
+        fi
+        return 0
+    fi
+    if port_in_use "$port"; then
+        die "port $port is already taken by another process, so PostgreSQL cannot start there;" \
+            "stop that process or choose another port"
+    fi
+    socket=$(pg_socket_dir "$data")
+    mkdir -p "$socket" "$(dirname "$logfile")"
+    pg_own "$socket"
+    touch "$logfile"
+    pg_own "$logfile"
+    {
+        echo "# Written by compose/lib.sh at every start; edits are lost."
+        echo "listen_addresses = '127.0.0.1'"
+        echo "port = $port"
+        echo "unix_socket_directories = '$socket'"
+        for setting in "$@"; do
+            echo "${setting%%=*} = '${setting#*=}'"
+        done
+    } | pg_run sh -c "cat > '$data/fm-local.conf'"
+    log "starting PostgreSQL on 127.0.0.1:$port (data $data)"
+    if ! pg_run "$PG_BIN/pg_ctl" start -D "$data" -l "$logfile" -w -t 60 >/dev/null; then
+        show_log_tail "$logfile"
+        die "PostgreSQL did not start"
+    fi
+}
+
+# stop_postgres DATA_DIR: `pg_ctl stop -m fast`; nothing to do when it is not running.
+stop_postgres() {
+    local data=$1
+    if ! postgres_running "$data"; then
+        return 0
+    fi
+    log "stopping PostgreSQL ($data)"
+    pg_run "$PG_BIN/pg_ctl" stop -D "$data" -m fast -w -t 60 >/dev/null ||
+        die "pg_ctl stop failed for $data"
+}
+
+# pg_admin_psql DATA_DIR PSQL_ARGS...: psql as the bootstrap superuser over the Unix socket.
+pg_admin_psql() {
+    local data=$1
+    shift
+    pg_run "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$(postgres_socket "$data")" \
+        -p "$(postgres_port "$data")" -U "$(pg_os_user)" -d postgres "$@"
+}
+
+# ensure_pg_role_db DATA_DIR ROLE PASSWORD DATABASE [ROLE_OPTIONS]: creates the login role (or
+# resets its password and options) and the database it owns, if missing.
+ensure_pg_role_db() {
+    local data=$1 role=$2 password=$3 db=$4 options=${5:-NOSUPERUSER}
+    pg_admin_psql "$data" -v role="$role" -v password="$password" <<SQL
+SELECT format('CREATE ROLE %I', :'role')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
+SELECT format('ALTER ROLE %I LOGIN $options PASSWORD %L', :'role', :'password') \gexec
+SQL
+    if [[ -z "$(pg_admin_psql "$data" -tA -v db="$db" \
+        <<<"SELECT 1 FROM pg_database WHERE datname = :'db'")" ]]; then
+        log "creating database $db (owner $role)"
+        pg_admin_psql "$data" -v db="$db" -v role="$role" \
+            <<<"SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role') \gexec"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tansu: a Kafka-protocol broker. Pid file "$FM_RUN_DIR/tansu.pid".
+
+# start_tansu STORAGE_URL PORT LOG: starts a single tansu broker on 127.0.0.1:PORT
+# (STORAGE_URL is sqlite:///abs/path/file.db for durable storage, memory://tansu/ otherwise).
+# Leaves a running broker alone.
+start_tansu() {
+    local storage=$1 port=$2 logfile=$3 pidfile="$FM_RUN_DIR/tansu.pid" pid dbfile workdir=/
+    TANSU_BIN=${TANSU_BIN:-$(tansu_bin)} || die "tansu is not installed (install_tansu)"
+    if pid_alive "$pidfile" tansu; then
+        log "tansu already running (pid $(<"$pidfile"))"
+        return 0
+    fi
+    if port_in_use "$port"; then
+        die "port $port is already taken by another process, so tansu cannot start there;" \
+            "stop that process or choose another port"
+    fi
+    # tansu 0.6 opens sqlite://PATH relative to its working directory even when PATH is
+    # absolute (sqlite:///a/b.db becomes $PWD/a/b.db), so it runs inside the database's
+    # directory and is given the bare file name.
+    if [[ "$storage" == sqlite://* ]]; then
+        dbfile=${storage#sqlite://}
+        [[ "$dbfile" == /* ]] || dbfile="$PWD/$dbfile"
+        workdir=$(dirname "$dbfile")
+        storage="sqlite://$(basename "$dbfile")"
+        mkdir -p "$workdir"
+    fi
+    log "starting tansu on 127.0.0.1:$port (storage $storage in $workdir)"
+    # SCHEMA_REGISTRY in the environment would switch on schema validation: not ours.
+    (cd "$workdir" && NO_COLOR=1 start_daemon "$pidfile" "$logfile" \
+        env -u SCHEMA_REGISTRY "$TANSU_BIN" broker \
+        --cluster-id "${FM_TANSU_CLUSTER_ID:-funeral-manager}" \
+        --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" \
+        --storage-engine "$storage")
+    pid=$(<"$pidfile")
+    if ! wait_for_port "$port" 30 "$pid"; then
+        show_log_tail "$logfile"
+        die "tansu did not start"
+    fi
+}
+
+stop_tansu() { stop_pidfile "$FM_RUN_DIR/tansu.pid" tansu; }
+
+# ---------------------------------------------------------------------------------------------
+# The project's services. Pid file "$FM_RUN_DIR/NAME.pid", log "$FM_LOG_DIR/NAME.log".
+
+# cargo_target_dir: where cargo puts build output (honours CARGO_TARGET_DIR and .cargo/config).
+cargo_target_dir() {
+    local dir
+    dir=$(cd "$FM_REPO_ROOT" && cargo metadata --no-deps --format-version 1 2>/dev/null |
+        grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4) || true
+    printf '%s\n' "${dir:-${CARGO_TARGET_DIR:-$FM_REPO_ROOT/target}}"
+}
+
+# service_binary NAME: the release binary of a workspace member.
+service_binary() { printf '%s/release/%s\n' "${FM_TARGET_DIR:=$(cargo_target_dir)}" "$1"; }
+
+# start_service NAME PORT [ARGS...]: starts a release binary in the background with
+# FM_HTTP__HOST=127.0.0.1, FM_HTTP__PORT=PORT, FM_LOG__FORMAT=json and the caller's exported
+# FM_* settings. Leaves a running instance alone.
+start_service() {
+    local name=$1 port=$2 bin pidfile="$FM_RUN_DIR/$1.pid"
+    shift 2
+    bin=$(service_binary "$name")
+    [[ -x "$bin" ]] || die "$bin not found: build it first (cargo build --release -p $name)"
+    if pid_alive "$pidfile" "$name"; then
+        log "$name already running (pid $(<"$pidfile"))"
+        if [[ "$bin" -nt "$pidfile" ]]; then
+            warn "$name was built again since it started; compose/down && compose/up to run the new build"
+        fi
+        return 0
+    fi
+    if port_in_use "$port"; then
+        die "port $port is already taken by another process, so $name cannot start there;" \
+            "stop that process or choose another port"
+    fi
+    log "starting $name on 127.0.0.1:$port"
+    FM_HTTP__HOST=127.0.0.1 FM_HTTP__PORT=$port FM_LOG__FORMAT=json \
+        start_daemon "$pidfile" "$FM_LOG_DIR/$name.log" "$bin" "$@"
+}
+
+stop_service() { stop_pidfile "$FM_RUN_DIR/$1.pid" "$1" "${2:-}"; }
+
+# wait_for_ready NAME PORT [TIMEOUT_SECONDS]: waits for GET /ready to answer 2xx; on failure
+# shows the end of the service's log and fails.
+wait_for_ready() {
+    local name=$1 port=$2 timeout=${3:-${FM_READY_TIMEOUT:-60}} pid=
+    if [[ -s "$FM_RUN_DIR/$name.pid" ]]; then
+        pid=$(<"$FM_RUN_DIR/$name.pid")
+    fi
+    if ! wait_for_http "http://127.0.0.1:$port/ready" "$timeout" "$pid"; then
+        show_log_tail "$FM_LOG_DIR/$name.log"
+        die "$name is not ready (http://127.0.0.1:$port/ready); its log: $FM_LOG_DIR/$name.log"
+    fi
+    log "$name ready on 127.0.0.1:$port"
+}
