@@ -66,11 +66,16 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<Vec<String>, LogE
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|name| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 name,
                 settings.partitions,
                 TopicReplication::Fixed(settings.replication_factor),
-            )
+            );
+            // The log is the system of record: event topics never delete. Dead letters too,
+            // until an operator has dealt with them.
+            topic
+                .set("retention.ms", "-1")
+                .set("cleanup.policy", "delete")
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(settings.request_timeout));
