@@ -401,7 +401,7 @@ start_postgres() {
     fi
     if port_in_use "$port"; then
         die "port $port is already taken by another process, so PostgreSQL cannot start there;" \
-            "stop that process or choose another port"
+            "stop that process or choose another port (docs/local-stack.md, \"Port in use\")"
     fi
     socket=$(pg_socket_dir "$data")
     mkdir -p "$socket" "$(dirname "$logfile")"
@@ -475,7 +475,7 @@ start_tansu() {
     fi
     if port_in_use "$port"; then
         die "port $port is already taken by another process, so tansu cannot start there;" \
-            "stop that process or choose another port"
+            "stop that process or choose another port (docs/local-stack.md, \"Port in use\")"
     fi
     # tansu 0.6 opens sqlite://PATH relative to its working directory even when PATH is
     # absolute (sqlite:///a/b.db becomes $PWD/a/b.db), so it runs inside the database's
@@ -535,7 +535,7 @@ start_service() {
     fi
     if port_in_use "$port"; then
         die "port $port is already taken by another process, so $name cannot start there;" \
-            "stop that process or choose another port"
+            "stop that process or choose another port (docs/local-stack.md, \"Port in use\")"
     fi
     log "starting $name on 127.0.0.1:$port"
     FM_HTTP__HOST=127.0.0.1 FM_HTTP__PORT=$port FM_LOG__FORMAT=json \
