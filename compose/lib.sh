@@ -232,7 +232,7 @@ port_in_use() {
 wait_for_port() {
     local port=$1 timeout=${2:-30} pid=${3:-} deadline=$((SECONDS + ${2:-30}))
     until port_in_use "$port"; do
-        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+        if [[ -n "$pid" ]] && ! proc_running "$pid"; then
             log "process $pid exited before port $port answered"
             return 1
         fi
@@ -249,7 +249,7 @@ wait_for_port() {
 wait_for_http() {
     local url=$1 timeout=${2:-60} pid=${3:-} deadline=$((SECONDS + ${2:-60}))
     until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
-        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+        if [[ -n "$pid" ]] && ! proc_running "$pid"; then
             log "process $pid exited before $url answered"
             return 1
         fi
@@ -264,6 +264,15 @@ wait_for_http() {
 # ---------------------------------------------------------------------------------------------
 # Background processes tracked by pid files
 
+# proc_running PID: true while PID exists and is not a zombie (a daemon whose parent has
+# exited is reaped by PID 1, which may take a while; a zombie has stopped for our purposes).
+proc_running() {
+    local state
+    kill -0 "$1" 2>/dev/null || return 1
+    state=$(sed -E 's/^[0-9]+ \(.*\) (.).*/\1/' "/proc/$1/stat" 2>/dev/null) || return 0
+    [[ "$state" != Z ]]
+}
+
 # pid_alive PIDFILE [NAME]: true when the pid file names a live process (whose command line
 # contains NAME, if given: a recycled pid does not count).
 pid_alive() {
@@ -271,7 +280,7 @@ pid_alive() {
     [[ -s "$pidfile" ]] || return 1
     pid=$(<"$pidfile")
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
+    proc_running "$pid" || return 1
     if [[ -n "$name" ]]; then
         tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$name" || return 1
     fi
@@ -298,7 +307,7 @@ stop_pidfile() {
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     deadline=$((SECONDS + timeout))
-    while kill -0 "$pid" 2>/dev/null; do
+    while proc_running "$pid"; do
         if ((SECONDS >= deadline)); then
             warn "$name (pid $pid) still running after ${timeout}s: SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
