@@ -58,6 +58,11 @@ run_phase() {
     return "$rc"
 }
 
+# print_usage SCRIPT: prints the comment block at the top of SCRIPT (after the #! line).
+print_usage() {
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$1"
+}
+
 # show_log_tail FILE [LINES]: the end of a log, indented, on stderr.
 show_log_tail() {
     local file=$1 lines=${2:-40}
