@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use domain::error::DomainError;
 use event_log::{EventProducer, LogError, LogPosition};
-use schemas::{EventEnvelope, EventMetadata};
+use schemas::{Actor, EventEnvelope, EventMetadata, Idempotency};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -28,6 +28,9 @@ pub(crate) enum CommandError {
         expected: u64,
         actual: u64,
     },
+    /// The `Idempotency-Key` was used before by this caller for a different request.
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
     /// The service has not finished reading the log since it started.
     #[error("the service is still reading the log")]
     NotReady,
@@ -46,6 +49,63 @@ pub(crate) struct Appended {
     pub(crate) version: u64,
     /// `None` only for a command that changed nothing on a stream that has no events.
     pub(crate) position: Option<LogPosition>,
+}
+
+/// What a command did: where the stream now stands, and the events it decided (none for a
+/// no-op or for a replay answered from the first outcome).
+#[derive(Debug, Clone)]
+pub(crate) struct Executed<E> {
+    pub(crate) appended: Appended,
+    pub(crate) events: Vec<E>,
+}
+
+/// Who sent a command, and the retry token it carried.
+#[derive(Debug, Clone)]
+pub(crate) struct CommandContext {
+    pub(crate) actor: Actor,
+    /// Correlates every event of the flow this command starts or continues.
+    pub(crate) correlation_id: Uuid,
+    /// The id of this command (the causation of its events).
+    pub(crate) command_id: Uuid,
+    pub(crate) idempotency: Option<Idempotency>,
+}
+
+/// Namespace of aggregate ids derived from idempotency keys.
+const IDEMPOTENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5f0e_7c1d_3b2a_4e6f_9a8b_1c2d_3e4f_5a6b);
+
+impl CommandContext {
+    pub(crate) fn new(actor: Actor, idempotency: Option<Idempotency>) -> Self {
+        let command_id = Uuid::new_v4();
+        Self {
+            actor,
+            correlation_id: command_id,
+            command_id,
+            idempotency,
+        }
+    }
+
+    /// The id of an aggregate this command creates. With an idempotency key it is derived from
+    /// the caller and the key, so a retry — even one racing the original on another replica —
+    /// addresses the same stream and collides on its first sequence instead of creating a twin.
+    pub(crate) fn new_aggregate_id(&self, aggregate: &str) -> Uuid {
+        match &self.idempotency {
+            Some(idempotency) => Uuid::new_v5(
+                &IDEMPOTENT_ID_NAMESPACE,
+                format!("{aggregate}\n{}\n{}", self.actor.subject, idempotency.key).as_bytes(),
+            ),
+            None => Uuid::new_v4(),
+        }
+    }
+
+    fn metadata(&self) -> EventMetadata {
+        EventMetadata {
+            correlation_id: self.correlation_id,
+            causation_id: self.command_id,
+            actor: self.actor.clone(),
+            occurred_at: Utc::now(),
+            idempotency: self.idempotency.clone(),
+        }
+    }
 }
 
 /// Runs commands against the aggregates in the store.
@@ -84,11 +144,62 @@ impl CommandHandler {
         aggregate_id: Uuid,
         expected_version: Option<u64>,
         command: A::Command,
-        metadata: &EventMetadata,
-    ) -> Result<Appended, CommandError> {
+        context: &CommandContext,
+    ) -> Result<Executed<A::Event>, CommandError> {
         if !self.store.is_caught_up() {
             return Err(CommandError::NotReady);
         }
+        let replay = |appended| Executed {
+            appended,
+            events: Vec::new(),
+        };
+        if let Some(first) = self.first_outcome(context)? {
+            return Ok(replay(first));
+        }
+        match self
+            .decide_and_append::<A>(aggregate_id, expected_version, command, context)
+            .await
+        {
+            // A twin of this command (same caller and key) may have won the race; if so its
+            // outcome is this command's outcome.
+            Err(conflict @ CommandError::Conflict { .. }) if context.idempotency.is_some() => {
+                self.first_outcome(context)?.map(replay).ok_or(conflict)
+            }
+            other => other,
+        }
+    }
+
+    /// The outcome of an earlier command with the same idempotency key, if there was one.
+    fn first_outcome(&self, context: &CommandContext) -> Result<Option<Appended>, CommandError> {
+        let Some(idempotency) = &context.idempotency else {
+            return Ok(None);
+        };
+        let Some(recorded) = self
+            .store
+            .recorded(&context.actor.subject, &idempotency.key)
+        else {
+            return Ok(None);
+        };
+        if recorded.fingerprint != idempotency.fingerprint {
+            return Err(CommandError::IdempotencyKeyReused);
+        }
+        metrics::counter!("commands_total", "aggregate" => "any", "outcome" => "replayed")
+            .increment(1);
+        Ok(Some(Appended {
+            aggregate_id: recorded.aggregate_id,
+            version: recorded.sequence,
+            position: Some(recorded.position),
+        }))
+    }
+
+    async fn decide_and_append<A: Stored>(
+        &self,
+        aggregate_id: Uuid,
+        expected_version: Option<u64>,
+        command: A::Command,
+        context: &CommandContext,
+    ) -> Result<Executed<A::Event>, CommandError> {
+        let metadata = context.metadata();
         let stream = self.store.read::<A>(aggregate_id);
         if let Some(expected) = expected_version.filter(|expected| *expected != stream.version) {
             return Err(CommandError::VersionMismatch {
@@ -105,7 +216,7 @@ impl CommandHandler {
         };
         for event in &events {
             let sequence = appended.version + 1;
-            let envelope = EventEnvelope::wrap(A::KIND, aggregate_id, sequence, event, metadata)
+            let envelope = EventEnvelope::wrap(A::KIND, aggregate_id, sequence, event, &metadata)
                 .map_err(LogError::from)?;
             let position = self.append_and_confirm(&envelope).await?;
             appended = Appended {
@@ -116,7 +227,7 @@ impl CommandHandler {
         }
         metrics::counter!("commands_total", "aggregate" => A::AGGREGATE_TYPE, "outcome" => "appended")
             .increment(1);
-        Ok(appended)
+        Ok(Executed { appended, events })
     }
 
     async fn append_and_confirm(
@@ -150,15 +261,5 @@ impl CommandHandler {
                 Err(CommandError::OutcomeUnknown)
             }
         }
-    }
-}
-
-/// The metadata of a command that starts a new flow: its own correlation, caused by the request.
-pub(crate) fn metadata_for_request(actor: schemas::Actor, request_id: Uuid) -> EventMetadata {
-    EventMetadata {
-        correlation_id: request_id,
-        causation_id: request_id,
-        actor,
-        occurred_at: Utc::now(),
     }
 }

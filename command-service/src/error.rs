@@ -97,6 +97,13 @@ impl IntoResponse for ApiError {
                 "version.current",
                 error.to_string(),
             )]),
+            Self::Command(CommandError::IdempotencyKeyReused) => {
+                Problem::validation(vec![FieldError::new(
+                    "Idempotency-Key",
+                    "idempotency_key.reused",
+                    "this key was already used for a different request; use a new key",
+                )])
+            }
             Self::Command(CommandError::NotReady) => Problem::unavailable()
                 .with_detail("The service is still reading the event log. Retry shortly."),
             Self::Command(error @ (CommandError::OutcomeUnknown | CommandError::Log(_))) => {

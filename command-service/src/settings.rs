@@ -32,12 +32,16 @@ pub struct CommandSettings {
     /// still be admitted; a retry with the same Idempotency-Key finds out).
     #[serde(deserialize_with = "millis")]
     pub outcome_timeout: Duration,
+    /// How long an `Idempotency-Key` is remembered (from its event's time).
+    #[serde(deserialize_with = "millis")]
+    pub idempotency_retention: Duration,
 }
 
 impl Default for CommandSettings {
     fn default() -> Self {
         Self {
             outcome_timeout: Duration::from_secs(10),
+            idempotency_retention: Duration::from_hours(24),
         }
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use axum::{
     Router,
     extract::FromRef,
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use event_log::EventProducer;
 use platform::{auth::TokenKeys, shutdown::CancellationToken};
@@ -15,7 +15,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
     commands::CommandHandler,
-    routes::{bookings, facilities, ops},
+    routes::{bookings, facilities, ops, payments},
     settings::Settings,
     store::{AggregateStore, Tailer},
 };
@@ -59,7 +59,10 @@ impl Application {
             .context(
                 "Failed to read the event topics (do they exist? run `fmctl topics ensure`)",
             )?;
-        let store = Arc::new(AggregateStore::new(registry));
+        let store = Arc::new(AggregateStore::new(
+            registry,
+            settings.commands.idempotency_retention,
+        ));
         let tailer = tokio::spawn(tailer.run(store.clone(), shutdown.clone()));
         let commands =
             CommandHandler::new(store, producer.clone(), settings.commands.outcome_timeout);
@@ -70,7 +73,27 @@ impl Application {
         };
         let router = Router::new()
             .route("/facilities", post(facilities::register))
+            .route(
+                "/facilities/{id}/opening-hours",
+                put(facilities::change_opening_hours),
+            )
+            .route(
+                "/facilities/{id}/reservations",
+                post(facilities::reserve_slot),
+            )
+            .route(
+                "/facilities/{id}/reservations/{booking_id}/release",
+                post(facilities::release_slot),
+            )
             .route("/bookings", post(bookings::request))
+            .route("/bookings/{id}/cancel", post(bookings::cancel))
+            .route("/bookings/{id}/slot-held", post(bookings::mark_slot_held))
+            .route("/bookings/{id}/confirm", post(bookings::confirm))
+            .route("/bookings/{id}/reject", post(bookings::reject))
+            .route("/bookings/{id}/fail", post(bookings::fail))
+            .route("/bookings/{id}/payment/captured", post(payments::captured))
+            .route("/bookings/{id}/payment/declined", post(payments::declined))
+            .route("/bookings/{id}/payment/refunded", post(payments::refunded))
             .route("/ready", get(ops::ready))
             .route("/openapi.json", get(ops::openapi))
             .with_state(state);

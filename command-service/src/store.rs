@@ -34,6 +34,18 @@ pub(crate) struct Stream<S> {
     pub(crate) state: S,
     /// Where the last admitted event sits, for a no-op command's consistency token.
     pub(crate) last_position: Option<LogPosition>,
+    /// The token subject whose command created the stream (a family may act only on the
+    /// bookings it created).
+    pub(crate) owner: Option<String>,
+}
+
+/// The first outcome of a command that carried an `Idempotency-Key`, as found in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    pub(crate) fingerprint: String,
+    pub(crate) aggregate_id: Uuid,
+    pub(crate) sequence: u64,
+    pub(crate) position: LogPosition,
 }
 
 /// What happened to an appended event once the log was read back.
@@ -83,15 +95,25 @@ stored!(Payment, AggregateType::Payment, payments);
 #[derive(Debug)]
 pub(crate) struct AggregateStore {
     streams: RwLock<Streams>,
+    /// `(subject, key)` → the admitted event of the first command with that key. Entries older
+    /// than the retention are not kept: a key is a retry token, not a permanent name.
+    idempotency: RwLock<HashMap<(String, String), Recorded>>,
+    idempotency_retention: chrono::Duration,
     waiting: Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>,
     caught_up: AtomicBool,
     registry: SchemaRegistry,
 }
 
 impl AggregateStore {
-    pub(crate) fn new(registry: SchemaRegistry) -> Self {
+    pub(crate) fn new(
+        registry: SchemaRegistry,
+        idempotency_retention: std::time::Duration,
+    ) -> Self {
         Self {
             streams: RwLock::default(),
+            idempotency: RwLock::default(),
+            idempotency_retention: chrono::Duration::from_std(idempotency_retention)
+                .unwrap_or(chrono::Duration::MAX),
             waiting: Mutex::default(),
             caught_up: AtomicBool::new(false),
             registry,
@@ -102,6 +124,15 @@ impl AggregateStore {
     pub(crate) fn read<A: Stored>(&self, id: Uuid) -> Stream<A::State> {
         let streams = self.streams.read().unwrap_or_else(PoisonError::into_inner);
         A::streams(&streams).get(&id).cloned().unwrap_or_default()
+    }
+
+    /// The first outcome of the caller's command with this idempotency key, if it is in the log.
+    pub(crate) fn recorded(&self, subject: &str, key: &str) -> Option<Recorded> {
+        let index = self
+            .idempotency
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        index.get(&(subject.to_owned(), key.to_owned())).cloned()
     }
 
     /// Whether the store had read the whole log as it stood at start-up.
@@ -177,7 +208,12 @@ impl AggregateStore {
             Admission::Next => {
                 stream.state = A::evolve(std::mem::take(&mut stream.state), &event);
                 stream.version = envelope.sequence;
-                stream.last_position = Some(position);
+                stream
+                    .owner
+                    .get_or_insert_with(|| envelope.actor.subject.clone());
+                stream.last_position = Some(position.clone());
+                drop(streams);
+                self.remember_idempotency(envelope, position);
                 Outcome::Admitted
             }
             Admission::Stale => Outcome::Refused,
@@ -191,6 +227,32 @@ impl AggregateStore {
                 Outcome::Refused
             }
         })
+    }
+}
+
+impl AggregateStore {
+    fn remember_idempotency(&self, envelope: &EventEnvelope, position: LogPosition) {
+        let Some(idempotency) = &envelope.idempotency else {
+            return;
+        };
+        if envelope.occurred_at < chrono::Utc::now() - self.idempotency_retention {
+            return;
+        }
+        let recorded = Recorded {
+            fingerprint: idempotency.fingerprint.clone(),
+            aggregate_id: envelope.aggregate_id,
+            sequence: envelope.sequence,
+            position,
+        };
+        let mut index = self
+            .idempotency
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // The first admitted event of a command is its outcome; later events of the same
+        // command (or a replay that decided nothing) must not replace it.
+        index
+            .entry((envelope.actor.subject.clone(), idempotency.key.clone()))
+            .or_insert(recorded);
     }
 }
 

@@ -8,7 +8,7 @@
 use axum::{
     body::Bytes,
     extract::{FromRequest, Request},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
 };
 use serde::de::DeserializeOwned;
 
@@ -26,47 +26,67 @@ where
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| {
-                let essence = value.split(';').next().unwrap_or_default().trim();
-                essence.eq_ignore_ascii_case("application/json")
-            });
-        if !is_json {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-            )
-            .with_detail("Send the body as Content-Type: application/json."));
-        }
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Problem::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body-too-large",
-                        "Body too large",
-                    )
-                    .with_detail(rejection.body_text())
-                } else {
-                    Problem::new(rejection.status(), "unreadable-body", "Unreadable body")
-                        .with_detail(rejection.body_text())
-                }
-            })?;
+        require_json(request.headers())?;
+        let bytes = read_body(request, state).await?;
         parse(&bytes).map(ValidJson)
     }
 }
 
+/// Refuses a request whose `Content-Type` is not `application/json` (415).
+pub fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            let essence = value.split(';').next().unwrap_or_default().trim();
+            essence.eq_ignore_ascii_case("application/json")
+        });
+    if is_json {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+        )
+        .with_detail("Send the body as Content-Type: application/json."))
+    }
+}
+
+/// Reads the whole body within the router's body limit (413 beyond it).
+pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, Problem> {
+    Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-too-large",
+                    "Body too large",
+                )
+                .with_detail(rejection.body_text())
+            } else {
+                Problem::new(rejection.status(), "unreadable-body", "Unreadable body")
+                    .with_detail(rejection.body_text())
+            }
+        })
+}
+
 /// Parses bytes into `T`, with the problem a client should get if that fails.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|error| {
+    from_value(parse_value(bytes)?)
+}
+
+/// Parses bytes as JSON (400 if they are not).
+pub fn parse_value(bytes: &[u8]) -> Result<serde_json::Value, Problem> {
+    serde_json::from_slice(bytes).map_err(|error| {
         Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
             .with_detail(format!("The body is not valid JSON: {error}"))
-    })?;
+    })
+}
+
+/// Deserialises a JSON value into `T` (422 naming the field if it does not fit).
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Problem> {
     serde_path_to_error::deserialize(value).map_err(|error| {
         let parent = error.path().to_string();
         let message = error.inner().to_string();
@@ -78,8 +98,11 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
 /// fields at the parent's path with the field's name in backticks, so the name is appended.
 fn field_error(parent: &str, message: &str) -> FieldError {
     let named = message.split('`').nth(1).unwrap_or_default();
+    // serde_path_to_error reports an unknown field at its own path, a missing one at its
+    // parent's: append the name only when the path does not already end with it.
     let join = |name: &str| match parent {
         "." | "" => name.to_owned(),
+        parent if parent == name || parent.ends_with(&format!(".{name}")) => parent.to_owned(),
         parent => format!("{parent}.{name}"),
     };
     let field_path = if parent == "." {

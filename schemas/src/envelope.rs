@@ -97,6 +97,7 @@ pub struct EventMetadata {
     pub causation_id: Uuid,
     pub actor: Actor,
     pub occurred_at: DateTime<Utc>,
+    pub idempotency: Option<Idempotency>,
 }
 
 /// One event as it is stored on its topic.
@@ -117,7 +118,22 @@ pub struct EventEnvelope {
     pub correlation_id: Uuid,
     pub causation_id: Uuid,
     pub actor: Actor,
+    /// Present when the command carried an `Idempotency-Key`: lets any writer, even after a
+    /// restart, recognise a retry and answer it with the first outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Idempotency>,
     pub data: serde_json::Value,
+}
+
+/// The client's idempotency key for the command that caused an event, scoped to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Idempotency {
+    /// The `Idempotency-Key` header as sent.
+    pub key: String,
+    /// A digest of the request (method, route and canonical body): the same key with a
+    /// different request is refused rather than answered with someone else's outcome.
+    pub fingerprint: String,
 }
 
 impl EventEnvelope {
@@ -146,6 +162,7 @@ impl EventEnvelope {
             correlation_id: metadata.correlation_id,
             causation_id: metadata.causation_id,
             actor: metadata.actor.clone(),
+            idempotency: metadata.idempotency.clone(),
             data,
         })
     }

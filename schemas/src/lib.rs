@@ -14,6 +14,6 @@ pub mod envelope;
 pub mod registry;
 pub mod token;
 
-pub use envelope::{Actor, AggregateType, EventEnvelope, EventMetadata, Role};
+pub use envelope::{Actor, AggregateType, EventEnvelope, EventMetadata, Idempotency, Role};
 pub use registry::{ContractViolation, SchemaRegistry};
 pub use token::ConsistencyToken;

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use chrono::{TimeZone, Utc};
 use domain::{DomainEvent, booking::BookingEvent, facility::FacilityEvent, payment::PaymentEvent};
 use schemas::{
-    Actor, AggregateType, ContractViolation, EventEnvelope, EventMetadata, Role, SchemaRegistry,
-    registry::EVENT_SCHEMAS,
+    Actor, AggregateType, ContractViolation, EventEnvelope, EventMetadata, Idempotency, Role,
+    SchemaRegistry, registry::EVENT_SCHEMAS,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -27,6 +27,10 @@ fn metadata() -> EventMetadata {
             role: Role::Director,
         },
         occurred_at: Utc.with_ymd_and_hms(2027, 1, 5, 9, 30, 0).unwrap(),
+        idempotency: Some(Idempotency {
+            key: "retry-7".into(),
+            fingerprint: "ab".repeat(32),
+        }),
     }
 }
 

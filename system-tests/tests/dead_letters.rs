@@ -23,11 +23,11 @@ fn header(message: &rdkafka::message::BorrowedMessage<'_>, name: &str) -> String
         .iter()
         .find(|h| h.key == name)
         .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_else(|| panic!("header {name} missing"))
+        .map_or_else(|| panic!("header {name} missing"), |v| String::from_utf8_lossy(v).into_owned())
 }
 
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // One story: poison in, good events after, dead letters out.
 async fn poison_records_are_dead_lettered_with_a_reason_and_the_projector_goes_on() {
     let stack = TestStack::spawn().await.expect("stack starts");
     let producer = EventProducer::new(&stack.kafka).unwrap();

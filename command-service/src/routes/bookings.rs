@@ -1,6 +1,10 @@
 //! `POST /bookings`: a family (or a director for them) asks for a service.
 
-use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::Response,
+};
 use chrono::{NaiveDate, Utc};
 use domain::{
     ValueError,
@@ -11,14 +15,14 @@ use domain::{
         Relationship, ServiceType, Slot,
     },
 };
-use platform::{auth::Caller, json::ValidJson};
-use schemas::Role;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Violations, parse_variant, token_of};
-use crate::{commands::metadata_for_request, error::ApiError, startup::AppState};
+use super::{
+    Bookers, Empty, Services, Violations, WriteRequest, parse_variant, require_owner, written,
+};
+use crate::{error::ApiError, startup::AppState};
 
 /// A booking request.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -39,9 +43,9 @@ pub(crate) struct RequestBooking {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SlotDto {
     #[schema(example = "2027-03-02T10:00:00+00:00")]
-    start: String,
+    pub(crate) start: String,
     #[schema(example = "2027-03-02T11:00:00+00:00")]
-    end: String,
+    pub(crate) end: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -78,9 +82,9 @@ pub(crate) struct PriceDto {
     currency: String,
 }
 
-/// `202` answer to `POST /bookings`: the saga goes on asynchronously.
+/// Answer to booking writes (`202` to `POST /bookings`: the saga goes on asynchronously).
 #[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct BookingAccepted {
+pub(crate) struct BookingWritten {
     booking_id: Uuid,
     version: u64,
     consistency_token: Option<String>,
@@ -115,6 +119,7 @@ impl RequestBooking {
                 }
             }),
         );
+        let contact_count = self.family_contacts.len();
         if self.family_contacts.is_empty() {
             violations.add(
                 "family_contacts",
@@ -155,9 +160,12 @@ impl RequestBooking {
                 Money::new(self.price.amount_minor, currency),
             )
         });
-        violations.finish()?;
+        // An invalid contact was recorded as a violation and is missing from `contacts`.
+        let contacts_valid = contact_count > 0 && contacts.len() == contact_count;
         match (service_type, slot, full_name, date_of_death, price) {
-            (Some(service_type), Some(slot), Some(full_name), Some(date_of_death), Some(price)) => {
+            (Some(service_type), Some(slot), Some(full_name), Some(date_of_death), Some(price))
+                if contacts_valid =>
+            {
                 Ok(BookingCommand::Request {
                     booking_id,
                     facility,
@@ -172,9 +180,35 @@ impl RequestBooking {
                     now: Utc::now(),
                 })
             }
-            _ => unreachable!("every None recorded a violation"),
+            _ => Err(violations.into_error()),
         }
     }
+}
+
+/// Why a booking is cancelled, rejected or failed.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Reason {
+    #[schema(example = "The family asked for another date")]
+    reason: String,
+}
+
+/// A cancellation; the reason is optional, and so is the body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Cancellation {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn reason_text(reason: &str) -> Result<String, ApiError> {
+    let reason = reason.trim().to_owned();
+    if reason.is_empty() || reason.len() > 500 {
+        let mut violations = Violations::default();
+        violations.add("reason", "reason.length", "1 to 500 characters");
+        return Err(violations.into_error());
+    }
+    Ok(reason)
 }
 
 /// Request a booking. The saga then holds the slot, takes payment and confirms, asynchronously.
@@ -183,25 +217,26 @@ impl RequestBooking {
     path = "/bookings",
     tag = "bookings",
     request_body = RequestBooking,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry token: a replay returns the first answer")),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Accepted; the saga runs on", body = BookingAccepted,
+        (status = 202, description = "Accepted; the saga runs on", body = BookingWritten,
          headers(("Consistency-Token" = String, description = "Present to the query-api to read this write"))),
         (status = 400, description = "Malformed JSON", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Role may not book", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown facility", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field breaks a rule", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks a rule, or the Idempotency-Key was used for another request", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Broker unavailable", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn request(
     State(state): State<AppState>,
-    caller: Caller,
-    ValidJson(body): ValidJson<RequestBooking>,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require(&[Role::Director, Role::Family])?;
-    let facility_id = body.facility_id;
+    request: WriteRequest<RequestBooking, Bookers>,
+) -> Result<Response, ApiError> {
+    let facility_id = request.body.facility_id;
     let facility = state.commands.store().read::<Facility>(facility_id);
     let Some(profile) = facility.state.profile() else {
         return Err(ApiError::NotFound {
@@ -214,18 +249,148 @@ pub(crate) async fn request(
         time_zone: profile.time_zone,
         opening_hours: profile.opening_hours.clone(),
     };
-    let booking_id = BookingId::new();
-    let command = body.into_command(booking_id, schedule)?;
-    let metadata = metadata_for_request(caller.actor(), Uuid::new_v4());
-    let appended = state
+    let booking_id = request.context.new_aggregate_id("booking");
+    let command = request
+        .body
+        .into_command(BookingId::from_uuid(booking_id), schedule)?;
+    let executed = state
         .commands
-        .execute::<Booking>(*booking_id.as_uuid(), None, command, &metadata)
+        .execute::<Booking>(booking_id, None, command, &request.context)
         .await?;
-    let (headers, consistency_token) = token_of(&appended);
-    let body = BookingAccepted {
-        booking_id: *booking_id.as_uuid(),
-        version: appended.version,
-        consistency_token,
+    Ok(written(
+        StatusCode::ACCEPTED,
+        "booking_id",
+        &executed.appended,
+    ))
+}
+
+/// Cancel a booking before its service starts. A family may cancel only its own bookings.
+/// After confirmation the saga then refunds and releases the slot.
+#[utoipa::path(
+    post,
+    path = "/bookings/{id}/cancel",
+    tag = "bookings",
+    request_body(content = Cancellation, description = "Optional"),
+    params(
+        ("id" = Uuid, Path, description = "The booking id"),
+        ("If-Match" = Option<String>, Header, description = "The booking version (or ETag) you read"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retry token"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Cancelled (or already cancelled)", body = BookingWritten),
+        (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such booking, or not yours", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not cancellable in its state, the service has started, or changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    request: WriteRequest<Cancellation, Bookers>,
+) -> Result<Response, ApiError> {
+    let stream = state.commands.store().read::<Booking>(id);
+    require_owner(stream.owner.as_deref(), &request.caller, id)?;
+    let reason = request
+        .body
+        .reason
+        .as_deref()
+        .map(reason_text)
+        .transpose()?;
+    let command = BookingCommand::Cancel {
+        reason,
+        now: Utc::now(),
     };
-    Ok((StatusCode::ACCEPTED, headers, Json(body)))
+    let executed = state
+        .commands
+        .execute::<Booking>(id, request.if_match, command, &request.context)
+        .await?;
+    Ok(written(StatusCode::OK, "booking_id", &executed.appended))
+}
+
+async fn lifecycle(
+    state: &AppState,
+    id: Uuid,
+    if_match: Option<u64>,
+    command: BookingCommand,
+    context: &crate::commands::CommandContext,
+) -> Result<Response, ApiError> {
+    let executed = state
+        .commands
+        .execute::<Booking>(id, if_match, command, context)
+        .await?;
+    Ok(written(StatusCode::OK, "booking_id", &executed.appended))
+}
+
+/// The facility holds the booking's slot (the saga's command).
+#[utoipa::path(post, path = "/bookings/{id}/slot-held", tag = "internal",
+    params(("id" = Uuid, Path, description = "The booking id")), security(("bearer" = [])),
+    responses((status = 200, description = "Recorded (or already so)", body = BookingWritten),
+              (status = 409, description = "Not in a state that allows it", body = platform::problem::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn mark_slot_held(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    request: WriteRequest<Empty, Services>,
+) -> Result<Response, ApiError> {
+    lifecycle(
+        &state,
+        id,
+        request.if_match,
+        BookingCommand::MarkSlotHeld,
+        &request.context,
+    )
+    .await
+}
+
+/// The booking is paid: confirm it (the saga's command).
+#[utoipa::path(post, path = "/bookings/{id}/confirm", tag = "internal",
+    params(("id" = Uuid, Path, description = "The booking id")), security(("bearer" = [])),
+    responses((status = 200, description = "Confirmed (or already so)", body = BookingWritten),
+              (status = 409, description = "Not in a state that allows it", body = platform::problem::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn confirm(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    request: WriteRequest<Empty, Services>,
+) -> Result<Response, ApiError> {
+    lifecycle(
+        &state,
+        id,
+        request.if_match,
+        BookingCommand::Confirm,
+        &request.context,
+    )
+    .await
+}
+
+/// The facility refused the slot: reject the booking (the saga's command).
+#[utoipa::path(post, path = "/bookings/{id}/reject", tag = "internal", request_body = Reason,
+    params(("id" = Uuid, Path, description = "The booking id")), security(("bearer" = [])),
+    responses((status = 200, description = "Rejected (or already so)", body = BookingWritten),
+              (status = 409, description = "Not in a state that allows it", body = platform::problem::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn reject(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    request: WriteRequest<Reason, Services>,
+) -> Result<Response, ApiError> {
+    let command = BookingCommand::Reject {
+        reason: reason_text(&request.body.reason)?,
+    };
+    lifecycle(&state, id, request.if_match, command, &request.context).await
+}
+
+/// Payment failed and the slot was released: fail the booking (the saga's command).
+#[utoipa::path(post, path = "/bookings/{id}/fail", tag = "internal", request_body = Reason,
+    params(("id" = Uuid, Path, description = "The booking id")), security(("bearer" = [])),
+    responses((status = 200, description = "Failed (or already so)", body = BookingWritten),
+              (status = 409, description = "Not in a state that allows it", body = platform::problem::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn fail(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    request: WriteRequest<Reason, Services>,
+) -> Result<Response, ApiError> {
+    let command = BookingCommand::Fail {
+        reason: reason_text(&request.body.reason)?,
+    };
+    lifecycle(&state, id, request.if_match, command, &request.context).await
 }

@@ -1,22 +1,25 @@
-//! `POST /facilities`: register a facility.
+//! Facility writes: register, change opening hours, and the saga's reserve/release of slots.
 
-use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::Response,
+};
+use chrono::Utc;
 use domain::{
     ValueError,
-    facility::{Facility, FacilityCommand},
+    facility::{Facility, FacilityCommand, FacilityEvent},
     values::{
-        Capacity, FacilityId, FacilityKind, FacilityName, OpeningHours, OpeningInterval, TimeZone,
-        TurnaroundBuffer,
+        BookingId, Capacity, FacilityId, FacilityKind, FacilityName, OpeningHours, OpeningInterval,
+        Slot, TimeZone, TurnaroundBuffer,
     },
 };
-use platform::{auth::Caller, json::ValidJson};
-use schemas::Role;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Violations, parse_variant, token_of};
-use crate::{commands::metadata_for_request, error::ApiError, startup::AppState};
+use super::{Directors, Services, Violations, WriteRequest, parse_variant, written};
+use crate::{error::ApiError, startup::AppState};
 
 /// A facility to register.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -42,7 +45,7 @@ pub(crate) struct RegisterFacility {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OpeningHoursDto {
-    /// mon, tue, wed, thu, fri, sat or sun.
+    /// `mon`, `tue`, `wed`, `thu`, `fri`, `sat` or `sun`.
     #[schema(example = "mon")]
     weekday: String,
     #[schema(example = "09:00")]
@@ -51,12 +54,64 @@ pub(crate) struct OpeningHoursDto {
     closes: String,
 }
 
+/// New weekly opening hours.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChangeOpeningHours {
+    opening_hours: Vec<OpeningHoursDto>,
+}
+
+/// A slot to hold for a booking (the saga's command).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReserveSlot {
+    booking_id: Uuid,
+    slot: super::bookings::SlotDto,
+}
+
 /// `201` answer to `POST /facilities`.
 #[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct FacilityRegistered {
+pub(crate) struct FacilityWritten {
     facility_id: Uuid,
     version: u64,
     consistency_token: Option<String>,
+}
+
+/// Answer to `POST /facilities/{id}/reservations`: the facility's decision is an event either
+/// way, so both outcomes are `200`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ReservationWritten {
+    facility_id: Uuid,
+    version: u64,
+    consistency_token: Option<String>,
+    /// `reserved` or `rejected`.
+    outcome: String,
+    /// Why the slot was refused (`in_past`, `outside_opening_hours`, `overlaps_existing`).
+    reason: Option<String>,
+}
+
+/// A JSON integer that must fit a `u32` before its own rules apply.
+fn whole(value: i64, rule: &'static str) -> Result<u32, ValueError> {
+    u32::try_from(value)
+        .map_err(|_| ValueError::new(rule, "must be a whole number from 0 to 4294967295"))
+}
+
+fn parse_hours(dtos: &[OpeningHoursDto], violations: &mut Violations) -> Option<OpeningHours> {
+    let intervals: Vec<_> = dtos
+        .iter()
+        .enumerate()
+        .filter_map(|(index, hours)| {
+            violations.check(
+                format!("opening_hours[{index}]"),
+                OpeningInterval::parse(&hours.weekday, &hours.opens, &hours.closes),
+            )
+        })
+        .collect();
+    if intervals.len() == dtos.len() {
+        violations.check("opening_hours", OpeningHours::new(intervals))
+    } else {
+        None
+    }
 }
 
 impl RegisterFacility {
@@ -76,28 +131,12 @@ impl RegisterFacility {
             whole(self.capacity, "capacity.range").and_then(Capacity::new),
         );
         let time_zone = violations.check("time_zone", TimeZone::parse(&self.time_zone));
-        let intervals: Vec<_> = self
-            .opening_hours
-            .iter()
-            .enumerate()
-            .filter_map(|(index, hours)| {
-                violations.check(
-                    format!("opening_hours[{index}]"),
-                    OpeningInterval::parse(&hours.weekday, &hours.opens, &hours.closes),
-                )
-            })
-            .collect();
-        let opening_hours = if intervals.len() == self.opening_hours.len() {
-            violations.check("opening_hours", OpeningHours::new(intervals))
-        } else {
-            None
-        };
+        let opening_hours = parse_hours(&self.opening_hours, &mut violations);
         let turnaround = violations.check(
             "turnaround_minutes",
             whole(self.turnaround_minutes, "turnaround.range")
                 .and_then(TurnaroundBuffer::from_minutes),
         );
-        violations.finish()?;
         match (name, kind, capacity, time_zone, opening_hours, turnaround) {
             (
                 Some(name),
@@ -115,15 +154,9 @@ impl RegisterFacility {
                 opening_hours,
                 turnaround,
             }),
-            _ => unreachable!("every None recorded a violation"),
+            _ => Err(violations.into_error()),
         }
     }
-}
-
-/// A JSON integer that must fit a `u32` before its own rules apply.
-fn whole(value: i64, rule: &'static str) -> Result<u32, ValueError> {
-    u32::try_from(value)
-        .map_err(|_| ValueError::new(rule, "must be a whole number from 0 to 4294967295"))
 }
 
 /// Register a facility.
@@ -132,34 +165,160 @@ fn whole(value: i64, rule: &'static str) -> Result<u32, ValueError> {
     path = "/facilities",
     tag = "facilities",
     request_body = RegisterFacility,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry token: a replay returns the first answer")),
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "Registered", body = FacilityRegistered),
+        (status = 201, description = "Registered", body = FacilityWritten),
         (status = 400, description = "Malformed JSON", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a director", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field breaks a rule", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks a rule, or the Idempotency-Key was used for another request", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Broker unavailable", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn register(
     State(state): State<AppState>,
-    caller: Caller,
-    ValidJson(body): ValidJson<RegisterFacility>,
-) -> Result<impl IntoResponse, ApiError> {
-    caller.require(&[Role::Director])?;
-    let facility_id = FacilityId::new();
-    let command = body.into_command(facility_id)?;
-    let metadata = metadata_for_request(caller.actor(), Uuid::new_v4());
-    let appended = state
+    request: WriteRequest<RegisterFacility, Directors>,
+) -> Result<Response, ApiError> {
+    let facility_id = request.context.new_aggregate_id("facility");
+    let command = request
+        .body
+        .into_command(FacilityId::from_uuid(facility_id))?;
+    let executed = state
         .commands
-        .execute::<Facility>(*facility_id.as_uuid(), None, command, &metadata)
+        .execute::<Facility>(facility_id, None, command, &request.context)
         .await?;
-    let (headers, consistency_token) = token_of(&appended);
-    let body = FacilityRegistered {
-        facility_id: *facility_id.as_uuid(),
-        version: appended.version,
-        consistency_token,
+    Ok(written(
+        StatusCode::CREATED,
+        "facility_id",
+        &executed.appended,
+    ))
+}
+
+/// Replace a facility's weekly opening hours. Existing reservations are kept.
+#[utoipa::path(
+    put,
+    path = "/facilities/{id}/opening-hours",
+    tag = "facilities",
+    request_body = ChangeOpeningHours,
+    params(
+        ("id" = Uuid, Path, description = "The facility id"),
+        ("If-Match" = Option<String>, Header, description = "The facility version you read"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retry token"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Changed", body = FacilityWritten),
+        (status = 404, description = "No such facility", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks a rule", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn change_opening_hours(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    request: WriteRequest<ChangeOpeningHours, Directors>,
+) -> Result<Response, ApiError> {
+    let mut violations = Violations::default();
+    let Some(opening_hours) = parse_hours(&request.body.opening_hours, &mut violations) else {
+        return Err(violations.into_error());
     };
-    Ok((StatusCode::CREATED, headers, Json(body)))
+    let command = FacilityCommand::ChangeOpeningHours { opening_hours };
+    let executed = state
+        .commands
+        .execute::<Facility>(id, request.if_match, command, &request.context)
+        .await?;
+    Ok(written(StatusCode::OK, "facility_id", &executed.appended))
+}
+
+/// Hold a slot for a booking (the booking saga's command). A refusal is recorded as a
+/// `SlotRejected` event and answered `200` with `outcome: rejected`.
+#[utoipa::path(
+    post,
+    path = "/facilities/{id}/reservations",
+    tag = "internal",
+    request_body = ReserveSlot,
+    params(("id" = Uuid, Path, description = "The facility id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Decided: reserved or rejected", body = ReservationWritten),
+        (status = 403, description = "Not a service", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such facility", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed concurrently, or the booking holds another slot", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn reserve_slot(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    request: WriteRequest<ReserveSlot, Services>,
+) -> Result<Response, ApiError> {
+    let mut violations = Violations::default();
+    let slot = &request.body.slot;
+    let Some(slot) = violations.check("slot", Slot::parse(&slot.start, &slot.end)) else {
+        return Err(violations.into_error());
+    };
+    let booking_id = BookingId::from_uuid(request.body.booking_id);
+    let command = FacilityCommand::ReserveSlot {
+        booking_id,
+        slot,
+        now: Utc::now(),
+    };
+    let executed = state
+        .commands
+        .execute::<Facility>(id, request.if_match, command, &request.context)
+        .await?;
+    // A redelivered reserve decides nothing; the slot is then held from the first time.
+    let reason = executed.events.iter().find_map(|event| match event {
+        FacilityEvent::SlotRejected { reason, .. } => Some(reason.to_string()),
+        _ => None,
+    });
+    let held = state
+        .commands
+        .store()
+        .read::<Facility>(id)
+        .state
+        .reservation(booking_id)
+        .is_some();
+    let body = ReservationWritten {
+        facility_id: id,
+        version: executed.appended.version,
+        consistency_token: super::token_of(&executed.appended),
+        outcome: if held { "reserved" } else { "rejected" }.to_owned(),
+        reason,
+    };
+    Ok(super::with_token(StatusCode::OK, &executed.appended, &body))
+}
+
+/// Give a booking's slot back (the saga's compensation). Releasing a slot that is not held is a
+/// no-op answered `200`.
+#[utoipa::path(
+    post,
+    path = "/facilities/{id}/reservations/{booking_id}/release",
+    tag = "internal",
+    params(
+        ("id" = Uuid, Path, description = "The facility id"),
+        ("booking_id" = Uuid, Path, description = "The booking holding the slot"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Released, or was not held", body = FacilityWritten),
+        (status = 404, description = "No such facility", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn release_slot(
+    State(state): State<AppState>,
+    Path((id, booking_id)): Path<(Uuid, Uuid)>,
+    request: WriteRequest<super::Empty, Services>,
+) -> Result<Response, ApiError> {
+    let command = FacilityCommand::ReleaseSlot {
+        booking_id: BookingId::from_uuid(booking_id),
+    };
+    let executed = state
+        .commands
+        .execute::<Facility>(id, request.if_match, command, &request.context)
+        .await?;
+    Ok(written(StatusCode::OK, "facility_id", &executed.appended))
 }

@@ -1,18 +1,173 @@
 //! One module per route group. Each turns HTTP DTOs into domain commands at the edge.
+//!
+//! Every write goes through [`WriteRequest`]: it authenticates the caller, refuses a role that
+//! may not use the route before reading the body, reads the `Idempotency-Key` and `If-Match`
+//! headers, parses the body (naming the field of any mismatch), and fingerprints the request so
+//! that a reused key with a different request is refused.
 
 pub(crate) mod bookings;
 pub(crate) mod facilities;
 pub(crate) mod ops;
+pub(crate) mod payments;
 
-use axum::http::{HeaderMap, HeaderValue};
+use std::marker::PhantomData;
+
+use axum::{
+    Json,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
 use domain::ValueError;
-use platform::problem::FieldError;
-use schemas::ConsistencyToken;
+use platform::{auth::Caller, json, problem::FieldError};
+use schemas::{ConsistencyToken, Idempotency, Role};
+use serde::{Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
 
-use crate::{commands::Appended, error::ApiError};
+use crate::{
+    commands::{Appended, CommandContext},
+    error::ApiError,
+    startup::AppState,
+};
 
 /// The header that carries a command's consistency token.
 pub(crate) const CONSISTENCY_TOKEN: &str = "consistency-token";
+/// The retry-token header of writes.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The roles a route admits, as a type, so that the extractor can refuse before parsing.
+pub(crate) trait Roles {
+    const ALLOWED: &'static [Role];
+}
+
+/// Routes for funeral directors only.
+#[derive(Debug)]
+pub(crate) struct Directors;
+impl Roles for Directors {
+    const ALLOWED: &'static [Role] = &[Role::Director];
+}
+
+/// Routes for whoever may book: directors and families.
+#[derive(Debug)]
+pub(crate) struct Bookers;
+impl Roles for Bookers {
+    const ALLOWED: &'static [Role] = &[Role::Director, Role::Family];
+}
+
+/// The saga's internal commands: services only.
+#[derive(Debug)]
+pub(crate) struct Services;
+impl Roles for Services {
+    const ALLOWED: &'static [Role] = &[Role::System];
+}
+
+/// An authenticated, authorised, parsed write.
+#[derive(Debug)]
+pub(crate) struct WriteRequest<T, R> {
+    pub(crate) caller: Caller,
+    pub(crate) body: T,
+    /// The aggregate version the client expects (`If-Match`), if it sent one.
+    pub(crate) if_match: Option<u64>,
+    pub(crate) context: CommandContext,
+    roles: PhantomData<R>,
+}
+
+impl<T, R> FromRequest<AppState> for WriteRequest<T, R>
+where
+    T: DeserializeOwned,
+    R: Roles,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let caller = Caller::from_request_parts(&mut parts, state).await?;
+        caller.require(R::ALLOWED)?;
+        let key = idempotency_key(&parts.headers)?;
+        let if_match = if_match(&parts.headers)?;
+        let route = format!("{} {}", parts.method, parts.uri.path());
+        let has_body = parts.headers.contains_key(header::CONTENT_TYPE);
+        let request = Request::from_parts(parts, body);
+        // A write without a body (a cancel without a reason) is an empty object.
+        let value = if has_body {
+            json::require_json(request.headers())?;
+            let bytes = json::read_body(request, state).await?;
+            json::parse_value(&bytes)?
+        } else {
+            serde_json::Value::Object(serde_json::Map::new())
+        };
+        let fingerprint = fingerprint(&route, &value);
+        let body = json::from_value(value)?;
+        let idempotency = key.map(|key| Idempotency { key, fingerprint });
+        let context = CommandContext::new(caller.actor(), idempotency);
+        Ok(Self {
+            caller,
+            body,
+            if_match,
+            context,
+            roles: PhantomData,
+        })
+    }
+}
+
+/// A digest of the route and the canonical body (`serde_json` orders object keys), so that
+/// whitespace or key order does not make a retry look like a different request.
+fn fingerprint(route: &str, body: &serde_json::Value) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(body.to_string().as_bytes());
+    hasher
+        .finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            use std::fmt::Write;
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
+
+fn header_error(field: &str, rule: &str, message: &str) -> ApiError {
+    ApiError::Invalid(vec![FieldError::new(field, rule, message)])
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or_default().trim();
+    let printable = key.chars().all(|c| c.is_ascii_graphic());
+    if key.is_empty() || key.len() > 200 || !printable {
+        return Err(header_error(
+            "Idempotency-Key",
+            "idempotency_key.format",
+            "1 to 200 printable ASCII characters without spaces",
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// Reads `If-Match` as an aggregate version: `3`, `"3"`, `W/"3"`, or an ETag of the query-api
+/// (`"booking-<id>-v3"`), so that a client can send back what a read gave it.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let unquoted = text.trim_start_matches("W/").trim_matches('"');
+    let digits = unquoted
+        .rsplit_once("-v")
+        .map_or(unquoted, |(_, version)| version);
+    digits.parse::<u64>().map(Some).map_err(|_| {
+        header_error(
+            "If-Match",
+            "if_match.version",
+            "the aggregate version (or the ETag) you read",
+        )
+    })
+}
 
 /// Collects every field violation of a request before answering, so a client learns all of
 /// them at once.
@@ -41,40 +196,74 @@ impl Violations {
         self.0.push(FieldError::new(field, rule, message));
     }
 
-    /// `Ok` when nothing was recorded.
-    pub(crate) fn finish(self) -> Result<(), ApiError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::Invalid(self.0))
-        }
+    /// The request's violations as an error (`Invalid` with an empty list never happens: call
+    /// this only after a value came back `None`).
+    pub(crate) fn into_error(self) -> ApiError {
+        ApiError::Invalid(self.0)
     }
 }
 
 /// Parses a string into one of a domain enum's `snake_case` variants.
-pub(crate) fn parse_variant<T: serde::de::DeserializeOwned>(
+pub(crate) fn parse_variant<T: DeserializeOwned>(
     value: &str,
     rule: &'static str,
     allowed: &str,
 ) -> Result<T, ValueError> {
-    serde_json::from_value(serde_json::Value::String(value.to_owned())).map_err(|_| ValueError {
-        rule,
-        message: format!("must be one of: {allowed}"),
-    })
+    serde_json::from_value(serde_json::Value::String(value.to_owned()))
+        .map_err(|_| ValueError::new(rule, format!("must be one of: {allowed}")))
 }
 
-/// The consistency-token header and body field of a command's answer.
-pub(crate) fn token_of(appended: &Appended) -> (HeaderMap, Option<String>) {
-    let token = appended
+/// The consistency token of a write, as text.
+pub(crate) fn token_of(appended: &Appended) -> Option<String> {
+    appended
         .position
         .clone()
-        .map(|position| ConsistencyToken::from(position).to_string());
-    let mut headers = HeaderMap::new();
-    if let Some(value) = token
-        .as_deref()
-        .and_then(|token| HeaderValue::from_str(token).ok())
-    {
-        headers.insert(CONSISTENCY_TOKEN, value);
+        .map(|position| ConsistencyToken::from(position).to_string())
+}
+
+/// Answers a write with `body` and the `Consistency-Token` header.
+pub(crate) fn with_token<T: Serialize>(
+    status: StatusCode,
+    appended: &Appended,
+    body: &T,
+) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if let Some(value) = token_of(appended).and_then(|token| HeaderValue::from_str(&token).ok()) {
+        response.headers_mut().insert(CONSISTENCY_TOKEN, value);
     }
-    (headers, token)
+    response
+}
+
+/// Answers a write: `status`, the `Consistency-Token` header, and a body naming the aggregate id
+/// under `id_field` (`booking_id`, `facility_id`, `payment_id`) beside version and token.
+pub(crate) fn written(status: StatusCode, id_field: &str, appended: &Appended) -> Response {
+    let mut body = serde_json::json!({
+        "version": appended.version,
+        "consistency_token": token_of(appended),
+    });
+    body[id_field] = serde_json::Value::String(appended.aggregate_id.to_string());
+    with_token(status, appended, &body)
+}
+
+/// The body of writes that take none (an empty object, or no body at all).
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Empty {}
+
+/// The path id of a stream a family may touch only if it created it: another family's stream
+/// answers 404, exactly like a stream that does not exist.
+pub(crate) fn require_owner(
+    owner: Option<&str>,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<(), ApiError> {
+    let visible = match caller.role {
+        Role::Family => owner == Some(caller.subject.as_str()),
+        Role::Director | Role::Ops | Role::System => owner.is_some(),
+    };
+    if visible {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound { field: "id", id })
+    }
 }

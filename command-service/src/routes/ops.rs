@@ -28,7 +28,26 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Funeral Manager command-service", description = "Writes: every accepted command appends events to the log."),
-    paths(super::facilities::register, super::bookings::request),
+    paths(
+        super::facilities::register,
+        super::facilities::change_opening_hours,
+        super::facilities::reserve_slot,
+        super::facilities::release_slot,
+        super::bookings::request,
+        super::bookings::cancel,
+        super::bookings::mark_slot_held,
+        super::bookings::confirm,
+        super::bookings::reject,
+        super::bookings::fail,
+        super::payments::captured,
+        super::payments::declined,
+        super::payments::refunded,
+    ),
+    tags(
+        (name = "facilities", description = "Facilities and their opening hours"),
+        (name = "bookings", description = "Requesting and cancelling bookings"),
+        (name = "internal", description = "Commands the booking saga sends with a service token"),
+    ),
     modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;
