@@ -1,0 +1,462 @@
+//! The command-service's HTTP contract on the real broker: bad input gets the right 4xx and
+//! writes nothing; Idempotency-Key replays return the first answer, even after a restart;
+//! If-Match and ownership are enforced.
+
+#![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
+
+mod support;
+
+use command_service::{Application, Settings};
+use event_log::KafkaSettings;
+use platform::shutdown::CancellationToken;
+use reqwest::{Client, StatusCode};
+use schemas::Role;
+use serde_json::{Value, json};
+use support::{booking, facility, fresh_kafka, log_ends, slot, token};
+
+struct Service {
+    url: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start(kafka: &KafkaSettings) -> Service {
+    let mut settings = Settings::with_secret(support::SECRET);
+    settings.http.port = 0;
+    settings.kafka = kafka.clone();
+    let shutdown = CancellationToken::new();
+    let app = Application::build(settings, shutdown.clone())
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let client = Client::new();
+    for _ in 0..300 {
+        if client
+            .get(format!("{url}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Service { url, shutdown };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("command-service did not become ready");
+}
+
+async fn post(url: &str, token: Option<&str>, body: &Value) -> (StatusCode, Value) {
+    let mut request = Client::new().post(url).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn register_facility(service: &Service) -> String {
+    let director = token(Role::Director, "director-1");
+    let (status, body) = post(
+        &format!("{}/facilities", service.url),
+        Some(&director),
+        &facility(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["facility_id"].as_str().unwrap().to_owned()
+}
+
+/// One row of the bad-input table: what is sent, and what must come back.
+struct Case {
+    name: &'static str,
+    path: String,
+    token: Option<String>,
+    content_type: &'static str,
+    body: Vec<u8>,
+    status: StatusCode,
+    /// The field and rule the problem must name, when it names one.
+    field_rule: Option<(&'static str, &'static str)>,
+}
+
+fn json_case(
+    name: &'static str,
+    path: &str,
+    body: &Value,
+    status: StatusCode,
+    field_rule: Option<(&'static str, &'static str)>,
+) -> Case {
+    Case {
+        name,
+        path: path.to_owned(),
+        token: Some(token(Role::Director, "director-1")),
+        content_type: "application/json",
+        body: serde_json::to_vec(body).unwrap(),
+        status,
+        field_rule,
+    }
+}
+
+fn with(mut body: Value, pointer: &str, value: Value) -> Value {
+    *body.pointer_mut(pointer).unwrap() = value;
+    body
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)] // The table is the test; splitting it would hide it.
+async fn bad_input_gets_the_right_problem_and_writes_nothing() {
+    let kafka = fresh_kafka().await;
+    let service = start(&kafka).await;
+    let facility_id = register_facility(&service).await;
+    let facilities = format!("{}/facilities", service.url);
+    let bookings = format!("{}/bookings", service.url);
+    let good = booking(&facility_id, 14);
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+
+    let mut overlapping_hours = facility();
+    overlapping_hours["opening_hours"] = json!([
+        {"weekday": "mon", "opens": "09:00", "closes": "13:00"},
+        {"weekday": "mon", "opens": "12:00", "closes": "17:00"}]);
+    let mut cases = vec![
+        Case {
+            body: b"{\"facility_id\": ".to_vec(),
+            ..json_case(
+                "malformed JSON",
+                &bookings,
+                &good,
+                StatusCode::BAD_REQUEST,
+                None,
+            )
+        },
+        json_case(
+            "wrong type",
+            &facilities,
+            &with(facility(), "/capacity", json!("many")),
+            unprocessable,
+            Some(("capacity", "type")),
+        ),
+        json_case(
+            "unknown field",
+            &bookings,
+            &with(
+                good.clone(),
+                "/deceased",
+                json!({"full_name": "A", "date_of_death": "2026-01-01", "age": 90}),
+            ),
+            unprocessable,
+            Some(("deceased.age", "unknown_field")),
+        ),
+        json_case(
+            "missing field",
+            &bookings,
+            &json!({"facility_id": facility_id}),
+            unprocessable,
+            Some(("service_type", "required")),
+        ),
+        json_case(
+            "past slot",
+            &bookings,
+            &with(good.clone(), "/slot", slot(-3, 10, 0, 60)),
+            unprocessable,
+            Some(("slot.start", "slot.in_past")),
+        ),
+        json_case(
+            "slot too short",
+            &bookings,
+            &with(good.clone(), "/slot", slot(14, 10, 0, 10)),
+            unprocessable,
+            Some(("slot", "slot.duration_30min_to_8h")),
+        ),
+        json_case(
+            "outside opening hours",
+            &bookings,
+            &with(good.clone(), "/slot", slot(14, 19, 30, 60)),
+            unprocessable,
+            Some(("slot", "slot.outside_opening_hours")),
+        ),
+        json_case(
+            "overlapping opening hours",
+            &facilities,
+            &overlapping_hours,
+            unprocessable,
+            Some(("opening_hours", "opening_hours.overlap")),
+        ),
+        json_case(
+            "negative money",
+            &bookings,
+            &with(good.clone(), "/price/amount_minor", json!(-5)),
+            unprocessable,
+            Some(("price.amount_minor", "money.non_negative")),
+        ),
+        json_case(
+            "float money",
+            &bookings,
+            &with(good.clone(), "/price/amount_minor", json!(1250.5)),
+            unprocessable,
+            Some(("price.amount_minor", "type")),
+        ),
+        json_case(
+            "unknown currency",
+            &bookings,
+            &with(good.clone(), "/price/currency", json!("XYZ")),
+            unprocessable,
+            Some(("price.currency", "currency.iso4217")),
+        ),
+        json_case(
+            "bad email",
+            &bookings,
+            &with(good.clone(), "/family_contacts/0/email", json!("byron@")),
+            unprocessable,
+            Some(("family_contacts[0].email", "email.format")),
+        ),
+        json_case(
+            "bad phone",
+            &bookings,
+            &with(
+                good.clone(),
+                "/family_contacts/0/phone",
+                json!("07700 900123"),
+            ),
+            unprocessable,
+            Some(("family_contacts[0].phone", "phone.e164")),
+        ),
+        json_case(
+            "no contacts",
+            &bookings,
+            &with(good.clone(), "/family_contacts", json!([])),
+            unprocessable,
+            Some(("family_contacts", "family_contacts.non_empty")),
+        ),
+        json_case(
+            "death after the service",
+            &bookings,
+            &with(
+                good.clone(),
+                "/deceased/date_of_death",
+                json!(
+                    (chrono::Utc::now() + chrono::Duration::days(1))
+                        .date_naive()
+                        .to_string()
+                ),
+            ),
+            unprocessable,
+            None,
+        ),
+        json_case(
+            "unknown facility",
+            &bookings,
+            &with(good.clone(), "/facility_id", json!(uuid::Uuid::new_v4())),
+            StatusCode::NOT_FOUND,
+            Some(("facility_id", "exists")),
+        ),
+        json_case(
+            "oversized body",
+            &bookings,
+            &with(
+                good.clone(),
+                "/deceased/full_name",
+                json!("x".repeat(70_000)),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+        ),
+        Case {
+            content_type: "text/plain",
+            ..json_case(
+                "not JSON",
+                &bookings,
+                &good,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                None,
+            )
+        },
+        Case {
+            token: None,
+            ..json_case("no token", &bookings, &good, StatusCode::UNAUTHORIZED, None)
+        },
+        Case {
+            token: Some("eyJhbGciOiJIUzI1NiJ9.e30.bad".into()),
+            ..json_case(
+                "forged token",
+                &bookings,
+                &good,
+                StatusCode::UNAUTHORIZED,
+                None,
+            )
+        },
+        Case {
+            token: Some(token(Role::Ops, "ops-1")),
+            ..json_case("wrong role", &bookings, &good, StatusCode::FORBIDDEN, None)
+        },
+        Case {
+            token: Some(token(Role::Family, "family-1")),
+            ..json_case(
+                "family registering a facility",
+                &facilities,
+                &facility(),
+                StatusCode::FORBIDDEN,
+                None,
+            )
+        },
+    ];
+    let before = log_ends(&kafka).await;
+    let client = Client::new();
+    for case in cases.drain(..) {
+        let mut request = client
+            .post(&case.path)
+            .header("content-type", case.content_type)
+            .body(case.body);
+        if let Some(token) = &case.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), case.status, "{}", case.name);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{}",
+            case.name
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], case.status.as_u16(), "{}", case.name);
+        if let Some((field, rule)) = case.field_rule {
+            let named = problem["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|error| error["field"] == field && error["rule"] == rule);
+            assert!(named, "{}: expected {field}/{rule} in {problem}", case.name);
+        }
+    }
+    assert_eq!(
+        log_ends(&kafka).await,
+        before,
+        "a refused request wrote to the log"
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_answer_even_after_a_restart() {
+    let kafka = fresh_kafka().await;
+    let service = start(&kafka).await;
+    let facility_id = register_facility(&service).await;
+    let family = token(Role::Family, "family-1");
+    let client = Client::new();
+    let send = |body: Value| {
+        client
+            .post(format!("{}/bookings", service.url))
+            .bearer_auth(&family)
+            .header("idempotency-key", "book-grandma-1")
+            .json(&body)
+            .send()
+    };
+    let body = booking(&facility_id, 20);
+    let first = send(body.clone()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+
+    let replay = send(body.clone()).await.unwrap();
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(replay.json::<Value>().await.unwrap(), first);
+
+    let other = send(with(body.clone(), "/service_type", json!("cremation")))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = other.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["rule"], "idempotency_key.reused");
+
+    // A new process reads the key back from the log.
+    drop(service);
+    let restarted = start(&kafka).await;
+    let replay = client
+        .post(format!("{}/bookings", restarted.url))
+        .bearer_auth(&family)
+        .header("idempotency-key", "book-grandma-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(replay.json::<Value>().await.unwrap(), first);
+
+    let bookings_in_log = support::read_log(&kafka)
+        .await
+        .into_iter()
+        .filter(|(_, envelope)| envelope.event_type == "BookingRequested")
+        .count();
+    assert_eq!(bookings_in_log, 1, "retries never create a second booking");
+}
+
+#[tokio::test]
+async fn cancel_honours_if_match_and_ownership() {
+    let kafka = fresh_kafka().await;
+    let service = start(&kafka).await;
+    let facility_id = register_facility(&service).await;
+    let family = token(Role::Family, "family-1");
+    let (status, created) = post(
+        &format!("{}/bookings", service.url),
+        Some(&family),
+        &booking(&facility_id, 9),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let cancel_url = format!(
+        "{}/bookings/{}/cancel",
+        service.url,
+        created["booking_id"].as_str().unwrap()
+    );
+    let client = Client::new();
+
+    let stranger = client
+        .post(&cancel_url)
+        .bearer_auth(token(Role::Family, "family-2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stranger.status(),
+        StatusCode::NOT_FOUND,
+        "another family's booking is not found"
+    );
+
+    let stale = client
+        .post(&cancel_url)
+        .bearer_auth(&family)
+        .header("if-match", "\"7\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+
+    let etag = format!("\"booking-{}-v1\"", created["booking_id"].as_str().unwrap());
+    let cancelled = client
+        .post(&cancel_url)
+        .bearer_auth(&family)
+        .header("if-match", etag)
+        .json(&json!({"reason": "The family chose another date"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    let cancelled: Value = cancelled.json().await.unwrap();
+    assert_eq!(cancelled["version"], 2);
+
+    let again = client
+        .post(&cancel_url)
+        .bearer_auth(&family)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "cancelling twice is a no-op"
+    );
+    assert_eq!(again.json::<Value>().await.unwrap()["version"], 2);
+}

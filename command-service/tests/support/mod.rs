@@ -1,0 +1,118 @@
+//! What the command-service's tests share: fresh topics on the test broker, tokens, bodies, and
+//! reading the whole log back to check what was admitted.
+
+#![allow(dead_code, clippy::unwrap_used)] // Each test binary uses a different part of this.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{Duration as Days, NaiveTime, TimeZone, Utc};
+use event_log::{KafkaSettings, consumer};
+use futures::StreamExt;
+use platform::auth::TokenKeys;
+use rdkafka::Message;
+use schemas::{EventEnvelope, Role, SchemaRegistry};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub(crate) const SECRET: &str = "command-service-tests-secret-0123456789";
+
+/// Kafka settings with topics of this test's own.
+pub(crate) async fn fresh_kafka() -> KafkaSettings {
+    let brokers = std::env::var("FM_TEST_KAFKA_BROKERS").expect(
+        "FM_TEST_KAFKA_BROKERS is not set: run the suite with compose/test, which starts the broker",
+    );
+    let settings = KafkaSettings {
+        brokers,
+        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
+        ..KafkaSettings::default()
+    };
+    event_log::topics::ensure_topics(&settings).await.unwrap();
+    settings
+}
+
+pub(crate) fn token(role: Role, subject: &str) -> String {
+    let keys = TokenKeys::from_secret(&SECRET.to_owned().into()).unwrap();
+    keys.mint(subject, role, Days::hours(1)).unwrap()
+}
+
+/// A London chapel open 08:00–20:00 every day, 30-minute turnaround.
+pub(crate) fn facility() -> Value {
+    let hours: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .iter()
+        .map(|day| json!({"weekday": day, "opens": "08:00", "closes": "20:00"}))
+        .collect();
+    json!({"name": "St Mary's Chapel", "kind": "chapel", "capacity": 120,
+           "time_zone": "Europe/London", "opening_hours": hours, "turnaround_minutes": 30})
+}
+
+/// `{"start", "end"}` on the London day `days_ahead` from now, `hour`:`minute` for `minutes`.
+pub(crate) fn slot(days_ahead: i64, hour: u32, minute: u32, minutes: i64) -> Value {
+    let day = (Utc::now() + Days::days(days_ahead)).date_naive();
+    let start = chrono_tz::Europe::London
+        .from_local_datetime(&day.and_time(NaiveTime::from_hms_opt(hour, minute, 0).unwrap()))
+        .single()
+        .unwrap();
+    let end = start + Days::minutes(minutes);
+    json!({"start": start.to_rfc3339(), "end": end.to_rfc3339()})
+}
+
+/// A valid booking request for `facility_id`, one hour at 10:00 in `days_ahead` days.
+pub(crate) fn booking(facility_id: &str, days_ahead: i64) -> Value {
+    let death = (Utc::now() - Days::days(2)).date_naive();
+    json!({
+        "facility_id": facility_id,
+        "service_type": "burial",
+        "slot": slot(days_ahead, 10, 0, 60),
+        "deceased": {"full_name": "Ada Lovelace", "date_of_death": death.to_string()},
+        "family_contacts": [{"name": "Byron King", "relationship": "son",
+                             "email": "byron@example.org", "phone": "+447700900123"}],
+        "price": {"amount_minor": 125_000, "currency": "GBP"},
+    })
+}
+
+/// Every record of every event topic, as validated envelopes with their positions.
+pub(crate) async fn read_log(kafka: &KafkaSettings) -> Vec<(event_log::LogPosition, EventEnvelope)> {
+    let registry = SchemaRegistry::load().unwrap();
+    let reader =
+        consumer::manual_consumer(kafka, &format!("log-reader-{}", Uuid::new_v4())).unwrap();
+    let topics = event_log::Topics::new(&kafka.topic_prefix).event_topics();
+    let partitions = consumer::partitions(&reader, &topics, kafka).unwrap();
+    let ends = consumer::end_offsets(&reader, &partitions, kafka).unwrap();
+    let mut remaining: BTreeMap<_, _> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
+    consumer::assign(&reader, &partitions.into_iter().map(|tp| (tp, 0)).collect()).unwrap();
+    let mut records = Vec::new();
+    let mut stream = reader.stream();
+    while !remaining.is_empty() {
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("the log is readable to its end")
+            .unwrap()
+            .unwrap();
+        let key = (message.topic().to_owned(), message.partition());
+        if remaining
+            .get(&key)
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            remaining.remove(&key);
+        }
+        let position = event_log::LogPosition {
+            topic: key.0,
+            partition: key.1,
+            offset: message.offset(),
+        };
+        records.push((
+            position,
+            registry.validate_bytes(message.payload().unwrap()).unwrap(),
+        ));
+    }
+    records
+}
+
+/// The end offset of every partition of every event topic: a write changes at least one.
+pub(crate) async fn log_ends(kafka: &KafkaSettings) -> BTreeMap<(String, i32), i64> {
+    let reader = consumer::manual_consumer(kafka, "log-ends").unwrap();
+    let topics = event_log::Topics::new(&kafka.topic_prefix).event_topics();
+    let partitions = consumer::partitions(&reader, &topics, kafka).unwrap();
+    consumer::end_offsets(&reader, &partitions, kafka).unwrap()
+}
