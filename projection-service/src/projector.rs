@@ -1,12 +1,23 @@
-//! The consume-apply-commit loop.
+//! The consume-apply-commit loop of one read-model version.
 //!
-//! The projector assigns itself every partition of every event topic, starting at the offsets
-//! stored in Postgres (0 for a partition never read). Each record is applied in one transaction
-//! that also stores the partition's next offset, so the offsets can never disagree with the read
-//! models. A record that breaks the contract goes to the dead-letter topic, and only then is its
-//! offset stored, so it is never lost either.
+//! A projector assigns itself every partition of every event topic explicitly, starting at the
+//! offsets stored in its version's schema (0 for a partition never read; see docs/read-side.md
+//! for why explicit assignment and not a consumer group). It takes the records that are ready,
+//! up to `batch_size`, and applies them in **one** transaction that also stores the next offset
+//! of every partition the batch touched, so the offsets can never disagree with the read models:
+//! a crash (even `kill -9` mid-batch) loses the whole transaction and the batch is read again.
+//!
+//! A record that breaks the contract goes to the dead-letter topic before the batch commits, so
+//! it is never lost either (a crash between the two may dead-letter it twice; each dead letter
+//! names its origin offset, so duplicates are recognisable). An event whose sequence is beyond
+//! the next one of its aggregate (a gap) is not applied: it is counted, logged and recorded in
+//! `projection_anomalies`. An event at or below the last applied sequence (a duplicate: a
+//! losing writer's record) is counted and logged, never applied.
+//!
+//! A projector of a `building` version also tries to switch its version live whenever it has
+//! reached the end of the log (`crate::versions::try_switch`).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use event_log::{
     EventProducer, LogError, LogPosition, Topics,
@@ -20,125 +31,197 @@ use rdkafka::{
     consumer::StreamConsumer,
     message::{BorrowedMessage, Header, OwnedHeaders},
 };
-use schemas::SchemaRegistry;
+use schemas::{EventEnvelope, SchemaRegistry};
 use sqlx::{PgConnection, PgPool};
 
-use crate::read_models::{self, Applied, ApplyError};
+use crate::{
+    read_models::{self, Applied, ApplyError},
+    versions::{self, SwitchOutcome},
+};
 
-/// The name under which this projector's offsets are stored.
-pub(crate) const PROJECTION: &str = "read_models";
+/// What a projector needs besides its version.
+#[derive(Debug, Clone)]
+pub(crate) struct ProjectorConfig {
+    pub(crate) kafka: event_log::KafkaSettings,
+    pub(crate) batch_size: usize,
+    pub(crate) switch_check_interval: Duration,
+}
 
-/// Reads the log into the read models until shut down.
+/// Reads the log into one version of the read models until shut down.
 pub(crate) struct Projector {
-    pool: PgPool,
     consumer: StreamConsumer,
-    registry: SchemaRegistry,
+    worker: Worker,
+}
+
+/// Everything but the consumer, which the record stream borrows while the worker applies.
+struct Worker {
+    version: i32,
+    /// Connections whose `search_path` is this version's schema.
+    pool: PgPool,
+    /// Connections with the default `search_path`, for `projection_versions`.
+    admin_pool: PgPool,
+    /// A second client for watermark requests, which block; the first one is busy streaming.
+    watermarks: Arc<StreamConsumer>,
+    partitions: Vec<TopicPartition>,
+    registry: Arc<SchemaRegistry>,
     dead_letters: EventProducer,
     topics: Topics,
+    config: ProjectorConfig,
+    building: bool,
 }
 
 impl std::fmt::Debug for Projector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Projector")
-            .field("topics", &self.topics)
+        self.worker.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("version", &self.version)
+            .field("building", &self.building)
             .finish_non_exhaustive()
     }
 }
 
-/// Loads the stored offsets of every partition of the event topics (0 where none is stored).
-async fn stored_offsets(
-    pool: &PgPool,
-    partitions: Vec<TopicPartition>,
-) -> Result<BTreeMap<TopicPartition, i64>, sqlx::Error> {
-    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
-        "SELECT topic, partition, next_offset FROM projection_offsets WHERE projection = $1",
-    )
-    .bind(PROJECTION)
-    .fetch_all(pool)
-    .await?;
-    let stored: BTreeMap<TopicPartition, i64> = rows
-        .into_iter()
-        .map(|(topic, partition, offset)| ((topic, partition), offset))
-        .collect();
-    Ok(partitions
-        .into_iter()
-        .map(|tp| {
-            let offset = stored.get(&tp).copied().unwrap_or(0);
-            (tp, offset)
-        })
-        .collect())
+/// What one record of a batch came to.
+enum Outcome {
+    Applied,
+    Duplicate,
+    Gap,
+    DeadLettered,
 }
 
-async fn store_offset(conn: &mut PgConnection, position: &LogPosition) -> Result<(), sqlx::Error> {
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+            Self::Gap => "gap",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Stores the next offset of a partition; never moves it backwards.
+async fn store_offset(
+    conn: &mut PgConnection,
+    (topic, partition): &TopicPartition,
+    next_offset: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO projection_offsets (projection, topic, partition, next_offset) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (projection, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+        "INSERT INTO projection_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) \
+         ON CONFLICT (topic, partition) DO UPDATE SET next_offset = GREATEST(projection_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
     )
-    .bind(PROJECTION)
-    .bind(&position.topic)
-    .bind(position.partition)
-    .bind(position.offset + 1)
+    .bind(topic)
+    .bind(partition)
+    .bind(next_offset)
     .execute(conn)
     .await?;
     Ok(())
 }
 
 impl Projector {
-    /// Assigns the partitions at their stored offsets.
+    /// Assigns the partitions at the version's stored offsets.
     pub(crate) async fn start(
+        version: i32,
+        building: bool,
         pool: PgPool,
-        settings: &event_log::KafkaSettings,
-        registry: SchemaRegistry,
+        admin_pool: PgPool,
+        registry: Arc<SchemaRegistry>,
+        config: ProjectorConfig,
     ) -> anyhow::Result<Self> {
+        let settings = &config.kafka;
         let topics = Topics::new(&settings.topic_prefix);
-        let consumer = consumer::manual_consumer(settings, "projection-service")?;
+        let client_id = format!("projection-service-v{version}");
+        let consumer = consumer::manual_consumer(settings, &client_id)?;
+        let watermarks = Arc::new(consumer::manual_consumer(
+            settings,
+            &format!("{client_id}-watermarks"),
+        )?);
         let event_topics = topics.event_topics();
-        let (consumer, partitions) = {
+        let (watermarks, partitions) = {
             let settings = settings.clone();
             tokio::task::spawn_blocking(move || {
-                let partitions = consumer::partitions(&consumer, &event_topics, &settings)?;
-                Ok::<_, LogError>((consumer, partitions))
+                let partitions = consumer::partitions(&watermarks, &event_topics, &settings)?;
+                Ok::<_, LogError>((watermarks, partitions))
             })
             .await??
         };
-        let offsets = stored_offsets(&pool, partitions).await?;
+        let mut conn = pool.acquire().await?;
+        let stored = versions::stored_offsets(&mut conn, version).await?;
+        drop(conn);
+        let offsets: BTreeMap<TopicPartition, i64> = partitions
+            .iter()
+            .map(|tp| (tp.clone(), stored.get(tp).copied().unwrap_or(0)))
+            .collect();
         consumer::assign(&consumer, &offsets)?;
-        tracing::info!(?offsets, "projector assigned");
+        tracing::info!(version, building, ?offsets, "projector assigned");
         let dead_letters = EventProducer::new(settings)?;
         Ok(Self {
-            pool,
             consumer,
-            registry,
-            dead_letters,
-            topics,
+            worker: Worker {
+                version,
+                pool,
+                admin_pool,
+                watermarks,
+                partitions,
+                registry,
+                dead_letters,
+                topics,
+                config,
+                building,
+            },
         })
     }
 
-    /// Runs until `shutdown`; the record in hand is finished first.
+    /// Runs until `shutdown`; the batch in hand is finished (committed) first.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let mut stream = self.consumer.stream();
+        let Self {
+            consumer,
+            mut worker,
+        } = self;
+        let mut batches = consumer.stream().ready_chunks(worker.config.batch_size);
+        let mut tick = tokio::time::interval(worker.config.switch_check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let message = tokio::select! {
+            tokio::select! {
                 () = shutdown.cancelled() => break,
-                message = stream.next() => message,
-            };
-            match message {
-                None => break,
-                Some(Err(error)) => tracing::warn!(%error, "error reading the log; retrying"),
-                Some(Ok(message)) => self.handle_until_done(&message, &shutdown).await,
+                batch = batches.next() => {
+                    let Some(batch) = batch else { break };
+                    let messages: Vec<BorrowedMessage<'_>> = batch
+                        .into_iter()
+                        .filter_map(|message| {
+                            message
+                                .inspect_err(|error| tracing::warn!(%error, "error reading the log; going on"))
+                                .ok()
+                        })
+                        .collect();
+                    if !messages.is_empty() {
+                        worker.handle_until_done(&messages, &shutdown).await;
+                    }
+                }
+                _ = tick.tick(), if worker.building => worker.check_switch().await,
             }
         }
-        tracing::info!("projector stopped");
+        tracing::info!(version = worker.version, "projector stopped");
     }
+}
 
-    /// Handles one record, retrying with backoff while the database or broker is down.
-    async fn handle_until_done(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) {
+impl Worker {
+    /// Applies one batch, retrying with backoff while the database or broker is down.
+    async fn handle_until_done(
+        &self,
+        messages: &[BorrowedMessage<'_>],
+        shutdown: &CancellationToken,
+    ) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.handle(message).await {
+            match self.handle_batch(messages).await {
                 Ok(()) => return,
                 Err(error) => {
-                    tracing::error!(%error, topic = message.topic(), offset = message.offset(), "could not project a record; retrying");
+                    tracing::error!(%error, version = self.version, records = messages.len(), "could not project a batch; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -149,21 +232,49 @@ impl Projector {
         }
     }
 
-    async fn handle(&self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
-        let position = LogPosition {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
+    async fn handle_batch(&self, messages: &[BorrowedMessage<'_>]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let mut next_offsets: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for message in messages {
+            let position = LogPosition {
+                topic: message.topic().to_owned(),
+                partition: message.partition(),
+                offset: message.offset(),
+            };
+            let outcome = self.handle_record(&mut tx, message, &position).await?;
+            outcomes.push(outcome);
+            let next = next_offsets
+                .entry((position.topic.clone(), position.partition))
+                .or_insert(0);
+            *next = (*next).max(position.offset + 1);
+        }
+        for (tp, next) in &next_offsets {
+            store_offset(&mut tx, tp, *next).await?;
+        }
+        tx.commit().await?;
+        let version = self.version.to_string();
+        for outcome in outcomes {
+            metrics::counter!("projection_events_total", "version" => version.clone(), "outcome" => outcome.label()).increment(1);
+        }
+        Ok(())
+    }
+
+    async fn handle_record(
+        &self,
+        tx: &mut PgConnection,
+        message: &BorrowedMessage<'_>,
+        position: &LogPosition,
+    ) -> anyhow::Result<Outcome> {
         let envelope = match self
             .registry
             .validate_bytes(message.payload().unwrap_or_default())
         {
             Ok(envelope) => envelope,
             Err(violation) => {
-                return self
-                    .dead_letter(message, &position, &violation.to_string())
-                    .await;
+                self.dead_letter(message, position, &violation.to_string())
+                    .await?;
+                return Ok(Outcome::DeadLettered);
             }
         };
         if self.topics.aggregate_of(&position.topic) != Some(envelope.aggregate_type) {
@@ -171,41 +282,46 @@ impl Projector {
                 "a {} event on topic {}",
                 envelope.aggregate_type, position.topic
             );
-            return self.dead_letter(message, &position, &reason).await;
+            self.dead_letter(message, position, &reason).await?;
+            return Ok(Outcome::DeadLettered);
         }
-        let mut tx = self.pool.begin().await?;
-        let applied = match read_models::apply(&mut tx, &self.registry, &envelope).await {
-            Ok(applied) => applied,
-            Err(ApplyError::Contract(violation)) => {
-                drop(tx);
-                return self
-                    .dead_letter(message, &position, &violation.to_string())
-                    .await;
+        match read_models::apply(&mut *tx, &self.registry, &envelope).await {
+            Ok(Applied::Changed) => Ok(Outcome::Applied),
+            Ok(Applied::Stale) => {
+                tracing::warn!(
+                    version = self.version,
+                    aggregate_id = %envelope.aggregate_id,
+                    event_id = %envelope.event_id,
+                    sequence = envelope.sequence,
+                    topic = %position.topic, partition = position.partition, offset = position.offset,
+                    "duplicate sequence in an aggregate stream (a losing writer's record); not applied"
+                );
+                Ok(Outcome::Duplicate)
             }
-            Err(ApplyError::Database(error)) => return Err(error.into()),
-        };
-        store_offset(&mut tx, &position).await?;
-        tx.commit().await?;
-        let outcome = match applied {
-            Applied::Changed => "applied",
-            Applied::Stale => "stale",
-            Applied::Ignored => "ignored",
-            Applied::Gap { expected } => {
+            Ok(Applied::Gap { expected }) => {
                 tracing::error!(
+                    version = self.version,
                     aggregate_id = %envelope.aggregate_id,
                     sequence = envelope.sequence,
                     expected,
+                    topic = %position.topic, partition = position.partition, offset = position.offset,
                     "gap in an aggregate stream; event not applied"
                 );
-                "gap"
+                record_gap(&mut *tx, &envelope, expected, position).await?;
+                Ok(Outcome::Gap)
             }
-        };
-        metrics::counter!("projection_events_total", "projection" => PROJECTION, "outcome" => outcome).increment(1);
-        Ok(())
+            // Decoding happens before any write, so nothing of this record is in the transaction.
+            Err(ApplyError::Contract(violation)) => {
+                self.dead_letter(message, position, &violation.to_string())
+                    .await?;
+                Ok(Outcome::DeadLettered)
+            }
+            Err(ApplyError::Database(error)) => Err(error.into()),
+        }
     }
 
     /// Sends a record that cannot be used to the dead-letter topic with the reason and its
-    /// origin, then stores its offset so the projector moves on.
+    /// origin. Its offset is stored with the rest of the batch, so the projector moves on.
     async fn dead_letter(
         &self,
         message: &BorrowedMessage<'_>,
@@ -240,10 +356,73 @@ impl Projector {
                 record_headers,
             )
             .await?;
-        let mut tx = self.pool.begin().await?;
-        store_offset(&mut tx, position).await?;
-        tx.commit().await?;
-        metrics::counter!("projection_events_total", "projection" => PROJECTION, "outcome" => "dead_lettered").increment(1);
         Ok(())
     }
+
+    /// For a building version: if it has read to the end of every partition, try to switch it
+    /// live. Failures are logged and retried at the next check.
+    async fn check_switch(&mut self) {
+        match self.caught_up().await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::warn!(%error, version = self.version, "could not check the rebuild's progress");
+                return;
+            }
+        }
+        match versions::try_switch(&self.admin_pool, self.version).await {
+            Ok(SwitchOutcome::Switched { retired }) => {
+                tracing::info!(
+                    version = self.version,
+                    ?retired,
+                    "read-model version switched live"
+                );
+                self.building = false;
+            }
+            Ok(SwitchOutcome::Behind) => {}
+            Ok(SwitchOutcome::NotBuilding) => self.building = false,
+            Err(error) => {
+                tracing::warn!(%error, version = self.version, "could not switch the rebuilt version live");
+            }
+        }
+    }
+
+    /// Whether the stored offsets have reached the end of every partition as it is now.
+    async fn caught_up(&self) -> anyhow::Result<bool> {
+        let watermarks = self.watermarks.clone();
+        let partitions = self.partitions.clone();
+        let settings = self.config.kafka.clone();
+        let ends = tokio::task::spawn_blocking(move || {
+            consumer::end_offsets(&watermarks, &partitions, &settings)
+        })
+        .await??;
+        let mut conn = self.pool.acquire().await?;
+        let stored = versions::stored_offsets(&mut conn, self.version).await?;
+        Ok(ends
+            .iter()
+            .all(|(tp, end)| stored.get(tp).copied().unwrap_or(0) >= *end))
+    }
+}
+
+async fn record_gap(
+    conn: &mut PgConnection,
+    envelope: &EventEnvelope,
+    expected: u64,
+    position: &LogPosition,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO projection_anomalies (kind, aggregate_type, aggregate_id, sequence, expected, event_id, topic, partition, log_offset) \
+         VALUES ('gap', $1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(envelope.aggregate_type.as_str())
+    .bind(envelope.aggregate_id)
+    .bind(i64::try_from(envelope.sequence).unwrap_or(i64::MAX))
+    .bind(i64::try_from(expected).unwrap_or(i64::MAX))
+    .bind(envelope.event_id)
+    .bind(&position.topic)
+    .bind(position.partition)
+    .bind(position.offset)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

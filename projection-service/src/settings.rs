@@ -1,7 +1,9 @@
 //! The projection-service's configuration.
 
+use std::time::Duration;
+
 use event_log::KafkaSettings;
-use platform::settings::{DatabaseSettings, HttpSettings, LogSettings};
+use platform::settings::{DatabaseSettings, HttpSettings, LogSettings, millis};
 use serde::Deserialize;
 
 /// Everything the projection-service reads from its configuration layers.
@@ -15,6 +17,32 @@ pub struct Settings {
     pub database: DatabaseSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub projector: ProjectorSettings,
+}
+
+/// How the projectors batch and how often versions are looked at (`FM_PROJECTOR__*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ProjectorSettings {
+    /// At most this many records are applied in one transaction.
+    pub batch_size: usize,
+    /// How often a building version checks whether it has caught up and can switch live.
+    #[serde(deserialize_with = "millis")]
+    pub switch_check_interval: Duration,
+    /// How often `projection_versions` is read for new, retired or stopped versions.
+    #[serde(deserialize_with = "millis")]
+    pub supervise_interval: Duration,
+}
+
+impl Default for ProjectorSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            switch_check_interval: Duration::from_millis(250),
+            supervise_interval: Duration::from_millis(500),
+        }
+    }
 }
 
 fn default_http() -> HttpSettings {
@@ -28,6 +56,7 @@ impl Default for Settings {
             kafka: KafkaSettings::default(),
             database: DatabaseSettings::default(),
             log: LogSettings::default(),
+            projector: ProjectorSettings::default(),
         }
     }
 }

@@ -9,10 +9,10 @@ use platform::{
 use schemas::SchemaRegistry;
 use secrecy::ExposeSecret;
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::{projector::Projector, settings::Settings};
+use crate::{projector::ProjectorConfig, settings::Settings, supervisor::Supervisor, versions};
 
 /// The read-model migrations, owned by this service.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -52,7 +52,8 @@ pub struct Application {
 }
 
 impl Application {
-    /// Migrates, assigns the projector at its stored offsets, binds the health/metrics listener.
+    /// Migrates, makes sure a live read-model version exists, starts its projector at its stored
+    /// offsets (and the supervisor that follows rebuilds), binds the health/metrics listener.
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let pool = connect(&settings).await?;
         MIGRATOR
@@ -60,12 +61,25 @@ impl Application {
             .await
             .context("Failed to run the read-model migrations")?;
         let registry = SchemaRegistry::load().context("Failed to compile the event schemas")?;
-        let projector = Projector::start(pool.clone(), &settings.kafka, registry)
+        let live = versions::ensure_live_version(&pool)
             .await
-            .context(
-                "Failed to start the projector (do the topics exist? run `fmctl topics ensure`)",
-            )?;
-        let projector = tokio::spawn(projector.run(shutdown.clone()));
+            .context("Failed to create the first read-model version")?;
+        let supervisor = Supervisor {
+            admin_pool: pool.clone(),
+            database_url: settings.database.url.expose_secret().to_owned(),
+            acquire_timeout: settings.database.acquire_timeout,
+            registry: Arc::new(registry),
+            config: ProjectorConfig {
+                kafka: settings.kafka.clone(),
+                batch_size: settings.projector.batch_size.max(1),
+                switch_check_interval: settings.projector.switch_check_interval,
+            },
+            interval: settings.projector.supervise_interval,
+        };
+        let projector = supervisor.projector(live, false).await.context(
+            "Failed to start the projector (do the topics exist? run `fmctl topics ensure`)",
+        )?;
+        let projector = tokio::spawn(supervisor.run((live, projector), shutdown.clone()));
         let producer = event_log::EventProducer::new(&settings.kafka)?;
         let router = Router::new()
             .route("/ready", get(ready))

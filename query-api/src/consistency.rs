@@ -10,11 +10,12 @@ use crate::{error::ApiError, settings::ConsistencySettings};
 /// The header a client presents its token in.
 pub(crate) const HEADER: &str = "consistency-token";
 
-/// The projection whose offsets the read models follow.
-const PROJECTION: &str = "read_models";
-
 /// Waits until the read models have applied the position in the request's `Consistency-Token`
 /// header, if there is one. Past `max_wait` the answer is a 503 that says so.
+///
+/// The offsets are read through `live.projection_offsets`, the view onto the live read-model
+/// version, so during a rebuild the wait follows whichever version answers the query; a switch
+/// only ever moves to a version at least as far along every partition.
 pub(crate) async fn wait_for_token(
     headers: &HeaderMap,
     pool: &PgPool,
@@ -31,9 +32,8 @@ pub(crate) async fn wait_for_token(
     let deadline = Instant::now() + settings.max_wait;
     loop {
         let applied: Option<i64> = sqlx::query_scalar(
-            "SELECT next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2 AND partition = $3",
+            "SELECT next_offset FROM live.projection_offsets WHERE topic = $1 AND partition = $2",
         )
-        .bind(PROJECTION)
         .bind(&token.topic)
         .bind(token.partition)
         .fetch_optional(pool)

@@ -18,7 +18,10 @@ pub(crate) enum ApiError {
     /// family's booking gets the same answer, so the id's existence does not leak).
     #[error("not found")]
     NotFound,
-    /// 400: the `Consistency-Token` header is not a token.
+    /// 422: query or path parameters that break a rule, each named with the rule.
+    #[error("invalid parameters")]
+    Invalid(Vec<FieldError>),
+    /// 422: the `Consistency-Token` header is not a token.
     #[error("malformed consistency token")]
     MalformedToken,
     /// 503: the read model did not reach the token's position in time.
@@ -27,6 +30,9 @@ pub(crate) enum ApiError {
     /// 401/403.
     #[error(transparent)]
     Auth(#[from] AuthRejection),
+    /// 500: a read-model row does not hold what the projector writes; the detail is logged.
+    #[error("corrupt read model: {0}")]
+    Corrupt(String),
     /// 503: Postgres failed; the detail is logged, not returned.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -38,6 +44,7 @@ impl IntoResponse for ApiError {
             Self::NotFound => Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found")
                 .with_detail("No such resource, or not one you may see.")
                 .into_response(),
+            Self::Invalid(errors) => Problem::validation(errors).into_response(),
             Self::MalformedToken => Problem::validation(vec![FieldError::new(
                 "Consistency-Token",
                 "consistency_token.format",
@@ -61,6 +68,10 @@ impl IntoResponse for ApiError {
                 response
             }
             Self::Auth(rejection) => rejection.into_response(),
+            Self::Corrupt(detail) => {
+                tracing::error!(%detail, "a read-model row does not decode");
+                Problem::internal().into_response()
+            }
             Self::Database(error) => {
                 tracing::error!(%error, "query failed in the database");
                 Problem::unavailable()

@@ -53,8 +53,11 @@ impl Application {
             consistency: settings.consistency.clone(),
         };
         let router = Router::new()
+            .route("/bookings", get(bookings::list_bookings))
             .route("/bookings/{id}", get(bookings::get_booking))
+            .route("/facilities", get(facilities::list_facilities))
             .route("/facilities/{id}", get(facilities::get_facility))
+            .route("/facilities/{id}/calendar", get(facilities::get_calendar))
             .route("/ready", get(ops::ready))
             .route("/openapi.json", get(ops::openapi))
             .with_state(state);

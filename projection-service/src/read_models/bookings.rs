@@ -1,4 +1,4 @@
-//! The `bookings` read model.
+//! The `bookings` read model, with the saga's progress (today: the lifecycle history).
 
 use domain::booking::{BookingEvent, BookingStatus};
 use event_log::resolution::Admission;
@@ -34,8 +34,8 @@ pub(crate) async fn apply(
             sqlx::query(
                 "INSERT INTO bookings (booking_id, facility_id, service_type, status, slot_start, slot_end, slot, \
                  deceased, family_contacts, price_amount_minor, price_currency, requested_by, requested_by_role, \
-                 version, requested_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)",
+                 saga, version, requested_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $16, $14, $15, $15)",
             )
             .bind(envelope.aggregate_id)
             .bind(facility_id.as_uuid())
@@ -52,6 +52,9 @@ pub(crate) async fn apply(
             .bind(envelope.actor.role.as_str())
             .bind(version)
             .bind(envelope.occurred_at)
+            .bind(serde_json::json!({
+                "history": [step(BookingStatus::Requested, envelope)]
+            }))
             .execute(&mut *conn)
             .await?;
             return Ok(Applied::Changed);
@@ -64,14 +67,25 @@ pub(crate) async fn apply(
     };
     sqlx::query(
         "UPDATE bookings SET status = $2, status_reason = COALESCE($3, status_reason), version = $4, \
-         updated_at = $5 WHERE booking_id = $1",
+         updated_at = $5, saga = jsonb_set(saga, '{history}', (saga -> 'history') || $6) WHERE booking_id = $1",
     )
     .bind(envelope.aggregate_id)
     .bind(wire_text(&status))
     .bind(reason)
     .bind(version)
     .bind(envelope.occurred_at)
+    .bind(serde_json::json!([step(status, envelope)]))
     .execute(&mut *conn)
     .await?;
     Ok(Applied::Changed)
+}
+
+/// One entry of the lifecycle history.
+fn step(status: BookingStatus, envelope: &EventEnvelope) -> serde_json::Value {
+    serde_json::json!({
+        "status": wire_text(&status),
+        "event_type": envelope.event_type,
+        "sequence": envelope.sequence,
+        "at": envelope.occurred_at,
+    })
 }

@@ -1,4 +1,9 @@
-//! The `facilities` read model.
+//! The `facilities` read model and the facility calendar (`reservations`).
+//!
+//! The calendar stores only what the log says: the slots held now. Free windows are computed by
+//! the query-api at query time from the opening hours, the turnaround buffer and these rows,
+//! because they depend on the range asked for and would otherwise have to be materialised for
+//! an unbounded future and recomputed whenever the opening hours change.
 
 use domain::facility::FacilityEvent;
 use event_log::resolution::Admission;
@@ -56,20 +61,46 @@ pub(crate) async fn apply(
                 .execute(&mut *conn)
                 .await?;
         }
-        // Reservations change the facility's stream, so its version moves; the calendar read
-        // model that lists them is its own module.
-        FacilityEvent::SlotReserved { .. }
-        | FacilityEvent::SlotRejected { .. }
-        | FacilityEvent::SlotReleased { .. } => {
+        FacilityEvent::SlotReserved { booking_id, slot } => {
             sqlx::query(
-                "UPDATE facilities SET version = $2, updated_at = $3 WHERE facility_id = $1",
+                "INSERT INTO reservations (facility_id, booking_id, slot_start, slot_end, reserved_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (facility_id, booking_id) DO UPDATE \
+                 SET slot_start = EXCLUDED.slot_start, slot_end = EXCLUDED.slot_end, reserved_at = EXCLUDED.reserved_at",
             )
             .bind(envelope.aggregate_id)
-            .bind(version)
+            .bind(booking_id.as_uuid())
+            .bind(slot.start_utc())
+            .bind(slot.end_utc())
             .bind(envelope.occurred_at)
             .execute(&mut *conn)
             .await?;
+            touch(conn, envelope, version).await?;
         }
+        FacilityEvent::SlotReleased { booking_id } => {
+            sqlx::query("DELETE FROM reservations WHERE facility_id = $1 AND booking_id = $2")
+                .bind(envelope.aggregate_id)
+                .bind(booking_id.as_uuid())
+                .execute(&mut *conn)
+                .await?;
+            touch(conn, envelope, version).await?;
+        }
+        // A refusal changes no reservation, but it is in the facility's stream: its version moves.
+        FacilityEvent::SlotRejected { .. } => touch(conn, envelope, version).await?,
     }
     Ok(Applied::Changed)
+}
+
+/// Moves the facility row's version (and so its ETag) to this event.
+async fn touch(
+    conn: &mut PgConnection,
+    envelope: &EventEnvelope,
+    version: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE facilities SET version = $2, updated_at = $3 WHERE facility_id = $1")
+        .bind(envelope.aggregate_id)
+        .bind(version)
+        .bind(envelope.occurred_at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }

@@ -2,9 +2,16 @@
 //!
 //! Each aggregate's events go to the module of its read model. Every change first locks the
 //! row and asks the shared admission rule whether the event is the next one of its stream.
+//! Queries name tables without a schema: the projector's connections have their `search_path`
+//! set to the version they fill (`rm_v<N>`).
+//!
+//! - `facilities`: the facility rows and the calendar's reservations.
+//! - `bookings`: bookings with their lifecycle history (the saga's progress).
+//! - `payments`: one row per payment.
 
 pub(crate) mod bookings;
 pub(crate) mod facilities;
+pub(crate) mod payments;
 
 use event_log::resolution::{Admission, admit};
 use schemas::{AggregateType, ContractViolation, EventEnvelope, SchemaRegistry};
@@ -21,8 +28,6 @@ pub(crate) enum Applied {
     Gap {
         expected: u64,
     },
-    /// No read model of this service uses this aggregate's events.
-    Ignored,
 }
 
 /// Applying failed: the event does not decode (dead-letter it), or the database failed (retry).
@@ -48,9 +53,7 @@ pub(crate) async fn apply(
             bookings::apply(conn, &registry.decode(envelope)?, envelope).await
         }
         AggregateType::Payment => {
-            // Decoded so that a payment event that breaks its contract is still dead-lettered.
-            let _: domain::payment::PaymentEvent = registry.decode(envelope)?;
-            Ok(Applied::Ignored)
+            payments::apply(conn, &registry.decode(envelope)?, envelope).await
         }
     }
 }

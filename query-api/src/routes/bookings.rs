@@ -1,19 +1,49 @@
-//! `GET /bookings/{id}`.
+//! `GET /bookings/{id}` and `GET /bookings`.
+
+use std::collections::HashMap;
 
 use axum::{
-    extract::{Path, State},
+    Json,
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::HeaderMap,
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
 use platform::auth::Caller;
 use schemas::Role;
 use serde::Serialize;
-use utoipa::ToSchema;
+use sqlx::{Postgres, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::with_etag;
-use crate::{consistency::wait_for_token, error::ApiError, startup::AppState};
+use crate::{
+    consistency::wait_for_token,
+    error::ApiError,
+    params::{Cursor, Params},
+    startup::AppState,
+};
+
+/// The statuses a booking can have.
+const STATUSES: [&str; 6] = [
+    "requested",
+    "slot_held",
+    "confirmed",
+    "rejected",
+    "failed",
+    "cancelled",
+];
+
+/// The columns of a [`BookingView`], from `live.bookings b`.
+const COLUMNS: &str = "b.booking_id, b.facility_id, b.service_type, b.status, b.status_reason, b.slot, b.deceased, \
+     b.family_contacts, b.price_amount_minor, b.price_currency, b.saga, b.version, b.requested_at, b.updated_at, \
+     b.requested_by, b.slot_start, \
+     (SELECT jsonb_build_object('payment_id', p.payment_id, 'status', p.status, \
+        'amount', jsonb_build_object('amount_minor', p.amount_minor, 'currency', p.currency), \
+        'capture_reference', p.capture_reference, 'decline_reason', p.decline_reason, \
+        'refund_reference', p.refund_reference, 'refunded_amount_minor', p.refunded_amount_minor, \
+        'version', p.version) \
+      FROM live.payments p WHERE p.booking_id = b.booking_id) AS payment";
 
 /// A booking as the read model holds it.
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -34,11 +64,35 @@ pub(crate) struct BookingView {
     family_contacts: serde_json::Value,
     #[sqlx(flatten)]
     price: Price,
+    /// The saga's progress: today the lifecycle history, `{"history": [{status, event_type,
+    /// sequence, at}]}`.
+    #[schema(value_type = Object)]
+    saga: serde_json::Value,
+    /// The booking's payment, once the gateway has answered: status, amount, references.
+    #[schema(value_type = Option<Object>)]
+    payment: Option<serde_json::Value>,
     version: i64,
     requested_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     #[serde(skip)]
     requested_by: String,
+    #[serde(skip)]
+    slot_start: DateTime<Utc>,
+}
+
+impl BookingView {
+    /// Changes whenever the booking or its payment does.
+    fn etag(&self) -> String {
+        let payment_version = self
+            .payment
+            .as_ref()
+            .and_then(|payment| payment["version"].as_i64())
+            .unwrap_or(0);
+        format!(
+            "booking-{}-v{}-p{payment_version}",
+            self.booking_id, self.version
+        )
+    }
 }
 
 /// Integer minor units and an ISO 4217 code.
@@ -75,15 +129,12 @@ pub(crate) async fn get_booking(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     wait_for_token(&headers, &state.pool, &state.consistency).await?;
-    let booking: BookingView = sqlx::query_as(
-        "SELECT booking_id, facility_id, service_type, status, status_reason, slot, deceased, family_contacts, \
-         price_amount_minor, price_currency, version, requested_at, updated_at, requested_by \
-         FROM bookings WHERE booking_id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or(ApiError::NotFound)?;
+    let sql = format!("SELECT {COLUMNS} FROM live.bookings b WHERE b.booking_id = $1");
+    let booking: BookingView = sqlx::query_as(&sql)
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let visible = match caller.role {
         Role::Director | Role::Ops | Role::System => true,
         Role::Family => booking.requested_by == caller.subject,
@@ -91,6 +142,119 @@ pub(crate) async fn get_booking(
     if !visible {
         return Err(ApiError::NotFound);
     }
-    let etag = format!("booking-{}-v{}", booking.booking_id, booking.version);
+    let etag = booking.etag();
     Ok(with_etag(&headers, &etag, booking))
+}
+
+/// The filters and page of `GET /bookings` (documentation; parsed by [`Params`]).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by utoipa only.
+pub(crate) struct BookingFilters {
+    /// Only bookings at this facility.
+    facility_id: Option<Uuid>,
+    /// Only bookings with this status: `requested`, `slot_held`, `confirmed`, `rejected`,
+    /// `failed` or `cancelled`.
+    status: Option<String>,
+    /// Only services starting at or after this instant (RFC 3339).
+    from: Option<DateTime<Utc>>,
+    /// Only services starting before this instant (RFC 3339).
+    to: Option<DateTime<Utc>>,
+    /// Page size, 1 to 200 (default 50).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// One page of bookings, by service start time.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BookingPage {
+    items: Vec<BookingView>,
+    /// Present when there are more: pass it as `cursor` for the next page.
+    next_cursor: Option<String>,
+}
+
+/// List bookings, by service start time. A family sees only the bookings it requested.
+#[utoipa::path(
+    get,
+    path = "/bookings",
+    tag = "bookings",
+    params(
+        BookingFilters,
+        ("Consistency-Token" = Option<String>, Header, description = "Wait until this write is visible"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of bookings", body = BookingPage),
+        (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter breaks a rule; each is named with the rule", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Read model behind the token, or store down", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list_bookings(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut params = Params::new(
+        query,
+        &["facility_id", "status", "from", "to", "limit", "cursor"],
+    )?;
+    let facility_id = params.uuid("facility_id");
+    let status = params.one_of("status", &STATUSES);
+    let from = params.instant("from");
+    let to = params.instant("to");
+    let limit = params.limit(50, 200);
+    let cursor = params.cursor();
+    params.refuse_if(
+        matches!((from, to), (Some(from), Some(to)) if to <= from),
+        "to",
+        "range.to_after_from",
+        "to must be after from",
+    );
+    params.finish()?;
+    wait_for_token(&headers, &state.pool, &state.consistency).await?;
+
+    let mut query: QueryBuilder<'_, Postgres> =
+        QueryBuilder::new(format!("SELECT {COLUMNS} FROM live.bookings b WHERE true"));
+    if caller.role == Role::Family {
+        query
+            .push(" AND b.requested_by = ")
+            .push_bind(caller.subject);
+    }
+    if let Some(facility_id) = facility_id {
+        query.push(" AND b.facility_id = ").push_bind(facility_id);
+    }
+    if let Some(status) = status {
+        query.push(" AND b.status = ").push_bind(status);
+    }
+    if let Some(from) = from {
+        query.push(" AND b.slot_start >= ").push_bind(from);
+    }
+    if let Some(to) = to {
+        query.push(" AND b.slot_start < ").push_bind(to);
+    }
+    if let Some(cursor) = cursor {
+        query
+            .push(" AND (b.slot_start, b.booking_id) > (")
+            .push_bind(cursor.at)
+            .push(", ")
+            .push_bind(cursor.id)
+            .push(")");
+    }
+    query
+        .push(" ORDER BY b.slot_start, b.booking_id LIMIT ")
+        .push_bind(limit + 1);
+    let mut items: Vec<BookingView> = query.build_query_as().fetch_all(&state.pool).await?;
+    let more = items.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = more.then(|| items.last()).flatten().map(|last| {
+        Cursor {
+            at: last.slot_start,
+            id: last.booking_id,
+        }
+        .encode()
+    });
+    Ok(Json(BookingPage { items, next_cursor }).into_response())
 }

@@ -1,18 +1,35 @@
-//! `GET /facilities/{id}`.
+//! `GET /facilities`, `GET /facilities/{id}` and `GET /facilities/{id}/calendar`.
+
+use std::collections::HashMap;
 
 use axum::{
-    extract::{Path, State},
+    Json,
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::HeaderMap,
-    response::Response,
+    response::{IntoResponse, Response},
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
+use domain::values::OpeningHours;
 use platform::auth::Caller;
 use serde::Serialize;
-use utoipa::ToSchema;
+use sqlx::{Postgres, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::with_etag;
-use crate::{consistency::wait_for_token, error::ApiError, startup::AppState};
+use crate::{
+    calendar::{self, Window},
+    consistency::wait_for_token,
+    error::ApiError,
+    params::{Cursor, Params},
+    startup::AppState,
+};
+
+const COLUMNS: &str = "facility_id, name, kind, capacity, time_zone, opening_hours, turnaround_minutes, version, \
+     registered_at, updated_at";
+
+/// The longest range a calendar query may span.
+pub(crate) const MAX_CALENDAR_RANGE: Duration = Duration::days(31);
 
 /// A facility as the read model holds it.
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -58,14 +75,248 @@ pub(crate) async fn get_facility(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     wait_for_token(&headers, &state.pool, &state.consistency).await?;
-    let facility: FacilityView = sqlx::query_as(
-        "SELECT facility_id, name, kind, capacity, time_zone, opening_hours, turnaround_minutes, version, \
-         registered_at, updated_at FROM facilities WHERE facility_id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or(ApiError::NotFound)?;
+    let facility = find(&state, id).await?;
     let etag = format!("facility-{}-v{}", facility.facility_id, facility.version);
     Ok(with_etag(&headers, &etag, facility))
+}
+
+async fn find(state: &AppState, id: Uuid) -> Result<FacilityView, ApiError> {
+    let sql = format!("SELECT {COLUMNS} FROM live.facilities WHERE facility_id = $1");
+    sqlx::query_as(&sql)
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+/// The page of `GET /facilities` (documentation; parsed by [`Params`]).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by utoipa only.
+pub(crate) struct FacilityPageParams {
+    /// Page size, 1 to 200 (default 50).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// One page of facilities, in registration order.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct FacilityPage {
+    items: Vec<FacilityView>,
+    /// Present when there are more: pass it as `cursor` for the next page.
+    next_cursor: Option<String>,
+}
+
+/// List facilities, in registration order.
+#[utoipa::path(
+    get,
+    path = "/facilities",
+    tag = "facilities",
+    params(
+        FacilityPageParams,
+        ("Consistency-Token" = Option<String>, Header, description = "Wait until this write is visible"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of facilities", body = FacilityPage),
+        (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter breaks a rule; each is named with the rule", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Read model behind the token, or store down", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list_facilities(
+    State(state): State<AppState>,
+    _caller: Caller,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut params = Params::new(query, &["limit", "cursor"])?;
+    let limit = params.limit(50, 200);
+    let cursor = params.cursor();
+    params.finish()?;
+    wait_for_token(&headers, &state.pool, &state.consistency).await?;
+    let mut query: QueryBuilder<'_, Postgres> =
+        QueryBuilder::new(format!("SELECT {COLUMNS} FROM live.facilities WHERE true"));
+    if let Some(cursor) = cursor {
+        query
+            .push(" AND (registered_at, facility_id) > (")
+            .push_bind(cursor.at)
+            .push(", ")
+            .push_bind(cursor.id)
+            .push(")");
+    }
+    query
+        .push(" ORDER BY registered_at, facility_id LIMIT ")
+        .push_bind(limit + 1);
+    let mut items: Vec<FacilityView> = query.build_query_as().fetch_all(&state.pool).await?;
+    let page = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = items.len() > page;
+    items.truncate(page);
+    let next_cursor = more.then(|| items.last()).flatten().map(|last| {
+        Cursor {
+            at: last.registered_at,
+            id: last.facility_id,
+        }
+        .encode()
+    });
+    Ok(Json(FacilityPage { items, next_cursor }).into_response())
+}
+
+/// The range of `GET /facilities/{id}/calendar` (documentation; parsed by [`Params`]).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by utoipa only.
+pub(crate) struct CalendarRange {
+    /// Start of the range, RFC 3339 (required).
+    from: DateTime<Utc>,
+    /// End of the range, RFC 3339, after `from` and at most 31 days later (required).
+    to: DateTime<Utc>,
+}
+
+/// A slot held at the facility.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub(crate) struct Reservation {
+    booking_id: Uuid,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+}
+
+/// A window in which a new slot fits: inside opening hours, clear of held slots and their
+/// turnaround buffer, at least 30 minutes long.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct FreeWindow {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+}
+
+/// A facility's calendar over a range.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CalendarView {
+    facility_id: Uuid,
+    time_zone: String,
+    turnaround_minutes: i32,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// Held slots that overlap the range, by start.
+    reservations: Vec<Reservation>,
+    /// Where a new slot could go, by start.
+    free_windows: Vec<FreeWindow>,
+    /// The facility's version (moves with every reservation).
+    version: i64,
+}
+
+/// A facility's reservations and free windows over a range of at most 31 days.
+#[utoipa::path(
+    get,
+    path = "/facilities/{id}/calendar",
+    tag = "facilities",
+    params(
+        ("id" = Uuid, Path, description = "The facility id"),
+        CalendarRange,
+        ("Consistency-Token" = Option<String>, Header, description = "Wait until this write is visible"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The calendar", body = CalendarView),
+        (status = 304, description = "Not modified since the ETag sent"),
+        (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such facility", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "from/to missing, malformed, reversed or more than 31 days apart", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Read model behind the token, or store down", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_calendar(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<Uuid>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut params = Params::new(query, &["from", "to"])?;
+    let from = params.required_instant("from");
+    let to = params.required_instant("to");
+    if let (Some(from), Some(to)) = (from, to) {
+        params.refuse_if(
+            to <= from,
+            "to",
+            "range.to_after_from",
+            "to must be after from",
+        );
+        params.refuse_if(
+            to - from > MAX_CALENDAR_RANGE,
+            "to",
+            "calendar.range_max",
+            "a calendar spans at most 31 days",
+        );
+    }
+    params.finish()?;
+    let (Some(from), Some(to)) = (from, to) else {
+        unreachable!("finish() refuses a missing from or to")
+    };
+    wait_for_token(&headers, &state.pool, &state.consistency).await?;
+    // One snapshot: the facility row and its reservations agree with each other.
+    let mut tx = state.pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let sql = format!("SELECT {COLUMNS} FROM live.facilities WHERE facility_id = $1");
+    let facility: FacilityView = sqlx::query_as(&sql)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let buffer = Duration::minutes(i64::from(facility.turnaround_minutes));
+    // Held slots just outside the range still block its edges through their buffer.
+    let nearby: Vec<Reservation> = sqlx::query_as(
+        "SELECT booking_id, slot_start AS start, slot_end AS \"end\" FROM live.reservations \
+         WHERE facility_id = $1 AND slot_start < $3 AND slot_end > $2 ORDER BY slot_start, booking_id",
+    )
+    .bind(id)
+    .bind(from - buffer)
+    .bind(to + buffer)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let hours: OpeningHours = serde_json::from_value(facility.opening_hours.clone())
+        .map_err(|error| ApiError::Corrupt(format!("opening hours of {id}: {error}")))?;
+    let tz: chrono_tz::Tz = facility
+        .time_zone
+        .parse()
+        .map_err(|error| ApiError::Corrupt(format!("time zone of {id}: {error}")))?;
+    let held: Vec<Window> = nearby
+        .iter()
+        .map(|r| Window {
+            start: r.start,
+            end: r.end,
+        })
+        .collect();
+    let reservations: Vec<Reservation> = nearby
+        .into_iter()
+        .filter(|r| r.start < to && r.end > from)
+        .collect();
+    let free_windows = calendar::free_windows(&hours, tz, buffer, &held, from, to)
+        .into_iter()
+        .map(|w| FreeWindow {
+            start: w.start,
+            end: w.end,
+        })
+        .collect();
+    let etag = format!(
+        "calendar-{id}-v{}-{}-{}",
+        facility.version,
+        from.timestamp(),
+        to.timestamp()
+    );
+    let view = CalendarView {
+        facility_id: facility.facility_id,
+        time_zone: facility.time_zone,
+        turnaround_minutes: facility.turnaround_minutes,
+        from,
+        to,
+        reservations,
+        free_windows,
+        version: facility.version,
+    };
+    Ok(with_etag(&headers, &etag, view))
 }

@@ -26,7 +26,13 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Funeral Manager query-api", description = "Reads over the read models, with read-your-writes on request."),
-    paths(super::bookings::get_booking, super::facilities::get_facility),
+    paths(
+        super::bookings::get_booking,
+        super::bookings::list_bookings,
+        super::facilities::get_facility,
+        super::facilities::list_facilities,
+        super::facilities::get_calendar,
+    ),
     modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;
