@@ -1,0 +1,106 @@
+//! Helpers shared by the read-side tests: writing events straight to the log (as the saga will),
+//! reading a whole read-model version back row for row, and waiting on the query-api.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::time::Duration;
+
+use domain::DomainEvent;
+use event_log::{EventProducer, LogPosition};
+use schemas::{AggregateType, EventEnvelope};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// An envelope around `event`, built as JSON so that it does not depend on which optional
+/// metadata fields the envelope has grown.
+pub(crate) fn envelope<E: DomainEvent>(
+    aggregate_type: AggregateType,
+    aggregate_id: Uuid,
+    sequence: u64,
+    event: &E,
+) -> EventEnvelope {
+    let tagged = serde_json::to_value(event).expect("domain events serialise");
+    serde_json::from_value(json!({
+        "event_id": Uuid::new_v4(),
+        "event_type": event.event_type(),
+        "event_version": event.event_version(),
+        "aggregate_type": aggregate_type,
+        "aggregate_id": aggregate_id,
+        "sequence": sequence,
+        "occurred_at": chrono::Utc::now(),
+        "correlation_id": Uuid::new_v4(),
+        "causation_id": Uuid::new_v4(),
+        "actor": {"subject": "saga", "role": "system"},
+        "data": tagged["data"].clone(),
+    }))
+    .expect("an envelope built from a domain event")
+}
+
+/// Appends one event and returns its position as a consistency token.
+pub(crate) async fn append<E: DomainEvent>(
+    producer: &EventProducer,
+    aggregate_type: AggregateType,
+    aggregate_id: Uuid,
+    sequence: u64,
+    event: &E,
+) -> String {
+    let position: LogPosition = producer
+        .append(&envelope(aggregate_type, aggregate_id, sequence, event))
+        .await
+        .expect("the broker takes the event");
+    schemas::ConsistencyToken::from(position).to_string()
+}
+
+/// Every row of every read-model table of a schema, as JSON, ordered by key: what "row for row"
+/// compares. The offsets' bookkeeping time (`updated_at`) is left out.
+pub(crate) async fn dump(pool: &PgPool, schema: &str) -> Vec<(String, Vec<Value>)> {
+    let tables = [
+        ("facilities", "facility_id"),
+        ("reservations", "facility_id, booking_id"),
+        ("bookings", "booking_id"),
+        ("payments", "payment_id"),
+        ("projection_offsets", "topic, partition"),
+    ];
+    let mut all = Vec::new();
+    for (table, key) in tables {
+        let sql = format!("SELECT to_jsonb(t) FROM {schema}.{table} t ORDER BY {key}");
+        let mut rows: Vec<Value> = sqlx::query_scalar(&sql)
+            .fetch_all(pool)
+            .await
+            .expect("the read model answers");
+        if table == "projection_offsets" {
+            for row in &mut rows {
+                if let Some(object) = row.as_object_mut() {
+                    object.remove("updated_at");
+                }
+            }
+        }
+        all.push((table.to_owned(), rows));
+    }
+    all
+}
+
+/// The live version's number.
+pub(crate) async fn live_version(pool: &PgPool) -> i32 {
+    sqlx::query_scalar("SELECT version FROM projection_versions WHERE state = 'live'")
+        .fetch_one(pool)
+        .await
+        .expect("a live version exists")
+}
+
+/// Polls `check` every 100 ms until it answers `true`, for at most `within`.
+pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
