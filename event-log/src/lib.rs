@@ -7,10 +7,12 @@
 //! - [`producer`] — appending envelopes with the idempotent producer, `acks=all`, key = aggregate
 //!   id; every answer is the record's [`LogPosition`].
 //! - [`consumer`] — reading topics from given offsets and learning where they end.
+//! - [`dead_letters`] — reading a dead letter back and retrying it on its origin topic.
 //! - [`resolution`] — the one rule by which every reader admits or refuses an event, so that
 //!   racing writers are resolved the same way everywhere (`docs/consistency.md`).
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod producer;
 pub mod resolution;
 pub mod settings;

@@ -4,6 +4,8 @@
 //! (`FM_KAFKA__BROKERS`, `FM_KAFKA__TOPIC_PREFIX`, `FM_AUTH__SECRET`). Every failure exits
 //! non-zero with one sentence on stderr.
 
+mod rebuild;
+
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -36,6 +38,12 @@ enum Command {
     /// Bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Read-model versions: rebuild without downtime, status.
+    #[command(subcommand)]
+    Projections(rebuild::ProjectionsCommand),
+    /// The dead-letter topic.
+    #[command(subcommand)]
+    DeadLetters(rebuild::DeadLettersCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +112,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings: Settings =
         platform::settings::load().context("Failed to read the FM_* configuration")?;
     match cli.command {
+        Command::Projections(command) => rebuild::projections(command).await?,
+        Command::DeadLetters(command) => rebuild::dead_letters(command).await?,
         Command::Topics(TopicsCommand::Ensure) => {
             let created = event_log::topics::ensure_topics(&settings.kafka)
                 .await

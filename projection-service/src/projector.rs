@@ -68,6 +68,10 @@ struct Worker {
     topics: Topics,
     config: ProjectorConfig,
     building: bool,
+    /// For a building version: the end of the log observed when it first looked, which it must
+    /// reach before it may switch (the end itself moves on under load; what happens after this
+    /// point is applied to the new version as well, so nothing is missed at the switch).
+    switch_target: Option<BTreeMap<TopicPartition, i64>>,
 }
 
 impl std::fmt::Debug for Projector {
@@ -172,6 +176,7 @@ impl Projector {
                 topics,
                 config,
                 building,
+                switch_target: None,
             },
         })
     }
@@ -359,10 +364,10 @@ impl Worker {
         Ok(())
     }
 
-    /// For a building version: if it has read to the end of every partition, try to switch it
-    /// live. Failures are logged and retried at the next check.
+    /// For a building version: once it has read up to the end of the log observed at its first
+    /// check, try to switch it live. Failures are logged and retried at the next check.
     async fn check_switch(&mut self) {
-        match self.caught_up().await {
+        match self.reached_target().await {
             Ok(true) => {}
             Ok(false) => return,
             Err(error) => {
@@ -379,6 +384,7 @@ impl Worker {
                 );
                 self.building = false;
             }
+            // The live projector committed a batch this one has not applied yet: next tick.
             Ok(SwitchOutcome::Behind) => {}
             Ok(SwitchOutcome::NotBuilding) => self.building = false,
             Err(error) => {
@@ -387,19 +393,30 @@ impl Worker {
         }
     }
 
-    /// Whether the stored offsets have reached the end of every partition as it is now.
-    async fn caught_up(&self) -> anyhow::Result<bool> {
-        let watermarks = self.watermarks.clone();
-        let partitions = self.partitions.clone();
-        let settings = self.config.kafka.clone();
-        let ends = tokio::task::spawn_blocking(move || {
-            consumer::end_offsets(&watermarks, &partitions, &settings)
-        })
-        .await??;
+    /// Whether the stored offsets have reached the switch target on every partition (the target
+    /// is observed on the first call).
+    async fn reached_target(&mut self) -> anyhow::Result<bool> {
+        if self.switch_target.is_none() {
+            let watermarks = self.watermarks.clone();
+            let partitions = self.partitions.clone();
+            let settings = self.config.kafka.clone();
+            let ends = tokio::task::spawn_blocking(move || {
+                consumer::end_offsets(&watermarks, &partitions, &settings)
+            })
+            .await??;
+            tracing::info!(
+                version = self.version,
+                ?ends,
+                "rebuild will switch once it has read this far"
+            );
+            self.switch_target = Some(ends);
+        }
         let mut conn = self.pool.acquire().await?;
         let stored = versions::stored_offsets(&mut conn, self.version).await?;
-        Ok(ends
+        Ok(self
+            .switch_target
             .iter()
+            .flatten()
             .all(|(tp, end)| stored.get(tp).copied().unwrap_or(0) >= *end))
     }
 }

@@ -104,3 +104,48 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A `FacilityRegistered` for `id` (the fixture chapel's profile).
+pub(crate) fn facility_registered(id: Uuid) -> domain::facility::FacilityEvent {
+    use domain::facility::FacilityEvent;
+    let FacilityEvent::FacilityRegistered {
+        name,
+        kind,
+        capacity,
+        time_zone,
+        opening_hours,
+        turnaround_minutes,
+        ..
+    } = domain::fixtures::facility_registered()
+    else {
+        unreachable!("the fixture is a registration")
+    };
+    FacilityEvent::FacilityRegistered {
+        facility_id: id.into(),
+        name,
+        kind,
+        capacity,
+        time_zone,
+        opening_hours,
+        turnaround_minutes,
+    }
+}
+
+/// Appends `count` facility registrations, 64 in flight at a time; returns their ids.
+pub(crate) async fn register_facilities(producer: &EventProducer, count: usize) -> Vec<Uuid> {
+    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
+    for chunk in ids.chunks(64) {
+        futures::future::join_all(chunk.iter().map(|id| async move {
+            append(
+                producer,
+                AggregateType::Facility,
+                *id,
+                1,
+                &facility_registered(*id),
+            )
+            .await
+        }))
+        .await;
+    }
+    ids
+}
