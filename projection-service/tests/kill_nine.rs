@@ -1,0 +1,353 @@
+//! `kill -9` the projection-service mid-batch, many times, while events keep arriving: afterwards
+//! the read models equal, row for row, those of a fresh rebuild from the same log.
+//!
+//! Runs the real binary as a child process against the broker and PostgreSQL of
+//! `FM_TEST_KAFKA_BROKERS` / `FM_TEST_DATABASE_URL` (started by `compose/test`).
+
+#![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
+#![allow(clippy::too_many_lines)] // The story of a booking is long, written out event by event.
+
+use std::{
+    collections::BTreeMap,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use domain::{
+    DomainEvent,
+    booking::BookingEvent,
+    facility::FacilityEvent,
+    fixtures,
+    payment::PaymentEvent,
+    values::{BookingId, FacilityId, PaymentId},
+};
+use event_log::{EventProducer, KafkaSettings, consumer};
+use schemas::{AggregateType, EventEnvelope};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the suite with `compose/test`, which starts the broker and PostgreSQL")
+    })
+}
+
+async fn fresh_database() -> String {
+    let admin_url = env("FM_TEST_DATABASE_URL");
+    let name = format!("fm_test_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+fn envelope<E: DomainEvent>(
+    kind: AggregateType,
+    id: Uuid,
+    sequence: u64,
+    event: &E,
+) -> EventEnvelope {
+    let tagged = serde_json::to_value(event).unwrap();
+    serde_json::from_value(json!({
+        "event_id": Uuid::new_v4(), "event_type": event.event_type(), "event_version": event.event_version(),
+        "aggregate_type": kind, "aggregate_id": id, "sequence": sequence,
+        "occurred_at": chrono::Utc::now(), "correlation_id": Uuid::new_v4(), "causation_id": Uuid::new_v4(),
+        "actor": {"subject": "saga", "role": "system"}, "data": tagged["data"].clone(),
+    }))
+    .unwrap()
+}
+
+/// The whole life of one booking, as the saga will write it: registration, request, hold,
+/// capture, confirmation, and for every third one a cancellation with refund and release. Every
+/// fifth stream also gets a duplicate (a losing writer's record) that must never be applied.
+fn story(i: usize) -> Vec<EventEnvelope> {
+    let facility = Uuid::new_v4();
+    let booking = BookingId::new();
+    let payment = PaymentId::for_booking(booking);
+    let FacilityEvent::FacilityRegistered {
+        name,
+        kind,
+        capacity,
+        time_zone,
+        opening_hours,
+        turnaround_minutes,
+        ..
+    } = fixtures::facility_registered()
+    else {
+        unreachable!()
+    };
+    let BookingEvent::BookingRequested {
+        service_type,
+        slot,
+        deceased,
+        family_contacts,
+        price,
+        ..
+    } = fixtures::booking_requested()
+    else {
+        unreachable!()
+    };
+    let (f, b, p) = (
+        AggregateType::Facility,
+        AggregateType::Booking,
+        AggregateType::Payment,
+    );
+    let (b_id, p_id) = (*booking.as_uuid(), *payment.as_uuid());
+    let mut events = vec![
+        envelope(
+            f,
+            facility,
+            1,
+            &FacilityEvent::FacilityRegistered {
+                facility_id: FacilityId::from(facility),
+                name,
+                kind,
+                capacity,
+                time_zone,
+                opening_hours,
+                turnaround_minutes,
+            },
+        ),
+        envelope(
+            b,
+            b_id,
+            1,
+            &BookingEvent::BookingRequested {
+                booking_id: booking,
+                facility_id: FacilityId::from(facility),
+                service_type,
+                slot,
+                deceased,
+                family_contacts,
+                price,
+            },
+        ),
+        envelope(
+            f,
+            facility,
+            2,
+            &FacilityEvent::SlotReserved {
+                booking_id: booking,
+                slot,
+            },
+        ),
+        envelope(b, b_id, 2, &BookingEvent::BookingSlotHeld {}),
+        envelope(
+            p,
+            p_id,
+            1,
+            &PaymentEvent::PaymentCaptured {
+                payment_id: payment,
+                booking_id: booking,
+                amount: price,
+                gateway_reference: format!("cap-{i}"),
+            },
+        ),
+        envelope(b, b_id, 3, &BookingEvent::BookingConfirmed {}),
+    ];
+    if i.is_multiple_of(3) {
+        events.extend([
+            envelope(
+                b,
+                b_id,
+                4,
+                &BookingEvent::BookingCancelled {
+                    reason: Some("changed plans".into()),
+                    was_confirmed: true,
+                },
+            ),
+            envelope(
+                p,
+                p_id,
+                2,
+                &PaymentEvent::PaymentRefunded {
+                    amount: price,
+                    gateway_reference: format!("ref-{i}"),
+                },
+            ),
+            envelope(
+                f,
+                facility,
+                3,
+                &FacilityEvent::SlotReleased {
+                    booking_id: booking,
+                },
+            ),
+        ]);
+    }
+    if i.is_multiple_of(5) {
+        events.push(envelope(
+            b,
+            b_id,
+            2,
+            &BookingEvent::BookingFailed {
+                reason: "a losing writer".into(),
+            },
+        ));
+    }
+    events
+}
+
+fn spawn_projector(database_url: &str, kafka: &KafkaSettings) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_projection-service"))
+        .env("FM_DATABASE__URL", database_url)
+        .env("FM_KAFKA__BROKERS", &kafka.brokers)
+        .env("FM_KAFKA__TOPIC_PREFIX", &kafka.topic_prefix)
+        .env("FM_HTTP__PORT", "0")
+        .env("FM_PROJECTOR__BATCH_SIZE", "40")
+        .env("FM_LOG__FILTER", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until version 1 of `database_url` has stored the end offset of every partition.
+async fn wait_caught_up(pool: &PgPool, kafka: &KafkaSettings) {
+    let reader = consumer::manual_consumer(kafka, "kill-nine-test").unwrap();
+    let topics = event_log::Topics::new(&kafka.topic_prefix).event_topics();
+    let partitions = consumer::partitions(&reader, &topics, kafka).unwrap();
+    let ends = consumer::end_offsets(&reader, &partitions, kafka).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(2);
+    loop {
+        let stored: BTreeMap<(String, i32), i64> = sqlx::query_as::<_, (String, i32, i64)>(
+            "SELECT topic, partition, next_offset FROM rm_v1.projection_offsets",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(t, p, o)| ((t, p), o))
+        .collect();
+        if ends
+            .iter()
+            .all(|(tp, end)| *end == 0 || stored.get(tp) == Some(end))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "projector did not catch up: {stored:?} vs {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every row of every table of version 1, ordered by key; bookkeeping times and ids left out.
+async fn dump(pool: &PgPool) -> Vec<(String, Vec<Value>)> {
+    let tables = [
+        ("facilities", "facility_id", ""),
+        ("reservations", "facility_id, booking_id", ""),
+        ("bookings", "booking_id", ""),
+        ("payments", "payment_id", ""),
+        ("projection_offsets", "topic, partition", " - 'updated_at'"),
+        (
+            "projection_anomalies",
+            "topic, partition, log_offset",
+            " - 'id' - 'detected_at'",
+        ),
+    ];
+    let mut all = Vec::new();
+    for (table, key, minus) in tables {
+        let sql = format!("SELECT to_jsonb(t){minus} FROM rm_v1.{table} t ORDER BY {key}");
+        all.push((
+            table.to_owned(),
+            sqlx::query_scalar(&sql).fetch_all(pool).await.unwrap(),
+        ));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_models_after_repeated_kill_nine_equal_a_fresh_rebuild() {
+    let kafka = KafkaSettings {
+        brokers: env("FM_TEST_KAFKA_BROKERS"),
+        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
+        ..KafkaSettings::default()
+    };
+    event_log::topics::ensure_topics(&kafka).await.unwrap();
+    let producer = EventProducer::new(&kafka).unwrap();
+    let stories = 300;
+
+    // Events keep arriving while the projector is killed again and again.
+    let writer = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            for chunk in (0..stories).collect::<Vec<_>>().chunks(10) {
+                futures::future::join_all(chunk.iter().map(|i| {
+                    let producer = producer.clone();
+                    async move {
+                        // One story's events in order: same keys land in order on their partition.
+                        for event in story(*i) {
+                            producer.append(&event).await.unwrap();
+                        }
+                    }
+                }))
+                .await;
+            }
+        })
+    };
+    let crashed_url = fresh_database().await;
+    let mut kills = 0;
+    while !writer.is_finished() || kills < 12 {
+        let mut child = spawn_projector(&crashed_url, &kafka);
+        let alive_ms = 300 + u64::try_from(Uuid::new_v4().as_u128() % 900).unwrap();
+        tokio::time::sleep(Duration::from_millis(alive_ms)).await;
+        child.kill().unwrap(); // SIGKILL: no shutdown, no flush, the open transaction is lost.
+        child.wait().unwrap();
+        kills += 1;
+    }
+    writer.await.unwrap();
+
+    // Let it finish, then kill it once more for good measure after it caught up.
+    let crashed = PgPool::connect(&crashed_url).await.unwrap();
+    let mut child = spawn_projector(&crashed_url, &kafka);
+    wait_caught_up(&crashed, &kafka).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A fresh rebuild from the same log, undisturbed.
+    let fresh_url = fresh_database().await;
+    let fresh = PgPool::connect(&fresh_url).await.unwrap();
+    let mut child = spawn_projector(&fresh_url, &kafka);
+    wait_caught_up(&fresh, &kafka).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (crashed_rows, fresh_rows) = (dump(&crashed).await, dump(&fresh).await);
+    let count = |rows: &[(String, Vec<Value>)], table: &str| {
+        rows.iter()
+            .find(|(t, _)| t == table)
+            .map_or(0, |(_, r)| r.len())
+    };
+    assert_eq!(count(&fresh_rows, "facilities"), stories);
+    assert_eq!(count(&fresh_rows, "bookings"), stories);
+    assert_eq!(count(&fresh_rows, "payments"), stories);
+    assert_eq!(
+        count(&fresh_rows, "reservations"),
+        stories - stories.div_ceil(3)
+    );
+    assert!(kills >= 12, "the projector was killed {kills} times");
+    for ((table, crashed_table), (_, fresh_table)) in crashed_rows.iter().zip(&fresh_rows) {
+        assert_eq!(
+            crashed_table.len(),
+            fresh_table.len(),
+            "{table}: row counts differ"
+        );
+        for (crashed_row, fresh_row) in crashed_table.iter().zip(fresh_table) {
+            assert_eq!(crashed_row, fresh_row, "{table}: rows differ");
+        }
+    }
+    // Duplicates were reported, never applied: every fifth booking is confirmed or cancelled,
+    // not failed.
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm_v1.bookings WHERE status = 'failed'")
+            .fetch_one(&fresh)
+            .await
+            .unwrap();
+    assert_eq!(failed, 0);
+}
