@@ -114,6 +114,59 @@ pub(crate) struct CommandHandler {
     store: Arc<AggregateStore>,
     producer: EventProducer,
     outcome_timeout: Duration,
+    queues: Arc<AggregateQueues>,
+}
+
+/// One queue per aggregate with commands in flight in this process.
+///
+/// Commands on one aggregate inside one process run one after the other: each decides against
+/// the outcome of the previous one instead of racing it to the log. Only writers in different
+/// processes race, and the log's admission rule settles those. This keeps losing appends (and
+/// 409s to clients) to the cross-process case.
+#[derive(Debug, Default)]
+struct AggregateQueues {
+    queues: std::sync::Mutex<std::collections::HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl AggregateQueues {
+    async fn enter(&self, aggregate_id: Uuid) -> QueueTurn<'_> {
+        let queue = {
+            let mut queues = self
+                .queues
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queues.entry(aggregate_id).or_default().clone()
+        };
+        let turn = queue.clone().lock_owned().await;
+        QueueTurn {
+            queues: self,
+            aggregate_id,
+            queue,
+            _turn: turn,
+        }
+    }
+}
+
+/// The right to run a command on one aggregate; the queue is dropped when nobody waits on it.
+struct QueueTurn<'a> {
+    queues: &'a AggregateQueues,
+    aggregate_id: Uuid,
+    queue: Arc<tokio::sync::Mutex<()>>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for QueueTurn<'_> {
+    fn drop(&mut self) {
+        let mut queues = self
+            .queues
+            .queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Two references: the map's and ours. Anyone else waiting holds a third.
+        if Arc::strong_count(&self.queue) <= 2 {
+            queues.remove(&self.aggregate_id);
+        }
+    }
 }
 
 impl CommandHandler {
@@ -126,6 +179,7 @@ impl CommandHandler {
             store,
             producer,
             outcome_timeout,
+            queues: Arc::default(),
         }
     }
 
@@ -149,6 +203,7 @@ impl CommandHandler {
         if !self.store.is_caught_up() {
             return Err(CommandError::NotReady);
         }
+        let _turn = self.queues.enter(aggregate_id).await;
         let replay = |appended| Executed {
             appended,
             events: Vec::new(),

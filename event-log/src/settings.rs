@@ -22,6 +22,11 @@ pub struct KafkaSettings {
     /// How long metadata and watermark requests may take.
     #[serde(with = "millis")]
     pub request_timeout: Duration,
+    /// How long a consumer's fetch may wait at the broker for new records. A writer reads its
+    /// own record back before it answers, so this bounds write latency on brokers that do not
+    /// answer a waiting fetch as soon as data arrives.
+    #[serde(with = "millis")]
+    pub fetch_wait: Duration,
 }
 
 impl Default for KafkaSettings {
@@ -33,6 +38,7 @@ impl Default for KafkaSettings {
             replication_factor: 1,
             delivery_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
+            fetch_wait: Duration::from_millis(10),
         }
     }
 }

@@ -23,7 +23,10 @@ fn header(message: &rdkafka::message::BorrowedMessage<'_>, name: &str) -> String
         .iter()
         .find(|h| h.key == name)
         .and_then(|h| h.value)
-        .map_or_else(|| panic!("header {name} missing"), |v| String::from_utf8_lossy(v).into_owned())
+        .map_or_else(
+            || panic!("header {name} missing"),
+            |v| String::from_utf8_lossy(v).into_owned(),
+        )
 }
 
 #[tokio::test]

@@ -72,7 +72,14 @@ pub(crate) fn booking(facility_id: &str, days_ahead: i64) -> Value {
 }
 
 /// Every record of every event topic, as validated envelopes with their positions.
-pub(crate) async fn read_log(kafka: &KafkaSettings) -> Vec<(event_log::LogPosition, EventEnvelope)> {
+pub(crate) async fn read_log(
+    kafka: &KafkaSettings,
+) -> Vec<(event_log::LogPosition, EventEnvelope)> {
+    // After heavy load the broker may answer metadata requests slowly.
+    let kafka = &KafkaSettings {
+        request_timeout: Duration::from_secs(30),
+        ..kafka.clone()
+    };
     let registry = SchemaRegistry::load().unwrap();
     let reader =
         consumer::manual_consumer(kafka, &format!("log-reader-{}", Uuid::new_v4())).unwrap();
@@ -83,13 +90,16 @@ pub(crate) async fn read_log(kafka: &KafkaSettings) -> Vec<(event_log::LogPositi
     consumer::assign(&reader, &partitions.into_iter().map(|tp| (tp, 0)).collect()).unwrap();
     let mut records = Vec::new();
     let mut stream = reader.stream();
+    let mut seen: BTreeMap<(String, i32), i64> = BTreeMap::new();
     while !remaining.is_empty() {
-        let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
-            .await
-            .expect("the log is readable to its end")
-            .unwrap()
-            .unwrap();
+        let Ok(message) = tokio::time::timeout(Duration::from_secs(30), stream.next()).await else {
+            panic!(
+                "the log stopped short of its end: still waiting for {remaining:?}, last offsets read {seen:?}"
+            );
+        };
+        let message = message.unwrap().unwrap();
         let key = (message.topic().to_owned(), message.partition());
+        seen.insert(key.clone(), message.offset());
         if remaining
             .get(&key)
             .is_some_and(|end| message.offset() + 1 >= *end)
@@ -111,8 +121,14 @@ pub(crate) async fn read_log(kafka: &KafkaSettings) -> Vec<(event_log::LogPositi
 
 /// The end offset of every partition of every event topic: a write changes at least one.
 pub(crate) async fn log_ends(kafka: &KafkaSettings) -> BTreeMap<(String, i32), i64> {
-    let reader = consumer::manual_consumer(kafka, "log-ends").unwrap();
-    let topics = event_log::Topics::new(&kafka.topic_prefix).event_topics();
-    let partitions = consumer::partitions(&reader, &topics, kafka).unwrap();
-    consumer::end_offsets(&reader, &partitions, kafka).unwrap()
+    let kafka = kafka.clone();
+    // Metadata and watermark requests block; keep them off the runtime the service runs on.
+    tokio::task::spawn_blocking(move || {
+        let reader = consumer::manual_consumer(&kafka, "log-ends").unwrap();
+        let topics = event_log::Topics::new(&kafka.topic_prefix).event_topics();
+        let partitions = consumer::partitions(&reader, &topics, &kafka).unwrap();
+        consumer::end_offsets(&reader, &partitions, &kafka).unwrap()
+    })
+    .await
+    .unwrap()
 }
