@@ -212,7 +212,7 @@ async fn wait_caught_up(pool: &PgPool, kafka: &KafkaSettings) {
     let topics = event_log::Topics::new(&kafka.topic_prefix).event_topics();
     let partitions = consumer::partitions(&reader, &topics, kafka).unwrap();
     let ends = consumer::end_offsets(&reader, &partitions, kafka).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_mins(2);
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(4);
     loop {
         let stored: BTreeMap<(String, i32), i64> = sqlx::query_as::<_, (String, i32, i64)>(
             "SELECT topic, partition, next_offset FROM rm_v1.projection_offsets",

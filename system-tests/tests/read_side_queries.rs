@@ -330,10 +330,15 @@ async fn bookings_are_listed_by_filter_and_page_and_a_family_sees_only_its_own()
     let (_, other) = get(&stack, &family_two, "/bookings", None).await;
     assert_eq!(ids(&other), [theirs.as_str()]);
 
-    // Date range and status filters.
-    let day = |d: i64| (Utc::now() + Duration::days(d)).date_naive();
-    let from = format!("{}T00:00:00Z", day(11));
-    let to = format!("{}T00:00:00Z", day(12));
+    // Date range and status filters: the two hours around the second booking's start.
+    let (_, second_booking) =
+        get(&stack, &director, &format!("/bookings/{}", own[1].0), None).await;
+    let start =
+        chrono::DateTime::parse_from_rfc3339(second_booking["slot"]["start"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&Utc);
+    let from = urlencode(&(start - Duration::hours(1)).to_rfc3339());
+    let to = urlencode(&(start + Duration::hours(1)).to_rfc3339());
     let (_, one_day) = get(
         &stack,
         &director,

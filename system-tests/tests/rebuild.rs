@@ -38,7 +38,7 @@ async fn queries_keep_answering_while_the_read_models_are_rebuilt_and_switched()
     // History to replay.
     let seeded = register_facilities(&producer, 1500).await;
     let probe = seeded[0];
-    eventually(Duration::from_mins(1), "the seed is projected", || async {
+    eventually(Duration::from_mins(3), "the seed is projected", || async {
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM live.facilities")
             .fetch_one(&pool)
             .await
@@ -121,13 +121,13 @@ async fn queries_keep_answering_while_the_read_models_are_rebuilt_and_switched()
         .unwrap();
     assert_eq!(version, before + 1);
     eventually(
-        Duration::from_mins(2),
+        Duration::from_mins(3),
         "the new version goes live",
         || async { live_version(&pool).await == version },
     )
     .await;
     eventually(
-        Duration::from_secs(30),
+        Duration::from_mins(1),
         "the old version is dropped",
         || async {
             let state: String =

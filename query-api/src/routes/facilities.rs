@@ -11,7 +11,7 @@ use axum::{
 use chrono::{DateTime, Duration, Utc};
 use domain::values::OpeningHours;
 use platform::auth::Caller;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -174,8 +174,16 @@ pub(crate) struct CalendarRange {
     to: DateTime<Utc>,
 }
 
+/// A facility row with the reservations near a range, as JSON.
+#[derive(Debug, sqlx::FromRow)]
+struct CalendarRow {
+    #[sqlx(flatten)]
+    facility: FacilityView,
+    nearby: sqlx::types::Json<Vec<Reservation>>,
+}
+
 /// A slot held at the facility.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct Reservation {
     booking_id: Uuid,
     start: DateTime<Utc>,
@@ -255,29 +263,26 @@ pub(crate) async fn get_calendar(
         unreachable!("finish() refuses a missing from or to")
     };
     wait_for_token(&headers, &state.pool, &state.consistency).await?;
-    // One snapshot: the facility row and its reservations agree with each other.
-    let mut tx = state.pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let sql = format!("SELECT {COLUMNS} FROM live.facilities WHERE facility_id = $1");
-    let facility: FacilityView = sqlx::query_as(&sql)
+    // One statement, so one snapshot: the facility row and its reservations agree, even across
+    // a switch of the read-model version. Held slots just outside the range are fetched too:
+    // they still block its edges through the turnaround buffer.
+    let sql = format!(
+        "SELECT {COLUMNS}, COALESCE((SELECT jsonb_agg(jsonb_build_object('booking_id', r.booking_id, \
+         'start', r.slot_start, 'end', r.slot_end) ORDER BY r.slot_start, r.booking_id) \
+         FROM live.reservations r WHERE r.facility_id = f.facility_id \
+         AND r.slot_start < $3 + make_interval(mins => f.turnaround_minutes) \
+         AND r.slot_end > $2 - make_interval(mins => f.turnaround_minutes)), '[]'::jsonb) AS nearby \
+         FROM live.facilities f WHERE f.facility_id = $1"
+    );
+    let row: CalendarRow = sqlx::query_as(&sql)
         .bind(id)
-        .fetch_optional(&mut *tx)
+        .bind(from)
+        .bind(to)
+        .fetch_optional(&state.pool)
         .await?
         .ok_or(ApiError::NotFound)?;
+    let (facility, nearby) = (row.facility, row.nearby.0);
     let buffer = Duration::minutes(i64::from(facility.turnaround_minutes));
-    // Held slots just outside the range still block its edges through their buffer.
-    let nearby: Vec<Reservation> = sqlx::query_as(
-        "SELECT booking_id, slot_start AS start, slot_end AS \"end\" FROM live.reservations \
-         WHERE facility_id = $1 AND slot_start < $3 AND slot_end > $2 ORDER BY slot_start, booking_id",
-    )
-    .bind(id)
-    .bind(from - buffer)
-    .bind(to + buffer)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
     let hours: OpeningHours = serde_json::from_value(facility.opening_hours.clone())
         .map_err(|error| ApiError::Corrupt(format!("opening hours of {id}: {error}")))?;
     let tz: chrono_tz::Tz = facility
