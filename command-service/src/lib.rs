@@ -7,6 +7,8 @@
 //! - [`startup`] — `Application::build` and `run_until_stopped`.
 //! - [`settings`] — configuration.
 //! - `store`: the aggregate store and the tailer that feeds it from the log.
+//! - `snapshot`: the store's snapshot on the replica's disk, so that start-up does not replay
+//!   all history.
 //! - `commands`: the write path (decide, append, confirm).
 //! - `routes`: one module per route group; DTOs become domain commands there.
 //! - `error`: the one `ApiError` and its mapping to problem+json.
@@ -15,6 +17,7 @@ mod commands;
 mod error;
 mod routes;
 pub mod settings;
+mod snapshot;
 pub mod startup;
 mod store;
 

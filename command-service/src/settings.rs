@@ -35,6 +35,12 @@ pub struct CommandSettings {
     /// How long an `Idempotency-Key` is remembered (from its event's time).
     #[serde(deserialize_with = "millis")]
     pub idempotency_retention: Duration,
+    /// Where this replica keeps its snapshot of the aggregate store; none: replay the whole
+    /// log at every start.
+    pub snapshot_path: Option<std::path::PathBuf>,
+    /// How often the snapshot is rewritten while the log moves.
+    #[serde(deserialize_with = "millis")]
+    pub snapshot_interval: Duration,
 }
 
 impl Default for CommandSettings {
@@ -42,6 +48,8 @@ impl Default for CommandSettings {
         Self {
             outcome_timeout: Duration::from_secs(10),
             idempotency_retention: Duration::from_hours(24),
+            snapshot_path: None,
+            snapshot_interval: Duration::from_secs(30),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::{
     commands::CommandHandler,
     routes::{bookings, facilities, ops, payments},
     settings::Settings,
+    snapshot,
     store::{AggregateStore, Tailer},
 };
 
@@ -40,8 +41,19 @@ pub struct Application {
     port: u16,
     listener: TcpListener,
     router: Router,
-    tailer: JoinHandle<()>,
+    /// The tailer and the snapshot writer.
+    background: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
+    startup: StartupReport,
+}
+
+/// How the service started: from a snapshot or from the start of the log, and how many records
+/// it had to read to catch up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartupReport {
+    pub restored_from_snapshot: bool,
+    /// Records between the store's starting point and the end of the log at start-up.
+    pub backlog: i64,
 }
 
 impl Application {
@@ -52,18 +64,43 @@ impl Application {
         let registry = SchemaRegistry::load().context("Failed to compile the event schemas")?;
         let producer =
             EventProducer::new(&settings.kafka).context("Failed to create the producer")?;
-        let kafka = settings.kafka.clone();
-        let tailer = tokio::task::spawn_blocking(move || Tailer::start(&kafka, "command-service"))
-            .await
-            .context("Tailer start-up panicked")?
-            .context(
-                "Failed to read the event topics (do they exist? run `fmctl topics ensure`)",
-            )?;
+        let snapshot_path = settings.commands.snapshot_path.clone();
+        let restored = snapshot_path
+            .as_deref()
+            .and_then(|path| snapshot::load(path, &settings.kafka.topic_prefix));
+        let restored_from_snapshot = restored.is_some();
         let store = Arc::new(AggregateStore::new(
             registry,
             settings.commands.idempotency_retention,
+            restored.unwrap_or_default(),
         ));
-        let tailer = tokio::spawn(tailer.run(store.clone(), shutdown.clone()));
+        let kafka = settings.kafka.clone();
+        let tailer_store = store.clone();
+        let tailer = tokio::task::spawn_blocking(move || {
+            Tailer::start(&kafka, "command-service", &tailer_store)
+        })
+        .await
+        .context("Tailer start-up panicked")?
+        .context("Failed to read the event topics (do they exist? run `fmctl topics ensure`)")?;
+        let startup = StartupReport {
+            restored_from_snapshot,
+            backlog: tailer.backlog(),
+        };
+        tracing::info!(
+            restored_from_snapshot,
+            backlog = startup.backlog,
+            "reading the log into the aggregate store"
+        );
+        let mut background = vec![tokio::spawn(tailer.run(store.clone(), shutdown.clone()))];
+        if let Some(path) = snapshot_path {
+            background.push(tokio::spawn(snapshot::run_writer(
+                store.clone(),
+                path,
+                settings.kafka.topic_prefix.clone(),
+                settings.commands.snapshot_interval,
+                shutdown.clone(),
+            )));
+        }
         let commands =
             CommandHandler::new(store, producer.clone(), settings.commands.outcome_timeout);
         let state = AppState {
@@ -111,9 +148,15 @@ impl Application {
             port,
             listener,
             router,
-            tailer,
+            background,
             shutdown,
+            startup,
         })
+    }
+
+    /// How the service started.
+    pub fn startup(&self) -> StartupReport {
+        self.startup
     }
 
     /// The port the service listens on.
@@ -127,7 +170,10 @@ impl Application {
             .await
             .context("HTTP server failed")?;
         self.shutdown.cancel();
-        self.tailer.await.context("Log tailer panicked")?;
+        for task in self.background {
+            task.await
+                .context("A background task (tailer, snapshot writer) panicked")?;
+        }
         Ok(())
     }
 }

@@ -1,9 +1,13 @@
 //! The command side's view of every aggregate: each stream folded from the log with the same
 //! admission rule every reader uses ([`event_log::resolution`]).
 //!
-//! A tailer task reads every event topic from the beginning and keeps reading. Writers decide
-//! against this view, append, and then wait for the tailer to reach their own record: only then
-//! do they know whether their event was admitted or lost a race (`docs/consistency.md`).
+//! A tailer task reads every event topic and keeps reading. Writers decide against this view,
+//! append, and then wait for the tailer to reach their own record: only then do they know
+//! whether their event was admitted or lost a race (`docs/consistency.md`).
+//!
+//! Everything the tailer folds — streams, the idempotency index, and the next offset of every
+//! partition — sits behind one lock and changes together per record, so a snapshot taken under
+//! that lock is a consistent cut of the log (see `snapshot`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,11 +27,12 @@ use futures::StreamExt;
 use platform::shutdown::CancellationToken;
 use rdkafka::{Message, consumer::StreamConsumer};
 use schemas::{AggregateType, ContractViolation, EventEnvelope, SchemaRegistry};
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 /// One aggregate's folded stream.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Stream<S> {
     /// The sequence of the last admitted event; 0 for a stream with no events.
     pub(crate) version: u64,
@@ -40,12 +45,13 @@ pub(crate) struct Stream<S> {
 }
 
 /// The first outcome of a command that carried an `Idempotency-Key`, as found in the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Recorded {
     pub(crate) fingerprint: String,
     pub(crate) aggregate_id: Uuid,
     pub(crate) sequence: u64,
     pub(crate) position: LogPosition,
+    pub(crate) occurred_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What happened to an appended event once the log was read back.
@@ -57,31 +63,43 @@ pub(crate) enum Outcome {
     Refused,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Streams {
+/// Everything folded from the log, as of `positions`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Folded {
     facilities: HashMap<Uuid, Stream<<Facility as Aggregate>::State>>,
     bookings: HashMap<Uuid, Stream<<Booking as Aggregate>::State>>,
     payments: HashMap<Uuid, Stream<<Payment as Aggregate>::State>>,
+    /// `"subject\nkey"` → the admitted event of the first command with that key.
+    idempotency: HashMap<String, Recorded>,
+    /// The next offset to read of every partition (`"topic\npartition"`), for a snapshot.
+    pub(crate) positions: BTreeMap<String, i64>,
+}
+
+/// The key of a partition in [`Folded::positions`] (JSON object keys must be strings).
+pub(crate) fn partition_key(topic: &str, partition: i32) -> String {
+    format!("{topic}\n{partition}")
+}
+
+fn idempotency_key(subject: &str, key: &str) -> String {
+    format!("{subject}\n{key}")
 }
 
 /// An aggregate kept in the store: which map holds it and which topic carries it.
 pub(crate) trait Stored: Aggregate {
     const KIND: AggregateType;
-    #[doc(hidden)]
-    fn streams(streams: &Streams) -> &HashMap<Uuid, Stream<Self::State>>;
-    #[doc(hidden)]
-    fn streams_mut(streams: &mut Streams) -> &mut HashMap<Uuid, Stream<Self::State>>;
+    fn streams(folded: &Folded) -> &HashMap<Uuid, Stream<Self::State>>;
+    fn streams_mut(folded: &mut Folded) -> &mut HashMap<Uuid, Stream<Self::State>>;
 }
 
 macro_rules! stored {
     ($aggregate:ty, $kind:expr, $field:ident) => {
         impl Stored for $aggregate {
             const KIND: AggregateType = $kind;
-            fn streams(streams: &Streams) -> &HashMap<Uuid, Stream<Self::State>> {
-                &streams.$field
+            fn streams(folded: &Folded) -> &HashMap<Uuid, Stream<Self::State>> {
+                &folded.$field
             }
-            fn streams_mut(streams: &mut Streams) -> &mut HashMap<Uuid, Stream<Self::State>> {
-                &mut streams.$field
+            fn streams_mut(folded: &mut Folded) -> &mut HashMap<Uuid, Stream<Self::State>> {
+                &mut folded.$field
             }
         }
     };
@@ -94,45 +112,59 @@ stored!(Payment, AggregateType::Payment, payments);
 /// Every aggregate's state, and the writers waiting to learn their outcome.
 #[derive(Debug)]
 pub(crate) struct AggregateStore {
-    streams: RwLock<Streams>,
-    /// `(subject, key)` → the admitted event of the first command with that key. Entries older
-    /// than the retention are not kept: a key is a retry token, not a permanent name.
-    idempotency: RwLock<HashMap<(String, String), Recorded>>,
-    idempotency_retention: chrono::Duration,
+    folded: RwLock<Folded>,
     waiting: Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>,
     caught_up: AtomicBool,
     registry: SchemaRegistry,
+    /// A key is a retry token, not a permanent name: entries older than this are not kept.
+    idempotency_retention: chrono::Duration,
 }
 
 impl AggregateStore {
+    /// A store that starts from `folded` (empty, or restored from a snapshot).
     pub(crate) fn new(
         registry: SchemaRegistry,
         idempotency_retention: std::time::Duration,
+        mut folded: Folded,
     ) -> Self {
+        let idempotency_retention =
+            chrono::Duration::from_std(idempotency_retention).unwrap_or(chrono::Duration::MAX);
+        let horizon = chrono::Utc::now() - idempotency_retention;
+        folded
+            .idempotency
+            .retain(|_, recorded| recorded.occurred_at >= horizon);
         Self {
-            streams: RwLock::default(),
-            idempotency: RwLock::default(),
-            idempotency_retention: chrono::Duration::from_std(idempotency_retention)
-                .unwrap_or(chrono::Duration::MAX),
+            folded: RwLock::new(folded),
             waiting: Mutex::default(),
             caught_up: AtomicBool::new(false),
             registry,
+            idempotency_retention,
         }
     }
 
     /// A copy of one stream (a fresh empty one if it has no events).
     pub(crate) fn read<A: Stored>(&self, id: Uuid) -> Stream<A::State> {
-        let streams = self.streams.read().unwrap_or_else(PoisonError::into_inner);
-        A::streams(&streams).get(&id).cloned().unwrap_or_default()
+        let folded = self.folded.read().unwrap_or_else(PoisonError::into_inner);
+        A::streams(&folded).get(&id).cloned().unwrap_or_default()
     }
 
     /// The first outcome of the caller's command with this idempotency key, if it is in the log.
     pub(crate) fn recorded(&self, subject: &str, key: &str) -> Option<Recorded> {
-        let index = self
+        let folded = self.folded.read().unwrap_or_else(PoisonError::into_inner);
+        folded
             .idempotency
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        index.get(&(subject.to_owned(), key.to_owned())).cloned()
+            .get(&idempotency_key(subject, key))
+            .cloned()
+    }
+
+    /// Runs `f` on a consistent view of everything folded so far (for snapshots).
+    pub(crate) fn with_folded<T>(&self, f: impl FnOnce(&Folded) -> T) -> T {
+        f(&self.folded.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Where the tailer is to resume: the next offset of every partition folded so far.
+    fn positions(&self) -> BTreeMap<String, i64> {
+        self.with_folded(|folded| folded.positions.clone())
     }
 
     /// Whether the store had read the whole log as it stood at start-up.
@@ -163,22 +195,28 @@ impl AggregateStore {
     /// the projection-service dead-letters them, and a writer never produces one.
     fn apply_record(&self, position: LogPosition, payload: Option<&[u8]>) {
         let envelope = match payload.map(|bytes| self.registry.validate_bytes(bytes)) {
-            Some(Ok(envelope)) => envelope,
+            Some(Ok(envelope)) => Some(envelope),
             Some(Err(violation)) => {
                 tracing::warn!(%violation, topic = %position.topic, offset = position.offset, "skipping an invalid record");
-                return;
+                None
             }
             None => {
                 tracing::warn!(topic = %position.topic, offset = position.offset, "skipping a record without a value");
-                return;
+                None
             }
         };
-        let event_id = envelope.event_id;
+        let mut folded = self.folded.write().unwrap_or_else(PoisonError::into_inner);
+        folded.positions.insert(
+            partition_key(&position.topic, position.partition),
+            position.offset + 1,
+        );
+        let Some(envelope) = envelope else { return };
         let outcome = match envelope.aggregate_type {
-            AggregateType::Facility => self.fold::<Facility>(&envelope, position),
-            AggregateType::Booking => self.fold::<Booking>(&envelope, position),
-            AggregateType::Payment => self.fold::<Payment>(&envelope, position),
+            AggregateType::Facility => self.fold::<Facility>(&mut folded, &envelope, position),
+            AggregateType::Booking => self.fold::<Booking>(&mut folded, &envelope, position),
+            AggregateType::Payment => self.fold::<Payment>(&mut folded, &envelope, position),
         };
+        drop(folded);
         let outcome = outcome.unwrap_or_else(|violation| {
             tracing::warn!(%violation, "skipping an event that does not decode");
             Outcome::Refused
@@ -187,7 +225,7 @@ impl AggregateStore {
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&event_id);
+            .remove(&envelope.event_id);
         if let Some(waiter) = waiter {
             // The writer may have given up waiting; then nobody needs the answer.
             let _ = waiter.send(outcome);
@@ -196,15 +234,15 @@ impl AggregateStore {
 
     fn fold<A: Stored>(
         &self,
+        folded: &mut Folded,
         envelope: &EventEnvelope,
         position: LogPosition,
     ) -> Result<Outcome, ContractViolation> {
         let event: A::Event = self.registry.decode(envelope)?;
-        let mut streams = self.streams.write().unwrap_or_else(PoisonError::into_inner);
-        let stream = A::streams_mut(&mut streams)
+        let stream = A::streams_mut(folded)
             .entry(envelope.aggregate_id)
             .or_default();
-        Ok(match admit(stream.version, envelope.sequence) {
+        match admit(stream.version, envelope.sequence) {
             Admission::Next => {
                 stream.state = A::evolve(std::mem::take(&mut stream.state), &event);
                 stream.version = envelope.sequence;
@@ -212,11 +250,10 @@ impl AggregateStore {
                     .owner
                     .get_or_insert_with(|| envelope.actor.subject.clone());
                 stream.last_position = Some(position.clone());
-                drop(streams);
-                self.remember_idempotency(envelope, position);
-                Outcome::Admitted
+                self.remember_idempotency(folded, envelope, position);
+                Ok(Outcome::Admitted)
             }
-            Admission::Stale => Outcome::Refused,
+            Admission::Stale => Ok(Outcome::Refused),
             Admission::Gap { expected } => {
                 tracing::error!(
                     aggregate_id = %envelope.aggregate_id,
@@ -224,14 +261,17 @@ impl AggregateStore {
                     expected,
                     "gap in an aggregate stream; event not applied"
                 );
-                Outcome::Refused
+                Ok(Outcome::Refused)
             }
-        })
+        }
     }
-}
 
-impl AggregateStore {
-    fn remember_idempotency(&self, envelope: &EventEnvelope, position: LogPosition) {
+    fn remember_idempotency(
+        &self,
+        folded: &mut Folded,
+        envelope: &EventEnvelope,
+        position: LogPosition,
+    ) {
         let Some(idempotency) = &envelope.idempotency else {
             return;
         };
@@ -243,23 +283,24 @@ impl AggregateStore {
             aggregate_id: envelope.aggregate_id,
             sequence: envelope.sequence,
             position,
+            occurred_at: envelope.occurred_at,
         };
-        let mut index = self
-            .idempotency
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
         // The first admitted event of a command is its outcome; later events of the same
         // command (or a replay that decided nothing) must not replace it.
-        index
-            .entry((envelope.actor.subject.clone(), idempotency.key.clone()))
+        folded
+            .idempotency
+            .entry(idempotency_key(&envelope.actor.subject, &idempotency.key))
             .or_insert(recorded);
     }
 }
 
-/// Reads every event topic from the beginning into the store until `shutdown`.
+/// Reads every event topic into the store until `shutdown`.
 pub(crate) struct Tailer {
     consumer: StreamConsumer,
+    /// Where each partition ended at start-up: the store is caught up once it has read there.
     targets: BTreeMap<TopicPartition, i64>,
+    /// Where reading starts: 0, or the snapshot's offsets.
+    starts: BTreeMap<TopicPartition, i64>,
 }
 
 impl std::fmt::Debug for Tailer {
@@ -271,27 +312,53 @@ impl std::fmt::Debug for Tailer {
 }
 
 impl Tailer {
-    /// Assigns every partition of every event topic from offset 0 and notes where each ends now,
-    /// which is how far the store must read before the service is ready.
+    /// Assigns every partition of every event topic from where the store stands (offset 0 for a
+    /// fresh store) and notes where each ends now. A partition the store knows nothing of (new
+    /// partitions, or a snapshot of another deployment) starts at 0.
     pub(crate) fn start(
         settings: &event_log::KafkaSettings,
         client_id: &str,
+        store: &AggregateStore,
     ) -> Result<Self, LogError> {
         let consumer = consumer::manual_consumer(settings, client_id)?;
         let topics = Topics::new(&settings.topic_prefix).event_topics();
         let partitions = consumer::partitions(&consumer, &topics, settings)?;
         let targets = consumer::end_offsets(&consumer, &partitions, settings)?;
-        let from_start = partitions.into_iter().map(|tp| (tp, 0)).collect();
-        consumer::assign(&consumer, &from_start)?;
-        Ok(Self { consumer, targets })
+        let known = store.positions();
+        let starts: BTreeMap<TopicPartition, i64> = partitions
+            .into_iter()
+            .map(|(topic, partition)| {
+                let start = known
+                    .get(&partition_key(&topic, partition))
+                    .copied()
+                    .unwrap_or(0);
+                ((topic, partition), start)
+            })
+            .collect();
+        consumer::assign(&consumer, &starts)?;
+        Ok(Self {
+            consumer,
+            targets,
+            starts,
+        })
+    }
+
+    /// How many records stand between the store and the end of the log as it was at start-up.
+    pub(crate) fn backlog(&self) -> i64 {
+        self.targets
+            .iter()
+            .map(|(partition, end)| end - self.starts.get(partition).copied().unwrap_or(0))
+            .filter(|behind| *behind > 0)
+            .sum()
     }
 
     /// Runs until `shutdown` is cancelled.
     pub(crate) async fn run(self, store: Arc<AggregateStore>, shutdown: CancellationToken) {
+        let starts = self.starts;
         let mut remaining: BTreeMap<TopicPartition, i64> = self
             .targets
             .into_iter()
-            .filter(|(_, end)| *end > 0)
+            .filter(|(partition, end)| *end > starts.get(partition).copied().unwrap_or(0))
             .collect();
         if remaining.is_empty() {
             store.caught_up.store(true, Ordering::Release);

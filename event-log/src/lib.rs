@@ -27,7 +27,9 @@ pub use settings::KafkaSettings;
 pub use topics::Topics;
 
 /// Where one record sits in the log.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct LogPosition {
     pub topic: String,
     pub partition: i32,

@@ -139,7 +139,7 @@ pub struct FamilyContact {
 }
 
 /// What was asked for, as recorded by [`BookingEvent::BookingRequested`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BookingDetails {
     /// The booking's id.
     pub booking_id: BookingId,
@@ -159,7 +159,7 @@ pub struct BookingDetails {
 
 /// A booking as its decisions need it: nothing before it is requested, then its details and
 /// status.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BookingState {
     booking: Option<(BookingDetails, BookingStatus)>,
 }

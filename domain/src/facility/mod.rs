@@ -25,7 +25,7 @@ mod tests;
 pub enum Facility {}
 
 /// What a registered facility is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FacilityProfile {
     /// The facility's id.
     pub facility_id: FacilityId,
@@ -45,7 +45,7 @@ pub struct FacilityProfile {
 
 /// The facility as its decisions need it: its profile once registered, and the slot each
 /// booking currently holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FacilityState {
     registered: Option<FacilityProfile>,
     reservations: BTreeMap<BookingId, Slot>,

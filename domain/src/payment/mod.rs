@@ -51,7 +51,7 @@ impl fmt::Display for PaymentStatus {
 }
 
 /// What the payment remembers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentRecord {
     /// The payment's id.
     pub payment_id: PaymentId,
@@ -70,7 +70,7 @@ pub struct PaymentRecord {
 }
 
 /// A payment as its decisions need it: nothing until the gateway first answers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentState {
     record: Option<PaymentRecord>,
 }
