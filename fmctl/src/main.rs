@@ -71,6 +71,8 @@ enum RoleArg {
     Director,
     Family,
     Ops,
+    /// For services that send the booking saga's internal commands.
+    System,
 }
 
 impl From<RoleArg> for Role {
@@ -79,6 +81,7 @@ impl From<RoleArg> for Role {
             RoleArg::Director => Role::Director,
             RoleArg::Family => Role::Family,
             RoleArg::Ops => Role::Ops,
+            RoleArg::System => Role::System,
         }
     }
 }
