@@ -1,9 +1,10 @@
 //! Runs one projector per active read-model version, following `projection_versions`.
 //!
-//! Every `supervise_interval` it reads the versions table: a `live` or `building` version
-//! without a running projector gets one (its schema created first); a `retired` version has its
-//! projector stopped (the batch in hand committed) and then its schema dropped. A projector that
-//! ended on its own is restarted from its stored offsets.
+//! Every `supervise_interval` it reads the versions table: a running projector whose version is
+//! no longer `live` or `building` is stopped (the batch in hand committed); a `live` or
+//! `building` version without a running projector gets one (its schema created first); a
+//! `retired` version's schema is dropped. A projector that ended on its own is restarted from
+//! its stored offsets.
 
 use std::{collections::BTreeMap, str::FromStr, sync::Arc, time::Duration};
 
@@ -89,7 +90,28 @@ impl Supervisor {
         running: &mut BTreeMap<i32, Running>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        for (version, state) in versions::active_versions(&self.admin_pool).await? {
+        let active = versions::active_versions(&self.admin_pool).await?;
+        // A projector whose version is no longer building or live stops first (after its batch
+        // in hand), whoever retired or dropped the version.
+        let wanted: Vec<i32> = active
+            .iter()
+            .filter(|(_, state)| matches!(state, VersionState::Building | VersionState::Live))
+            .map(|(version, _)| *version)
+            .collect();
+        let unwanted: Vec<i32> = running
+            .keys()
+            .filter(|version| !wanted.contains(version))
+            .copied()
+            .collect();
+        for version in unwanted {
+            if let Some(projector) = running.remove(&version) {
+                projector.stop.cancel();
+                if let Err(error) = projector.task.await {
+                    tracing::error!(%error, version, "projector panicked");
+                }
+            }
+        }
+        for (version, state) in active {
             match state {
                 VersionState::Building | VersionState::Live => {
                     let alive = running.get(&version).is_some_and(|p| !p.task.is_finished());
@@ -101,12 +123,6 @@ impl Supervisor {
                     }
                 }
                 VersionState::Retired => {
-                    if let Some(projector) = running.remove(&version) {
-                        projector.stop.cancel();
-                        if let Err(error) = projector.task.await {
-                            tracing::error!(%error, version, "projector panicked");
-                        }
-                    }
                     versions::drop_version(&self.admin_pool, version).await?;
                     tracing::info!(version, "retired read-model version dropped");
                 }
