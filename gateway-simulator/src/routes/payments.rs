@@ -1,0 +1,205 @@
+//! The provider's API: captures, refunds, what happened to a key, and the ledger.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+};
+use platform::{json::ValidJson, problem::Problem};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Amount, idempotency_key, money};
+use crate::{
+    error::ApiError,
+    ledger::{Answer, LedgerView, Mode, Operation, PaymentView},
+    startup::AppState,
+};
+
+/// `POST /captures`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CaptureBody {
+    booking_id: Uuid,
+    amount: Amount,
+}
+
+/// `POST /refunds`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RefundBody {
+    capture_reference: String,
+    amount: Amount,
+}
+
+/// The money moved.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Moved {
+    /// `cap_…` for a capture, `ref_…` for a refund.
+    reference: String,
+    /// `captured` or `refunded`.
+    status: &'static str,
+}
+
+/// `POST /captures`: take money for a booking, once per `Idempotency-Key`.
+#[utoipa::path(
+    post, path = "/captures", tag = "payments", request_body = CaptureBody,
+    params(("Idempotency-Key" = String, Header, description = "The same for every attempt at this capture")),
+    responses(
+        (status = 201, description = "Captured (or the first answer to this key)", body = Moved),
+        (status = 402, description = "Declined; the problem has a `reason`", body = Problem),
+        (status = 422, description = "Invalid, or the key was used for another request", body = Problem),
+        (status = 500, description = "error_5xx mode; nothing recorded", body = Problem),
+    )
+)]
+pub(crate) async fn capture(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(body): ValidJson<CaptureBody>,
+) -> Result<(StatusCode, Json<Moved>), ApiError> {
+    let key = idempotency_key(&headers)?;
+    let operation = Operation::Capture {
+        booking_id: body.booking_id,
+        amount: money("amount", &body.amount)?,
+    };
+    answer(&state, "capture", &key, operation).await
+}
+
+/// `POST /refunds`: give back (part of) a capture, once per `Idempotency-Key`.
+#[utoipa::path(
+    post, path = "/refunds", tag = "payments", request_body = RefundBody,
+    params(("Idempotency-Key" = String, Header, description = "The same for every attempt at this refund")),
+    responses(
+        (status = 201, description = "Refunded (or the first answer to this key)", body = Moved),
+        (status = 402, description = "Declined; the problem has a `reason`", body = Problem),
+        (status = 404, description = "No capture has this reference", body = Problem),
+        (status = 422, description = "Invalid, more than is left to refund, or the key was used for another request", body = Problem),
+        (status = 500, description = "error_5xx mode; nothing recorded", body = Problem),
+    )
+)]
+pub(crate) async fn refund(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ValidJson(body): ValidJson<RefundBody>,
+) -> Result<(StatusCode, Json<Moved>), ApiError> {
+    let key = idempotency_key(&headers)?;
+    let operation = Operation::Refund {
+        capture_reference: body.capture_reference,
+        amount: money("amount", &body.amount)?,
+    };
+    answer(&state, "refund", &key, operation).await
+}
+
+/// Answers a capture or refund as the behaviour in force says, and counts the outcome.
+async fn answer(
+    state: &AppState,
+    operation_name: &'static str,
+    key: &str,
+    operation: Operation,
+) -> Result<(StatusCode, Json<Moved>), ApiError> {
+    let result = decide(state, key, operation).await;
+    let outcome = match &result {
+        Ok(Answer::Captured { .. }) => "captured",
+        Ok(Answer::Refunded { .. }) => "refunded",
+        Ok(Answer::Declined { .. }) => "declined",
+        Err(ApiError::Simulated) => "error_5xx",
+        Err(ApiError::Unavailable) => "hung",
+        Err(_) => "refused",
+    };
+    metrics::counter!(
+        "gateway_simulator_answers_total",
+        "operation" => operation_name,
+        "outcome" => outcome
+    )
+    .increment(1);
+    match result? {
+        Answer::Captured { reference } => Ok((
+            StatusCode::CREATED,
+            Json(Moved {
+                reference,
+                status: "captured",
+            }),
+        )),
+        Answer::Refunded { reference } => Ok((
+            StatusCode::CREATED,
+            Json(Moved {
+                reference,
+                status: "refunded",
+            }),
+        )),
+        Answer::Declined { reason } => Err(ApiError::Declined { reason }),
+    }
+}
+
+async fn decide(state: &AppState, key: &str, operation: Operation) -> Result<Answer, ApiError> {
+    let behaviour = {
+        let mut sim = state.lock();
+        // A replay gets the first answer at once, whatever the mode is now.
+        if let Some(replayed) = sim.replay(key, &operation) {
+            return Ok(replayed?);
+        }
+        let booking = sim.booking_of(&operation);
+        sim.take_behaviour(booking)
+    };
+    let settings = &state.settings;
+    match behaviour.mode {
+        Mode::Approve => Ok(state.lock().decide(key, operation, None)?),
+        Mode::Decline => {
+            let reason = behaviour
+                .decline_reason
+                .unwrap_or_else(|| "card_declined".to_owned());
+            Ok(state.lock().decide(key, operation, Some(reason))?)
+        }
+        Mode::Slow => {
+            let delay = behaviour
+                .delay_ms
+                .map_or(settings.default_delay, Duration::from_millis);
+            state.pause(delay).await?;
+            Ok(state.lock().decide(key, operation, None)?)
+        }
+        Mode::Error5xx => Err(ApiError::Simulated),
+        Mode::Timeout => {
+            state.pause(settings.hang).await?;
+            Err(ApiError::Unavailable)
+        }
+        Mode::CaptureThenTimeout => {
+            let answer = state.lock().decide(key, operation, None)?;
+            tracing::info!(key, "recorded; now hanging (capture_then_timeout)");
+            state.pause(settings.hang).await?;
+            Ok(answer)
+        }
+    }
+}
+
+/// `GET /payments/{idempotency_key}`: what happened to a key. Always answers, whatever the mode:
+/// it is how a client that timed out finds out whether money moved.
+#[utoipa::path(
+    get, path = "/payments/{idempotency_key}", tag = "payments",
+    params(("idempotency_key" = String, Path)),
+    responses(
+        (status = 200, description = "What the key did", body = PaymentView),
+        (status = 404, description = "Never answered under this key", body = Problem),
+    )
+)]
+pub(crate) async fn lookup(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<PaymentView>, ApiError> {
+    state
+        .lock()
+        .record(&key)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("Nothing was ever answered under key {key:?}")))
+}
+
+/// `GET /ledger`: every capture and refund, and totals per currency, so tests can count money.
+#[utoipa::path(
+    get, path = "/ledger", tag = "payments",
+    responses((status = 200, description = "The ledger", body = LedgerView))
+)]
+pub(crate) async fn ledger(State(state): State<AppState>) -> Json<LedgerView> {
+    Json(state.lock().ledger())
+}

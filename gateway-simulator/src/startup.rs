@@ -1,0 +1,116 @@
+//! Building and running the simulator: `Application::build(settings, shutdown)`,
+//! `run_until_stopped()`.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use anyhow::Context;
+use axum::{
+    Router,
+    routing::{get, post, put},
+};
+use platform::shutdown::CancellationToken;
+use tokio::net::TcpListener;
+
+use crate::{
+    error::ApiError,
+    ledger::Simulator,
+    routes::{control, ops, payments},
+    settings::{Settings, SimulatorSettings},
+};
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    simulator: Arc<Mutex<Simulator>>,
+    pub(crate) settings: Arc<SimulatorSettings>,
+    shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// The simulator's memory. Never held across an await.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Simulator> {
+        // Every change to the simulator is complete before any code that could panic runs, so
+        // a poisoned lock still guards a consistent state.
+        self.simulator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits `duration`, or answers 503 at once if the simulator is shutting down, so that a
+    /// hanging request never holds up shutdown.
+    pub(crate) async fn pause(&self, duration: Duration) -> Result<(), ApiError> {
+        tokio::select! {
+            () = tokio::time::sleep(duration) => Ok(()),
+            () = self.shutdown.cancelled() => Err(ApiError::Unavailable),
+        }
+    }
+}
+
+/// A built simulator, listening, not yet serving.
+#[derive(Debug)]
+pub struct Application {
+    port: u16,
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Binds the listener and builds the routes with an empty ledger, approving everything.
+    pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let state = AppState {
+            simulator: Arc::new(Mutex::new(Simulator::default())),
+            settings: Arc::new(settings.simulator.clone()),
+            shutdown: shutdown.clone(),
+        };
+        let router = Router::new()
+            .route("/captures", post(payments::capture))
+            .route("/refunds", post(payments::refund))
+            .route("/payments/{idempotency_key}", get(payments::lookup))
+            .route("/ledger", get(payments::ledger))
+            .route(
+                "/control",
+                get(control::show)
+                    .put(control::set_global)
+                    .delete(control::reset),
+            )
+            .route(
+                "/control/bookings/{booking_id}",
+                put(control::set_booking).delete(control::clear_booking),
+            )
+            .route("/ready", get(ops::ready))
+            .route("/openapi.json", get(ops::openapi))
+            .with_state(state);
+        let router = platform::http::standard_layers(router, &settings.http);
+        let listener = platform::http::bind(&settings.http)
+            .await
+            .with_context(|| {
+                format!(
+                    "Failed to bind {}:{}",
+                    settings.http.host, settings.http.port
+                )
+            })?;
+        let port = listener.local_addr()?.port();
+        Ok(Self {
+            port,
+            listener,
+            router,
+            shutdown,
+        })
+    }
+
+    /// The port the simulator listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the shutdown token is cancelled; hanging requests are cut short then.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        platform::http::serve(self.listener, self.router, self.shutdown)
+            .await
+            .context("HTTP server failed")
+    }
+}
