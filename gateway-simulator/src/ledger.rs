@@ -21,6 +21,7 @@ pub enum Mode {
     /// Wait `delay_ms`, then approve.
     Slow,
     /// Answer 500 without recording anything.
+    #[serde(rename = "error_5xx")]
     Error5xx,
     /// Never answer within any sane client timeout; record nothing.
     Timeout,
