@@ -224,7 +224,7 @@ async fn raw_consume(kafka: &KafkaSettings, total: u64) -> anyhow::Result<Durati
     while seen < total {
         let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
             .await
-            .context("raw consume stalled")?
+            .with_context(|| format!("raw consume stalled after {seen} of {total} records"))?
             .context("stream ended")??;
         bytes += rdkafka::Message::payload(&message).map_or(0, <[u8]>::len);
         seen += 1;
