@@ -136,6 +136,25 @@ async fn the_calendar_shows_held_slots_and_the_free_windows_around_them() {
     let (status, calendar) = get(&stack, &family, &path, Some(&token)).await;
     assert_eq!(status, StatusCode::OK, "{calendar}");
     assert_eq!(calendar["version"], 2);
+    let etag = {
+        let response = stack
+            .http
+            .get(format!("{}{path}", stack.query_url))
+            .bearer_auth(&family)
+            .send()
+            .await
+            .unwrap();
+        response.headers()["etag"].to_str().unwrap().to_owned()
+    };
+    let unchanged = stack
+        .http
+        .get(format!("{}{path}", stack.query_url))
+        .bearer_auth(&family)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
     let reservations = calendar["reservations"].as_array().unwrap();
     assert_eq!(reservations.len(), 1);
     assert_eq!(reservations[0]["booking_id"], booking.to_string());
@@ -176,8 +195,21 @@ async fn the_calendar_shows_held_slots_and_the_free_windows_around_them() {
         },
     )
     .await;
-    let (status, calendar) = get(&stack, &family, &path, Some(&token)).await;
-    assert_eq!(status, StatusCode::OK);
+    let response = stack
+        .http
+        .get(format!("{}{path}", stack.query_url))
+        .bearer_auth(&family)
+        .header("if-none-match", &etag)
+        .header("consistency-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the release changed the calendar's ETag"
+    );
+    let calendar: Value = response.json().await.unwrap();
     assert_eq!(calendar["reservations"].as_array().unwrap().len(), 0);
     assert_eq!(calendar["free_windows"].as_array().unwrap().len(), 1);
 

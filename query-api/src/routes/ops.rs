@@ -11,7 +11,8 @@ use utoipa::{
 
 use crate::startup::AppState;
 
-/// `GET /ready`: Postgres answers.
+/// `GET /ready`: Postgres answers and a live read-model version exists (the projection-service
+/// creates it when it first starts).
 pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
     let postgres = probe(Duration::from_secs(2), async {
         sqlx::query("SELECT 1")
@@ -20,7 +21,17 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
             .map(|_| ())
     })
     .await;
-    ReadyReport::new(vec![ReadyCheck::from_result("postgres", postgres)])
+    let live = probe(Duration::from_secs(2), async {
+        sqlx::query("SELECT 1 FROM live.projection_offsets LIMIT 1")
+            .execute(&state.pool)
+            .await
+            .map(|_| ())
+    })
+    .await;
+    ReadyReport::new(vec![
+        ReadyCheck::from_result("postgres", postgres),
+        ReadyCheck::from_result("read_models", live),
+    ])
 }
 
 #[derive(OpenApi)]
