@@ -76,10 +76,17 @@ impl Application {
             },
             interval: settings.projector.supervise_interval,
         };
-        let projector = supervisor.projector(live, false).await.context(
+        let first = supervisor.projector(live, false).await.context(
             "Failed to start the projector (do the topics exist? run `fmctl topics ensure`)",
         )?;
-        let projector = tokio::spawn(supervisor.run((live, projector), shutdown.clone()));
+        if first.is_none() {
+            tracing::info!(
+                version = live,
+                "another replica projects the live version; standing by"
+            );
+        }
+        let first = first.map(|claimed| (live, claimed));
+        let projector = tokio::spawn(supervisor.run(first, shutdown.clone()));
         let producer = event_log::EventProducer::new(&settings.kafka)?;
         let router = Router::new()
             .route("/ready", get(ready))
