@@ -50,9 +50,11 @@ async fn projected(pool: &PgPool, expected: i64) {
     .await;
 }
 
+/// Holders of version 1's lock in this test's database (other tests' databases have their own).
 async fn lock_holders(pool: &PgPool) -> i64 {
     sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 4243 AND objid = 1 AND granted",
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 4243 AND objid = 1 AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .fetch_one(pool)
     .await
