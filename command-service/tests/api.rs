@@ -460,3 +460,42 @@ async fn cancel_honours_if_match_and_ownership() {
     );
     assert_eq!(again.json::<Value>().await.unwrap()["version"], 2);
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_write_route_with_bearer_auth() {
+    let kafka = fresh_kafka().await;
+    let service = start(&kafka).await;
+    let document: Value = Client::new()
+        .get(format!("{}/openapi.json", service.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = document["paths"].as_object().unwrap();
+    for path in [
+        "/facilities",
+        "/facilities/{id}/opening-hours",
+        "/facilities/{id}/reservations",
+        "/facilities/{id}/reservations/{booking_id}/release",
+        "/bookings",
+        "/bookings/{id}/cancel",
+        "/bookings/{id}/slot-held",
+        "/bookings/{id}/confirm",
+        "/bookings/{id}/reject",
+        "/bookings/{id}/fail",
+        "/bookings/{id}/payment/captured",
+        "/bookings/{id}/payment/declined",
+        "/bookings/{id}/payment/refunded",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} is missing from /openapi.json"
+        );
+    }
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}

@@ -185,3 +185,24 @@ where
         Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
     }
 }
+
+/// Declares the `bearer` security scheme (JWT in `Authorization: Bearer`) that every
+/// authenticated route of a service's OpenAPI document refers to: `modifiers(&BearerAuth)`.
+#[derive(Debug)]
+pub struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}

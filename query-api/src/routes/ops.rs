@@ -3,11 +3,8 @@
 use std::time::Duration;
 
 use axum::{Json, extract::State};
-use platform::http::{ReadyCheck, ReadyReport, probe};
-use utoipa::{
-    Modify, OpenApi,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
-};
+use platform::http::{BearerAuth, ReadyCheck, ReadyReport, probe};
+use utoipa::OpenApi;
 
 use crate::startup::AppState;
 
@@ -47,23 +44,6 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
     modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;
-
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
 
 /// `GET /openapi.json`, generated from the handlers and views.
 pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
