@@ -8,10 +8,12 @@
 //! - [`auth`] — bearer tokens with roles; minting and checking them.
 //! - [`problem`] — RFC 9457 `application/problem+json` bodies.
 //! - [`json`] — a JSON body extractor whose rejections name the field and the rule.
+//! - [`digest`] — SHA-256 hex digests for request fingerprints and content ETags.
 //! - [`http`] — serving a router with limits, timeouts, tracing and metrics; `/health`,
 //!   `/metrics` and the readiness report.
 
 pub mod auth;
+pub mod digest;
 pub mod http;
 pub mod json;
 pub mod problem;

@@ -506,3 +506,68 @@ async fn a_booking_shows_its_payment_and_lifecycle_history_and_facilities_are_li
         );
     }
 }
+
+#[tokio::test]
+async fn list_pages_carry_an_etag_that_moves_when_their_content_does() {
+    let stack = TestStack::spawn().await.expect("stack starts");
+    let director = stack.token(Role::Director, "director-1");
+    let (facility_id, _) = register_facility(&stack, &director).await;
+    let (_, token) = request_booking(&stack, &director, &facility_id, 10).await;
+    let url = format!("{}/bookings?facility_id={facility_id}", stack.query_url);
+    let first = stack
+        .http
+        .get(&url)
+        .bearer_auth(&director)
+        .header("consistency-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+
+    let unchanged = stack
+        .http
+        .get(&url)
+        .bearer_auth(&director)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+
+    let (_, token) = request_booking(&stack, &director, &facility_id, 11).await;
+    let changed = stack
+        .http
+        .get(&url)
+        .bearer_auth(&director)
+        .header("if-none-match", &etag)
+        .header("consistency-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        changed.status(),
+        StatusCode::OK,
+        "a new booking changes the page"
+    );
+    assert_ne!(changed.headers()["etag"].to_str().unwrap(), etag);
+
+    let facilities = format!("{}/facilities", stack.query_url);
+    let page = stack
+        .http
+        .get(&facilities)
+        .bearer_auth(&director)
+        .send()
+        .await
+        .unwrap();
+    let etag = page.headers()["etag"].to_str().unwrap().to_owned();
+    let again = stack
+        .http
+        .get(&facilities)
+        .bearer_auth(&director)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+}

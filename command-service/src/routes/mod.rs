@@ -22,7 +22,6 @@ use domain::ValueError;
 use platform::{auth::Caller, json, problem::FieldError};
 use schemas::{ConsistencyToken, Idempotency, Role};
 use serde::{Serialize, de::DeserializeOwned};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -115,18 +114,7 @@ where
 /// A digest of the route and the canonical body (`serde_json` orders object keys), so that
 /// whitespace or key order does not make a retry look like a different request.
 fn fingerprint(route: &str, body: &serde_json::Value) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(route.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(body.to_string().as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, byte| {
-            use std::fmt::Write;
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
+    platform::digest::sha256_hex(&[route.as_bytes(), b"\n", body.to_string().as_bytes()])
 }
 
 fn header_error(field: &str, rule: &str, message: &str) -> ApiError {

@@ -3,10 +3,9 @@
 use std::collections::HashMap;
 
 use axum::{
-    Json,
     extract::{Path, Query, State, rejection::QueryRejection},
     http::HeaderMap,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use chrono::{DateTime, Utc};
 use platform::auth::Caller;
@@ -256,5 +255,8 @@ pub(crate) async fn list_bookings(
         }
         .encode()
     });
-    Ok(Json(BookingPage { items, next_cursor }).into_response())
+    Ok(super::with_content_etag(
+        &headers,
+        &BookingPage { items, next_cursor },
+    ))
 }

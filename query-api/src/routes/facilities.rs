@@ -3,10 +3,9 @@
 use std::collections::HashMap;
 
 use axum::{
-    Json,
     extract::{Path, Query, State, rejection::QueryRejection},
     http::HeaderMap,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use chrono::{DateTime, Duration, Utc};
 use domain::values::OpeningHours;
@@ -160,7 +159,10 @@ pub(crate) async fn list_facilities(
         }
         .encode()
     });
-    Ok(Json(FacilityPage { items, next_cursor }).into_response())
+    Ok(super::with_content_etag(
+        &headers,
+        &FacilityPage { items, next_cursor },
+    ))
 }
 
 /// The range of `GET /facilities/{id}/calendar` (documentation; parsed by [`Params`]).

@@ -11,6 +11,17 @@ use axum::{
 };
 use serde::Serialize;
 
+/// Answers a computed representation (a page of a list) with an ETag that is a digest of the
+/// body itself, or `304` if the client's `If-None-Match` has it: a list has no single version,
+/// so what identifies it is its content.
+pub(crate) fn with_content_etag<T: Serialize>(request: &HeaderMap, body: &T) -> Response {
+    let Ok(bytes) = serde_json::to_vec(body) else {
+        return Json(body).into_response();
+    };
+    let digest = platform::digest::sha256_hex(&[&bytes]);
+    with_etag(request, &format!("page-{}", &digest[..32]), body)
+}
+
 /// Answers a representation with its ETag, or `304` if the client's `If-None-Match` has it.
 pub(crate) fn with_etag<T: Serialize>(request: &HeaderMap, etag: &str, body: T) -> Response {
     let tag = format!("\"{etag}\"");
