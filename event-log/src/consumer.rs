@@ -84,3 +84,19 @@ pub fn end_offsets(
         })
         .collect()
 }
+
+/// The low and high watermarks of each partition: the first offset still held, and the offset
+/// the next record written will get (`high - low` records are held).
+pub fn watermarks(
+    consumer: &StreamConsumer,
+    partitions: &[TopicPartition],
+    settings: &KafkaSettings,
+) -> Result<BTreeMap<TopicPartition, (i64, i64)>, LogError> {
+    partitions
+        .iter()
+        .map(|(topic, partition)| {
+            let marks = consumer.fetch_watermarks(topic, *partition, settings.request_timeout)?;
+            Ok(((topic.clone(), *partition), marks))
+        })
+        .collect()
+}

@@ -4,6 +4,8 @@
 //! (`FM_KAFKA__BROKERS`, `FM_KAFKA__TOPIC_PREFIX`, `FM_AUTH__SECRET`). Every failure exits
 //! non-zero with one sentence on stderr.
 
+mod inspect;
+mod lag;
 mod rebuild;
 
 use std::process::ExitCode;
@@ -20,10 +22,10 @@ use serde::Deserialize;
 #[command(
     name = "fmctl",
     version,
-    about = "Operate Funeral Manager: topics, tokens."
+    about = "Operate Funeral Manager: topics, events, lag, read models, dead letters, tokens."
 )]
 #[command(
-    after_help = "Examples:\n  fmctl topics ensure\n  fmctl token mint --role director --subject director-1\n  fmctl token mint --role family --subject family-42 --ttl-days 7"
+    after_help = "Examples:\n  fmctl topics ensure\n  fmctl topics list\n  fmctl events tail --topic booking --follow\n  fmctl events history --booking <BOOKING_ID>\n  fmctl lag --fail-over 1000\n  fmctl token mint --role director --subject director-1\n  fmctl token mint --role family --subject family-42 --ttl-days 7"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,12 +46,20 @@ enum Command {
     /// The dead-letter topic.
     #[command(subcommand)]
     DeadLetters(rebuild::DeadLettersCommand),
+    /// Read the log: tail and decode events, a booking's history.
+    #[command(subcommand)]
+    Events(inspect::EventsCommand),
+    /// How far each read-model version is behind the log, per partition.
+    Lag(lag::LagArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum TopicsCommand {
     /// Create every topic of the deployment that does not exist yet (safe to repeat).
     Ensure,
+    /// Every topic of the deployment with its partitions, low/high offsets and record counts.
+    #[command(after_help = "Examples:\n  fmctl topics list\n  fmctl topics list --output json")]
+    List(inspect::ListArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +127,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Projections(command) => rebuild::projections(command).await?,
         Command::DeadLetters(command) => rebuild::dead_letters(command).await?,
+        Command::Events(command) => inspect::events(command).await?,
+        Command::Lag(args) => lag::lag(args).await?,
+        Command::Topics(TopicsCommand::List(args)) => inspect::topics_list(args).await?,
         Command::Topics(TopicsCommand::Ensure) => {
             let created = event_log::topics::ensure_topics(&settings.kafka)
                 .await

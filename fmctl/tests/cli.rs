@@ -1,0 +1,433 @@
+//! The operators' commands, run as the real `fmctl` binary against the real broker and
+//! PostgreSQL (`compose/test` sets `FM_TEST_KAFKA_BROKERS` and `FM_TEST_DATABASE_URL`). Each test
+//! starts its own services on fresh topics and a fresh database (`system_tests::TestStack`).
+
+#![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
+
+use std::time::Duration;
+
+use event_log::{EventProducer, KafkaSettings};
+use platform::{
+    settings::{DatabaseSettings, HttpSettings},
+    shutdown::CancellationToken,
+};
+use rdkafka::message::OwnedHeaders;
+use reqwest::StatusCode;
+use schemas::Role;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use system_tests::{TestStack, bodies, fresh_database};
+
+/// What one run of `fmctl` left behind.
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Standard output as one JSON document per line.
+    fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+/// Runs `fmctl ARGS` configured for `kafka` (and `database_url`, for the commands that need it).
+async fn fmctl(kafka: &KafkaSettings, database_url: Option<&str>, args: &[&str]) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fmctl"));
+    command
+        .args(args)
+        .env("FM_KAFKA__BROKERS", &kafka.brokers)
+        .env("FM_KAFKA__TOPIC_PREFIX", &kafka.topic_prefix)
+        .env_remove("FM_DATABASE__URL");
+    if let Some(url) = database_url {
+        command.env("FM_DATABASE__URL", url);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(90), command.output())
+        .await
+        .expect("fmctl finishes within 90 s")
+        .unwrap();
+    Run {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+/// Registers a facility and requests a booking there; returns (facility id, booking response).
+async fn facility_and_booking(stack: &TestStack) -> (String, Value) {
+    let director = stack.token(Role::Director, "director-1");
+    let response = stack
+        .http
+        .post(format!("{}/facilities", stack.command_url))
+        .bearer_auth(&director)
+        .json(&bodies::facility())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let facility: Value = response.json().await.unwrap();
+    let facility_id = facility["facility_id"].as_str().unwrap().to_owned();
+    let response = stack
+        .http
+        .post(format!("{}/bookings", stack.command_url))
+        .bearer_auth(&director)
+        .json(&bodies::booking(&facility_id, 14))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    (facility_id, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn tail_finds_a_known_event_by_aggregate_id_and_shows_an_invalid_record_with_its_violation() {
+    let stack = TestStack::spawn().await.unwrap();
+    let (_, booking) = facility_and_booking(&stack).await;
+    let booking_id = booking["booking_id"].as_str().unwrap();
+
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &[
+            "events",
+            "tail",
+            "--aggregate",
+            booking_id,
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let records = run.json_lines();
+    assert_eq!(records.len(), 1, "{}", run.stdout);
+    let record = &records[0];
+    assert_eq!(record["valid"], true);
+    assert_eq!(
+        record["topic"],
+        format!("{}.booking.events", stack.kafka.topic_prefix)
+    );
+    assert_eq!(record["event"]["event_type"], "BookingRequested");
+    assert_eq!(record["event"]["aggregate_id"], booking_id);
+    assert_eq!(record["event"]["sequence"], 1);
+    // The consistency token names the record's position.
+    let token = format!(
+        "{}:{}:{}",
+        record["topic"].as_str().unwrap(),
+        record["partition"],
+        record["offset"]
+    );
+    assert_eq!(booking["consistency_token"], token.as_str());
+
+    // Pretty output names the event type; --limit stops early.
+    let run = fmctl(&stack.kafka, None, &["events", "tail", "--limit", "1"]).await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stdout.contains(" v1 "), "{}", run.stdout);
+    assert_eq!(
+        run.stdout.lines().filter(|l| !l.starts_with(' ')).count(),
+        1
+    );
+
+    // A record that breaks the contract is shown, with the violation, not skipped.
+    let poison_key = uuid::Uuid::new_v4().to_string();
+    let producer = EventProducer::new(&stack.kafka).unwrap();
+    producer
+        .send(
+            &format!("{}.booking.events", stack.kafka.topic_prefix),
+            Some(poison_key.as_bytes()),
+            b"{not json",
+            OwnedHeaders::new(),
+        )
+        .await
+        .unwrap();
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &[
+            "events",
+            "tail",
+            "--topic",
+            "booking",
+            "--aggregate",
+            &poison_key,
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let records = run.json_lines();
+    assert_eq!(records.len(), 1, "{}", run.stdout);
+    assert_eq!(records[0]["valid"], false);
+    assert!(
+        records[0]["violation"]
+            .as_str()
+            .unwrap()
+            .starts_with("not a JSON document"),
+        "{}",
+        records[0]
+    );
+    assert_eq!(records[0]["raw"], "{not json");
+}
+
+#[tokio::test]
+async fn history_shows_a_bookings_events_across_topics_in_time_order() {
+    let stack = TestStack::spawn().await.unwrap();
+    let (facility_id, booking) = facility_and_booking(&stack).await;
+    let booking_id = booking["booking_id"].as_str().unwrap();
+    // The saga's step, by hand: the facility holds the slot for the booking.
+    let slot = bodies::booking(&facility_id, 14)["slot"].clone();
+    let response = stack
+        .http
+        .post(format!(
+            "{}/facilities/{facility_id}/reservations",
+            stack.command_url
+        ))
+        .bearer_auth(stack.token(Role::System, "booking-saga"))
+        .json(&json!({"booking_id": booking_id, "slot": slot}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        response.text().await
+    );
+    // Another booking's events must not show up.
+    facility_and_booking(&stack).await;
+
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &[
+            "events",
+            "history",
+            "--booking",
+            booking_id,
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let records = run.json_lines();
+    let types: Vec<&str> = records
+        .iter()
+        .map(|r| r["event"]["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["BookingRequested", "SlotReserved"],
+        "{}",
+        run.stdout
+    );
+    assert_eq!(records[1]["event"]["aggregate_id"], facility_id.as_str());
+    let times: Vec<&str> = records
+        .iter()
+        .map(|r| r["event"]["occurred_at"].as_str().unwrap())
+        .collect();
+    assert!(times[0] <= times[1]);
+
+    // By correlation id: the booking's own flow.
+    let correlation = records[0]["event"]["correlation_id"].as_str().unwrap();
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &["events", "history", "--correlation", correlation],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("BookingRequested v1"), "{}", run.stdout);
+
+    // An id nobody wrote: one sentence, non-zero.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &["events", "history", "--booking", &unknown],
+    )
+    .await;
+    assert_eq!(run.status, 1);
+    assert!(
+        run.stderr.starts_with("fmctl: no record of booking"),
+        "{}",
+        run.stderr
+    );
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &["events", "history", "--booking", "B-42"],
+    )
+    .await;
+    assert_eq!(run.status, 2, "a malformed id is a usage error");
+}
+
+/// The live version's total lag, as `fmctl lag --output json` reports it.
+async fn total_lag(kafka: &KafkaSettings, database_url: &str) -> u64 {
+    let run = fmctl(kafka, Some(database_url), &["lag", "--output", "json"]).await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    report["total_lag"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn lag_is_the_backlog_of_a_projector_that_is_not_running_and_drops_to_zero_once_it_runs() {
+    let stack = TestStack::spawn().await.unwrap();
+    facility_and_booking(&stack).await;
+
+    // A second read-model database on the same log, whose projector has not started yet.
+    let database_url = fresh_database().await.unwrap();
+    let settings = projection_service::Settings {
+        http: HttpSettings::on_port(0),
+        kafka: stack.kafka.clone(),
+        database: DatabaseSettings {
+            url: SecretString::from(database_url.clone()),
+            ..DatabaseSettings::default()
+        },
+        ..projection_service::Settings::default()
+    };
+    projection_service::startup::migrate(&settings)
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let version = projection_service::versions::ensure_live_version(&pool)
+        .await
+        .unwrap();
+
+    assert_eq!(total_lag(&stack.kafka, &database_url).await, 2);
+    let run = fmctl(&stack.kafka, Some(&database_url), &["lag"]).await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains(&format!("read models v{version} (live): 2 records behind")),
+        "{}",
+        run.stdout
+    );
+    let run = fmctl(
+        &stack.kafka,
+        Some(&database_url),
+        &["lag", "--fail-over", "1"],
+    )
+    .await;
+    assert_eq!(run.status, 1);
+    assert!(
+        run.stderr.contains("2 records behind, over --fail-over 1"),
+        "{}",
+        run.stderr
+    );
+    let run = fmctl(
+        &stack.kafka,
+        Some(&database_url),
+        &["lag", "--fail-over", "2"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+
+    // The projector starts and catches up.
+    let shutdown = CancellationToken::new();
+    let app = projection_service::Application::build(settings, shutdown.clone())
+        .await
+        .unwrap();
+    let running = tokio::spawn(app.run_until_stopped());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while total_lag(&stack.kafka, &database_url).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the projector did not catch up within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let run = fmctl(
+        &stack.kafka,
+        Some(&database_url),
+        &["lag", "--fail-over", "0"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn topics_list_shows_every_topic_with_its_partitions_and_record_counts() {
+    let stack = TestStack::spawn().await.unwrap();
+    facility_and_booking(&stack).await;
+
+    let run = fmctl(&stack.kafka, None, &["topics", "list", "--output", "json"]).await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let topics = run.json_lines();
+    let prefix = &stack.kafka.topic_prefix;
+    let names: Vec<&str> = topics
+        .iter()
+        .map(|t| t["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("{prefix}.facility.events"),
+            format!("{prefix}.booking.events"),
+            format!("{prefix}.payment.events"),
+            format!("{prefix}.dead-letter"),
+        ]
+    );
+    let records: Vec<i64> = topics
+        .iter()
+        .map(|t| t["records"].as_i64().unwrap())
+        .collect();
+    assert_eq!(records, [1, 1, 0, 0]);
+    assert_eq!(
+        topics[0]["partitions"].as_array().unwrap().len(),
+        usize::try_from(stack.kafka.partitions).unwrap()
+    );
+
+    let run = fmctl(&stack.kafka, None, &["topics", "list"]).await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("TOPIC"), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn errors_are_one_sentence_on_stderr_with_a_non_zero_status() {
+    let missing = KafkaSettings {
+        brokers: system_tests::required_env("FM_TEST_KAFKA_BROKERS").unwrap(),
+        topic_prefix: format!("absent-{}", uuid::Uuid::new_v4().simple()),
+        ..KafkaSettings::default()
+    };
+    let run = fmctl(&missing, None, &["events", "tail", "--topic", "payment"]).await;
+    assert_eq!(run.status, 1);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "fmctl: topic {}.payment.events does not exist",
+            missing.topic_prefix
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+
+    let unreachable = KafkaSettings {
+        // Port 1 on loopback: nothing listens, the connection is refused at once.
+        brokers: "127.0.0.1:1".to_owned(),
+        ..missing.clone()
+    };
+    let run = fmctl(&unreachable, None, &["topics", "list"]).await;
+    assert_eq!(run.status, 1);
+    assert!(
+        run.stderr
+            .starts_with("fmctl: Failed to reach the broker at 127.0.0.1:1"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+
+    let run = fmctl(&missing, None, &["events", "tail", "--topic", "invoices"]).await;
+    assert_eq!(run.status, 2, "an unknown topic name is a usage error");
+
+    let run = fmctl(&missing, None, &["lag"]).await;
+    assert_eq!(run.status, 1);
+    assert_eq!(run.stderr.trim(), "fmctl: FM_DATABASE__URL is not set");
+}
