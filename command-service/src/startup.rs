@@ -11,7 +11,7 @@ use axum::{
 use event_log::EventProducer;
 use platform::{auth::TokenKeys, shutdown::CancellationToken};
 use schemas::SchemaRegistry;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 
 use crate::{
     commands::CommandHandler,
@@ -38,9 +38,7 @@ impl FromRef<AppState> for Arc<TokenKeys> {
 /// A built command-service, listening, not yet serving.
 #[derive(Debug)]
 pub struct Application {
-    port: u16,
-    listener: TcpListener,
-    router: Router,
+    server: platform::http::HttpServer,
     /// The tailer and the snapshot writer.
     background: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
@@ -134,20 +132,9 @@ impl Application {
             .route("/ready", get(ops::ready))
             .route("/openapi.json", get(ops::openapi))
             .with_state(state);
-        let router = platform::http::standard_layers(router, &settings.http);
-        let listener = platform::http::bind(&settings.http)
-            .await
-            .with_context(|| {
-                format!(
-                    "Failed to bind {}:{}",
-                    settings.http.host, settings.http.port
-                )
-            })?;
-        let port = listener.local_addr()?.port();
+        let server = platform::http::HttpServer::bind(router, &settings.http).await?;
         Ok(Self {
-            port,
-            listener,
-            router,
+            server,
             background,
             shutdown,
             startup,
@@ -161,12 +148,13 @@ impl Application {
 
     /// The port the service listens on.
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// Serves until the shutdown token is cancelled, then drains requests and stops reading.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        platform::http::serve(self.listener, self.router, self.shutdown.clone())
+        self.server
+            .serve(self.shutdown.clone())
             .await
             .context("HTTP server failed")?;
         self.shutdown.cancel();

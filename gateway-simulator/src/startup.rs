@@ -12,7 +12,6 @@ use axum::{
     routing::{get, post, put},
 };
 use platform::shutdown::CancellationToken;
-use tokio::net::TcpListener;
 
 use crate::{
     error::ApiError,
@@ -52,9 +51,7 @@ impl AppState {
 /// A built simulator, listening, not yet serving.
 #[derive(Debug)]
 pub struct Application {
-    port: u16,
-    listener: TcpListener,
-    router: Router,
+    server: platform::http::HttpServer,
     shutdown: CancellationToken,
 }
 
@@ -84,32 +81,19 @@ impl Application {
             .route("/ready", get(ops::ready))
             .route("/openapi.json", get(ops::openapi))
             .with_state(state);
-        let router = platform::http::standard_layers(router, &settings.http);
-        let listener = platform::http::bind(&settings.http)
-            .await
-            .with_context(|| {
-                format!(
-                    "Failed to bind {}:{}",
-                    settings.http.host, settings.http.port
-                )
-            })?;
-        let port = listener.local_addr()?.port();
-        Ok(Self {
-            port,
-            listener,
-            router,
-            shutdown,
-        })
+        let server = platform::http::HttpServer::bind(router, &settings.http).await?;
+        Ok(Self { server, shutdown })
     }
 
     /// The port the simulator listens on.
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// Serves until the shutdown token is cancelled; hanging requests are cut short then.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        platform::http::serve(self.listener, self.router, self.shutdown)
+        self.server
+            .serve(self.shutdown)
             .await
             .context("HTTP server failed")
     }

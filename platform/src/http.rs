@@ -24,11 +24,6 @@ use tower_http::trace::TraceLayer;
 
 use crate::{problem::Problem, settings::HttpSettings};
 
-/// Binds the listener a service will serve on (port 0 picks a free one).
-pub async fn bind(settings: &HttpSettings) -> std::io::Result<TcpListener> {
-    TcpListener::bind((settings.host.as_str(), settings.port)).await
-}
-
 /// Adds what every service's router needs: `/health` and `/metrics`, a body limit, a request
 /// timeout (answered 503 problem), request tracing and HTTP metrics.
 pub fn standard_layers(router: Router, settings: &HttpSettings) -> Router {
@@ -46,15 +41,54 @@ pub fn standard_layers(router: Router, settings: &HttpSettings) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-/// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
-pub async fn serve(
+/// A service's HTTP server: its router with the standard layers, bound to its address.
+#[derive(Debug)]
+pub struct HttpServer {
     listener: TcpListener,
     router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    port: u16,
+}
+
+/// The address could not be listened on (taken, or not this machine's).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address}: {source}")]
+pub struct BindError {
+    address: String,
+    source: std::io::Error,
+}
+
+impl HttpServer {
+    /// Adds [`standard_layers`] to `router` and binds `settings`' address (port 0 picks a
+    /// free one).
+    pub async fn bind(router: Router, settings: &HttpSettings) -> Result<Self, BindError> {
+        let address = format!("{}:{}", settings.host, settings.port);
+        let bound = TcpListener::bind((settings.host.as_str(), settings.port)).await;
+        let listener = bound.map_err(|source| BindError {
+            address: address.clone(),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| BindError { address, source })?
+            .port();
+        Ok(Self {
+            listener,
+            router: standard_layers(router, settings),
+            port,
+        })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
+    pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    }
 }
 
 async fn timeout_problem(error: BoxError) -> Problem {

@@ -10,7 +10,7 @@ use schemas::SchemaRegistry;
 use secrecy::ExposeSecret;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use std::{sync::Arc, time::Duration};
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 
 use crate::{projector::ProjectorConfig, settings::Settings, supervisor::Supervisor, versions};
 
@@ -44,9 +44,7 @@ struct AppState {
 /// A built projection-service.
 #[derive(Debug)]
 pub struct Application {
-    port: u16,
-    listener: TcpListener,
-    router: Router,
+    server: platform::http::HttpServer,
     projector: JoinHandle<()>,
     shutdown: CancellationToken,
 }
@@ -91,33 +89,22 @@ impl Application {
         let router = Router::new()
             .route("/ready", get(ready))
             .with_state(AppState { pool, producer });
-        let router = platform::http::standard_layers(router, &settings.http);
-        let listener = platform::http::bind(&settings.http)
-            .await
-            .with_context(|| {
-                format!(
-                    "Failed to bind {}:{}",
-                    settings.http.host, settings.http.port
-                )
-            })?;
-        let port = listener.local_addr()?.port();
+        let server = platform::http::HttpServer::bind(router, &settings.http).await?;
         Ok(Self {
-            port,
-            listener,
-            router,
+            server,
             projector,
             shutdown,
         })
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// Serves health and metrics until shutdown, then waits for the projector to finish its
     /// record in hand.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        platform::http::serve(self.listener, self.router, self.shutdown.clone()).await?;
+        self.server.serve(self.shutdown.clone()).await?;
         self.shutdown.cancel();
         self.projector.await.context("Projector panicked")?;
         Ok(())

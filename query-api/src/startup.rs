@@ -7,7 +7,6 @@ use axum::{Router, extract::FromRef, routing::get};
 use platform::{auth::TokenKeys, shutdown::CancellationToken};
 use secrecy::ExposeSecret;
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use tokio::net::TcpListener;
 
 use crate::{
     routes::{bookings, facilities, ops},
@@ -31,9 +30,7 @@ impl FromRef<AppState> for Arc<TokenKeys> {
 /// A built query-api, listening, not yet serving.
 #[derive(Debug)]
 pub struct Application {
-    port: u16,
-    listener: TcpListener,
-    router: Router,
+    server: platform::http::HttpServer,
     shutdown: CancellationToken,
 }
 
@@ -61,31 +58,18 @@ impl Application {
             .route("/ready", get(ops::ready))
             .route("/openapi.json", get(ops::openapi))
             .with_state(state);
-        let router = platform::http::standard_layers(router, &settings.http);
-        let listener = platform::http::bind(&settings.http)
-            .await
-            .with_context(|| {
-                format!(
-                    "Failed to bind {}:{}",
-                    settings.http.host, settings.http.port
-                )
-            })?;
-        let port = listener.local_addr()?.port();
-        Ok(Self {
-            port,
-            listener,
-            router,
-            shutdown,
-        })
+        let server = platform::http::HttpServer::bind(router, &settings.http).await?;
+        Ok(Self { server, shutdown })
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// Serves until the shutdown token is cancelled, then drains requests.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        platform::http::serve(self.listener, self.router, self.shutdown)
+        self.server
+            .serve(self.shutdown)
             .await
             .context("HTTP server failed")
     }
