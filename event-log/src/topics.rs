@@ -56,6 +56,14 @@ impl Topics {
     }
 }
 
+/// `retention.ms` for topics that must keep every record: the log is the system of record.
+///
+/// Apache Kafka reads `-1` as "forever", but Tansu reads it as an age every record already
+/// exceeds and deletes the records within minutes. The largest value both read as a duration
+/// keeps records for 292 million years on either. `cleanup.policy` is left at the broker's
+/// default (`delete`, not `compact`).
+pub const NEVER_DELETE_MS: &str = "9223372036854775807";
+
 /// Creates every topic of the deployment that does not exist yet. Safe to run repeatedly and from
 /// several processes at once.
 pub async fn ensure_topics(settings: &KafkaSettings) -> Result<Vec<String>, LogError> {
@@ -71,11 +79,7 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<Vec<String>, LogE
                 settings.partitions,
                 TopicReplication::Fixed(settings.replication_factor),
             );
-            // The log is the system of record: event topics never delete. Dead letters too,
-            // until an operator has dealt with them.
-            topic
-                .set("retention.ms", "-1")
-                .set("cleanup.policy", "delete")
+            topic.set("retention.ms", NEVER_DELETE_MS)
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(settings.request_timeout));
