@@ -14,17 +14,13 @@ use std::{
     time::Duration,
 };
 
-use domain::{
-    DomainEvent,
-    booking::BookingEvent,
-    facility::FacilityEvent,
-    fixtures,
-    payment::PaymentEvent,
-    values::{BookingId, FacilityId, PaymentId},
-};
+use domain::booking::BookingEvent;
 use event_log::{EventProducer, KafkaSettings, consumer};
-use schemas::{AggregateType, EventEnvelope};
-use serde_json::{Value, json};
+use schemas::{
+    AggregateType, EventEnvelope,
+    fixtures::{booking_story, envelope},
+};
+use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -46,148 +42,19 @@ async fn fresh_database() -> String {
     format!("{base}/{name}")
 }
 
-fn envelope<E: DomainEvent>(
-    kind: AggregateType,
-    id: Uuid,
-    sequence: u64,
-    event: &E,
-) -> EventEnvelope {
-    let tagged = serde_json::to_value(event).unwrap();
-    serde_json::from_value(json!({
-        "event_id": Uuid::new_v4(), "event_type": event.event_type(), "event_version": event.event_version(),
-        "aggregate_type": kind, "aggregate_id": id, "sequence": sequence,
-        "occurred_at": chrono::Utc::now(), "correlation_id": Uuid::new_v4(), "causation_id": Uuid::new_v4(),
-        "actor": {"subject": "saga", "role": "system"}, "data": tagged["data"].clone(),
-    }))
-    .unwrap()
-}
-
-/// The whole life of one booking, as the saga will write it: registration, request, hold,
-/// capture, confirmation, and for every third one a cancellation with refund and release. Every
-/// fifth stream also gets a duplicate (a losing writer's record) that must never be applied.
+/// The whole life of one booking (`schemas::fixtures::booking_story`); every fifth stream also
+/// gets a duplicate (a losing writer's record) that must never be applied.
 fn story(i: usize) -> Vec<EventEnvelope> {
-    let facility = Uuid::new_v4();
-    let booking = BookingId::new();
-    let payment = PaymentId::for_booking(booking);
-    let FacilityEvent::FacilityRegistered {
-        name,
-        kind,
-        capacity,
-        time_zone,
-        opening_hours,
-        turnaround_minutes,
-        ..
-    } = fixtures::facility_registered()
-    else {
-        unreachable!()
-    };
-    let BookingEvent::BookingRequested {
-        service_type,
-        slot,
-        deceased,
-        family_contacts,
-        price,
-        ..
-    } = fixtures::booking_requested()
-    else {
-        unreachable!()
-    };
-    let (f, b, p) = (
-        AggregateType::Facility,
-        AggregateType::Booking,
-        AggregateType::Payment,
-    );
-    let (b_id, p_id) = (*booking.as_uuid(), *payment.as_uuid());
-    let mut events = vec![
-        envelope(
-            f,
-            facility,
-            1,
-            &FacilityEvent::FacilityRegistered {
-                facility_id: FacilityId::from(facility),
-                name,
-                kind,
-                capacity,
-                time_zone,
-                opening_hours,
-                turnaround_minutes,
-            },
-        ),
-        envelope(
-            b,
-            b_id,
-            1,
-            &BookingEvent::BookingRequested {
-                booking_id: booking,
-                facility_id: FacilityId::from(facility),
-                service_type,
-                slot,
-                deceased,
-                family_contacts,
-                price,
-            },
-        ),
-        envelope(
-            f,
-            facility,
-            2,
-            &FacilityEvent::SlotReserved {
-                booking_id: booking,
-                slot,
-            },
-        ),
-        envelope(b, b_id, 2, &BookingEvent::BookingSlotHeld {}),
-        envelope(
-            p,
-            p_id,
-            1,
-            &PaymentEvent::PaymentCaptured {
-                payment_id: payment,
-                booking_id: booking,
-                amount: price,
-                gateway_reference: format!("cap-{i}"),
-            },
-        ),
-        envelope(b, b_id, 3, &BookingEvent::BookingConfirmed {}),
-    ];
-    if i.is_multiple_of(3) {
-        events.extend([
-            envelope(
-                b,
-                b_id,
-                4,
-                &BookingEvent::BookingCancelled {
-                    reason: Some("changed plans".into()),
-                    was_confirmed: true,
-                },
-            ),
-            envelope(
-                p,
-                p_id,
-                2,
-                &PaymentEvent::PaymentRefunded {
-                    amount: price,
-                    gateway_reference: format!("ref-{i}"),
-                },
-            ),
-            envelope(
-                f,
-                facility,
-                3,
-                &FacilityEvent::SlotReleased {
-                    booking_id: booking,
-                },
-            ),
-        ]);
-    }
+    let (booking, mut events) = booking_story(i);
     if i.is_multiple_of(5) {
+        let failed = BookingEvent::BookingFailed {
+            reason: "a losing writer".into(),
+        };
         events.push(envelope(
-            b,
-            b_id,
+            AggregateType::Booking,
+            *booking.as_uuid(),
             2,
-            &BookingEvent::BookingFailed {
-                reason: "a losing writer".into(),
-            },
+            &failed,
         ));
     }
     events

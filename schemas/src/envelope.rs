@@ -100,6 +100,20 @@ pub struct EventMetadata {
     pub idempotency: Option<Idempotency>,
 }
 
+impl EventMetadata {
+    /// Metadata for events a service writes on its own behalf, starting a new flow now.
+    pub fn system(service: &str) -> Self {
+        let id = Uuid::new_v4();
+        Self {
+            correlation_id: id,
+            causation_id: id,
+            actor: Actor::system(service),
+            occurred_at: Utc::now(),
+            idempotency: None,
+        }
+    }
+}
+
 /// One event as it is stored on its topic.
 ///
 /// `sequence` is the event's position in its aggregate's stream, starting at 1. Readers admit an

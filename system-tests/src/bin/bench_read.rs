@@ -24,23 +24,16 @@ use axum::{
     http::StatusCode,
     routing::get,
 };
-use domain::{
-    DomainEvent,
-    booking::BookingEvent,
-    facility::FacilityEvent,
-    fixtures,
-    payment::PaymentEvent,
-    values::{BookingId, FacilityId, PaymentId},
-};
+use domain::values::BookingId;
 use event_log::{EventProducer, KafkaSettings, consumer};
 use futures::StreamExt;
 use platform::{
     settings::{DatabaseSettings, HttpSettings},
     shutdown::CancellationToken,
 };
-use schemas::{AggregateType, EventEnvelope, Role};
+use schemas::{Role, fixtures::booking_story};
 use secrecy::SecretString;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use uuid::Uuid;
 
@@ -54,145 +47,12 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn envelope<E: DomainEvent>(
-    kind: AggregateType,
-    id: Uuid,
-    sequence: u64,
-    event: &E,
-) -> anyhow::Result<EventEnvelope> {
-    let tagged = serde_json::to_value(event)?;
-    Ok(serde_json::from_value(json!({
-        "event_id": Uuid::new_v4(), "event_type": event.event_type(), "event_version": event.event_version(),
-        "aggregate_type": kind, "aggregate_id": id, "sequence": sequence,
-        "occurred_at": chrono::Utc::now(), "correlation_id": Uuid::new_v4(), "causation_id": Uuid::new_v4(),
-        "actor": {"subject": "bench", "role": "system"}, "data": tagged["data"].clone(),
-    }))?)
-}
-
-/// One booking's life: 6 events, or 9 for every third (cancelled, refunded, released).
-#[allow(clippy::too_many_lines)] // Written out event by event.
-fn story(i: usize) -> anyhow::Result<(BookingId, Vec<EventEnvelope>)> {
-    let facility = Uuid::new_v4();
-    let booking = BookingId::new();
-    let payment = PaymentId::for_booking(booking);
-    let FacilityEvent::FacilityRegistered {
-        name,
-        kind,
-        capacity,
-        time_zone,
-        opening_hours,
-        turnaround_minutes,
-        ..
-    } = fixtures::facility_registered()
-    else {
-        anyhow::bail!("the fixture is a registration")
-    };
-    let BookingEvent::BookingRequested {
-        service_type,
-        slot,
-        deceased,
-        family_contacts,
-        price,
-        ..
-    } = fixtures::booking_requested()
-    else {
-        anyhow::bail!("the fixture is a request")
-    };
-    let (f, b, p) = (
-        AggregateType::Facility,
-        AggregateType::Booking,
-        AggregateType::Payment,
-    );
-    let (b_id, p_id) = (*booking.as_uuid(), *payment.as_uuid());
-    let mut events = vec![
-        envelope(
-            f,
-            facility,
-            1,
-            &FacilityEvent::FacilityRegistered {
-                facility_id: FacilityId::from(facility),
-                name,
-                kind,
-                capacity,
-                time_zone,
-                opening_hours,
-                turnaround_minutes,
-            },
-        )?,
-        envelope(
-            b,
-            b_id,
-            1,
-            &BookingEvent::BookingRequested {
-                booking_id: booking,
-                facility_id: FacilityId::from(facility),
-                service_type,
-                slot,
-                deceased,
-                family_contacts,
-                price,
-            },
-        )?,
-        envelope(
-            f,
-            facility,
-            2,
-            &FacilityEvent::SlotReserved {
-                booking_id: booking,
-                slot,
-            },
-        )?,
-        envelope(b, b_id, 2, &BookingEvent::BookingSlotHeld {})?,
-        envelope(
-            p,
-            p_id,
-            1,
-            &PaymentEvent::PaymentCaptured {
-                payment_id: payment,
-                booking_id: booking,
-                amount: price,
-                gateway_reference: format!("cap-{i}"),
-            },
-        )?,
-        envelope(b, b_id, 3, &BookingEvent::BookingConfirmed {})?,
-    ];
-    if i.is_multiple_of(3) {
-        events.push(envelope(
-            b,
-            b_id,
-            4,
-            &BookingEvent::BookingCancelled {
-                reason: None,
-                was_confirmed: true,
-            },
-        )?);
-        events.push(envelope(
-            p,
-            p_id,
-            2,
-            &PaymentEvent::PaymentRefunded {
-                amount: price,
-                gateway_reference: format!("ref-{i}"),
-            },
-        )?);
-        events.push(envelope(
-            f,
-            facility,
-            3,
-            &FacilityEvent::SlotReleased {
-                booking_id: booking,
-            },
-        )?);
-    }
-    Ok((booking, events))
-}
-
 async fn seed(producer: &EventProducer, stories: usize) -> anyhow::Result<(Vec<BookingId>, u64)> {
     let mut bookings = Vec::with_capacity(stories);
     let mut total = 0;
     let mut all = Vec::with_capacity(stories);
     for i in 0..stories {
-        let (booking, events) = story(i)?;
+        let (booking, events) = booking_story(i);
         bookings.push(booking);
         total += events.len() as u64;
         all.push(events);

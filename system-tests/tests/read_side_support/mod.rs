@@ -7,35 +7,12 @@ use std::time::Duration;
 
 use domain::DomainEvent;
 use event_log::{EventProducer, LogPosition};
-use schemas::{AggregateType, EventEnvelope};
-use serde_json::{Value, json};
+use schemas::AggregateType;
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// An envelope around `event`, built as JSON so that it does not depend on which optional
-/// metadata fields the envelope has grown.
-pub(crate) fn envelope<E: DomainEvent>(
-    aggregate_type: AggregateType,
-    aggregate_id: Uuid,
-    sequence: u64,
-    event: &E,
-) -> EventEnvelope {
-    let tagged = serde_json::to_value(event).expect("domain events serialise");
-    serde_json::from_value(json!({
-        "event_id": Uuid::new_v4(),
-        "event_type": event.event_type(),
-        "event_version": event.event_version(),
-        "aggregate_type": aggregate_type,
-        "aggregate_id": aggregate_id,
-        "sequence": sequence,
-        "occurred_at": chrono::Utc::now(),
-        "correlation_id": Uuid::new_v4(),
-        "causation_id": Uuid::new_v4(),
-        "actor": {"subject": "saga", "role": "system"},
-        "data": tagged["data"].clone(),
-    }))
-    .expect("an envelope built from a domain event")
-}
+pub(crate) use schemas::fixtures::envelope;
 
 /// Appends one event and returns its position as a consistency token.
 pub(crate) async fn append<E: DomainEvent>(
