@@ -5,7 +5,7 @@
 # Map:
 #   logging and timing ... log, warn, die, run_phase, elapsed_since
 #   installing ........... install_build_tools, install_postgres, install_tansu,
-#                          install_rust_tools, ensure_nextest
+#                          install_rust_tools, ensure_nextest, install_python_venv
 #   waiting .............. port_in_use, wait_for_port, wait_for_http
 #   processes ............ start_daemon, pid_alive, stop_pidfile
 #   PostgreSQL ........... start_postgres, stop_postgres, postgres_running, pg_admin_psql,
@@ -222,6 +222,40 @@ ensure_nextest() {
         warn "installing cargo-nextest failed; falling back to cargo test"
         return 1
     fi
+}
+
+# install_python_venv DIR REQUIREMENT...: a Python virtual environment in DIR with the
+# REQUIREMENTs (pip specifiers, from PyPI) installed; python3 and its venv module come from
+# Debian's packages when missing. Leaves DIR alone when every requirement is already satisfied
+# there, so that a second run spends no time and needs no network.
+install_python_venv() {
+    local dir=$1
+    shift
+    if [[ -x "$dir/bin/python" ]] && "$dir/bin/python" - "$@" <<'PY' 2>/dev/null; then
+import sys
+from importlib.metadata import version
+from packaging.requirements import Requirement
+for text in sys.argv[1:]:
+    requirement = Requirement(text)
+    if not requirement.specifier.contains(version(requirement.name), prereleases=True):
+        sys.exit(1)
+PY
+        return 0
+    fi
+    if ! command -v python3 >/dev/null; then
+        apt_install python3 python3-venv
+    elif ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        apt_install python3-venv
+    fi
+    if [[ ! -x "$dir/bin/pip" ]]; then
+        log "creating a Python virtual environment in $dir"
+        rm -rf "$dir"
+        mkdir -p "$(dirname "$dir")"
+        python3 -m venv "$dir" >&2 || die "python3 -m venv $dir failed"
+    fi
+    log "pip install $* (into $dir)"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check packaging "$@" </dev/null >&2 ||
+        die "pip install $* failed (see above)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -529,17 +563,20 @@ cargo_target_dir() {
     printf '%s\n' "${dir:-${CARGO_TARGET_DIR:-$FM_REPO_ROOT/target}}"
 }
 
-# service_binary NAME: the release binary of a workspace member.
-service_binary() { printf '%s/release/%s\n' "${FM_TARGET_DIR:=$(cargo_target_dir)}" "$1"; }
+# service_binary NAME: the binary of a workspace member, of the profile FM_SERVICE_PROFILE
+# (release unless set; `debug` for what a plain `cargo build` or the test runner built).
+service_binary() {
+    printf '%s/%s/%s\n' "${FM_TARGET_DIR:=$(cargo_target_dir)}" "${FM_SERVICE_PROFILE:-release}" "$1"
+}
 
-# start_service NAME PORT [ARGS...]: starts a release binary in the background with
+# start_service NAME PORT [ARGS...]: starts `service_binary NAME` in the background with
 # FM_HTTP__HOST=127.0.0.1, FM_HTTP__PORT=PORT, FM_LOG__FORMAT=json and the caller's exported
 # FM_* settings. Leaves a running instance alone.
 start_service() {
     local name=$1 port=$2 bin pidfile="$FM_RUN_DIR/$1.pid"
     shift 2
     bin=$(service_binary "$name")
-    [[ -x "$bin" ]] || die "$bin not found: build it first (cargo build --release -p $name)"
+    [[ -x "$bin" ]] || die "$bin not found: build it first (cargo build$([[ "${FM_SERVICE_PROFILE:-release}" == release ]] && echo ' --release') -p $name)"
     if pid_alive "$pidfile" "$name"; then
         log "$name already running (pid $(<"$pidfile"))"
         if [[ "$bin" -nt "$pidfile" ]]; then
