@@ -1,0 +1,500 @@
+//! The booking saga as a pure state machine: what is known about one booking, and what to do
+//! next. No I/O, no clock: the caller passes the time in.
+//!
+//! The saga is **level-triggered**. It does not remember "where in the flow it is"; it keeps the
+//! facts the log has told it (the booking's status, whether the facility holds the slot, what
+//! the payment aggregate recorded) plus the few facts only the saga itself can learn (a capture
+//! whose answer never came, a mail that was sent), and [`decide`] derives the one next step from
+//! them. A crash, a redelivered event, events from three topics arriving in any order, a family
+//! cancelling half-way: each only changes the facts, and the next decision is right for the new
+//! facts. That is what makes every step safe to repeat and the flow resumable anywhere.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use domain::{
+    booking::{BookingEvent, BookingStatus},
+    facility::{FacilityEvent, SlotRejectionReason},
+    payment::PaymentEvent,
+    values::{BookingId, EmailAddress, FacilityId, Money, Slot},
+};
+use notifications::NotificationKind;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[cfg(test)]
+mod tests;
+
+/// How long each step may take before the saga stops trying it and compensates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// From the booking request until the facility must have answered the reservation.
+    pub reserve: TimeDelta,
+    /// From the slot being held until the payment must be taken (or known to be impossible).
+    pub capture: TimeDelta,
+    /// From the outcome until the family's mail must have been accepted by the SMTP server.
+    pub notify: TimeDelta,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            reserve: TimeDelta::seconds(30),
+            capture: TimeDelta::minutes(2),
+            notify: TimeDelta::hours(1),
+        }
+    }
+}
+
+/// What the booking request said that the saga needs later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub facility_id: FacilityId,
+    pub slot: Slot,
+    pub price: Money,
+    pub recipients: Vec<EmailAddress>,
+    pub deceased_name: String,
+}
+
+/// Whether the facility holds the booking's slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SlotFact {
+    /// No answer from the facility yet.
+    #[default]
+    Unknown,
+    Reserved,
+    Rejected {
+        reason: String,
+    },
+    Released,
+}
+
+/// What the payment aggregate has recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum PaymentFact {
+    #[default]
+    None,
+    Captured {
+        reference: String,
+        amount: Money,
+    },
+    Declined {
+        reason: String,
+    },
+    Refunded,
+}
+
+/// What the saga alone knows about its capture attempts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureKnowledge {
+    /// A capture request may have reached the gateway and its answer was lost (a timeout, a 5xx,
+    /// a broken connection): money may have moved. Cleared by the gateway's answer to a retry
+    /// or a lookup, or by the payment's event.
+    pub uncertain: bool,
+}
+
+/// Everything the saga knows about one booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saga {
+    pub booking_id: BookingId,
+    /// The request, once `BookingRequested` has been read (events of the other topics may come
+    /// first).
+    pub request: Option<Request>,
+    pub status: Option<BookingStatus>,
+    pub slot: SlotFact,
+    pub payment: PaymentFact,
+    pub capture: CaptureKnowledge,
+    /// When the facility must have answered.
+    pub reserve_deadline: Option<DateTime<Utc>>,
+    /// When the payment must have been taken.
+    pub capture_deadline: Option<DateTime<Utc>>,
+    /// When the outcome's mail must have gone.
+    pub notify_deadline: Option<DateTime<Utc>>,
+    /// Mails the SMTP server accepted.
+    pub notified: BTreeSet<NotificationKind>,
+    /// Mails given up on (a permanent refusal, or past the deadline).
+    pub notifications_abandoned: BTreeSet<NotificationKind>,
+    /// The flow's correlation id (the booking request's).
+    pub correlation_id: Option<Uuid>,
+    /// The last event that changed these facts: the causation of the saga's next command.
+    pub last_event_id: Option<Uuid>,
+}
+
+/// One thing the saga does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// Ask the facility for the slot.
+    ReserveSlot,
+    /// Record on the booking that the slot is held.
+    MarkSlotHeld,
+    /// Take the money at the gateway, then record the answer on the payment.
+    Capture,
+    /// Ask the gateway what happened to a capture whose answer was lost.
+    LookupCapture,
+    /// Confirm the booking.
+    Confirm,
+    /// Reject the booking (the facility refused the slot).
+    Reject { reason: String },
+    /// Give the slot back to the facility.
+    ReleaseSlot,
+    /// Fail the booking.
+    Fail { reason: String },
+    /// Give the money back at the gateway, then record the refund.
+    Refund,
+    /// Tell the family.
+    Notify { kind: NotificationKind },
+}
+
+impl Step {
+    /// A stable name: metrics label, idempotency-key suffix, ops view.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ReserveSlot => "reserve_slot",
+            Self::MarkSlotHeld => "mark_slot_held",
+            Self::Capture => "capture",
+            Self::LookupCapture => "lookup_capture",
+            Self::Confirm => "confirm",
+            Self::Reject { .. } => "reject",
+            Self::ReleaseSlot => "release_slot",
+            Self::Fail { .. } => "fail",
+            Self::Refund => "refund",
+            Self::Notify { kind } => match kind {
+                NotificationKind::Confirmation => "notify_confirmation",
+                NotificationKind::Rejection => "notify_rejection",
+                NotificationKind::Failure => "notify_failure",
+                NotificationKind::Cancellation => "notify_cancellation",
+            },
+        }
+    }
+
+    /// The compensation this step is, if it is one (`saga_compensations_total{kind}`).
+    pub fn compensation(&self) -> Option<&'static str> {
+        match self {
+            Self::ReleaseSlot => Some("release_slot"),
+            Self::Refund => Some("refund"),
+            Self::Fail { .. } => Some("fail"),
+            Self::Reject { .. } => Some("reject"),
+            _ => None,
+        }
+    }
+}
+
+/// What the saga should do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Perform this step.
+    Do(Step),
+    /// Nothing to do until an event arrives (the booking request has not been read yet).
+    Wait,
+    /// The booking has its outcome, nothing is left half-done, and the family has been told.
+    Done,
+}
+
+/// Where a saga stands, for the ops view and the `sagas_in_flight{state}` gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Waiting,
+    Reserving,
+    Paying,
+    Confirming,
+    Compensating,
+    Notifying,
+    Done,
+}
+
+impl Stage {
+    pub const ALL: [Self; 7] = [
+        Self::Waiting,
+        Self::Reserving,
+        Self::Paying,
+        Self::Confirming,
+        Self::Compensating,
+        Self::Notifying,
+        Self::Done,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Reserving => "reserving",
+            Self::Paying => "paying",
+            Self::Confirming => "confirming",
+            Self::Compensating => "compensating",
+            Self::Notifying => "notifying",
+            Self::Done => "done",
+        }
+    }
+
+    /// The stage a decision belongs to.
+    pub fn of(decision: &Decision) -> Self {
+        match decision {
+            Decision::Wait => Self::Waiting,
+            Decision::Done => Self::Done,
+            Decision::Do(step) => match step {
+                Step::ReserveSlot | Step::MarkSlotHeld => Self::Reserving,
+                Step::Capture | Step::LookupCapture => Self::Paying,
+                Step::Confirm => Self::Confirming,
+                Step::Reject { .. } | Step::ReleaseSlot | Step::Fail { .. } | Step::Refund => {
+                    Self::Compensating
+                }
+                Step::Notify { .. } => Self::Notifying,
+            },
+        }
+    }
+}
+
+/// An event of the log, as far as the saga cares, with its envelope's ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed<E> {
+    pub event: E,
+    pub event_id: Uuid,
+    pub correlation_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// What the saga learns by acting, beside the events its commands cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// A capture request's answer was lost: money may have moved.
+    CaptureUncertain,
+    /// The gateway answered about the capture's key (a replayed answer, or a lookup that found
+    /// nothing): the saga knows what happened to the money.
+    CaptureSettled,
+    /// The SMTP server accepted the mail.
+    Notified(NotificationKind),
+    /// The mail will not be sent (refused for good, or past its deadline).
+    NotificationAbandoned(NotificationKind),
+}
+
+impl Saga {
+    /// A saga that knows nothing yet.
+    pub fn new(booking_id: BookingId) -> Self {
+        Self {
+            booking_id,
+            request: None,
+            status: None,
+            slot: SlotFact::Unknown,
+            payment: PaymentFact::None,
+            capture: CaptureKnowledge::default(),
+            reserve_deadline: None,
+            capture_deadline: None,
+            notify_deadline: None,
+            notified: BTreeSet::new(),
+            notifications_abandoned: BTreeSet::new(),
+            correlation_id: None,
+            last_event_id: None,
+        }
+    }
+
+    fn observed<E>(&mut self, observed: &Observed<E>) {
+        self.last_event_id = Some(observed.event_id);
+        self.correlation_id.get_or_insert(observed.correlation_id);
+    }
+
+    /// Takes in an event of the booking's own stream.
+    pub fn on_booking(&mut self, observed: &Observed<BookingEvent>, deadlines: &Deadlines) {
+        self.observed(observed);
+        let at = observed.occurred_at;
+        let status = match &observed.event {
+            BookingEvent::BookingRequested {
+                facility_id,
+                slot,
+                deceased,
+                family_contacts,
+                price,
+                ..
+            } => {
+                self.request = Some(Request {
+                    facility_id: *facility_id,
+                    slot: *slot,
+                    price: *price,
+                    recipients: family_contacts.iter().map(|c| c.email.clone()).collect(),
+                    deceased_name: deceased.full_name.as_str().to_owned(),
+                });
+                // The booking request is the flow's origin: its correlation id wins.
+                self.correlation_id = Some(observed.correlation_id);
+                self.reserve_deadline = Some(at + deadlines.reserve);
+                BookingStatus::Requested
+            }
+            BookingEvent::BookingSlotHeld {} => {
+                self.capture_deadline = Some(at + deadlines.capture);
+                BookingStatus::SlotHeld
+            }
+            BookingEvent::BookingConfirmed {} => BookingStatus::Confirmed,
+            BookingEvent::BookingRejected { .. } => BookingStatus::Rejected,
+            BookingEvent::BookingFailed { .. } => BookingStatus::Failed,
+            BookingEvent::BookingCancelled { .. } => BookingStatus::Cancelled,
+        };
+        if matches!(
+            status,
+            BookingStatus::Confirmed
+                | BookingStatus::Rejected
+                | BookingStatus::Failed
+                | BookingStatus::Cancelled
+        ) {
+            // A new outcome (a confirmed booking may still be cancelled) restarts the clock of
+            // its mail.
+            self.notify_deadline = Some(at + deadlines.notify);
+        }
+        self.status = Some(status);
+    }
+
+    /// Takes in a facility event about this booking.
+    pub fn on_facility(&mut self, observed: &Observed<FacilityEvent>) {
+        self.observed(observed);
+        self.slot = match &observed.event {
+            FacilityEvent::SlotReserved { .. } => SlotFact::Reserved,
+            FacilityEvent::SlotRejected { reason, .. } => SlotFact::Rejected {
+                reason: rejection_text(*reason).to_owned(),
+            },
+            FacilityEvent::SlotReleased { .. } => SlotFact::Released,
+            _ => return,
+        };
+    }
+
+    /// Takes in an event of the booking's payment.
+    pub fn on_payment(&mut self, observed: &Observed<PaymentEvent>) {
+        self.observed(observed);
+        self.payment = match &observed.event {
+            PaymentEvent::PaymentCaptured {
+                amount,
+                gateway_reference,
+                ..
+            } => PaymentFact::Captured {
+                reference: gateway_reference.clone(),
+                amount: *amount,
+            },
+            PaymentEvent::PaymentDeclined { reason, .. } => PaymentFact::Declined {
+                reason: reason.clone(),
+            },
+            PaymentEvent::PaymentRefunded { .. } => PaymentFact::Refunded,
+        };
+        // The gateway's answer is on the log: nothing about the capture is uncertain any more.
+        self.capture.uncertain = false;
+    }
+
+    /// Takes in what acting taught the saga.
+    pub fn learn(&mut self, learned: Learned) {
+        match learned {
+            Learned::CaptureUncertain => self.capture.uncertain = true,
+            Learned::CaptureSettled => self.capture.uncertain = false,
+            Learned::Notified(kind) => {
+                self.notified.insert(kind);
+            }
+            Learned::NotificationAbandoned(kind) => {
+                self.notifications_abandoned.insert(kind);
+            }
+        }
+    }
+
+    fn slot_held(&self) -> bool {
+        self.slot == SlotFact::Reserved
+    }
+
+    fn passed(deadline: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+        deadline.is_some_and(|deadline| now >= deadline)
+    }
+
+    /// Compensations owed once the booking has a final status, in the order of PRODUCT.md:
+    /// first learn about or give back the money, then give back the slot.
+    fn compensation(&self) -> Option<Step> {
+        match self.payment {
+            PaymentFact::Captured { .. } => Some(Step::Refund),
+            PaymentFact::None if self.capture.uncertain => Some(Step::LookupCapture),
+            _ => self.slot_held().then_some(Step::ReleaseSlot),
+        }
+    }
+
+    /// Tell the family once (a mail given up on counts as done: it is reported, not retried
+    /// for ever).
+    fn notify_once(&self, kind: NotificationKind) -> Decision {
+        if self.notified.contains(&kind) || self.notifications_abandoned.contains(&kind) {
+            Decision::Done
+        } else {
+            Decision::Do(Step::Notify { kind })
+        }
+    }
+
+    /// Compensate, then tell the family.
+    fn settle(&self, kind: NotificationKind) -> Decision {
+        self.compensation()
+            .map_or_else(|| self.notify_once(kind), Decision::Do)
+    }
+
+    /// Give the slot back if it is held, then fail the booking.
+    fn fail(&self, reason: String) -> Decision {
+        if self.slot_held() {
+            Decision::Do(Step::ReleaseSlot)
+        } else {
+            Decision::Do(Step::Fail { reason })
+        }
+    }
+
+    /// The one next step, from the facts and the time alone.
+    pub fn decide(&self, now: DateTime<Utc>) -> Decision {
+        use BookingStatus::{Cancelled, Confirmed, Failed, Rejected, Requested, SlotHeld};
+        let Some(status) = self.status else {
+            return Decision::Wait;
+        };
+        match status {
+            Requested => match &self.slot {
+                SlotFact::Rejected { reason } => Decision::Do(Step::Reject {
+                    reason: format!("the slot could not be booked: {reason}"),
+                }),
+                SlotFact::Reserved => Decision::Do(Step::MarkSlotHeld),
+                SlotFact::Unknown if !Self::passed(self.reserve_deadline, now) => {
+                    Decision::Do(Step::ReserveSlot)
+                }
+                SlotFact::Unknown | SlotFact::Released => Decision::Do(Step::Fail {
+                    reason: "the facility could not confirm the slot in time".to_owned(),
+                }),
+            },
+            SlotHeld => match &self.payment {
+                PaymentFact::Captured { .. } => Decision::Do(Step::Confirm),
+                PaymentFact::Declined { reason } => {
+                    self.fail(format!("the payment was declined ({reason})"))
+                }
+                PaymentFact::Refunded => self.fail("the payment was refunded".to_owned()),
+                PaymentFact::None if !Self::passed(self.capture_deadline, now) => {
+                    Decision::Do(Step::Capture)
+                }
+                // Never fail a booking while money may have been taken: ask first.
+                PaymentFact::None if self.capture.uncertain => Decision::Do(Step::LookupCapture),
+                PaymentFact::None => self.fail("the payment could not be taken in time".to_owned()),
+            },
+            Confirmed => self.notify_once(NotificationKind::Confirmation),
+            Rejected => self.settle(NotificationKind::Rejection),
+            Failed => self.settle(NotificationKind::Failure),
+            Cancelled => self.settle(NotificationKind::Cancellation),
+        }
+    }
+
+    /// The deadline of the step `decision` names, if it has one: past it, the saga is stuck
+    /// (a lookup that cannot get an answer, a mail that keeps failing).
+    pub fn deadline_of(&self, decision: &Decision) -> Option<DateTime<Utc>> {
+        match Stage::of(decision) {
+            Stage::Reserving => self.reserve_deadline,
+            Stage::Paying => self.capture_deadline,
+            Stage::Notifying => self.notify_deadline,
+            _ => None,
+        }
+    }
+
+    /// Whether the mail of `kind` is past its deadline (the worker then gives up on it).
+    pub fn notification_overdue(&self, now: DateTime<Utc>) -> bool {
+        Self::passed(self.notify_deadline, now)
+    }
+}
+
+/// A slot refusal in the family's words.
+pub fn rejection_text(reason: SlotRejectionReason) -> &'static str {
+    match reason {
+        SlotRejectionReason::InPast => "the time has already passed",
+        SlotRejectionReason::OutsideOpeningHours => "the facility is closed at that time",
+        SlotRejectionReason::OverlapsExisting => "the facility is already booked at that time",
+    }
+}
