@@ -1,0 +1,257 @@
+//! The words: a subject and a plain-text body for each kind of notification. Pure, so every
+//! letter can be read in a unit test.
+//!
+//! The readers have just lost someone. The letters say plainly what happened, what it means for
+//! them (is the service on, was money taken, is it coming back), and who to turn to; they never
+//! blame the family, and they carry the booking reference for whoever helps them.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, FixedOffset};
+use domain::values::Slot;
+
+use crate::notification::{Notification, NotificationKind};
+
+/// A rendered letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Letter {
+    pub subject: String,
+    /// Plain text, `\n` line ends (the mailer sends it as UTF-8 `text/plain`).
+    pub text: String,
+}
+
+impl Notification {
+    /// The letter for this notification.
+    pub fn letter(&self) -> Letter {
+        let name = self.deceased_name.trim();
+        let reason = self
+            .reason
+            .as_deref()
+            .map(str::trim)
+            .filter(|reason| !reason.is_empty());
+        let (subject, opening, closing) = match self.kind {
+            NotificationKind::Confirmation => (
+                format!("Confirmed: the service for {name}"),
+                format!(
+                    "We are sorry for your loss. The service for {name} is confirmed, and \
+                     the time below is reserved for you."
+                ),
+                "Your payment has been received. There is nothing more you need to do now. If \
+                 you have any questions, or if anything needs to change, please contact the \
+                 funeral home; we are here to help."
+                    .to_owned(),
+            ),
+            NotificationKind::Rejection => (
+                format!("We could not book the service for {name}"),
+                format!(
+                    "We are very sorry: we could not book the service for {name} at the time \
+                     you asked for."
+                ),
+                "No payment has been taken. Please contact the funeral home and we will gladly \
+                 help you find another time."
+                    .to_owned(),
+            ),
+            NotificationKind::Failure => (
+                format!("We could not complete the booking for {name}"),
+                format!(
+                    "We are very sorry: we could not complete the booking of the service for \
+                     {name}, because the payment did not go through."
+                ),
+                "The time that was held for you has been released, and no money has been \
+                 taken. Please contact the funeral home and we will help you complete the \
+                 booking."
+                    .to_owned(),
+            ),
+            NotificationKind::Cancellation => (
+                format!("Cancelled: the service for {name}"),
+                format!("The service for {name} has been cancelled."),
+                "If you made a payment for this service, it will be refunded in full. If this \
+                 cancellation is a mistake, or if you would like to arrange another time, please \
+                 contact the funeral home."
+                    .to_owned(),
+            ),
+        };
+
+        let mut text = String::from("Dear family,\n\n");
+        text.push_str(&opening);
+        text.push_str("\n\n");
+        if let Some(facility) = self.facility_name.as_deref().map(str::trim) {
+            let _ = writeln!(text, "  Where: {facility}");
+        }
+        let _ = writeln!(text, "  When:  {}", when(&self.slot));
+        text.push('\n');
+        if let Some(reason) = reason {
+            let _ = writeln!(text, "Reason: {reason}\n");
+        }
+        text.push_str(&closing);
+        text.push_str("\n\n");
+        text.push_str(match self.kind {
+            NotificationKind::Confirmation => "With our sincere condolences,\n",
+            _ => "With our sympathy,\n",
+        });
+        text.push_str("The bookings team\n\n");
+        let _ = writeln!(text, "Booking reference: {}", self.booking_id);
+        Letter { subject, text }
+    }
+}
+
+/// "Tuesday 2 March 2027, from 10:00 to 11:00 (UTC)", in the offset the booking was made with
+/// (the family's own, usually); both dates when the slot crosses midnight.
+fn when(slot: &Slot) -> String {
+    let start = slot.start();
+    let end = slot.end().with_timezone(start.offset());
+    let zone = zone(&start);
+    if start.date_naive() == end.date_naive() {
+        format!(
+            "{}, from {} to {} ({zone})",
+            start.format("%A %-d %B %Y"),
+            start.format("%H:%M"),
+            end.format("%H:%M"),
+        )
+    } else {
+        format!(
+            "from {} to {} ({zone})",
+            start.format("%A %-d %B %Y, %H:%M"),
+            end.format("%A %-d %B %Y, %H:%M"),
+        )
+    }
+}
+
+/// `UTC` or `UTC+01:00`. Both ends of a slot carry the offset the caller typed; the start's is
+/// the one shown, with the end converted to it so the two times read on one clock.
+fn zone(start: &DateTime<FixedOffset>) -> String {
+    if start.offset().local_minus_utc() == 0 {
+        "UTC".to_owned()
+    } else {
+        format!("UTC{}", start.format("%:z"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::values::{BookingId, EmailAddress};
+
+    use super::*;
+
+    fn notification(kind: NotificationKind) -> Notification {
+        Notification {
+            kind,
+            booking_id: "0b7c3f9e-5d7a-4c1e-9a55-2f7f0a3c9d11".parse().unwrap(),
+            recipients: vec![EmailAddress::parse("byron@example.org").unwrap()],
+            deceased_name: "Ada Lovelace".to_owned(),
+            facility_name: Some("St Mary's Chapel".to_owned()),
+            slot: Slot::parse("2027-03-02T10:00:00+00:00", "2027-03-02T11:00:00+00:00").unwrap(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_confirmation_says_where_when_and_that_it_is_paid() {
+        let letter = notification(NotificationKind::Confirmation).letter();
+        assert_eq!(letter.subject, "Confirmed: the service for Ada Lovelace");
+        assert_eq!(
+            letter.text,
+            "Dear family,\n\n\
+             We are sorry for your loss. The service for Ada Lovelace is confirmed, and the time \
+             below is reserved for you.\n\n  \
+             Where: St Mary's Chapel\n  \
+             When:  Tuesday 2 March 2027, from 10:00 to 11:00 (UTC)\n\n\
+             Your payment has been received. There is nothing more you need to do now. If you \
+             have any questions, or if anything needs to change, please contact the funeral \
+             home; we are here to help.\n\n\
+             With our sincere condolences,\nThe bookings team\n\n\
+             Booking reference: 0b7c3f9e-5d7a-4c1e-9a55-2f7f0a3c9d11\n"
+        );
+    }
+
+    #[test]
+    fn a_rejection_says_no_money_was_taken_and_gives_the_reason() {
+        let mut rejection = notification(NotificationKind::Rejection);
+        rejection.reason = Some("  The chapel is already booked at that time. ".to_owned());
+        let letter = rejection.letter();
+        assert_eq!(
+            letter.subject,
+            "We could not book the service for Ada Lovelace"
+        );
+        assert!(
+            letter
+                .text
+                .contains("\nReason: The chapel is already booked at that time.\n\n"),
+            "{}",
+            letter.text
+        );
+        assert!(letter.text.contains("No payment has been taken."));
+        assert!(letter.text.contains("another time"));
+    }
+
+    #[test]
+    fn a_failure_says_the_slot_was_released_and_nothing_kept() {
+        let mut failure = notification(NotificationKind::Failure);
+        failure.reason = Some("The card was declined.".to_owned());
+        let letter = failure.letter();
+        assert_eq!(
+            letter.subject,
+            "We could not complete the booking for Ada Lovelace"
+        );
+        assert!(letter.text.contains("the payment did not go through"));
+        assert!(
+            letter
+                .text
+                .contains("has been released, and no money has been taken")
+        );
+        assert!(letter.text.contains("Reason: The card was declined.\n"));
+    }
+
+    #[test]
+    fn a_cancellation_promises_a_refund_of_any_payment() {
+        let letter = notification(NotificationKind::Cancellation).letter();
+        assert_eq!(letter.subject, "Cancelled: the service for Ada Lovelace");
+        assert!(letter.text.contains("has been cancelled."));
+        assert!(letter.text.contains("it will be refunded in full"));
+    }
+
+    #[test]
+    fn every_kind_has_its_own_subject_and_the_booking_reference() {
+        let booking = BookingId::new();
+        let mut subjects = std::collections::HashSet::new();
+        for kind in NotificationKind::ALL {
+            let mut n = notification(kind);
+            n.booking_id = booking;
+            let letter = n.letter();
+            assert!(subjects.insert(letter.subject.clone()), "{kind}");
+            assert!(letter.subject.contains("Ada Lovelace"));
+            assert!(letter.text.starts_with("Dear family,\n\n"));
+            assert!(
+                letter
+                    .text
+                    .ends_with(&format!("Booking reference: {booking}\n"))
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_facility_and_an_empty_reason_are_left_out() {
+        let mut n = notification(NotificationKind::Failure);
+        n.facility_name = None;
+        n.reason = Some("   ".to_owned());
+        let letter = n.letter();
+        assert!(!letter.text.contains("Where:"), "{}", letter.text);
+        assert!(!letter.text.contains("Reason:"), "{}", letter.text);
+        assert!(letter.text.contains("  When:  Tuesday 2 March 2027"));
+    }
+
+    #[test]
+    fn times_are_shown_in_the_offset_the_booking_was_made_with() {
+        let mut n = notification(NotificationKind::Confirmation);
+        n.slot = Slot::parse("2027-07-06T14:30:00+01:00", "2027-07-06T16:00:00+01:00").unwrap();
+        assert!(
+            n.letter()
+                .text
+                .contains("When:  Tuesday 6 July 2027, from 14:30 to 16:00 (UTC+01:00)\n")
+        );
+        n.slot = Slot::parse("2027-07-06T22:00:00-05:00", "2027-07-07T01:00:00-05:00").unwrap();
+        assert!(n.letter().text.contains(
+            "When:  from Tuesday 6 July 2027, 22:00 to Wednesday 7 July 2027, 01:00 (UTC-05:00)\n"
+        ));
+    }
+}
