@@ -1,5 +1,15 @@
 //! Serving a router: limits, timeouts, request tracing, HTTP metrics, and the operational
 //! endpoints every service has (`/health`, `/metrics`, and the shape of `/ready`).
+//!
+//! Every request gets an `http_request` span named by its route template (never the raw URI,
+//! which may carry ids), continuing the caller's `traceparent` when it sent a valid one
+//! ([`crate::trace`]). The HTTP metrics, labelled the same way so that their cardinality is
+//! bounded by the routes, are:
+//!
+//! - `http_requests_total{method, route, status}` — rate, and errors by status;
+//! - `http_request_duration_seconds{method, route, status}` — a histogram.
+//!
+//! A path no route matches is labelled `route="unmatched"`.
 
 use std::{
     sync::OnceLock,
@@ -38,7 +48,30 @@ pub fn standard_layers(router: Router, settings: &HttpSettings) -> Router {
         )
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(middleware::from_fn(track_http))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// The span of one request: its route template, and the caller's trace if it named one.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http_request",
+        method = %request.method(),
+        route = route_of(request),
+        trace_id = tracing::field::Empty,
+    );
+    crate::trace::continue_trace(
+        &span,
+        crate::trace::context_from_http_headers(request.headers()),
+    );
+    span
+}
+
+/// The route template a request matched (`/bookings/{id}/cancel`), or `unmatched`.
+fn route_of<B>(request: &axum::http::Request<B>) -> &str {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
 }
 
 /// A service's HTTP server: its router with the standard layers, bound to its address.
@@ -130,6 +163,15 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed");
         }
+        metrics::describe_counter!(
+            "http_requests_total",
+            "HTTP requests answered, by method, route template and status"
+        );
+        metrics::describe_histogram!(
+            "http_request_duration_seconds",
+            metrics::Unit::Seconds,
+            "Time to answer an HTTP request, by method, route template and status"
+        );
         handle
     })
 }
@@ -137,10 +179,7 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 async fn track_http(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let route = route_of(&request).to_owned();
     let response = next.run(request).await;
     let labels = [
         ("method", method),

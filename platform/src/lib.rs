@@ -3,7 +3,9 @@
 //!
 //! - [`settings`] — typed configuration (defaults, then an optional file, then `FM_SECTION__KEY`
 //!   environment variables) and the sections every service uses.
-//! - [`telemetry`] — JSON or pretty structured logs.
+//! - [`telemetry`] — JSON or pretty structured logs; spans with a trace context, exported over
+//!   OTLP when an endpoint is configured.
+//! - [`trace`] — `traceparent`, correlation and causation ids across HTTP and Kafka headers.
 //! - [`shutdown`] — the shutdown token every long-running loop takes, tripped by SIGTERM/Ctrl-C.
 //! - [`auth`] — bearer tokens with roles; minting and checking them.
 //! - [`problem`] — RFC 9457 `application/problem+json` bodies.
@@ -20,3 +22,4 @@ pub mod problem;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;

@@ -96,6 +96,10 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
     pub filter: String,
+    /// Where to export spans (OTLP over HTTP, a collector's base URL such as
+    /// `http://otel-collector:4318`); none by default. The standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` works too (`platform::telemetry`).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for LogSettings {
@@ -103,6 +107,7 @@ impl Default for LogSettings {
         Self {
             format: LogFormat::Json,
             filter: "info".to_owned(),
+            otlp_endpoint: None,
         }
     }
 }
