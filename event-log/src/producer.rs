@@ -15,6 +15,9 @@ pub mod headers {
     pub const EVENT_VERSION: &str = "fm-event-version";
     pub const CORRELATION_ID: &str = "fm-correlation-id";
     pub const CAUSATION_ID: &str = "fm-causation-id";
+    /// The W3C trace context of the span that appended the record; a consumer continues the
+    /// trace from it (`platform::trace::context_from_kafka_headers`).
+    pub const TRACEPARENT: &str = platform::trace::TRACEPARENT;
     /// On dead letters: why the record could not be used.
     pub const DEAD_LETTER_REASON: &str = "fm-dead-letter-reason";
     /// On dead letters: where the record came from (`topic`, `partition`, `offset`).
@@ -67,7 +70,8 @@ impl EventProducer {
         &self.topics
     }
 
-    /// Appends one event to its aggregate's topic.
+    /// Appends one event to its aggregate's topic, with its type, version, correlation and
+    /// causation ids and the current trace context in the record headers.
     #[tracing::instrument(skip_all, fields(event_type = %envelope.event_type, aggregate_id = %envelope.aggregate_id, sequence = envelope.sequence))]
     pub async fn append(&self, envelope: &EventEnvelope) -> Result<LogPosition, LogError> {
         let topic = self.topics.events(envelope.aggregate_type);
@@ -76,7 +80,8 @@ impl EventProducer {
         let version = envelope.event_version.to_string();
         let correlation = envelope.correlation_id.to_string();
         let causation = envelope.causation_id.to_string();
-        let record_headers = OwnedHeaders::new()
+        let traceparent = platform::trace::current_traceparent();
+        let mut record_headers = OwnedHeaders::new()
             .insert(Header {
                 key: headers::EVENT_TYPE,
                 value: Some(envelope.event_type.as_str()),
@@ -93,8 +98,23 @@ impl EventProducer {
                 key: headers::CAUSATION_ID,
                 value: Some(causation.as_str()),
             });
-        self.send(&topic, Some(key.as_bytes()), &payload, record_headers)
-            .await
+        if let Some(traceparent) = &traceparent {
+            record_headers = record_headers.insert(Header {
+                key: headers::TRACEPARENT,
+                value: Some(traceparent.as_str()),
+            });
+        }
+        let started = std::time::Instant::now();
+        let landed = self
+            .send(&topic, Some(key.as_bytes()), &payload, record_headers)
+            .await;
+        metrics::histogram!(
+            "event_append_seconds",
+            "aggregate" => envelope.aggregate_type.as_str(),
+            "result" => if landed.is_ok() { "ok" } else { "error" },
+        )
+        .record(started.elapsed().as_secs_f64());
+        landed
     }
 
     /// Sends raw bytes with the given headers (dead letters, retries of dead letters).
