@@ -68,6 +68,15 @@ pub enum CircuitState {
 }
 
 impl CircuitState {
+    /// `closed`, `open` or `half_open`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+
     /// The value of the `payment_gateway_circuit_state` gauge: 0 closed, 1 open, 2 half-open.
     pub const fn as_gauge(self) -> u8 {
         match self {

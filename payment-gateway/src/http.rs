@@ -178,10 +178,12 @@ impl PaymentGateway for HttpGateway {
 fn transport_error(error: &reqwest::Error) -> GatewayError {
     if error.is_timeout() {
         GatewayError::Timeout
-    } else if error.is_decode() {
-        GatewayError::InvalidResponse(error.to_string())
-    } else {
+    } else if error.is_connect() {
         GatewayError::Unavailable(error.to_string())
+    } else {
+        // The request may have been sent before the connection broke: the outcome is unknown,
+        // exactly like a garbled answer.
+        GatewayError::InvalidResponse(error.to_string())
     }
 }
 

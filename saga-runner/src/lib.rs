@@ -6,10 +6,21 @@
 //! docs/saga.md is the design; this is the map:
 //!
 //! - [`saga`]: the pure state machine (facts in, one next step out). No I/O.
-//! - `store`: the saga rows, the offsets and the per-aggregate sequences in PostgreSQL.
-//! - `consumer`: log → facts, offsets in the same transaction as the facts they caused.
-//! - `worker`: picks sagas whose next step is due and performs it, one booking at a time.
-//! - `actions`: the command-service client, the gateway and the mailer behind one `Effects` port.
-//! - `routes`: `/ready`, and the ops view of sagas (`GET /sagas`, `GET /sagas/{booking_id}`).
+//! - [`store`]: the saga rows, offsets and per-aggregate sequences in PostgreSQL.
+//! - [`consumer`]: log → facts, offsets in the same transaction as the facts they changed.
+//! - [`worker`]: picks sagas whose next step is due and performs it, one booking at a time.
+//! - [`actions`]: performing a step: the command-service client, the gateway, the mailer.
+//! - `routes`: `/ready`, and the ops view (`GET /sagas`, `GET /sagas/{booking_id}`).
+//! - [`settings`], [`startup`]: configuration and `Application::build` / `run_until_stopped`.
 
+pub mod actions;
+pub mod consumer;
+mod routes;
 pub mod saga;
+pub mod settings;
+pub mod startup;
+pub mod store;
+pub mod worker;
+
+pub use settings::Settings;
+pub use startup::Application;

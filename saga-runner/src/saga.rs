@@ -112,6 +112,9 @@ pub struct Saga {
     pub capture_deadline: Option<DateTime<Utc>>,
     /// When the outcome's mail must have gone.
     pub notify_deadline: Option<DateTime<Utc>>,
+    /// Why the booking was rejected, failed or cancelled, as its event says (for the mail).
+    #[serde(default)]
+    pub reason: Option<String>,
     /// Mails the SMTP server accepted.
     pub notified: BTreeSet<NotificationKind>,
     /// Mails given up on (a permanent refusal, or past the deadline).
@@ -283,6 +286,7 @@ impl Saga {
             reserve_deadline: None,
             capture_deadline: None,
             notify_deadline: None,
+            reason: None,
             notified: BTreeSet::new(),
             notifications_abandoned: BTreeSet::new(),
             correlation_id: None,
@@ -325,9 +329,18 @@ impl Saga {
                 BookingStatus::SlotHeld
             }
             BookingEvent::BookingConfirmed {} => BookingStatus::Confirmed,
-            BookingEvent::BookingRejected { .. } => BookingStatus::Rejected,
-            BookingEvent::BookingFailed { .. } => BookingStatus::Failed,
-            BookingEvent::BookingCancelled { .. } => BookingStatus::Cancelled,
+            BookingEvent::BookingRejected { reason } => {
+                self.reason = Some(reason.clone());
+                BookingStatus::Rejected
+            }
+            BookingEvent::BookingFailed { reason } => {
+                self.reason = Some(reason.clone());
+                BookingStatus::Failed
+            }
+            BookingEvent::BookingCancelled { reason, .. } => {
+                self.reason.clone_from(reason);
+                BookingStatus::Cancelled
+            }
         };
         if matches!(
             status,

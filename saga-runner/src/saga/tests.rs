@@ -49,7 +49,8 @@ fn given() -> Given {
 
 impl Given {
     fn booking(mut self, event: BookingEvent) -> Self {
-        self.saga.on_booking(&observed(event, t0()), &self.deadlines);
+        self.saga
+            .on_booking(&observed(event, t0()), &self.deadlines);
         self
     }
     fn requested(self) -> Self {
@@ -286,13 +287,14 @@ fn a_cancellation_after_confirmation_refunds_then_releases_then_tells_the_family
 
 #[test]
 fn a_cancellation_during_an_uncertain_capture_looks_the_capture_up_first() {
-    let saga = given()
-        .held()
-        .learned(Learned::CaptureUncertain)
-        .booking(BookingEvent::BookingCancelled {
-            reason: None,
-            was_confirmed: false,
-        });
+    let saga =
+        given()
+            .held()
+            .learned(Learned::CaptureUncertain)
+            .booking(BookingEvent::BookingCancelled {
+                reason: None,
+                was_confirmed: false,
+            });
     assert_eq!(saga.decide(), step(Step::LookupCapture));
     // The money had moved: give it back.
     assert_eq!(saga.captured().decide(), step(Step::Refund));
@@ -377,10 +379,12 @@ fn any_fact() -> impl Strategy<Value = Fact> {
         Just(Fact::Booking(BookingEvent::BookingRejected {
             reason: "r".to_owned()
         })),
-        any::<bool>().prop_map(|was_confirmed| Fact::Booking(BookingEvent::BookingCancelled {
-            reason: None,
-            was_confirmed
-        })),
+        any::<bool>().prop_map(
+            |was_confirmed| Fact::Booking(BookingEvent::BookingCancelled {
+                reason: None,
+                was_confirmed
+            })
+        ),
         Just(Fact::Facility(FacilityEvent::SlotReserved {
             booking_id: booking,
             slot: fixtures::slot()

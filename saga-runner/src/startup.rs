@@ -1,0 +1,123 @@
+//! Building and running the runner: `Application::build(settings)`, `run_until_stopped()`.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{Router, routing::get};
+use notifications::Mailer;
+use payment_gateway::{BreakingGateway, HttpGateway};
+use platform::{auth::TokenKeys, shutdown::CancellationToken};
+use schemas::SchemaRegistry;
+use secrecy::ExposeSecret;
+use sqlx::{Connection, PgConnection};
+use tokio::task::JoinHandle;
+
+use crate::{
+    actions::{CommandClient, Effects},
+    consumer::{self, ConsumerConfig},
+    routes::{self, AppState},
+    settings::Settings,
+    store,
+    worker::{self, Worker, WorkerConfig},
+};
+
+/// A built saga runner: migrated, listening, not yet serving.
+#[derive(Debug)]
+pub struct Application {
+    server: platform::http::HttpServer,
+    background: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Migrates the `saga` schema, starts the consumer (or stands by if another replica has
+    /// it), the worker and the gauges, and binds the HTTP listener.
+    pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let keys =
+            Arc::new(TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?);
+        let registry =
+            Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
+        let pool = store::connect_and_migrate(&settings.database)
+            .await
+            .context("Failed to prepare the saga's schema in PostgreSQL")?;
+        let leader = PgConnection::connect(settings.database.url.expose_secret())
+            .await
+            .context("Failed to connect to PostgreSQL")?;
+        let gateway = Arc::new(BreakingGateway::new(
+            HttpGateway::new(&settings.gateway).context("Failed to build the gateway client")?,
+            settings.breaker,
+        ));
+        let mailer = Arc::new(Mailer::new(&settings.smtp).context("Invalid SMTP settings")?);
+        let commands = CommandClient::new(
+            &settings.saga.command_url,
+            keys.clone(),
+            settings.saga.command_timeout,
+        )?;
+        let producer = event_log::EventProducer::new(&settings.kafka)
+            .context("Failed to create a Kafka client")?;
+
+        let consumer = tokio::spawn(consumer::run(
+            pool.clone(),
+            leader,
+            registry,
+            ConsumerConfig {
+                kafka: settings.kafka.clone(),
+                batch_size: settings.saga.batch_size,
+                deadlines: settings.saga.deadlines(),
+            },
+            shutdown.clone(),
+        ));
+        let worker = Worker {
+            pool: pool.clone(),
+            effects: Effects {
+                commands,
+                gateway: gateway.clone(),
+                mailer,
+                pool: pool.clone(),
+            },
+            config: WorkerConfig {
+                concurrency: settings.saga.concurrency,
+                await_event: settings.saga.await_event,
+                poll_interval: settings.saga.poll_interval,
+                backoff: settings.backoff,
+            },
+        };
+        let worker = tokio::spawn(worker.run(shutdown.clone()));
+        let gauges = tokio::spawn(worker::publish_gauges(
+            pool.clone(),
+            Duration::from_secs(2),
+            shutdown.clone(),
+        ));
+
+        let router = Router::new()
+            .route("/ready", get(routes::ready))
+            .route("/sagas", get(routes::list))
+            .route("/sagas/{booking_id}", get(routes::one))
+            .with_state(AppState {
+                pool,
+                producer,
+                keys,
+                gateway,
+            });
+        let server = platform::http::HttpServer::bind(router, &settings.http).await?;
+        Ok(Self {
+            server,
+            background: vec![consumer, worker, gauges],
+            shutdown,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    /// Serves until shutdown, then lets the consumer finish its batch and the worker its steps.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.serve(self.shutdown.clone()).await?;
+        self.shutdown.cancel();
+        for task in self.background {
+            task.await.context("A saga task panicked")?;
+        }
+        Ok(())
+    }
+}

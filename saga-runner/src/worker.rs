@@ -1,0 +1,256 @@
+//! Acting on the facts: picks sagas whose next step is due and performs it, one booking at a
+//! time (a transaction-scoped advisory lock per booking, so replicas share the work and a
+//! crashed worker's lock dies with its connection).
+//!
+//! One pass over a saga: decide from its facts, perform the step, re-read the facts under the
+//! row lock (the consumer may have applied events meanwhile), add what acting taught, decide
+//! again and store the new schedule — all in the one transaction that holds the lock. A crash
+//! anywhere loses only the record of the step, never the step's idempotency, so the step is
+//! simply performed again.
+//!
+//! Scheduling: a failed step is retried after an exponential backoff with jitter; a performed
+//! step whose effect arrives as an event (every command) waits for it, up to `await_event`, then
+//! is performed again (a no-op if it had worked); anything else is decided again at once.
+
+use std::{collections::HashSet, time::Duration};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use payment_gateway::Backoff;
+use platform::shutdown::CancellationToken;
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::{
+    actions::{Effects, StepOutcome},
+    saga::{Decision, Stage},
+    store::{self, HistoryEntry, Schedule},
+};
+
+/// How the worker schedules.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Sagas acted on at once by this replica.
+    pub concurrency: usize,
+    /// How long a performed command's event is waited for before the command is sent again.
+    pub await_event: Duration,
+    /// How often due sagas are looked for when nothing wakes the worker.
+    pub poll_interval: Duration,
+    pub backoff: Backoff,
+}
+
+/// Acts on due sagas until shut down; finishes the steps in hand first.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub pool: PgPool,
+    pub effects: Effects,
+    pub config: WorkerConfig,
+}
+
+/// Far enough ahead to mean "not until an event wakes it".
+fn idle_until(now: DateTime<Utc>) -> DateTime<Utc> {
+    now + TimeDelta::days(3650)
+}
+
+impl Worker {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut listener) => match listener.listen(store::WAKE_CHANNEL).await {
+                Ok(()) => Some(listener),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for new facts; polling only");
+                    None
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for new facts; polling only");
+                None
+            }
+        };
+        let capacity = self.config.concurrency.max(1);
+        let mut in_flight: HashSet<Uuid> = HashSet::new();
+        let mut tasks: JoinSet<Uuid> = JoinSet::new();
+        while !shutdown.is_cancelled() {
+            if in_flight.len() < capacity {
+                match store::due(&self.pool, i64::try_from(capacity * 2).unwrap_or(64)).await {
+                    Ok(due) => {
+                        for booking_id in due {
+                            if in_flight.len() >= capacity {
+                                break;
+                            }
+                            if in_flight.insert(booking_id) {
+                                let worker = self.clone();
+                                tasks.spawn(async move {
+                                    worker.pass(booking_id).await;
+                                    booking_id
+                                });
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot read due sagas"),
+                }
+            }
+            let wake = async {
+                match listener.as_mut() {
+                    Some(listener) => {
+                        if let Err(error) = listener.recv().await {
+                            tracing::debug!(%error, "listener interrupted; it reconnects");
+                            tokio::time::sleep(self.config.poll_interval).await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(booking_id) = done {
+                        in_flight.remove(&booking_id);
+                    }
+                    while let Some(done) = tasks.try_join_next() {
+                        if let Ok(booking_id) = done {
+                            in_flight.remove(&booking_id);
+                        }
+                    }
+                }
+                () = wake => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+            // A task that panicked leaves its id behind: forget ids of finished tasks.
+            if tasks.is_empty() {
+                in_flight.clear();
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("saga worker stopped");
+    }
+
+    /// One pass over one saga; errors are logged and the saga is tried again when due.
+    async fn pass(&self, booking_id: Uuid) {
+        if let Err(error) = self.try_pass(booking_id).await {
+            tracing::warn!(%booking_id, %error, "saga pass failed; it will be retried");
+        }
+    }
+
+    async fn try_pass(&self, booking_id: Uuid) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if !store::try_lock(&mut tx, booking_id).await? {
+            return Ok(());
+        }
+        let Some(row) = store::scheduled(&mut tx, booking_id).await? else {
+            return Ok(());
+        };
+        let now = Utc::now();
+        if row.done || row.next_attempt_at > now {
+            return Ok(());
+        }
+        let saga = row.facts.0;
+        let decision = saga.decide(now);
+        let Decision::Do(step) = &decision else {
+            let schedule = Schedule {
+                saga: &saga,
+                decision: &decision,
+                attempts: 0,
+                next_attempt_at: idle_until(now),
+                last_error: None,
+                compensated: false,
+                performed: None,
+            };
+            store::save_schedule(&mut tx, &schedule).await?;
+            tx.commit().await?;
+            return Ok(());
+        };
+
+        let started = std::time::Instant::now();
+        let outcome = self.effects.perform(&saga, step, now).await;
+        metrics::histogram!("saga_step_duration_seconds", "step" => step.name())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("saga_steps_total", "step" => step.name(), "outcome" => outcome.label())
+            .increment(1);
+
+        // The consumer may have applied events while the step ran: act on the newest facts.
+        let (mut current, version) = store::facts_for_update(&mut tx, booking_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("saga {booking_id} vanished"))?;
+        let facts_moved = version != row.facts_version;
+        let now = Utc::now();
+        let (learned, error) = match &outcome {
+            StepOutcome::Performed { learned } => (*learned, None),
+            StepOutcome::Failed { error, learned } => (*learned, Some(error.as_str())),
+        };
+        if let Some(learned) = learned {
+            current.learn(learned);
+        }
+        let next = current.decide(now);
+        let same_step = matches!(&next, Decision::Do(next_step) if next_step == step);
+        let (attempts, next_attempt_at) = match (&outcome, &next) {
+            (_, Decision::Wait | Decision::Done) => (0, idle_until(now)),
+            _ if facts_moved && !same_step => (0, now),
+            (StepOutcome::Performed { .. }, _) if same_step => {
+                (0, now + to_delta(self.config.await_event))
+            }
+            (StepOutcome::Performed { .. }, _) => (0, now),
+            (StepOutcome::Failed { .. }, _) => {
+                let attempts = if same_step { row.attempts + 1 } else { 1 };
+                let delay = self.config.backoff.delay(
+                    u32::try_from(attempts - 1).unwrap_or(0),
+                    rand::random::<f64>(),
+                );
+                (attempts, now + to_delta(delay))
+            }
+        };
+        let performed = matches!(outcome, StepOutcome::Performed { .. });
+        if performed && let Some(kind) = step.compensation() {
+            metrics::counter!("saga_compensations_total", "kind" => kind).increment(1);
+        }
+        if let Some(error) = error {
+            tracing::warn!(%booking_id, step = step.name(), attempts, %error, "saga step failed; retrying after a backoff");
+        } else {
+            tracing::info!(%booking_id, step = step.name(), next = Stage::of(&next).as_str(), "saga step performed");
+        }
+        let schedule = Schedule {
+            saga: &current,
+            decision: &next,
+            attempts,
+            next_attempt_at,
+            last_error: error,
+            compensated: performed && step.compensation().is_some(),
+            performed: Some(HistoryEntry {
+                step: step.name(),
+                outcome: outcome.label(),
+                at: now,
+                error,
+            }),
+        };
+        store::save_schedule(&mut tx, &schedule).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn to_delta(duration: Duration) -> TimeDelta {
+    TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
+}
+
+/// Publishes `sagas_in_flight{stage}` and `saga_stuck` every `interval`.
+pub async fn publish_gauges(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store::counts(&pool).await {
+            Ok(counts) => {
+                for stage in Stage::ALL {
+                    let count = counts.by_stage.get(stage.as_str()).copied().unwrap_or(0);
+                    #[allow(clippy::cast_precision_loss)]
+                    metrics::gauge!("sagas_in_flight", "stage" => stage.as_str()).set(count as f64);
+                }
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!("saga_stuck").set(counts.stuck as f64);
+            }
+            Err(error) => tracing::debug!(%error, "cannot count sagas"),
+        }
+    }
+}
