@@ -87,6 +87,30 @@ pub enum ContractViolation {
     },
 }
 
+impl ContractViolation {
+    /// The violation without the offending values, for logs: where and which kind, never what
+    /// (a schema message quotes the value, which may be a name, an e-mail address or a phone
+    /// number). The full text stays with the dead letter.
+    pub fn without_values(&self) -> String {
+        match self {
+            // serde_json's messages name a line and column, never the content.
+            Self::NotJson(_) | Self::UnknownEvent { .. } => self.to_string(),
+            Self::Envelope { path, .. } => format!("envelope invalid at '{path}'"),
+            Self::Payload {
+                event_type,
+                event_version,
+                path,
+                ..
+            } => format!("{event_type} v{event_version} payload invalid at '{path}'"),
+            Self::Decode {
+                event_type,
+                event_version,
+                ..
+            } => format!("{event_type} v{event_version} payload does not decode"),
+        }
+    }
+}
+
 /// A schema file that does not compile: a defect in this crate, caught by its tests.
 #[derive(Debug, Error)]
 #[error("schema for {name} does not compile: {message}")]

@@ -172,6 +172,42 @@ fn a_payload_that_breaks_a_value_rule_is_refused() {
 }
 
 #[test]
+fn a_violation_for_logs_names_the_place_but_not_the_value() {
+    let mut document = booking_requested_document();
+    document["data"]["family_contacts"][0]["email"] = json!("byron.at.example.org");
+    let violation = violation(&document);
+    // The full text (the dead letter's reason) quotes the value; the log form must not.
+    assert!(
+        violation.to_string().contains("byron.at.example.org"),
+        "{violation}"
+    );
+    let redacted = violation.without_values();
+    assert!(!redacted.contains("byron"), "{redacted}");
+    assert!(
+        redacted.starts_with("BookingRequested v1 payload invalid at '/"),
+        "{redacted}"
+    );
+
+    let decode = ContractViolation::Decode {
+        event_type: "BookingRequested".into(),
+        event_version: 1,
+        message: "invalid type: string \"+447700900123\"".into(),
+    };
+    assert_eq!(
+        decode.without_values(),
+        "BookingRequested v1 payload does not decode"
+    );
+    let envelope = ContractViolation::Envelope {
+        path: "/actor/subject".into(),
+        message: "\"Byron King\" is too long".into(),
+    };
+    assert_eq!(
+        envelope.without_values(),
+        "envelope invalid at '/actor/subject'"
+    );
+}
+
+#[test]
 fn an_unknown_event_type_or_version_is_refused() {
     let mut document = booking_requested_document();
     document["event_version"] = json!(2);
