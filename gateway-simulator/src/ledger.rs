@@ -86,7 +86,7 @@ struct Seen {
 }
 
 /// One capture the simulator made.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CaptureRow {
     pub reference: String,
     pub idempotency_key: String,
@@ -97,7 +97,7 @@ pub struct CaptureRow {
 }
 
 /// One refund the simulator made.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RefundRow {
     pub reference: String,
     pub idempotency_key: String,
@@ -107,14 +107,15 @@ pub struct RefundRow {
 }
 
 /// Money moved in one currency.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Totals {
     pub captured_minor: i64,
     pub refunded_minor: i64,
 }
 
-/// `GET /ledger`: every capture and refund, and totals per currency.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// `GET /ledger`: every capture and refund, and totals per currency. Deserialisable, so tests
+/// read it back as this type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LedgerView {
     pub captures: Vec<CaptureRow>,
     pub refunds: Vec<RefundRow>,
@@ -122,6 +123,35 @@ pub struct LedgerView {
     pub declined: u64,
     /// Keyed by ISO 4217 code.
     pub totals: BTreeMap<String, Totals>,
+}
+
+impl LedgerView {
+    /// The captures made for `booking`.
+    pub fn captures_for(&self, booking: Uuid) -> Vec<&CaptureRow> {
+        self.captures
+            .iter()
+            .filter(|capture| capture.booking_id == booking)
+            .collect()
+    }
+
+    /// The refunds made against `booking`'s captures.
+    pub fn refunds_for(&self, booking: Uuid) -> Vec<&RefundRow> {
+        self.refunds
+            .iter()
+            .filter(|refund| {
+                self.captures.iter().any(|capture| {
+                    capture.reference == refund.capture_reference && capture.booking_id == booking
+                })
+            })
+            .collect()
+    }
+
+    /// Money kept in `currency` (an ISO 4217 code): captured minus refunded, in minor units.
+    pub fn net_minor(&self, currency: &str) -> i64 {
+        self.totals
+            .get(currency)
+            .map_or(0, |totals| totals.captured_minor - totals.refunded_minor)
+    }
 }
 
 /// The simulator's whole state.
@@ -380,7 +410,7 @@ pub struct PaymentView {
 }
 
 /// `GET /control`: the behaviours in force.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ControlView {
     pub global: Behaviour,
     pub bookings: BTreeMap<Uuid, Behaviour>,
@@ -511,6 +541,26 @@ mod tests {
         };
         assert_eq!(sim.decide("r", euros, None), Err(Refusal::CurrencyMismatch));
         assert!(sim.record("r").is_none());
+    }
+
+    #[test]
+    fn the_ledger_view_counts_money_per_booking() {
+        let mut sim = Simulator::default();
+        let (one, two) = (Uuid::new_v4(), Uuid::new_v4());
+        let first = captured(sim.decide("c1", capture(one, 1000), None));
+        captured(sim.decide("c2", capture(two, 700), None));
+        let refund = Operation::Refund {
+            capture_reference: first,
+            amount: gbp(1000),
+        };
+        assert!(sim.decide("r1", refund, None).is_ok());
+        let ledger = sim.ledger();
+        assert_eq!(ledger.captures_for(one).len(), 1);
+        assert_eq!(ledger.refunds_for(one).len(), 1);
+        assert_eq!(ledger.captures_for(two)[0].amount, gbp(700));
+        assert!(ledger.refunds_for(two).is_empty());
+        assert_eq!(ledger.net_minor("GBP"), 700);
+        assert_eq!(ledger.net_minor("EUR"), 0);
     }
 
     #[test]

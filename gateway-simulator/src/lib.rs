@@ -4,7 +4,8 @@
 //! time out, or capture and then time out — globally or per booking. State is in memory: it is
 //! a simulator. The API is described in `docs/payments.md` and served at `/openapi.json`.
 //!
-//! - [`startup`] — `Application::build` and `run_until_stopped`.
+//! - [`startup`] — `Application::build` and `run_until_stopped`; [`SimulatorState`], the memory
+//!   a restarted simulator can keep.
 //! - [`settings`] — configuration (`FM_HTTP__PORT`, `FM_SIMULATOR__HANG`, ...).
 //! - [`ledger`] — the pure state: keys seen and their first answers, captures, refunds,
 //!   behaviours.
@@ -20,4 +21,4 @@ pub mod startup;
 
 pub use ledger::{Behaviour, Mode};
 pub use settings::Settings;
-pub use startup::Application;
+pub use startup::{Application, SimulatorState};

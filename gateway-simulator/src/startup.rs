@@ -1,5 +1,7 @@
 //! Building and running the simulator: `Application::build(settings, shutdown)`,
-//! `run_until_stopped()`.
+//! `run_until_stopped()`. [`SimulatorState`] outlives an `Application`, so a test can stop the
+//! simulator and start it again on the same port with the same ledger (a provider that went
+//! down and came back).
 
 use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -20,10 +22,15 @@ use crate::{
     settings::{Settings, SimulatorSettings},
 };
 
+/// The simulator's memory (keys seen, captures, refunds, behaviours), shared by every
+/// `Application` built with it. Cloning shares; `default()` is an empty ledger approving all.
+#[derive(Debug, Clone, Default)]
+pub struct SimulatorState(Arc<Mutex<Simulator>>);
+
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    simulator: Arc<Mutex<Simulator>>,
+    simulator: SimulatorState,
     pub(crate) settings: Arc<SimulatorSettings>,
     shutdown: CancellationToken,
 }
@@ -34,6 +41,7 @@ impl AppState {
         // Every change to the simulator is complete before any code that could panic runs, so
         // a poisoned lock still guards a consistent state.
         self.simulator
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -53,13 +61,24 @@ impl AppState {
 pub struct Application {
     server: platform::http::HttpServer,
     shutdown: CancellationToken,
+    simulator: SimulatorState,
 }
 
 impl Application {
     /// Binds the listener and builds the routes with an empty ledger, approving everything.
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        Self::build_with_state(settings, shutdown, SimulatorState::default()).await
+    }
+
+    /// Like [`build`](Self::build), with `simulator` as its memory: what an earlier
+    /// `Application` on the same state recorded is still there.
+    pub async fn build_with_state(
+        settings: Settings,
+        shutdown: CancellationToken,
+        simulator: SimulatorState,
+    ) -> anyhow::Result<Self> {
         let state = AppState {
-            simulator: Arc::new(Mutex::new(Simulator::default())),
+            simulator: simulator.clone(),
             settings: Arc::new(settings.simulator.clone()),
             shutdown: shutdown.clone(),
         };
@@ -82,7 +101,16 @@ impl Application {
             .route("/openapi.json", get(ops::openapi))
             .with_state(state);
         let server = platform::http::HttpServer::bind(router, &settings.http).await?;
-        Ok(Self { server, shutdown })
+        Ok(Self {
+            server,
+            shutdown,
+            simulator,
+        })
+    }
+
+    /// The memory this application serves (to build a successor on it).
+    pub fn state(&self) -> SimulatorState {
+        self.simulator.clone()
     }
 
     /// The port the simulator listens on.

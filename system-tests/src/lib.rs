@@ -20,6 +20,9 @@ use secrecy::SecretString;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+pub mod simulator;
+pub mod smtp_sink;
+
 /// The signing secret of every test stack.
 pub const TEST_SECRET: &str = "system-tests-secret-0123456789abcdef";
 
