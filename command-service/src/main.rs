@@ -11,7 +11,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("Failed to start the command-service")?;
     tracing::info!(port = app.port(), "command-service listening");
-    app.run_until_stopped()
+    let stopped = app
+        .run_until_stopped()
         .await
-        .context("command-service stopped with an error")
+        .context("command-service stopped with an error");
+    // Spans still batched for the OTLP collector go out before the process ends.
+    platform::telemetry::shutdown();
+    stopped
 }

@@ -21,7 +21,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("Failed to start the projection-service")?;
     tracing::info!(port = app.port(), "projection-service running");
-    app.run_until_stopped()
+    let stopped = app
+        .run_until_stopped()
         .await
-        .context("projection-service stopped with an error")
+        .context("projection-service stopped with an error");
+    // Spans still batched for the OTLP collector go out before the process ends.
+    platform::telemetry::shutdown();
+    stopped
 }

@@ -16,8 +16,24 @@
 //!
 //! A projector of a `building` version also tries to switch its version live whenever it has
 //! reached the end of the log (`crate::versions::try_switch`).
+//!
+//! Each record is handled in a `project_event` span that continues the trace named by the
+//! record's `traceparent` header, so the projection of an event shows up in the trace of the
+//! request that appended it. Metrics (labelled by read-model version):
+//!
+//! - `projection_events_total{version, outcome}`: records committed, by outcome (`applied`,
+//!   and the anomalies `duplicate`, `gap`, `dead_lettered`);
+//! - `projection_batches_total{version, result}`: batches `committed` or `failed` (retried);
+//! - `projection_batch_seconds{version}`: time to apply and commit one batch;
+//! - `projection_lag_records{version, topic, partition}`: end of the partition minus the next
+//!   offset committed, sampled every `FM_PROJECTOR__LAG_INTERVAL` by a task of its own, so it
+//!   keeps growing while batches fail.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use event_log::{
     EventProducer, LogError, LogPosition, Topics,
@@ -29,10 +45,11 @@ use platform::shutdown::CancellationToken;
 use rdkafka::{
     Message,
     consumer::StreamConsumer,
-    message::{BorrowedMessage, Header, OwnedHeaders},
+    message::{BorrowedMessage, Header, Headers, OwnedHeaders},
 };
-use schemas::{EventEnvelope, SchemaRegistry};
+use schemas::{ContractViolation, EventEnvelope, SchemaRegistry};
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
 
 use crate::{
     read_models::{self, Applied, ApplyError},
@@ -45,6 +62,7 @@ pub(crate) struct ProjectorConfig {
     pub(crate) kafka: event_log::KafkaSettings,
     pub(crate) batch_size: usize,
     pub(crate) switch_check_interval: Duration,
+    pub(crate) lag_interval: Duration,
 }
 
 /// Reads the log into one version of the read models until shut down.
@@ -68,6 +86,8 @@ struct Worker {
     topics: Topics,
     config: ProjectorConfig,
     building: bool,
+    /// The next offset of each partition as last committed, for the lag gauge.
+    committed: Arc<Mutex<BTreeMap<TopicPartition, i64>>>,
     /// For a building version: the end of the log observed when it first looked, which it must
     /// reach before it may switch (the end itself moves on under load; what happens after this
     /// point is applied to the new version as well, so nothing is missed at the switch).
@@ -104,6 +124,22 @@ impl Outcome {
             Self::Duplicate => "duplicate",
             Self::Gap => "gap",
             Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Why a record is dead-lettered: the full text goes with the dead letter, the log gets a form
+/// without the offending values (they may be personal data).
+struct Reason {
+    full: String,
+    for_log: String,
+}
+
+impl From<&ContractViolation> for Reason {
+    fn from(violation: &ContractViolation) -> Self {
+        Self {
+            full: violation.to_string(),
+            for_log: violation.without_values(),
         }
     }
 }
@@ -163,6 +199,7 @@ impl Projector {
         consumer::assign(&consumer, &offsets)?;
         tracing::info!(version, building, ?offsets, "projector assigned");
         let dead_letters = EventProducer::new(settings)?;
+        let committed = Arc::new(Mutex::new(offsets));
         Ok(Self {
             consumer,
             worker: Worker {
@@ -176,6 +213,7 @@ impl Projector {
                 topics,
                 config,
                 building,
+                committed,
                 switch_target: None,
             },
         })
@@ -187,6 +225,14 @@ impl Projector {
             consumer,
             mut worker,
         } = self;
+        let lag = tokio::spawn(report_lag(
+            worker.version,
+            worker.watermarks.clone(),
+            worker.partitions.clone(),
+            worker.committed.clone(),
+            worker.config.clone(),
+            shutdown.clone(),
+        ));
         let mut batches = consumer.stream().ready_chunks(worker.config.batch_size);
         let mut tick = tokio::time::interval(worker.config.switch_check_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -210,7 +256,58 @@ impl Projector {
                 _ = tick.tick(), if worker.building => worker.check_switch().await,
             }
         }
+        lag.abort();
         tracing::info!(version = worker.version, "projector stopped");
+    }
+}
+
+/// Samples the lag of every partition (end offset minus the next offset committed) into
+/// `projection_lag_records` until `shutdown`. The watermark requests block, so they run on the
+/// blocking pool; a broker that does not answer leaves the last values in place.
+async fn report_lag(
+    version: i32,
+    watermarks: Arc<StreamConsumer>,
+    partitions: Vec<TopicPartition>,
+    committed: Arc<Mutex<BTreeMap<TopicPartition, i64>>>,
+    config: ProjectorConfig,
+    shutdown: CancellationToken,
+) {
+    let version = version.to_string();
+    let mut tick = tokio::time::interval(config.lag_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (consumer, partitions_now, settings) =
+            (watermarks.clone(), partitions.clone(), config.kafka.clone());
+        let ends = tokio::task::spawn_blocking(move || {
+            consumer::end_offsets(&consumer, &partitions_now, &settings)
+        })
+        .await;
+        let Ok(Ok(ends)) = ends else {
+            continue;
+        };
+        let committed = committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for ((topic, partition), end) in ends {
+            let next = committed
+                .get(&(topic.clone(), partition))
+                .copied()
+                .unwrap_or(0);
+            #[allow(clippy::cast_precision_loss)] // a gauge; exact below 2^53 records
+            let lag = (end - next).max(0) as f64;
+            metrics::gauge!(
+                "projection_lag_records",
+                "version" => version.clone(),
+                "topic" => topic,
+                "partition" => partition.to_string(),
+            )
+            .set(lag);
+        }
     }
 }
 
@@ -222,8 +319,20 @@ impl Worker {
         shutdown: &CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(100);
+        let version = self.version.to_string();
         loop {
-            match self.handle_batch(messages).await {
+            let started = std::time::Instant::now();
+            let result = self.handle_batch(messages).await;
+            metrics::histogram!("projection_batch_seconds", "version" => version.clone())
+                .record(started.elapsed().as_secs_f64());
+            let label = if result.is_ok() {
+                "committed"
+            } else {
+                "failed"
+            };
+            metrics::counter!("projection_batches_total", "version" => version.clone(), "result" => label)
+                .increment(1);
+            match result {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::error!(%error, version = self.version, records = messages.len(), "could not project a batch; retrying");
@@ -247,7 +356,24 @@ impl Worker {
                 partition: message.partition(),
                 offset: message.offset(),
             };
-            let outcome = self.handle_record(&mut tx, message, &position).await?;
+            let span = tracing::info_span!(
+                "project_event",
+                version = self.version,
+                topic = %position.topic,
+                partition = position.partition,
+                offset = position.offset,
+                event_type = tracing::field::Empty,
+                aggregate_id = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+            );
+            platform::trace::continue_trace(
+                &span,
+                platform::trace::context_from_kafka_headers(message.headers()),
+            );
+            let outcome = self
+                .handle_record(&mut tx, message, &position)
+                .instrument(span)
+                .await?;
             outcomes.push(outcome);
             let next = next_offsets
                 .entry((position.topic.clone(), position.partition))
@@ -258,6 +384,10 @@ impl Worker {
             store_offset(&mut tx, tp, *next).await?;
         }
         tx.commit().await?;
+        self.committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(next_offsets);
         let version = self.version.to_string();
         for outcome in outcomes {
             metrics::counter!("projection_events_total", "version" => version.clone(), "outcome" => outcome.label()).increment(1);
@@ -277,16 +407,26 @@ impl Worker {
         {
             Ok(envelope) => envelope,
             Err(violation) => {
-                self.dead_letter(message, position, &violation.to_string())
+                self.dead_letter(message, position, &Reason::from(&violation))
                     .await?;
                 return Ok(Outcome::DeadLettered);
             }
         };
+        let span = tracing::Span::current();
+        span.record("event_type", envelope.event_type.as_str());
+        span.record(
+            "aggregate_id",
+            tracing::field::display(envelope.aggregate_id),
+        );
         if self.topics.aggregate_of(&position.topic) != Some(envelope.aggregate_type) {
-            let reason = format!(
+            let full = format!(
                 "a {} event on topic {}",
                 envelope.aggregate_type, position.topic
             );
+            let reason = Reason {
+                for_log: full.clone(),
+                full,
+            };
             self.dead_letter(message, position, &reason).await?;
             return Ok(Outcome::DeadLettered);
         }
@@ -317,7 +457,7 @@ impl Worker {
             }
             // Decoding happens before any write, so nothing of this record is in the transaction.
             Err(ApplyError::Contract(violation)) => {
-                self.dead_letter(message, position, &violation.to_string())
+                self.dead_letter(message, position, &Reason::from(&violation))
                     .await?;
                 Ok(Outcome::DeadLettered)
             }
@@ -331,12 +471,13 @@ impl Worker {
         &self,
         message: &BorrowedMessage<'_>,
         position: &LogPosition,
-        reason: &str,
+        reason: &Reason,
     ) -> anyhow::Result<()> {
-        tracing::warn!(%reason, topic = %position.topic, partition = position.partition, offset = position.offset, "dead-lettering a record");
+        tracing::warn!(reason = %reason.for_log, topic = %position.topic, partition = position.partition, offset = position.offset, "dead-lettering a record");
+        let reason = reason.full.as_str();
         let partition = position.partition.to_string();
         let offset = position.offset.to_string();
-        let record_headers = OwnedHeaders::new()
+        let mut record_headers = OwnedHeaders::new()
             .insert(Header {
                 key: headers::DEAD_LETTER_REASON,
                 value: Some(reason),
@@ -353,6 +494,24 @@ impl Worker {
                 key: headers::ORIGIN_OFFSET,
                 value: Some(offset.as_str()),
             });
+        // The flow and trace the record belonged to stay with it, so a retried dead letter is
+        // still part of its booking's history and trace.
+        for name in [
+            headers::CORRELATION_ID,
+            headers::CAUSATION_ID,
+            headers::TRACEPARENT,
+        ] {
+            let value = message
+                .headers()
+                .and_then(|h| h.iter().find(|header| header.key == name))
+                .and_then(|header| header.value);
+            if let Some(value) = value {
+                record_headers = record_headers.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+        }
         self.dead_letters
             .send(
                 &self.topics.dead_letter(),

@@ -33,6 +33,9 @@ pub struct ProjectorSettings {
     /// How often `projection_versions` is read for new, retired or stopped versions.
     #[serde(deserialize_with = "millis")]
     pub supervise_interval: Duration,
+    /// How often each projector samples its lag behind the log (`projection_lag_records`).
+    #[serde(deserialize_with = "millis")]
+    pub lag_interval: Duration,
 }
 
 impl Default for ProjectorSettings {
@@ -41,6 +44,7 @@ impl Default for ProjectorSettings {
             batch_size: 500,
             switch_check_interval: Duration::from_millis(250),
             supervise_interval: Duration::from_millis(500),
+            lag_interval: Duration::from_secs(5),
         }
     }
 }

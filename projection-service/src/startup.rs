@@ -71,6 +71,7 @@ impl Application {
                 kafka: settings.kafka.clone(),
                 batch_size: settings.projector.batch_size.max(1),
                 switch_check_interval: settings.projector.switch_check_interval,
+                lag_interval: settings.projector.lag_interval,
             },
             interval: settings.projector.supervise_interval,
         };

@@ -11,7 +11,9 @@ use crate::{error::ApiError, settings::ConsistencySettings};
 pub(crate) const HEADER: &str = "consistency-token";
 
 /// Waits until the read models have applied the position in the request's `Consistency-Token`
-/// header, if there is one. Past `max_wait` the answer is a 503 that says so.
+/// header, if there is one. Past `max_wait` the answer is a 503 that says so. Each wait counts
+/// in `query_consistency_waits_total{result}` (`caught_up`, `timed_out`) and
+/// `query_consistency_wait_seconds{result}`.
 ///
 /// The offsets are read through `live.projection_offsets`, the view onto the live read-model
 /// version, so during a rebuild the wait follows whichever version answers the query; a switch
@@ -29,7 +31,13 @@ pub(crate) async fn wait_for_token(
         .ok()
         .and_then(|text| text.parse().ok())
         .ok_or(ApiError::MalformedToken)?;
-    let deadline = Instant::now() + settings.max_wait;
+    let started = Instant::now();
+    let deadline = started + settings.max_wait;
+    let record = |result: &'static str| {
+        metrics::counter!("query_consistency_waits_total", "result" => result).increment(1);
+        metrics::histogram!("query_consistency_wait_seconds", "result" => result)
+            .record(started.elapsed().as_secs_f64());
+    };
     loop {
         let applied: Option<i64> = sqlx::query_scalar(
             "SELECT next_offset FROM live.projection_offsets WHERE topic = $1 AND partition = $2",
@@ -39,9 +47,11 @@ pub(crate) async fn wait_for_token(
         .fetch_optional(pool)
         .await?;
         if applied.is_some_and(|next_offset| next_offset > token.offset) {
+            record("caught_up");
             return Ok(());
         }
         if Instant::now() >= deadline {
+            record("timed_out");
             return Err(ApiError::NotCaughtUp {
                 waited: settings.max_wait,
             });

@@ -11,7 +11,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("Failed to start the query-api")?;
     tracing::info!(port = app.port(), "query-api listening");
-    app.run_until_stopped()
+    let stopped = app
+        .run_until_stopped()
         .await
-        .context("query-api stopped with an error")
+        .context("query-api stopped with an error");
+    // Spans still batched for the OTLP collector go out before the process ends.
+    platform::telemetry::shutdown();
+    stopped
 }
