@@ -5,12 +5,14 @@
 # Map:
 #   logging and timing ... log, warn, die, run_phase, elapsed_since
 #   installing ........... install_build_tools, install_postgres, install_tansu,
-#                          install_rust_tools, ensure_nextest, install_python_venv
+#                          install_rust_tools, ensure_nextest, install_python_venv,
+#                          install_smtp_sink
 #   waiting .............. port_in_use, wait_for_port, wait_for_http
 #   processes ............ start_daemon, pid_alive, stop_pidfile
 #   PostgreSQL ........... start_postgres, stop_postgres, postgres_running, pg_admin_psql,
 #                          ensure_pg_role_db
 #   Tansu ................ start_tansu, stop_tansu
+#   SMTP sink ............ smtp_sink_python, start_smtp_sink, stop_smtp_sink
 #   services ............. cargo_target_dir, service_binary, start_service, stop_service,
 #                          wait_for_ready
 #
@@ -256,6 +258,32 @@ PY
     log "pip install $* (into $dir)"
     "$dir/bin/pip" install --quiet --disable-pip-version-check packaging "$@" </dev/null >&2 ||
         die "pip install $* failed (see above)"
+}
+
+# smtp_sink_python: prints the first Python that imports aiosmtpd: FM_SMTP_SINK_PYTHON, then
+# /usr/bin/python3 (where Debian's python3-aiosmtpd installs), then python3 on PATH (which may
+# be a pyenv or venv interpreter that cannot see Debian's packages). Fails when none does.
+smtp_sink_python() {
+    local python
+    for python in ${FM_SMTP_SINK_PYTHON:-} /usr/bin/python3 python3; do
+        if command -v "$python" >/dev/null && "$python" -c 'import aiosmtpd' 2>/dev/null; then
+            printf '%s\n' "$python"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# install_smtp_sink: Debian's python3-aiosmtpd, which the local SMTP sink (compose/smtp-sink.py)
+# and the tests' sinks run on, unless a Python that imports aiosmtpd is already there.
+install_smtp_sink() {
+    if smtp_sink_python >/dev/null; then
+        return 0
+    fi
+    log "aiosmtpd not found: installing python3-aiosmtpd from Debian's packages"
+    apt_install python3-aiosmtpd
+    smtp_sink_python >/dev/null ||
+        die "python3-aiosmtpd is installed, but /usr/bin/python3 cannot import aiosmtpd"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -551,6 +579,37 @@ start_tansu() {
 }
 
 stop_tansu() { stop_pidfile "$FM_RUN_DIR/tansu.pid" tansu; }
+
+# ---------------------------------------------------------------------------------------------
+# The SMTP sink: compose/smtp-sink.py (aiosmtpd), every accepted message one file in a Maildir.
+# Pid file "$FM_RUN_DIR/smtp-sink.pid".
+
+# start_smtp_sink PORT MAILDIR LOG: starts the sink on 127.0.0.1:PORT writing to MAILDIR
+# (created with its tmp/, new/ and cur/ on the first start). Leaves a running sink alone.
+start_smtp_sink() {
+    local port=$1 maildir=$2 logfile=$3 pidfile="$FM_RUN_DIR/smtp-sink.pid" python pid
+    python=$(smtp_sink_python) || die "no Python imports aiosmtpd (install_smtp_sink)"
+    if pid_alive "$pidfile" smtp-sink; then
+        log "SMTP sink already running (pid $(<"$pidfile"))"
+        return 0
+    fi
+    if port_in_use "$port"; then
+        die "port $port is already taken by another process, so the SMTP sink cannot start there;" \
+            "stop that process or choose another port (docs/local-stack.md, \"Port in use\")"
+    fi
+    # Not MAILDIR itself: Python's Maildir creates tmp/, new/ and cur/ only in a new directory.
+    mkdir -p "$(dirname "$maildir")"
+    log "starting the SMTP sink on 127.0.0.1:$port (Maildir $maildir)"
+    start_daemon "$pidfile" "$logfile" "$python" "$FM_COMPOSE_DIR/smtp-sink.py" \
+        --host 127.0.0.1 --port "$port" --maildir "$maildir"
+    pid=$(<"$pidfile")
+    if ! wait_for_port "$port" 15 "$pid"; then
+        show_log_tail "$logfile"
+        die "the SMTP sink did not start"
+    fi
+}
+
+stop_smtp_sink() { stop_pidfile "$FM_RUN_DIR/smtp-sink.pid" smtp-sink; }
 
 # ---------------------------------------------------------------------------------------------
 # The project's services. Pid file "$FM_RUN_DIR/NAME.pid", log "$FM_LOG_DIR/NAME.log".
