@@ -12,13 +12,17 @@
 //! The filter for logs does not apply to traces: spans at `info` and above are traced even when
 //! the logs are quieter, so that turning logs down does not break a trace.
 
-use std::sync::OnceLock;
+use std::{
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     Resource,
-    trace::{SdkTracerProvider, SpanProcessor, TracerProviderBuilder},
+    error::OTelSdkResult,
+    trace::{SdkTracerProvider, SpanData, SpanProcessor, TracerProviderBuilder},
 };
 use tracing_subscriber::{
     EnvFilter, Layer, filter::LevelFilter, fmt, fmt::writer::BoxMakeWriter, prelude::*,
@@ -117,6 +121,11 @@ impl Telemetry {
         self
     }
 
+    /// Keeps every finished span in `spans` as well (tests look at what was traced).
+    pub fn with_captured_spans(self, spans: &CapturedSpans) -> Self {
+        self.with_span_processor(spans.clone())
+    }
+
     /// Hands every finished span to `processor` as well.
     pub fn with_span_processor(mut self, processor: impl SpanProcessor + 'static) -> Self {
         self.provider = self.provider.with_span_processor(processor);
@@ -184,4 +193,109 @@ fn resource() -> Resource {
         .and_then(|path| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "funeral-manager".to_owned());
     builder.with_service_name(name).build()
+}
+
+/// Log output kept in memory, for tests: `Telemetry::new(..).with_writer(logs.clone())`.
+#[derive(Debug, Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'w> fmt::MakeWriter<'w> for CapturedLogs {
+    type Writer = Self;
+
+    fn make_writer(&'w self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Finished spans kept in memory, for tests: [`Telemetry::with_captured_spans`].
+#[derive(Debug, Clone, Default)]
+pub struct CapturedSpans(Arc<Mutex<Vec<FinishedSpan>>>);
+
+/// One finished span, with its ids as lower-case hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedSpan {
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    /// All zeros for a root span.
+    pub parent_span_id: String,
+    /// Attributes (the span's fields) as text.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl FinishedSpan {
+    /// The value of attribute `key`, if the span has it.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl CapturedSpans {
+    /// The spans finished so far.
+    pub fn spans(&self) -> Vec<FinishedSpan> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl SpanProcessor for CapturedSpans {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        let finished = FinishedSpan {
+            name: span.name.to_string(),
+            trace_id: span.span_context.trace_id().to_string(),
+            span_id: span.span_context.span_id().to_string(),
+            parent_span_id: span.parent_span_id.to_string(),
+            attributes: span
+                .attributes
+                .iter()
+                .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                .collect(),
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(finished);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
 }
