@@ -71,6 +71,10 @@ pub struct SagaSettings {
     /// How often due sagas are looked for when nothing wakes the worker.
     #[serde(deserialize_with = "millis")]
     pub poll_interval: Duration,
+    /// Fault injection for the crash tests (`FM_SAGA__CRASH_AFTER=<step>`): the process kills
+    /// itself with SIGKILL right after performing that step's effect and before recording it,
+    /// the worst moment to crash. Never set outside tests.
+    pub crash_after: Option<String>,
 }
 
 impl Default for SagaSettings {
@@ -85,6 +89,7 @@ impl Default for SagaSettings {
             concurrency: 16,
             batch_size: 200,
             poll_interval: Duration::from_millis(500),
+            crash_after: None,
         }
     }
 }

@@ -80,6 +80,7 @@ impl Application {
                 await_event: settings.saga.await_event,
                 poll_interval: settings.saga.poll_interval,
                 backoff: settings.backoff,
+                crash_after: settings.saga.crash_after.clone(),
             },
         };
         let worker = tokio::spawn(worker.run(shutdown.clone()));

@@ -352,7 +352,7 @@ pub struct SagaView {
     pub updated_at: DateTime<Utc>,
 }
 
-const VIEW_COLUMNS: &str = "booking_id, stage, step, done, (NOT done AND deadline < now()) AS stuck, \
+const VIEW_COLUMNS: &str = "booking_id, stage, step, done, COALESCE(NOT done AND deadline < now(), false) AS stuck, \
      attempts, next_attempt_at, deadline, last_error, compensated, history, updated_at";
 
 /// Sagas matching `filter`, most recently changed first.

@@ -37,6 +37,8 @@ pub struct WorkerConfig {
     /// How often due sagas are looked for when nothing wakes the worker.
     pub poll_interval: Duration,
     pub backoff: Backoff,
+    /// See `SagaSettings::crash_after`.
+    pub crash_after: Option<String>,
 }
 
 /// Acts on due sagas until shut down; finishes the steps in hand first.
@@ -167,6 +169,9 @@ impl Worker {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("saga_steps_total", "step" => step.name(), "outcome" => outcome.label())
             .increment(1);
+        if self.config.crash_after.as_deref() == Some(step.name()) {
+            crash(step.name());
+        }
 
         // The consumer may have applied events while the step ran: act on the newest facts.
         let (mut current, version) = store::facts_for_update(&mut tx, booking_id)
@@ -226,6 +231,14 @@ impl Worker {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// SIGKILLs this process (fault injection; see `SagaSettings::crash_after`).
+fn crash(step: &str) -> ! {
+    tracing::warn!(step, "crash point reached: killing this process with SIGKILL");
+    let pid = std::process::id().to_string();
+    let _ = std::process::Command::new("kill").args(["-KILL", &pid]).status();
+    std::process::abort()
 }
 
 fn to_delta(duration: Duration) -> TimeDelta {

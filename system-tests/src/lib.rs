@@ -20,6 +20,7 @@ use secrecy::SecretString;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+pub mod saga_stack;
 pub mod simulator;
 pub mod smtp_sink;
 

@@ -1,0 +1,264 @@
+//! The saga's flows end to end, on the real broker and PostgreSQL, the gateway simulator and
+//! an SMTP sink, with the runner as a real process: each outcome of PRODUCT.md's saga, with
+//! money and mail counted.
+
+#![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
+
+use std::{path::Path, time::Duration};
+
+use gateway_simulator::{Behaviour, Mode};
+use serde_json::Value;
+use system_tests::saga_stack::{SagaOptions, SagaStack};
+use uuid::Uuid;
+
+const PRICE: i64 = 125_000;
+const DONE_WITHIN: Duration = Duration::from_secs(60);
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_saga-runner"))
+}
+
+async fn spawn(options: SagaOptions) -> SagaStack {
+    SagaStack::spawn(binary(), options).await.unwrap()
+}
+
+fn steps(saga: &Value) -> Vec<String> {
+    saga["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["outcome"] == "performed")
+        .map(|entry| entry["step"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn message_id(kind: &str, booking: Uuid) -> String {
+    format!("<{kind}.{booking}@funeral-manager>")
+}
+
+/// Captured minus refunded for one booking, in minor units.
+async fn net_money(saga: &SagaStack, booking: Uuid) -> (usize, usize, i64) {
+    let ledger = saga.simulator.ledger().await.unwrap();
+    let captures = ledger.captures_for(booking);
+    let refunds = ledger.refunds_for(booking);
+    let net = captures.iter().map(|c| c.amount.amount_minor()).sum::<i64>()
+        - refunds.iter().map(|r| r.amount.amount_minor()).sum::<i64>();
+    (captures.len(), refunds.len(), net)
+}
+
+#[tokio::test]
+async fn a_booking_is_held_paid_confirmed_and_the_family_told_once() {
+    let saga = spawn(SagaOptions::default()).await;
+    let facility = saga.register_facility().await.unwrap();
+    let booking = saga.request_booking(facility, 3, 0, PRICE).await.unwrap();
+
+    let done = saga.wait_done(booking, DONE_WITHIN).await.unwrap();
+    assert_eq!(
+        steps(&done),
+        [
+            "reserve_slot",
+            "mark_slot_held",
+            "capture",
+            "confirm",
+            "notify_confirmation"
+        ]
+    );
+    assert_eq!(done["compensated"], false);
+    let read = saga.booking_with_status(booking, "confirmed").await.unwrap();
+    assert_eq!(read["status"], "confirmed");
+    assert_eq!(net_money(&saga, booking).await, (1, 0, PRICE));
+    saga.sink.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        saga.mails_for(booking),
+        [message_id("confirmation", booking)]
+    );
+    let mail = &saga.sink.messages()[0];
+    assert_eq!(mail.to, ["byron@example.org"]);
+}
+
+#[tokio::test]
+async fn a_declined_payment_releases_the_slot_fails_the_booking_and_keeps_no_money() {
+    let saga = spawn(SagaOptions::default()).await;
+    saga.simulator.set_mode(Mode::Decline).await.unwrap();
+    let facility = saga.register_facility().await.unwrap();
+    let booking = saga.request_booking(facility, 3, 1, PRICE).await.unwrap();
+
+    let done = saga.wait_done(booking, DONE_WITHIN).await.unwrap();
+    assert_eq!(
+        steps(&done),
+        [
+            "reserve_slot",
+            "mark_slot_held",
+            "capture",
+            "release_slot",
+            "fail",
+            "notify_failure"
+        ]
+    );
+    assert_eq!(done["compensated"], true);
+    let read = saga.booking_with_status(booking, "failed").await.unwrap();
+    assert_eq!(read["status"], "failed");
+    assert_eq!(net_money(&saga, booking).await, (0, 0, 0));
+    saga.sink.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(saga.mails_for(booking), [message_id("failure", booking)]);
+
+    // The slot was given back: the same slot can be booked, and this time it is paid for.
+    saga.simulator.set_mode(Mode::Approve).await.unwrap();
+    let again = saga.request_booking(facility, 3, 1, PRICE).await.unwrap();
+    saga.wait_done(again, DONE_WITHIN).await.unwrap();
+    saga.booking_with_status(again, "confirmed").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_capture_whose_answer_times_out_is_looked_up_and_the_booking_confirmed() {
+    // The first capture hangs after taking the money; the capture deadline passes before any
+    // retry, so the saga must ask the gateway what happened instead of failing the booking.
+    let saga = spawn(SagaOptions {
+        capture_deadline: Duration::from_millis(1000),
+        gateway_timeout: Duration::from_millis(1500),
+        ..SagaOptions::default()
+    })
+    .await;
+    saga.simulator
+        .set_behaviour(Behaviour {
+            mode: Mode::CaptureThenTimeout,
+            times: Some(1),
+            ..Behaviour::default()
+        })
+        .await
+        .unwrap();
+    let facility = saga.register_facility().await.unwrap();
+    let booking = saga.request_booking(facility, 3, 2, PRICE).await.unwrap();
+
+    let done = saga.wait_done(booking, DONE_WITHIN).await.unwrap();
+    let performed = steps(&done);
+    assert!(
+        performed.contains(&"lookup_capture".to_owned()),
+        "{performed:?}"
+    );
+    assert_eq!(performed.last().unwrap(), "notify_confirmation");
+    let failed_capture = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|entry| entry["step"] == "capture" && entry["outcome"] == "failed");
+    assert!(failed_capture, "the first capture's answer was lost: {done}");
+    saga.booking_with_status(booking, "confirmed").await.unwrap();
+    assert_eq!(net_money(&saga, booking).await, (1, 0, PRICE));
+    assert_eq!(
+        saga.mails_for(booking),
+        [message_id("confirmation", booking)]
+    );
+}
+
+#[tokio::test]
+async fn with_the_gateway_down_the_breaker_opens_bookings_fail_cleanly_and_it_closes_again() {
+    let saga_options = SagaOptions {
+        capture_deadline: Duration::from_secs(4),
+        breaker_threshold: 3,
+        breaker_cool_down: Duration::from_millis(1000),
+        ..SagaOptions::default()
+    };
+    let mut saga = spawn(saga_options).await;
+    let facility = saga.register_facility().await.unwrap();
+    saga.simulator.stop().await.unwrap();
+
+    let mut bookings = Vec::new();
+    for index in 0..3 {
+        bookings.push(saga.request_booking(facility, 4, index, PRICE).await.unwrap());
+    }
+    // While the bookings wait for their deadline, the breaker opens.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = saga.sagas("in_flight").await.unwrap();
+        if list["gateway_circuit"] != "closed" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the breaker never opened: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for &booking in &bookings {
+        let done = saga.wait_done(booking, DONE_WITHIN).await.unwrap();
+        let performed = steps(&done);
+        assert_eq!(
+            performed[performed.len() - 3..],
+            ["release_slot", "fail", "notify_failure"],
+            "{done}"
+        );
+        saga.booking_with_status(booking, "failed").await.unwrap();
+        assert_eq!(saga.mails_for(booking), [message_id("failure", booking)]);
+    }
+
+    // The gateway comes back: a new booking goes through and the breaker is closed again.
+    saga.simulator.restart().await.unwrap();
+    let ledger = saga.simulator.ledger().await.unwrap();
+    assert!(ledger.captures.is_empty(), "no money moved: {ledger:?}");
+    let after = saga.request_booking(facility, 4, 0, PRICE).await.unwrap();
+    saga.wait_done(after, DONE_WITHIN).await.unwrap();
+    saga.booking_with_status(after, "confirmed").await.unwrap();
+    let list = saga.sagas("all").await.unwrap();
+    assert_eq!(list["gateway_circuit"], "closed", "{list}");
+}
+
+#[tokio::test]
+async fn a_cancellation_after_confirmation_refunds_once_releases_the_slot_and_tells_the_family() {
+    let saga = spawn(SagaOptions::default()).await;
+    let facility = saga.register_facility().await.unwrap();
+    let booking = saga.request_booking(facility, 5, 3, PRICE).await.unwrap();
+    saga.wait_done(booking, DONE_WITHIN).await.unwrap();
+    saga.booking_with_status(booking, "confirmed").await.unwrap();
+
+    saga.cancel(booking).await.unwrap();
+    saga.booking_with_status(booking, "cancelled").await.unwrap();
+    let deadline = tokio::time::Instant::now() + DONE_WITHIN;
+    let done = loop {
+        let done = saga.wait_done(booking, DONE_WITHIN).await.unwrap();
+        if steps(&done).last().map(String::as_str) == Some("notify_cancellation") {
+            break done;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{done}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let performed = steps(&done);
+    assert_eq!(
+        performed[performed.len() - 3..],
+        ["refund", "release_slot", "notify_cancellation"]
+    );
+    assert_eq!(net_money(&saga, booking).await, (1, 1, 0));
+    saga.sink.wait_for(2, Duration::from_secs(10)).await.unwrap();
+    let mut mails = saga.mails_for(booking);
+    mails.sort();
+    assert_eq!(
+        mails,
+        [
+            message_id("cancellation", booking),
+            message_id("confirmation", booking)
+        ]
+    );
+    // The slot is free again.
+    let again = saga.request_booking(facility, 5, 3, PRICE).await.unwrap();
+    saga.wait_done(again, DONE_WITHIN).await.unwrap();
+    saga.booking_with_status(again, "confirmed").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slot_the_facility_refuses_rejects_the_booking_without_taking_money() {
+    let saga = spawn(SagaOptions::default()).await;
+    let facility = saga.register_facility().await.unwrap();
+    let first = saga.request_booking(facility, 6, 4, PRICE).await.unwrap();
+    saga.wait_done(first, DONE_WITHIN).await.unwrap();
+    let second = saga.request_booking(facility, 6, 4, PRICE).await.unwrap();
+
+    let done = saga.wait_done(second, DONE_WITHIN).await.unwrap();
+    assert_eq!(
+        steps(&done),
+        ["reserve_slot", "reject", "notify_rejection"]
+    );
+    let read = saga.booking_with_status(second, "rejected").await.unwrap();
+    assert_eq!(read["status"], "rejected");
+    assert_eq!(net_money(&saga, second).await, (0, 0, 0));
+    assert_eq!(saga.mails_for(second), [message_id("rejection", second)]);
+    // The first booking keeps its slot and its money.
+    saga.booking_with_status(first, "confirmed").await.unwrap();
+    assert_eq!(net_money(&saga, first).await, (1, 0, PRICE));
+}

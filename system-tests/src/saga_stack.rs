@@ -1,0 +1,413 @@
+//! [`SagaStack`]: the whole booking flow for a test — the three services in-process
+//! ([`TestStack`]), the gateway [`Simulator`], an [`SmtpSink`], and the saga runner as a real
+//! **process** (its binary path comes from the test, `env!("CARGO_BIN_EXE_saga-runner")`), so a
+//! test can SIGKILL it and start it again on the same database and topics.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use chrono::{Duration as Days, NaiveTime, TimeZone, Utc};
+use schemas::Role;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::{TEST_SECRET, TestStack, bodies, simulator::Simulator, smtp_sink::SmtpSink};
+
+/// How the runner is configured, beyond where everything is.
+#[derive(Debug, Clone)]
+pub struct SagaOptions {
+    /// `FM_SAGA__CAPTURE_DEADLINE`.
+    pub capture_deadline: Duration,
+    /// `FM_GATEWAY__REQUEST_TIMEOUT`.
+    pub gateway_timeout: Duration,
+    /// `FM_BREAKER__FAILURE_THRESHOLD` and `FM_BREAKER__COOL_DOWN`.
+    pub breaker_threshold: u32,
+    pub breaker_cool_down: Duration,
+    /// `FM_SAGA__CONCURRENCY`.
+    pub concurrency: usize,
+}
+
+impl Default for SagaOptions {
+    fn default() -> Self {
+        Self {
+            capture_deadline: Duration::from_secs(20),
+            gateway_timeout: Duration::from_millis(1500),
+            breaker_threshold: 5,
+            breaker_cool_down: Duration::from_secs(2),
+            concurrency: 16,
+        }
+    }
+}
+
+/// Everything the booking flow needs, running.
+#[derive(Debug)]
+pub struct SagaStack {
+    pub stack: TestStack,
+    pub simulator: Simulator,
+    pub sink: SmtpSink,
+    /// The runner's base URL (its port stays the same across restarts).
+    pub saga_url: String,
+    binary: PathBuf,
+    options: SagaOptions,
+    port: u16,
+    runner: Option<Child>,
+    log_dir: PathBuf,
+    starts: u32,
+}
+
+impl SagaStack {
+    /// Starts everything and waits until the runner is ready.
+    pub async fn spawn(binary: &Path, options: SagaOptions) -> anyhow::Result<Self> {
+        let stack = TestStack::spawn().await?;
+        let simulator = Simulator::spawn().await?;
+        let sink = SmtpSink::start().await?;
+        let port = free_port()?;
+        let log_dir = std::env::temp_dir().join(format!("fm-saga-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&log_dir)?;
+        let mut saga = Self {
+            stack,
+            simulator,
+            sink,
+            saga_url: format!("http://127.0.0.1:{port}"),
+            binary: binary.to_owned(),
+            options,
+            port,
+            runner: None,
+            log_dir,
+            starts: 0,
+        };
+        saga.start_runner(None).await?;
+        Ok(saga)
+    }
+
+    /// Starts the runner process (again). With `crash_after`, the process SIGKILLs itself
+    /// right after performing that step's effect, before recording it.
+    pub async fn start_runner(&mut self, crash_after: Option<&str>) -> anyhow::Result<()> {
+        if self.runner.is_some() {
+            bail!("the runner is already running");
+        }
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_dir.join(format!("runner-{}.log", self.starts)))?;
+        let options = &self.options;
+        let mut command = Command::new(&self.binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("FM_AUTH__SECRET", TEST_SECRET)
+            .env("FM_HTTP__PORT", self.port.to_string())
+            .env("FM_KAFKA__BROKERS", &self.stack.kafka.brokers)
+            .env("FM_KAFKA__TOPIC_PREFIX", &self.stack.kafka.topic_prefix)
+            .env("FM_DATABASE__URL", &self.stack.database_url)
+            .env(
+                "FM_DATABASE__MAX_CONNECTIONS",
+                (options.concurrency + 8).to_string(),
+            )
+            .env("FM_SAGA__COMMAND_URL", &self.stack.command_url)
+            .env(
+                "FM_SAGA__CAPTURE_DEADLINE",
+                millis(options.capture_deadline),
+            )
+            .env("FM_SAGA__CONCURRENCY", options.concurrency.to_string())
+            .env("FM_SAGA__AWAIT_EVENT", "1500")
+            .env("FM_SAGA__POLL_INTERVAL", "200")
+            .env("FM_GATEWAY__BASE_URL", self.simulator.url())
+            .env(
+                "FM_GATEWAY__REQUEST_TIMEOUT",
+                millis(options.gateway_timeout),
+            )
+            .env("FM_GATEWAY__CONNECT_TIMEOUT", "500")
+            .env(
+                "FM_BREAKER__FAILURE_THRESHOLD",
+                options.breaker_threshold.to_string(),
+            )
+            .env("FM_BREAKER__COOL_DOWN", millis(options.breaker_cool_down))
+            .env("FM_BACKOFF__BASE", "100")
+            .env("FM_BACKOFF__MAX", "1000")
+            .env("FM_SMTP__HOST", "127.0.0.1")
+            .env("FM_SMTP__PORT", self.sink.port().to_string())
+            .env("FM_LOG__FILTER", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(step) = crash_after {
+            command.env("FM_SAGA__CRASH_AFTER", step);
+        }
+        self.runner = Some(command.spawn().context("Failed to start the saga runner")?);
+        self.wait_runner_ready().await
+    }
+
+    async fn wait_runner_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = self
+                .stack
+                .http
+                .get(format!("{}/ready", self.saga_url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            if let Some(child) = self.runner.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "the saga runner exited ({status}) before it was ready; log in {}",
+                    self.log_dir.display()
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the saga runner was not ready within 30 s; log in {}",
+                    self.log_dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILLs the runner and waits until it is gone.
+    pub async fn kill_runner(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.runner.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the runner to exit on its own (a crash point), and says how it ended.
+    pub async fn wait_runner_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut child) = self.runner.take() else {
+            bail!("the runner is not running");
+        };
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                self.runner = Some(child);
+                bail!("the runner did not exit within {timeout:?}")
+            }
+        }
+    }
+
+    /// Where the runner's logs are.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// A director's token.
+    pub fn director(&self) -> String {
+        self.stack.token(Role::Director, "director-1")
+    }
+
+    /// An ops token.
+    pub fn ops(&self) -> String {
+        self.stack.token(Role::Ops, "ops-1")
+    }
+
+    /// Registers the standard chapel (open 08:00–20:00 every day, 30-minute turnaround).
+    pub async fn register_facility(&self) -> anyhow::Result<Uuid> {
+        let response = self
+            .stack
+            .http
+            .post(format!("{}/facilities", self.stack.command_url))
+            .bearer_auth(self.director())
+            .json(&bodies::facility())
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if status.as_u16() != 201 {
+            bail!("registering a facility answered {status}: {body}");
+        }
+        id_of(&body, "facility_id")
+    }
+
+    /// Requests a one-hour booking `days_ahead` days from now in slot `index` of that day
+    /// (0..8: 08:00, 09:30, ... 18:30 London time, so no two indexes overlap), priced
+    /// `amount_minor` pence.
+    pub async fn request_booking(
+        &self,
+        facility: Uuid,
+        days_ahead: i64,
+        index: u32,
+        amount_minor: i64,
+    ) -> anyhow::Result<Uuid> {
+        let body = booking_body(facility, days_ahead, index, amount_minor);
+        let response = self
+            .stack
+            .http
+            .post(format!("{}/bookings", self.stack.command_url))
+            .bearer_auth(self.director())
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if status.as_u16() != 202 {
+            bail!("requesting a booking answered {status}: {body}");
+        }
+        id_of(&body, "booking_id")
+    }
+
+    /// Cancels a booking as the director.
+    pub async fn cancel(&self, booking: Uuid) -> anyhow::Result<()> {
+        let response = self
+            .stack
+            .http
+            .post(format!(
+                "{}/bookings/{booking}/cancel",
+                self.stack.command_url
+            ))
+            .bearer_auth(self.director())
+            .json(&serde_json::json!({"reason": "The family changed their plans"}))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            bail!("cancel answered {status}: {}", response.text().await?);
+        }
+        Ok(())
+    }
+
+    /// The runner's view of one saga (`GET /sagas/{id}`), or `None` before it exists.
+    pub async fn saga(&self, booking: Uuid) -> anyhow::Result<Option<Value>> {
+        let response = self
+            .stack
+            .http
+            .get(format!("{}/sagas/{booking}", self.saga_url))
+            .bearer_auth(self.ops())
+            .send()
+            .await?;
+        match response.status().as_u16() {
+            200 => Ok(Some(response.json().await?)),
+            404 => Ok(None),
+            status => bail!("GET /sagas/{booking} answered {status}"),
+        }
+    }
+
+    /// The runner's list of sagas under `filter` (`in_flight`, `stuck`, ...).
+    pub async fn sagas(&self, filter: &str) -> anyhow::Result<Value> {
+        let response = self
+            .stack
+            .http
+            .get(format!(
+                "{}/sagas?filter={filter}&limit=1000",
+                self.saga_url
+            ))
+            .bearer_auth(self.ops())
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("GET /sagas answered {}", response.status());
+        }
+        Ok(response.json().await?)
+    }
+
+    /// Waits until the booking's saga is done; returns its view.
+    pub async fn wait_done(&self, booking: Uuid, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let saga = self.saga(booking).await.ok().flatten();
+            if let Some(saga) = &saga
+                && saga["done"] == Value::Bool(true)
+            {
+                return Ok(saga.clone());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the saga of {booking} was not done within {timeout:?}: {}; runner log in {}",
+                    saga.map_or_else(|| "no saga".to_owned(), |s| s.to_string()),
+                    self.log_dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The booking as the query-api shows it, once its status is `status` (waits up to 15 s).
+    pub async fn booking_with_status(&self, booking: Uuid, status: &str) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let response = self
+                .stack
+                .http
+                .get(format!("{}/bookings/{booking}", self.stack.query_url))
+                .bearer_auth(self.director())
+                .send()
+                .await?;
+            let body: Value = if response.status().is_success() {
+                response.json().await?
+            } else {
+                Value::Null
+            };
+            if body["status"] == status {
+                return Ok(body);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("booking {booking} did not reach {status}: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The mails the sink holds for a booking, by Message-ID.
+    pub fn mails_for(&self, booking: Uuid) -> Vec<String> {
+        let suffix = format!(".{booking}@funeral-manager>");
+        self.sink
+            .messages()
+            .into_iter()
+            .map(|mail| mail.message_id)
+            .filter(|id| id.ends_with(&suffix))
+            .collect()
+    }
+}
+
+impl Drop for SagaStack {
+    fn drop(&mut self) {
+        // The runner's logs are kept for a failing test only.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.log_dir);
+        }
+    }
+}
+
+/// A booking body for [`SagaStack::request_booking`].
+pub fn booking_body(facility: Uuid, days_ahead: i64, index: u32, amount_minor: i64) -> Value {
+    let mut body = bodies::booking(&facility.to_string(), days_ahead);
+    let day = (Utc::now() + Days::days(days_ahead)).date_naive();
+    let minutes = 8 * 60 + 90 * index.min(7);
+    let time = NaiveTime::from_hms_opt(minutes / 60, minutes % 60, 0).expect("a valid time");
+    let start = chrono_tz::Europe::London
+        .from_local_datetime(&day.and_time(time))
+        .earliest()
+        .expect("the time exists on that London day");
+    let end = start + Days::hours(1);
+    body["slot"] = serde_json::json!({"start": start.to_rfc3339(), "end": end.to_rfc3339()});
+    body["price"]["amount_minor"] = amount_minor.into();
+    body
+}
+
+fn id_of(body: &Value, field: &str) -> anyhow::Result<Uuid> {
+    body[field]
+        .as_str()
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .with_context(|| format!("no {field} in {body}"))
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
