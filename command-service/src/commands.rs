@@ -9,7 +9,10 @@ use schemas::{Actor, EventEnvelope, EventMetadata, Idempotency};
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::store::{AggregateStore, Outcome, Stored};
+use crate::{
+    metrics::Outcome,
+    store::{AggregateStore, Outcome as StoreOutcome, Stored},
+};
 
 /// Why a command did not produce an admitted event. "The domain said no" is kept apart from "the
 /// log broke", and losing a race is its own variant.
@@ -49,6 +52,8 @@ pub(crate) struct Appended {
     pub(crate) version: u64,
     /// `None` only for a command that changed nothing on a stream that has no events.
     pub(crate) position: Option<LogPosition>,
+    /// Whether it appended, changed nothing, or repeated an earlier answer.
+    pub(crate) outcome: crate::metrics::Outcome,
 }
 
 /// What a command did: where the stream now stands, and the events it decided (none for a
@@ -59,14 +64,16 @@ pub(crate) struct Executed<E> {
     pub(crate) events: Vec<E>,
 }
 
-/// Who sent a command, and the retry token it carried.
+/// Who sent a command, the retry token it carried, and the flow it belongs to.
 #[derive(Debug, Clone)]
 pub(crate) struct CommandContext {
     pub(crate) actor: Actor,
-    /// Correlates every event of the flow this command starts or continues.
+    /// Correlates every event of the flow this command starts or continues: the caller's
+    /// `Correlation-Id`, or the command's own id when it starts a flow.
     pub(crate) correlation_id: Uuid,
-    /// The id of this command (the causation of its events).
-    pub(crate) command_id: Uuid,
+    /// What caused the events this command appends: the caller's `Causation-Id` (the saga
+    /// names the event it reacts to), or the command itself.
+    pub(crate) causation_id: Uuid,
     pub(crate) idempotency: Option<Idempotency>,
 }
 
@@ -75,13 +82,30 @@ const IDEMPOTENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5f0e_7c1d_3b2a_4e6f_9a8b
 
 impl CommandContext {
     pub(crate) fn new(actor: Actor, idempotency: Option<Idempotency>) -> Self {
+        // The command's own id: it starts a flow and causes its events unless the caller says
+        // otherwise.
         let command_id = Uuid::new_v4();
         Self {
             actor,
             correlation_id: command_id,
-            command_id,
+            causation_id: command_id,
             idempotency,
         }
+    }
+
+    /// The flow the caller named (`Correlation-Id`, `Causation-Id` headers), where it named one.
+    pub(crate) fn within_flow(
+        mut self,
+        correlation_id: Option<Uuid>,
+        causation_id: Option<Uuid>,
+    ) -> Self {
+        if let Some(correlation_id) = correlation_id {
+            self.correlation_id = correlation_id;
+        }
+        if let Some(causation_id) = causation_id {
+            self.causation_id = causation_id;
+        }
+        self
     }
 
     /// The id of an aggregate this command creates. With an idempotency key it is derived from
@@ -100,7 +124,7 @@ impl CommandContext {
     fn metadata(&self) -> EventMetadata {
         EventMetadata {
             correlation_id: self.correlation_id,
-            causation_id: self.command_id,
+            causation_id: self.causation_id,
             actor: self.actor.clone(),
             occurred_at: Utc::now(),
             idempotency: self.idempotency.clone(),
@@ -238,12 +262,11 @@ impl CommandHandler {
         if recorded.fingerprint != idempotency.fingerprint {
             return Err(CommandError::IdempotencyKeyReused);
         }
-        metrics::counter!("commands_total", "aggregate" => "any", "outcome" => "replayed")
-            .increment(1);
         Ok(Some(Appended {
             aggregate_id: recorded.aggregate_id,
             version: recorded.sequence,
             position: Some(recorded.position),
+            outcome: Outcome::Replayed,
         }))
     }
 
@@ -268,6 +291,7 @@ impl CommandHandler {
             aggregate_id,
             version: stream.version,
             position: stream.last_position,
+            outcome: Outcome::NoOp,
         };
         for event in &events {
             let sequence = appended.version + 1;
@@ -278,10 +302,9 @@ impl CommandHandler {
                 aggregate_id,
                 version: sequence,
                 position: Some(position),
+                outcome: Outcome::Accepted,
             };
         }
-        metrics::counter!("commands_total", "aggregate" => A::AGGREGATE_TYPE, "outcome" => "appended")
-            .increment(1);
         Ok(Executed { appended, events })
     }
 
@@ -299,17 +322,23 @@ impl CommandHandler {
             }
         };
         let result = tokio::time::timeout(self.outcome_timeout, outcome).await;
-        metrics::histogram!("command_append_seconds").record(started.elapsed().as_secs_f64());
+        let admission = match &result {
+            Ok(Ok(StoreOutcome::Admitted)) => "admitted",
+            Ok(Ok(StoreOutcome::Refused)) => "refused",
+            Ok(Err(_)) | Err(_) => "unknown",
+        };
+        metrics::histogram!(
+            "command_append_seconds",
+            "aggregate" => envelope.aggregate_type.as_str(),
+            "admission" => admission,
+        )
+        .record(started.elapsed().as_secs_f64());
         match result {
-            Ok(Ok(Outcome::Admitted)) => Ok(position),
-            Ok(Ok(Outcome::Refused)) => {
-                metrics::counter!("commands_total", "aggregate" => envelope.aggregate_type.as_str(), "outcome" => "conflict")
-                    .increment(1);
-                Err(CommandError::Conflict {
-                    aggregate_id: envelope.aggregate_id,
-                    sequence: envelope.sequence,
-                })
-            }
+            Ok(Ok(StoreOutcome::Admitted)) => Ok(position),
+            Ok(Ok(StoreOutcome::Refused)) => Err(CommandError::Conflict {
+                aggregate_id: envelope.aggregate_id,
+                sequence: envelope.sequence,
+            }),
             Ok(Err(_)) | Err(_) => {
                 self.store.forget(envelope.event_id);
                 tracing::error!(event_id = %envelope.event_id, offset = position.offset, "appended event was not read back in time");

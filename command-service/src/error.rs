@@ -10,7 +10,7 @@ use platform::{
     problem::{FieldError, Problem},
 };
 
-use crate::commands::CommandError;
+use crate::{commands::CommandError, metrics::Outcome};
 
 /// Everything a command route can answer other than success.
 #[derive(Debug)]
@@ -46,8 +46,36 @@ impl From<Problem> for ApiError {
     }
 }
 
+impl ApiError {
+    /// What this answer counts as in `commands_total`.
+    fn outcome(&self) -> Outcome {
+        match self {
+            Self::Invalid(_) | Self::Command(CommandError::IdempotencyKeyReused) => {
+                Outcome::Invalid
+            }
+            Self::NotFound { .. } | Self::Command(CommandError::Rejected(_)) => Outcome::Rejected,
+            Self::Auth(_) => Outcome::Denied,
+            Self::Problem(problem) if problem.status >= 500 => Outcome::Unavailable,
+            Self::Problem(_) => Outcome::Invalid,
+            Self::Command(CommandError::Conflict { .. } | CommandError::VersionMismatch { .. }) => {
+                Outcome::Conflict
+            }
+            Self::Command(
+                CommandError::NotReady | CommandError::OutcomeUnknown | CommandError::Log(_),
+            ) => Outcome::Unavailable,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let outcome = self.outcome();
+        outcome.mark(self.into_problem_response())
+    }
+}
+
+impl ApiError {
+    fn into_problem_response(self) -> Response {
         let problem = match self {
             Self::Invalid(errors) => Problem::validation(errors),
             Self::NotFound { field, id } => {

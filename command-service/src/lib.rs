@@ -12,9 +12,11 @@
 //! - `commands`: the write path (decide, append, confirm).
 //! - `routes`: one module per route group; DTOs become domain commands there.
 //! - `error`: the one `ApiError` and its mapping to problem+json.
+//! - `metrics`: command outcomes by command name, append latency.
 
 mod commands;
 mod error;
+mod metrics;
 mod routes;
 pub mod settings;
 mod snapshot;

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     commands::CommandHandler,
+    metrics::{self, command},
     routes::{bookings, facilities, ops, payments},
     settings::Settings,
     snapshot,
@@ -106,33 +107,7 @@ impl Application {
             producer,
             keys: Arc::new(keys),
         };
-        let router = Router::new()
-            .route("/facilities", post(facilities::register))
-            .route(
-                "/facilities/{id}/opening-hours",
-                put(facilities::change_opening_hours),
-            )
-            .route(
-                "/facilities/{id}/reservations",
-                post(facilities::reserve_slot),
-            )
-            .route(
-                "/facilities/{id}/reservations/{booking_id}/release",
-                post(facilities::release_slot),
-            )
-            .route("/bookings", post(bookings::request))
-            .route("/bookings/{id}/cancel", post(bookings::cancel))
-            .route("/bookings/{id}/slot-held", post(bookings::mark_slot_held))
-            .route("/bookings/{id}/confirm", post(bookings::confirm))
-            .route("/bookings/{id}/reject", post(bookings::reject))
-            .route("/bookings/{id}/fail", post(bookings::fail))
-            .route("/bookings/{id}/payment/captured", post(payments::captured))
-            .route("/bookings/{id}/payment/declined", post(payments::declined))
-            .route("/bookings/{id}/payment/refunded", post(payments::refunded))
-            .route("/ready", get(ops::ready))
-            .route("/openapi.json", get(ops::openapi))
-            .with_state(state);
-        let server = platform::http::HttpServer::bind(router, &settings.http).await?;
+        let server = platform::http::HttpServer::bind(router(state), &settings.http).await?;
         Ok(Self {
             server,
             background,
@@ -164,4 +139,68 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Every route; each command route counts its answers by command name (`crate::metrics`).
+fn router(state: AppState) -> Router {
+    metrics::describe();
+    Router::new()
+        .route(
+            "/facilities",
+            command("register_facility", post(facilities::register)),
+        )
+        .route(
+            "/facilities/{id}/opening-hours",
+            command(
+                "change_opening_hours",
+                put(facilities::change_opening_hours),
+            ),
+        )
+        .route(
+            "/facilities/{id}/reservations",
+            command("reserve_slot", post(facilities::reserve_slot)),
+        )
+        .route(
+            "/facilities/{id}/reservations/{booking_id}/release",
+            command("release_slot", post(facilities::release_slot)),
+        )
+        .route(
+            "/bookings",
+            command("request_booking", post(bookings::request)),
+        )
+        .route(
+            "/bookings/{id}/cancel",
+            command("cancel_booking", post(bookings::cancel)),
+        )
+        .route(
+            "/bookings/{id}/slot-held",
+            command("mark_slot_held", post(bookings::mark_slot_held)),
+        )
+        .route(
+            "/bookings/{id}/confirm",
+            command("confirm_booking", post(bookings::confirm)),
+        )
+        .route(
+            "/bookings/{id}/reject",
+            command("reject_booking", post(bookings::reject)),
+        )
+        .route(
+            "/bookings/{id}/fail",
+            command("fail_booking", post(bookings::fail)),
+        )
+        .route(
+            "/bookings/{id}/payment/captured",
+            command("record_capture", post(payments::captured)),
+        )
+        .route(
+            "/bookings/{id}/payment/declined",
+            command("record_decline", post(payments::declined)),
+        )
+        .route(
+            "/bookings/{id}/payment/refunded",
+            command("record_refund", post(payments::refunded)),
+        )
+        .route("/ready", get(ops::ready))
+        .route("/openapi.json", get(ops::openapi))
+        .with_state(state)
 }

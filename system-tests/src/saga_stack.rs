@@ -52,8 +52,9 @@ pub struct SagaStack {
     pub sink: SmtpSink,
     /// The runner's base URL (its port stays the same across restarts).
     pub saga_url: String,
+    /// What the next `start_runner` uses (a test may change it between restarts).
+    pub options: SagaOptions,
     binary: PathBuf,
-    options: SagaOptions,
     port: u16,
     runner: Option<Child>,
     log_dir: PathBuf,

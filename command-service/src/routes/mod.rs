@@ -1,9 +1,10 @@
 //! One module per route group. Each turns HTTP DTOs into domain commands at the edge.
 //!
 //! Every write goes through [`WriteRequest`]: it authenticates the caller, refuses a role that
-//! may not use the route before reading the body, reads the `Idempotency-Key` and `If-Match`
-//! headers, parses the body (naming the field of any mismatch), and fingerprints the request so
-//! that a reused key with a different request is refused.
+//! may not use the route before reading the body, reads the `Idempotency-Key`, `If-Match`,
+//! `Correlation-Id` and `Causation-Id` headers, parses the body (naming the field of any
+//! mismatch), and fingerprints the request so that a reused key with a different request is
+//! refused. (`traceparent` is read by the request span, `platform::http`.)
 
 pub(crate) mod bookings;
 pub(crate) mod facilities;
@@ -19,7 +20,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use domain::ValueError;
-use platform::{auth::Caller, json, problem::FieldError};
+use platform::{auth::Caller, json, problem::FieldError, trace};
 use schemas::{ConsistencyToken, Idempotency, Role};
 use serde::{Serialize, de::DeserializeOwned};
 use utoipa::ToSchema;
@@ -86,6 +87,8 @@ where
         caller.require(R::ALLOWED)?;
         let key = idempotency_key(&parts.headers)?;
         let if_match = if_match(&parts.headers)?;
+        let correlation_id = flow_id(&parts.headers, trace::CORRELATION_ID, "Correlation-Id")?;
+        let causation_id = flow_id(&parts.headers, trace::CAUSATION_ID, "Causation-Id")?;
         let route = format!("{} {}", parts.method, parts.uri.path());
         let has_body = parts.headers.contains_key(header::CONTENT_TYPE);
         let request = Request::from_parts(parts, body);
@@ -100,7 +103,8 @@ where
         let fingerprint = fingerprint(&route, &value);
         let body = json::from_value(value)?;
         let idempotency = key.map(|key| Idempotency { key, fingerprint });
-        let context = CommandContext::new(caller.actor(), idempotency);
+        let context = CommandContext::new(caller.actor(), idempotency)
+            .within_flow(correlation_id, causation_id);
         Ok(Self {
             caller,
             body,
@@ -135,6 +139,26 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         ));
     }
     Ok(Some(key.to_owned()))
+}
+
+/// Reads a flow header (`Correlation-Id`, `Causation-Id`): a UUID, in any of its usual forms.
+fn flow_id(headers: &HeaderMap, name: &str, field: &str) -> Result<Option<Uuid>, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| Uuid::parse_str(text.trim()).ok())
+        .filter(|id| !id.is_nil())
+        .map(Some)
+        .ok_or_else(|| {
+            header_error(
+                field,
+                "uuid",
+                "a UUID such as 0b7e4a53-9c55-4d0f-8b1c-2e114f0c9a5e",
+            )
+        })
 }
 
 /// Reads `If-Match` as an aggregate version: `3`, `"3"`, `W/"3"`, or an ETag of the query-api
@@ -219,7 +243,7 @@ pub(crate) fn with_token<T: Serialize>(
     if let Some(value) = token_of(appended).and_then(|token| HeaderValue::from_str(&token).ok()) {
         response.headers_mut().insert(CONSISTENCY_TOKEN, value);
     }
-    response
+    appended.outcome.mark(response)
 }
 
 /// Answers a write: `status`, the `Consistency-Token` header, and a body naming the aggregate id
