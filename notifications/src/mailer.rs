@@ -96,6 +96,11 @@ impl Mailer {
 
     /// One attempt to hand the letter to the SMTP server, bounded by the settings' timeout.
     /// `Ok` means the server accepted it for every recipient.
+    ///
+    /// It is all or nothing: if the server refuses any one recipient (`RCPT TO` answered 5xx),
+    /// the letter goes to nobody and the error is permanent, although the other contacts'
+    /// addresses may be fine. The error does not say which address it was (addresses are
+    /// redacted), only its SMTP code.
     #[tracing::instrument(
         name = "notification.send",
         skip_all,
