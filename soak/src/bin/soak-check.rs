@@ -1,0 +1,270 @@
+//! `soak-check`: waits (bounded) for the stack to go quiet, then reads the log, the read
+//! models, the saga rows, the gateway's ledger and the mailbox, checks every invariant against
+//! them and the load's journal, prints the summary and exits 1 on any violation.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use soak::{
+    check::{self, Inputs, MailKinds},
+    gather::{self, Stack},
+    history::{History, RawRecord},
+    journal,
+};
+
+/// Check the soak's invariants against a quiet stack.
+#[derive(Debug, Parser)]
+#[command(name = "soak-check")]
+struct Args {
+    #[arg(long)]
+    brokers: String,
+    #[arg(long, default_value = "fm")]
+    topic_prefix: String,
+    #[arg(long)]
+    database_url: String,
+    #[arg(long)]
+    gateway_url: String,
+    /// The SMTP sink's Maildir.
+    #[arg(long)]
+    maildir: PathBuf,
+    /// The load's journal.
+    #[arg(long)]
+    journal: PathBuf,
+    /// Whether the saga's invariants apply: `auto` (when the schema `saga` exists), `on`, `off`.
+    #[arg(long, default_value = "auto")]
+    saga: String,
+    /// How long to wait for the stack to go quiet before checking.
+    #[arg(long, default_value = "120s", value_parser = soak::parse_duration)]
+    wait: Duration,
+    /// The fault injector's log (`<epoch> <kind> <detail>` per line), for the summary.
+    #[arg(long)]
+    faults: Option<PathBuf>,
+    /// Give up reading the log when nothing arrives for this long.
+    #[arg(long, default_value = "120s", value_parser = soak::parse_duration)]
+    stall: Duration,
+    /// `max.partition.fetch.bytes` of the log reader.
+    #[arg(long, default_value_t = 256 * 1024)]
+    fetch_bytes: usize,
+    /// Where to write the report as JSON.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Violations printed per invariant.
+    #[arg(long, default_value_t = 25)]
+    limit: usize,
+}
+
+/// The log's end offsets and the number of mails, as last seen.
+type Motion = (BTreeMap<(String, i32), i64>, usize);
+
+/// What still moves, or `None` when the stack is quiet.
+async fn unsettled(
+    stack: &Stack,
+    pool: &sqlx::PgPool,
+    saga: bool,
+    previous: &mut Option<Motion>,
+) -> anyhow::Result<Option<String>> {
+    let ends = gather::end_offsets(
+        &stack.brokers,
+        &stack.event_topics(),
+        Duration::from_secs(10),
+    )?;
+    let offsets = gather::projection_offsets(pool).await?;
+    let behind: i64 = ends
+        .iter()
+        .map(|(key, end)| (end - offsets.get(key).copied().unwrap_or_default()).max(0))
+        .sum();
+    let mails = gather::mails(&stack.maildir)?.len();
+    let mut pending = Vec::new();
+    if behind > 0 {
+        pending.push(format!("read models {behind} records behind"));
+    }
+    if saga {
+        let open = gather::open_bookings(pool).await?;
+        if open > 0 {
+            pending.push(format!("{open} bookings not final"));
+        }
+        if gather::saga_schema_exists(pool).await? {
+            let sagas = gather::open_sagas(pool).await?.len();
+            if sagas > 0 {
+                pending.push(format!("{sagas} sagas not done"));
+            }
+        }
+    }
+    let now = (ends, mails);
+    if previous.as_ref() != Some(&now) {
+        pending.push("the log or the mailbox still moves".to_owned());
+    }
+    *previous = Some(now);
+    Ok((!pending.is_empty()).then(|| pending.join(", ")))
+}
+
+fn fault_counts(path: &PathBuf) -> anyhow::Result<BTreeMap<String, u64>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("Failed to read the faults log {}", path.display()))?;
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(kind) = line.split_whitespace().nth(1) {
+            *counts.entry(kind.to_owned()).or_default() += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Waits until nothing moves any more, at most `wait`; then the check runs either way.
+async fn wait_until_quiet(
+    stack: &Stack,
+    pool: &sqlx::PgPool,
+    saga: bool,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let waited = Instant::now();
+    let mut previous = None;
+    let mut last_said = Instant::now();
+    loop {
+        match unsettled(stack, pool, saga, &mut previous).await {
+            Ok(None) => {
+                println!(
+                    "soak-check: quiet after {:.0}s",
+                    waited.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            Ok(Some(what)) if waited.elapsed() >= wait => {
+                println!(
+                    "soak-check: still not quiet after {:.0}s ({what}); checking anyway",
+                    waited.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            Ok(Some(what)) => {
+                if last_said.elapsed() >= Duration::from_secs(10) {
+                    println!("soak-check: waiting: {what}");
+                    last_said = Instant::now();
+                }
+            }
+            Err(error) if waited.elapsed() >= wait => return Err(error),
+            Err(error) => println!("soak-check: waiting: {error:#}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    Ok(())
+}
+
+/// The event topics (and their end offsets) and the dead letters.
+async fn read_log(
+    stack: &Stack,
+    stall: Duration,
+    fetch_bytes: usize,
+) -> anyhow::Result<(Vec<RawRecord>, BTreeMap<(String, i32), i64>, Vec<RawRecord>)> {
+    let read_started = Instant::now();
+    let (brokers, topics) = (stack.brokers.clone(), stack.event_topics());
+    let (records, log_ends) = tokio::task::spawn_blocking(move || {
+        gather::read_topics(&brokers, &topics, stall, fetch_bytes)
+    })
+    .await
+    .context("The log reader panicked")??;
+    let (brokers, topics) = (stack.brokers.clone(), vec![stack.dead_letter_topic()]);
+    let (letters, _) = tokio::task::spawn_blocking(move || {
+        gather::read_topics(&brokers, &topics, stall, fetch_bytes)
+    })
+    .await
+    .context("The dead-letter reader panicked")??;
+    println!(
+        "soak-check: read {} log records and {} dead letters in {:.1}s",
+        records.len(),
+        letters.len(),
+        read_started.elapsed().as_secs_f64()
+    );
+    Ok((records, log_ends, letters))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let stack = Stack {
+        brokers: args.brokers.clone(),
+        topic_prefix: args.topic_prefix.clone(),
+        database_url: args.database_url.clone(),
+        gateway_url: args.gateway_url.clone(),
+        maildir: args.maildir.clone(),
+    };
+    let pool = gather::connect(&stack.database_url).await?;
+    let saga = match args.saga.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => gather::saga_schema_exists(&pool).await?,
+    };
+
+    wait_until_quiet(&stack, &pool, saga, args.wait).await?;
+
+    let (records, log_ends, letters) = read_log(&stack, args.stall, args.fetch_bytes).await?;
+    let history = History::build(&records, &stack.topic_prefix);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("Failed to build the HTTP client")?;
+    let inputs = Inputs {
+        history,
+        log_ends,
+        journal: journal::read(&args.journal)?,
+        read_models: match gather::read_models(&pool).await {
+            Ok(models) => Some(models),
+            Err(error) => {
+                println!("soak-check: {error:#}");
+                None
+            }
+        },
+        saga,
+        open_sagas: if saga && gather::saga_schema_exists(&pool).await? {
+            gather::open_sagas(&pool).await?
+        } else {
+            Vec::new()
+        },
+        ledger: gather::ledger(&http, &stack.gateway_url).await?,
+        mails: gather::mails(&stack.maildir)?,
+        mail_kinds: MailKinds::default(),
+        dead_letters: gather::dead_letters(&letters),
+    };
+    let mut report = check::check(&inputs);
+    report.figures.insert(
+        "saga invariants".to_owned(),
+        if saga { "on" } else { "off (no saga runner)" }.to_owned(),
+    );
+    if let Some(path) = &args.faults {
+        let counts = fault_counts(path)?;
+        let total: u64 = counts.values().sum();
+        report
+            .figures
+            .insert("faults injected".to_owned(), total.to_string());
+        for (kind, count) in counts {
+            report
+                .figures
+                .insert(format!("  fault {kind}"), count.to_string());
+        }
+    }
+    println!("\n{}", report.render(args.limit));
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("Failed to write {}", path.display()))?;
+    }
+    if report.passed() {
+        println!("soak-check: every invariant held");
+        Ok(())
+    } else {
+        println!(
+            "soak-check: {} violations of {}",
+            report.violations.len(),
+            check::Invariant::ALL
+                .iter()
+                .filter(|invariant| report.count(**invariant) > 0)
+                .map(|invariant| invariant.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,922 @@
+//! The load generator: concurrent clients driving bookings with a mix of outcomes through the
+//! public API while the soak kills processes underneath them, and a journal of every answer
+//! the checker must hold the system to.
+//!
+//! Every write carries an `Idempotency-Key`, so a client that got no answer (a killed process,
+//! a broker restart) retries with the same key until it gets one: that is what a careful real
+//! client does, and it is what makes "no acknowledged write lost" checkable. A write still
+//! unanswered when the client gives up is journalled as unknown, not as lost.
+
+use std::collections::BTreeMap;
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{Days, NaiveTime, TimeZone as _, Utc};
+use platform::auth::TokenKeys;
+use rdkafka::{
+    ClientConfig,
+    producer::{FutureProducer, FutureRecord},
+};
+use reqwest::{Client, StatusCode};
+use schemas::Role;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::time::{Instant, sleep};
+use uuid::Uuid;
+
+use crate::journal::{Entry, JournalWriter};
+
+/// What the load generator needs to know.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Every command-service replica; clients spread over them and fail over.
+    pub command_urls: Vec<String>,
+    pub query_url: String,
+    pub gateway_url: String,
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub secret: SecretString,
+    /// How long new bookings are started.
+    pub duration: Duration,
+    /// How long scenarios in flight may still take after that.
+    pub drain: Duration,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// New bookings per second at most (all clients together).
+    pub rate: f64,
+    pub facilities: usize,
+    pub seed: u64,
+    /// Whether a saga runner drives bookings on (then scenarios wait for confirmations).
+    pub saga: bool,
+    /// Poison records to put on the event topics during the run.
+    pub poison: usize,
+    /// How long one write is retried without an answer before it is journalled as unknown.
+    pub give_up_after: Duration,
+}
+
+/// What a booking is set up to meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scenario {
+    /// The gateway approves at once.
+    Approve,
+    /// The gateway declines: the slot is released and the booking fails.
+    Decline,
+    /// The gateway answers after 1.5 s.
+    Slow,
+    /// The gateway answers 500 twice, then approves.
+    Error5xx,
+    /// The gateway's first answer never comes (nothing charged); the saga retries or looks up.
+    Timeout,
+    /// The gateway captures, then its answer never comes: the saga must find the capture.
+    CaptureThenTimeout,
+    /// A slot overlapping another booking's: one of them is rejected.
+    Contest,
+    /// Cancelled right after the request, racing the saga.
+    CancelEarly,
+    /// Cancelled once confirmed: refund and release.
+    CancelConfirmed,
+    /// The same request sent twice at once with one `Idempotency-Key`, to both replicas.
+    Replay,
+    /// A request the API must refuse, writing nothing.
+    BadRequest,
+}
+
+impl Scenario {
+    /// The mix, with weights (out of 100).
+    const MIX: [(Scenario, u32); 11] = [
+        (Self::Approve, 30),
+        (Self::Decline, 9),
+        (Self::Slow, 4),
+        (Self::Error5xx, 5),
+        (Self::Timeout, 3),
+        (Self::CaptureThenTimeout, 5),
+        (Self::Contest, 14),
+        (Self::CancelEarly, 7),
+        (Self::CancelConfirmed, 10),
+        (Self::Replay, 6),
+        (Self::BadRequest, 7),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Decline => "decline",
+            Self::Slow => "slow",
+            Self::Error5xx => "error_5xx",
+            Self::Timeout => "timeout",
+            Self::CaptureThenTimeout => "capture_then_timeout",
+            Self::Contest => "contest",
+            Self::CancelEarly => "cancel_early",
+            Self::CancelConfirmed => "cancel_confirmed",
+            Self::Replay => "replay",
+            Self::BadRequest => "bad_request",
+        }
+    }
+
+    fn pick(rng: &mut fastrand::Rng) -> Self {
+        let total: u32 = Self::MIX.iter().map(|(_, weight)| weight).sum();
+        let mut roll = rng.u32(0..total);
+        for (scenario, weight) in Self::MIX {
+            if roll < weight {
+                return scenario;
+            }
+            roll -= weight;
+        }
+        Self::Approve
+    }
+
+    /// The gateway behaviour this scenario sets for its booking (`docs/payments.md`).
+    fn gateway_behaviour(self) -> Option<Value> {
+        match self {
+            Self::Decline => Some(json!({"mode": "decline", "decline_reason": "soak_decline"})),
+            Self::Slow => Some(json!({"mode": "slow", "delay_ms": 1500})),
+            Self::Error5xx => Some(json!({"mode": "error_5xx", "times": 2})),
+            Self::Timeout => Some(json!({"mode": "timeout", "times": 1})),
+            Self::CaptureThenTimeout => Some(json!({"mode": "capture_then_timeout", "times": 1})),
+            _ => None,
+        }
+    }
+}
+
+/// A slot on the grid the clients book from: every facility opens 08:00–20:00 (London) daily
+/// and takes one-hour services at even hours, which never conflict with a 30-minute turnaround;
+/// a contest asks for a taken one, or for the half hour after it, which conflicts.
+#[derive(Debug, Clone, Copy)]
+struct GridSlot {
+    facility: usize,
+    day: u64,
+    hour: u32,
+    minute: u32,
+}
+
+#[derive(Debug, Default)]
+struct Grid {
+    next: u64,
+    taken: Vec<GridSlot>,
+}
+
+impl Grid {
+    fn fresh(&mut self, facilities: usize) -> GridSlot {
+        let facilities = facilities.max(1) as u64;
+        let index = self.next;
+        self.next += 1;
+        let per_facility = index / facilities;
+        let slot = GridSlot {
+            facility: usize::try_from(index % facilities).unwrap_or_default(),
+            day: 2 + per_facility / 6,
+            hour: 8 + 2 * u32::try_from(per_facility % 6).unwrap_or_default(),
+            minute: 0,
+        };
+        self.taken.push(slot);
+        slot
+    }
+
+    fn contested(&mut self, facilities: usize, rng: &mut fastrand::Rng) -> GridSlot {
+        if self.taken.is_empty() {
+            return self.fresh(facilities);
+        }
+        let mut slot = self.taken[rng.usize(0..self.taken.len())];
+        if rng.bool() {
+            slot.minute = 30;
+        }
+        slot
+    }
+}
+
+/// Counters for the load's own summary.
+#[derive(Debug, Default)]
+struct Stats {
+    answers: Mutex<BTreeMap<String, u64>>,
+    scenarios: Mutex<BTreeMap<&'static str, u64>>,
+    retries: AtomicU64,
+    unknown: AtomicU64,
+}
+
+impl Stats {
+    fn answer(&self, op: &str, status: u16) {
+        let mut answers = self
+            .answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *answers.entry(format!("{op} {status}")).or_default() += 1;
+    }
+}
+
+/// What a write's answer told the client.
+#[derive(Debug, Clone)]
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+struct Shared {
+    config: LoadConfig,
+    http: Client,
+    keys: TokenKeys,
+    journal: JournalWriter,
+    facilities: Vec<Uuid>,
+    grid: Mutex<Grid>,
+    stats: Stats,
+    keys_issued: AtomicU64,
+    people: AtomicU64,
+    /// When the next booking may start (the rate limit).
+    next_start: Mutex<Instant>,
+    started: Instant,
+}
+
+impl Shared {
+    fn token(&self, role: Role, subject: &str) -> anyhow::Result<String> {
+        self.keys
+            .mint(subject, role, chrono::Duration::hours(12))
+            .context("Failed to mint a token")
+    }
+
+    fn key(&self) -> String {
+        let n = self.keys_issued.fetch_add(1, Ordering::Relaxed);
+        format!("soak-{:x}-{n}", self.config.seed)
+    }
+
+    fn record(&self, entry: &Entry) {
+        if let Err(error) = self.journal.record(entry) {
+            // Without its journal the soak proves nothing: stop at once, loudly.
+            eprintln!("soak-load: {error:#}");
+            std::process::exit(2);
+        }
+    }
+
+    fn loading(&self) -> bool {
+        self.started.elapsed() < self.config.duration
+    }
+
+    fn draining_deadline(&self) -> Instant {
+        self.started + self.config.duration + self.config.drain
+    }
+
+    /// Waits for this client's turn under the rate limit.
+    async fn pace(&self) {
+        let interval = Duration::from_secs_f64(1.0 / self.config.rate.max(0.1));
+        let start = {
+            let mut next = self
+                .next_start
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let start = (*next).max(Instant::now());
+            *next = start + interval;
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
+/// Sends one write, retrying with the same key while no answer comes (or a 5xx), spreading over
+/// the replicas. Answers 2xx or 4xx; `None` if the client gave up.
+async fn write(
+    shared: &Shared,
+    rng: &mut fastrand::Rng,
+    path: &str,
+    token: &str,
+    key: &str,
+    body: Option<&Value>,
+    if_match: Option<u64>,
+) -> Option<Answer> {
+    let urls = &shared.config.command_urls;
+    let mut replica = rng.usize(0..urls.len());
+    let give_up = Instant::now() + shared.config.give_up_after;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut request = shared
+            .http
+            .post(format!("{}{path}", urls[replica]))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(version) = if_match {
+            request = request.header("If-Match", version.to_string());
+        }
+        let answer = match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.json().await.unwrap_or(Value::Null);
+                Some(Answer { status, body })
+            }
+            Err(_) => None,
+        };
+        match answer {
+            Some(answer) if answer.status < 500 => return Some(answer),
+            _ => {}
+        }
+        if Instant::now() + delay > give_up {
+            return None;
+        }
+        shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+        sleep(delay + Duration::from_millis(rng.u64(0..100))).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+        replica = (replica + 1) % urls.len();
+    }
+}
+
+/// Journals a write's final answer.
+fn journal_answer(
+    shared: &Shared,
+    op: &str,
+    subject: &str,
+    key: &str,
+    id_field: &str,
+    answer: Option<&Answer>,
+) -> Option<(Uuid, u64)> {
+    let Some(answer) = answer else {
+        shared.stats.unknown.fetch_add(1, Ordering::Relaxed);
+        shared.record(&Entry::Unknown {
+            op: op.to_owned(),
+            subject: subject.to_owned(),
+            idempotency_key: key.to_owned(),
+        });
+        return None;
+    };
+    shared.stats.answer(op, answer.status);
+    if (200..300).contains(&answer.status) {
+        let id = answer.body[id_field]
+            .as_str()
+            .and_then(|id| id.parse().ok());
+        let version = answer.body["version"].as_u64();
+        let (Some(id), Some(version)) = (id, version) else {
+            eprintln!(
+                "soak-load: a {op} answered {} without id or version: {}",
+                answer.status, answer.body
+            );
+            return None;
+        };
+        shared.record(&Entry::Acknowledged {
+            op: op.to_owned(),
+            subject: subject.to_owned(),
+            idempotency_key: Some(key.to_owned()),
+            aggregate_id: id,
+            version,
+            token: answer.body["consistency_token"].as_str().map(str::to_owned),
+            status: answer.status,
+        });
+        Some((id, version))
+    } else {
+        shared.record(&Entry::Refused {
+            op: op.to_owned(),
+            subject: subject.to_owned(),
+            idempotency_key: key.to_owned(),
+            status: answer.status,
+        });
+        None
+    }
+}
+
+fn facility_body(index: usize) -> Value {
+    let hours: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .iter()
+        .map(|day| json!({"weekday": day, "opens": "08:00", "closes": "20:00"}))
+        .collect();
+    json!({
+        "name": format!("Soak Chapel {index}"),
+        "kind": "chapel",
+        "capacity": 100,
+        "time_zone": "Europe/London",
+        "opening_hours": hours,
+        "turnaround_minutes": 30,
+    })
+}
+
+fn booking_body(shared: &Shared, rng: &mut fastrand::Rng, slot: GridSlot) -> Value {
+    let today = Utc::now()
+        .with_timezone(&chrono_tz::Europe::London)
+        .date_naive();
+    let day = today.checked_add_days(Days::new(slot.day)).unwrap_or(today);
+    let time = NaiveTime::from_hms_opt(slot.hour, slot.minute, 0).unwrap_or_default();
+    let start = chrono_tz::Europe::London
+        .from_local_datetime(&day.and_time(time))
+        .earliest()
+        .map(|start| start.fixed_offset());
+    // Every grid time exists on every London day (the clocks change at night).
+    let start = start.unwrap_or_else(|| Utc::now().fixed_offset() + chrono::Duration::days(30));
+    let end = start + chrono::Duration::hours(1);
+    let person = shared.people.fetch_add(1, Ordering::Relaxed);
+    let death = today.checked_sub_days(Days::new(3)).unwrap_or(today);
+    let mut contacts = vec![json!({
+        "name": "Byron King",
+        "relationship": "son",
+        "email": format!("family-{person}@soak.example"),
+        "phone": "+447700900123",
+    })];
+    if rng.u8(0..4) == 0 {
+        contacts.push(json!({
+            "name": "Ada King",
+            "relationship": "daughter",
+            "email": format!("family-{person}-b@soak.example"),
+        }));
+    }
+    let service = ["burial", "cremation", "memorial", "viewing"][rng.usize(0..4)];
+    json!({
+        "facility_id": shared.facilities[slot.facility % shared.facilities.len()],
+        "service_type": service,
+        "slot": {"start": start.to_rfc3339(), "end": end.to_rfc3339()},
+        "deceased": {"full_name": format!("Soak Person {person}"), "date_of_death": death.format("%Y-%m-%d").to_string()},
+        "family_contacts": contacts,
+        "price": {"amount_minor": rng.i64(50_000..300_000), "currency": "GBP"},
+    })
+}
+
+/// Who a client acts as: directors book for families; some families book for themselves.
+struct Caller {
+    subject: String,
+    token: String,
+}
+
+fn caller(shared: &Shared, rng: &mut fastrand::Rng, client: usize) -> anyhow::Result<Caller> {
+    let (role, subject) = if rng.u8(0..5) == 0 {
+        (Role::Family, format!("soak-family-{client}"))
+    } else {
+        (Role::Director, format!("soak-director-{}", client % 4))
+    };
+    Ok(Caller {
+        token: shared.token(role, &subject)?,
+        subject,
+    })
+}
+
+async fn request_booking(
+    shared: &Shared,
+    rng: &mut fastrand::Rng,
+    who: &Caller,
+    slot: GridSlot,
+) -> Option<(Uuid, u64)> {
+    let body = booking_body(shared, rng, slot);
+    let key = shared.key();
+    let answer = write(
+        shared,
+        rng,
+        "/bookings",
+        &who.token,
+        &key,
+        Some(&body),
+        None,
+    )
+    .await;
+    journal_answer(
+        shared,
+        "request_booking",
+        &who.subject,
+        &key,
+        "booking_id",
+        answer.as_ref(),
+    )
+}
+
+async fn set_gateway(shared: &Shared, booking: Uuid, behaviour: &Value) {
+    for _ in 0..5 {
+        let sent = shared
+            .http
+            .put(format!(
+                "{}/control/bookings/{booking}",
+                shared.config.gateway_url
+            ))
+            .json(behaviour)
+            .send()
+            .await;
+        if sent.is_ok_and(|response| response.status().is_success()) {
+            return;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("soak-load: could not set the gateway behaviour of {booking}");
+}
+
+/// Cancels, retrying a lost race (409) or a stale `If-Match` (412) a few times, and a 404 from
+/// a replica that has not read the booking yet.
+async fn cancel(
+    shared: &Shared,
+    rng: &mut fastrand::Rng,
+    who: &Caller,
+    booking: Uuid,
+    mut if_match: Option<u64>,
+) {
+    let key = shared.key();
+    let path = format!("/bookings/{booking}/cancel");
+    let body = json!({"reason": "The family asked for another date"});
+    let mut answer = None;
+    for attempt in 0..8 {
+        answer = write(shared, rng, &path, &who.token, &key, Some(&body), if_match).await;
+        match answer.as_ref().map(|a| a.status) {
+            Some(412) => if_match = None,
+            Some(409 | 404) if attempt < 7 => {}
+            _ => break,
+        }
+        shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+        sleep(Duration::from_millis(150 + rng.u64(0..150))).await;
+    }
+    journal_answer(
+        shared,
+        "cancel_booking",
+        &who.subject,
+        &key,
+        "booking_id",
+        answer.as_ref(),
+    );
+}
+
+/// Polls the query-api until the booking is confirmed or final; its status and version.
+async fn await_outcome(shared: &Shared, who: &Caller, booking: Uuid) -> Option<(String, u64)> {
+    let deadline = shared
+        .draining_deadline()
+        .min(Instant::now() + Duration::from_secs(90));
+    while Instant::now() < deadline {
+        let response = shared
+            .http
+            .get(format!("{}/bookings/{booking}", shared.config.query_url))
+            .bearer_auth(&who.token)
+            .send()
+            .await;
+        if let Ok(response) = response
+            && response.status() == StatusCode::OK
+            && let Ok(body) = response.json::<Value>().await
+        {
+            let status = body["status"].as_str().unwrap_or_default().to_owned();
+            if matches!(
+                status.as_str(),
+                "confirmed" | "rejected" | "failed" | "cancelled"
+            ) {
+                return Some((status, body["version"].as_u64().unwrap_or_default()));
+            }
+        }
+        sleep(Duration::from_millis(500)).await;
+    }
+    None
+}
+
+async fn bad_request(shared: &Shared, rng: &mut fastrand::Rng, who: &Caller) {
+    let slot = GridSlot {
+        facility: 0,
+        day: 40,
+        hour: 10,
+        minute: 0,
+    };
+    let mut body = booking_body(shared, rng, slot);
+    let (path, body) = match rng.u8(0..5) {
+        // A slot in the past, no family contact, a float amount: 422 naming each.
+        0 => {
+            body["slot"] =
+                json!({"start": "2020-01-01T10:00:00+00:00", "end": "2020-01-01T11:00:00+00:00"});
+            body["family_contacts"] = json!([]);
+            ("/bookings".to_owned(), body)
+        }
+        1 => {
+            body["price"]["amount_minor"] = json!(12.5);
+            ("/bookings".to_owned(), body)
+        }
+        // An unknown facility: 404.
+        2 => {
+            body["facility_id"] = json!(Uuid::new_v4());
+            ("/bookings".to_owned(), body)
+        }
+        // A slot outside opening hours (03:00): 422.
+        3 => {
+            let day = (Utc::now() + chrono::Duration::days(20)).date_naive();
+            body["slot"] = json!({"start": format!("{day}T03:00:00+00:00"), "end": format!("{day}T04:00:00+00:00")});
+            ("/bookings".to_owned(), body)
+        }
+        // Cancelling a booking that does not exist: 404.
+        _ => (format!("/bookings/{}/cancel", Uuid::new_v4()), json!({})),
+    };
+    let key = shared.key();
+    let answer = write(shared, rng, &path, &who.token, &key, Some(&body), None).await;
+    if let Some(answer) = &answer
+        && (200..300).contains(&answer.status)
+    {
+        eprintln!(
+            "soak-load: a bad request was accepted: {path} {body} -> {}",
+            answer.body
+        );
+    }
+    journal_answer(
+        shared,
+        "bad_request",
+        &who.subject,
+        &key,
+        "booking_id",
+        answer.as_ref(),
+    );
+}
+
+async fn run_scenario(
+    shared: &Shared,
+    rng: &mut fastrand::Rng,
+    client: usize,
+    scenario: Scenario,
+) -> anyhow::Result<()> {
+    let who = caller(shared, rng, client)?;
+    let facilities = shared.facilities.len();
+    let slot = {
+        let mut grid = shared
+            .grid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if scenario == Scenario::Contest {
+            grid.contested(facilities, rng)
+        } else {
+            grid.fresh(facilities)
+        }
+    };
+    match scenario {
+        Scenario::BadRequest => bad_request(shared, rng, &who).await,
+        Scenario::Replay => {
+            let body = booking_body(shared, rng, slot);
+            let key = shared.key();
+            let (mut one, mut two) = (rng.fork(), rng.fork());
+            let (first, second) = tokio::join!(
+                write(
+                    shared,
+                    &mut one,
+                    "/bookings",
+                    &who.token,
+                    &key,
+                    Some(&body),
+                    None
+                ),
+                write(
+                    shared,
+                    &mut two,
+                    "/bookings",
+                    &who.token,
+                    &key,
+                    Some(&body),
+                    None
+                ),
+            );
+            for answer in [first, second] {
+                if let Some((booking, _)) = journal_answer(
+                    shared,
+                    "request_booking",
+                    &who.subject,
+                    &key,
+                    "booking_id",
+                    answer.as_ref(),
+                ) {
+                    scenario_entry(shared, booking, scenario);
+                }
+            }
+        }
+        _ => {
+            let Some((booking, version)) = request_booking(shared, rng, &who, slot).await else {
+                return Ok(());
+            };
+            scenario_entry(shared, booking, scenario);
+            if let Some(behaviour) = scenario.gateway_behaviour() {
+                set_gateway(shared, booking, &behaviour).await;
+            }
+            match scenario {
+                Scenario::CancelEarly => {
+                    let if_match = rng.bool().then_some(version);
+                    cancel(shared, rng, &who, booking, if_match).await;
+                }
+                Scenario::CancelConfirmed => {
+                    if shared.config.saga {
+                        if let Some((status, version)) = await_outcome(shared, &who, booking).await
+                            && status == "confirmed"
+                        {
+                            let if_match = rng.bool().then_some(version);
+                            cancel(shared, rng, &who, booking, if_match).await;
+                        }
+                    } else {
+                        sleep(Duration::from_millis(rng.u64(200..2000))).await;
+                        cancel(shared, rng, &who, booking, None).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn scenario_entry(shared: &Shared, booking: Uuid, scenario: Scenario) {
+    shared.record(&Entry::Scenario {
+        booking_id: booking,
+        scenario: scenario.name().to_owned(),
+    });
+}
+
+async fn client_loop(shared: Arc<Shared>, client: usize) -> anyhow::Result<()> {
+    let mut rng = fastrand::Rng::with_seed(shared.config.seed.wrapping_add(client as u64 * 7919));
+    while shared.loading() {
+        shared.pace().await;
+        if !shared.loading() {
+            break;
+        }
+        let scenario = Scenario::pick(&mut rng);
+        {
+            let mut scenarios = shared
+                .stats
+                .scenarios
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *scenarios.entry(scenario.name()).or_default() += 1;
+        }
+        run_scenario(&shared, &mut rng, client, scenario).await?;
+    }
+    Ok(())
+}
+
+async fn register_facilities(
+    shared: &Shared,
+    rng: &mut fastrand::Rng,
+) -> anyhow::Result<Vec<Uuid>> {
+    let token = shared.token(Role::Director, "soak-director-0")?;
+    let mut facilities = Vec::new();
+    for index in 0..shared.config.facilities {
+        let key = shared.key();
+        let body = facility_body(index);
+        let answer = write(shared, rng, "/facilities", &token, &key, Some(&body), None).await;
+        let Some((id, _)) = journal_answer(
+            shared,
+            "register_facility",
+            "soak-director-0",
+            &key,
+            "facility_id",
+            answer.as_ref(),
+        ) else {
+            bail!("registering facility {index} failed: {answer:?}");
+        };
+        facilities.push(id);
+    }
+    // Every replica must know every facility before clients book on it, or a replica that has
+    // not read the registration yet answers 404. Releasing a slot nobody holds changes nothing
+    // and answers 200 once the replica knows the facility.
+    let system = shared.token(Role::System, "soak-probe")?;
+    for url in &shared.config.command_urls {
+        for facility in &facilities {
+            let probe = format!(
+                "{url}/facilities/{facility}/reservations/{}/release",
+                Uuid::new_v4()
+            );
+            let known = async {
+                loop {
+                    let response = shared.http.post(&probe).bearer_auth(&system).send().await;
+                    if response.is_ok_and(|r| r.status().is_success()) {
+                        return;
+                    }
+                    sleep(Duration::from_millis(100)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_mins(1), known)
+                .await
+                .with_context(|| format!("{url} never learnt of facility {facility}"))?;
+        }
+    }
+    Ok(facilities)
+}
+
+/// Puts `count` records that are not events on the event topics at random moments of the run.
+async fn inject_poison(shared: Arc<Shared>, seed: u64) -> anyhow::Result<()> {
+    let count = shared.config.poison;
+    if count == 0 {
+        return Ok(());
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &shared.config.brokers)
+        .set("client.id", "soak-poison")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "10000")
+        .create()
+        .context("Failed to create the poison producer")?;
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+    let spacing = shared.config.duration / u32::try_from(count + 1).unwrap_or(u32::MAX);
+    for n in 0..count {
+        sleep(spacing).await;
+        let kinds = ["booking", "facility", "payment"];
+        let topic = format!(
+            "{}.{}.events",
+            shared.config.topic_prefix,
+            kinds[n % kinds.len()]
+        );
+        let value: Vec<u8> = match n % 3 {
+            0 => b"\x00\x01 this is not JSON".to_vec(),
+            1 => br#"{"soak": "poison", "looks_like": "an envelope without its fields"}"#.to_vec(),
+            _ => serde_json::to_vec(&json!({
+                "event_id": Uuid::new_v4(), "event_type": "BookingTeleported", "event_version": 1,
+                "aggregate_type": "booking", "aggregate_id": Uuid::new_v4(), "sequence": 1,
+                "occurred_at": Utc::now(), "correlation_id": Uuid::new_v4(),
+                "causation_id": Uuid::new_v4(), "actor": {"subject": "soak", "role": "system"},
+                "data": {},
+            }))
+            .context("Failed to build a poison record")?,
+        };
+        let key = Uuid::new_v4().to_string();
+        // A broker restart may be under way: retry until the record lands.
+        let deadline = Instant::now() + Duration::from_mins(2);
+        loop {
+            let record = FutureRecord::to(&topic).key(&key).payload(&value);
+            match producer.send(record, Duration::from_secs(10)).await {
+                Ok(delivery) => {
+                    shared.record(&Entry::Poison {
+                        topic: topic.clone(),
+                        partition: delivery.partition,
+                        offset: delivery.offset,
+                    });
+                    break;
+                }
+                Err((error, _)) if Instant::now() < deadline => {
+                    eprintln!("soak-load: poison record not written yet ({error}); retrying");
+                    sleep(Duration::from_millis(500 + rng.u64(0..500))).await;
+                }
+                Err((error, _)) => bail!("a poison record could not be written: {error}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the load; writes the journal as it goes; prints its own summary at the end.
+pub async fn run(config: LoadConfig, journal: JournalWriter) -> anyhow::Result<()> {
+    if config.command_urls.is_empty() {
+        bail!("at least one command-service URL is needed");
+    }
+    let keys = TokenKeys::from_secret(&config.secret).context("Invalid FM_AUTH__SECRET")?;
+    let http = Client::builder()
+        .timeout(Duration::from_secs(20))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .context("Failed to build the HTTP client")?;
+    let seed = config.seed;
+    let mut shared = Shared {
+        config,
+        http,
+        keys,
+        journal,
+        facilities: Vec::new(),
+        grid: Mutex::default(),
+        stats: Stats::default(),
+        keys_issued: AtomicU64::new(0),
+        people: AtomicU64::new(0),
+        next_start: Mutex::new(Instant::now()),
+        started: Instant::now(),
+    };
+    let mut rng = fastrand::Rng::with_seed(seed);
+    shared.facilities = register_facilities(&shared, &mut rng).await?;
+    shared.started = Instant::now();
+    *shared
+        .next_start
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+    let shared = Arc::new(shared);
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..shared.config.clients {
+        tasks.spawn(client_loop(shared.clone(), client));
+    }
+    tasks.spawn(inject_poison(shared.clone(), seed));
+    let deadline = shared.draining_deadline() + Duration::from_secs(5);
+    let mut failure = None;
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(Ok(Ok(())))) => {}
+            Ok(Some(Ok(Err(error)))) => failure = Some(error),
+            Ok(Some(Err(error))) => failure = Some(anyhow::anyhow!("a client panicked: {error}")),
+            Ok(None) => break,
+            Err(_) => {
+                eprintln!(
+                    "soak-load: {} clients still busy at the end of the drain; stopping them",
+                    tasks.len()
+                );
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    let elapsed = shared.started.elapsed();
+    let stats = &shared.stats;
+    let scenarios = stats
+        .scenarios
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let answers = stats
+        .answers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let started: u64 = scenarios.values().sum();
+    println!(
+        "soak-load: {started} scenarios in {:.0}s ({:.1}/s), {} retries, {} unknown outcomes",
+        elapsed.as_secs_f64(),
+        f64::from(u32::try_from(started).unwrap_or(u32::MAX)) / elapsed.as_secs_f64().max(1.0),
+        stats.retries.load(Ordering::Relaxed),
+        stats.unknown.load(Ordering::Relaxed),
+    );
+    println!("soak-load: scenarios {scenarios:?}");
+    println!("soak-load: answers {answers:?}");
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
