@@ -197,7 +197,7 @@ impl AggregateStore {
         let envelope = match payload.map(|bytes| self.registry.validate_bytes(bytes)) {
             Some(Ok(envelope)) => Some(envelope),
             Some(Err(violation)) => {
-                tracing::warn!(%violation, topic = %position.topic, offset = position.offset, "skipping an invalid record");
+                tracing::warn!(violation = %violation.without_values(), topic = %position.topic, offset = position.offset, "skipping an invalid record");
                 None
             }
             None => {
@@ -218,7 +218,7 @@ impl AggregateStore {
         };
         drop(folded);
         let outcome = outcome.unwrap_or_else(|violation| {
-            tracing::warn!(%violation, "skipping an event that does not decode");
+            tracing::warn!(violation = %violation.without_values(), "skipping an event that does not decode");
             Outcome::Refused
         });
         let waiter = self
