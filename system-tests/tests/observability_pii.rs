@@ -5,6 +5,7 @@
 //! The test owns the process's tracing subscriber (`platform::telemetry::CapturedLogs`).
 
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
+#![allow(clippy::too_many_lines)] // One story, told in order.
 
 #[path = "observability_support/mod.rs"]
 mod support;
