@@ -94,7 +94,7 @@ async fn sigterm_finishes_the_batch_in_hand_stores_offsets_and_exits_zero() {
         logs
     });
     let pool = PgPool::connect(&database_url).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
     while stored(&pool).await == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
