@@ -499,3 +499,150 @@ async fn the_openapi_document_lists_every_write_route_with_bearer_auth() {
         "bearer"
     );
 }
+
+// Regressions found by `compose/fuzz` (docs/reliability.md, "API fuzzing"): each sends what the
+// fuzzer sent and holds the answer to the service's own OpenAPI document.
+
+/// The OpenAPI document the service serves.
+async fn served_document(service: &Service) -> Value {
+    Client::new()
+        .get(format!("{}/openapi.json", service.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Sends `request`, checks that its answer has `status` and that the document declares that
+/// status for `method template` with the content type the answer has; returns the body.
+async fn answer_as_declared(
+    document: &Value,
+    (method, template): (&str, &str),
+    request: reqwest::RequestBuilder,
+    status: StatusCode,
+) -> Value {
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), status, "{method} {template}");
+    let declared =
+        platform::openapi::declared_response(document, method, template, status.as_u16())
+            .unwrap_or_else(|| {
+                panic!("{method} {template} answered {status}, which its document does not declare")
+            });
+    if let Some(content_type) = response.headers().get("content-type") {
+        let content_type = content_type.to_str().unwrap();
+        assert!(
+            declared["content"].get(content_type).is_some(),
+            "{method} {template} answered {status} as {content_type}, declared as {}",
+            declared["content"]
+        );
+    }
+    response.json().await.unwrap_or(Value::Null)
+}
+
+/// A service with a facility and a family's booking: (service, facility id, booking id).
+async fn with_a_booking(kafka: &KafkaSettings) -> (Service, String, String) {
+    let service = start(kafka).await;
+    let facility_id = register_facility(&service).await;
+    let (status, created) = post(
+        &format!("{}/bookings", service.url),
+        Some(&token(Role::Family, "family-1")),
+        &booking(&facility_id, 12),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let booking_id = created["booking_id"].as_str().unwrap().to_owned();
+    (service, facility_id, booking_id)
+}
+
+#[tokio::test]
+async fn every_answer_the_fuzzer_found_undeclared_is_declared() {
+    let kafka = fresh_kafka().await;
+    let (service, facility_id, booking_id) = with_a_booking(&kafka).await;
+    let document = served_document(&service).await;
+    let client = Client::new();
+    let url = |path: String| format!("{}{path}", service.url);
+    let (director, family, saga) = (
+        token(Role::Director, "director-1"),
+        token(Role::Family, "family-1"),
+        token(Role::System, "saga"),
+    );
+    let confirm = ("post", "/bookings/{id}/confirm");
+    let cases = [
+        (
+            confirm,
+            client.post(url(format!("/bookings/{booking_id}/confirm"))),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            confirm,
+            client
+                .post(url(format!("/bookings/{booking_id}/confirm")))
+                .bearer_auth(&director),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            ("post", "/bookings/{id}/slot-held"),
+            client
+                .post(url(format!("/bookings/{}/slot-held", uuid::Uuid::new_v4())))
+                .bearer_auth(&saga),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            ("post", "/bookings/{id}/fail"),
+            client
+                .post(url(format!("/bookings/{booking_id}/fail")))
+                .bearer_auth(&saga)
+                .json(&json!({"reason": 6016})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            ("post", "/bookings/{id}/cancel"),
+            client
+                .post(url(format!("/bookings/{booking_id}/cancel")))
+                .bearer_auth(&family)
+                .json(&json!({"reason": 6016})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            ("post", "/facilities/{id}/reservations"),
+            client
+                .post(url(format!("/facilities/{facility_id}/reservations")))
+                .bearer_auth(&saga)
+                .json(&json!({"booking_id": booking_id, "slot": {"start": "0", "end": "0"}})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            ("post", "/facilities/{id}/reservations/{booking_id}/release"),
+            client
+                .post(url(format!(
+                    "/facilities/{facility_id}/reservations/{booking_id}/release"
+                )))
+                .bearer_auth(&saga)
+                .header("if-match", "\"7\""),
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            ("put", "/facilities/{id}/opening-hours"),
+            client
+                .put(url(format!("/facilities/{facility_id}/opening-hours")))
+                .bearer_auth(&director)
+                .header("content-type", "application/json")
+                .body("{"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            ("post", "/bookings/{id}/payment/captured"),
+            client
+                .post(url(format!("/bookings/{booking_id}/payment/captured")))
+                .bearer_auth(&saga)
+                .header("content-type", "text/plain")
+                .body("captured"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+    ];
+    for (operation, request, status) in cases {
+        answer_as_declared(&document, operation, request, status).await;
+    }
+}

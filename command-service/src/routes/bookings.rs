@@ -217,19 +217,11 @@ fn reason_text(reason: &str) -> Result<String, ApiError> {
     path = "/bookings",
     tag = "bookings",
     request_body = RequestBooking,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry token: a replay returns the first answer")),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Accepted; the saga runs on", body = BookingWritten,
-         headers(("Consistency-Token" = String, description = "Present to the query-api to read this write"))),
-        (status = 400, description = "Malformed JSON", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Role may not book", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 202, description = "Accepted; the saga runs on", body = BookingWritten),
         (status = 404, description = "Unknown facility", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field breaks a rule, or the Idempotency-Key was used for another request", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Broker unavailable", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A booking with this id exists (an Idempotency-Key reused after it was forgotten)", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn request(
@@ -273,13 +265,11 @@ pub(crate) async fn request(
     request_body(content = Cancellation, description = "Optional"),
     params(
         ("id" = Uuid, Path, description = "The booking id"),
-        ("If-Match" = Option<String>, Header, description = "The booking version (or ETag) you read"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retry token"),
+        ("If-Match" = Option<String>, Header, description = "The version (or ETag) you read: 412 if it is not the current one"),
     ),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Cancelled (or already cancelled)", body = BookingWritten),
-        (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such booking, or not yours", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not cancellable in its state, the service has started, or changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
@@ -324,10 +314,22 @@ async fn lifecycle(
 }
 
 /// The facility holds the booking's slot (the saga's command).
-#[utoipa::path(post, path = "/bookings/{id}/slot-held", tag = "internal",
-    params(("id" = Uuid, Path, description = "The booking id")), security(("bearer" = [])),
-    responses((status = 200, description = "Recorded (or already so)", body = BookingWritten),
-              (status = 409, description = "Not in a state that allows it", body = platform::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/bookings/{id}/slot-held",
+    tag = "internal",
+    params(
+        ("id" = Uuid, Path, description = "The booking id"),
+        ("If-Match" = Option<String>, Header, description = "The version (or ETag) you read: 412 if it is not the current one"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Recorded (or already so)", body = BookingWritten),
+        (status = 404, description = "No such booking", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not in a state that allows it, or changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn mark_slot_held(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -344,10 +346,22 @@ pub(crate) async fn mark_slot_held(
 }
 
 /// The booking is paid: confirm it (the saga's command).
-#[utoipa::path(post, path = "/bookings/{id}/confirm", tag = "internal",
-    params(("id" = Uuid, Path, description = "The booking id")), security(("bearer" = [])),
-    responses((status = 200, description = "Confirmed (or already so)", body = BookingWritten),
-              (status = 409, description = "Not in a state that allows it", body = platform::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/bookings/{id}/confirm",
+    tag = "internal",
+    params(
+        ("id" = Uuid, Path, description = "The booking id"),
+        ("If-Match" = Option<String>, Header, description = "The version (or ETag) you read: 412 if it is not the current one"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Confirmed (or already so)", body = BookingWritten),
+        (status = 404, description = "No such booking", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not in a state that allows it, or changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn confirm(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -364,10 +378,23 @@ pub(crate) async fn confirm(
 }
 
 /// The facility refused the slot: reject the booking (the saga's command).
-#[utoipa::path(post, path = "/bookings/{id}/reject", tag = "internal", request_body = Reason,
-    params(("id" = Uuid, Path, description = "The booking id")), security(("bearer" = [])),
-    responses((status = 200, description = "Rejected (or already so)", body = BookingWritten),
-              (status = 409, description = "Not in a state that allows it", body = platform::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/bookings/{id}/reject",
+    tag = "internal",
+    request_body = Reason,
+    params(
+        ("id" = Uuid, Path, description = "The booking id"),
+        ("If-Match" = Option<String>, Header, description = "The version (or ETag) you read: 412 if it is not the current one"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Rejected (or already so)", body = BookingWritten),
+        (status = 404, description = "No such booking", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not in a state that allows it, or changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn reject(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -380,10 +407,23 @@ pub(crate) async fn reject(
 }
 
 /// Payment failed and the slot was released: fail the booking (the saga's command).
-#[utoipa::path(post, path = "/bookings/{id}/fail", tag = "internal", request_body = Reason,
-    params(("id" = Uuid, Path, description = "The booking id")), security(("bearer" = [])),
-    responses((status = 200, description = "Failed (or already so)", body = BookingWritten),
-              (status = 409, description = "Not in a state that allows it", body = platform::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/bookings/{id}/fail",
+    tag = "internal",
+    request_body = Reason,
+    params(
+        ("id" = Uuid, Path, description = "The booking id"),
+        ("If-Match" = Option<String>, Header, description = "The version (or ETag) you read: 412 if it is not the current one"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Failed (or already so)", body = BookingWritten),
+        (status = 404, description = "No such booking", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not in a state that allows it, or changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn fail(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,

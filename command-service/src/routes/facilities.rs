@@ -165,17 +165,10 @@ impl RegisterFacility {
     path = "/facilities",
     tag = "facilities",
     request_body = RegisterFacility,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry token: a replay returns the first answer")),
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Registered", body = FacilityWritten),
-        (status = 400, description = "Malformed JSON", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not a director", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field breaks a rule, or the Idempotency-Key was used for another request", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Broker unavailable", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A facility with this id exists (an Idempotency-Key reused after it was forgotten)", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn register(
@@ -205,16 +198,14 @@ pub(crate) async fn register(
     request_body = ChangeOpeningHours,
     params(
         ("id" = Uuid, Path, description = "The facility id"),
-        ("If-Match" = Option<String>, Header, description = "The facility version you read"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retry token"),
+        ("If-Match" = Option<String>, Header, description = "The version (or ETag) you read: 412 if it is not the current one"),
     ),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Changed", body = FacilityWritten),
         (status = 404, description = "No such facility", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed concurrently: re-read and retry", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field breaks a rule", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn change_opening_hours(
@@ -241,13 +232,16 @@ pub(crate) async fn change_opening_hours(
     path = "/facilities/{id}/reservations",
     tag = "internal",
     request_body = ReserveSlot,
-    params(("id" = Uuid, Path, description = "The facility id")),
+    params(
+        ("id" = Uuid, Path, description = "The facility id"),
+        ("If-Match" = Option<String>, Header, description = "The version (or ETag) you read: 412 if it is not the current one"),
+    ),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Decided: reserved or rejected", body = ReservationWritten),
-        (status = 403, description = "Not a service", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such facility", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently, or the booking holds another slot", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn reserve_slot(
@@ -301,11 +295,14 @@ pub(crate) async fn reserve_slot(
     params(
         ("id" = Uuid, Path, description = "The facility id"),
         ("booking_id" = Uuid, Path, description = "The booking holding the slot"),
+        ("If-Match" = Option<String>, Header, description = "The version (or ETag) you read: 412 if it is not the current one"),
     ),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Released, or was not held", body = FacilityWritten),
         (status = 404, description = "No such facility", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed concurrently: re-read and retry", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn release_slot(

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use axum::{Json, extract::State};
-use platform::http::{BearerAuth, ReadyCheck, ReadyReport, probe};
+use platform::{
+    http::{BearerAuth, ReadyCheck, ReadyReport, probe},
+    openapi::{Shared, SharedHeader},
+};
 use utoipa::OpenApi;
 
 use crate::startup::AppState;
@@ -21,6 +24,45 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
         ReadyCheck::from_result("event_log_caught_up", caught_up),
     ])
 }
+
+/// What every write route answers because it goes through `WriteRequest`, `written` and the
+/// platform's layers, whichever handler it reaches; each route's own annotation adds what only
+/// it can answer (404, 409, 412).
+const WRITE_ROUTES: Shared = Shared {
+    problems: &[
+        (400, "The body is not JSON"),
+        (401, "No valid bearer token"),
+        (403, "The token's role may not use this route"),
+        (413, "The body is larger than the limit"),
+        (415, "A body that is not application/json"),
+        (
+            422,
+            "A field, path parameter or header breaks a rule (each is named with the rule), or \
+             the Idempotency-Key was used for another request",
+        ),
+        (
+            503,
+            "Still reading the log, the broker is unavailable, or the request timed out: retry \
+             with the same Idempotency-Key",
+        ),
+    ],
+    request_headers: &[SharedHeader {
+        name: "Idempotency-Key",
+        description: "Retry token (1 to 200 printable ASCII characters): a replay returns the \
+                      first answer",
+    }],
+    success_headers: &[SharedHeader {
+        name: "Consistency-Token",
+        description: "Present it to the query-api to read this write",
+    }],
+    problem_headers: &[(
+        401,
+        SharedHeader {
+            name: "WWW-Authenticate",
+            description: "Bearer",
+        },
+    )],
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,7 +87,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
         (name = "bookings", description = "Requesting and cancelling bookings"),
         (name = "internal", description = "Commands the booking saga sends with a service token"),
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &WRITE_ROUTES)
 )]
 pub(crate) struct ApiDoc;
 

@@ -79,11 +79,23 @@ async fn record(
 }
 
 /// Record a captured payment for a booking (the saga's command).
-#[utoipa::path(post, path = "/bookings/{id}/payment/captured", tag = "internal", request_body = GatewayOutcome,
-    params(("id" = Uuid, Path, description = "The booking id")), security(("bearer" = [])),
-    responses((status = 200, description = "Recorded (or already so)", body = PaymentWritten),
-              (status = 409, description = "Conflicts with what is recorded", body = platform::problem::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "A field breaks a rule", body = platform::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/bookings/{id}/payment/captured",
+    tag = "internal",
+    request_body = GatewayOutcome,
+    params(
+        ("id" = Uuid, Path, description = "The booking id"),
+        ("If-Match" = Option<String>, Header, description = "The version (or ETag) you read: 412 if it is not the current one"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Recorded (or already so)", body = PaymentWritten),
+        (status = 404, description = "No payment to refund", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflicts with what is recorded, or changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn captured(
     State(state): State<AppState>,
     Path(booking_id): Path<Uuid>,
@@ -100,11 +112,23 @@ pub(crate) async fn captured(
 }
 
 /// Record a declined payment for a booking (the saga's command).
-#[utoipa::path(post, path = "/bookings/{id}/payment/declined", tag = "internal", request_body = Declined,
-    params(("id" = Uuid, Path, description = "The booking id")), security(("bearer" = [])),
-    responses((status = 200, description = "Recorded (or already so)", body = PaymentWritten),
-              (status = 409, description = "Conflicts with what is recorded", body = platform::problem::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "A field breaks a rule", body = platform::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/bookings/{id}/payment/declined",
+    tag = "internal",
+    request_body = Declined,
+    params(
+        ("id" = Uuid, Path, description = "The booking id"),
+        ("If-Match" = Option<String>, Header, description = "The version (or ETag) you read: 412 if it is not the current one"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Recorded (or already so)", body = PaymentWritten),
+        (status = 404, description = "No payment to refund", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflicts with what is recorded, or changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn declined(
     State(state): State<AppState>,
     Path(booking_id): Path<Uuid>,
@@ -121,11 +145,23 @@ pub(crate) async fn declined(
 }
 
 /// Record a refund for a booking (the saga's command after a cancellation).
-#[utoipa::path(post, path = "/bookings/{id}/payment/refunded", tag = "internal", request_body = GatewayOutcome,
-    params(("id" = Uuid, Path, description = "The booking id")), security(("bearer" = [])),
-    responses((status = 200, description = "Recorded (or already so)", body = PaymentWritten),
-              (status = 409, description = "Conflicts with what is recorded", body = platform::problem::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "A field breaks a rule", body = platform::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/bookings/{id}/payment/refunded",
+    tag = "internal",
+    request_body = GatewayOutcome,
+    params(
+        ("id" = Uuid, Path, description = "The booking id"),
+        ("If-Match" = Option<String>, Header, description = "The version (or ETag) you read: 412 if it is not the current one"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Recorded (or already so)", body = PaymentWritten),
+        (status = 404, description = "No payment to refund", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflicts with what is recorded, or changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn refunded(
     State(state): State<AppState>,
     Path(booking_id): Path<Uuid>,

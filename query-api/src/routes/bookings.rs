@@ -185,6 +185,7 @@ pub(crate) struct BookingPage {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of bookings", body = BookingPage),
+        (status = 304, description = "Not modified since the ETag sent"),
         (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A parameter breaks a rule; each is named with the rule", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Read model behind the token, or store down", body = platform::problem::Problem, content_type = "application/problem+json"),

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use axum::{Json, extract::State};
-use platform::http::{BearerAuth, ReadyCheck, ReadyReport, probe};
+use platform::{
+    http::{BearerAuth, ReadyCheck, ReadyReport, probe},
+    openapi::{Shared, SharedHeader},
+};
 use utoipa::OpenApi;
 
 use crate::startup::AppState;
@@ -31,6 +34,49 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
     ])
 }
 
+/// What every read answers because of the shared extractors (`Caller`, `ValidPath`, `Params`,
+/// the consistency wait), `with_etag` and the platform's layers; each route's own annotation adds
+/// what only it can answer (404, its parameters' rules).
+const READ_ROUTES: Shared = Shared {
+    problems: &[
+        (401, "No valid bearer token"),
+        (
+            422,
+            "A path or query parameter, or the Consistency-Token, breaks a rule (each is named \
+             with the rule)",
+        ),
+        (
+            503,
+            "The read model has not reached the Consistency-Token in time, the store is \
+             unavailable, or the request timed out",
+        ),
+    ],
+    request_headers: &[SharedHeader {
+        name: "If-None-Match",
+        description: "An ETag this API gave: 304 while the answer is unchanged",
+    }],
+    success_headers: &[SharedHeader {
+        name: "ETag",
+        description: "Send it back in If-None-Match",
+    }],
+    problem_headers: &[
+        (
+            401,
+            SharedHeader {
+                name: "WWW-Authenticate",
+                description: "Bearer",
+            },
+        ),
+        (
+            503,
+            SharedHeader {
+                name: "Retry-After",
+                description: "Seconds to wait, when the read model is behind",
+            },
+        ),
+    ],
+};
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Funeral Manager query-api", description = "Reads over the read models, with read-your-writes on request."),
@@ -41,7 +87,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
         super::facilities::list_facilities,
         super::facilities::get_calendar,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &READ_ROUTES)
 )]
 pub(crate) struct ApiDoc;
 

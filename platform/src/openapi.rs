@@ -1,0 +1,212 @@
+//! What every operation of a service's OpenAPI document has because of the shared extractors
+//! and layers it goes through, rather than because of its own handler: the problem answers of
+//! authentication, body limits, timeouts and parameter parsing, and the headers every route
+//! reads or writes. A service lists them once in a [`Shared`] modifier, next to the code that
+//! produces them, instead of repeating them in every `#[utoipa::path]`.
+
+use utoipa::{
+    Modify, PartialSchema,
+    openapi::{
+        Content, Header, OpenApi, RefOr, Required, Response,
+        path::{Operation, ParameterBuilder, ParameterIn},
+        schema::{ObjectBuilder, Ref, Type},
+    },
+};
+
+use crate::problem::{FieldError, PROBLEM_JSON, Problem};
+
+/// A header every operation takes or every answer of a kind carries.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedHeader {
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
+/// The shared part of every operation of a document: added to each operation, except where its
+/// own annotation already describes the same status, parameter or header.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shared {
+    /// `(status, description)` of problem answers any operation can give.
+    pub problems: &'static [(u16, &'static str)],
+    /// Request headers every operation reads.
+    pub request_headers: &'static [SharedHeader],
+    /// Headers every 2xx answer may carry.
+    pub success_headers: &'static [SharedHeader],
+    /// Headers a problem answer of one status carries: `(status, header)`.
+    pub problem_headers: &'static [(u16, SharedHeader)],
+}
+
+/// The OpenAPI description of a problem answer: `application/problem+json` with the
+/// [`Problem`] schema.
+pub fn problem_response(description: &str) -> Response {
+    let mut response = Response::new(description);
+    response.content.insert(
+        PROBLEM_JSON.to_owned(),
+        Content::new(Some(Ref::from_schema_name("Problem"))),
+    );
+    response
+}
+
+fn string_header(description: &str) -> Header {
+    let mut header = Header::new(ObjectBuilder::new().schema_type(Type::String));
+    header.description = Some(description.to_owned());
+    header
+}
+
+/// Every operation of `openapi`, whatever its method.
+pub fn operations_mut(openapi: &mut OpenApi) -> impl Iterator<Item = &mut Operation> {
+    openapi.paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ]
+        .into_iter()
+        .flatten()
+    })
+}
+
+impl Shared {
+    fn apply(&self, operation: &mut Operation) {
+        let responses = &mut operation.responses.responses;
+        for (status, description) in self.problems {
+            responses
+                .entry(status.to_string())
+                .or_insert_with(|| RefOr::T(problem_response(description)));
+        }
+        for (status, header) in self.problem_headers {
+            if let Some(RefOr::T(response)) = responses.get_mut(&status.to_string()) {
+                response
+                    .headers
+                    .entry(header.name.to_owned())
+                    .or_insert_with(|| string_header(header.description));
+            }
+        }
+        for (status, response) in responses.iter_mut() {
+            let (RefOr::T(response), true) = (response, status.starts_with('2')) else {
+                continue;
+            };
+            for header in self.success_headers {
+                response
+                    .headers
+                    .entry(header.name.to_owned())
+                    .or_insert_with(|| string_header(header.description));
+            }
+        }
+        let parameters = operation.parameters.get_or_insert_with(Vec::new);
+        for header in self.request_headers {
+            let declared = parameters.iter().any(|parameter| {
+                parameter.parameter_in == ParameterIn::Header
+                    && parameter.name.eq_ignore_ascii_case(header.name)
+            });
+            if !declared {
+                parameters.push(
+                    ParameterBuilder::new()
+                        .name(header.name)
+                        .parameter_in(ParameterIn::Header)
+                        .required(Required::False)
+                        .description(Some(header.description))
+                        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                        .build(),
+                );
+            }
+        }
+    }
+}
+
+impl Modify for Shared {
+    fn modify(&self, openapi: &mut OpenApi) {
+        for operation in operations_mut(openapi) {
+            self.apply(operation);
+        }
+        if !self.problems.is_empty() {
+            let components = openapi.components.get_or_insert_with(Default::default);
+            for (name, schema) in [
+                ("Problem", <Problem as PartialSchema>::schema()),
+                ("FieldError", <FieldError as PartialSchema>::schema()),
+            ] {
+                components.schemas.entry(name.to_owned()).or_insert(schema);
+            }
+        }
+    }
+}
+
+/// The response `document` (a served `/openapi.json`) declares for `status` of the operation
+/// `method` `template` (`"post"`, `"/bookings/{id}/cancel"`): what an answer must match. Tests
+/// use it to hold every answer a service gives to its own document.
+pub fn declared_response<'a>(
+    document: &'a serde_json::Value,
+    method: &str,
+    template: &str,
+    status: u16,
+) -> Option<&'a serde_json::Value> {
+    document["paths"][template][method]["responses"]
+        .get(status.to_string())
+        .filter(|response| response.is_object())
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi as _;
+
+    use super::*;
+
+    /// Reads something.
+    #[utoipa::path(get, path = "/things/{id}", params(("id" = String, Path)), responses(
+        (status = 200, description = "The thing"),
+        (status = 404, description = "No such thing, precisely", body = Problem, content_type = "application/problem+json"),
+    ))]
+    #[allow(dead_code)]
+    fn read_thing() {}
+
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths(read_thing))]
+    struct Doc;
+
+    const SHARED: Shared = Shared {
+        problems: &[(401, "No valid bearer token"), (404, "Not found")],
+        request_headers: &[SharedHeader {
+            name: "Consistency-Token",
+            description: "Wait for this write",
+        }],
+        success_headers: &[SharedHeader {
+            name: "ETag",
+            description: "The version",
+        }],
+        problem_headers: &[(
+            401,
+            SharedHeader {
+                name: "WWW-Authenticate",
+                description: "Bearer",
+            },
+        )],
+    };
+
+    #[test]
+    fn shared_parts_are_added_and_a_route_s_own_description_is_kept() {
+        let mut openapi = Doc::openapi();
+        SHARED.modify(&mut openapi);
+        let document = serde_json::to_value(&openapi).expect("serialises");
+        let operation = &document["paths"]["/things/{id}"]["get"];
+        let responses = &operation["responses"];
+        assert_eq!(
+            responses["401"]["content"]["application/problem+json"]["schema"]["$ref"],
+            "#/components/schemas/Problem"
+        );
+        assert!(responses["401"]["headers"]["WWW-Authenticate"].is_object());
+        assert_eq!(responses["404"]["description"], "No such thing, precisely");
+        assert!(responses["200"]["headers"]["ETag"].is_object());
+        assert!(responses["404"]["headers"].get("ETag").is_none());
+        assert_eq!(operation["parameters"][1]["name"], "Consistency-Token");
+        assert!(document["components"]["schemas"]["Problem"].is_object());
+        assert!(document["components"]["schemas"]["FieldError"].is_object());
+        assert!(declared_response(&document, "get", "/things/{id}", 401).is_some());
+        assert!(declared_response(&document, "get", "/things/{id}", 403).is_none());
+        assert!(declared_response(&document, "post", "/things/{id}", 401).is_none());
+    }
+}

@@ -1,0 +1,136 @@
+//! The query-api's HTTP contract where no query runs: what it answers before it reads the read
+//! models (authentication, parameters, the consistency token) must be what its OpenAPI document
+//! declares. Regressions found by `compose/fuzz` (docs/reliability.md, "API fuzzing"). The
+//! database URL points nowhere: a request that reached PostgreSQL would fail the test.
+
+#![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
+
+use chrono::Duration;
+use platform::{
+    auth::TokenKeys, openapi::declared_response, settings::DatabaseSettings,
+    shutdown::CancellationToken,
+};
+use query_api::{Application, Settings};
+use reqwest::{Client, StatusCode};
+use schemas::Role;
+use serde_json::Value;
+
+const SECRET: &str = "query-api-tests-secret-0123456789abcdef";
+
+struct Service {
+    url: String,
+    token: String,
+    document: Value,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start() -> Service {
+    let database = DatabaseSettings {
+        url: "postgres://fm:fm@127.0.0.1:9/nowhere".to_owned().into(),
+        ..DatabaseSettings::default()
+    };
+    let mut settings = Settings::new(SECRET, database);
+    settings.http.port = 0;
+    let shutdown = CancellationToken::new();
+    let app = Application::build(settings, shutdown.clone())
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let document = Client::new()
+        .get(format!("{url}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = TokenKeys::from_secret(&SECRET.to_owned().into())
+        .unwrap()
+        .mint("director-1", Role::Director, Duration::hours(1))
+        .unwrap();
+    Service {
+        url,
+        token,
+        document,
+        shutdown,
+    }
+}
+
+/// GETs `path` with the director's token and `headers`; checks that the answer has `status`,
+/// declared for `template` with the content type it has; returns the body.
+async fn get_as_declared(
+    service: &Service,
+    (path, template): (&str, &str),
+    headers: &[(&str, &str)],
+    status: StatusCode,
+) -> Value {
+    let mut request = Client::new()
+        .get(format!("{}{path}", service.url))
+        .bearer_auth(&service.token);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), status, "GET {path}");
+    let declared = declared_response(&service.document, "get", template, status.as_u16())
+        .unwrap_or_else(|| panic!("GET {template} answered {status}, which is not declared"));
+    let content_type = response.headers()["content-type"].to_str().unwrap();
+    assert!(
+        declared["content"].get(content_type).is_some(),
+        "GET {template} answered {status} as {content_type}, declared as {}",
+        declared["content"]
+    );
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_malformed_consistency_token_is_a_declared_problem() {
+    let service = start().await;
+    let id = uuid::Uuid::new_v4();
+    for template in ["/bookings/{id}", "/facilities/{id}"] {
+        let path = template.replace("{id}", &id.to_string());
+        let problem = get_as_declared(
+            &service,
+            (&path, template),
+            &[("consistency-token", "not-a-token")],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(problem["errors"][0]["field"], "Consistency-Token");
+    }
+}
+
+#[tokio::test]
+async fn every_read_declares_conditional_answers() {
+    let service = start().await;
+    for template in [
+        "/bookings",
+        "/bookings/{id}",
+        "/facilities",
+        "/facilities/{id}",
+        "/facilities/{id}/calendar",
+    ] {
+        let operation = &service.document["paths"][template]["get"];
+        assert!(
+            declared_response(&service.document, "get", template, 304).is_some(),
+            "GET {template} answers 304 to If-None-Match"
+        );
+        assert!(
+            operation["responses"]["200"]["headers"]["ETag"].is_object(),
+            "GET {template} sends an ETag"
+        );
+        let takes_if_none_match = operation["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|parameter| parameter["name"] == "If-None-Match");
+        assert!(takes_if_none_match, "GET {template} reads If-None-Match");
+    }
+}
