@@ -136,7 +136,7 @@ struct Settings {
     kafka: KafkaSettings,
 }
 
-fn kafka_settings() -> anyhow::Result<KafkaSettings> {
+pub(crate) fn kafka_settings() -> anyhow::Result<KafkaSettings> {
     let settings: Settings =
         platform::settings::load().context("Failed to read the FM_* configuration")?;
     Ok(settings.kafka)
@@ -248,26 +248,28 @@ pub(crate) async fn topics_list(args: ListArgs) -> anyhow::Result<()> {
 
 /// One record as read and decoded.
 #[derive(Debug)]
-struct Record {
-    topic: String,
-    partition: i32,
-    offset: i64,
+pub(crate) struct Record {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
     /// The broker's timestamp of the record (append time, or the producer's create time).
-    timestamp: Option<DateTime<Utc>>,
-    key: Option<String>,
-    envelope: Option<EventEnvelope>,
-    violation: Option<String>,
-    raw: Option<String>,
-    dead_letter: Option<DeadLetterInfo>,
-    retry_of: Option<String>,
+    pub(crate) timestamp: Option<DateTime<Utc>>,
+    pub(crate) key: Option<String>,
+    pub(crate) envelope: Option<EventEnvelope>,
+    pub(crate) violation: Option<String>,
+    pub(crate) raw: Option<String>,
+    pub(crate) dead_letter: Option<DeadLetterInfo>,
+    pub(crate) retry_of: Option<String>,
+    /// The flow the record belonged to (`fm-correlation-id` header), if it names one.
+    pub(crate) correlation: Option<String>,
 }
 
 #[derive(Debug)]
-struct DeadLetterInfo {
-    reason: String,
-    origin_topic: Option<String>,
-    origin_partition: Option<i32>,
-    origin_offset: Option<i64>,
+pub(crate) struct DeadLetterInfo {
+    pub(crate) reason: String,
+    pub(crate) origin_topic: Option<String>,
+    pub(crate) origin_partition: Option<i32>,
+    pub(crate) origin_offset: Option<i64>,
 }
 
 fn header(message: &BorrowedMessage<'_>, name: &str) -> Option<String> {
@@ -280,7 +282,7 @@ fn header(message: &BorrowedMessage<'_>, name: &str) -> Option<String> {
 }
 
 impl Record {
-    fn decode(message: &BorrowedMessage<'_>, registry: &SchemaRegistry) -> Self {
+    pub(crate) fn decode(message: &BorrowedMessage<'_>, registry: &SchemaRegistry) -> Self {
         let payload = message.payload().unwrap_or_default();
         let (envelope, violation) = match registry.validate_bytes(payload) {
             Ok(envelope) => (Some(envelope), None),
@@ -313,6 +315,7 @@ impl Record {
             raw,
             dead_letter,
             retry_of: header(message, RETRY_OF),
+            correlation: header(message, headers::CORRELATION_ID),
         }
     }
 
@@ -444,14 +447,14 @@ impl Record {
 
 /// Where each partition starts.
 #[derive(Debug, Clone, Copy)]
-enum Start {
+pub(crate) enum Start {
     Beginning,
     Offset(i64),
 }
 
 /// Reads `topics` from `start`, handing each record to `visit` until it answers `false`, the
 /// end offsets seen at start are reached (unless `follow`), or Ctrl-C.
-async fn scan(
+pub(crate) async fn scan(
     kafka: &KafkaSettings,
     topics: Vec<String>,
     start: Start,
@@ -521,17 +524,17 @@ async fn scan(
 }
 
 /// Standard output, line by line; a closed pipe (`| head`) ends the command quietly.
-struct Out {
+pub(crate) struct Out {
     open: bool,
 }
 
 impl Out {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { open: true }
     }
 
     /// Writes one line; `false` once the reader has gone.
-    fn line(&mut self, text: &str) -> anyhow::Result<bool> {
+    pub(crate) fn line(&mut self, text: &str) -> anyhow::Result<bool> {
         if !self.open {
             return Ok(false);
         }

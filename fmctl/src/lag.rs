@@ -1,21 +1,26 @@
-//! `fmctl lag`: how far each read-model version is behind the log.
+//! `fmctl lag`: how far each read-model version, and the booking saga, are behind the log.
 //!
 //! A projector stores, per partition, the next offset to read in its version's
-//! `rm_v<N>.projection_offsets`, in the same transaction as the rows (docs/read-side.md). Lag is
-//! the end of each partition (the offset the next record written will get) minus that stored
-//! offset (0 where none is stored yet). The projectors use no consumer group, so the broker
-//! knows nothing of this lag: PostgreSQL does.
+//! `rm_v<N>.projection_offsets`, in the same transaction as the rows (docs/read-side.md); the
+//! saga runner stores its own in `saga.offsets`, in the same database, with the saga rows. Lag
+//! is the end of each partition (the offset the next record written will get) minus that stored
+//! offset (0 where none is stored yet). Neither uses a consumer group, so the broker knows
+//! nothing of this lag: PostgreSQL does. A database without the `saga` schema (no saga runner
+//! deployed yet) shows the read models only.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use event_log::{KafkaSettings, LogError, Topics, consumer};
+use event_log::{
+    KafkaSettings, LogError, Topics,
+    consumer::{self, TopicPartition},
+};
 use projection_service::versions::{self, VersionState};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
+use serde_json::{Value, json};
+use sqlx::{PgPool, postgres::PgPoolOptions};
 
 use crate::inspect::{Output, explain};
 
@@ -25,10 +30,10 @@ use crate::inspect::{Output, explain};
     fmctl lag --output json\n  \
     fmctl lag --fail-over 1000 || echo 'the read models are more than 1000 records behind'\n\n\
     Every version that is live or building is listed (a building version replays the log from \
-    the start, so its lag is expected to be large until it switches). The total that --fail-over \
-    checks is the live version's: the one queries read.")]
+    the start, so its lag is expected to be large until it switches), then the booking saga. \
+    --fail-over checks the live version's total (the one queries read) and the saga's.")]
 pub(crate) struct LagArgs {
-    /// Exit with status 1 when the live version's total lag is above N records.
+    /// Exit with status 1 when the live version's or the saga's total lag is above N records.
     #[arg(long, value_name = "N")]
     fail_over: Option<u64>,
     #[arg(long, value_enum, default_value_t = Output::Pretty)]
@@ -100,59 +105,95 @@ pub(crate) async fn lag(args: LagArgs) -> anyhow::Result<()> {
             "no read-model version is live or building yet: the projection-service creates version 1 when it first starts"
         );
     }
+    let saga = saga_offsets(&pool)
+        .await?
+        .map(|stored| rows(&ends, &stored));
     let mut report = Vec::new();
     for (version, state) in active {
         let mut conn = pool.acquire().await.context("Failed to reach PostgreSQL")?;
         let stored = versions::stored_offsets(&mut conn, version)
             .await
             .with_context(|| format!("Failed to read the stored offsets of version {version}"))?;
-        let rows: Vec<Row> = ends
-            .iter()
-            .map(|(tp, end)| {
-                let next = stored.get(tp).copied().unwrap_or(0);
-                Row {
-                    topic: tp.0.clone(),
-                    partition: tp.1,
-                    end: *end,
-                    next,
-                    lag: u64::try_from(end - next).unwrap_or(0),
-                }
-            })
-            .collect();
-        report.push((version, state, rows));
+        report.push((version, state, rows(&ends, &stored)));
     }
-    print_report(&report, &args)
+    print_report(&report, saga.as_deref(), &args)
+}
+
+/// One row per partition of the log: its end, the next offset stored, the difference.
+fn rows(ends: &BTreeMap<TopicPartition, i64>, stored: &BTreeMap<TopicPartition, i64>) -> Vec<Row> {
+    ends.iter()
+        .map(|(tp, end)| {
+            let next = stored.get(tp).copied().unwrap_or(0);
+            Row {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                end: *end,
+                next,
+                lag: u64::try_from(end - next).unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
+/// The saga runner's stored offsets, or `None` when its schema is not there (not deployed yet).
+async fn saga_offsets(pool: &PgPool) -> anyhow::Result<Option<BTreeMap<TopicPartition, i64>>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('saga.offsets') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .context("Failed to look for the saga's offsets")?;
+    if !exists {
+        return Ok(None);
+    }
+    let stored: Vec<(String, i32, i64)> =
+        sqlx::query_as("SELECT topic, partition, next_offset FROM saga.offsets")
+            .fetch_all(pool)
+            .await
+            .context("Failed to read saga.offsets")?;
+    Ok(Some(
+        stored
+            .into_iter()
+            .map(|(topic, partition, next)| ((topic, partition), next))
+            .collect(),
+    ))
 }
 
 /// Rows per version: (version, state, one row per partition).
 type Report = Vec<(i32, VersionState, Vec<Row>)>;
 
-fn print_report(report: &Report, args: &LagArgs) -> anyhow::Result<()> {
+fn total(rows: &[Row]) -> u64 {
+    rows.iter().map(|r| r.lag).sum()
+}
+
+fn partitions_json(rows: &[Row]) -> Vec<Value> {
+    rows.iter()
+        .map(|r| {
+            json!({"topic": r.topic, "partition": r.partition,
+                   "end_offset": r.end, "next_offset": r.next, "lag": r.lag})
+        })
+        .collect()
+}
+
+fn print_report(report: &Report, saga: Option<&[Row]>, args: &LagArgs) -> anyhow::Result<()> {
     let live_total = report
         .iter()
         .find(|(_, state, _)| *state == VersionState::Live)
-        .map(|(_, _, rows)| rows.iter().map(|r| r.lag).sum::<u64>());
+        .map(|(_, _, rows)| total(rows));
 
     match args.output {
         Output::Json => {
             let versions: Vec<_> = report
                 .iter()
                 .map(|(version, state, rows)| {
-                    let partitions: Vec<_> = rows
-                        .iter()
-                        .map(|r| {
-                            json!({"topic": r.topic, "partition": r.partition,
-                                   "end_offset": r.end, "next_offset": r.next, "lag": r.lag})
-                        })
-                        .collect();
                     json!({"version": version, "state": state_name(*state),
-                           "total_lag": rows.iter().map(|r| r.lag).sum::<u64>(),
-                           "partitions": partitions})
+                           "total_lag": total(rows), "partitions": partitions_json(rows)})
                 })
                 .collect();
+            let saga = saga
+                .map(|rows| json!({"total_lag": total(rows), "partitions": partitions_json(rows)}));
             println!(
                 "{}",
-                json!({"projection": "read-models", "versions": versions, "total_lag": live_total})
+                json!({"projection": "read-models", "versions": versions, "total_lag": live_total,
+                       "saga": saga})
             );
         }
         Output::Pretty => {
@@ -174,20 +215,32 @@ fn print_report(report: &Report, args: &LagArgs) -> anyhow::Result<()> {
                     );
                 }
             }
+            for r in saga.unwrap_or_default() {
+                println!(
+                    "{:<8} {:<9} {:<44} {:>9} {:>10} {:>10} {:>8}",
+                    "saga", "-", r.topic, r.partition, r.end, r.next, r.lag
+                );
+            }
             for (version, state, rows) in report {
                 println!(
                     "read models v{version} ({}): {} records behind",
                     state_name(*state),
-                    rows.iter().map(|r| r.lag).sum::<u64>()
+                    total(rows)
                 );
+            }
+            match saga {
+                Some(rows) => println!("booking saga: {} records behind", total(rows)),
+                None => println!("booking saga: not deployed (no saga.offsets table)"),
             }
         }
     }
     if let Some(limit) = args.fail_over {
-        let total =
-            live_total.context("no live read-model version, so there is no lag to check")?;
-        if total > limit {
-            bail!("the live read models are {total} records behind, over --fail-over {limit}");
+        let live = live_total.context("no live read-model version, so there is no lag to check")?;
+        if live > limit {
+            bail!("the live read models are {live} records behind, over --fail-over {limit}");
+        }
+        if let Some(saga) = saga.map(total).filter(|saga| *saga > limit) {
+            bail!("the booking saga is {saga} records behind, over --fail-over {limit}");
         }
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! (`FM_KAFKA__BROKERS`, `FM_KAFKA__TOPIC_PREFIX`, `FM_AUTH__SECRET`). Every failure exits
 //! non-zero with one sentence on stderr.
 
+mod dead_letters;
 mod inspect;
 mod lag;
 mod rebuild;
@@ -25,7 +26,7 @@ use serde::Deserialize;
     about = "Operate Funeral Manager: topics, events, lag, read models, dead letters, tokens."
 )]
 #[command(
-    after_help = "Examples:\n  fmctl topics ensure\n  fmctl topics list\n  fmctl events tail --topic booking --follow\n  fmctl events history --booking <BOOKING_ID>\n  fmctl lag --fail-over 1000\n  fmctl token mint --role director --subject director-1\n  fmctl token mint --role family --subject family-42 --ttl-days 7"
+    after_help = "Examples:\n  fmctl topics ensure\n  fmctl topics list\n  fmctl events tail --topic booking --follow\n  fmctl events history --booking <BOOKING_ID>\n  fmctl lag --fail-over 1000\n  fmctl dead-letters list\n  fmctl dead-letters show --offset 17\n  fmctl token mint --role director --subject director-1\n  fmctl token mint --role family --subject family-42 --ttl-days 7"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,9 +44,9 @@ enum Command {
     /// Read-model versions: rebuild without downtime, status.
     #[command(subcommand)]
     Projections(rebuild::ProjectionsCommand),
-    /// The dead-letter topic.
+    /// The dead-letter topic: list, show, retry.
     #[command(subcommand)]
-    DeadLetters(rebuild::DeadLettersCommand),
+    DeadLetters(dead_letters::DeadLettersCommand),
     /// Read the log: tail and decode events, a booking's history.
     #[command(subcommand)]
     Events(inspect::EventsCommand),
@@ -126,7 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         platform::settings::load().context("Failed to read the FM_* configuration")?;
     match cli.command {
         Command::Projections(command) => rebuild::projections(command).await?,
-        Command::DeadLetters(command) => rebuild::dead_letters(command).await?,
+        Command::DeadLetters(command) => dead_letters::dead_letters(command).await?,
         Command::Events(command) => inspect::events(command).await?,
         Command::Lag(args) => lag::lag(args).await?,
         Command::Topics(TopicsCommand::List(args)) => inspect::topics_list(args).await?,

@@ -1,4 +1,4 @@
-//! `fmctl projections ...` and `fmctl dead-letters retry`: the read side's operations.
+//! `fmctl projections ...`: rebuilding the read models and following the rebuild.
 //!
 //! A rebuild is asked of the projection-service through PostgreSQL: this inserts a `building`
 //! row in `projection_versions` (`projection_service::versions::request_rebuild`); the running
@@ -31,19 +31,6 @@ pub(crate) enum ProjectionsCommand {
     },
     /// Show each read-model version and how far it has read.
     Status,
-}
-
-#[derive(Debug, Subcommand)]
-pub(crate) enum DeadLettersCommand {
-    /// Append a dead letter to its origin topic again, same key and bytes.
-    Retry {
-        /// The partition of the dead-letter topic.
-        #[arg(long, default_value_t = 0)]
-        partition: i32,
-        /// The dead letter's offset in that partition.
-        #[arg(long)]
-        offset: i64,
-    },
 }
 
 /// The settings these commands read (`FM_DATABASE__URL`, `FM_KAFKA__*`).
@@ -211,28 +198,4 @@ async fn rebuild(
     spinner.finish_with_message(format!("version {old} dropped"));
     println!("version {version} is live");
     Ok(())
-}
-
-pub(crate) async fn dead_letters(command: DeadLettersCommand) -> anyhow::Result<()> {
-    let settings = settings()?;
-    match command {
-        DeadLettersCommand::Retry { partition, offset } => {
-            let (letter, landed) =
-                event_log::dead_letters::retry(&settings.kafka, partition, offset)
-                    .await
-                    .context("Failed to retry the dead letter")?;
-            println!(
-                "retried {}:{}:{} (dead-lettered because: {})",
-                letter.position.topic,
-                letter.position.partition,
-                letter.position.offset,
-                letter.reason
-            );
-            println!(
-                "appended to {}:{}:{}",
-                landed.topic, landed.partition, landed.offset
-            );
-            Ok(())
-        }
-    }
 }

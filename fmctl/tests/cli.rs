@@ -3,6 +3,7 @@
 //! starts its own services on fresh topics and a fresh database (`system_tests::TestStack`).
 
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
+#![allow(clippy::too_many_lines)] // Each test is one story, told in order.
 
 use std::time::Duration;
 
@@ -430,4 +431,376 @@ async fn errors_are_one_sentence_on_stderr_with_a_non_zero_status() {
     let run = fmctl(&missing, None, &["lag"]).await;
     assert_eq!(run.status, 1);
     assert_eq!(run.stderr.trim(), "fmctl: FM_DATABASE__URL is not set");
+}
+
+/// Waits until the live read models have applied everything in the log (`fmctl lag` says 0).
+async fn wait_projected(kafka: &KafkaSettings, database_url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+    while total_lag(kafka, database_url).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the projector did not catch up within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn lag_shows_the_saga_beside_the_read_models_once_its_offsets_table_exists() {
+    let stack = TestStack::spawn().await.unwrap();
+    facility_and_booking(&stack).await;
+    wait_projected(&stack.kafka, &stack.database_url).await;
+
+    // No saga runner deployed yet: said so, and nothing fails.
+    let run = fmctl(&stack.kafka, Some(&stack.database_url), &["lag"]).await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("booking saga: not deployed (no saga.offsets table)"),
+        "{}",
+        run.stdout
+    );
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["lag", "--output", "json"],
+    )
+    .await;
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(report["saga"], Value::Null);
+
+    // The saga runner's table (as saga-runner/migrations creates it), with nothing read yet.
+    let pool = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    for statement in [
+        "CREATE SCHEMA saga",
+        "CREATE TABLE saga.offsets (topic TEXT NOT NULL, partition INTEGER NOT NULL, \
+         next_offset BIGINT NOT NULL, PRIMARY KEY (topic, partition))",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["lag", "--output", "json"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(report["total_lag"], 0, "{report}");
+    assert_eq!(report["saga"]["total_lag"], 2, "{report}");
+    let partitions = report["saga"]["partitions"].as_array().unwrap();
+    assert_eq!(
+        partitions.len(),
+        usize::try_from(stack.kafka.partitions * 3).unwrap()
+    );
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["lag", "--fail-over", "1"],
+    )
+    .await;
+    assert_eq!(run.status, 1);
+    assert!(
+        run.stderr
+            .contains("the booking saga is 2 records behind, over --fail-over 1"),
+        "{}",
+        run.stderr
+    );
+
+    // The saga reads up to the end of every partition: no lag.
+    for partition in partitions {
+        sqlx::query("INSERT INTO saga.offsets (topic, partition, next_offset) VALUES ($1, $2, $3)")
+            .bind(partition["topic"].as_str().unwrap())
+            .bind(i32::try_from(partition["partition"].as_i64().unwrap()).unwrap())
+            .bind(partition["end_offset"].as_i64().unwrap())
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["lag", "--fail-over", "0"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("booking saga: 0 records behind"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("saga "))
+            .count(),
+        partitions.len(),
+        "{}",
+        run.stdout
+    );
+}
+
+/// Sends raw bytes to the deployment's booking topic; returns (partition, offset).
+async fn poison(stack: &TestStack, key: &str, payload: &[u8]) -> (i32, i64) {
+    let producer = EventProducer::new(&stack.kafka).unwrap();
+    let landed = producer
+        .send(
+            &format!("{}.booking.events", stack.kafka.topic_prefix),
+            Some(key.as_bytes()),
+            payload,
+            OwnedHeaders::new(),
+        )
+        .await
+        .unwrap();
+    (landed.partition, landed.offset)
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_payload_decoded() {
+    let stack = TestStack::spawn().await.unwrap();
+    let (facility_id, _) = facility_and_booking(&stack).await;
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &["events", "tail", "--topic", "booking", "--output", "json"],
+    )
+    .await;
+    let requested = run.json_lines()[0]["event"].clone();
+
+    // Three records every reader refuses: one breaks a value rule, one is not JSON, and one is a
+    // valid facility event on the booking topic (valid by itself, so `show` says so).
+    let mut bad_email = requested.clone();
+    let bad_id = uuid::Uuid::new_v4().to_string();
+    bad_email["aggregate_id"] = json!(bad_id);
+    bad_email["event_id"] = json!(uuid::Uuid::new_v4());
+    bad_email["data"]["booking_id"] = json!(bad_id);
+    bad_email["data"]["family_contacts"][0]["email"] = json!("not-an-email");
+    let bad_origin = poison(&stack, &bad_id, &serde_json::to_vec(&bad_email).unwrap()).await;
+    let junk_key = uuid::Uuid::new_v4().to_string();
+    let junk_origin = poison(&stack, &junk_key, b"\x00not json at all").await;
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &["events", "tail", "--topic", "facility", "--output", "json"],
+    )
+    .await;
+    let registered = run.json_lines()[0]["event"].clone();
+    let misplaced_origin = poison(
+        &stack,
+        &facility_id,
+        &serde_json::to_vec(&registered).unwrap(),
+    )
+    .await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+    let letters = loop {
+        let run = fmctl(
+            &stack.kafka,
+            None,
+            &["dead-letters", "list", "--output", "json"],
+        )
+        .await;
+        assert_eq!(run.status, 0, "{}", run.stderr);
+        let letters = run.json_lines();
+        if letters.len() >= 3 {
+            break letters;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "3 dead letters did not appear within 60 s: {}",
+            run.stdout
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    let of = |key: &str| {
+        letters
+            .iter()
+            .find(|l| l["key"] == key)
+            .unwrap_or_else(|| panic!("no dead letter keyed {key}: {letters:?}"))
+            .clone()
+    };
+    let booking_topic = format!("{}.booking.events", stack.kafka.topic_prefix);
+    for (key, (partition, offset), reason) in [
+        (
+            bad_id.as_str(),
+            bad_origin,
+            "BookingRequested v1 payload invalid at '/family_contacts/0/email'",
+        ),
+        (junk_key.as_str(), junk_origin, "not a JSON document"),
+        (
+            facility_id.as_str(),
+            misplaced_origin,
+            "a facility event on topic",
+        ),
+    ] {
+        let letter = of(key);
+        assert_eq!(letter["origin"]["topic"], booking_topic.as_str());
+        assert_eq!(letter["origin"]["partition"], partition);
+        assert_eq!(letter["origin"]["offset"], offset);
+        assert!(
+            letter["reason"].as_str().unwrap().starts_with(reason),
+            "{letter}"
+        );
+        assert!(letter["timestamp"].is_string(), "{letter}");
+    }
+
+    let run = fmctl(&stack.kafka, None, &["dead-letters", "list"]).await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("PARTITION"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!(
+            "3 dead letters in {}.dead-letter",
+            stack.kafka.topic_prefix
+        )),
+        "{}",
+        run.stdout
+    );
+
+    // show: the payload decoded, and whether today's contract accepts it.
+    let position = |letter: &Value| {
+        (
+            letter["partition"].as_i64().unwrap().to_string(),
+            letter["offset"].as_i64().unwrap().to_string(),
+        )
+    };
+    let (partition, offset) = position(&of(&bad_id));
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &[
+            "dead-letters",
+            "show",
+            "--partition",
+            &partition,
+            "--offset",
+            &offset,
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let shown: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(
+        shown["payload"]["data"]["family_contacts"][0]["email"],
+        "not-an-email"
+    );
+    assert_eq!(shown["valid_now"], false);
+    assert!(
+        shown["violation_now"]
+            .as_str()
+            .unwrap()
+            .contains("family_contacts/0/email"),
+        "{shown}"
+    );
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &[
+            "dead-letters",
+            "show",
+            "--partition",
+            &partition,
+            "--offset",
+            &offset,
+        ],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("still invalid"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!(
+            "fmctl dead-letters retry --partition {partition} --offset {offset}"
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("\"not-an-email\""), "{}", run.stdout);
+
+    let (partition, offset) = position(&of(&facility_id));
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &[
+            "dead-letters",
+            "show",
+            "--partition",
+            &partition,
+            "--offset",
+            &offset,
+        ],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("valid now: FacilityRegistered v1"),
+        "{}",
+        run.stdout
+    );
+
+    let (partition, offset) = position(&of(&junk_key));
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &[
+            "dead-letters",
+            "show",
+            "--partition",
+            &partition,
+            "--offset",
+            &offset,
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let shown: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(shown["payload"], "\u{0}not json at all");
+
+    // retry goes through the same command group.
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &[
+            "dead-letters",
+            "retry",
+            "--partition",
+            &partition,
+            "--offset",
+            &offset,
+        ],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains(&format!("appended to {booking_topic}:")),
+        "{}",
+        run.stdout
+    );
+
+    // A place that holds nothing: one sentence, status 1.
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &[
+            "dead-letters",
+            "show",
+            "--partition",
+            "0",
+            "--offset",
+            "999",
+        ],
+    )
+    .await;
+    assert_eq!(run.status, 1);
+    assert!(
+        run.stderr
+            .starts_with("fmctl: no dead letter at offset 999 of partition 0"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
 }
