@@ -646,3 +646,35 @@ async fn every_answer_the_fuzzer_found_undeclared_is_declared() {
         answer_as_declared(&document, operation, request, status).await;
     }
 }
+
+#[tokio::test]
+async fn a_path_id_that_is_not_a_uuid_is_a_problem_naming_it() {
+    let kafka = fresh_kafka().await;
+    let (service, facility_id, _) = with_a_booking(&kafka).await;
+    let document = served_document(&service).await;
+    let client = Client::new();
+    // Was axum's plain-text 400, declared nowhere.
+    let problem = answer_as_declared(
+        &document,
+        ("post", "/bookings/{id}/cancel"),
+        client
+            .post(format!("{}/bookings/not-a-uuid/cancel", service.url))
+            .bearer_auth(token(Role::Family, "family-1")),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(problem["errors"][0]["field"], "id");
+    let problem = answer_as_declared(
+        &document,
+        ("post", "/facilities/{id}/reservations/{booking_id}/release"),
+        client
+            .post(format!(
+                "{}/facilities/{facility_id}/reservations/%C3%82%C2%BC/release",
+                service.url
+            ))
+            .bearer_auth(token(Role::System, "saga")),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(problem["errors"][0]["field"], "booking_id");
+}

@@ -10,6 +10,7 @@
 //! - [`auth`] — bearer tokens with roles; minting and checking them.
 //! - [`problem`] — RFC 9457 `application/problem+json` bodies.
 //! - [`json`] — a JSON body extractor whose rejections name the field and the rule.
+//! - [`path`] — a path-parameter extractor whose rejections name the parameter.
 //! - [`openapi`] — the responses and headers every operation of a document shares.
 //! - [`digest`] — SHA-256 hex digests for request fingerprints and content ETags.
 //! - [`http`] — serving a router with limits, timeouts, tracing and metrics; `/health`,
@@ -20,6 +21,7 @@ pub mod digest;
 pub mod http;
 pub mod json;
 pub mod openapi;
+pub mod path;
 pub mod problem;
 pub mod settings;
 pub mod shutdown;

@@ -134,3 +134,26 @@ async fn every_read_declares_conditional_answers() {
         assert!(takes_if_none_match, "GET {template} reads If-None-Match");
     }
 }
+
+#[tokio::test]
+async fn a_path_id_that_is_not_a_uuid_is_a_problem_naming_it() {
+    let service = start().await;
+    // Was axum's plain-text 400, declared nowhere.
+    for (path, template) in [
+        ("/bookings/not-a-uuid", "/bookings/{id}"),
+        ("/facilities/null%2Cnull", "/facilities/{id}"),
+        (
+            "/facilities/%C3%82%C2%BC/calendar?from=2027-03-01T00:00:00Z&to=2027-03-02T00:00:00Z",
+            "/facilities/{id}/calendar",
+        ),
+    ] {
+        let problem = get_as_declared(
+            &service,
+            (path, template),
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(problem["errors"][0]["field"], "id", "{path}");
+    }
+}

@@ -1,10 +1,6 @@
 //! `POST /bookings`: a family (or a director for them) asks for a service.
 
-use axum::{
-    extract::{Path, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{extract::State, http::StatusCode, response::Response};
 use chrono::{NaiveDate, Utc};
 use domain::{
     ValueError,
@@ -15,6 +11,7 @@ use domain::{
         Relationship, ServiceType, Slot,
     },
 };
+use platform::path::ValidPath;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -277,7 +274,7 @@ pub(crate) async fn request(
 )]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<Uuid>,
+    ValidPath(id): ValidPath<Uuid>,
     request: WriteRequest<Cancellation, Bookers>,
 ) -> Result<Response, ApiError> {
     let stream = state.commands.store().read::<Booking>(id);
@@ -332,7 +329,7 @@ async fn lifecycle(
 )]
 pub(crate) async fn mark_slot_held(
     State(state): State<AppState>,
-    Path(id): Path<Uuid>,
+    ValidPath(id): ValidPath<Uuid>,
     request: WriteRequest<Empty, Services>,
 ) -> Result<Response, ApiError> {
     lifecycle(
@@ -364,7 +361,7 @@ pub(crate) async fn mark_slot_held(
 )]
 pub(crate) async fn confirm(
     State(state): State<AppState>,
-    Path(id): Path<Uuid>,
+    ValidPath(id): ValidPath<Uuid>,
     request: WriteRequest<Empty, Services>,
 ) -> Result<Response, ApiError> {
     lifecycle(
@@ -397,7 +394,7 @@ pub(crate) async fn confirm(
 )]
 pub(crate) async fn reject(
     State(state): State<AppState>,
-    Path(id): Path<Uuid>,
+    ValidPath(id): ValidPath<Uuid>,
     request: WriteRequest<Reason, Services>,
 ) -> Result<Response, ApiError> {
     let command = BookingCommand::Reject {
@@ -426,7 +423,7 @@ pub(crate) async fn reject(
 )]
 pub(crate) async fn fail(
     State(state): State<AppState>,
-    Path(id): Path<Uuid>,
+    ValidPath(id): ValidPath<Uuid>,
     request: WriteRequest<Reason, Services>,
 ) -> Result<Response, ApiError> {
     let command = BookingCommand::Fail {

@@ -1,10 +1,6 @@
 //! Facility writes: register, change opening hours, and the saga's reserve/release of slots.
 
-use axum::{
-    extract::{Path, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{extract::State, http::StatusCode, response::Response};
 use chrono::Utc;
 use domain::{
     ValueError,
@@ -14,6 +10,7 @@ use domain::{
         Slot, TimeZone, TurnaroundBuffer,
     },
 };
+use platform::path::ValidPath;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -210,7 +207,7 @@ pub(crate) async fn register(
 )]
 pub(crate) async fn change_opening_hours(
     State(state): State<AppState>,
-    Path(id): Path<Uuid>,
+    ValidPath(id): ValidPath<Uuid>,
     request: WriteRequest<ChangeOpeningHours, Directors>,
 ) -> Result<Response, ApiError> {
     let mut violations = Violations::default();
@@ -246,7 +243,7 @@ pub(crate) async fn change_opening_hours(
 )]
 pub(crate) async fn reserve_slot(
     State(state): State<AppState>,
-    Path(id): Path<Uuid>,
+    ValidPath(id): ValidPath<Uuid>,
     request: WriteRequest<ReserveSlot, Services>,
 ) -> Result<Response, ApiError> {
     let mut violations = Violations::default();
@@ -307,7 +304,7 @@ pub(crate) async fn reserve_slot(
 )]
 pub(crate) async fn release_slot(
     State(state): State<AppState>,
-    Path((id, booking_id)): Path<(Uuid, Uuid)>,
+    ValidPath((id, booking_id)): ValidPath<(Uuid, Uuid)>,
     request: WriteRequest<super::Empty, Services>,
 ) -> Result<Response, ApiError> {
     let command = FacilityCommand::ReleaseSlot {

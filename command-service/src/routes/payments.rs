@@ -1,15 +1,12 @@
 //! Payment writes: the saga records what the gateway did. One payment per booking; its id is
 //! derived from the booking id.
 
-use axum::{
-    extract::{Path, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{extract::State, http::StatusCode, response::Response};
 use domain::{
     payment::{Payment, PaymentCommand},
     values::{BookingId, Currency, Money, PaymentId},
 };
+use platform::path::ValidPath;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -98,7 +95,7 @@ async fn record(
 )]
 pub(crate) async fn captured(
     State(state): State<AppState>,
-    Path(booking_id): Path<Uuid>,
+    ValidPath(booking_id): ValidPath<Uuid>,
     request: WriteRequest<GatewayOutcome, Services>,
 ) -> Result<Response, ApiError> {
     let booking = BookingId::from_uuid(booking_id);
@@ -131,7 +128,7 @@ pub(crate) async fn captured(
 )]
 pub(crate) async fn declined(
     State(state): State<AppState>,
-    Path(booking_id): Path<Uuid>,
+    ValidPath(booking_id): ValidPath<Uuid>,
     request: WriteRequest<Declined, Services>,
 ) -> Result<Response, ApiError> {
     let booking = BookingId::from_uuid(booking_id);
@@ -164,7 +161,7 @@ pub(crate) async fn declined(
 )]
 pub(crate) async fn refunded(
     State(state): State<AppState>,
-    Path(booking_id): Path<Uuid>,
+    ValidPath(booking_id): ValidPath<Uuid>,
     request: WriteRequest<GatewayOutcome, Services>,
 ) -> Result<Response, ApiError> {
     let command = PaymentCommand::RecordRefund {

@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 
 use axum::{
-    extract::{Path, Query, State, rejection::QueryRejection},
+    extract::{Query, State, rejection::QueryRejection},
     http::HeaderMap,
     response::Response,
 };
 use chrono::{DateTime, Utc};
-use platform::auth::Caller;
+use platform::{auth::Caller, path::ValidPath};
 use schemas::Role;
 use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder};
@@ -124,7 +124,7 @@ pub(crate) struct Price {
 pub(crate) async fn get_booking(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<Uuid>,
+    ValidPath(id): ValidPath<Uuid>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     wait_for_token(&headers, &state.pool, &state.consistency).await?;

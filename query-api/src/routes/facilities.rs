@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 
 use axum::{
-    extract::{Path, Query, State, rejection::QueryRejection},
+    extract::{Query, State, rejection::QueryRejection},
     http::HeaderMap,
     response::Response,
 };
 use chrono::{DateTime, Duration, Utc};
 use domain::values::OpeningHours;
-use platform::auth::Caller;
+use platform::{auth::Caller, path::ValidPath};
 use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
@@ -70,7 +70,7 @@ pub(crate) struct FacilityView {
 pub(crate) async fn get_facility(
     State(state): State<AppState>,
     _caller: Caller,
-    Path(id): Path<Uuid>,
+    ValidPath(id): ValidPath<Uuid>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     wait_for_token(&headers, &state.pool, &state.consistency).await?;
@@ -240,7 +240,7 @@ pub(crate) struct CalendarView {
 pub(crate) async fn get_calendar(
     State(state): State<AppState>,
     _caller: Caller,
-    Path(id): Path<Uuid>,
+    ValidPath(id): ValidPath<Uuid>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
