@@ -29,7 +29,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    saga::{Deadlines, Observed, Saga},
+    saga::{Observed, Saga},
     store,
 };
 
@@ -38,7 +38,6 @@ use crate::{
 pub struct ConsumerConfig {
     pub kafka: event_log::KafkaSettings,
     pub batch_size: usize,
-    pub deadlines: Deadlines,
 }
 
 /// Waits until this replica holds the consumer lock, then reads the log until shut down.
@@ -68,7 +67,6 @@ pub async fn run(
         pool,
         registry,
         topics: Topics::new(&config.kafka.topic_prefix),
-        deadlines: config.deadlines,
     };
     let mut batches = consumer.stream().ready_chunks(config.batch_size.max(1));
     loop {
@@ -153,7 +151,6 @@ struct Applier {
     pool: PgPool,
     registry: Arc<SchemaRegistry>,
     topics: Topics,
-    deadlines: Deadlines,
 }
 
 impl Applier {
@@ -239,7 +236,7 @@ impl Applier {
             AggregateType::Booking => {
                 let observed = self.observed::<BookingEvent>(&envelope)?;
                 self.change(tx, envelope.aggregate_id, |saga| {
-                    saga.on_booking(&observed, &self.deadlines);
+                    saga.on_booking(&observed);
                 })
                 .await?
             }
@@ -254,7 +251,7 @@ impl Applier {
                     | FacilityEvent::SlotRejected { booking_id, .. }
                     | FacilityEvent::SlotReleased { booking_id } => {
                         self.change(tx, *booking_id.as_uuid(), |saga| {
-                            saga.on_facility(&observed)
+                            saga.on_facility(&observed);
                         })
                         .await?
                     }
@@ -273,8 +270,10 @@ impl Applier {
                     }
                 };
                 if let Some(booking) = booking {
-                    self.change(tx, booking, |saga| saga.on_payment(&observed))
-                        .await?
+                    self.change(tx, booking, |saga| {
+                        saga.on_payment(&observed);
+                    })
+                    .await?
                 } else {
                     tracing::warn!(payment_id = %envelope.aggregate_id, "a refund of a payment no saga knows; ignored");
                     false

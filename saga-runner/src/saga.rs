@@ -300,9 +300,8 @@ impl Saga {
     }
 
     /// Takes in an event of the booking's own stream.
-    pub fn on_booking(&mut self, observed: &Observed<BookingEvent>, deadlines: &Deadlines) {
+    pub fn on_booking(&mut self, observed: &Observed<BookingEvent>) {
         self.observed(observed);
-        let at = observed.occurred_at;
         let status = match &observed.event {
             BookingEvent::BookingRequested {
                 facility_id,
@@ -321,13 +320,9 @@ impl Saga {
                 });
                 // The booking request is the flow's origin: its correlation id wins.
                 self.correlation_id = Some(observed.correlation_id);
-                self.reserve_deadline = Some(at + deadlines.reserve);
                 BookingStatus::Requested
             }
-            BookingEvent::BookingSlotHeld {} => {
-                self.capture_deadline = Some(at + deadlines.capture);
-                BookingStatus::SlotHeld
-            }
+            BookingEvent::BookingSlotHeld {} => BookingStatus::SlotHeld,
             BookingEvent::BookingConfirmed {} => BookingStatus::Confirmed,
             BookingEvent::BookingRejected { reason } => {
                 self.reason = Some(reason.clone());
@@ -342,16 +337,10 @@ impl Saga {
                 BookingStatus::Cancelled
             }
         };
-        if matches!(
-            status,
-            BookingStatus::Confirmed
-                | BookingStatus::Rejected
-                | BookingStatus::Failed
-                | BookingStatus::Cancelled
-        ) {
-            // A new outcome (a confirmed booking may still be cancelled) restarts the clock of
-            // its mail.
-            self.notify_deadline = Some(at + deadlines.notify);
+        if self.status != Some(status) {
+            // A new outcome (a confirmed booking may still be cancelled) gets its own mail, with
+            // its own deadline.
+            self.notify_deadline = None;
         }
         self.status = Some(status);
     }
@@ -388,6 +377,24 @@ impl Saga {
         };
         // The gateway's answer is on the log: nothing about the capture is uncertain any more.
         self.capture.uncertain = false;
+    }
+
+    /// Starts the clock of the step the saga is about to work on, once: a deadline runs from
+    /// the saga's first attempt at a step, not from the event that made the step due, so a
+    /// backlog of sagas (or a runner that was down) never fails a booking it has not tried.
+    pub fn arm_deadlines(&mut self, now: DateTime<Utc>, deadlines: &Deadlines) {
+        match self.status {
+            Some(BookingStatus::Requested) => {
+                self.reserve_deadline.get_or_insert(now + deadlines.reserve);
+            }
+            Some(BookingStatus::SlotHeld) => {
+                self.capture_deadline.get_or_insert(now + deadlines.capture);
+            }
+            Some(_) => {
+                self.notify_deadline.get_or_insert(now + deadlines.notify);
+            }
+            None => {}
+        }
     }
 
     /// Takes in what acting taught the saga.

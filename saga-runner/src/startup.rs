@@ -63,7 +63,6 @@ impl Application {
             ConsumerConfig {
                 kafka: settings.kafka.clone(),
                 batch_size: settings.saga.batch_size,
-                deadlines: settings.saga.deadlines(),
             },
             shutdown.clone(),
         ));
@@ -81,6 +80,7 @@ impl Application {
                 poll_interval: settings.saga.poll_interval,
                 backoff: settings.backoff,
                 crash_after: settings.saga.crash_after.clone(),
+                deadlines: settings.saga.deadlines(),
             },
         };
         let worker = tokio::spawn(worker.run(shutdown.clone()));

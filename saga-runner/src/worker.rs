@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     actions::{Effects, StepOutcome},
-    saga::{Decision, Stage},
+    saga::{Deadlines, Decision, Stage},
     store::{self, HistoryEntry, Schedule},
 };
 
@@ -39,6 +39,7 @@ pub struct WorkerConfig {
     pub backoff: Backoff,
     /// See `SagaSettings::crash_after`.
     pub crash_after: Option<String>,
+    pub deadlines: Deadlines,
 }
 
 /// Acts on due sagas until shut down; finishes the steps in hand first.
@@ -146,7 +147,8 @@ impl Worker {
         if row.done || row.next_attempt_at > now {
             return Ok(());
         }
-        let saga = row.facts.0;
+        let mut saga = row.facts.0;
+        saga.arm_deadlines(now, &self.config.deadlines);
         let decision = saga.decide(now);
         let Decision::Do(step) = &decision else {
             let schedule = Schedule {
@@ -178,6 +180,8 @@ impl Worker {
             .await?
             .ok_or_else(|| anyhow::anyhow!("saga {booking_id} vanished"))?;
         let facts_moved = version != row.facts_version;
+        // The clock of the step just tried started when this pass began, not now.
+        current.arm_deadlines(now, &self.config.deadlines);
         let now = Utc::now();
         let (learned, error) = match &outcome {
             StepOutcome::Performed { learned } => (*learned, None),
@@ -235,9 +239,14 @@ impl Worker {
 
 /// SIGKILLs this process (fault injection; see `SagaSettings::crash_after`).
 fn crash(step: &str) -> ! {
-    tracing::warn!(step, "crash point reached: killing this process with SIGKILL");
+    tracing::warn!(
+        step,
+        "crash point reached: killing this process with SIGKILL"
+    );
     let pid = std::process::id().to_string();
-    let _ = std::process::Command::new("kill").args(["-KILL", &pid]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status();
     std::process::abort()
 }
 

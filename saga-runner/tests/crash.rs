@@ -18,7 +18,7 @@ use system_tests::saga_stack::{SagaOptions, SagaStack};
 use uuid::Uuid;
 
 const PRICE: i64 = 99_000;
-const WITHIN: Duration = Duration::from_secs(60);
+const WITHIN: Duration = Duration::from_mins(1);
 
 /// How a booking's story goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +144,7 @@ async fn run_until_crash(saga: &mut SagaStack, facility: Uuid, day: i64, case: &
                     saga.simulator.set_mode(Mode::Decline).await.unwrap();
                 }
                 Story::LookedUp => {
-                    saga.options.capture_deadline = Duration::from_millis(1000);
+                    saga.options.capture_deadline = Duration::from_secs(1);
                     saga.simulator
                         .set_behaviour(Behaviour {
                             mode: Mode::CaptureThenTimeout,

@@ -190,12 +190,11 @@ impl SagaStack {
         let Some(mut child) = self.runner.take() else {
             bail!("the runner is not running");
         };
-        match tokio::time::timeout(timeout, child.wait()).await {
-            Ok(status) => Ok(status?),
-            Err(_) => {
-                self.runner = Some(child);
-                bail!("the runner did not exit within {timeout:?}")
-            }
+        if let Ok(status) = tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status?)
+        } else {
+            self.runner = Some(child);
+            bail!("the runner did not exit within {timeout:?}")
         }
     }
 
@@ -336,7 +335,18 @@ impl SagaStack {
 
     /// The booking as the query-api shows it, once its status is `status` (waits up to 15 s).
     pub async fn booking_with_status(&self, booking: Uuid, status: &str) -> anyhow::Result<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        self.booking_with_status_within(booking, status, Duration::from_secs(15))
+            .await
+    }
+
+    /// The booking as the query-api shows it, once its status is `status`.
+    pub async fn booking_with_status_within(
+        &self,
+        booking: Uuid,
+        status: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let response = self
                 .stack

@@ -49,8 +49,9 @@ fn given() -> Given {
 
 impl Given {
     fn booking(mut self, event: BookingEvent) -> Self {
-        self.saga
-            .on_booking(&observed(event, t0()), &self.deadlines);
+        self.saga.on_booking(&observed(event, t0()));
+        // The worker's next pass, at t0, starts the clock of the new step.
+        self.saga.arm_deadlines(t0(), &self.deadlines);
         self
     }
     fn requested(self) -> Self {
@@ -325,6 +326,27 @@ fn a_mail_given_up_on_ends_the_saga() {
 }
 
 #[test]
+fn a_deadline_runs_from_the_first_attempt_not_from_the_event() {
+    let mut saga = Saga::new(fixtures::booking_id());
+    saga.on_booking(&observed(fixtures::booking_requested(), t0()));
+    // The runner first gets to this saga ten minutes later: it still tries to reserve.
+    let later = seconds(600);
+    saga.arm_deadlines(later, &Deadlines::default());
+    assert_eq!(
+        saga.decide(later + TimeDelta::seconds(29)),
+        step(Step::ReserveSlot)
+    );
+    // Arming again does not move the deadline.
+    saga.arm_deadlines(later + TimeDelta::seconds(20), &Deadlines::default());
+    assert_eq!(
+        saga.decide(later + TimeDelta::seconds(30)),
+        step(Step::Fail {
+            reason: "the facility could not confirm the slot in time".to_owned()
+        })
+    );
+}
+
+#[test]
 fn the_deadline_of_a_mail_starts_at_the_outcome() {
     let saga = given()
         .held()
@@ -408,9 +430,11 @@ fn any_fact() -> impl Strategy<Value = Fact> {
 }
 
 fn apply(saga: &mut Saga, fact: &Fact) {
-    let deadlines = Deadlines::default();
     match fact {
-        Fact::Booking(event) => saga.on_booking(&observed(event.clone(), t0()), &deadlines),
+        Fact::Booking(event) => {
+            saga.on_booking(&observed(event.clone(), t0()));
+            saga.arm_deadlines(t0(), &Deadlines::default());
+        }
         Fact::Facility(event) => saga.on_facility(&observed(event.clone(), t0())),
         Fact::Payment(event) => saga.on_payment(&observed(event.clone(), t0())),
         Fact::Learned(learned) => saga.learn(*learned),
