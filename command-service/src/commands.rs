@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use domain::error::DomainError;
 use event_log::{EventProducer, LogError, LogPosition};
-use schemas::{Actor, EventEnvelope, EventMetadata, Idempotency};
+use schemas::{Actor, ContractViolation, EventEnvelope, EventMetadata, Idempotency};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -43,6 +43,10 @@ pub(crate) enum CommandError {
     /// The broker failed.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// A decided event breaks its own schema: a rule the edge does not check yet. Nothing was
+    /// appended.
+    #[error("a decided event breaks the event contract: {0}")]
+    Contract(#[from] ContractViolation),
 }
 
 /// What a successful command returns: the aggregate's new version and where its last event is.
@@ -297,6 +301,7 @@ impl CommandHandler {
             let sequence = appended.version + 1;
             let envelope = EventEnvelope::wrap(A::KIND, aggregate_id, sequence, event, &metadata)
                 .map_err(LogError::from)?;
+            self.store.check_contract(&envelope)?;
             let position = self.append_and_confirm(&envelope).await?;
             appended = Appended {
                 aggregate_id,

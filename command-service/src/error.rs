@@ -24,7 +24,7 @@ pub(crate) enum ApiError {
     /// 4xx already shaped by an extractor (malformed JSON, media type, body size).
     Problem(Problem),
     /// 422/404/409 (domain), 409 (lost race), 412 (If-Match), 503 (not ready, broker down,
-    /// outcome unknown).
+    /// outcome unknown), 500 (a decided event that breaks its schema).
     Command(CommandError),
 }
 
@@ -63,6 +63,7 @@ impl ApiError {
             Self::Command(
                 CommandError::NotReady | CommandError::OutcomeUnknown | CommandError::Log(_),
             ) => Outcome::Unavailable,
+            Self::Command(CommandError::Contract(_)) => Outcome::Error,
         }
     }
 }
@@ -134,6 +135,11 @@ impl ApiError {
             }
             Self::Command(CommandError::NotReady) => Problem::unavailable()
                 .with_detail("The service is still reading the event log. Retry shortly."),
+            Self::Command(CommandError::Contract(violation)) => {
+                let violation = violation.without_values();
+                tracing::error!(%violation, "refused to append an event that breaks its schema");
+                Problem::internal()
+            }
             Self::Command(error @ (CommandError::OutcomeUnknown | CommandError::Log(_))) => {
                 tracing::error!(%error, "command failed in the infrastructure");
                 Problem::unavailable()

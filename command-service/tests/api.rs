@@ -678,3 +678,26 @@ async fn a_path_id_that_is_not_a_uuid_is_a_problem_naming_it() {
     .await;
     assert_eq!(problem["errors"][0]["field"], "booking_id");
 }
+
+#[tokio::test]
+async fn a_declined_payment_without_a_reason_is_refused_and_writes_nothing() {
+    let kafka = fresh_kafka().await;
+    let (service, _, booking_id) = with_a_booking(&kafka).await;
+    let before = log_ends(&kafka).await;
+    // Was appended (an event its own schema refuses, so no reader admitted it) and answered 503
+    // once the wait for it to be read back ran out.
+    let (status, problem) = post(
+        &format!("{}/bookings/{booking_id}/payment/declined", service.url),
+        Some(&token(Role::System, "saga")),
+        &json!({"amount": {"amount_minor": 125_000, "currency": "GBP"}, "reason": ""}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "reason");
+    assert_eq!(problem["errors"][0]["rule"], "reason.length");
+    assert_eq!(
+        log_ends(&kafka).await,
+        before,
+        "the refused decline reached the log"
+    );
+}

@@ -17,7 +17,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    Bookers, Empty, Services, Violations, WriteRequest, parse_variant, require_owner, written,
+    Bookers, Empty, Services, Violations, WriteRequest, parse_variant, reason_text, require_owner,
+    written,
 };
 use crate::{error::ApiError, startup::AppState};
 
@@ -196,16 +197,6 @@ pub(crate) struct Reason {
 pub(crate) struct Cancellation {
     #[serde(default)]
     reason: Option<String>,
-}
-
-fn reason_text(reason: &str) -> Result<String, ApiError> {
-    let reason = reason.trim().to_owned();
-    if reason.is_empty() || reason.len() > 500 {
-        let mut violations = Violations::default();
-        violations.add("reason", "reason.length", "1 to 500 characters");
-        return Err(violations.into_error());
-    }
-    Ok(reason)
 }
 
 /// Request a booking. The saga then holds the slot, takes payment and confirms, asynchronously.

@@ -215,6 +215,19 @@ impl Violations {
     }
 }
 
+/// A reason the events carry (a cancellation's, a rejection's, a declined payment's): trimmed,
+/// 1 to 500 characters. The event schemas refuse an empty one, so an empty one must never reach
+/// the log.
+pub(crate) fn reason_text(reason: &str) -> Result<String, ApiError> {
+    let reason = reason.trim().to_owned();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        let mut violations = Violations::default();
+        violations.add("reason", "reason.length", "1 to 500 characters");
+        return Err(violations.into_error());
+    }
+    Ok(reason)
+}
+
 /// Parses a string into one of a domain enum's `snake_case` variants.
 pub(crate) fn parse_variant<T: DeserializeOwned>(
     value: &str,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Services, Violations, WriteRequest, written};
+use super::{Services, Violations, WriteRequest, reason_text, written};
 use crate::{error::ApiError, startup::AppState};
 
 /// Integer minor units and an ISO 4217 code.
@@ -136,7 +136,7 @@ pub(crate) async fn declined(
         payment_id: PaymentId::for_booking(booking),
         booking_id: booking,
         amount: money(&request.body.amount)?,
-        reason: request.body.reason.clone(),
+        reason: reason_text(&request.body.reason)?,
     };
     record(&state, booking_id, &request, command).await
 }
