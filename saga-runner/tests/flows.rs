@@ -72,6 +72,11 @@ async fn a_booking_is_held_paid_confirmed_and_the_family_told_once() {
         .await
         .unwrap();
     assert_eq!(read["status"], "confirmed");
+    // The query-api shows the saga's progress with the booking.
+    let progress = &read["saga_progress"];
+    assert_eq!(progress["stage"], "done", "{read}");
+    assert_eq!(progress["done"], true, "{read}");
+    assert_eq!(steps(progress), steps(&done), "{read}");
     assert_eq!(net_money(&saga, booking).await, (1, 0, PRICE));
     saga.sink
         .wait_for(1, Duration::from_secs(10))

@@ -70,6 +70,14 @@ pub(crate) struct BookingView {
     /// The booking's payment, once the gateway has answered: status, amount, references.
     #[schema(value_type = Option<Object>)]
     payment: Option<serde_json::Value>,
+    /// Where the booking saga stands, from the saga runner's `saga.progress` view:
+    /// `{stage, step, done, attempts, deadline, compensated, updated_at}` (plus `last_error`
+    /// and the performed `history` for staff). Absent until the saga has seen the booking, or
+    /// when no saga runner is deployed.
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    saga_progress: Option<serde_json::Value>,
     version: i64,
     requested_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -80,17 +88,53 @@ pub(crate) struct BookingView {
 }
 
 impl BookingView {
-    /// Changes whenever the booking or its payment does.
+    /// Changes whenever the booking, its payment or its saga's progress does.
     fn etag(&self) -> String {
         let payment_version = self
             .payment
             .as_ref()
             .and_then(|payment| payment["version"].as_i64())
             .unwrap_or(0);
+        let progress = self
+            .saga_progress
+            .as_ref()
+            .map(|progress| platform::digest::sha256_hex(&[progress.to_string().as_bytes()]))
+            .map_or_else(String::new, |digest| format!("-s{}", &digest[..12]));
         format!(
-            "booking-{}-v{}-p{payment_version}",
+            "booking-{}-v{}-p{payment_version}{progress}",
             self.booking_id, self.version
         )
+    }
+}
+
+/// The saga's progress for one booking, or `None` when the saga has not seen it or no saga
+/// runner writes to this database (its schema does not exist).
+async fn saga_progress(
+    pool: &sqlx::PgPool,
+    booking_id: Uuid,
+    staff: bool,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    let columns = if staff {
+        "stage, step, done, attempts, deadline, compensated, updated_at, last_error, history"
+    } else {
+        "stage, step, done, attempts, deadline, compensated, updated_at"
+    };
+    let sql = format!(
+        "SELECT to_jsonb(p) FROM (SELECT {columns} FROM saga.progress WHERE booking_id = $1) p"
+    );
+    match sqlx::query_scalar(&sql)
+        .bind(booking_id)
+        .fetch_optional(pool)
+        .await
+    {
+        Ok(progress) => Ok(progress),
+        // 42P01 undefined_table, 3F000 invalid_schema_name: no saga runner here.
+        Err(sqlx::Error::Database(error))
+            if matches!(error.code().as_deref(), Some("42P01" | "3F000")) =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(error),
     }
 }
 
@@ -129,7 +173,7 @@ pub(crate) async fn get_booking(
 ) -> Result<Response, ApiError> {
     wait_for_token(&headers, &state.pool, &state.consistency).await?;
     let sql = format!("SELECT {COLUMNS} FROM live.bookings b WHERE b.booking_id = $1");
-    let booking: BookingView = sqlx::query_as(&sql)
+    let mut booking: BookingView = sqlx::query_as(&sql)
         .bind(id)
         .fetch_optional(&state.pool)
         .await?
@@ -141,6 +185,7 @@ pub(crate) async fn get_booking(
     if !visible {
         return Err(ApiError::NotFound);
     }
+    booking.saga_progress = saga_progress(&state.pool, id, caller.role != Role::Family).await?;
     let etag = booking.etag();
     Ok(with_etag(&headers, &etag, booking))
 }
