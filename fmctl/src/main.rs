@@ -8,6 +8,7 @@ mod dead_letters;
 mod inspect;
 mod lag;
 mod rebuild;
+mod sagas;
 
 use std::process::ExitCode;
 
@@ -26,7 +27,7 @@ use serde::Deserialize;
     about = "Operate Funeral Manager: topics, events, lag, read models, dead letters, tokens."
 )]
 #[command(
-    after_help = "Examples:\n  fmctl topics ensure\n  fmctl topics list\n  fmctl events tail --topic booking --follow\n  fmctl events history --booking <BOOKING_ID>\n  fmctl lag --fail-over 1000\n  fmctl dead-letters list\n  fmctl dead-letters show --offset 17\n  fmctl token mint --role director --subject director-1\n  fmctl token mint --role family --subject family-42 --ttl-days 7"
+    after_help = "Examples:\n  fmctl topics ensure\n  fmctl topics list\n  fmctl events tail --topic booking --follow\n  fmctl events history --booking <BOOKING_ID>\n  fmctl lag --fail-over 1000\n  fmctl sagas --filter stuck\n  fmctl dead-letters list\n  fmctl dead-letters show --offset 17\n  fmctl token mint --role director --subject director-1\n  fmctl token mint --role family --subject family-42 --ttl-days 7"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -52,6 +53,8 @@ enum Command {
     Events(inspect::EventsCommand),
     /// How far each read-model version is behind the log, per partition.
     Lag(lag::LagArgs),
+    /// The booking sagas: in flight, stuck, compensated, done; one booking's saga in full.
+    Sagas(sagas::SagasArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DeadLetters(command) => dead_letters::dead_letters(command).await?,
         Command::Events(command) => inspect::events(command).await?,
         Command::Lag(args) => lag::lag(args).await?,
+        Command::Sagas(args) => sagas::sagas(args).await?,
         Command::Topics(TopicsCommand::List(args)) => inspect::topics_list(args).await?,
         Command::Topics(TopicsCommand::Ensure) => {
             let created = event_log::topics::ensure_topics(&settings.kafka)

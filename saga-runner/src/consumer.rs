@@ -23,7 +23,11 @@ use event_log::{
 };
 use futures::StreamExt;
 use platform::shutdown::CancellationToken;
-use rdkafka::{Message, consumer::StreamConsumer, message::BorrowedMessage};
+use rdkafka::{
+    Message,
+    consumer::StreamConsumer,
+    message::{BorrowedMessage, Headers},
+};
 use schemas::{AggregateType, EventEnvelope, SchemaRegistry};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
@@ -234,14 +238,14 @@ impl Applier {
         }
         let applied = match envelope.aggregate_type {
             AggregateType::Booking => {
-                let observed = self.observed::<BookingEvent>(&envelope)?;
+                let observed = self.observed::<BookingEvent>(&envelope, message)?;
                 self.change(tx, envelope.aggregate_id, |saga| {
                     saga.on_booking(&observed);
                 })
                 .await?
             }
             AggregateType::Facility => {
-                let observed = self.observed::<FacilityEvent>(&envelope)?;
+                let observed = self.observed::<FacilityEvent>(&envelope, message)?;
                 match &observed.event {
                     FacilityEvent::FacilityRegistered { name, .. } => {
                         store::remember_facility(tx, envelope.aggregate_id, name.as_str()).await?;
@@ -259,7 +263,7 @@ impl Applier {
                 }
             }
             AggregateType::Payment => {
-                let observed = self.observed::<PaymentEvent>(&envelope)?;
+                let observed = self.observed::<PaymentEvent>(&envelope, message)?;
                 let booking = match &observed.event {
                     PaymentEvent::PaymentCaptured { booking_id, .. }
                     | PaymentEvent::PaymentDeclined { booking_id, .. } => {
@@ -286,12 +290,22 @@ impl Applier {
     fn observed<E: domain::aggregate::DomainEvent>(
         &self,
         envelope: &EventEnvelope,
+        message: &BorrowedMessage<'_>,
     ) -> anyhow::Result<Observed<E>> {
+        let traceparent = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|header| header.key == platform::trace::TRACEPARENT)
+                .and_then(|header| header.value)
+                .and_then(|value| std::str::from_utf8(value).ok())
+                .map(str::to_owned)
+        });
         Ok(Observed {
             event: self.registry.decode(envelope)?,
             event_id: envelope.event_id,
             correlation_id: envelope.correlation_id,
             occurred_at: envelope.occurred_at,
+            traceparent,
         })
     }
 

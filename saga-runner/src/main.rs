@@ -1,3 +1,5 @@
+//! The saga runner's binary: settings, telemetry, `Application::build`, run until SIGTERM.
+
 use anyhow::Context;
 use saga_runner::{Application, Settings};
 
@@ -11,7 +13,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("Failed to start the saga runner")?;
     tracing::info!(port = app.port(), "saga runner listening");
-    app.run_until_stopped()
+    let stopped = app
+        .run_until_stopped()
         .await
-        .context("saga runner stopped with an error")
+        .context("saga runner stopped with an error");
+    // Spans still batched for the OTLP collector go out before the process ends.
+    platform::telemetry::shutdown();
+    stopped
 }

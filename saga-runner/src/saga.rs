@@ -123,6 +123,9 @@ pub struct Saga {
     pub correlation_id: Option<Uuid>,
     /// The last event that changed these facts: the causation of the saga's next command.
     pub last_event_id: Option<Uuid>,
+    /// That event's W3C `traceparent`, so the saga's next step continues the booking's trace.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// One thing the saga does.
@@ -257,6 +260,8 @@ pub struct Observed<E> {
     pub event_id: Uuid,
     pub correlation_id: Uuid,
     pub occurred_at: DateTime<Utc>,
+    /// The record's `traceparent` header, if it had one.
+    pub traceparent: Option<String>,
 }
 
 /// What the saga learns by acting, beside the events its commands cause.
@@ -291,11 +296,13 @@ impl Saga {
             notifications_abandoned: BTreeSet::new(),
             correlation_id: None,
             last_event_id: None,
+            traceparent: None,
         }
     }
 
     fn observed<E>(&mut self, observed: &Observed<E>) {
         self.last_event_id = Some(observed.event_id);
+        self.traceparent.clone_from(&observed.traceparent);
         self.correlation_id.get_or_insert(observed.correlation_id);
     }
 

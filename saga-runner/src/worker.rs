@@ -19,11 +19,12 @@ use payment_gateway::Backoff;
 use platform::shutdown::CancellationToken;
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     actions::{Effects, StepOutcome},
-    saga::{Deadlines, Decision, Stage},
+    saga::{Deadlines, Decision, Saga, Stage, Step},
     store::{self, HistoryEntry, Schedule},
 };
 
@@ -165,15 +166,7 @@ impl Worker {
             return Ok(());
         };
 
-        let started = std::time::Instant::now();
-        let outcome = self.effects.perform(&saga, step, now).await;
-        metrics::histogram!("saga_step_duration_seconds", "step" => step.name())
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("saga_steps_total", "step" => step.name(), "outcome" => outcome.label())
-            .increment(1);
-        if self.config.crash_after.as_deref() == Some(step.name()) {
-            crash(step.name());
-        }
+        let outcome = self.perform(&saga, step, now).await;
 
         // The consumer may have applied events while the step ran: act on the newest facts.
         let (mut current, version) = store::facts_for_update(&mut tx, booking_id)
@@ -234,6 +227,33 @@ impl Worker {
         store::save_schedule(&mut tx, &schedule).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Performs one step inside a span that continues the trace of the event that made it due
+    /// (so one booking reads as one trace across the services), and counts it.
+    async fn perform(&self, saga: &Saga, step: &Step, now: DateTime<Utc>) -> StepOutcome {
+        let span = tracing::info_span!(
+            "saga.step",
+            booking_id = %saga.booking_id,
+            step = step.name(),
+            trace_id = tracing::field::Empty
+        );
+        platform::trace::continue_trace(
+            &span,
+            saga.traceparent
+                .as_deref()
+                .and_then(|traceparent| platform::trace::parse_traceparent(traceparent, None)),
+        );
+        let started = std::time::Instant::now();
+        let outcome = self.effects.perform(saga, step, now).instrument(span).await;
+        metrics::histogram!("saga_step_duration_seconds", "step" => step.name())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("saga_steps_total", "step" => step.name(), "outcome" => outcome.label())
+            .increment(1);
+        if self.config.crash_after.as_deref() == Some(step.name()) {
+            crash(step.name());
+        }
+        outcome
     }
 }
 

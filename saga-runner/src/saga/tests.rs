@@ -31,6 +31,7 @@ fn observed<E>(event: E, at: DateTime<Utc>) -> Observed<E> {
         event_id: Uuid::new_v4(),
         correlation_id: Uuid::from_u128(7),
         occurred_at: at,
+        traceparent: None,
     }
 }
 

@@ -1,0 +1,153 @@
+//! `fmctl sagas`: the booking sagas in flight, stuck, compensated or done, and one booking's
+//! saga in full — from the saga runner's ops view (`GET /sagas`), with an `ops` token minted
+//! from the deployment's secret. The runner owns its tables; this command only asks it.
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use platform::auth::TokenKeys;
+use schemas::Role;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::inspect::Output;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    fmctl sagas                          # in flight\n  \
+    fmctl sagas --filter stuck --fail-if-any\n  \
+    fmctl sagas --filter compensated --output json\n  \
+    fmctl sagas --booking <BOOKING_ID>   # facts and every step performed\n\n\
+    A saga is stuck when it is not done and past the deadline of the step it is on (a lookup \
+    the gateway cannot answer, a mail the SMTP server keeps refusing); see docs/saga.md.")]
+pub(crate) struct SagasArgs {
+    /// Which sagas to list.
+    #[arg(long, value_enum, default_value_t = Filter::InFlight)]
+    filter: Filter,
+    /// Show this booking's saga only, with its facts and history.
+    #[arg(long, value_name = "BOOKING_ID")]
+    booking: Option<Uuid>,
+    /// At most this many (1-1000), most recently changed first.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Exit with status 1 when the list is not empty (for `--filter stuck` in a check).
+    #[arg(long)]
+    fail_if_any: bool,
+    /// The saga runner's base URL.
+    #[arg(long, env = "FM_SAGA_URL", default_value = "http://127.0.0.1:8084")]
+    url: String,
+    #[arg(long, value_enum, default_value_t = Output::Pretty)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Filter {
+    InFlight,
+    Stuck,
+    Compensated,
+    Done,
+    All,
+}
+
+impl Filter {
+    fn query(self) -> &'static str {
+        match self {
+            Self::InFlight => "in_flight",
+            Self::Stuck => "stuck",
+            Self::Compensated => "compensated",
+            Self::Done => "done",
+            Self::All => "all",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Settings {
+    auth: Option<AuthSection>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AuthSection {
+    secret: SecretString,
+}
+
+pub(crate) async fn sagas(args: SagasArgs) -> anyhow::Result<()> {
+    let settings: Settings =
+        platform::settings::load().context("Failed to read the FM_* configuration")?;
+    let secret = settings
+        .auth
+        .context("FM_AUTH__SECRET is not set (fmctl mints an ops token with it)")?
+        .secret;
+    let token =
+        TokenKeys::from_secret(&secret)?.mint("fmctl", Role::Ops, chrono::Duration::minutes(5))?;
+    let base = args.url.trim_end_matches('/');
+    let url = match args.booking {
+        Some(booking) => format!("{base}/sagas/{booking}"),
+        None => format!(
+            "{base}/sagas?filter={}&limit={}",
+            args.filter.query(),
+            args.limit
+        ),
+    };
+    let response = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| {
+            format!("Failed to reach the saga runner at {base} (--url or FM_SAGA_URL)")
+        })?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status.as_u16() == 404 {
+        bail!(
+            "no saga for that booking (the runner has not read its request, or it does not exist)"
+        );
+    }
+    if !status.is_success() {
+        let detail = body["detail"].as_str().unwrap_or("no detail");
+        bail!("the saga runner answered {status}: {detail}");
+    }
+    let listed = if args.booking.is_some() {
+        vec![body.clone()]
+    } else {
+        body["sagas"].as_array().cloned().unwrap_or_default()
+    };
+    match args.output {
+        Output::Json => println!("{body}"),
+        Output::Pretty => {
+            if let Some(circuit) = body["gateway_circuit"].as_str() {
+                println!("payment gateway circuit: {circuit}");
+            }
+            println!(
+                "{:<36}  {:<12}  {:<20}  {:>8}  {:<5}  {:<11}  last error",
+                "booking", "stage", "next step", "attempts", "stuck", "compensated"
+            );
+            for saga in &listed {
+                println!(
+                    "{:<36}  {:<12}  {:<20}  {:>8}  {:<5}  {:<11}  {}",
+                    saga["booking_id"].as_str().unwrap_or("?"),
+                    saga["stage"].as_str().unwrap_or("?"),
+                    saga["step"].as_str().unwrap_or("-"),
+                    saga["attempts"],
+                    saga["stuck"],
+                    saga["compensated"],
+                    saga["last_error"].as_str().unwrap_or("")
+                );
+            }
+            if args.booking.is_some() {
+                println!("facts: {:#}", body["facts"]);
+                println!("history: {:#}", body["history"]);
+            }
+        }
+    }
+    if args.fail_if_any && !listed.is_empty() {
+        bail!(
+            "{} saga(s) match --filter {}",
+            listed.len(),
+            args.filter.query()
+        );
+    }
+    Ok(())
+}
