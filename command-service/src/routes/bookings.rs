@@ -27,11 +27,11 @@ use crate::{error::ApiError, startup::AppState};
 #[serde(deny_unknown_fields)]
 pub(crate) struct RequestBooking {
     facility_id: Uuid,
-    /// burial, cremation, memorial or viewing.
-    #[schema(example = "burial")]
+    #[schema(schema_with = super::schema::service_types)]
     service_type: String,
     slot: SlotDto,
     deceased: DeceasedDto,
+    #[schema(min_items = 1)]
     family_contacts: Vec<ContactDto>,
     price: PriceDto,
 }
@@ -40,33 +40,33 @@ pub(crate) struct RequestBooking {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SlotDto {
-    #[schema(example = "2027-03-02T10:00:00+00:00")]
+    #[schema(example = "2027-03-02T10:00:00+00:00", format = DateTime)]
     pub(crate) start: String,
-    #[schema(example = "2027-03-02T11:00:00+00:00")]
+    #[schema(example = "2027-03-02T11:00:00+00:00", format = DateTime)]
     pub(crate) end: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeceasedDto {
-    #[schema(example = "Ada Lovelace")]
+    #[schema(example = "Ada Lovelace", min_length = 1, max_length = 200)]
     full_name: String,
-    /// YYYY-MM-DD.
-    #[schema(example = "2027-02-20")]
+    /// YYYY-MM-DD, not after the service.
+    #[schema(example = "2027-02-20", format = Date)]
     date_of_death: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ContactDto {
-    #[schema(example = "Byron King")]
+    #[schema(example = "Byron King", min_length = 1, max_length = 200)]
     name: String,
-    #[schema(example = "son")]
+    #[schema(example = "son", min_length = 1, max_length = 200)]
     relationship: String,
-    #[schema(example = "byron@example.org")]
+    #[schema(example = "byron@example.org", format = Email, max_length = 254)]
     email: String,
-    /// E.164.
-    #[schema(example = "+447700900123")]
+    /// E.164: `+`, the country code and 8 to 15 digits in all.
+    #[schema(example = "+447700900123", pattern = r"^\+[1-9][0-9]{7,14}$")]
     phone: Option<String>,
 }
 
@@ -74,9 +74,9 @@ pub(crate) struct ContactDto {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PriceDto {
-    #[schema(example = 125_000)]
+    #[schema(example = 125_000, minimum = 0)]
     amount_minor: i64,
-    #[schema(example = "GBP")]
+    #[schema(schema_with = super::schema::currencies)]
     currency: String,
 }
 
@@ -187,7 +187,11 @@ impl RequestBooking {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Reason {
-    #[schema(example = "The family asked for another date")]
+    #[schema(
+        example = "The family asked for another date",
+        min_length = 1,
+        max_length = 500
+    )]
     reason: String,
 }
 
@@ -196,6 +200,7 @@ pub(crate) struct Reason {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Cancellation {
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 500)]
     reason: Option<String>,
 }
 

@@ -22,19 +22,21 @@ use crate::{error::ApiError, startup::AppState};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegisterFacility {
-    #[schema(example = "St Mary's Chapel")]
+    #[schema(example = "St Mary's Chapel", min_length = 1, max_length = 200)]
     name: String,
     /// `chapel`, `crematorium`, `graveside` or `reception_hall`.
-    #[schema(example = "chapel")]
+    #[schema(schema_with = super::schema::facility_kinds)]
     kind: String,
-    #[schema(example = 120)]
+    #[schema(example = 120, minimum = 1, maximum = 10_000)]
     capacity: i64,
     /// IANA time zone name.
-    #[schema(example = "Europe/London")]
+    #[schema(example = "Europe/London", min_length = 1)]
     time_zone: String,
+    /// At least one interval; intervals of a day may not overlap.
+    #[schema(min_items = 1)]
     opening_hours: Vec<OpeningHoursDto>,
     /// Minutes needed between two services.
-    #[schema(example = 30)]
+    #[schema(example = 30, minimum = 0, maximum = 480)]
     turnaround_minutes: i64,
 }
 
@@ -43,11 +45,12 @@ pub(crate) struct RegisterFacility {
 #[serde(deny_unknown_fields)]
 pub(crate) struct OpeningHoursDto {
     /// `mon`, `tue`, `wed`, `thu`, `fri`, `sat` or `sun`.
-    #[schema(example = "mon")]
+    #[schema(schema_with = super::schema::weekdays)]
     weekday: String,
-    #[schema(example = "09:00")]
+    /// `HH:MM`, 24-hour clock, before `closes`.
+    #[schema(example = "09:00", pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     opens: String,
-    #[schema(example = "17:00")]
+    #[schema(example = "17:00", pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     closes: String,
 }
 
@@ -55,6 +58,7 @@ pub(crate) struct OpeningHoursDto {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ChangeOpeningHours {
+    #[schema(min_items = 1)]
     opening_hours: Vec<OpeningHoursDto>,
 }
 

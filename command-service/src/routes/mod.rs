@@ -10,6 +10,7 @@ pub(crate) mod bookings;
 pub(crate) mod facilities;
 pub(crate) mod ops;
 pub(crate) mod payments;
+mod schema;
 
 use std::marker::PhantomData;
 

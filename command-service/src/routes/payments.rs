@@ -18,9 +18,9 @@ use crate::{error::ApiError, startup::AppState};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AmountDto {
-    #[schema(example = 125_000)]
+    #[schema(example = 125_000, minimum = 0)]
     amount_minor: i64,
-    #[schema(example = "GBP")]
+    #[schema(schema_with = super::schema::currencies)]
     currency: String,
 }
 
@@ -30,6 +30,7 @@ pub(crate) struct AmountDto {
 pub(crate) struct GatewayOutcome {
     amount: AmountDto,
     /// The gateway's reference for the capture or refund.
+    #[schema(min_length = 1)]
     gateway_reference: String,
 }
 
@@ -38,6 +39,7 @@ pub(crate) struct GatewayOutcome {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Declined {
     amount: AmountDto,
+    #[schema(min_length = 1, max_length = 500)]
     reason: String,
 }
 

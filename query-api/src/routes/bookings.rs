@@ -190,6 +190,14 @@ pub(crate) async fn get_booking(
     Ok(with_etag(&headers, &etag, booking))
 }
 
+/// The statuses as the document's enum: [`STATUSES`], which the parameter is checked against.
+fn statuses() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(STATUSES))
+        .build()
+}
+
 /// The filters and page of `GET /bookings` (documentation; parsed by [`Params`]).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -197,14 +205,15 @@ pub(crate) async fn get_booking(
 pub(crate) struct BookingFilters {
     /// Only bookings at this facility.
     facility_id: Option<Uuid>,
-    /// Only bookings with this status: `requested`, `slot_held`, `confirmed`, `rejected`,
-    /// `failed` or `cancelled`.
+    /// Only bookings with this status.
+    #[param(schema_with = statuses)]
     status: Option<String>,
     /// Only services starting at or after this instant (RFC 3339).
     from: Option<DateTime<Utc>>,
     /// Only services starting before this instant (RFC 3339).
     to: Option<DateTime<Utc>>,
-    /// Page size, 1 to 200 (default 50).
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,

@@ -93,7 +93,8 @@ async fn find(state: &AppState, id: Uuid) -> Result<FacilityView, ApiError> {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // Read by utoipa only.
 pub(crate) struct FacilityPageParams {
-    /// Page size, 1 to 200 (default 50).
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
