@@ -1,0 +1,262 @@
+//! Memory of each service against the size of the log: valid booking stories are written
+//! straight to the topics with a bulk producer, then each service starts as a process on them
+//! and its resident memory (`VmRSS`, and the peak `VmHWM`, from `/proc/<pid>/status`) is read
+//! once it has caught up: the projection-service once every end offset is stored, the
+//! command-service once `/ready` (its store has folded the whole log; it keeps a snapshot, as
+//! `compose/up` configures it, and is started a second time from that snapshot), the query-api
+//! and the bare baseline server after a few seconds of `GET /bookings/{id}` on those read
+//! models. The log grows from one size to the next; every service starts from scratch at each.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use domain::values::BookingId;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use super::query::get_load;
+use crate::{
+    config::Bench,
+    kafka,
+    load::client,
+    machine::load_average,
+    pg,
+    procs::{Memory, Process, READY_WITHIN},
+    seed, stack,
+};
+
+/// Seconds of `GET /bookings/{id}` before the query-api's and the bare server's memory is read.
+const QUERY_LOAD: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ServiceMemory {
+    pub memory: Memory,
+    /// From the process's start until it had caught up (none for the query servers).
+    pub catch_up_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MemoryPoint {
+    pub events: u64,
+    pub bookings: usize,
+    /// Bytes of event payloads in the log.
+    pub bytes: u64,
+    /// How long writing this point's new events took, and how many were new.
+    pub seed_s: f64,
+    pub seeded: u64,
+    pub raw_consume_s: f64,
+    pub projection: ServiceMemory,
+    pub command_replay: ServiceMemory,
+    pub command_snapshot: ServiceMemory,
+    pub snapshot_bytes: u64,
+    pub query_api: ServiceMemory,
+    pub bare: ServiceMemory,
+    pub load_average: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct MemoryResults {
+    pub points: Vec<MemoryPoint>,
+    /// Sizes that were asked for but not measured, and why.
+    pub not_measured: Vec<(u64, String)>,
+}
+
+/// How long one service may take to catch up with the largest log
+/// (`FM_BENCH_CATCH_UP_TIMEOUT`, seconds; 2 hours by default).
+fn catch_up_timeout() -> Duration {
+    Duration::from_secs(
+        std::env::var("FM_BENCH_CATCH_UP_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(7200),
+    )
+}
+
+async fn after_load(
+    http: &reqwest::Client,
+    mut process: Process,
+    token: Option<&str>,
+    ids: &Arc<Vec<BookingId>>,
+    clients: usize,
+) -> anyhow::Result<ServiceMemory> {
+    process.wait_ready(http, READY_WITHIN).await?;
+    if !ids.is_empty() {
+        let load = get_load(
+            http,
+            &process.base(),
+            token,
+            ids,
+            false,
+            clients,
+            QUERY_LOAD,
+        )
+        .await?;
+        if load.failed() > 0 {
+            anyhow::bail!(
+                "{} failed {} requests: {:?}",
+                process.name,
+                load.failed(),
+                load.first_failure
+            );
+        }
+    }
+    let memory = process.memory()?;
+    process.stop().await?;
+    Ok(ServiceMemory {
+        memory,
+        catch_up_s: None,
+    })
+}
+
+#[allow(clippy::too_many_lines)] // One point, step by step, as the module's header lists.
+async fn one_point(
+    bench: &Bench,
+    kafka: &event_log::KafkaSettings,
+    events: u64,
+    seeded: (u64, f64),
+    bookings: &Arc<Vec<BookingId>>,
+    bytes: u64,
+) -> anyhow::Result<MemoryPoint> {
+    let load_before = load_average();
+    let http = &client()?;
+    let tag = format!("memory-{events}");
+    let ends = kafka::end_offsets(kafka).await?;
+    let total: i64 = ends.values().sum();
+    let raw_consume = kafka::consume_all(kafka, total).await?;
+    eprintln!("    raw consume of {total} records: {raw_consume:.1?}");
+
+    let database_url = pg::fresh_database(&bench.admin_url, "memory").await?;
+    let pool = PgPool::connect(&database_url).await?;
+    let mut projector = stack::projection_service(bench, kafka, &database_url, &tag)?;
+    let started = projector.started;
+    // Ready first: with an empty log "caught up" would otherwise hold before it even started.
+    projector.wait_ready(http, READY_WITHIN).await?;
+    let projected = pg::wait_caught_up(&pool, &ends, started, catch_up_timeout(), || {
+        projector.check_alive()
+    })
+    .await?;
+    let projection = ServiceMemory {
+        memory: projector.memory()?,
+        catch_up_s: Some(projected.as_secs_f64()),
+    };
+    projector.stop().await?;
+    eprintln!(
+        "    projection-service: caught up in {projected:.1?}, RSS {} MiB",
+        projection.memory.rss_kib / 1024
+    );
+
+    let snapshot = bench.log_dir.join(format!("snapshot-{events}.json"));
+    let _ = std::fs::remove_file(&snapshot);
+    let mut command =
+        stack::command_service(bench, kafka, &format!("{tag}-replay"), Some(&snapshot))?;
+    let ready = command.wait_ready(http, catch_up_timeout()).await?;
+    let command_replay = ServiceMemory {
+        memory: command.memory()?,
+        catch_up_s: Some(ready.as_secs_f64()),
+    };
+    // It writes its snapshot (at the end of the log) as it stops.
+    command.stop().await?;
+    eprintln!(
+        "    command-service: caught up in {ready:.1?}, RSS {} MiB",
+        command_replay.memory.rss_kib / 1024
+    );
+    let snapshot_bytes = if events == 0 {
+        0
+    } else {
+        std::fs::metadata(&snapshot)
+            .with_context(|| format!("no snapshot at {}", snapshot.display()))?
+            .len()
+    };
+    let mut restored =
+        stack::command_service(bench, kafka, &format!("{tag}-snapshot"), Some(&snapshot))?;
+    let ready = restored.wait_ready(http, catch_up_timeout()).await?;
+    let command_snapshot = ServiceMemory {
+        memory: restored.memory()?,
+        catch_up_s: Some(ready.as_secs_f64()),
+    };
+    restored.stop().await?;
+    let _ = std::fs::remove_file(&snapshot);
+
+    let token = stack::director_token()?;
+    let clients = bench.sizes.clients;
+    let query_api = after_load(
+        http,
+        stack::query_api(bench, &database_url, &tag)?,
+        Some(&token),
+        bookings,
+        clients,
+    )
+    .await?;
+    let bare = after_load(
+        http,
+        stack::bare_server(bench, &database_url, &tag)?,
+        None,
+        bookings,
+        clients,
+    )
+    .await?;
+    pool.close().await;
+    Ok(MemoryPoint {
+        events: u64::try_from(total)?,
+        bookings: bookings.len(),
+        bytes,
+        seed_s: seeded.1,
+        seeded: seeded.0,
+        raw_consume_s: raw_consume.as_secs_f64(),
+        projection,
+        command_replay,
+        command_snapshot,
+        snapshot_bytes,
+        query_api,
+        bare,
+        load_average: format!("{load_before} → {}", load_average()),
+    })
+}
+
+pub(crate) async fn run(bench: &Bench) -> anyhow::Result<MemoryResults> {
+    let kafka = bench.kafka("memory");
+    bench.topics(&kafka).await?;
+    let mut results = MemoryResults::default();
+    let mut bookings = Vec::new();
+    let (mut written, mut bytes) = (0_u64, 0_u64);
+    let mut sizes = vec![0];
+    sizes.extend(bench.sizes.memory_events.iter().copied());
+    for (i, &target) in sizes.iter().enumerate() {
+        eprintln!("  memory at {target} events");
+        let seeding = Instant::now();
+        let mut new = 0;
+        if target > written {
+            let seeded = seed::stories(&kafka, target - written).await?;
+            new = seeded.events;
+            written += seeded.events;
+            bytes += seeded.bytes;
+            bookings.extend(seeded.bookings);
+            eprintln!("    seeded {new} events in {:.1?}", seeded.elapsed);
+        }
+        let ids = Arc::new(bookings.clone());
+        match one_point(
+            bench,
+            &kafka,
+            target,
+            (new, seeding.elapsed().as_secs_f64()),
+            &ids,
+            bytes,
+        )
+        .await
+        {
+            Ok(point) => results.points.push(point),
+            Err(error) => {
+                // A larger log would only take longer: say what was not measured, and why.
+                eprintln!("    not measured at {target} events: {error:#}");
+                for &size in &sizes[i..] {
+                    results.not_measured.push((size, format!("{error:#}")));
+                }
+                break;
+            }
+        }
+    }
+    Ok(results)
+}

@@ -1,0 +1,7 @@
+//! One module per measurement; each returns its results for the report.
+
+pub(crate) mod latency;
+pub(crate) mod memory;
+pub(crate) mod query;
+pub(crate) mod replay;
+pub(crate) mod write;

@@ -1,0 +1,98 @@
+//! Starting the three services and the bare baseline server as processes, with the settings a
+//! run gives them, and minting the tokens the clients present.
+
+use std::path::Path;
+
+use platform::auth::TokenKeys;
+use schemas::Role;
+use secrecy::SecretString;
+
+use crate::{
+    config::{Bench, SECRET},
+    procs::Process,
+};
+
+/// The subject of the director token the benchmark's clients present.
+pub(crate) const DIRECTOR: &str = "bench-director";
+
+/// A director token signed with the run's secret, valid for a day.
+pub(crate) fn director_token() -> anyhow::Result<String> {
+    let keys = TokenKeys::from_secret(&SecretString::from(SECRET))?;
+    Ok(keys.mint(DIRECTOR, Role::Director, chrono::Duration::hours(24))?)
+}
+
+fn kafka_env(kafka: &event_log::KafkaSettings) -> Vec<(&'static str, String)> {
+    vec![
+        ("FM_KAFKA__BROKERS", kafka.brokers.clone()),
+        ("FM_KAFKA__TOPIC_PREFIX", kafka.topic_prefix.clone()),
+    ]
+}
+
+/// A command-service on `kafka`'s topics; with `snapshot`, it keeps its snapshot there.
+pub(crate) fn command_service(
+    bench: &Bench,
+    kafka: &event_log::KafkaSettings,
+    tag: &str,
+    snapshot: Option<&Path>,
+) -> anyhow::Result<Process> {
+    let mut env = kafka_env(kafka);
+    env.push(("FM_AUTH__SECRET", SECRET.to_owned()));
+    if let Some(path) = snapshot {
+        env.push(("FM_COMMANDS__SNAPSHOT_PATH", path.display().to_string()));
+    }
+    Process::spawn(
+        &format!("command-service-{tag}"),
+        &bench.binary("command-service"),
+        &[],
+        bench.ports.command,
+        &env,
+        &bench.log_dir,
+    )
+}
+
+/// A projection-service projecting `kafka`'s topics into the database at `database_url`.
+pub(crate) fn projection_service(
+    bench: &Bench,
+    kafka: &event_log::KafkaSettings,
+    database_url: &str,
+    tag: &str,
+) -> anyhow::Result<Process> {
+    let mut env = kafka_env(kafka);
+    env.push(("FM_DATABASE__URL", database_url.to_owned()));
+    Process::spawn(
+        &format!("projection-service-{tag}"),
+        &bench.binary("projection-service"),
+        &[],
+        bench.ports.projection,
+        &env,
+        &bench.log_dir,
+    )
+}
+
+/// A query-api on the read models at `database_url`.
+pub(crate) fn query_api(bench: &Bench, database_url: &str, tag: &str) -> anyhow::Result<Process> {
+    Process::spawn(
+        &format!("query-api-{tag}"),
+        &bench.binary("query-api"),
+        &[],
+        bench.ports.query,
+        &[
+            ("FM_DATABASE__URL", database_url.to_owned()),
+            ("FM_AUTH__SECRET", SECRET.to_owned()),
+        ],
+        &bench.log_dir,
+    )
+}
+
+/// The bare axum + sqlx baseline server (`fm-bench bare-server`) on `database_url`.
+pub(crate) fn bare_server(bench: &Bench, database_url: &str, tag: &str) -> anyhow::Result<Process> {
+    let me = std::env::current_exe()?;
+    Process::spawn(
+        &format!("bare-server-{tag}"),
+        &me,
+        &["bare-server"],
+        bench.ports.bare,
+        &[("FM_DATABASE__URL", database_url.to_owned())],
+        &bench.log_dir,
+    )
+}
