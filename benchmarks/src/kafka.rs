@@ -174,7 +174,8 @@ impl ReadBack {
         Ok(Self { waiting, stop })
     }
 
-    fn expect(&self, id: Uuid) -> oneshot::Receiver<()> {
+    /// Registers `id` as awaited; the receiver fires once a record with that key is read.
+    pub(crate) fn expect(&self, id: Uuid) -> oneshot::Receiver<()> {
         let (sender, receiver) = oneshot::channel();
         self.waiting
             .lock()

@@ -275,7 +275,7 @@ fn summary(out: &mut String, r: &Results) {
         {
             let _ = writeln!(
                 out,
-                "| Memory (RSS) at {} events ({} bookings){} | command-service {} MiB (from a snapshot: {} MiB), projection-service {} MiB, query-api {} MiB | bare axum + sqlx: {} MiB; the events' JSON: {} MiB | command-service {} of the events' JSON |",
+                "| Memory (RSS) at {} events ({} bookings){} | command-service {} MiB (from a snapshot: {} MiB), projection-service {} MiB, query-api {} MiB | bare axum + sqlx: {} MiB; the events' JSON: {} MiB | command-service {} × the events' JSON |",
                 int(u64_f(largest.events)),
                 int(usize_f(largest.bookings)),
                 if m.not_measured.is_empty() {
@@ -464,11 +464,12 @@ fn latency_section(out: &mut String, l: &LatencyResults, s: &Sizes) {
          checks every 20 ms, `FM_CONSISTENCY__POLL_INTERVAL`). {} bookings per mode and \
          repetition, after a warm-up. The baseline, **pipeline**: the least any \"log → \
          PostgreSQL → HTTP\" path can take on this broker: the benchmark produces a record of \
-         the same size (clock starts at the broker's acknowledgement), one consumer with the \
-         services' settings reads it and `INSERT`s it (autocommit), and the bare axum + sqlx \
-         server, polled the same way every {} ms, returns it. A 202 means the record is already \
-         in the log (the command-service has read it back), so both clocks start at the same \
-         point of a record's life.\n\n{LOAD_HEAD}",
+         the same size; one consumer with the services' settings reads it and `INSERT`s it \
+         (autocommit) into a table the bare axum + sqlx server serves; the clock starts when a \
+         second consumer of the benchmark has read the record back (the command-service answers \
+         202 only once its own consumer has read its record back), and the bare server is \
+         polled the same way every {} ms until it returns the record. So both clocks start at \
+         the same point of a record's life.\n\n{LOAD_HEAD}",
         s.latency_clients, s.poll_interval_ms, s.latency_samples, s.poll_interval_ms,
     );
     for (i, rep) in l.reps.iter().enumerate() {
@@ -590,7 +591,7 @@ fn memory_section(out: &mut String, m: &MemoryResults) {
     for p in &m.points {
         let _ = writeln!(
             out,
-            "| {} ({}) | {} MiB | {} | {} | {}, snapshot {} MiB | {} | {} | {} events/s ({:.1} s) |",
+            "| {} ({}) | {} MiB | {} | {} | {}, snapshot {} MiB | {} | {} | {} |",
             int(u64_f(p.events)),
             int(usize_f(p.bookings)),
             num(mib_bytes(p.bytes)),
@@ -600,8 +601,15 @@ fn memory_section(out: &mut String, m: &MemoryResults) {
             num(mib_bytes(p.snapshot_bytes)),
             cell(&p.query_api.memory, None),
             cell(&p.bare.memory, None),
-            int(rate(p.events, p.raw_consume_s)),
-            p.raw_consume_s,
+            if p.events == 0 {
+                "–".to_owned()
+            } else {
+                format!(
+                    "{} events/s ({:.1} s)",
+                    int(rate(p.events, p.raw_consume_s)),
+                    p.raw_consume_s
+                )
+            },
         );
     }
     growth(out, m);
@@ -670,8 +678,12 @@ fn growth(out: &mut String, m: &MemoryResults) {
         out,
         " for scale, the events' JSON is {} bytes per event. The command-service holds every \
          aggregate's state and version and the idempotency index in memory \
-         (`docs/consistency.md`), so it grows with the log; the projection-service and the \
-         query-api keep their state in PostgreSQL and should not.",
+         (`docs/consistency.md`), so it grows with the log. The projection-service keeps its \
+         state in PostgreSQL; what it holds while it catches up is buffers: librdkafka \
+         pre-fetches records into its queue while the consumer is behind (up to \
+         `queued.max.messages.kbytes`, 64 MiB by default) and a batch of up to 500 records, \
+         and the allocator keeps some of what it freed (the peak in brackets). The query-api \
+         holds no state of the log at all.",
         int(json_per_event)
     );
 }

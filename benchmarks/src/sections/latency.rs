@@ -1,7 +1,9 @@
 //! Command-to-query latency: from the 202 of `POST /bookings` on the command-service until
 //! `GET /bookings/{id}` on the query-api returns the booking, by polling and by presenting the
 //! consistency token; beside it, the least a "log → PostgreSQL → HTTP" path can take: a raw
-//! produce, a raw consumer `INSERT`ing each record, and the bare server polled the same way.
+//! produce, a raw consumer `INSERT`ing each record, and the bare server polled the same way,
+//! its clock started once another consumer has read the record back (as the command-service
+//! reads its record back before its 202).
 
 use std::{
     sync::Arc,
@@ -19,7 +21,7 @@ use uuid::Uuid;
 use super::write::{booking_body, register_facilities};
 use crate::{
     config::Bench,
-    kafka::{self, Pipeline},
+    kafka::{self, Pipeline, ReadBack},
     load::{Failure, Until, client, closed_loop, expect},
     machine::load_average,
     pg,
@@ -37,7 +39,8 @@ pub(crate) struct LatencyRep {
     pub poll: Load,
     /// 202 → one `GET /bookings/{id}` with the `Consistency-Token` header.
     pub token: Load,
-    /// Raw produce acknowledged → the bare server's `GET /pipeline/{id}`, polled, returns 200.
+    /// Raw produce read back by a consumer of the benchmark's → the bare server's
+    /// `GET /pipeline/{id}`, polled, returns 200.
     pub pipeline: Load,
     pub order: String,
     pub load_average: String,
@@ -117,6 +120,8 @@ struct Rig {
     facilities: Vec<String>,
     producer: rdkafka::producer::FutureProducer,
     pipeline_topic: String,
+    /// Reads the pipeline's records back, as the command-service reads its own before its 202.
+    read_back: Arc<ReadBack>,
     payload: Vec<u8>,
     poll: Duration,
 }
@@ -159,12 +164,19 @@ async fn measure(rig: &Arc<Rig>, mode: Mode, offset: usize, bench: &Bench) -> an
                     }
                     Mode::Pipeline => {
                         let id = Uuid::new_v4();
+                        let read = rig.read_back.expect(id);
                         kafka::send(&rig.producer, &rig.pipeline_topic, id, &rig.payload)
                             .await
                             .map_err(|error| ("produce".to_owned(), format!("{error:#}")))?;
-                        let acknowledged = Instant::now();
+                        if !matches!(tokio::time::timeout(VISIBLE_WITHIN, read).await, Ok(Ok(()))) {
+                            return Err((
+                                "not read back".to_owned(),
+                                format!("within {VISIBLE_WITHIN:?}"),
+                            ));
+                        }
+                        let read_back = Instant::now();
                         let url = format!("{}/pipeline/{id}", rig.bare);
-                        poll_until_found(&rig.http, &url, None, acknowledged, rig.poll)
+                        poll_until_found(&rig.http, &url, None, read_back, rig.poll)
                             .await
                             .map(Some)
                     }
@@ -197,6 +209,7 @@ async fn one_rep(bench: &Bench, rep: usize) -> anyhow::Result<LatencyRep> {
         event_log::Topics::new(&pipeline_kafka.topic_prefix).events(AggregateType::Booking);
     let pool = PgPool::connect(&database_url).await?;
     let _pipeline = Pipeline::start(&pipeline_kafka, &pipeline_topic, pool).await?;
+    let read_back = Arc::new(ReadBack::start(&pipeline_kafka, &pipeline_topic).await?);
 
     let token = stack::director_token()?;
     let facilities = register_facilities(http, &command.base(), &token, sizes.facilities).await?;
@@ -209,6 +222,7 @@ async fn one_rep(bench: &Bench, rep: usize) -> anyhow::Result<LatencyRep> {
         facilities,
         producer: kafka::producer(&pipeline_kafka)?,
         pipeline_topic,
+        read_back,
         payload: kafka::booking_requested_record()?,
         poll: Duration::from_millis(sizes.poll_interval_ms),
     });
