@@ -187,6 +187,16 @@ pub struct DeadLetter {
     pub reason: Option<String>,
     /// From the `fm-origin-*` headers, when all three are present and readable.
     pub origin: Option<Position>,
+    /// The original record's bytes.
+    pub value: Vec<u8>,
+}
+
+/// Whether `haystack` holds `needle` (poison markers inside record bytes).
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
 }
 
 /// The mail kinds the saga sends, by the outcome they announce: the `kind` of
@@ -358,7 +368,8 @@ fn figures(inputs: &Inputs, report: &mut Report) {
             Entry::Acknowledged { op, .. } => format!("acknowledged {op}"),
             Entry::Refused { op, status, .. } => format!("refused {op} ({status})"),
             Entry::Unknown { op, .. } => format!("unknown outcome {op}"),
-            Entry::Poison { .. } => "poison records injected".to_owned(),
+            Entry::Poison { written: None, .. } => "poison records sent".to_owned(),
+            Entry::Poison { .. } => "poison records acknowledged".to_owned(),
             Entry::Scenario { scenario, .. } => format!("scenario {scenario}"),
         };
         *journal.entry(name).or_default() += 1;
@@ -1007,19 +1018,44 @@ fn money_per_booking(
     }
 }
 
-/// The outcomes a booking's family must have been told about, by mail kind.
-fn expected_mails(booking: &BookingFold, kinds: &MailKinds) -> Vec<String> {
-    let mut expected = Vec::new();
-    if booking.was_confirmed() {
-        expected.push(kinds.confirmed.clone());
+/// The mail a booking's family must have had (its final outcome's), and the one it may also
+/// have had: the saga tells the family the booking's outcome as it stands when it gets to the
+/// mail (`saga-runner/src/saga.rs`), so a booking cancelled right after its confirmation may
+/// never get the confirmation, only the cancellation.
+fn expected_mails(booking: &BookingFold, kinds: &MailKinds) -> (Option<String>, Option<String>) {
+    let required = match booking.status.as_str() {
+        "confirmed" => Some(kinds.confirmed.clone()),
+        "rejected" => Some(kinds.rejected.clone()),
+        "failed" => Some(kinds.failed.clone()),
+        "cancelled" => Some(kinds.cancelled.clone()),
+        _ => None,
+    };
+    let allowed =
+        (booking.status != "confirmed" && booking.was_confirmed()).then(|| kinds.confirmed.clone());
+    (required, allowed)
+}
+
+/// Copies of one message (a resend) may each go to part of the family; together they must
+/// reach exactly the family's addresses.
+fn check_recipients(message_id: &str, mails: &[&Mail], booking: &BookingFold, report: &mut Report) {
+    let to: BTreeSet<String> = mails
+        .iter()
+        .flat_map(|mail| mail.to.iter().map(|address| address.to_lowercase()))
+        .collect();
+    let family: BTreeSet<String> = booking
+        .emails
+        .iter()
+        .map(|address| address.to_lowercase())
+        .collect();
+    if to != family {
+        report.violation(
+            Invariant::OneMailPerOutcome,
+            format!(
+                "mail {message_id} ({}) went to {to:?}, the family is {family:?}",
+                mails[0].file
+            ),
+        );
     }
-    match booking.status.as_str() {
-        "rejected" => expected.push(kinds.rejected.clone()),
-        "failed" => expected.push(kinds.failed.clone()),
-        "cancelled" => expected.push(kinds.cancelled.clone()),
-        _ => {}
-    }
-    expected
 }
 
 fn mails(inputs: &Inputs, report: &mut Report) {
@@ -1037,8 +1073,10 @@ fn mails(inputs: &Inputs, report: &mut Report) {
     let copies = inputs.mails.len().saturating_sub(received.len());
     report.figure("  mails re-sent (same Message-ID)", copies);
     let mut expected_ids = BTreeSet::new();
+    let mut superseded = 0;
     for (id, booking) in &inputs.history.bookings {
-        for kind in expected_mails(booking, &inputs.mail_kinds) {
+        let (required, allowed) = expected_mails(booking, &inputs.mail_kinds);
+        if let Some(kind) = required {
             let message_id = format!("{kind}.{id}@funeral-manager");
             report.checked(invariant, 1);
             match received.get(&message_id) {
@@ -1049,32 +1087,20 @@ fn mails(inputs: &Inputs, report: &mut Report) {
                         booking.status
                     ),
                 ),
-                Some(mails) => {
-                    // Copies of one message (a resend) may each go to part of the family; together
-                    // they must reach exactly the family's addresses.
-                    let to: BTreeSet<String> = mails
-                        .iter()
-                        .flat_map(|mail| mail.to.iter().map(|address| address.to_lowercase()))
-                        .collect();
-                    let family: BTreeSet<String> = booking
-                        .emails
-                        .iter()
-                        .map(|address| address.to_lowercase())
-                        .collect();
-                    if to != family {
-                        report.violation(
-                            invariant,
-                            format!(
-                                "mail {message_id} ({}) went to {to:?}, the family is {family:?}",
-                                mails[0].file
-                            ),
-                        );
-                    }
-                }
+                Some(mails) => check_recipients(&message_id, mails, booking, report),
+            }
+            expected_ids.insert(message_id);
+        }
+        if let Some(kind) = allowed {
+            let message_id = format!("{kind}.{id}@funeral-manager");
+            match received.get(&message_id) {
+                None => superseded += 1,
+                Some(mails) => check_recipients(&message_id, mails, booking, report),
             }
             expected_ids.insert(message_id);
         }
     }
+    report.figure("  confirmations superseded by a cancellation", superseded);
     for (message_id, mails) in &received {
         if !expected_ids.contains(message_id) {
             report.violation(
@@ -1090,18 +1116,22 @@ fn mails(inputs: &Inputs, report: &mut Report) {
 
 fn dead_letters(inputs: &Inputs, report: &mut Report) {
     let invariant = Invariant::DeadLettersExplained;
-    let poison: BTreeSet<Position> = inputs
-        .journal
-        .iter()
-        .filter_map(|entry| match entry {
-            Entry::Poison {
-                topic,
-                partition,
-                offset,
-            } => Some(Position::new(topic, *partition, *offset)),
-            _ => None,
-        })
-        .collect();
+    // marker → whether the broker acknowledged it
+    let mut poison: BTreeMap<&str, bool> = BTreeMap::new();
+    for entry in &inputs.journal {
+        if let Entry::Poison {
+            marker, written, ..
+        } = entry
+        {
+            *poison.entry(marker.as_str()).or_default() |= written.is_some();
+        }
+    }
+    let marker_in = |bytes: &[u8]| {
+        poison
+            .keys()
+            .copied()
+            .find(|marker| contains(bytes, marker.as_bytes()))
+    };
     report.checked(invariant, inputs.dead_letters.len() + poison.len());
     let mut dead_lettered = BTreeSet::new();
     for letter in &inputs.dead_letters {
@@ -1112,34 +1142,45 @@ fn dead_letters(inputs: &Inputs, report: &mut Report) {
                 format!("dead letter {} has no reason", letter.position),
             );
         }
-        match &letter.origin {
-            Some(origin) if poison.contains(origin) => {
-                dead_lettered.insert(origin.clone());
+        let Some(origin) = &letter.origin else {
+            report.violation(
+                invariant,
+                format!(
+                    "dead letter {} ({reason}) does not name its origin",
+                    letter.position
+                ),
+            );
+            continue;
+        };
+        match marker_in(&letter.value) {
+            Some(marker) => {
+                dead_lettered.insert(marker);
             }
-            Some(origin) => report.violation(
+            None => report.violation(
                 invariant,
                 format!(
                     "dead letter {} ({reason}) comes from {origin}, which nobody put there on purpose",
                     letter.position
                 ),
             ),
-            None => report.violation(
-                invariant,
-                format!("dead letter {} ({reason}) does not name its origin", letter.position),
-            ),
         }
     }
-    for position in poison.difference(&dead_lettered) {
-        report.violation(
-            invariant,
-            format!("the poison record at {position} was never dead-lettered"),
-        );
-    }
-    for (position, reason) in &inputs.history.undecodable {
-        if !poison.contains(position) {
+    for (marker, written) in &poison {
+        if *written && !dead_lettered.contains(marker) {
             report.violation(
                 invariant,
-                format!("the log holds a record that is not an event at {position} ({reason}), and nobody put it there on purpose"),
+                format!("the poison record {marker} was written but never dead-lettered"),
+            );
+        }
+    }
+    for record in &inputs.history.undecodable {
+        if marker_in(&record.value).is_none() {
+            report.violation(
+                invariant,
+                format!(
+                    "the log holds a record that is not an event at {} ({}), and nobody put it there on purpose",
+                    record.position, record.reason
+                ),
             );
         }
     }

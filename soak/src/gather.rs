@@ -64,7 +64,6 @@ fn consumer(brokers: &str, fetch_bytes: usize) -> anyhow::Result<BaseConsumer> {
         // Tansu computes each fetch's size over the whole rest of the partition, so small
         // fetches keep each one cheap on a long log (docs/reliability.md, "Chaos soak").
         .set("max.partition.fetch.bytes", fetch_bytes.to_string())
-        .set("fetch.max.bytes", (fetch_bytes * 4).to_string())
         .create()
         .context("Failed to create the Kafka consumer")
 }
@@ -193,6 +192,7 @@ pub fn dead_letters(records: &[RawRecord]) -> Vec<DeadLetter> {
                 position: record.position.clone(),
                 reason: record.header("fm-dead-letter-reason"),
                 origin,
+                value: record.value.clone().unwrap_or_default(),
             }
         })
         .collect()

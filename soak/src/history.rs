@@ -299,6 +299,14 @@ pub enum LogFault {
     },
 }
 
+/// A record of an event topic that is not an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    pub position: Position,
+    pub reason: String,
+    pub value: Vec<u8>,
+}
+
 /// The whole log, read and folded.
 #[derive(Debug, Default)]
 pub struct History {
@@ -309,7 +317,7 @@ pub struct History {
     /// Records refused by the rule as stale (losers of races, redeliveries).
     pub stale: Vec<Event>,
     /// Records that are not events, with the reason.
-    pub undecodable: Vec<(Position, String)>,
+    pub undecodable: Vec<Undecodable>,
     pub facilities: BTreeMap<Uuid, FacilityFold>,
     pub bookings: BTreeMap<Uuid, BookingFold>,
     pub payments: BTreeMap<Uuid, PaymentFold>,
@@ -334,7 +342,11 @@ impl History {
             let event = match parse_event(record, prefix) {
                 Ok(event) => event,
                 Err(reason) => {
-                    history.undecodable.push((record.position.clone(), reason));
+                    history.undecodable.push(Undecodable {
+                        position: record.position.clone(),
+                        reason,
+                        value: record.value.clone().unwrap_or_default(),
+                    });
                     continue;
                 }
             };

@@ -44,12 +44,15 @@ pub enum Entry {
         subject: String,
         idempotency_key: String,
     },
-    /// A record that is not an event, put on an event topic on purpose: it must be
-    /// dead-lettered, and it explains the dead letters that name it.
+    /// A record that is not an event, put on an event topic on purpose: every record holding
+    /// `marker` is explained (a retried send may have written it twice), and it must be
+    /// dead-lettered if the broker acknowledged it (`written`). Journalled before it is sent.
     Poison {
+        marker: String,
         topic: String,
-        partition: i32,
-        offset: i64,
+        /// Where the broker said it landed, once it said so.
+        #[serde(default)]
+        written: Option<String>,
     },
     /// What a booking was set up to meet (the gateway's mode, a cancellation, a contest), for
     /// the summary.
@@ -130,9 +133,9 @@ mod tests {
                 status: 202,
             },
             Entry::Poison {
+                marker: "soak-poison-1".into(),
                 topic: "fm.booking.events".into(),
-                partition: 1,
-                offset: 9,
+                written: Some("fm.booking.events:1:9".into()),
             },
         ];
         for entry in &entries {

@@ -777,6 +777,11 @@ async fn register_facilities(
 }
 
 /// Puts `count` records that are not events on the event topics at random moments of the run.
+///
+/// Each carries a marker journalled before it is sent, so that the checker recognises it (and
+/// any copy a retried send wrote) without relying on where it landed. The producer is not
+/// idempotent: an idempotent one whose send fails bumps its epoch, which Tansu 0.6 cannot take
+/// (docs/reliability.md), and a duplicate poison record is harmless.
 async fn inject_poison(shared: Arc<Shared>, seed: u64) -> anyhow::Result<()> {
     let count = shared.config.poison;
     if count == 0 {
@@ -785,9 +790,9 @@ async fn inject_poison(shared: Arc<Shared>, seed: u64) -> anyhow::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &shared.config.brokers)
         .set("client.id", "soak-poison")
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", "false")
         .set("acks", "all")
-        .set("message.timeout.ms", "10000")
+        .set("message.timeout.ms", "30000")
         .create()
         .context("Failed to create the poison producer")?;
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
@@ -800,35 +805,47 @@ async fn inject_poison(shared: Arc<Shared>, seed: u64) -> anyhow::Result<()> {
             shared.config.topic_prefix,
             kinds[n % kinds.len()]
         );
+        let marker = format!("soak-poison-{:x}-{n}", shared.config.seed);
         let value: Vec<u8> = match n % 3 {
-            0 => b"\x00\x01 this is not JSON".to_vec(),
-            1 => br#"{"soak": "poison", "looks_like": "an envelope without its fields"}"#.to_vec(),
+            0 => format!("\u{0}\u{1} {marker}: this is not JSON").into_bytes(),
+            1 => serde_json::to_vec(
+                &json!({"soak": marker, "looks_like": "an envelope without its fields"}),
+            )
+            .context("Failed to build a poison record")?,
             _ => serde_json::to_vec(&json!({
                 "event_id": Uuid::new_v4(), "event_type": "BookingTeleported", "event_version": 1,
                 "aggregate_type": "booking", "aggregate_id": Uuid::new_v4(), "sequence": 1,
                 "occurred_at": Utc::now(), "correlation_id": Uuid::new_v4(),
                 "causation_id": Uuid::new_v4(), "actor": {"subject": "soak", "role": "system"},
-                "data": {},
+                "data": {"soak": marker},
             }))
             .context("Failed to build a poison record")?,
         };
         let key = Uuid::new_v4().to_string();
+        shared.record(&Entry::Poison {
+            marker: marker.clone(),
+            topic: topic.clone(),
+            written: None,
+        });
         // A broker restart may be under way: retry until the record lands.
         let deadline = Instant::now() + Duration::from_mins(2);
         loop {
             let record = FutureRecord::to(&topic).key(&key).payload(&value);
-            match producer.send(record, Duration::from_secs(10)).await {
+            match producer.send(record, Duration::from_secs(30)).await {
                 Ok(delivery) => {
                     shared.record(&Entry::Poison {
+                        marker: marker.clone(),
                         topic: topic.clone(),
-                        partition: delivery.partition,
-                        offset: delivery.offset,
+                        written: Some(format!(
+                            "{topic}:{}:{}",
+                            delivery.partition, delivery.offset
+                        )),
                     });
                     break;
                 }
                 Err((error, _)) if Instant::now() < deadline => {
                     eprintln!("soak-load: poison record not written yet ({error}); retrying");
-                    sleep(Duration::from_millis(500 + rng.u64(0..500))).await;
+                    sleep(Duration::from_millis(1000 + rng.u64(0..1000))).await;
                 }
                 Err((error, _)) => bail!("a poison record could not be written: {error}"),
             }

@@ -42,6 +42,9 @@ struct Args {
     /// The fault injector's log (`<epoch> <kind> <detail>` per line), for the summary.
     #[arg(long)]
     faults: Option<PathBuf>,
+    /// The supervisor's log (`<epoch> <why> <what>` per line): processes it had to start again.
+    #[arg(long)]
+    restarts: Option<PathBuf>,
     /// Give up reading the log when nothing arrives for this long.
     #[arg(long, default_value = "120s", value_parser = soak::parse_duration)]
     stall: Duration,
@@ -101,14 +104,20 @@ async fn unsettled(
     Ok((!pending.is_empty()).then(|| pending.join(", ")))
 }
 
-fn fault_counts(path: &PathBuf) -> anyhow::Result<BTreeMap<String, u64>> {
+/// Lines of a `<epoch> <kind> <detail>` log, counted by kind (and by detail when
+/// `with_detail`: the supervisor's `exited <service>`).
+fn counts(path: &PathBuf, with_detail: bool) -> anyhow::Result<BTreeMap<String, u64>> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("Failed to read the faults log {}", path.display()))?;
+        .with_context(|| format!("Failed to read {}", path.display()))?;
     let mut counts = BTreeMap::new();
     for line in text.lines() {
-        if let Some(kind) = line.split_whitespace().nth(1) {
-            *counts.entry(kind.to_owned()).or_default() += 1;
-        }
+        let mut words = line.split_whitespace().skip(1);
+        let Some(kind) = words.next() else { continue };
+        let key = match words.next() {
+            Some(detail) if with_detail && kind != "broker-panicked" => format!("{kind} {detail}"),
+            _ => kind.to_owned(),
+        };
+        *counts.entry(key).or_default() += 1;
     }
     Ok(counts)
 }
@@ -234,16 +243,19 @@ async fn main() -> anyhow::Result<()> {
         "saga invariants".to_owned(),
         if saga { "on" } else { "off (no saga runner)" }.to_owned(),
     );
-    if let Some(path) = &args.faults {
-        let counts = fault_counts(path)?;
-        let total: u64 = counts.values().sum();
-        report
-            .figures
-            .insert("faults injected".to_owned(), total.to_string());
-        for (kind, count) in counts {
-            report
-                .figures
-                .insert(format!("  fault {kind}"), count.to_string());
+    for (path, title, item, with_detail) in [
+        (&args.faults, "faults injected", "fault", false),
+        (&args.restarts, "supervisor restarts", "restart", true),
+    ] {
+        if let Some(path) = path {
+            let counts = counts(path, with_detail)?;
+            let total: u64 = counts.values().sum();
+            report.figures.insert(title.to_owned(), total.to_string());
+            for (kind, count) in counts {
+                report
+                    .figures
+                    .insert(format!("  {item} {kind}"), count.to_string());
+            }
         }
     }
     println!("\n{}", report.render(args.limit));

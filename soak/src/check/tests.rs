@@ -282,7 +282,8 @@ fn world() -> World {
         json!({"booking_id": id(REFUNDED)}),
     );
 
-    let poison = story.raw(&Kind::Booking.topic(PREFIX), 1, b"not an event".to_vec());
+    let poison_bytes = b"soak-poison-1: not an event".to_vec();
+    let poison = story.raw(&Kind::Booking.topic(PREFIX), 1, poison_bytes.clone());
 
     let ack =
         |op: &str, key: &str, aggregate: u128, version: u64, token: &Position, status: u16| {
@@ -330,9 +331,9 @@ fn world() -> World {
             status: 422,
         },
         Entry::Poison {
+            marker: "soak-poison-1".into(),
             topic: poison.topic.clone(),
-            partition: poison.partition,
-            offset: poison.offset,
+            written: Some(poison.to_string()),
         },
     ];
 
@@ -425,6 +426,7 @@ fn world() -> World {
         position: Position::new("fm.dead-letter", 0, 0),
         reason: Some("not JSON".into()),
         origin: Some(poison),
+        value: poison_bytes,
     }];
     World {
         story,
@@ -864,6 +866,31 @@ fn a_missing_mail_is_reported() {
 }
 
 #[test]
+fn a_cancellation_that_overtook_the_confirmation_mail_needs_only_its_own_mail() {
+    let mut world = world();
+    world.mails.retain(|mail| {
+        mail.message_id.as_deref()
+            != Some(&format!("confirmation.{}@funeral-manager", id(REFUNDED)))
+    });
+    let report = world.check();
+    assert!(report.passed(), "{}", report.render(20));
+    assert_eq!(
+        report.figures["  confirmations superseded by a cancellation"],
+        "1"
+    );
+}
+
+#[test]
+fn a_missing_cancellation_mail_after_a_confirmation_is_reported() {
+    let mut world = world();
+    world.mails.retain(|mail| {
+        mail.message_id.as_deref()
+            != Some(&format!("cancellation.{}@funeral-manager", id(REFUNDED)))
+    });
+    assert_only(&world.check(), Invariant::OneMailPerOutcome);
+}
+
+#[test]
 fn a_mail_for_an_outcome_that_did_not_happen_is_reported() {
     let mut world = world();
     world.mails.push(mail("failure", CONFIRMED));
@@ -891,6 +918,7 @@ fn a_dead_letter_nobody_put_there_is_reported() {
         position: Position::new("fm.dead-letter", 0, 1),
         reason: Some("schema".into()),
         origin: Some(world.confirmed_request.clone()),
+        value: b"{\"event_type\": \"BookingRequested\"}".to_vec(),
     });
     assert_only(&world.check(), Invariant::DeadLettersExplained);
 }
@@ -900,6 +928,25 @@ fn a_poison_record_never_dead_lettered_is_reported() {
     let mut world = world();
     world.dead_letters.clear();
     assert_only(&world.check(), Invariant::DeadLettersExplained);
+}
+
+#[test]
+fn a_poison_record_written_twice_by_a_retried_send_is_explained_both_times() {
+    let mut world = world();
+    let copy = world.story.raw(
+        &Kind::Booking.topic(PREFIX),
+        1,
+        b"soak-poison-1: not an event".to_vec(),
+    );
+    world.dead_letters.push(DeadLetter {
+        position: Position::new("fm.dead-letter", 0, 1),
+        reason: Some("not JSON".into()),
+        origin: Some(copy),
+        value: b"soak-poison-1: not an event".to_vec(),
+    });
+    world.caught_up();
+    let report = world.check();
+    assert!(report.passed(), "{}", report.render(20));
 }
 
 #[test]
