@@ -701,3 +701,34 @@ async fn a_declined_payment_without_a_reason_is_refused_and_writes_nothing() {
         "the refused decline reached the log"
     );
 }
+
+#[tokio::test]
+async fn if_match_takes_the_booking_etag_the_query_api_gives() {
+    let kafka = fresh_kafka().await;
+    let (service, _, booking_id) = with_a_booking(&kafka).await;
+    let url = format!("{}/bookings/{booking_id}/cancel", service.url);
+    let family = token(Role::Family, "family-1");
+    let client = Client::new();
+    // The query-api's booking ETag carries the payment's version and the saga's progress after
+    // the booking's: "booking-<id>-v<version>-p<payment version>[-s<digest>]". It was refused
+    // as a malformed If-Match (422) although the README says to send it back.
+    let stale = client
+        .post(&url)
+        .bearer_auth(&family)
+        .header(
+            "if-match",
+            format!("W/\"booking-{booking_id}-v7-p0-s0123456789ab\""),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    let current = client
+        .post(&url)
+        .bearer_auth(&family)
+        .header("if-match", format!("\"booking-{booking_id}-v1-p0\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(current.status(), StatusCode::OK);
+}

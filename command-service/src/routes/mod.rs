@@ -163,16 +163,17 @@ fn flow_id(headers: &HeaderMap, name: &str, field: &str) -> Result<Option<Uuid>,
 }
 
 /// Reads `If-Match` as an aggregate version: `3`, `"3"`, `W/"3"`, or an ETag of the query-api
-/// (`"booking-<id>-v3"`), so that a client can send back what a read gave it.
+/// (`"facility-<id>-v3"`, `"booking-<id>-v3-p1"`: the version follows the last `-v`, up to the
+/// next `-`), so that a client can send back what a read gave it.
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or_default().trim();
     let unquoted = text.trim_start_matches("W/").trim_matches('"');
-    let digits = unquoted
-        .rsplit_once("-v")
-        .map_or(unquoted, |(_, version)| version);
+    let digits = unquoted.rsplit_once("-v").map_or(unquoted, |(_, rest)| {
+        rest.split_once('-').map_or(rest, |(version, _)| version)
+    });
     digits.parse::<u64>().map(Some).map_err(|_| {
         header_error(
             "If-Match",
