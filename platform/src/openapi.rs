@@ -9,7 +9,7 @@ use utoipa::{
     openapi::{
         Content, Header, OpenApi, RefOr, Required, Response,
         path::{Operation, ParameterBuilder, ParameterIn},
-        schema::{ObjectBuilder, Ref, Type},
+        schema::{ObjectBuilder, Ref, SchemaFormat, Type},
     },
 };
 
@@ -18,8 +18,51 @@ use crate::problem::{FieldError, PROBLEM_JSON, Problem};
 /// A header every operation takes or every answer of a kind carries.
 #[derive(Debug, Clone, Copy)]
 pub struct SharedHeader {
-    pub name: &'static str,
-    pub description: &'static str,
+    name: &'static str,
+    description: &'static str,
+    /// The string's format (`uuid`), when it has one.
+    format: Option<&'static str>,
+    /// A regular expression the whole value matches, when there is one.
+    pattern: Option<&'static str>,
+}
+
+impl SharedHeader {
+    /// A header whose value is free text.
+    pub const fn new(name: &'static str, description: &'static str) -> Self {
+        Self {
+            name,
+            description,
+            format: None,
+            pattern: None,
+        }
+    }
+
+    /// A header whose value is a UUID.
+    pub const fn uuid(name: &'static str, description: &'static str) -> Self {
+        Self {
+            name,
+            description,
+            format: Some("uuid"),
+            pattern: None,
+        }
+    }
+
+    /// The same header, whose value matches `pattern`.
+    #[must_use]
+    pub const fn matching(mut self, pattern: &'static str) -> Self {
+        self.pattern = Some(pattern);
+        self
+    }
+
+    fn schema(&self) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(
+                self.format
+                    .map(|format| SchemaFormat::Custom(format.to_owned())),
+            )
+            .pattern(self.pattern)
+    }
 }
 
 /// The shared part of every operation of a document: added to each operation, except where its
@@ -47,10 +90,10 @@ pub fn problem_response(description: &str) -> Response {
     response
 }
 
-fn string_header(description: &str) -> Header {
-    let mut header = Header::new(ObjectBuilder::new().schema_type(Type::String));
-    header.description = Some(description.to_owned());
-    header
+fn response_header(header: &SharedHeader) -> Header {
+    let mut built = Header::new(header.schema());
+    built.description = Some(header.description.to_owned());
+    built
 }
 
 /// Every operation of `openapi`, whatever its method.
@@ -84,7 +127,7 @@ impl Shared {
                 response
                     .headers
                     .entry(header.name.to_owned())
-                    .or_insert_with(|| string_header(header.description));
+                    .or_insert_with(|| response_header(header));
             }
         }
         for (status, response) in responses.iter_mut() {
@@ -95,7 +138,7 @@ impl Shared {
                 response
                     .headers
                     .entry(header.name.to_owned())
-                    .or_insert_with(|| string_header(header.description));
+                    .or_insert_with(|| response_header(header));
             }
         }
         let parameters = operation.parameters.get_or_insert_with(Vec::new);
@@ -111,7 +154,7 @@ impl Shared {
                         .parameter_in(ParameterIn::Header)
                         .required(Required::False)
                         .description(Some(header.description))
-                        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                        .schema(Some(header.schema()))
                         .build(),
                 );
             }
@@ -170,21 +213,13 @@ mod tests {
 
     const SHARED: Shared = Shared {
         problems: &[(401, "No valid bearer token"), (404, "Not found")],
-        request_headers: &[SharedHeader {
-            name: "Consistency-Token",
-            description: "Wait for this write",
-        }],
-        success_headers: &[SharedHeader {
-            name: "ETag",
-            description: "The version",
-        }],
-        problem_headers: &[(
-            401,
-            SharedHeader {
-                name: "WWW-Authenticate",
-                description: "Bearer",
-            },
-        )],
+        request_headers: &[
+            SharedHeader::new("Consistency-Token", "Wait for this write"),
+            SharedHeader::uuid("Correlation-Id", "The flow"),
+            SharedHeader::new("Idempotency-Key", "A retry token").matching("^[!-~]{1,200}$"),
+        ],
+        success_headers: &[SharedHeader::new("ETag", "The version")],
+        problem_headers: &[(401, SharedHeader::new("WWW-Authenticate", "Bearer"))],
     };
 
     #[test]
@@ -203,6 +238,11 @@ mod tests {
         assert!(responses["200"]["headers"]["ETag"].is_object());
         assert!(responses["404"]["headers"].get("ETag").is_none());
         assert_eq!(operation["parameters"][1]["name"], "Consistency-Token");
+        assert_eq!(operation["parameters"][2]["schema"]["format"], "uuid");
+        assert_eq!(
+            operation["parameters"][3]["schema"]["pattern"],
+            "^[!-~]{1,200}$"
+        );
         assert!(document["components"]["schemas"]["Problem"].is_object());
         assert!(document["components"]["schemas"]["FieldError"].is_object());
         assert!(declared_response(&document, "get", "/things/{id}", 401).is_some());

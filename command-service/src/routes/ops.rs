@@ -46,22 +46,28 @@ const WRITE_ROUTES: Shared = Shared {
              with the same Idempotency-Key",
         ),
     ],
-    request_headers: &[SharedHeader {
-        name: "Idempotency-Key",
-        description: "Retry token (1 to 200 printable ASCII characters): a replay returns the \
-                      first answer",
-    }],
-    success_headers: &[SharedHeader {
-        name: "Consistency-Token",
-        description: "Present it to the query-api to read this write",
-    }],
-    problem_headers: &[(
-        401,
-        SharedHeader {
-            name: "WWW-Authenticate",
-            description: "Bearer",
-        },
+    request_headers: &[
+        SharedHeader::new(
+            "Idempotency-Key",
+            "Retry token (1 to 200 printable ASCII characters): a replay returns the first answer",
+        )
+        .matching("^[!-~]{1,200}$"),
+        SharedHeader::uuid(
+            "Correlation-Id",
+            "The flow this command belongs to (the saga passes its booking's); recorded on its \
+             events",
+        ),
+        SharedHeader::uuid(
+            "Causation-Id",
+            "What caused this command (the saga names the event it reacts to); recorded on its \
+             events",
+        ),
+    ],
+    success_headers: &[SharedHeader::new(
+        "Consistency-Token",
+        "Present it to the query-api to read this write",
     )],
+    problem_headers: &[(401, SharedHeader::new("WWW-Authenticate", "Bearer"))],
 };
 
 #[derive(OpenApi)]

@@ -51,28 +51,19 @@ const READ_ROUTES: Shared = Shared {
              unavailable, or the request timed out",
         ),
     ],
-    request_headers: &[SharedHeader {
-        name: "If-None-Match",
-        description: "An ETag this API gave: 304 while the answer is unchanged",
-    }],
-    success_headers: &[SharedHeader {
-        name: "ETag",
-        description: "Send it back in If-None-Match",
-    }],
+    request_headers: &[SharedHeader::new(
+        "If-None-Match",
+        "An ETag this API gave: 304 while the answer is unchanged",
+    )],
+    success_headers: &[SharedHeader::new("ETag", "Send it back in If-None-Match")],
     problem_headers: &[
-        (
-            401,
-            SharedHeader {
-                name: "WWW-Authenticate",
-                description: "Bearer",
-            },
-        ),
+        (401, SharedHeader::new("WWW-Authenticate", "Bearer")),
         (
             503,
-            SharedHeader {
-                name: "Retry-After",
-                description: "Seconds to wait, when the read model is behind",
-            },
+            SharedHeader::new(
+                "Retry-After",
+                "Seconds to wait, when the read model is behind",
+            ),
         ),
     ],
 };
