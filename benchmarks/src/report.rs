@@ -10,7 +10,7 @@ use crate::{
     machine::Machine,
     sections::{
         latency::LatencyResults,
-        memory::{MemoryPoint, MemoryResults},
+        memory::{MemoryPoint, MemoryResults, ServiceMemory},
         query::QueryResults,
         replay::{ReplayResults, rate},
         write::WriteResults,
@@ -116,6 +116,7 @@ pub(crate) fn render(results: &Results) -> String {
     let mut out = String::new();
     header(&mut out, results);
     summary(&mut out, results);
+    reading(&mut out, results);
     machine(&mut out, results);
     reproduce(&mut out, results);
     if let Some(write) = &results.write {
@@ -172,7 +173,7 @@ fn summary(out: &mut String, r: &Results) {
         let http: Vec<&Load> = w.reps.iter().map(|x| &x.http).collect();
         let _ = writeln!(
             out,
-            "| Booking commands (`POST /bookings` on the command-service, {} clients) | {} commands/s, {} | raw produce: {} records/s; produce + read back: {} records/s, {} | {} of raw produce; {} of produce + read back |",
+            "| Booking commands (`POST /bookings` on the command-service, {} clients) | {} commands/s, {} | raw produce: {} records/s; produce + read back: {} records/s, {} | {} raw produce; {} produce + read back |",
             r.sizes.clients,
             spread(http.iter().map(|l| l.rate()), ""),
             p50_p99(&http),
@@ -233,7 +234,7 @@ fn summary(out: &mut String, r: &Results) {
     if let Some(p) = &r.replay {
         let _ = writeln!(
             out,
-            "| Replay (projection rebuild of {} events into a fresh database) | {} events/s | raw consume: {} events/s; `INSERT`: {} rows/s; `COPY`: {} rows/s | {} of raw consume; {} of `INSERT`; {} of `COPY` |",
+            "| Replay (projection rebuild of {} events into a fresh database) | {} events/s | raw consume: {} events/s; `INSERT`: {} rows/s; `COPY`: {} rows/s | {} raw consume; {} `INSERT`; {} `COPY` |",
             int(u64_f(p.events)),
             spread(p.reps.iter().map(|x| rate(p.events, x.replay_s)), ""),
             spread(p.reps.iter().map(|x| rate(p.events, x.raw_consume_s)), ""),
@@ -271,34 +272,142 @@ fn summary(out: &mut String, r: &Results) {
     }
     if let Some(m) = &r.memory
         && let Some(largest) = m.points.last()
+        && largest.events > 0
     {
-        {
-            let _ = writeln!(
-                out,
-                "| Memory (RSS) at {} events ({} bookings){} | command-service {} MiB (from a snapshot: {} MiB), projection-service {} MiB, query-api {} MiB | bare axum + sqlx: {} MiB; the events' JSON: {} MiB | command-service {} × the events' JSON |",
-                int(u64_f(largest.events)),
-                int(usize_f(largest.bookings)),
-                if m.not_measured.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " (the largest size measured; {} not reached, see Memory)",
-                        m.not_measured
-                            .iter()
-                            .map(|(events, _)| int(u64_f(*events)))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                },
-                num(mib(largest.command_replay.memory.rss_kib)),
-                num(mib(largest.command_snapshot.memory.rss_kib)),
-                num(mib(largest.projection.memory.rss_kib)),
-                num(mib(largest.query_api.memory.rss_kib)),
-                num(mib(largest.bare.memory.rss_kib)),
-                num(mib_bytes(largest.bytes)),
-                num(mib(largest.command_replay.memory.rss_kib) / mib_bytes(largest.bytes.max(1))),
-            );
-        }
+        let catch_up = |s: &ServiceMemory| s.catch_up_s.unwrap_or(f64::NAN);
+        let _ = writeln!(
+            out,
+            "| Replay at the largest log: the projection-service of the memory measurement, {} events from offset 0 into a fresh database | {} events/s | raw consume of the same log: {} events/s | {} raw consume (one run) |",
+            int(u64_f(largest.events)),
+            int(rate(largest.events, catch_up(&largest.projection))),
+            int(rate(largest.events, largest.raw_consume_s)),
+            ratio([largest.raw_consume_s / catch_up(&largest.projection)]),
+        );
+        let _ = writeln!(
+            out,
+            "| Memory (RSS) at {} events ({} bookings){} | command-service {} MiB (from a snapshot: {} MiB), projection-service {} MiB, query-api {} MiB | bare axum + sqlx: {} MiB; the events' JSON: {} MiB | command-service {} × the events' JSON |",
+            int(u64_f(largest.events)),
+            int(usize_f(largest.bookings)),
+            if m.not_measured.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (the largest size measured; {} not reached, see Memory)",
+                    m.not_measured
+                        .iter()
+                        .map(|(events, _)| int(u64_f(*events)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            num(mib(largest.command_replay.memory.rss_kib)),
+            num(mib(largest.command_snapshot.memory.rss_kib)),
+            num(mib(largest.projection.memory.rss_kib)),
+            num(mib(largest.query_api.memory.rss_kib)),
+            num(mib(largest.bare.memory.rss_kib)),
+            num(mib_bytes(largest.bytes)),
+            num(mib(largest.command_replay.memory.rss_kib) / mib_bytes(largest.bytes.max(1))),
+        );
+    }
+}
+
+/// The median of a ratio over repetitions (NaN when there is none).
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    Spread::of(values).map_or(f64::NAN, |s| s.median)
+}
+
+/// What the ratios of this run say, sentence by sentence, each from its own figures.
+fn reading(out: &mut String, r: &Results) {
+    let mut points = Vec::new();
+    if let Some(w) = &r.write {
+        let back = median(
+            w.reps
+                .iter()
+                .map(|x| x.http.rate() / x.produce_read_back.rate()),
+        );
+        let raw = median(w.reps.iter().map(|x| x.http.rate() / x.raw_produce.rate()));
+        points.push(format!(
+            "**`POST /bookings` runs at {} × the throughput of producing its record and reading \
+             it back**, and {} × that of a bare produce: a write answers only once its own consumer has \
+             read its record back, and Tansu answers a waiting fetch only when the fetch wait \
+             (`FM_KAFKA__FETCH_WAIT`, 10 ms) expires. HTTP, the token, schema validation, the \
+             domain and the in-memory store are the rest.",
+            num(back),
+            num(raw)
+        ));
+    }
+    if let Some(l) = &r.latency {
+        let poll = median(l.reps.iter().map(|x| x.poll.p50_ms));
+        let token = median(l.reps.iter().map(|x| x.token.p50_ms));
+        let pipe = median(l.reps.iter().map(|x| x.pipeline.p50_ms));
+        let grid = if token > poll {
+            format!(
+                ", so here it was {} ms slower at the median than polling every {} ms",
+                num(token - poll),
+                r.sizes.poll_interval_ms
+            )
+        } else {
+            String::new()
+        };
+        points.push(format!(
+            "**Accepted to visible takes {} ms at the median when polling, {} ms with the \
+             token**, against {} ms for a bare consume-and-`INSERT` pipeline on the same \
+             broker. The token read costs the client one request, which the query-api holds, \
+             but it re-checks the read model's offsets only every 20 ms \
+             (`FM_CONSISTENCY__POLL_INTERVAL`){grid}.",
+            num(poll),
+            num(token),
+            num(pipe),
+        ));
+    }
+    if let Some(p) = &r.replay {
+        let consume = median(p.reps.iter().map(|x| x.raw_consume_s / x.replay_s));
+        let insert = median(p.reps.iter().map(|x| x.insert_s / x.replay_s));
+        let bound = if consume < 0.5 {
+            "**The projection-service, not the broker, bounds a rebuild**"
+        } else {
+            "**The broker bounds a rebuild**"
+        };
+        points.push(format!(
+            "{bound}: a replay runs at {} × the raw consume rate of the same log and {} × the \
+             rate of plain single-row `INSERT`s in batches of 500. Per event it decodes and \
+             checks the record against its schema, applies the admission rule (reads the row's \
+             version), writes one or more rows and stores offsets in the same transaction.",
+            num(consume),
+            num(insert)
+        ));
+    }
+    if let Some(q) = &r.query {
+        let by_id = median(
+            q.reps
+                .iter()
+                .map(|x| x.by_id_api.rate() / x.by_id_bare.rate()),
+        );
+        let list = median(
+            q.reps
+                .iter()
+                .map(|x| x.list_api.rate() / x.list_bare.rate()),
+        );
+        let page = if list > 1.0 {
+            "; for a page the bare server is the slower one: building 50 rows' JSON in \
+             PostgreSQL costs more there than the query-api's typed rows serialised in Rust"
+        } else {
+            ""
+        };
+        points.push(format!(
+            "**The query-api serves {} × the bare handler's requests by id, and {} × for a page \
+             of 50.** By id the query-api's layers (token, timeout, tracing, metrics, ETag) are \
+             what differs{page}.",
+            num(by_id),
+            num(list)
+        ));
+    }
+    if points.is_empty() {
+        return;
+    }
+    out.push_str("\n## Reading the figures\n\n");
+    for point in points {
+        let _ = writeln!(out, "- {point}");
     }
 }
 
@@ -347,7 +456,7 @@ fn reproduce(out: &mut String, r: &Results) {
         out,
         "\n## How to reproduce\n\n\
          ```sh\n\
-         compose/bench            # the full run (about an hour or more), rewrites this page\n\
+         compose/bench            # the full run (25-60 minutes on 2 busy cores), rewrites this page\n\
          compose/bench --quick    # a smoke run of every measurement in a few minutes\n\
          ```\n\n\
          `compose/bench` installs what is missing, starts its own throw-away PostgreSQL \
@@ -570,7 +679,8 @@ fn memory_section(out: &mut String, m: &MemoryResults) {
          **Method.** Valid booking stories (as under Replay) are written straight to one set \
          of topics, growing from one size to the next. At each size every service starts from \
          scratch as a process, and its resident memory is read from `/proc/<pid>/status` \
-         (`VmRSS` now, `VmHWM` its peak, in brackets) once it has caught up: the \
+         (`VmRSS` now, and in brackets `VmHWM`, its peak, and how long it took) once it has \
+         caught up: the \
          projection-service once every end offset is stored in a fresh database; the \
          command-service once `/ready` (its in-memory store has folded the whole log; it keeps \
          a snapshot, as `compose/up` configures it, so it also writes one every 30 s while it \
@@ -580,8 +690,17 @@ fn memory_section(out: &mut String, m: &MemoryResults) {
          | Events (bookings) | Events' JSON | projection-service | command-service, replayed | command-service, from its snapshot | query-api | bare axum + sqlx | raw consume of the log |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
-    let cell = |memory: &crate::procs::Memory, took: Option<f64>| {
-        let took = took.map_or_else(String::new, |s| format!("; ready after {s:.1} s"));
+    let cell = |memory: &crate::procs::Memory, took: Option<f64>, events: u64| {
+        let took = took.map_or_else(String::new, |s| {
+            if events == 0 {
+                format!("; ready after {s:.1} s")
+            } else {
+                format!(
+                    "; caught up after {s:.1} s, {} events/s",
+                    int(rate(events, s))
+                )
+            }
+        });
         format!(
             "{} MiB ({} MiB{took})",
             num(mib(memory.rss_kib)),
@@ -595,12 +714,16 @@ fn memory_section(out: &mut String, m: &MemoryResults) {
             int(u64_f(p.events)),
             int(usize_f(p.bookings)),
             num(mib_bytes(p.bytes)),
-            cell(&p.projection.memory, p.projection.catch_up_s),
-            cell(&p.command_replay.memory, p.command_replay.catch_up_s),
-            cell(&p.command_snapshot.memory, p.command_snapshot.catch_up_s),
+            cell(&p.projection.memory, p.projection.catch_up_s, p.events),
+            cell(
+                &p.command_replay.memory,
+                p.command_replay.catch_up_s,
+                p.events
+            ),
+            cell(&p.command_snapshot.memory, p.command_snapshot.catch_up_s, 0),
             num(mib_bytes(p.snapshot_bytes)),
-            cell(&p.query_api.memory, None),
-            cell(&p.bare.memory, None),
+            cell(&p.query_api.memory, None, 0),
+            cell(&p.bare.memory, None, 0),
             if p.events == 0 {
                 "–".to_owned()
             } else {
@@ -620,44 +743,50 @@ fn memory_section(out: &mut String, m: &MemoryResults) {
              extrapolated from the growth per event above, not measured.",
             int(u64_f(*events))
         );
-        if let (Some(first), Some(last)) = (m.points.first(), m.points.last())
-            && last.events > first.events
-        {
-            {
-                let at = |f: fn(&MemoryPoint) -> u64| {
-                    let slope = (mib(f(last)) - mib(f(first))) / u64_f(last.events - first.events);
-                    mib(f(first)) + slope * u64_f(*events)
-                };
-                let _ = writeln!(
-                    out,
-                    "Extrapolated RSS at {} events: command-service {} MiB, projection-service {} MiB.",
-                    int(u64_f(*events)),
-                    num(at(|p| p.command_replay.memory.rss_kib)),
-                    num(at(|p| p.projection.memory.rss_kib)),
-                );
-            }
+        if let Some((from, to)) = slope_points(m) {
+            let at = |f: fn(&MemoryPoint) -> u64| {
+                mib(f(to))
+                    + per_event(from, to, f) * u64_f(events.saturating_sub(to.events))
+                        / 1024.0
+                        / 1024.0
+            };
+            let _ = writeln!(
+                out,
+                "Extrapolated RSS at {} events (linear from the growth above): command-service {} MiB, \
+                 projection-service {} MiB.",
+                int(u64_f(*events)),
+                num(at(|p| p.command_replay.memory.rss_kib)),
+                num(at(|p| p.projection.memory.rss_kib)),
+            );
         }
     }
 }
 
+/// The two points memory growth is measured between: the smallest log that is not empty (so
+/// that start-up costs and the first buffers are already paid) and the largest.
+fn slope_points(m: &MemoryResults) -> Option<(&MemoryPoint, &MemoryPoint)> {
+    let from = m.points.iter().find(|p| p.events > 0)?;
+    let to = m.points.last()?;
+    (to.events > from.events).then_some((from, to))
+}
+
+/// RSS growth per event between two points, in bytes.
+fn per_event(from: &MemoryPoint, to: &MemoryPoint, f: fn(&MemoryPoint) -> u64) -> f64 {
+    (mib(f(to)) - mib(f(from))) * 1024.0 * 1024.0 / u64_f(to.events - from.events)
+}
+
 fn growth(out: &mut String, m: &MemoryResults) {
-    let (Some(first), Some(last)) = (m.points.first(), m.points.last()) else {
+    let Some((from, to)) = slope_points(m) else {
         return;
     };
-    if last.events <= first.events {
-        return;
-    }
-    let events = u64_f(last.events - first.events);
-    let bookings = usize_f(last.bookings - first.bookings);
-    let per = |f: fn(&MemoryPoint) -> u64| {
-        let grown = (mib(f(last)) - mib(f(first))) * 1024.0 * 1024.0;
-        (grown / events, grown / bookings.max(1.0))
-    };
+    let stories_per_event = usize_f(to.bookings - from.bookings) / u64_f(to.events - from.events);
     let _ = write!(
         out,
-        "\nGrowth from {} to {} events, in bytes of RSS per event (per booking story):",
-        int(u64_f(first.events)),
-        int(u64_f(last.events))
+        "\nGrowth of RSS from {} to {} events, in bytes per event (per booking story of {:.1} \
+         events):",
+        int(u64_f(from.events)),
+        int(u64_f(to.events)),
+        1.0 / stories_per_event.max(f64::MIN_POSITIVE),
     );
     for (name, f) in [
         (
@@ -668,23 +797,41 @@ fn growth(out: &mut String, m: &MemoryResults) {
             p.command_snapshot.memory.rss_kib
         }),
         ("projection-service", |p| p.projection.memory.rss_kib),
-        ("query-api", |p| p.query_api.memory.rss_kib),
     ] {
-        let (per_event, per_booking) = per(f);
-        let _ = write!(out, " {name} {} ({});", int(per_event), int(per_booking));
+        let bytes = per_event(from, to, f);
+        let _ = write!(
+            out,
+            " {name} {} ({});",
+            int(bytes),
+            int(bytes / stories_per_event.max(f64::MIN_POSITIVE))
+        );
     }
-    let json_per_event = u64_f(last.bytes - first.bytes) / events;
+    let json_per_event = u64_f(to.bytes - from.bytes) / u64_f(to.events - from.events);
     let _ = writeln!(
         out,
-        " for scale, the events' JSON is {} bytes per event. The command-service holds every \
-         aggregate's state and version and the idempotency index in memory \
-         (`docs/consistency.md`), so it grows with the log. The projection-service keeps its \
-         state in PostgreSQL; what it holds while it catches up is buffers: librdkafka \
-         pre-fetches records into its queue while the consumer is behind (up to \
-         `queued.max.messages.kbytes`, 64 MiB by default) and a batch of up to 500 records, \
-         and the allocator keeps some of what it freed (the peak in brackets). The query-api \
-         holds no state of the log at all.",
-        int(json_per_event)
+        " for scale, the events' JSON is {} bytes per event. Only the command-service keeps \
+         state per aggregate in memory (every aggregate's state and version, and the \
+         idempotency index: `docs/consistency.md`), so only its slope is a cost per event.{} The projection-service keeps its state in PostgreSQL; what it holds is \
+         buffers, which grow with how far behind it is rather than with the log: librdkafka \
+         pre-fetches records while the consumer is behind (up to `queued.max.messages.kbytes`, \
+         64 MiB by default), a batch holds up to 500 records, and the allocator keeps some of \
+         what it freed. This run does not tell those apart. The query-api holds nothing of the \
+         log: its RSS is after 5 s of load, which the empty log (no booking to read) did not \
+         get.",
+        int(json_per_event),
+        if to.command_snapshot.memory.peak_kib > to.command_replay.memory.peak_kib {
+            format!(
+                " A restart from its snapshot peaks higher than the replay did ({} against {} MiB \
+                 at {} events): it reads the whole snapshot file ({} MiB) into memory and \
+                 parses it from there (`command-service/src/snapshot.rs`).",
+                num(mib(to.command_snapshot.memory.peak_kib)),
+                num(mib(to.command_replay.memory.peak_kib)),
+                int(u64_f(to.events)),
+                num(mib_bytes(to.snapshot_bytes))
+            )
+        } else {
+            String::new()
+        }
     );
 }
 
