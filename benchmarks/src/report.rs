@@ -870,6 +870,176 @@ mod tests {
         assert_eq!(int(-12_000.0), "-12 000");
     }
 
+    fn load(rate: f64, p50: f64, p99: f64) -> Load {
+        Load {
+            ok: 1000,
+            elapsed_s: 1000.0 / rate,
+            p50_ms: p50,
+            p99_ms: p99,
+            max_ms: p99 * 2.0,
+            ..Load::default()
+        }
+    }
+
+    fn point(events: u64, command_kib: u64) -> MemoryPoint {
+        let memory = |kib| crate::procs::Memory {
+            rss_kib: kib,
+            peak_kib: kib + 1024,
+        };
+        let service = |kib, catch_up_s| ServiceMemory {
+            memory: memory(kib),
+            catch_up_s,
+        };
+        MemoryPoint {
+            events,
+            bookings: usize::try_from(events / 7).expect("small"),
+            bytes: events * 590,
+            seed_s: 1.0,
+            seeded: events,
+            raw_consume_s: 2.0,
+            projection: service(50_000, Some(10.0)),
+            command_replay: service(command_kib, Some(5.0)),
+            command_snapshot: service(command_kib, Some(0.5)),
+            snapshot_bytes: events * 250,
+            query_api: service(10_000, None),
+            bare: service(9_000, None),
+            load_average: "1 1 1".into(),
+        }
+    }
+
+    /// A run with every section, two repetitions, one memory size out of reach.
+    fn results() -> Results {
+        use crate::sections::{
+            latency::LatencyRep, query::QueryRep, replay::ReplayRep, write::WriteRep,
+        };
+        let reps = |n| 0..n;
+        Results {
+            machine: Machine::read("15.0".into()),
+            sizes: Sizes::quick(),
+            started_at: "2026-11-25 10:00".into(),
+            finished_at: "2026-11-25 10:05".into(),
+            load_average_start: "1 1 1".into(),
+            load_average_end: "2 2 2".into(),
+            write: Some(WriteResults {
+                record_bytes: 857,
+                reps: reps(2)
+                    .map(|i| WriteRep {
+                        http: load(500.0 + f64::from(i) * 100.0, 30.0, 90.0),
+                        raw_produce: load(2000.0, 10.0, 40.0),
+                        produce_read_back: load(1000.0, 25.0, 60.0),
+                        order: "HTTP first".into(),
+                        load_average: "1 → 1".into(),
+                    })
+                    .collect(),
+            }),
+            latency: Some(LatencyResults {
+                reps: reps(2)
+                    .map(|_| LatencyRep {
+                        poll: load(40.0, 14.0, 150.0),
+                        token: load(40.0, 23.0, 110.0),
+                        pipeline: load(60.0, 13.0, 115.0),
+                        order: "poll, token, pipeline".into(),
+                        load_average: "1 → 1".into(),
+                    })
+                    .collect(),
+            }),
+            replay: Some(ReplayResults {
+                events: 10_000,
+                stories: 1_429,
+                bytes: 5_900_000,
+                seed_s: 3.0,
+                reps: reps(2)
+                    .map(|_| ReplayRep {
+                        raw_consume_s: 1.0,
+                        replay_s: 8.0,
+                        insert_s: 2.0,
+                        copy_s: 0.25,
+                        order: "raw consume first".into(),
+                        load_average: "1 → 1".into(),
+                    })
+                    .collect(),
+            }),
+            query: Some(QueryResults {
+                bookings: 1_429,
+                reps: reps(2)
+                    .map(|_| QueryRep {
+                        by_id_api: load(1800.0, 15.0, 70.0),
+                        by_id_bare: load(3600.0, 7.0, 25.0),
+                        list_api: load(330.0, 87.0, 300.0),
+                        list_bare: load(260.0, 118.0, 270.0),
+                        order: "query-api first".into(),
+                        load_average: "1 → 1".into(),
+                    })
+                    .collect(),
+            }),
+            memory: Some(MemoryResults {
+                points: vec![
+                    point(0, 40_000),
+                    point(10_000, 50_000),
+                    point(30_000, 60_000),
+                ],
+                not_measured: vec![(1_000_000, "did not catch up within 2 h".into())],
+            }),
+            failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_page_puts_each_figure_beside_its_baseline_and_ratio() {
+        let page = render(&results());
+        for heading in [
+            "## Summary",
+            "## Reading the figures",
+            "## Machine",
+            "## How to reproduce",
+            "## Booking commands",
+            "## Command-to-query latency",
+            "## Replay",
+            "## Queries",
+            "## Memory",
+            "## The broker's read path",
+        ] {
+            assert!(page.contains(heading), "no {heading}");
+        }
+        // 500 and 600 commands/s against 1 000 records/s produced and read back.
+        assert!(
+            page.contains("0.55 × (0.50–0.60) produce + read back"),
+            "{page}"
+        );
+        // Replay 8 s against a raw consume of 1 s.
+        assert!(page.contains("0.12 × raw consume"), "{page}");
+        assert!(page.contains("0.51 ×") || page.contains("0.50 ×"), "{page}");
+    }
+
+    #[test]
+    fn a_size_not_reached_is_said_and_extrapolated_from_measured_growth_only() {
+        let page = render(&results());
+        assert!(page.contains("**Not measured at 1 000 000 events**: did not catch up within 2 h"));
+        // From the smallest non-empty log: the command-service grew 10 000 KiB over 20 000
+        // events (from the empty log it would be 682 bytes per event): 512 bytes per event, so at
+        // 1 000 000 events about 58.6 MiB + 970 000 × 512 B = 532 MiB.
+        assert!(page.contains("command-service 512 ("), "{page}");
+        assert!(
+            page.contains("Extrapolated RSS at 1 000 000 events"),
+            "{page}"
+        );
+        assert!(page.contains("command-service 532 MiB"), "{page}");
+    }
+
+    #[test]
+    fn a_failed_section_is_listed() {
+        let mut failed = results();
+        failed.replay = None;
+        failed.query = None;
+        failed
+            .failures
+            .push(("replay".into(), "the broker went away".into()));
+        let page = render(&failed);
+        assert!(page.contains("## Sections that failed in this run"));
+        assert!(page.contains("- **replay**: the broker went away"));
+        assert!(!page.contains("## Replay\n"));
+    }
+
     #[test]
     fn a_spread_shows_the_range_only_when_there_is_one() {
         assert_eq!(spread([2.0, 1.0, 4.0], " ms"), "2.00 ms (1.00–4.00)");
