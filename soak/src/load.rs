@@ -684,6 +684,11 @@ async fn run_scenario(
                         if let Some((status, version)) = await_outcome(shared, &who, booking).await
                             && status == "confirmed"
                         {
+                            // At once half of the time (racing the confirmation mail), or after
+                            // the family has had time to read it.
+                            if rng.bool() {
+                                sleep(Duration::from_millis(rng.u64(1000..5000))).await;
+                            }
                             let if_match = rng.bool().then_some(version);
                             cancel(shared, rng, &who, booking, if_match).await;
                         }
