@@ -285,7 +285,7 @@ fn summary(out: &mut String, r: &Results) {
         );
         let _ = writeln!(
             out,
-            "| Memory (RSS) at {} events ({} bookings){} | command-service {} MiB (from a snapshot: {} MiB), projection-service {} MiB, query-api {} MiB | bare axum + sqlx: {} MiB; the events' JSON: {} MiB | command-service {} × the events' JSON |",
+            "| Memory (RSS) at {} events ({} bookings){} | command-service {} MiB (keeping snapshots as `compose/up` runs it: {} MiB; restarted from its snapshot: {} MiB), projection-service {} MiB, query-api {} MiB | bare axum + sqlx: {} MiB; the events' JSON: {} MiB | command-service {} × the events' JSON |",
             int(u64_f(largest.events)),
             int(usize_f(largest.bookings)),
             if m.not_measured.is_empty() {
@@ -301,6 +301,7 @@ fn summary(out: &mut String, r: &Results) {
                 )
             },
             num(mib(largest.command_replay.memory.rss_kib)),
+            num(mib(largest.command_snapshots.memory.rss_kib)),
             num(mib(largest.command_snapshot.memory.rss_kib)),
             num(mib(largest.projection.memory.rss_kib)),
             num(mib(largest.query_api.memory.rss_kib)),
@@ -682,13 +683,13 @@ fn memory_section(out: &mut String, m: &MemoryResults) {
          (`VmRSS` now, and in brackets `VmHWM`, its peak, and how long it took) once it has \
          caught up: the \
          projection-service once every end offset is stored in a fresh database; the \
-         command-service once `/ready` (its in-memory store has folded the whole log; it keeps \
-         a snapshot, as `compose/up` configures it, so it also writes one every 30 s while it \
-         reads and once at shutdown), then a second command-service restored from that \
-         snapshot; the query-api and the bare server after 5 s of `GET /bookings/{id}` from \
-         32 clients on those read models. The events' JSON is the sum of the record payloads.\n\n\
-         | Events (bookings) | Events' JSON | projection-service | command-service, replayed | command-service, from its snapshot | query-api | bare axum + sqlx | raw consume of the log |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         command-service once `/ready` (its in-memory store has folded the whole log), three \
+         times: without a snapshot, which is the store alone; keeping a snapshot as \
+         `compose/up` configures it, so that it also serialises the store every 30 s while it \
+         reads (and once more at shutdown); and restored from that snapshot. The query-api \
+         and the bare server are read after 5 s of `GET /bookings/{id}` from 32 clients on those read models. The events' JSON is the sum of the record payloads.\n\n\
+         | Events (bookings) | Events' JSON | projection-service | command-service, replayed | command-service, replayed keeping snapshots | command-service, from its snapshot | query-api | bare axum + sqlx | raw consume of the log |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     let cell = |memory: &crate::procs::Memory, took: Option<f64>, events: u64| {
         let took = took.map_or_else(String::new, |s| {
@@ -710,7 +711,7 @@ fn memory_section(out: &mut String, m: &MemoryResults) {
     for p in &m.points {
         let _ = writeln!(
             out,
-            "| {} ({}) | {} MiB | {} | {} | {}, snapshot {} MiB | {} | {} | {} |",
+            "| {} ({}) | {} MiB | {} | {} | {} | {}, snapshot {} MiB | {} | {} | {} |",
             int(u64_f(p.events)),
             int(usize_f(p.bookings)),
             num(mib_bytes(p.bytes)),
@@ -718,6 +719,11 @@ fn memory_section(out: &mut String, m: &MemoryResults) {
             cell(
                 &p.command_replay.memory,
                 p.command_replay.catch_up_s,
+                p.events
+            ),
+            cell(
+                &p.command_snapshots.memory,
+                p.command_snapshots.catch_up_s,
                 p.events
             ),
             cell(&p.command_snapshot.memory, p.command_snapshot.catch_up_s, 0),
@@ -793,6 +799,9 @@ fn growth(out: &mut String, m: &MemoryResults) {
             "command-service",
             (|p: &MemoryPoint| p.command_replay.memory.rss_kib) as fn(&MemoryPoint) -> u64,
         ),
+        ("command-service keeping snapshots", |p| {
+            p.command_snapshots.memory.rss_kib
+        }),
         ("command-service from its snapshot", |p| {
             p.command_snapshot.memory.rss_kib
         }),
@@ -819,20 +828,46 @@ fn growth(out: &mut String, m: &MemoryResults) {
          log: its RSS is after 5 s of load, which the empty log (no booking to read) did not \
          get.",
         int(json_per_event),
-        if to.command_snapshot.memory.peak_kib > to.command_replay.memory.peak_kib {
-            format!(
-                " A restart from its snapshot peaks higher than the replay did ({} against {} MiB \
-                 at {} events): it reads the whole snapshot file ({} MiB) into memory and \
-                 parses it from there (`command-service/src/snapshot.rs`).",
-                num(mib(to.command_snapshot.memory.peak_kib)),
-                num(mib(to.command_replay.memory.peak_kib)),
-                int(u64_f(to.events)),
-                num(mib_bytes(to.snapshot_bytes))
-            )
-        } else {
-            String::new()
-        }
+        snapshot_costs(to),
     );
+}
+
+/// What keeping and restoring snapshots did to the command-service's memory at `to`, when it
+/// made a difference.
+fn snapshot_costs(to: &MemoryPoint) -> String {
+    let mut text = String::new();
+    let (plain, keeping) = (
+        mib(to.command_replay.memory.rss_kib),
+        mib(to.command_snapshots.memory.rss_kib),
+    );
+    if keeping > plain * 1.1 {
+        let _ = write!(
+            text,
+            " Keeping snapshots cost {} MiB more at {} events ({} against {} MiB): each one \
+             serialises the whole store into one buffer ({} MiB of JSON at this size, \
+             `command-service/src/snapshot.rs`), and the allocator need not give that memory \
+             back once it is freed, so this figure depends on when the last snapshot ran before \
+             the measurement.",
+            num(keeping - plain),
+            int(u64_f(to.events)),
+            num(keeping),
+            num(plain),
+            num(mib_bytes(to.snapshot_bytes)),
+        );
+    }
+    if to.command_snapshot.memory.peak_kib > to.command_replay.memory.peak_kib {
+        let _ = write!(
+            text,
+            " A restart from its snapshot peaks higher than the replay did ({} against {} MiB at \
+             {} events): it reads the whole snapshot file ({} MiB) into memory and parses it \
+             from there (`command-service/src/snapshot.rs`).",
+            num(mib(to.command_snapshot.memory.peak_kib)),
+            num(mib(to.command_replay.memory.peak_kib)),
+            int(u64_f(to.events)),
+            num(mib_bytes(to.snapshot_bytes))
+        );
+    }
+    text
 }
 
 fn tansu_section(out: &mut String) {
@@ -899,6 +934,7 @@ mod tests {
             raw_consume_s: 2.0,
             projection: service(50_000, Some(10.0)),
             command_replay: service(command_kib, Some(5.0)),
+            command_snapshots: service(command_kib * 3 / 2, Some(6.0)),
             command_snapshot: service(command_kib, Some(0.5)),
             snapshot_bytes: events * 250,
             query_api: service(10_000, None),
@@ -1008,6 +1044,11 @@ mod tests {
         );
         // Replay 8 s against a raw consume of 1 s.
         assert!(page.contains("0.12 × raw consume"), "{page}");
+        // 90 000 KiB keeping snapshots against 60 000 KiB without, at 30 000 events.
+        assert!(
+            page.contains("Keeping snapshots cost 29.3 MiB more at 30 000 events"),
+            "{page}"
+        );
         assert!(page.contains("0.51 ×") || page.contains("0.50 ×"), "{page}");
     }
 

@@ -2,8 +2,9 @@
 //! straight to the topics with a bulk producer, then each service starts as a process on them
 //! and its resident memory (`VmRSS`, and the peak `VmHWM`, from `/proc/<pid>/status`) is read
 //! once it has caught up: the projection-service once every end offset is stored, the
-//! command-service once `/ready` (its store has folded the whole log; it keeps a snapshot, as
-//! `compose/up` configures it, and is started a second time from that snapshot), the query-api
+//! command-service once `/ready` (its store has folded the whole log), three times: without a
+//! snapshot (the store alone), keeping a snapshot as `compose/up` configures it (it also writes
+//! one every 30 s while it reads), and restored from the snapshot that one left; the query-api
 //! and the bare baseline server after a few seconds of `GET /bookings/{id}` on those read
 //! models. The log grows from one size to the next; every service starts from scratch at each.
 
@@ -50,6 +51,9 @@ pub(crate) struct MemoryPoint {
     pub raw_consume_s: f64,
     pub projection: ServiceMemory,
     pub command_replay: ServiceMemory,
+    /// Replaying the whole log while writing a snapshot every 30 s (as `compose/up` runs it).
+    pub command_snapshots: ServiceMemory,
+    /// Restored from the snapshot the previous one wrote at its shutdown.
     pub command_snapshot: ServiceMemory,
     pub snapshot_bytes: u64,
     pub query_api: ServiceMemory,
@@ -148,20 +152,33 @@ async fn one_point(
         projection.memory.rss_kib / 1024
     );
 
+    // The store alone: no snapshot writer allocating beside it.
+    let mut command = stack::command_service(bench, kafka, &format!("{tag}-replay"), None)?;
+    let ready = command.wait_ready(http, catch_up_timeout()).await?;
+    let command_replay = ServiceMemory {
+        memory: command.memory()?,
+        catch_up_s: Some(ready.as_secs_f64()),
+    };
+    command.stop().await?;
+    eprintln!(
+        "    command-service: caught up in {ready:.1?}, RSS {} MiB",
+        command_replay.memory.rss_kib / 1024
+    );
+    // As compose/up runs it: a snapshot every 30 s while the log moves, and one at shutdown.
     let snapshot = bench.log_dir.join(format!("snapshot-{events}.json"));
     let _ = std::fs::remove_file(&snapshot);
     let mut command =
-        stack::command_service(bench, kafka, &format!("{tag}-replay"), Some(&snapshot))?;
+        stack::command_service(bench, kafka, &format!("{tag}-snapshots"), Some(&snapshot))?;
     let ready = command.wait_ready(http, catch_up_timeout()).await?;
-    let command_replay = ServiceMemory {
+    let command_snapshots = ServiceMemory {
         memory: command.memory()?,
         catch_up_s: Some(ready.as_secs_f64()),
     };
     // It writes its snapshot (at the end of the log) as it stops.
     command.stop().await?;
     eprintln!(
-        "    command-service: caught up in {ready:.1?}, RSS {} MiB",
-        command_replay.memory.rss_kib / 1024
+        "    command-service keeping snapshots: caught up in {ready:.1?}, RSS {} MiB",
+        command_snapshots.memory.rss_kib / 1024
     );
     let snapshot_bytes = if events == 0 {
         0
@@ -208,6 +225,7 @@ async fn one_point(
         raw_consume_s: raw_consume.as_secs_f64(),
         projection,
         command_replay,
+        command_snapshots,
         command_snapshot,
         snapshot_bytes,
         query_api,
