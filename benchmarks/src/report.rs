@@ -616,9 +616,10 @@ fn replay_section(out: &mut String, p: &ReplayResults) {
          offset; then in that database, as many rows shaped like its `bookings` rows (same \
          table definition and indexes) as there are events, by **`INSERT`** (one statement per \
          row, values bound, 500 rows per transaction: the projector's batch) and by one \
-         **`COPY`**. A replay writes more than one row per event (offsets, payments, \
-         facilities, anomaly checks) and reads what it updates, so `COPY` is a floor no \
-         projector reaches.\n\n\
+         **`COPY`**. A replay does more per event than one `INSERT`: it locks and reads the \
+         row's version (`SELECT … FOR UPDATE`, the admission rule), inserts or updates one or \
+         two rows, and stores the offsets with each batch; so `COPY` is a floor no projector \
+         reaches.\n\n\
          | Repetition | Raw consume | Replay | `INSERT` | `COPY` | Replay ÷ raw consume | Order, load average |\n\
          |---|---|---|---|---|---|---|\n",
         int(u64_f(p.events)),
