@@ -37,7 +37,22 @@ impl Application {
             Arc::new(TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?);
         let registry =
             Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
-        let pool = store::connect_and_migrate(&settings.database)
+        // Every step in flight holds a connection (its transaction holds the booking's lock),
+        // beside the consumer, the listener and the gauges: a smaller pool would make steps wait
+        // for connections, and time out, instead of running.
+        let mut database = settings.database.clone();
+        let needed = u32::try_from(settings.saga.concurrency)
+            .unwrap_or(u32::MAX)
+            .saturating_add(4);
+        if database.max_connections < needed {
+            tracing::info!(
+                configured = database.max_connections,
+                needed,
+                "the saga's PostgreSQL pool is sized to its concurrency"
+            );
+            database.max_connections = needed;
+        }
+        let pool = store::connect_and_migrate(&database)
             .await
             .context("Failed to prepare the saga's schema in PostgreSQL")?;
         let leader = PgConnection::connect(settings.database.url.expose_secret())

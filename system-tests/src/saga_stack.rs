@@ -104,10 +104,6 @@ impl SagaStack {
             .env("FM_KAFKA__BROKERS", &self.stack.kafka.brokers)
             .env("FM_KAFKA__TOPIC_PREFIX", &self.stack.kafka.topic_prefix)
             .env("FM_DATABASE__URL", &self.stack.database_url)
-            .env(
-                "FM_DATABASE__MAX_CONNECTIONS",
-                (options.concurrency + 8).to_string(),
-            )
             .env("FM_SAGA__COMMAND_URL", &self.stack.command_url)
             .env(
                 "FM_SAGA__CAPTURE_DEADLINE",
