@@ -339,6 +339,49 @@ pub async fn open_sagas(pool: &PgPool) -> anyhow::Result<Vec<OpenSaga>> {
         .collect()
 }
 
+/// How long the saga's steps waited: seconds from the saga's row being created (its booking
+/// first seen) to its first step, and from each step to the next (`saga.sagas.history`).
+/// Not an invariant: a figure for the summary, since a backlog in the saga shows here first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SagaPace {
+    pub steps: i64,
+    pub p50: f64,
+    pub p90: f64,
+    pub max: f64,
+}
+
+/// Reads [`SagaPace`]; `None` when no saga performed a step.
+pub async fn saga_pace(pool: &PgPool) -> anyhow::Result<Option<SagaPace>> {
+    let row = sqlx::query(
+        "WITH steps AS ( \
+             SELECT s.booking_id, s.created_at, h.ordinal, (h.entry->>'at')::timestamptz AS at \
+             FROM saga.sagas s, jsonb_array_elements(s.history) WITH ORDINALITY AS h(entry, ordinal) \
+         ), waits AS ( \
+             SELECT extract(epoch FROM at - coalesce( \
+                 lag(at) OVER (PARTITION BY booking_id ORDER BY ordinal), created_at))::float8 AS wait \
+             FROM steps \
+         ) \
+         SELECT count(*) AS steps, \
+             percentile_cont(0.5) WITHIN GROUP (ORDER BY wait) AS p50, \
+             percentile_cont(0.9) WITHIN GROUP (ORDER BY wait) AS p90, \
+             max(wait) AS max \
+         FROM waits",
+    )
+    .fetch_one(pool)
+    .await
+    .context("Failed to read the saga's step history")?;
+    let steps: i64 = row.try_get("steps")?;
+    if steps == 0 {
+        return Ok(None);
+    }
+    Ok(Some(SagaPace {
+        steps,
+        p50: row.try_get("p50")?,
+        p90: row.try_get("p90")?,
+        max: row.try_get("max")?,
+    }))
+}
+
 /// The bookings of the live read model that are not final yet (`requested`, `slot_held`).
 pub async fn open_bookings(pool: &PgPool) -> anyhow::Result<i64> {
     sqlx::query_scalar(

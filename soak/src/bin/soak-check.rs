@@ -243,6 +243,18 @@ async fn main() -> anyhow::Result<()> {
         "saga invariants".to_owned(),
         if saga { "on" } else { "off (no saga runner)" }.to_owned(),
     );
+    if saga
+        && gather::saga_schema_exists(&pool).await?
+        && let Some(pace) = gather::saga_pace(&pool).await?
+    {
+        report.figures.insert(
+            "saga step waits".to_owned(),
+            format!(
+                "p50 {:.2} s, p90 {:.2} s, max {:.1} s over {} steps",
+                pace.p50, pace.p90, pace.max, pace.steps
+            ),
+        );
+    }
     for (path, title, item, with_detail) in [
         (&args.faults, "faults injected", "fault", false),
         (&args.restarts, "supervisor restarts", "restart", true),
