@@ -37,20 +37,15 @@ impl Application {
             Arc::new(TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?);
         let registry =
             Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
-        // Every step in flight holds a connection (its transaction holds the booking's lock),
-        // beside the consumer, the listener and the gauges: a smaller pool would make steps wait
-        // for connections, and time out, instead of running.
         let mut database = settings.database.clone();
-        let needed = u32::try_from(settings.saga.concurrency)
-            .unwrap_or(u32::MAX)
-            .saturating_add(4);
-        if database.max_connections < needed {
+        let size = pool_size(database.max_connections, settings.saga.concurrency);
+        if size != database.max_connections {
             tracing::info!(
                 configured = database.max_connections,
-                needed,
+                size,
                 "the saga's PostgreSQL pool is sized to its concurrency"
             );
-            database.max_connections = needed;
+            database.max_connections = size;
         }
         let pool = store::connect_and_migrate(&database)
             .await
@@ -135,5 +130,33 @@ impl Application {
             task.await.context("A saga task panicked")?;
         }
         Ok(())
+    }
+}
+
+/// Connections the pool needs beside one per saga in flight: the worker's listener (it keeps
+/// one for good), the consumer's batch, the due query and the gauges.
+const POOL_OVERHEAD: u32 = 4;
+
+/// The pool size the runner uses: at least one connection per saga in flight (its
+/// transaction holds the booking's lock while the step runs) plus [`POOL_OVERHEAD`]. A
+/// smaller pool makes steps and the consumer queue for connections until the acquire timeout
+/// and back off instead of running (soak finding 4 in docs/reliability.md).
+fn pool_size(configured: u32, concurrency: usize) -> u32 {
+    let needed = u32::try_from(concurrency)
+        .unwrap_or(u32::MAX)
+        .saturating_add(POOL_OVERHEAD);
+    configured.max(needed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pool_size;
+
+    #[test]
+    fn the_pool_holds_every_saga_in_flight_and_the_consumer() {
+        assert_eq!(pool_size(10, 16), 20);
+        assert_eq!(pool_size(10, 1), 10);
+        assert_eq!(pool_size(50, 16), 50);
+        assert_eq!(pool_size(0, usize::MAX), u32::MAX);
     }
 }
