@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use lettre::{
-    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    address::Envelope,
     message::{
         Mailbox,
         header::{ContentType, HeaderName, HeaderValue},
@@ -48,6 +49,10 @@ impl NotifyError {
 pub struct SentMail {
     /// The letter's `Message-ID`, as [`message_id`] gives it.
     pub message_id: String,
+    /// Recipients the server refused for good while it took the letter for the others: one
+    /// line each, "recipient 2 of 3: ..." with the server's answer (addresses redacted).
+    /// Empty when every recipient has the letter.
+    pub refused: Vec<String>,
 }
 
 /// Sends notifications through one SMTP server. Cheap to clone; each [`send`](Self::send)
@@ -94,13 +99,17 @@ impl Mailer {
         })
     }
 
-    /// One attempt to hand the letter to the SMTP server, bounded by the settings' timeout.
-    /// `Ok` means the server accepted it for every recipient.
+    /// One attempt to hand the letter to the SMTP server, bounded by the settings' timeout per
+    /// SMTP transaction. `Ok` means the server accepted it for every recipient but those in
+    /// [`SentMail::refused`].
     ///
-    /// It is all or nothing: if the server refuses any one recipient (`RCPT TO` answered 5xx),
-    /// the letter goes to nobody and the error is permanent, although the other contacts'
-    /// addresses may be fine. The error does not say which address it was (addresses are
-    /// redacted), only its SMTP code.
+    /// The letter goes to all recipients in one transaction. If the server refuses it for good
+    /// and there are several recipients, one stale address may be the cause (SMTP refuses the
+    /// whole transaction then): the letter is sent again to each recipient on their own, so
+    /// the others still get it. Only if every recipient is refused is the error permanent. A
+    /// transient answer for any one recipient makes the whole attempt transient; the next
+    /// attempt reaches again those who had it, with the same `Message-ID` (the at-least-once
+    /// of docs/saga.md). Errors never name an address (redacted), only the SMTP answer.
     #[tracing::instrument(
         name = "notification.send",
         skip_all,
@@ -108,29 +117,93 @@ impl Mailer {
     )]
     pub async fn send(&self, notification: &Notification) -> Result<SentMail, NotifyError> {
         let message_id = message_id(notification.kind, notification.booking_id);
-        let message = compose(notification, &self.from)?;
-        let result = match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
-            Ok(Ok(_response)) => Ok(SentMail {
-                message_id: message_id.clone(),
-            }),
+        let (message, recipients) = compose(notification, &self.from)?;
+        let bytes = message.formatted();
+        let result = match self.transaction(message.envelope(), &bytes).await {
+            Ok(()) => Ok(Vec::new()),
+            Err(NotifyError::Permanent(_)) if recipients.len() > 1 => {
+                self.one_by_one(&bytes, &recipients).await
+            }
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(refused) => {
+                if refused.is_empty() {
+                    tracing::info!(%message_id, "notification accepted by the SMTP server");
+                } else {
+                    tracing::warn!(
+                        %message_id,
+                        refused = ?refused,
+                        "notification accepted for some recipients only"
+                    );
+                }
+                Ok(SentMail {
+                    message_id,
+                    refused,
+                })
+            }
+            Err(error) => {
+                tracing::warn!(%message_id, %error, "notification not sent");
+                Err(error)
+            }
+        }
+    }
+
+    /// One envelope per recipient; answers the permanent refusals, or the error if no one got
+    /// the letter for good reasons or anyone's answer was transient.
+    async fn one_by_one(
+        &self,
+        bytes: &[u8],
+        recipients: &[Address],
+    ) -> Result<Vec<String>, NotifyError> {
+        let mut refused = Vec::new();
+        let mut transient = None;
+        for (index, recipient) in recipients.iter().enumerate() {
+            let envelope = Envelope::new(Some(self.from.email.clone()), vec![recipient.clone()])
+                .map_err(|error| {
+                    NotifyError::Permanent(format!("the envelope cannot be built: {error}"))
+                })?;
+            match self.transaction(&envelope, bytes).await {
+                Ok(()) => {}
+                Err(NotifyError::Permanent(reason)) => refused.push(format!(
+                    "recipient {} of {}: {reason}",
+                    index + 1,
+                    recipients.len()
+                )),
+                Err(error) => {
+                    transient.get_or_insert(error);
+                }
+            }
+        }
+        if let Some(error) = transient {
+            Err(error)
+        } else if refused.len() == recipients.len() {
+            Err(NotifyError::Permanent(refused.join("; ")))
+        } else {
+            Ok(refused)
+        }
+    }
+
+    /// One SMTP transaction, bounded by the timeout.
+    async fn transaction(&self, envelope: &Envelope, bytes: &[u8]) -> Result<(), NotifyError> {
+        match tokio::time::timeout(self.timeout, self.transport.send_raw(envelope, bytes)).await {
+            Ok(Ok(_response)) => Ok(()),
             Ok(Err(error)) => Err(classify(&error)),
             Err(_elapsed) => Err(NotifyError::Transient(format!(
                 "the SMTP server did not finish within {} ms",
                 self.timeout.as_millis()
             ))),
-        };
-        match &result {
-            Ok(_) => tracing::info!(%message_id, "notification accepted by the SMTP server"),
-            Err(error) => tracing::warn!(%message_id, %error, "notification not sent"),
         }
-        result
     }
 }
 
 /// The letter as a MIME message: `From`, every recipient on one `To`, the subject, the
 /// deterministic `Message-ID`, `Auto-Submitted` (so out-of-office replies stay away) and a
-/// UTF-8 plain-text body.
-fn compose(notification: &Notification, from: &Mailbox) -> Result<Message, NotifyError> {
+/// UTF-8 plain-text body; and the distinct recipients' addresses.
+fn compose(
+    notification: &Notification,
+    from: &Mailbox,
+) -> Result<(Message, Vec<Address>), NotifyError> {
     if notification.recipients.is_empty() {
         return Err(NotifyError::Permanent(
             "the notification has no recipients".to_owned(),
@@ -146,25 +219,25 @@ fn compose(notification: &Notification, from: &Mailbox) -> Result<Message, Notif
             "auto-generated".to_owned(),
         ))
         .header(ContentType::TEXT_PLAIN);
-    let mut seen = Vec::with_capacity(notification.recipients.len());
+    let mut addresses: Vec<Address> = Vec::with_capacity(notification.recipients.len());
     for (index, recipient) in notification.recipients.iter().enumerate() {
-        // Two contacts may share an address; one copy each is enough.
-        if seen.contains(&recipient) {
-            continue;
-        }
-        seen.push(recipient);
-        let address = recipient.as_str().parse().map_err(|_| {
+        let address: Address = recipient.as_str().parse().map_err(|_| {
             NotifyError::Permanent(format!(
                 "recipient {} of {} is not an address SMTP can deliver to",
                 index + 1,
                 notification.recipients.len()
             ))
         })?;
-        builder = builder.to(Mailbox::new(None, address));
+        // Two contacts may share an address; one copy each is enough.
+        if !addresses.contains(&address) {
+            builder = builder.to(Mailbox::new(None, address.clone()));
+            addresses.push(address);
+        }
     }
-    builder
+    let message = builder
         .body(letter.text)
-        .map_err(|error| NotifyError::Permanent(format!("the letter cannot be built: {error}")))
+        .map_err(|error| NotifyError::Permanent(format!("the letter cannot be built: {error}")))?;
+    Ok((message, addresses))
 }
 
 /// 5xx answers and problems of our own making are permanent; 4xx answers, network trouble,
@@ -227,7 +300,8 @@ mod tests {
 
     /// Builds the message, formats it as it goes on the wire, and parses that back.
     fn wire(notification: &Notification) -> (Vec<u8>, Vec<String>) {
-        let message = compose(notification, &from()).unwrap();
+        let (message, recipients) = compose(notification, &from()).unwrap();
+        assert_eq!(message.envelope().to(), recipients.as_slice());
         let envelope: Vec<String> = message
             .envelope()
             .to()

@@ -306,7 +306,13 @@ impl Effects {
         };
         match self.mailer.send(&notification).await {
             Ok(sent) => {
-                tracing::info!(booking_id = %saga.booking_id, %kind, message_id = %sent.message_id, "family notified");
+                tracing::info!(
+                    booking_id = %saga.booking_id,
+                    %kind,
+                    message_id = %sent.message_id,
+                    refused_recipients = sent.refused.len(),
+                    "family notified"
+                );
                 StepOutcome::Performed {
                     learned: Some(Learned::Notified(kind)),
                 }

@@ -97,28 +97,98 @@ async fn every_kind_arrives_as_its_own_letter_and_a_resend_keeps_its_message_id(
 }
 
 #[tokio::test]
-async fn a_refused_recipient_is_permanent_and_a_deferred_one_transient() {
+async fn a_refused_recipient_does_not_keep_the_letter_from_the_others() {
+    let sink = SmtpSink::start().await.unwrap();
+    let mailer = Mailer::new(&sink.settings()).unwrap();
+    // SMTP refuses the whole transaction for one stale address; the mailer then writes to
+    // each contact on their own.
+    let n = notification(
+        NotificationKind::Confirmation,
+        &[
+            "byron@example.org",
+            "reject-me@example.org",
+            "ada.king@example.net",
+        ],
+    );
+
+    let sent = mailer.send(&n).await.unwrap();
+
+    assert_eq!(sent.refused.len(), 1, "{:?}", sent.refused);
+    assert!(
+        sent.refused[0].starts_with("recipient 2 of 3: ") && sent.refused[0].contains("550"),
+        "{:?}",
+        sent.refused
+    );
+    assert!(
+        !sent.refused[0].contains("reject-me@"),
+        "addresses are redacted: {:?}",
+        sent.refused
+    );
+    let mails = sink.wait_for(2, WAIT).await.unwrap();
+    let mut reached: Vec<&str> = mails
+        .iter()
+        .flat_map(|mail| mail.envelope_to.iter().map(String::as_str))
+        .collect();
+    reached.sort_unstable();
+    assert_eq!(reached, ["ada.king@example.net", "byron@example.org"]);
+    for mail in &mails {
+        assert_eq!(
+            mail.message_id, sent.message_id,
+            "one letter, one Message-ID"
+        );
+        assert_eq!(
+            mail.to,
+            [
+                "byron@example.org",
+                "reject-me@example.org",
+                "ada.king@example.net"
+            ],
+            "each copy shows who the letter was written to"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_recipient_refused_is_permanent_and_a_deferred_one_transient() {
     let sink = SmtpSink::start().await.unwrap();
     let mailer = Mailer::new(&sink.settings()).unwrap();
 
-    let refused = notification(
-        NotificationKind::Failure,
-        &["byron@example.org", "reject-me@example.org"],
-    );
-    let error = mailer.send(&refused).await.unwrap_err();
-    assert!(!error.is_transient(), "{error}");
-    assert!(error.to_string().contains("550"), "{error}");
-    assert!(
-        !error.to_string().contains("reject-me@"),
-        "addresses are redacted: {error}"
-    );
+    for recipients in [
+        &["reject-me@example.org"][..],
+        &["reject-me@example.org", "reject-you@example.org"][..],
+    ] {
+        let error = mailer
+            .send(&notification(NotificationKind::Failure, recipients))
+            .await
+            .unwrap_err();
+        assert!(!error.is_transient(), "{error}");
+        assert!(error.to_string().contains("550"), "{error}");
+        assert!(
+            !error.to_string().contains("@example.org"),
+            "addresses are redacted: {error}"
+        );
+    }
 
-    let deferred = notification(NotificationKind::Failure, &["defer-me@example.org"]);
-    let error = mailer.send(&deferred).await.unwrap_err();
-    assert!(error.is_transient(), "{error}");
-    assert!(error.to_string().contains("451"), "{error}");
+    // A deferred recipient makes the attempt transient. In the second letter the refusal
+    // comes first, so the mailer writes to each contact on their own: byron has the letter,
+    // and the next attempt will write to him again, with the same Message-ID.
+    for recipients in [
+        &["defer-me@example.org"][..],
+        &[
+            "byron@example.org",
+            "reject-me@example.org",
+            "defer-me@example.org",
+        ][..],
+    ] {
+        let error = mailer
+            .send(&notification(NotificationKind::Failure, recipients))
+            .await
+            .unwrap_err();
+        assert!(error.is_transient(), "{error}");
+        assert!(error.to_string().contains("451"), "{error}");
+    }
 
-    // Nothing was delivered by either attempt; a good letter after them still is.
+    // Only byron's copy of that letter went out; a good letter after them still does.
     mailer
         .send(&notification(
             NotificationKind::Rejection,
@@ -126,9 +196,27 @@ async fn a_refused_recipient_is_permanent_and_a_deferred_one_transient() {
         ))
         .await
         .unwrap();
-    let mails = sink.wait_for(1, WAIT).await.unwrap();
-    assert_eq!(mails.len(), 1);
-    assert!(mails[0].message_id.starts_with("<rejection."));
+    let mails = sink.wait_for(2, WAIT).await.unwrap();
+    assert_eq!(mails.len(), 2, "{mails:?}");
+    assert!(
+        mails
+            .iter()
+            .all(|mail| mail.envelope_to == ["byron@example.org"])
+    );
+    assert_eq!(
+        mails
+            .iter()
+            .filter(|mail| mail.message_id.starts_with("<rejection."))
+            .count(),
+        1
+    );
+    assert_eq!(
+        mails
+            .iter()
+            .filter(|mail| mail.message_id.starts_with("<failure."))
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
