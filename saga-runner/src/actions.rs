@@ -186,7 +186,7 @@ impl Effects {
             .await
         {
             StepOutcome::Performed { .. } => StepOutcome::Performed {
-                learned: Some(Learned::CaptureSettled),
+                learned: Some(Learned::CaptureRecorded),
             },
             StepOutcome::Failed { error, .. } => StepOutcome::Failed {
                 error: format!("the gateway captured, but recording it failed: {error}"),

@@ -89,9 +89,11 @@ pub enum PaymentFact {
 /// What the saga alone knows about its capture attempts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaptureKnowledge {
-    /// A capture request may have reached the gateway and its answer was lost (a timeout, a 5xx,
-    /// a broken connection): money may have moved. Cleared by the gateway's answer to a retry
-    /// or a lookup, or by the payment's event.
+    /// Money may have moved and the payment's event has not been read yet: a capture request
+    /// may have reached the gateway and its answer was lost (a timeout, a 5xx, a broken
+    /// connection), or the saga recorded a capture whose event it has not read. Cleared by the
+    /// payment's event, or by the gateway saying no money moved (a lookup that finds nothing,
+    /// a recorded decline).
     pub uncertain: bool,
 }
 
@@ -269,8 +271,13 @@ pub struct Observed<E> {
 pub enum Learned {
     /// A capture request's answer was lost: money may have moved.
     CaptureUncertain,
-    /// The gateway answered about the capture's key (a replayed answer, or a lookup that found
-    /// nothing): the saga knows what happened to the money.
+    /// The gateway captured (its answer, or a lookup that found the capture) and the saga
+    /// recorded it on the payment. The money has moved, but until the saga reads the payment's
+    /// event its facts do not show it: it must not act as if nothing was taken (a capture
+    /// answered just after its deadline would otherwise fail a paid booking and refund it).
+    CaptureRecorded,
+    /// The gateway said no money moved for the capture's key (a lookup that found nothing, a
+    /// recorded decline).
     CaptureSettled,
     /// The SMTP server accepted the mail.
     Notified(NotificationKind),
@@ -407,7 +414,10 @@ impl Saga {
     /// Takes in what acting taught the saga.
     pub fn learn(&mut self, learned: Learned) {
         match learned {
-            Learned::CaptureUncertain => self.capture.uncertain = true,
+            // Once the payment's event is read the log knows what happened: nothing to doubt.
+            Learned::CaptureUncertain | Learned::CaptureRecorded => {
+                self.capture.uncertain = matches!(self.payment, PaymentFact::None);
+            }
             Learned::CaptureSettled => self.capture.uncertain = false,
             Learned::Notified(kind) => {
                 self.notified.insert(kind);

@@ -127,6 +127,52 @@ async fn a_declined_payment_releases_the_slot_fails_the_booking_and_keeps_no_mon
 }
 
 #[tokio::test]
+async fn a_capture_answered_after_its_deadline_confirms_the_booking_and_keeps_the_money() {
+    // The gateway takes the money but answers only after the capture deadline. The saga
+    // records the capture; until it reads the payment's event it must wait for it, not fail
+    // the booking (and refund the family) because the deadline passed with "nothing" taken.
+    // Found by the kill -9 test: a crash after a lookup that found the capture, with the
+    // restarted consumer behind the worker.
+    let saga = spawn(SagaOptions {
+        capture_deadline: Duration::from_secs(1),
+        gateway_timeout: Duration::from_secs(5),
+        ..SagaOptions::default()
+    })
+    .await;
+    saga.simulator
+        .set_behaviour(Behaviour {
+            mode: Mode::Slow,
+            delay_ms: Some(2_000),
+            times: Some(1),
+            ..Behaviour::default()
+        })
+        .await
+        .unwrap();
+    let facility = saga.register_facility().await.unwrap();
+    let booking = saga.request_booking(facility, 3, 6, PRICE).await.unwrap();
+
+    let done = saga.wait_done(booking, DONE_WITHIN).await.unwrap();
+    let performed = steps(&done);
+    assert_eq!(performed.first().unwrap(), "reserve_slot", "{performed:?}");
+    assert_eq!(performed.last().unwrap(), "notify_confirmation", "{done}");
+    for compensation in ["release_slot", "fail", "refund"] {
+        assert!(
+            !performed.iter().any(|step| step == compensation),
+            "{compensation} in {performed:?}"
+        );
+    }
+    assert_eq!(done["compensated"], false, "{done}");
+    saga.booking_with_status(booking, "confirmed")
+        .await
+        .unwrap();
+    assert_eq!(net_money(&saga, booking).await, (1, 0, PRICE));
+    assert_eq!(
+        saga.mails_for(booking),
+        [message_id("confirmation", booking)]
+    );
+}
+
+#[tokio::test]
 async fn a_capture_whose_answer_times_out_is_looked_up_and_the_booking_confirmed() {
     // The first capture hangs after taking the money; the capture deadline passes before any
     // retry, so the saga must ask the gateway what happened instead of failing the booking.

@@ -256,6 +256,20 @@ fn past_the_deadline_with_no_money_possibly_taken_the_booking_fails_cleanly() {
 }
 
 #[test]
+fn a_capture_recorded_past_the_deadline_is_awaited_not_failed() {
+    // The gateway answered after the deadline (or a lookup found the capture) and the saga
+    // recorded it; the payment's event has not been read yet.
+    let saga = given().held().learned(Learned::CaptureRecorded);
+    let late = seconds(121);
+    assert_eq!(saga.decide_at(late), step(Step::LookupCapture));
+    assert_eq!(saga.captured().decide_at(late), step(Step::Confirm));
+    // Recorded once the event was read already: nothing is left in doubt.
+    let read_first = given().held().captured().learned(Learned::CaptureRecorded);
+    assert!(!read_first.saga.capture.uncertain);
+    assert_eq!(read_first.decide_at(late), step(Step::Confirm));
+}
+
+#[test]
 fn a_lookup_that_finds_nothing_lets_the_booking_fail() {
     let saga = given()
         .held()
@@ -426,6 +440,7 @@ fn any_fact() -> impl Strategy<Value = Fact> {
             gateway_reference: "rf".to_owned()
         })),
         Just(Fact::Learned(Learned::CaptureUncertain)),
+        Just(Fact::Learned(Learned::CaptureRecorded)),
         Just(Fact::Learned(Learned::CaptureSettled)),
     ]
 }
