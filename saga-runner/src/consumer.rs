@@ -168,6 +168,8 @@ impl Applier {
             match self.apply_batch(messages).await {
                 Ok(()) => return,
                 Err(error) => {
+                    metrics::counter!("saga_runner_errors_total", "part" => "consumer")
+                        .increment(1);
                     tracing::error!(%error, records = messages.len(), "could not apply a batch to the sagas; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => return,

@@ -132,6 +132,7 @@ impl Worker {
     /// One pass over one saga; errors are logged and the saga is tried again when due.
     async fn pass(&self, booking_id: Uuid) {
         if let Err(error) = self.try_pass(booking_id).await {
+            metrics::counter!("saga_runner_errors_total", "part" => "worker").increment(1);
             tracing::warn!(%booking_id, %error, "saga pass failed; it will be retried");
         }
     }
