@@ -38,7 +38,8 @@ pub enum Invariant {
     /// the confirmed bookings, no saga row still pending.
     SagasTerminal,
     /// The gateway's money (captured − refunded) equals the prices of the confirmed bookings,
-    /// per booking and in total, and the log records what the gateway did.
+    /// per booking and in total, the log records what the gateway did, and no booking the
+    /// gateway charged ended failed.
     MoneyBalances,
     /// Exactly one mail (by distinct Message-ID) per outcome, to the family's addresses.
     OneMailPerOutcome,
@@ -972,6 +973,17 @@ fn money_per_booking(
                 format!(
                     "booking {id} is {} but the gateway kept {kept} of it",
                     booking.status
+                ),
+            );
+        }
+        // The saga captures only once the slot is held, and a paid booking is confirmed (or
+        // cancelled by the family): failing it, even with the money given back, is wrong.
+        if booking.status == "failed" && !captures.is_empty() {
+            report.violation(
+                invariant,
+                format!(
+                    "booking {id} failed although the gateway captured its payment ({} captures; the family was charged and refunded instead of booked)",
+                    captures.len()
                 ),
             );
         }

@@ -831,6 +831,31 @@ fn money_kept_for_a_failed_booking_is_reported() {
 }
 
 #[test]
+fn a_failed_booking_that_was_charged_is_reported_even_when_refunded() {
+    let mut world = world();
+    world.ledger.captures.push(Capture {
+        reference: "cap_3".into(),
+        booking_id: id(FAILED),
+        amount: price(FAILED),
+        refunded_minor: price(FAILED).minor,
+    });
+    world.ledger.refunds.push(Refund {
+        reference: "ref_3".into(),
+        capture_reference: "cap_3".into(),
+        amount: price(FAILED),
+    });
+    let report = world.check();
+    assert_only(&report, Invariant::MoneyBalances);
+    assert!(
+        report
+            .render(20)
+            .contains("failed although the gateway captured its payment"),
+        "{}",
+        report.render(20)
+    );
+}
+
+#[test]
 fn a_confirmed_booking_charged_twice_is_reported() {
     let mut world = world();
     world.ledger.captures.push(Capture {
