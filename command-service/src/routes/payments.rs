@@ -90,7 +90,6 @@ async fn record(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Recorded (or already so)", body = PaymentWritten),
-        (status = 404, description = "No payment to refund", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Conflicts with what is recorded, or changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
@@ -123,7 +122,6 @@ pub(crate) async fn captured(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Recorded (or already so)", body = PaymentWritten),
-        (status = 404, description = "No payment to refund", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Conflicts with what is recorded, or changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
