@@ -95,6 +95,20 @@ pub struct CaptureKnowledge {
     /// payment's event, or by the gateway saying no money moved (a lookup that finds nothing,
     /// a recorded decline).
     pub uncertain: bool,
+    /// A capture request is being sent: set, and committed, before it goes out (write-ahead),
+    /// and cleared by the pass that sent it when it records the outcome. Found set by a later
+    /// pass, the record of an attempt was lost (the runner was killed, or its database
+    /// connection broke while the request was out), so nothing says the request took no
+    /// money: the capture is in doubt, as if `uncertain`.
+    #[serde(default)]
+    pub attempting: bool,
+}
+
+impl CaptureKnowledge {
+    /// Whether money may have moved without the saga knowing: it must look before failing.
+    pub fn in_doubt(&self) -> bool {
+        self.uncertain || self.attempting
+    }
 }
 
 /// Everything the saga knows about one booking.
@@ -389,8 +403,17 @@ impl Saga {
             },
             PaymentEvent::PaymentRefunded { .. } => PaymentFact::Refunded,
         };
-        // The gateway's answer is on the log: nothing about the capture is uncertain any more.
-        self.capture.uncertain = false;
+        // The gateway's answer is on the log, and the gateway answers every later request
+        // with this key the same way: nothing about the capture is in doubt any more.
+        self.capture = CaptureKnowledge::default();
+    }
+
+    /// The pass that performed `step` is recording its outcome: a capture request it sent is
+    /// accounted for (what it taught comes through [`Saga::learn`]).
+    pub fn performed(&mut self, step: &Step) {
+        if *step == Step::Capture {
+            self.capture.attempting = false;
+        }
     }
 
     /// Starts the clock of the step the saga is about to work on, once: a deadline runs from
@@ -418,7 +441,7 @@ impl Saga {
             Learned::CaptureUncertain | Learned::CaptureRecorded => {
                 self.capture.uncertain = matches!(self.payment, PaymentFact::None);
             }
-            Learned::CaptureSettled => self.capture.uncertain = false,
+            Learned::CaptureSettled => self.capture = CaptureKnowledge::default(),
             Learned::Notified(kind) => {
                 self.notified.insert(kind);
             }
@@ -441,7 +464,7 @@ impl Saga {
     fn compensation(&self) -> Option<Step> {
         match self.payment {
             PaymentFact::Captured { .. } => Some(Step::Refund),
-            PaymentFact::None if self.capture.uncertain => Some(Step::LookupCapture),
+            PaymentFact::None if self.capture.in_doubt() => Some(Step::LookupCapture),
             _ => self.slot_held().then_some(Step::ReleaseSlot),
         }
     }
@@ -491,6 +514,14 @@ impl Saga {
                 }),
             },
             SlotHeld => match &self.payment {
+                // A booking is never confirmed without its slot: the saga gave it back before
+                // the capture reached the log (it should not, see `attempting`), so the family
+                // gets a failure and the money back rather than a slot that may be another's.
+                PaymentFact::Captured { .. } if self.slot == SlotFact::Released => {
+                    Decision::Do(Step::Fail {
+                        reason: "the slot was released before the payment was recorded".to_owned(),
+                    })
+                }
                 PaymentFact::Captured { .. } => Decision::Do(Step::Confirm),
                 PaymentFact::Declined { reason } => {
                     self.fail(format!("the payment was declined ({reason})"))
@@ -500,7 +531,7 @@ impl Saga {
                     Decision::Do(Step::Capture)
                 }
                 // Never fail a booking while money may have been taken: ask first.
-                PaymentFact::None if self.capture.uncertain => Decision::Do(Step::LookupCapture),
+                PaymentFact::None if self.capture.in_doubt() => Decision::Do(Step::LookupCapture),
                 PaymentFact::None => self.fail("the payment could not be taken in time".to_owned()),
             },
             Confirmed => self.notify_once(NotificationKind::Confirmation),

@@ -182,6 +182,21 @@ pub async fn save_facts(conn: &mut PgConnection, saga: &Saga) -> anyhow::Result<
     Ok(())
 }
 
+/// Marks, and commits at once (outside the caller's transaction), that the saga is about to
+/// send a capture request (`capture.attempting`, see `saga::CaptureKnowledge`). Changes nothing
+/// else: the consumer's changes to the facts are kept, and the worker's pass clears the mark
+/// when it records the outcome.
+pub async fn mark_capture_attempt(pool: &PgPool, booking_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sagas SET facts = jsonb_set(facts, '{capture,attempting}', 'true'::jsonb, true) \
+         WHERE booking_id = $1",
+    )
+    .bind(booking_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Sagas whose next step is due, soonest first.
 pub async fn due(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(

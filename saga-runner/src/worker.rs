@@ -167,6 +167,11 @@ impl Worker {
             return Ok(());
         };
 
+        if *step == Step::Capture {
+            // Committed before the request goes out, so that losing this pass's record (a
+            // crash, a broken connection) can never make the saga forget it may have taken money.
+            store::mark_capture_attempt(&self.pool, booking_id).await?;
+        }
         let outcome = self.perform(&saga, step, now).await;
 
         // The consumer may have applied events while the step ran: act on the newest facts.
@@ -177,6 +182,7 @@ impl Worker {
         // The clock of the step just tried started when this pass began, not now.
         current.arm_deadlines(now, &self.config.deadlines);
         let now = Utc::now();
+        current.performed(step);
         let (learned, error) = match &outcome {
             StepOutcome::Performed { learned } => (*learned, None),
             StepOutcome::Failed { error, learned } => (*learned, Some(error.as_str())),

@@ -257,3 +257,95 @@ async fn a_runner_killed_at_any_step_leaves_every_booking_finished_with_money_an
         "{in_flight}"
     );
 }
+
+/// Found by the soak (docs/reliability.md, finding 7): a capture request went out, the gateway
+/// took the money, and the pass that sent it never recorded anything (in the soak PostgreSQL
+/// restarted under the pass; here the runner is killed while the gateway holds its answer
+/// back). An earlier attempt that could not reach the gateway had started the capture
+/// deadline, so when a runner comes back the deadline has passed and nothing on the log says
+/// money moved. The saga must look the capture up and confirm, not fail the booking with the
+/// money kept: the attempt's write-ahead mark (`capture.attempting`) is what tells it.
+#[tokio::test]
+async fn a_capture_whose_sender_died_before_recording_it_is_found_after_the_deadline() {
+    const DEADLINE: Duration = Duration::from_secs(10);
+    let mut saga = SagaStack::spawn(
+        Path::new(env!("CARGO_BIN_EXE_saga-runner")),
+        SagaOptions {
+            capture_deadline: DEADLINE,
+            gateway_timeout: Duration::from_mins(1),
+            ..SagaOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let facility = saga.register_facility().await.unwrap();
+    saga.simulator.stop().await.unwrap();
+    let booking = saga.request_booking(facility, 9, 3, PRICE).await.unwrap();
+
+    // The first attempts cannot reach the gateway; the first of them starts the deadline.
+    let first_attempt = tokio::time::Instant::now();
+    let failed_capture = |saga: &serde_json::Value| {
+        saga["history"].as_array().is_some_and(|history| {
+            history
+                .iter()
+                .any(|entry| entry["step"] == "capture" && entry["outcome"] == "failed")
+        })
+    };
+    loop {
+        if let Some(view) = saga.saga(booking).await.unwrap()
+            && failed_capture(&view)
+        {
+            break;
+        }
+        assert!(first_attempt.elapsed() < WITHIN, "no capture was attempted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The gateway comes back; the next attempt reaches it, the money moves, no answer comes.
+    saga.simulator.restart().await.unwrap();
+    saga.simulator
+        .set_behaviour(Behaviour {
+            mode: Mode::CaptureThenTimeout,
+            times: Some(1),
+            ..Behaviour::default()
+        })
+        .await
+        .unwrap();
+    loop {
+        let ledger = saga.simulator.ledger().await.unwrap();
+        if !ledger.captures_for(booking).is_empty() {
+            break;
+        }
+        assert!(
+            first_attempt.elapsed() < DEADLINE,
+            "no capture reached the gateway before the deadline; logs in {}",
+            saga.log_dir().display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    saga.kill_runner().await.unwrap();
+
+    // A runner comes back after the deadline: nothing on the log says money moved.
+    tokio::time::sleep_until(first_attempt + DEADLINE + Duration::from_secs(1)).await;
+    saga.start_runner(None).await.unwrap();
+    let done = saga.wait_done(booking, WITHIN).await.unwrap();
+    saga.booking_with_status(booking, "confirmed")
+        .await
+        .unwrap_or_else(|error| panic!("{error}: {done}"));
+    let ledger = saga.simulator.ledger().await.unwrap();
+    assert_eq!(ledger.captures_for(booking).len(), 1, "{done}");
+    assert!(ledger.refunds_for(booking).is_empty(), "{done}");
+    assert_eq!(done["compensated"], false, "{done}");
+    let performed: Vec<&str> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["outcome"] == "performed")
+        .map(|entry| entry["step"].as_str().unwrap())
+        .collect();
+    assert!(performed.contains(&"lookup_capture"), "{done}");
+    assert_eq!(
+        saga.mails_for(booking),
+        [format!("<confirmation.{booking}@funeral-manager>")]
+    );
+}

@@ -36,6 +36,7 @@ fn observed<E>(event: E, at: DateTime<Utc>) -> Observed<E> {
 }
 
 /// The facts as events arrive, one builder call per event.
+#[derive(Clone)]
 struct Given {
     saga: Saga,
     deadlines: Deadlines,
@@ -270,6 +271,53 @@ fn a_capture_recorded_past_the_deadline_is_awaited_not_failed() {
 }
 
 #[test]
+fn a_capture_attempt_whose_record_was_lost_is_looked_up_before_the_booking_fails() {
+    // Found by the soak: the capture request went out, then the pass's transaction was lost
+    // (PostgreSQL restarted under it) and with it what the attempt taught; past the deadline
+    // the saga failed the booking and kept the money. The write-ahead mark survives.
+    let mut saga = given().held();
+    saga.saga.capture.attempting = true;
+    let late = seconds(121);
+    assert_eq!(saga.decide_at(late), step(Step::LookupCapture));
+    let found = saga.clone().learned(Learned::CaptureRecorded).captured();
+    assert_eq!(found.decide_at(late), step(Step::Confirm));
+    let nothing = saga.learned(Learned::CaptureSettled);
+    assert!(!nothing.saga.capture.in_doubt());
+    assert_eq!(nothing.decide_at(late), step(Step::ReleaseSlot));
+}
+
+#[test]
+fn the_pass_that_sent_a_capture_accounts_for_it() {
+    // A refused connection took no money: the pass that saw it clears its own mark, and
+    // the booking fails cleanly at the deadline without a lookup the gateway cannot answer.
+    let mut saga = given().held();
+    saga.saga.capture.attempting = true;
+    saga.saga.performed(&Step::Capture);
+    assert!(!saga.saga.capture.in_doubt());
+    assert_eq!(saga.decide_at(seconds(121)), step(Step::ReleaseSlot));
+    // An earlier lost answer stays in doubt.
+    let mut earlier = given().held().learned(Learned::CaptureUncertain);
+    earlier.saga.capture.attempting = true;
+    earlier.saga.performed(&Step::Capture);
+    assert_eq!(earlier.decide_at(seconds(121)), step(Step::LookupCapture));
+}
+
+#[test]
+fn a_capture_read_after_the_slot_was_released_fails_and_refunds_never_confirms() {
+    let saga = given().held().released().captured();
+    assert_eq!(
+        saga.decide(),
+        step(Step::Fail {
+            reason: "the slot was released before the payment was recorded".to_owned()
+        })
+    );
+    let failed = saga.booking(BookingEvent::BookingFailed {
+        reason: "released".to_owned(),
+    });
+    assert_eq!(failed.decide(), step(Step::Refund));
+}
+
+#[test]
 fn a_lookup_that_finds_nothing_lets_the_booking_fail() {
     let saga = given()
         .held()
@@ -401,6 +449,8 @@ enum Fact {
     Facility(FacilityEvent),
     Payment(PaymentEvent),
     Learned(Learned),
+    /// The write-ahead mark of a capture attempt whose pass never recorded its outcome.
+    CaptureAttemptLost,
 }
 
 fn any_fact() -> impl Strategy<Value = Fact> {
@@ -442,6 +492,7 @@ fn any_fact() -> impl Strategy<Value = Fact> {
         Just(Fact::Learned(Learned::CaptureUncertain)),
         Just(Fact::Learned(Learned::CaptureRecorded)),
         Just(Fact::Learned(Learned::CaptureSettled)),
+        Just(Fact::CaptureAttemptLost),
     ]
 }
 
@@ -454,6 +505,7 @@ fn apply(saga: &mut Saga, fact: &Fact) {
         Fact::Facility(event) => saga.on_facility(&observed(event.clone(), t0())),
         Fact::Payment(event) => saga.on_payment(&observed(event.clone(), t0())),
         Fact::Learned(learned) => saga.learn(*learned),
+        Fact::CaptureAttemptLost => saga.capture.attempting = true,
     }
 }
 
@@ -494,7 +546,7 @@ proptest! {
                     prop_assert!(saga.slot != SlotFact::Reserved);
                     let captured = matches!(saga.payment, PaymentFact::Captured { .. });
                     prop_assert!(!captured, "money kept");
-                    prop_assert!(!saga.capture.uncertain);
+                    prop_assert!(!saga.capture.in_doubt());
                 }
                 None => prop_assert!(false, "done before the booking was requested"),
             }
