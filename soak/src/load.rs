@@ -56,6 +56,8 @@ pub struct LoadConfig {
     pub poison: usize,
     /// How long one write is retried without an answer before it is journalled as unknown.
     pub give_up_after: Duration,
+    /// How long the gateway takes to answer a [`Scenario::LateCapture`] capture.
+    pub late_capture_delay: Duration,
 }
 
 /// What a booking is set up to meet.
@@ -73,6 +75,10 @@ pub enum Scenario {
     Timeout,
     /// The gateway captures, then its answer never comes: the saga must find the capture.
     CaptureThenTimeout,
+    /// The gateway captures and answers after the saga's capture deadline, inside its request
+    /// timeout: the saga must record the capture and confirm, never fail the paid booking
+    /// (docs/reliability.md, soak finding 6).
+    LateCapture,
     /// A slot overlapping another booking's: one of them is rejected.
     Contest,
     /// Cancelled right after the request, racing the saga.
@@ -87,8 +93,9 @@ pub enum Scenario {
 
 impl Scenario {
     /// The mix, with weights (out of 100).
-    const MIX: [(Scenario, u32); 11] = [
-        (Self::Approve, 30),
+    const MIX: [(Scenario, u32); 12] = [
+        (Self::Approve, 27),
+        (Self::LateCapture, 3),
         (Self::Decline, 9),
         (Self::Slow, 4),
         (Self::Error5xx, 5),
@@ -109,6 +116,7 @@ impl Scenario {
             Self::Error5xx => "error_5xx",
             Self::Timeout => "timeout",
             Self::CaptureThenTimeout => "capture_then_timeout",
+            Self::LateCapture => "late_capture",
             Self::Contest => "contest",
             Self::CancelEarly => "cancel_early",
             Self::CancelConfirmed => "cancel_confirmed",
@@ -130,8 +138,13 @@ impl Scenario {
     }
 
     /// The gateway behaviour this scenario sets for its booking (`docs/payments.md`).
-    fn gateway_behaviour(self) -> Option<Value> {
+    fn gateway_behaviour(self, config: &LoadConfig) -> Option<Value> {
         match self {
+            Self::LateCapture => Some(json!({
+                "mode": "slow",
+                "delay_ms": u64::try_from(config.late_capture_delay.as_millis()).unwrap_or(u64::MAX),
+                "times": 1
+            })),
             Self::Decline => Some(json!({"mode": "decline", "decline_reason": "soak_decline"})),
             Self::Slow => Some(json!({"mode": "slow", "delay_ms": 1500})),
             Self::Error5xx => Some(json!({"mode": "error_5xx", "times": 2})),
@@ -671,7 +684,7 @@ async fn run_scenario(
                 return Ok(());
             };
             scenario_entry(shared, booking, scenario);
-            if let Some(behaviour) = scenario.gateway_behaviour() {
+            if let Some(behaviour) = scenario.gateway_behaviour(&shared.config) {
                 set_gateway(shared, booking, &behaviour).await;
             }
             match scenario {

@@ -53,6 +53,11 @@ struct Args {
     /// How long one write is retried without an answer before it counts as unknown.
     #[arg(long, default_value = "90s", value_parser = soak::parse_duration)]
     give_up_after: std::time::Duration,
+    /// How long the gateway takes to answer a `late_capture` booking's capture: past the saga
+    /// runner's capture deadline, inside its gateway request timeout (compose/soak sets all
+    /// three together).
+    #[arg(long, default_value = "9500ms", value_parser = soak::parse_duration)]
+    late_capture_delay: std::time::Duration,
 }
 
 #[tokio::main]
@@ -79,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             saga: args.saga,
             poison: args.poison,
             give_up_after: args.give_up_after,
+            late_capture_delay: args.late_capture_delay,
         },
         journal,
     )
