@@ -14,7 +14,7 @@
 use std::{collections::BTreeSet, os::unix::process::ExitStatusExt, path::Path, time::Duration};
 
 use gateway_simulator::{Behaviour, Mode};
-use system_tests::saga_stack::{SagaOptions, SagaStack};
+use system_tests::saga_stack::{SagaOptions, SagaStack, performed_steps};
 use uuid::Uuid;
 
 const PRICE: i64 = 99_000;
@@ -336,14 +336,10 @@ async fn a_capture_whose_sender_died_before_recording_it_is_found_after_the_dead
     assert_eq!(ledger.captures_for(booking).len(), 1, "{done}");
     assert!(ledger.refunds_for(booking).is_empty(), "{done}");
     assert_eq!(done["compensated"], false, "{done}");
-    let performed: Vec<&str> = done["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|entry| entry["outcome"] == "performed")
-        .map(|entry| entry["step"].as_str().unwrap())
-        .collect();
-    assert!(performed.contains(&"lookup_capture"), "{done}");
+    assert!(
+        performed_steps(&done).contains(&"lookup_capture".to_owned()),
+        "{done}"
+    );
     assert_eq!(
         saga.mails_for(booking),
         [format!("<confirmation.{booking}@funeral-manager>")]

@@ -7,8 +7,7 @@
 use std::{path::Path, time::Duration};
 
 use gateway_simulator::{Behaviour, Mode};
-use serde_json::Value;
-use system_tests::saga_stack::{SagaOptions, SagaStack};
+use system_tests::saga_stack::{SagaOptions, SagaStack, performed_steps as steps};
 use uuid::Uuid;
 
 const PRICE: i64 = 125_000;
@@ -20,16 +19,6 @@ fn binary() -> &'static Path {
 
 async fn spawn(options: SagaOptions) -> SagaStack {
     SagaStack::spawn(binary(), options).await.unwrap()
-}
-
-fn steps(saga: &Value) -> Vec<String> {
-    saga["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|entry| entry["outcome"] == "performed")
-        .map(|entry| entry["step"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 fn message_id(kind: &str, booking: Uuid) -> String {

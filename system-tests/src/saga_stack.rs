@@ -387,6 +387,21 @@ impl Drop for SagaStack {
     }
 }
 
+/// The steps a saga view (`GET /sagas/{id}`, or `saga_progress` in the query-api) shows as
+/// performed, oldest first.
+pub fn performed_steps(saga: &Value) -> Vec<String> {
+    saga["history"]
+        .as_array()
+        .map(|history| {
+            history
+                .iter()
+                .filter(|entry| entry["outcome"] == "performed")
+                .filter_map(|entry| entry["step"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A booking body for [`SagaStack::request_booking`].
 pub fn booking_body(facility: Uuid, days_ahead: i64, index: u32, amount_minor: i64) -> Value {
     let mut body = bodies::booking(&facility.to_string(), days_ahead);
