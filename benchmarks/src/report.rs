@@ -461,7 +461,7 @@ fn reproduce(out: &mut String, r: &Results) {
          compose/bench --quick    # a smoke run of every measurement in a few minutes\n\
          ```\n\n\
          `compose/bench` installs what is missing, starts its own throw-away PostgreSQL \
-         (127.0.0.1:55472) and Tansu (127.0.0.1:59132, SQLite storage) in a temporary directory, \
+         (127.0.0.1:25472) and Tansu (127.0.0.1:29132, SQLite storage) in a temporary directory, \
          builds the services and `fm-bench` (`benchmarks/`) in release, and runs `fm-bench run`, \
          which starts the services as processes from their release binaries (command-service \
          :18281, query-api :18282, projection-service :18283, the bare baseline :18284) with \
