@@ -408,10 +408,16 @@ impl Saga {
         self.capture = CaptureKnowledge::default();
     }
 
-    /// The pass that performed `step` is recording its outcome: a capture request it sent is
-    /// accounted for (what it taught comes through [`Saga::learn`]).
-    pub fn performed(&mut self, step: &Step) {
-        if *step == Step::Capture {
+    /// The pass that performed `step` is recording its outcome (what it taught comes next,
+    /// through [`Saga::learn`]). `lost_capture_attempt`: the pass found a capture mark when it
+    /// began, which, since passes on one booking take turns, an earlier pass left without
+    /// recording its outcome; that attempt stays in doubt (`uncertain`) whatever this pass did.
+    /// Then no mark is left: this pass's own attempt, if it sent one, is accounted for.
+    pub fn performed(&mut self, step: &Step, lost_capture_attempt: bool) {
+        if lost_capture_attempt && self.payment == PaymentFact::None {
+            self.capture.uncertain = true;
+        }
+        if *step == Step::Capture || lost_capture_attempt {
             self.capture.attempting = false;
         }
     }

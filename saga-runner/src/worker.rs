@@ -150,6 +150,9 @@ impl Worker {
             return Ok(());
         }
         let mut saga = row.facts.0;
+        // Passes on one booking take turns (the lock above): a capture mark found now was left
+        // by a pass that never recorded its outcome.
+        let lost_capture_attempt = saga.capture.attempting;
         saga.arm_deadlines(now, &self.config.deadlines);
         let decision = saga.decide(now);
         let Decision::Do(step) = &decision else {
@@ -182,7 +185,7 @@ impl Worker {
         // The clock of the step just tried started when this pass began, not now.
         current.arm_deadlines(now, &self.config.deadlines);
         let now = Utc::now();
-        current.performed(step);
+        current.performed(step, lost_capture_attempt);
         let (learned, error) = match &outcome {
             StepOutcome::Performed { learned } => (*learned, None),
             StepOutcome::Failed { error, learned } => (*learned, Some(error.as_str())),

@@ -292,14 +292,28 @@ fn the_pass_that_sent_a_capture_accounts_for_it() {
     // the booking fails cleanly at the deadline without a lookup the gateway cannot answer.
     let mut saga = given().held();
     saga.saga.capture.attempting = true;
-    saga.saga.performed(&Step::Capture);
+    saga.saga.performed(&Step::Capture, false);
     assert!(!saga.saga.capture.in_doubt());
     assert_eq!(saga.decide_at(seconds(121)), step(Step::ReleaseSlot));
     // An earlier lost answer stays in doubt.
     let mut earlier = given().held().learned(Learned::CaptureUncertain);
     earlier.saga.capture.attempting = true;
-    earlier.saga.performed(&Step::Capture);
+    earlier.saga.performed(&Step::Capture, false);
     assert_eq!(earlier.decide_at(seconds(121)), step(Step::LookupCapture));
+}
+
+#[test]
+fn a_lost_attempt_stays_in_doubt_when_the_next_one_takes_no_money() {
+    // Found by the soak: the capture's pass was lost (PostgreSQL restarted under it), then the
+    // next attempts failed fast on the open breaker, and the first of them cleared the lost
+    // attempt's mark as if it were its own; past the deadline the booking failed, money kept.
+    let mut saga = given().held();
+    saga.saga.capture.attempting = true; // left by the lost pass
+    // The next pass marks its own attempt (the mark is already set), the breaker refuses it.
+    saga.saga.performed(&Step::Capture, true);
+    assert!(saga.saga.capture.uncertain);
+    assert!(!saga.saga.capture.attempting);
+    assert_eq!(saga.decide_at(seconds(121)), step(Step::LookupCapture));
 }
 
 #[test]
