@@ -45,6 +45,17 @@ pub struct Behaviour {
     pub times: Option<u32>,
 }
 
+impl Behaviour {
+    /// `mode` for the next request only, then back to `approve`.
+    pub fn once(mode: Mode) -> Self {
+        Self {
+            mode,
+            times: Some(1),
+            ..Self::default()
+        }
+    }
+}
+
 /// What a request asked for; a replay with the same key must ask for exactly the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {

@@ -414,12 +414,18 @@ impl Saga {
     /// recording its outcome; that attempt stays in doubt (`uncertain`) whatever this pass did.
     /// Then no mark is left: this pass's own attempt, if it sent one, is accounted for.
     pub fn performed(&mut self, step: &Step, lost_capture_attempt: bool) {
-        if lost_capture_attempt && self.payment == PaymentFact::None {
-            self.capture.uncertain = true;
+        if lost_capture_attempt {
+            self.doubt_capture();
         }
         if *step == Step::Capture || lost_capture_attempt {
             self.capture.attempting = false;
         }
+    }
+
+    /// Money may have moved without the saga reading it on the log, unless the payment's event
+    /// has been read already: then the log knows what happened and there is nothing to doubt.
+    fn doubt_capture(&mut self) {
+        self.capture.uncertain = self.payment == PaymentFact::None;
     }
 
     /// Starts the clock of the step the saga is about to work on, once: a deadline runs from
@@ -443,10 +449,7 @@ impl Saga {
     /// Takes in what acting taught the saga.
     pub fn learn(&mut self, learned: Learned) {
         match learned {
-            // Once the payment's event is read the log knows what happened: nothing to doubt.
-            Learned::CaptureUncertain | Learned::CaptureRecorded => {
-                self.capture.uncertain = matches!(self.payment, PaymentFact::None);
-            }
+            Learned::CaptureUncertain | Learned::CaptureRecorded => self.doubt_capture(),
             Learned::CaptureSettled => self.capture = CaptureKnowledge::default(),
             Learned::Notified(kind) => {
                 self.notified.insert(kind);

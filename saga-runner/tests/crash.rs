@@ -146,11 +146,7 @@ async fn run_until_crash(saga: &mut SagaStack, facility: Uuid, day: i64, case: &
                 Story::LookedUp => {
                     saga.options.capture_deadline = Duration::from_secs(1);
                     saga.simulator
-                        .set_behaviour(Behaviour {
-                            mode: Mode::CaptureThenTimeout,
-                            times: Some(1),
-                            ..Behaviour::default()
-                        })
+                        .set_behaviour(Behaviour::once(Mode::CaptureThenTimeout))
                         .await
                         .unwrap();
                 }
@@ -304,11 +300,7 @@ async fn a_capture_whose_sender_died_before_recording_it_is_found_after_the_dead
     // The gateway comes back; the next attempt reaches it, the money moves, no answer comes.
     saga.simulator.restart().await.unwrap();
     saga.simulator
-        .set_behaviour(Behaviour {
-            mode: Mode::CaptureThenTimeout,
-            times: Some(1),
-            ..Behaviour::default()
-        })
+        .set_behaviour(Behaviour::once(Mode::CaptureThenTimeout))
         .await
         .unwrap();
     loop {

@@ -130,10 +130,8 @@ async fn a_capture_answered_after_its_deadline_confirms_the_booking_and_keeps_th
     .await;
     saga.simulator
         .set_behaviour(Behaviour {
-            mode: Mode::Slow,
             delay_ms: Some(2_000),
-            times: Some(1),
-            ..Behaviour::default()
+            ..Behaviour::once(Mode::Slow)
         })
         .await
         .unwrap();
@@ -172,11 +170,7 @@ async fn a_capture_whose_answer_times_out_is_looked_up_and_the_booking_confirmed
     })
     .await;
     saga.simulator
-        .set_behaviour(Behaviour {
-            mode: Mode::CaptureThenTimeout,
-            times: Some(1),
-            ..Behaviour::default()
-        })
+        .set_behaviour(Behaviour::once(Mode::CaptureThenTimeout))
         .await
         .unwrap();
     let facility = saga.register_facility().await.unwrap();

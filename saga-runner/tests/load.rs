@@ -90,11 +90,7 @@ async fn five_hundred_concurrent_bookings_balance_the_books_and_every_saga_finis
                         mode: Mode::Decline,
                         ..Behaviour::default()
                     }),
-                    Plan::CaptureThenTimeout => Some(Behaviour {
-                        mode: Mode::CaptureThenTimeout,
-                        times: Some(1),
-                        ..Behaviour::default()
-                    }),
+                    Plan::CaptureThenTimeout => Some(Behaviour::once(Mode::CaptureThenTimeout)),
                     Plan::GatewayErrors => Some(Behaviour {
                         mode: Mode::Error5xx,
                         times: Some(2),

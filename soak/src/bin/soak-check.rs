@@ -210,6 +210,8 @@ async fn main() -> anyhow::Result<()> {
 
     wait_until_quiet(&stack, &pool, saga, args.wait).await?;
 
+    // Once the stack is quiet the saga's schema is there or not for good: ask once.
+    let saga_rows = saga && gather::saga_schema_exists(&pool).await?;
     let (records, log_ends, letters) = read_log(&stack, args.stall, args.fetch_bytes).await?;
     let history = History::build(&records, &stack.topic_prefix);
     let http = reqwest::Client::builder()
@@ -228,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
             }
         },
         saga,
-        open_sagas: if saga && gather::saga_schema_exists(&pool).await? {
+        open_sagas: if saga_rows {
             gather::open_sagas(&pool).await?
         } else {
             Vec::new()
@@ -243,10 +245,7 @@ async fn main() -> anyhow::Result<()> {
         "saga invariants".to_owned(),
         if saga { "on" } else { "off (no saga runner)" }.to_owned(),
     );
-    if saga
-        && gather::saga_schema_exists(&pool).await?
-        && let Some(pace) = gather::saga_pace(&pool).await?
-    {
+    if saga_rows && let Some(pace) = gather::saga_pace(&pool).await? {
         report.figures.insert(
             "saga step waits".to_owned(),
             format!(
