@@ -4,14 +4,15 @@
 #
 # Map:
 #   logging and timing ... log, warn, die, run_phase, elapsed_since
-#   installing ........... install_build_tools, install_postgres, install_tansu,
+#   installing ........... install_build_tools, install_postgres, install_kafka,
 #                          install_rust_tools, ensure_nextest, install_python_venv,
 #                          install_smtp_sink
 #   waiting .............. port_in_use, wait_for_port, wait_for_http
 #   processes ............ start_daemon, pid_alive, stop_pidfile
 #   PostgreSQL ........... start_postgres, stop_postgres, postgres_running, pg_admin_psql,
 #                          ensure_pg_role_db
-#   Tansu ................ start_tansu (indexes its SQLite store: index_tansu_headers), stop_tansu
+#   Apache Kafka ......... kafka_home, kafka_java, start_kafka, wait_for_kafka, kafka_answers,
+#                          stop_kafka (the node's settings: compose/kafka/broker)
 #   SMTP sink ............ smtp_sink_python, start_smtp_sink, stop_smtp_sink
 #   services ............. cargo_target_dir, service_binary, start_service, stop_service,
 #                          wait_for_ready
@@ -28,10 +29,8 @@ FM_REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck disable=SC2034 # used by the scripts that source this file
 FM_COMPOSE_DIR="$FM_REPO_ROOT/compose"
 
-# The tansu release these scripts are written against (flags checked with `tansu broker --help`).
-# Set FM_TANSU_VERSION= (empty) to install the newest release instead.
-FM_TANSU_VERSION=${FM_TANSU_VERSION-0.6.0}
-FM_TANSU_FEATURES=${FM_TANSU_FEATURES:-libsql,dynostore}
+# The Apache Kafka release the local stack and the tests run (compose/kafka/pom.xml resolves it).
+FM_KAFKA_VERSION=${FM_KAFKA_VERSION:-4.4.0}
 
 # ---------------------------------------------------------------------------------------------
 # Logging and timing
@@ -163,35 +162,75 @@ install_postgres() {
     log "PostgreSQL binaries: $PG_BIN"
 }
 
-# tansu_bin: prints the path of the tansu binary (PATH first, then ~/.cargo/bin).
-tansu_bin() {
-    if command -v tansu >/dev/null; then
-        command -v tansu
-    elif [[ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]]; then
-        printf '%s\n' "${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
-    else
-        return 1
-    fi
+# kafka_home: where install_kafka puts Apache Kafka FM_KAFKA_VERSION (FM_KAFKA_HOME overrides):
+# outside the checkout, so that every clone and CI run on this machine shares one install.
+kafka_home() {
+    printf '%s\n' "${FM_KAFKA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/funeral-manager/kafka-$FM_KAFKA_VERSION}"
 }
 
-# install_tansu: `cargo install tansu --locked --features libsql,dynostore` unless tansu is on
-# PATH or in ~/.cargo/bin. Built in cargo's own temporary directory, not the project's target.
-install_tansu() {
-    if TANSU_BIN=$(tansu_bin); then
-        return 0
+kafka_version() { printf '%s\n' "$FM_KAFKA_VERSION"; }
+
+# new_kafka_cluster_id: a random KRaft cluster id (16 random bytes, URL-safe base64, no padding,
+# as kafka-storage.sh random-uuid prints).
+new_kafka_cluster_id() {
+    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+    echo
+}
+
+# java_major JAVA: the major version of a java binary ("17"), or nothing.
+java_major() {
+    "$1" -version 2>&1 | sed -nE '1s/.*version "(1\.)?([0-9]+).*/\2/p'
+}
+
+# kafka_java: prints a java binary of version 17 or newer: FM_KAFKA_JAVA, then $JAVA_HOME/bin/java,
+# then java on PATH. Fails when there is none.
+kafka_java() {
+    local java major
+    for java in ${FM_KAFKA_JAVA:-} ${JAVA_HOME:+$JAVA_HOME/bin/java} java; do
+        command -v "$java" >/dev/null || continue
+        major=$(java_major "$java")
+        if [[ -n "$major" ]] && ((major >= 17)); then
+            command -v "$java"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# install_kafka: Apache Kafka FM_KAFKA_VERSION from Maven Central into kafka_home, unless it is
+# there already (for the same compose/kafka/pom.xml). Java 17 (Debian's openjdk-17-jre-headless)
+# and Maven come from Debian's packages when missing. Maven resolves kafka_2.13 and its runtime
+# dependencies into Maven's own cache (~/.m2) and copies the jars to <kafka home>/lib.
+install_kafka() {
+    local home pom="$FM_COMPOSE_DIR/kafka/pom.xml" stamp staging
+    home=$(kafka_home)
+    stamp="$FM_KAFKA_VERSION $(sha256sum "$pom" | cut -d' ' -f1)"
+    if [[ -f "$home/lib/.installed" && "$(<"$home/lib/.installed")" == "$stamp" ]]; then
+        kafka_java >/dev/null && return 0
     fi
-    command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
-    install_build_tools
-    local version_args=()
-    if [[ -n "$FM_TANSU_VERSION" ]]; then
-        version_args=(--version "$FM_TANSU_VERSION")
+    if ! kafka_java >/dev/null; then
+        log "no Java 17 or newer found: installing openjdk-17-jre-headless from Debian's packages"
+        apt_install openjdk-17-jre-headless
+        kafka_java >/dev/null || die "openjdk-17-jre-headless installed, but no java 17 found"
     fi
-    log "tansu not found: cargo install tansu ${version_args[*]} (this takes a while)"
-    env -u CARGO_TARGET_DIR cargo install tansu "${version_args[@]}" --locked \
-        --features "$FM_TANSU_FEATURES" </dev/null >&2 ||
-        die "cargo install tansu failed (see above)"
-    TANSU_BIN=$(tansu_bin) || die "tansu installed but not found on PATH or in ~/.cargo/bin"
-    log "tansu: $TANSU_BIN ($("$TANSU_BIN" --version 2>/dev/null || echo 'version unknown'))"
+    [[ -f "$home/lib/.installed" && "$(<"$home/lib/.installed")" == "$stamp" ]] && return 0
+    command -v mvn >/dev/null || apt_install maven
+    log "installing Apache Kafka $FM_KAFKA_VERSION from Maven Central into $home (once)"
+    staging="$home/lib.partial"
+    rm -rf "$staging"
+    mkdir -p "$staging"
+    # JAVA_HOME must be a JDK or JRE Maven accepts; the one kafka_java found is.
+    JAVA_HOME=$(dirname "$(dirname "$(readlink -f "$(kafka_java)")")") \
+        mvn --batch-mode --quiet --no-transfer-progress -Dstyle.color=never -f "$pom" \
+        -Dkafka.version="$FM_KAFKA_VERSION" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$staging" \
+        </dev/null >&2 || die "mvn could not resolve Apache Kafka $FM_KAFKA_VERSION (see above)"
+    [[ -f "$staging/kafka_2.13-$FM_KAFKA_VERSION.jar" ]] ||
+        die "mvn finished, but $staging has no kafka_2.13-$FM_KAFKA_VERSION.jar"
+    printf '%s\n' "$stamp" >"$staging/.installed"
+    rm -rf "$home/lib"
+    mv "$staging" "$home/lib"
+    log "Apache Kafka $FM_KAFKA_VERSION: $(find "$home/lib" -name '*.jar' | wc -l) jars in $home/lib"
 }
 
 # install_rust_tools: rustfmt and clippy (rustup components) when missing.
@@ -537,75 +576,71 @@ SQL
 }
 
 # ---------------------------------------------------------------------------------------------
-# Tansu: a Kafka-protocol broker. Pid file "$FM_RUN_DIR/tansu.pid".
+# Apache Kafka: one node per data directory, started through compose/kafka/broker (which holds
+# the node's settings). Pid file "$FM_RUN_DIR/kafka.pid" for the single node of compose/up and
+# the test stacks.
 
-# index_tansu_headers DBFILE: tansu 0.6's SQLite schema has no index on the header table's
-# (topition, offset_id), so each record a fetch returns looks its headers up with a scan of every
-# header the broker holds (14 ms per record at 20 000 records; reads slow down with all that was
-# ever written, and a consumer from offset 0 stalls once a fetch outlives its client's timeout,
-# at a few thousand records per partition). Adds the index (idempotent; kept by tansu's own
-# `create table if not exists` at later starts). Uses the sqlite3 CLI, else python3's sqlite3.
-index_tansu_headers() {
-    local dbfile=$1 sql="CREATE INDEX IF NOT EXISTS fm_header_record ON header (topition, offset_id);"
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-        if command -v sqlite3 >/dev/null; then
-            sqlite3 -cmd '.timeout 30000' "$dbfile" "$sql" 2>/dev/null && return 0
-        elif command -v python3 >/dev/null; then
-            python3 -c 'import sqlite3, sys
-c = sqlite3.connect(sys.argv[1], timeout=30); c.execute(sys.argv[2]); c.commit()' \
-                "$dbfile" "$sql" 2>/dev/null && return 0
-        else
-            warn "neither sqlite3 nor python3 found: tansu's header table stays unindexed (slow reads)"
-            return 0
-        fi
-        sleep 0.5 # the broker may not have created its tables yet
-    done
-    warn "could not index tansu's header table in $dbfile: reads of long logs will be slow"
-}
-
-# start_tansu STORAGE_URL PORT LOG: starts a single tansu broker on 127.0.0.1:PORT
-# (STORAGE_URL is sqlite:///abs/path/file.db for durable storage, memory://tansu/ otherwise).
-# Leaves a running broker alone.
-start_tansu() {
-    local storage=$1 port=$2 logfile=$3 pidfile="$FM_RUN_DIR/tansu.pid" pid dbfile workdir=/
-    TANSU_BIN=${TANSU_BIN:-$(tansu_bin)} || die "tansu is not installed (install_tansu)"
-    if pid_alive "$pidfile" tansu; then
-        log "tansu already running (pid $(<"$pidfile"))"
+# start_kafka DATA_DIR PORT LOG [BROKER_ARGS...]: starts a single KRaft node (broker and
+# controller) on 127.0.0.1:PORT, its controller on PORT+1, formatting DATA_DIR on the first
+# start; returns when it answers. Leaves a running node alone. BROKER_ARGS go to
+# compose/kafka/broker (e.g. --set log.flush.interval.messages=1).
+start_kafka() {
+    local data=$1 port=$2 logfile=$3 pidfile="$FM_RUN_DIR/kafka.pid" pid
+    shift 3
+    if pid_alive "$pidfile" kafka; then
+        log "Apache Kafka already running (pid $(<"$pidfile"))"
         return 0
     fi
-    if port_in_use "$port"; then
-        die "port $port is already taken by another process, so tansu cannot start there;" \
-            "stop that process or choose another port (docs/local-stack.md, \"Port in use\")"
-    fi
-    # tansu 0.6 opens sqlite://PATH relative to its working directory even when PATH is
-    # absolute (sqlite:///a/b.db becomes $PWD/a/b.db), so it runs inside the database's
-    # directory and is given the bare file name.
-    if [[ "$storage" == sqlite://* ]]; then
-        dbfile=${storage#sqlite://}
-        [[ "$dbfile" == /* ]] || dbfile="$PWD/$dbfile"
-        workdir=$(dirname "$dbfile")
-        storage="sqlite://$(basename "$dbfile")"
-        mkdir -p "$workdir"
-    fi
-    log "starting tansu on 127.0.0.1:$port (storage $storage in $workdir)"
-    # SCHEMA_REGISTRY in the environment would switch on schema validation: not ours.
-    (cd "$workdir" && NO_COLOR=1 start_daemon "$pidfile" "$logfile" \
-        env -u SCHEMA_REGISTRY "$TANSU_BIN" broker \
-        --cluster-id "${FM_TANSU_CLUSTER_ID:-funeral-manager}" \
-        --listener-url "tcp://127.0.0.1:$port" \
-        --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine "$storage")
+    for p in "$port" "$((port + 1))"; do
+        if port_in_use "$p"; then
+            die "port $p is already taken by another process, so Kafka cannot start there;" \
+                "stop that process or choose another port (docs/local-stack.md, \"Port in use\")"
+        fi
+    done
+    log "starting Apache Kafka $(kafka_version) on 127.0.0.1:$port (data $data)"
+    start_daemon "$pidfile" "$logfile" "$FM_COMPOSE_DIR/kafka/broker" run \
+        --data "$data" --port "$port" "$@"
     pid=$(<"$pidfile")
-    if ! wait_for_port "$port" 30 "$pid"; then
+    if ! wait_for_kafka "127.0.0.1:$port" "${FM_KAFKA_START_TIMEOUT:-90}" "$pid"; then
         show_log_tail "$logfile"
-        die "tansu did not start"
-    fi
-    if [[ -n "$dbfile" ]]; then
-        index_tansu_headers "$dbfile"
+        die "Apache Kafka did not start (log $logfile)"
     fi
 }
 
-stop_tansu() { stop_pidfile "$FM_RUN_DIR/tansu.pid" tansu; }
+# wait_for_kafka HOST:PORT [TIMEOUT_SECONDS] [PID]: waits until the broker answers a metadata
+# request with itself among the brokers (a listening port is not enough: the socket opens
+# before the node has joined its quorum). Gives up early when PID has died.
+wait_for_kafka() {
+    local address=$1 timeout=${2:-90} pid=${3:-} deadline=$((SECONDS + ${2:-90}))
+    until kafka_answers "$address"; do
+        if [[ -n "$pid" ]] && ! proc_running "$pid"; then
+            log "process $pid exited before Kafka answered on $address"
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            log "Kafka did not answer on $address within ${timeout}s"
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+# kafka_answers HOST:PORT: true when a Kafka ApiVersions request on HOST:PORT gets an answer
+# with error code 0 (bash's /dev/tcp; no client tools needed).
+kafka_answers() {
+    local host=${1%:*} port=${1##*:} reply
+    # ApiVersions v0: length 16 (0x10), api key 18 (0x12), version 0, correlation id 1, client
+    # id "fm" (length 2).
+    reply=$(timeout 3 bash -c "exec 3<>/dev/tcp/$host/$port || exit 1
+        printf '\x00\x00\x00\x0c\x00\x12\x00\x00\x00\x00\x00\x01\x00\x02fm' >&3
+        head -c 10 <&3 | od -An -tx1" 2>/dev/null) || return 1
+    # length (4 bytes), correlation id 00 00 00 01, error code 00 00.
+    [[ "$(echo $reply | cut -d' ' -f5-10)" == "00 00 00 01 00 00" ]]
+}
+
+# stop_kafka [TIMEOUT_SECONDS]: SIGTERM (Kafka's controlled shutdown: leadership moves, the log
+# is closed cleanly, so the next start needs no recovery), SIGKILL after TIMEOUT (default 60).
+stop_kafka() { stop_pidfile "$FM_RUN_DIR/kafka.pid" kafka "${1:-60}"; }
 
 # ---------------------------------------------------------------------------------------------
 # The SMTP sink: compose/smtp-sink.py (aiosmtpd), every accepted message one file in a Maildir.

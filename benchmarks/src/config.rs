@@ -108,7 +108,7 @@ impl Bench {
 
     /// Creates the topics of `kafka`'s prefix.
     pub(crate) async fn topics(&self, kafka: &KafkaSettings) -> anyhow::Result<()> {
-        event_log::topics::ensure_topics(kafka)
+        event_log::topics::ensure_topics(kafka, false)
             .await
             .with_context(|| format!("Failed to create the topics of {}", kafka.topic_prefix))?;
         Ok(())

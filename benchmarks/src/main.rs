@@ -392,7 +392,7 @@ async fn main() -> anyhow::Result<()> {
                 topic_prefix: prefix,
                 ..KafkaSettings::default()
             };
-            event_log::topics::ensure_topics(&kafka).await?;
+            event_log::topics::ensure_topics(&kafka, false).await?;
             let seeded = seed::stories(&kafka, events).await?;
             println!(
                 "wrote {} events ({} bytes) in {:.1?}",

@@ -7,6 +7,12 @@
 //! start-up time, never correctness: the service then replays the whole log. Re-reading events
 //! a snapshot already holds is harmless too, because the admission rule ignores them as stale.
 //!
+//! A snapshot belongs to one log: it records the cluster id of the broker it was read from, and
+//! at start it is checked against the log as the tailer finds it ([`LogHead`]). A snapshot of
+//! another cluster (a purged or replaced broker, another environment) or one whose offsets lie
+//! past a partition's end (a log that lost records, or topics recreated) is discarded with a
+//! log line: trusting it would let the service decide against aggregates the log does not hold.
+//!
 //! The file holds family contact details, so it is written readable by its owner only.
 
 use std::{
@@ -20,15 +26,17 @@ use chrono::{DateTime, Utc};
 use platform::shutdown::CancellationToken;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{AggregateStore, Folded};
+use crate::store::{AggregateStore, Folded, LogHead, partition_key};
 
 /// Bumped when the snapshot's shape changes; a snapshot of another format is ignored.
-const FORMAT: u32 = 1;
+/// 2: the cluster id.
+const FORMAT: u32 = 2;
 
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
     format: u32,
     topic_prefix: &'a str,
+    cluster_id: Option<&'a str>,
     taken_at: DateTime<Utc>,
     folded: &'a Folded,
 }
@@ -37,12 +45,59 @@ struct SnapshotRef<'a> {
 struct SnapshotFile {
     format: u32,
     topic_prefix: String,
+    cluster_id: Option<String>,
     taken_at: DateTime<Utc>,
     folded: Folded,
 }
 
-/// Reads the snapshot at `path` if there is a usable one for this deployment's topics.
-pub(crate) fn load(path: &Path, topic_prefix: &str) -> Option<Folded> {
+/// Why a snapshot that parses is still not used.
+fn refusal(file: &SnapshotFile, topic_prefix: &str, head: &LogHead) -> Option<String> {
+    if file.format != FORMAT {
+        return Some(format!("it is of format {}, not {FORMAT}", file.format));
+    }
+    if file.topic_prefix != topic_prefix {
+        return Some(format!(
+            "it is of the topics {}.*, not {topic_prefix}.*",
+            file.topic_prefix
+        ));
+    }
+    if file.cluster_id != head.cluster_id {
+        return Some(format!(
+            "it was read from cluster {}, and the broker is cluster {}",
+            file.cluster_id.as_deref().unwrap_or("(unknown)"),
+            head.cluster_id.as_deref().unwrap_or("(unknown)")
+        ));
+    }
+    for ((topic, partition), end) in &head.ends {
+        let read_to = file
+            .folded
+            .positions
+            .get(&partition_key(topic, *partition))
+            .copied()
+            .unwrap_or(0);
+        if read_to > *end {
+            return Some(format!(
+                "it has read {topic}[{partition}] to offset {read_to}, past the log's end {end}"
+            ));
+        }
+    }
+    let unknown = file.folded.positions.keys().find(|key| {
+        !head
+            .ends
+            .keys()
+            .any(|(topic, partition)| partition_key(topic, *partition) == **key)
+    });
+    unknown.map(|key| {
+        format!(
+            "it has read a partition the log does not have ({})",
+            key.replace('\n', "[")
+        ) + "]"
+    })
+}
+
+/// Reads the snapshot at `path` if there is a usable one for this deployment's topics and for
+/// the log as `head` found it.
+pub(crate) fn load(path: &Path, topic_prefix: &str, head: &LogHead) -> Option<Folded> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
@@ -52,13 +107,14 @@ pub(crate) fn load(path: &Path, topic_prefix: &str) -> Option<Folded> {
         }
     };
     match serde_json::from_slice::<SnapshotFile>(&bytes) {
-        Ok(file) if file.format == FORMAT && file.topic_prefix == topic_prefix => {
+        Ok(file) => {
+            if let Some(reason) = refusal(&file, topic_prefix, head) {
+                tracing::warn!(path = %path.display(), %reason, "discarding the snapshot: it does not belong to this log; replaying the log");
+                metrics::counter!("command_store_snapshots_discarded_total").increment(1);
+                return None;
+            }
             tracing::info!(path = %path.display(), taken_at = %file.taken_at, "restoring the aggregate store from its snapshot");
             Some(file.folded)
-        }
-        Ok(file) => {
-            tracing::warn!(format = file.format, prefix = %file.topic_prefix, "the snapshot is of another format or deployment; replaying the log");
-            None
         }
         Err(error) => {
             tracing::warn!(%error, "the snapshot does not parse; replaying the log");
@@ -69,11 +125,17 @@ pub(crate) fn load(path: &Path, topic_prefix: &str) -> Option<Folded> {
 
 /// Writes a snapshot of the store: to a temporary file, flushed to disk, then renamed over the
 /// old one, so a crash leaves either the old snapshot or the new one, never half of one.
-pub(crate) fn save(path: &Path, topic_prefix: &str, store: &AggregateStore) -> std::io::Result<()> {
+pub(crate) fn save(
+    path: &Path,
+    topic_prefix: &str,
+    cluster_id: Option<&str>,
+    store: &AggregateStore,
+) -> std::io::Result<()> {
     let bytes = store.with_folded(|folded| {
         serde_json::to_vec(&SnapshotRef {
             format: FORMAT,
             topic_prefix,
+            cluster_id,
             taken_at: Utc::now(),
             folded,
         })
@@ -100,6 +162,7 @@ pub(crate) async fn run_writer(
     store: Arc<AggregateStore>,
     path: PathBuf,
     topic_prefix: String,
+    cluster_id: Option<String>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
@@ -112,7 +175,11 @@ pub(crate) async fn run_writer(
         let positions = store.with_folded(|folded| folded.positions.clone());
         if positions != last_saved {
             let (store, path, prefix) = (store.clone(), path.clone(), topic_prefix.clone());
-            let saved = tokio::task::spawn_blocking(move || save(&path, &prefix, &store)).await;
+            let cluster = cluster_id.clone();
+            let saved = tokio::task::spawn_blocking(move || {
+                save(&path, &prefix, cluster.as_deref(), &store)
+            })
+            .await;
             match saved {
                 Ok(Ok(())) => {
                     metrics::counter!("command_store_snapshots_total").increment(1);

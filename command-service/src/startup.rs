@@ -19,7 +19,7 @@ use crate::{
     routes::{bookings, facilities, ops, payments},
     settings::Settings,
     snapshot,
-    store::{AggregateStore, Tailer},
+    store::{AggregateStore, LogHead, Tailer},
 };
 
 /// What every handler can reach.
@@ -63,24 +63,30 @@ impl Application {
         let registry = SchemaRegistry::load().context("Failed to compile the event schemas")?;
         let producer =
             EventProducer::new(&settings.kafka).context("Failed to create the producer")?;
+        event_log::topics::verify_partitions(&settings.kafka)
+            .await
+            .context("Refusing to start on the event topics")?;
+        let kafka = settings.kafka.clone();
+        let head = tokio::task::spawn_blocking(move || LogHead::read(&kafka, "command-service"))
+            .await
+            .context("Reading the log's head panicked")?
+            .context(
+                "Failed to read the event topics (do they exist? run `fmctl topics ensure`)",
+            )?;
+        let cluster_id = head.cluster_id.clone();
         let snapshot_path = settings.commands.snapshot_path.clone();
         let restored = snapshot_path
             .as_deref()
-            .and_then(|path| snapshot::load(path, &settings.kafka.topic_prefix));
+            .and_then(|path| snapshot::load(path, &settings.kafka.topic_prefix, &head));
         let restored_from_snapshot = restored.is_some();
         let store = Arc::new(AggregateStore::new(
             registry,
             settings.commands.idempotency_retention,
             restored.unwrap_or_default(),
         ));
-        let kafka = settings.kafka.clone();
-        let tailer_store = store.clone();
-        let tailer = tokio::task::spawn_blocking(move || {
-            Tailer::start(&kafka, "command-service", &tailer_store)
-        })
-        .await
-        .context("Tailer start-up panicked")?
-        .context("Failed to read the event topics (do they exist? run `fmctl topics ensure`)")?;
+        let tailer = Tailer::start(head, &store).context(
+            "Failed to read the event topics (do they exist? run `fmctl topics ensure`)",
+        )?;
         let startup = StartupReport {
             restored_from_snapshot,
             backlog: tailer.backlog(),
@@ -96,6 +102,7 @@ impl Application {
                 store.clone(),
                 path,
                 settings.kafka.topic_prefix.clone(),
+                cluster_id,
                 settings.commands.snapshot_interval,
                 shutdown.clone(),
             )));

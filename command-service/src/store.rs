@@ -25,7 +25,10 @@ use event_log::{
 };
 use futures::StreamExt;
 use platform::shutdown::CancellationToken;
-use rdkafka::{Message, consumer::StreamConsumer};
+use rdkafka::{
+    Message,
+    consumer::{Consumer, StreamConsumer},
+};
 use schemas::{AggregateType, ContractViolation, EventEnvelope, SchemaRegistry};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -321,28 +324,64 @@ impl std::fmt::Debug for Tailer {
     }
 }
 
-impl Tailer {
-    /// Assigns every partition of every event topic from where the store stands (offset 0 for a
-    /// fresh store) and notes where each ends now. A partition the store knows nothing of (new
-    /// partitions, or a snapshot of another deployment) starts at 0.
-    pub(crate) fn start(
+/// The log as the tailer found it when it connected: which cluster holds it, and where each
+/// partition of every event topic ends. A snapshot is checked against it before it is trusted.
+pub(crate) struct LogHead {
+    consumer: StreamConsumer,
+    /// The broker's cluster id (`None` if the broker does not say).
+    pub(crate) cluster_id: Option<String>,
+    /// The next offset of each partition at connection time.
+    pub(crate) ends: BTreeMap<TopicPartition, i64>,
+}
+
+impl std::fmt::Debug for LogHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHead")
+            .field("cluster_id", &self.cluster_id)
+            .field("ends", &self.ends)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogHead {
+    /// Connects to the broker and learns its cluster id and the end of every event partition.
+    /// Blocks: run it off the async runtime.
+    pub(crate) fn read(
         settings: &event_log::KafkaSettings,
         client_id: &str,
-        store: &AggregateStore,
     ) -> Result<Self, LogError> {
         let consumer = consumer::manual_consumer(settings, client_id)?;
         let topics = Topics::new(&settings.topic_prefix).event_topics();
         let partitions = consumer::partitions(&consumer, &topics, settings)?;
-        let targets = consumer::end_offsets(&consumer, &partitions, settings)?;
+        let ends = consumer::end_offsets(&consumer, &partitions, settings)?;
+        let cluster_id = consumer.client().fetch_cluster_id(settings.request_timeout);
+        Ok(Self {
+            consumer,
+            cluster_id,
+            ends,
+        })
+    }
+}
+
+impl Tailer {
+    /// Assigns every partition of every event topic from where the store stands (offset 0 for a
+    /// fresh store); the store is caught up once it has read to where `head` found each
+    /// partition's end. A partition the store knows nothing of (new partitions) starts at 0.
+    pub(crate) fn start(head: LogHead, store: &AggregateStore) -> Result<Self, LogError> {
+        let LogHead {
+            consumer,
+            ends: targets,
+            ..
+        } = head;
         let known = store.positions();
-        let starts: BTreeMap<TopicPartition, i64> = partitions
-            .into_iter()
+        let starts: BTreeMap<TopicPartition, i64> = targets
+            .keys()
             .map(|(topic, partition)| {
                 let start = known
-                    .get(&partition_key(&topic, partition))
+                    .get(&partition_key(topic, *partition))
                     .copied()
                     .unwrap_or(0);
-                ((topic, partition), start)
+                ((topic.clone(), *partition), start)
             })
             .collect();
         consumer::assign(&consumer, &starts)?;

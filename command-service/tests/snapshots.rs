@@ -196,3 +196,82 @@ async fn a_restart_from_the_snapshot_reads_only_newer_records_and_serves_the_sam
     foreign.stop().await;
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+#[tokio::test]
+async fn the_service_refuses_to_start_on_event_topics_with_another_partition_count() {
+    let kafka = fresh_kafka().await;
+    let mut settings = Settings::with_secret(support::SECRET);
+    settings.http.port = 0;
+    settings.kafka = KafkaSettings {
+        partitions: kafka.partitions + 1,
+        ..kafka.clone()
+    };
+    let Err(error) = Application::build(settings, CancellationToken::new()).await else {
+        panic!("the command-service started on topics with the wrong partition count");
+    };
+    let message = format!("{error:#}");
+    let facility_topic =
+        event_log::Topics::new(&kafka.topic_prefix).events(schemas::AggregateType::Facility);
+    assert!(
+        message.contains(&facility_topic)
+            && message.contains(&format!("has {} partitions", kafka.partitions)),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_whose_offsets_lie_past_the_end_of_the_log_is_discarded() {
+    let kafka = fresh_kafka().await;
+    let directory = std::env::temp_dir().join(format!("fm-snapshot-{}", Uuid::new_v4()));
+    let snapshot = directory.join("command-store.json");
+    let director = token(Role::Director, "director-1");
+    let first = start(&kafka, Some(&snapshot)).await;
+    let (status, created) = post(
+        format!("{}/facilities", first.url),
+        &director,
+        None,
+        &facility(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let facility_id = created["facility_id"].as_str().unwrap().to_owned();
+    first.stop().await;
+
+    // The snapshot claims to have read far past the end of the log (as one of a log that lost
+    // records would): it cannot be a cut of this log.
+    let mut file: Value = serde_json::from_slice(&std::fs::read(&snapshot).unwrap()).unwrap();
+    let positions = file["folded"]["positions"].as_object_mut().unwrap();
+    assert_eq!(
+        positions.len(),
+        1,
+        "the facility's partition: {positions:?}"
+    );
+    for offset in positions.values_mut() {
+        *offset = json!(offset.as_i64().unwrap() + 1000);
+    }
+    std::fs::write(&snapshot, serde_json::to_vec(&file).unwrap()).unwrap();
+
+    let again = start(&kafka, Some(&snapshot)).await;
+    assert_eq!(
+        again.startup,
+        StartupReport {
+            restored_from_snapshot: false,
+            backlog: 1
+        },
+        "the snapshot was discarded and the log (one record) replayed"
+    );
+    let (status, _) = post(
+        format!("{}/bookings", again.url),
+        &director,
+        None,
+        &booking(&facility_id, 12),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "the replayed log holds the facility"
+    );
+    again.stop().await;
+    std::fs::remove_dir_all(&directory).unwrap();
+}

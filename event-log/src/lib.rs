@@ -1,9 +1,9 @@
 //! The Kafka adapter every service shares. It speaks plain Kafka protocol (no transactions), so
-//! the same code runs against Tansu, Apache Kafka or Redpanda.
+//! the same code runs against Apache Kafka, a managed Kafka or Redpanda.
 //!
 //! - [`settings`] — broker address, topic prefix, timeouts.
-//! - [`topics`] — topic names (one per aggregate type, plus the dead-letter topic) and their
-//!   creation.
+//! - [`topics`] — topic names (one per aggregate type, plus the dead-letter topic), the settings
+//!   every topic must have on a cluster of a given size, their creation and drift checks.
 //! - [`producer`] — appending envelopes with the idempotent producer, `acks=all`, key = aggregate
 //!   id; every answer is the record's [`LogPosition`].
 //! - [`consumer`] — reading topics from given offsets and learning where they end.
@@ -56,4 +56,17 @@ pub enum LogError {
     Encode(#[from] serde_json::Error),
     #[error("topic {0} is not known to the broker")]
     UnknownTopic(String),
+    /// An event topic has another partition count than the deployment is configured with:
+    /// reading it would break the per-aggregate order (`topics::verify_partitions`).
+    #[error(
+        "topic {topic} has {found} partitions but FM_KAFKA__PARTITIONS is {configured}: \
+         records are placed by key, so the count must never change (docs/operations.md)"
+    )]
+    PartitionCount {
+        topic: String,
+        configured: i32,
+        found: i32,
+    },
+    #[error("a blocking call to the broker failed: {0}")]
+    Blocking(String),
 }

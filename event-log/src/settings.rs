@@ -14,17 +14,22 @@ pub struct KafkaSettings {
     pub topic_prefix: String,
     /// Partitions for topics this deployment creates.
     pub partitions: i32,
-    /// Replication factor for topics this deployment creates (1 on a single broker).
-    pub replication_factor: i32,
+    /// Replication factor for topics this deployment creates; unset, it follows the cluster:
+    /// 3 on three or more brokers, else one per broker (`topics::TopicPolicy`).
+    pub replication_factor: Option<i32>,
+    /// `min.insync.replicas` of those topics: how many replicas must hold a write before it is
+    /// acknowledged. Unset: 2 when the replication factor is 3 or more, else 1.
+    pub min_insync_replicas: Option<i32>,
     /// How long a produce may take before it is reported as failed.
     #[serde(with = "millis")]
     pub delivery_timeout: Duration,
     /// How long metadata and watermark requests may take.
     #[serde(with = "millis")]
     pub request_timeout: Duration,
-    /// How long a consumer's fetch may wait at the broker for new records. A writer reads its
-    /// own record back before it answers, so this bounds write latency on brokers that do not
-    /// answer a waiting fetch as soon as data arrives.
+    /// How long a consumer's fetch may wait at the broker for new records. Apache Kafka answers a
+    /// waiting fetch as soon as a record arrives, so this costs no latency there (librdkafka's
+    /// default); a broker that answers only when the wait expires (Tansu 0.6 did) would add it
+    /// to every write, which reads its own record back before it answers.
     #[serde(with = "millis")]
     pub fetch_wait: Duration,
 }
@@ -35,10 +40,11 @@ impl Default for KafkaSettings {
             brokers: "127.0.0.1:9092".to_owned(),
             topic_prefix: "fm".to_owned(),
             partitions: 3,
-            replication_factor: 1,
+            replication_factor: None,
+            min_insync_replicas: None,
             delivery_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
-            fetch_wait: Duration::from_millis(10),
+            fetch_wait: Duration::from_millis(500),
         }
     }
 }

@@ -59,8 +59,18 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TopicsCommand {
-    /// Create every topic of the deployment that does not exist yet (safe to repeat).
-    Ensure,
+    /// Create every topic of the deployment that does not exist yet, and check every existing
+    /// one against the policy for this cluster (partitions, replication factor, min ISR,
+    /// retention, cleanup policy, unclean leader election). Exits 1 when a topic differs.
+    #[command(
+        after_help = "Examples:\n  fmctl topics ensure\n  fmctl topics ensure --repair\n\nPartitions and replicas are never changed: a new partition count moves aggregates to \nother partitions (docs/operations.md, \"Topic settings\")."
+    )]
+    Ensure {
+        /// Alter topic configs that differ from the policy (retention, cleanup policy, min ISR,
+        /// unclean leader election). Partition and replica counts are only reported.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Every topic of the deployment with its partitions, low/high offsets and record counts.
     #[command(after_help = "Examples:\n  fmctl topics list\n  fmctl topics list --output json")]
     List(inspect::ListArgs),
@@ -125,6 +135,44 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `fmctl topics ensure`: one line per topic (created, ok, repaired, drift and how), then the
+/// policy; fails when any topic still differs from it.
+async fn topics_ensure(kafka: &KafkaSettings, repair: bool) -> anyhow::Result<()> {
+    use event_log::topics::TopicState;
+    let report = event_log::topics::ensure_topics(kafka, repair)
+        .await
+        .with_context(|| format!("Failed to create or check the topics on {}", kafka.brokers))?;
+    let list = |drifts: &[event_log::topics::Drift]| {
+        drifts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    for (topic, state) in &report.topics {
+        match state {
+            TopicState::Created => println!("{topic}\tcreated"),
+            TopicState::Conforms => println!("{topic}\tok"),
+            TopicState::Repaired(drifts) => println!("{topic}\trepaired\t{}", list(drifts)),
+            TopicState::Drifted(drifts) => println!("{topic}\tdrift\t{}", list(drifts)),
+        }
+    }
+    let policy = &report.policy;
+    eprintln!(
+        "policy for {} broker(s): {} partitions, replication factor {}, min.insync.replicas {}, \
+         retention forever, cleanup.policy=delete, unclean.leader.election.enable=false",
+        report.brokers, policy.partitions, policy.replication_factor, policy.min_insync_replicas
+    );
+    if report.drifted() {
+        anyhow::bail!(
+            "some topics differ from the policy (above); `fmctl topics ensure --repair` fixes \
+             their configs, a partition or replica count needs an operator (docs/operations.md, \
+             \"Topic settings\")"
+        );
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings: Settings =
         platform::settings::load().context("Failed to read the FM_* configuration")?;
@@ -135,21 +183,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lag(args) => lag::lag(args).await?,
         Command::Sagas(args) => sagas::sagas(args).await?,
         Command::Topics(TopicsCommand::List(args)) => inspect::topics_list(args).await?,
-        Command::Topics(TopicsCommand::Ensure) => {
-            let created = event_log::topics::ensure_topics(&settings.kafka)
-                .await
-                .with_context(|| {
-                    format!("Failed to create topics on {}", settings.kafka.brokers)
-                })?;
-            let all = event_log::Topics::new(&settings.kafka.topic_prefix).all();
-            for topic in all {
-                let state = if created.contains(&topic) {
-                    "created"
-                } else {
-                    "exists"
-                };
-                println!("{topic}\t{state}");
-            }
+        Command::Topics(TopicsCommand::Ensure { repair }) => {
+            topics_ensure(&settings.kafka, repair).await?;
         }
         Command::Token(TokenCommand::Mint {
             role,

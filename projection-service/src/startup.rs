@@ -59,6 +59,9 @@ impl Application {
             .await
             .context("Failed to run the read-model migrations")?;
         let registry = SchemaRegistry::load().context("Failed to compile the event schemas")?;
+        event_log::topics::verify_partitions(&settings.kafka)
+            .await
+            .context("Refusing to start on the event topics")?;
         let live = versions::ensure_live_version(&pool)
             .await
             .context("Failed to create the first read-model version")?;

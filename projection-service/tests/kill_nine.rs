@@ -137,7 +137,9 @@ async fn read_models_after_repeated_kill_nine_equal_a_fresh_rebuild() {
         topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
         ..KafkaSettings::default()
     };
-    event_log::topics::ensure_topics(&kafka).await.unwrap();
+    event_log::topics::ensure_topics(&kafka, false)
+        .await
+        .unwrap();
     let producer = EventProducer::new(&kafka).unwrap();
     let stories = 300;
 

@@ -70,7 +70,9 @@ async fn sigterm_finishes_the_batch_in_hand_stores_offsets_and_exits_zero() {
         topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
         ..KafkaSettings::default()
     };
-    event_log::topics::ensure_topics(&kafka).await.unwrap();
+    event_log::topics::ensure_topics(&kafka, false)
+        .await
+        .unwrap();
     let producer = EventProducer::new(&kafka).unwrap();
     let stories = 120;
     let writer = {

@@ -37,6 +37,18 @@ impl Application {
             Arc::new(TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?);
         let registry =
             Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
+        // The saga's consumer waits for an unreachable broker, but a topic with another
+        // partition count is a deployment error that waiting cannot mend.
+        match event_log::topics::verify_partitions(&settings.kafka).await {
+            Err(error @ event_log::LogError::PartitionCount { .. }) => {
+                return Err(error).context("Refusing to start on the event topics");
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                "could not check the event topics at start; the consumer retries until it can read them"
+            ),
+            Ok(()) => {}
+        }
         let mut database = settings.database.clone();
         let size = pool_size(database.max_connections, settings.saga.concurrency);
         if size != database.max_connections {

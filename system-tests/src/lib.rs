@@ -41,7 +41,7 @@ pub async fn fresh_kafka() -> anyhow::Result<KafkaSettings> {
         topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
         ..KafkaSettings::default()
     };
-    event_log::topics::ensure_topics(&settings)
+    event_log::topics::ensure_topics(&settings, false)
         .await
         .context("Failed to create the test topics")?;
     Ok(settings)

@@ -297,7 +297,9 @@ async fn ready_fails_while_the_broker_is_stopped_and_recovers_on_its_own_with_no
         topic_prefix: format!("health-{}", Uuid::new_v4().simple()),
         ..KafkaSettings::default()
     };
-    event_log::topics::ensure_topics(&kafka).await.unwrap();
+    event_log::topics::ensure_topics(&kafka, false)
+        .await
+        .unwrap();
     let database_url = system_tests::fresh_database().await.unwrap();
     let services = Services::spawn(&kafka, &database_url).await;
     let facility_id = services.facility().await;

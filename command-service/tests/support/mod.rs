@@ -27,7 +27,9 @@ pub(crate) async fn fresh_kafka() -> KafkaSettings {
         topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
         ..KafkaSettings::default()
     };
-    event_log::topics::ensure_topics(&settings).await.unwrap();
+    event_log::topics::ensure_topics(&settings, false)
+        .await
+        .unwrap();
     settings
 }
 

@@ -1,4 +1,4 @@
-//! A PostgreSQL and a Tansu broker of the test's own, on free ports in a temporary directory, so
+//! A PostgreSQL and an Apache Kafka node of the test's own, on free ports in a temporary directory, so
 //! that a test can stop and restart them without touching the shared test servers.
 //!
 //! PostgreSQL refuses to run as root; as root its commands run as the `postgres` OS user (as in
@@ -196,34 +196,32 @@ impl Drop for PrivatePostgres {
     }
 }
 
-/// A throw-away Tansu broker with durable (`SQLite`) storage, so that a restart keeps the log.
+/// A throw-away Apache Kafka node (broker and controller) with durable storage, so that a restart
+/// keeps the log. Started through `compose/kafka/broker`, as every other Kafka of the project.
 #[derive(Debug)]
 pub(crate) struct PrivateBroker {
     dir: PathBuf,
     child: Option<Child>,
     pub(crate) port: u16,
+    controller_port: u16,
 }
 
-fn tansu_bin() -> PathBuf {
-    let home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|_| std::env::var("HOME").map(|home| PathBuf::from(home).join(".cargo")))
-        .unwrap();
-    let installed = home.join("bin/tansu");
-    if installed.exists() {
-        return installed;
-    }
-    PathBuf::from("tansu")
+/// What Kafka logs once a node serves clients; counted to tell this start from an earlier one.
+const KAFKA_STARTED: &str = "Kafka Server started";
+
+fn broker_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/kafka/broker")
 }
 
 impl PrivateBroker {
     pub(crate) fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("fm-tansu-{}", Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!("fm-kafka-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut broker = Self {
             dir,
             child: None,
             port: free_port(),
+            controller_port: free_port(),
         };
         broker.start_again();
         broker
@@ -233,7 +231,15 @@ impl PrivateBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Stops the broker with SIGTERM and waits for it to exit.
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("kafka.log")
+    }
+
+    fn starts_logged(&self) -> usize {
+        std::fs::read_to_string(self.log_path()).map_or(0, |log| log.matches(KAFKA_STARTED).count())
+    }
+
+    /// Stops the broker with SIGTERM (Kafka's controlled shutdown) and waits for it to exit.
     pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let status = Command::new("kill")
@@ -241,7 +247,7 @@ impl PrivateBroker {
                 .status()
                 .unwrap();
             assert!(status.success());
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + Duration::from_mins(1);
             while child.try_wait().unwrap().is_none() {
                 if Instant::now() > deadline {
                     child.kill().unwrap();
@@ -257,32 +263,37 @@ impl PrivateBroker {
         });
     }
 
-    /// Starts the broker (again) on the same port and storage.
+    /// Stops the broker, deletes its data (the log and its cluster id) and starts a new, empty
+    /// cluster on the same ports.
+    pub(crate) fn purge(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(self.dir.join("node")).unwrap();
+        self.start_again();
+    }
+
+    /// Starts the broker (again) on the same ports and storage; returns once it serves clients.
     pub(crate) fn start_again(&mut self) {
-        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let before = self.starts_logged();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("tansu.log"))
+            .open(self.log_path())
             .unwrap();
-        // Tansu 0.6 opens sqlite paths relative to its working directory (compose/lib.sh).
-        let child = Command::new(tansu_bin())
-            .args(["broker", "--cluster-id", "fm-private-test"])
-            .args(["--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .env("NO_COLOR", "1")
-            .env_remove("SCHEMA_REGISTRY")
-            .current_dir(&self.dir)
+        let child = Command::new(broker_script())
+            .arg("run")
+            .arg("--data")
+            .arg(self.dir.join("node"))
+            .args(["--port", &self.port.to_string()])
+            .args(["--controller-port", &self.controller_port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("tansu is installed (compose/test installs it)");
+            .expect("compose/kafka/broker runs (compose/test installs Apache Kafka)");
         self.child = Some(child);
         let port = self.port;
-        wait_until("the broker listens", Duration::from_secs(30), || {
-            listening(port)
+        wait_until("the broker serves clients", Duration::from_secs(90), || {
+            self.starts_logged() > before && listening(port)
         });
     }
 }
