@@ -39,7 +39,8 @@ async fn start(kafka: &KafkaSettings, snapshot: &Path) -> Running {
         .unwrap();
     let (url, startup) = (format!("http://127.0.0.1:{}", app.port()), app.startup());
     let task = tokio::spawn(app.run_until_stopped());
-    for _ in 0..600 {
+    // Generous: on a loaded 2-core machine a fresh broker and a replay can take a while.
+    for _ in 0..2400 {
         let ready = reqwest::get(format!("{url}/ready")).await;
         if ready.is_ok_and(|r| r.status().is_success()) {
             return Running {
