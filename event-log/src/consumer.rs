@@ -2,10 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use rdkafka::{
-    ClientConfig, Offset, TopicPartitionList,
-    consumer::{Consumer, StreamConsumer},
-};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList, consumer::Consumer};
+
+pub use rdkafka::consumer::StreamConsumer;
 
 use crate::{KafkaSettings, LogError};
 

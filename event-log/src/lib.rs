@@ -7,6 +7,7 @@
 //! - [`producer`] — appending envelopes with the idempotent producer, `acks=all`, key = aggregate
 //!   id; every answer is the record's [`LogPosition`].
 //! - [`consumer`] — reading topics from given offsets and learning where they end.
+//! - [`record`] — one record as a consumer sees it (position, key, bytes, headers).
 //! - [`dead_letters`] — reading a dead letter back and retrying it on its origin topic.
 //! - [`resolution`] — the one rule by which every reader admits or refuses an event, so that
 //!   racing writers are resolved the same way everywhere (`docs/consistency.md`).
@@ -14,6 +15,7 @@
 pub mod consumer;
 pub mod dead_letters;
 pub mod producer;
+pub mod record;
 pub mod resolution;
 pub mod settings;
 pub mod topics;
@@ -23,6 +25,7 @@ use schemas::ConsistencyToken;
 use thiserror::Error;
 
 pub use producer::EventProducer;
+pub use record::Record;
 pub use settings::KafkaSettings;
 pub use topics::Topics;
 

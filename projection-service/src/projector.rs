@@ -1,11 +1,12 @@
-//! The consume-apply-commit loop of one read-model version.
+//! One read-model version's projector: the read models as a `batch_consumer::BatchApplier`.
 //!
-//! A projector assigns itself every partition of every event topic explicitly, starting at the
-//! offsets stored in its version's schema (0 for a partition never read; see docs/read-side.md
-//! for why explicit assignment and not a consumer group). It takes the records that are ready,
-//! up to `batch_size`, and applies them in **one** transaction that also stores the next offset
-//! of every partition the batch touched, so the offsets can never disagree with the read models:
-//! a crash (even `kill -9` mid-batch) loses the whole transaction and the batch is read again.
+//! The loop is the shared batch consumer's: every partition of every event topic is assigned
+//! explicitly, starting at the offsets stored in the version's schema (`projection_offsets`; see
+//! docs/read-side.md for why explicit assignment and not a consumer group), and each batch of
+//! ready records, up to `batch_size`, is applied in **one** transaction that also stores the next
+//! offset of every partition the batch touched, so the offsets can never disagree with the read
+//! models: a crash (even `kill -9` mid-batch) loses the whole transaction and the batch is read
+//! again.
 //!
 //! A record that breaks the contract goes to the dead-letter topic before the batch commits, so
 //! it is never lost either (a crash between the two may dead-letter it twice; each dead letter
@@ -14,8 +15,8 @@
 //! `projection_anomalies`. An event at or below the last applied sequence (a duplicate: a
 //! losing writer's record) is counted and logged, never applied.
 //!
-//! A projector of a `building` version also tries to switch its version live whenever it has
-//! reached the end of the log (`crate::versions::try_switch`).
+//! A projector of a `building` version also runs a task that tries to switch its version live
+//! once it has reached the end of the log (`crate::versions::try_switch`).
 //!
 //! Each record is handled in a `project_event` span that continues the trace named by the
 //! record's `traceparent` header, so the projection of an event shows up in the trace of the
@@ -35,18 +36,14 @@ use std::{
     time::Duration,
 };
 
+use batch_consumer::{BatchApplier, BatchConsumer, ConsumerConfig, OffsetTable, RecordOutcome};
 use event_log::{
-    EventProducer, LogError, LogPosition, Topics,
-    consumer::{self, TopicPartition},
+    EventProducer, LogPosition, Record, Topics,
+    consumer::{self, StreamConsumer, TopicPartition},
     producer::headers,
 };
-use futures::StreamExt;
 use platform::shutdown::CancellationToken;
-use rdkafka::{
-    Message,
-    consumer::StreamConsumer,
-    message::{BorrowedMessage, Header, Headers, OwnedHeaders},
-};
+use rdkafka::message::{Header, OwnedHeaders};
 use schemas::{ContractViolation, EventEnvelope, SchemaRegistry};
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
@@ -55,6 +52,10 @@ use crate::{
     read_models::{self, Applied, ApplyError},
     versions::{self, SwitchOutcome},
 };
+
+/// Where a version's projector keeps its offsets (in the version's schema, found through the
+/// `search_path` of its connections).
+const OFFSETS: OffsetTable = OffsetTable::new("projection_offsets");
 
 /// What a projector needs besides its version.
 #[derive(Debug, Clone)]
@@ -67,13 +68,9 @@ pub(crate) struct ProjectorConfig {
 
 /// Reads the log into one version of the read models until shut down.
 pub(crate) struct Projector {
-    consumer: StreamConsumer,
-    worker: Worker,
-}
-
-/// Everything but the consumer, which the record stream borrows while the worker applies.
-struct Worker {
+    consumer: BatchConsumer<ReadModels>,
     version: i32,
+    building: bool,
     /// Connections whose `search_path` is this version's schema.
     pool: PgPool,
     /// Connections with the default `search_path`, for `projection_versions`.
@@ -81,51 +78,28 @@ struct Worker {
     /// A second client for watermark requests, which block; the first one is busy streaming.
     watermarks: Arc<StreamConsumer>,
     partitions: Vec<TopicPartition>,
-    registry: Arc<SchemaRegistry>,
-    dead_letters: EventProducer,
-    topics: Topics,
     config: ProjectorConfig,
-    building: bool,
     /// The next offset of each partition as last committed, for the lag gauge.
     committed: Arc<Mutex<BTreeMap<TopicPartition, i64>>>,
-    /// For a building version: the end of the log observed when it first looked, which it must
-    /// reach before it may switch (the end itself moves on under load; what happens after this
-    /// point is applied to the new version as well, so nothing is missed at the switch).
-    switch_target: Option<BTreeMap<TopicPartition, i64>>,
 }
 
 impl std::fmt::Debug for Projector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.worker.fmt(f)
-    }
-}
-
-impl std::fmt::Debug for Worker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker")
+        f.debug_struct("Projector")
             .field("version", &self.version)
             .field("building", &self.building)
             .finish_non_exhaustive()
     }
 }
 
-/// What one record of a batch came to.
-enum Outcome {
-    Applied,
-    Duplicate,
-    Gap,
-    DeadLettered,
-}
-
-impl Outcome {
-    fn label(&self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Duplicate => "duplicate",
-            Self::Gap => "gap",
-            Self::DeadLettered => "dead_lettered",
-        }
-    }
+/// The read models of one version, as the batch consumer's applier.
+struct ReadModels {
+    version: i32,
+    registry: Arc<SchemaRegistry>,
+    dead_letters: EventProducer,
+    topics: Topics,
+    /// Shared with the lag sampler.
+    committed: Arc<Mutex<BTreeMap<TopicPartition, i64>>>,
 }
 
 /// Why a record is dead-lettered: the full text goes with the dead letter, the log gets a form
@@ -144,24 +118,6 @@ impl From<&ContractViolation> for Reason {
     }
 }
 
-/// Stores the next offset of a partition; never moves it backwards.
-async fn store_offset(
-    conn: &mut PgConnection,
-    (topic, partition): &TopicPartition,
-    next_offset: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO projection_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) \
-         ON CONFLICT (topic, partition) DO UPDATE SET next_offset = GREATEST(projection_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
-    )
-    .bind(topic)
-    .bind(partition)
-    .bind(next_offset)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 impl Projector {
     /// Assigns the partitions at the version's stored offsets.
     pub(crate) async fn start(
@@ -175,47 +131,47 @@ impl Projector {
         let settings = &config.kafka;
         let topics = Topics::new(&settings.topic_prefix);
         let client_id = format!("projection-service-v{version}");
-        let consumer = consumer::manual_consumer(settings, &client_id)?;
         let watermarks = Arc::new(consumer::manual_consumer(
             settings,
             &format!("{client_id}-watermarks"),
         )?);
-        let event_topics = topics.event_topics();
-        let (watermarks, partitions) = {
-            let settings = settings.clone();
-            tokio::task::spawn_blocking(move || {
-                let partitions = consumer::partitions(&watermarks, &event_topics, &settings)?;
-                Ok::<_, LogError>((watermarks, partitions))
-            })
-            .await??
+        let committed = Arc::new(Mutex::new(BTreeMap::new()));
+        let read_models = ReadModels {
+            version,
+            registry,
+            dead_letters: EventProducer::new(settings)?,
+            topics: topics.clone(),
+            committed: committed.clone(),
         };
-        let mut conn = pool.acquire().await?;
-        let stored = versions::stored_offsets(&mut conn, version).await?;
-        drop(conn);
-        let offsets: BTreeMap<TopicPartition, i64> = partitions
-            .iter()
-            .map(|tp| (tp.clone(), stored.get(tp).copied().unwrap_or(0)))
-            .collect();
-        consumer::assign(&consumer, &offsets)?;
-        tracing::info!(version, building, ?offsets, "projector assigned");
-        let dead_letters = EventProducer::new(settings)?;
-        let committed = Arc::new(Mutex::new(offsets));
+        let consumer = BatchConsumer::start(
+            ConsumerConfig {
+                kafka: settings.clone(),
+                client_id,
+                topics: topics.event_topics(),
+                batch_size: config.batch_size,
+                backoff: batch_consumer::Backoff::default(),
+            },
+            pool.clone(),
+            OFFSETS,
+            read_models,
+        )
+        .await?;
+        let offsets = consumer.starting_offsets().clone();
+        tracing::info!(version, building, "projector assigned");
+        let partitions = offsets.keys().cloned().collect();
+        *committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = offsets;
         Ok(Self {
             consumer,
-            worker: Worker {
-                version,
-                pool,
-                admin_pool,
-                watermarks,
-                partitions,
-                registry,
-                dead_letters,
-                topics,
-                config,
-                building,
-                committed,
-                switch_target: None,
-            },
+            version,
+            building,
+            pool,
+            admin_pool,
+            watermarks,
+            partitions,
+            config,
+            committed,
         })
     }
 
@@ -223,41 +179,43 @@ impl Projector {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let Self {
             consumer,
-            mut worker,
+            version,
+            building,
+            pool,
+            admin_pool,
+            watermarks,
+            partitions,
+            config,
+            committed,
         } = self;
         let lag = tokio::spawn(report_lag(
-            worker.version,
-            worker.watermarks.clone(),
-            worker.partitions.clone(),
-            worker.committed.clone(),
-            worker.config.clone(),
+            version,
+            watermarks.clone(),
+            partitions.clone(),
+            committed,
+            config.clone(),
             shutdown.clone(),
         ));
-        let mut batches = consumer.stream().ready_chunks(worker.config.batch_size);
-        let mut tick = tokio::time::interval(worker.config.switch_check_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                batch = batches.next() => {
-                    let Some(batch) = batch else { break };
-                    let messages: Vec<BorrowedMessage<'_>> = batch
-                        .into_iter()
-                        .filter_map(|message| {
-                            message
-                                .inspect_err(|error| tracing::warn!(%error, "error reading the log; going on"))
-                                .ok()
-                        })
-                        .collect();
-                    if !messages.is_empty() {
-                        worker.handle_until_done(&messages, &shutdown).await;
-                    }
+        let switch = building.then(|| {
+            tokio::spawn(
+                Switch {
+                    version,
+                    pool,
+                    admin_pool,
+                    watermarks,
+                    partitions,
+                    config,
+                    target: None,
                 }
-                _ = tick.tick(), if worker.building => worker.check_switch().await,
-            }
-        }
+                .run(shutdown.clone()),
+            )
+        });
+        consumer.run(shutdown).await;
         lag.abort();
-        tracing::info!(version = worker.version, "projector stopped");
+        if let Some(switch) = switch {
+            switch.abort();
+        }
+        tracing::info!(version, "projector stopped");
     }
 }
 
@@ -311,105 +269,72 @@ async fn report_lag(
     }
 }
 
-impl Worker {
-    /// Applies one batch, retrying with backoff while the database or broker is down.
-    async fn handle_until_done(
+impl BatchApplier for ReadModels {
+    type Error = anyhow::Error;
+
+    /// Each record in a `project_event` span that continues the trace of the request that
+    /// appended it.
+    async fn apply(
         &self,
-        messages: &[BorrowedMessage<'_>],
-        shutdown: &CancellationToken,
-    ) {
-        let mut backoff = Duration::from_millis(100);
-        let version = self.version.to_string();
-        loop {
-            let started = std::time::Instant::now();
-            let result = self.handle_batch(messages).await;
-            metrics::histogram!("projection_batch_seconds", "version" => version.clone())
-                .record(started.elapsed().as_secs_f64());
-            let label = if result.is_ok() {
-                "committed"
-            } else {
-                "failed"
-            };
-            metrics::counter!("projection_batches_total", "version" => version.clone(), "result" => label)
-                .increment(1);
-            match result {
-                Ok(()) => return,
-                Err(error) => {
-                    tracing::error!(%error, version = self.version, records = messages.len(), "could not project a batch; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        tx: &mut PgConnection,
+        record: &Record<'_>,
+    ) -> anyhow::Result<RecordOutcome> {
+        let position = record.position();
+        let span = tracing::info_span!(
+            "project_event",
+            version = self.version,
+            topic = %position.topic,
+            partition = position.partition,
+            offset = position.offset,
+            event_type = tracing::field::Empty,
+            aggregate_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        let parent = record
+            .header_str(headers::TRACEPARENT)
+            .and_then(|traceparent| {
+                platform::trace::parse_traceparent(
+                    traceparent,
+                    record.header_str(platform::trace::TRACESTATE),
+                )
+            });
+        platform::trace::continue_trace(&span, parent);
+        self.handle_record(tx, record).instrument(span).await
     }
 
-    async fn handle_batch(&self, messages: &[BorrowedMessage<'_>]) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let mut next_offsets: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-        let mut outcomes = Vec::with_capacity(messages.len());
-        for message in messages {
-            let position = LogPosition {
-                topic: message.topic().to_owned(),
-                partition: message.partition(),
-                offset: message.offset(),
-            };
-            let span = tracing::info_span!(
-                "project_event",
-                version = self.version,
-                topic = %position.topic,
-                partition = position.partition,
-                offset = position.offset,
-                event_type = tracing::field::Empty,
-                aggregate_id = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
-            );
-            platform::trace::continue_trace(
-                &span,
-                platform::trace::context_from_kafka_headers(message.headers()),
-            );
-            let outcome = self
-                .handle_record(&mut tx, message, &position)
-                .instrument(span)
-                .await?;
-            outcomes.push(outcome);
-            let next = next_offsets
-                .entry((position.topic.clone(), position.partition))
-                .or_insert(0);
-            *next = (*next).max(position.offset + 1);
-        }
-        for (tp, next) in &next_offsets {
-            store_offset(&mut tx, tp, *next).await?;
-        }
-        tx.commit().await?;
+    fn committed(&self, next_offsets: &BTreeMap<TopicPartition, i64>, outcomes: &[RecordOutcome]) {
         self.committed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend(next_offsets);
+            .extend(next_offsets.iter().map(|(tp, next)| (tp.clone(), *next)));
         let version = self.version.to_string();
         for outcome in outcomes {
             metrics::counter!("projection_events_total", "version" => version.clone(), "outcome" => outcome.label()).increment(1);
         }
-        Ok(())
     }
 
+    fn attempted(&self, committed: bool, elapsed: Duration) {
+        let version = self.version.to_string();
+        metrics::histogram!("projection_batch_seconds", "version" => version.clone())
+            .record(elapsed.as_secs_f64());
+        let result = if committed { "committed" } else { "failed" };
+        metrics::counter!("projection_batches_total", "version" => version, "result" => result)
+            .increment(1);
+    }
+}
+
+impl ReadModels {
     async fn handle_record(
         &self,
         tx: &mut PgConnection,
-        message: &BorrowedMessage<'_>,
-        position: &LogPosition,
-    ) -> anyhow::Result<Outcome> {
-        let envelope = match self
-            .registry
-            .validate_bytes(message.payload().unwrap_or_default())
-        {
+        record: &Record<'_>,
+    ) -> anyhow::Result<RecordOutcome> {
+        let position = record.position();
+        let envelope = match self.registry.validate_bytes(record.payload()) {
             Ok(envelope) => envelope,
             Err(violation) => {
-                self.dead_letter(message, position, &Reason::from(&violation))
-                    .await?;
-                return Ok(Outcome::DeadLettered);
+                self.dead_letter(record, &Reason::from(&violation)).await?;
+                return Ok(RecordOutcome::DeadLettered);
             }
         };
         let span = tracing::Span::current();
@@ -427,11 +352,11 @@ impl Worker {
                 for_log: full.clone(),
                 full,
             };
-            self.dead_letter(message, position, &reason).await?;
-            return Ok(Outcome::DeadLettered);
+            self.dead_letter(record, &reason).await?;
+            return Ok(RecordOutcome::DeadLettered);
         }
         match read_models::apply(&mut *tx, &self.registry, &envelope).await {
-            Ok(Applied::Changed) => Ok(Outcome::Applied),
+            Ok(Applied::Changed) => Ok(RecordOutcome::Applied),
             Ok(Applied::Stale) => {
                 tracing::warn!(
                     version = self.version,
@@ -441,7 +366,7 @@ impl Worker {
                     topic = %position.topic, partition = position.partition, offset = position.offset,
                     "duplicate sequence in an aggregate stream (a losing writer's record); not applied"
                 );
-                Ok(Outcome::Duplicate)
+                Ok(RecordOutcome::Duplicate)
             }
             Ok(Applied::Gap { expected }) => {
                 tracing::error!(
@@ -453,13 +378,12 @@ impl Worker {
                     "gap in an aggregate stream; event not applied"
                 );
                 record_gap(&mut *tx, &envelope, expected, position).await?;
-                Ok(Outcome::Gap)
+                Ok(RecordOutcome::Gap)
             }
             // Decoding happens before any write, so nothing of this record is in the transaction.
             Err(ApplyError::Contract(violation)) => {
-                self.dead_letter(message, position, &Reason::from(&violation))
-                    .await?;
-                Ok(Outcome::DeadLettered)
+                self.dead_letter(record, &Reason::from(&violation)).await?;
+                Ok(RecordOutcome::DeadLettered)
             }
             Err(ApplyError::Database(error)) => Err(error.into()),
         }
@@ -467,12 +391,8 @@ impl Worker {
 
     /// Sends a record that cannot be used to the dead-letter topic with the reason and its
     /// origin. Its offset is stored with the rest of the batch, so the projector moves on.
-    async fn dead_letter(
-        &self,
-        message: &BorrowedMessage<'_>,
-        position: &LogPosition,
-        reason: &Reason,
-    ) -> anyhow::Result<()> {
+    async fn dead_letter(&self, record: &Record<'_>, reason: &Reason) -> anyhow::Result<()> {
+        let position = record.position();
         tracing::warn!(reason = %reason.for_log, topic = %position.topic, partition = position.partition, offset = position.offset, "dead-lettering a record");
         let reason = reason.full.as_str();
         let partition = position.partition.to_string();
@@ -501,11 +421,7 @@ impl Worker {
             headers::CAUSATION_ID,
             headers::TRACEPARENT,
         ] {
-            let value = message
-                .headers()
-                .and_then(|h| h.iter().find(|header| header.key == name))
-                .and_then(|header| header.value);
-            if let Some(value) = value {
+            if let Some(value) = record.header(name) {
                 record_headers = record_headers.insert(Header {
                     key: name,
                     value: Some(value),
@@ -515,23 +431,54 @@ impl Worker {
         self.dead_letters
             .send(
                 &self.topics.dead_letter(),
-                message.key(),
-                message.payload().unwrap_or_default(),
+                record.key(),
+                record.payload(),
                 record_headers,
             )
             .await?;
         Ok(())
     }
+}
 
-    /// For a building version: once it has read up to the end of the log observed at its first
-    /// check, try to switch it live. Failures are logged and retried at the next check.
-    async fn check_switch(&mut self) {
+/// A building version's switch: once the version has read up to the end of the log observed at
+/// its first check, it tries to switch it live, every `switch_check_interval` until it has.
+struct Switch {
+    version: i32,
+    pool: PgPool,
+    admin_pool: PgPool,
+    watermarks: Arc<StreamConsumer>,
+    partitions: Vec<TopicPartition>,
+    config: ProjectorConfig,
+    /// The end of the log observed when it first looked, which the version must reach before it
+    /// may switch (the end itself moves on under load; what happens after this point is applied
+    /// to the new version as well, so nothing is missed at the switch).
+    target: Option<BTreeMap<TopicPartition, i64>>,
+}
+
+impl Switch {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.switch_check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if self.check().await {
+                return;
+            }
+        }
+    }
+
+    /// One check; `true` once the version is no longer building. Failures are logged and
+    /// retried at the next check.
+    async fn check(&mut self) -> bool {
         match self.reached_target().await {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => return false,
             Err(error) => {
                 tracing::warn!(%error, version = self.version, "could not check the rebuild's progress");
-                return;
+                return false;
             }
         }
         match versions::try_switch(&self.admin_pool, self.version).await {
@@ -541,13 +488,14 @@ impl Worker {
                     ?retired,
                     "read-model version switched live"
                 );
-                self.building = false;
+                true
             }
             // The live projector committed a batch this one has not applied yet: next tick.
-            Ok(SwitchOutcome::Behind) => {}
-            Ok(SwitchOutcome::NotBuilding) => self.building = false,
+            Ok(SwitchOutcome::Behind) => false,
+            Ok(SwitchOutcome::NotBuilding) => true,
             Err(error) => {
                 tracing::warn!(%error, version = self.version, "could not switch the rebuilt version live");
+                false
             }
         }
     }
@@ -555,7 +503,7 @@ impl Worker {
     /// Whether the stored offsets have reached the switch target on every partition (the target
     /// is observed on the first call).
     async fn reached_target(&mut self) -> anyhow::Result<bool> {
-        if self.switch_target.is_none() {
+        if self.target.is_none() {
             let watermarks = self.watermarks.clone();
             let partitions = self.partitions.clone();
             let settings = self.config.kafka.clone();
@@ -568,12 +516,12 @@ impl Worker {
                 ?ends,
                 "rebuild will switch once it has read this far"
             );
-            self.switch_target = Some(ends);
+            self.target = Some(ends);
         }
         let mut conn = self.pool.acquire().await?;
-        let stored = versions::stored_offsets(&mut conn, self.version).await?;
+        let stored = OFFSETS.stored(&mut conn).await?;
         Ok(self
-            .switch_target
+            .target
             .iter()
             .flatten()
             .all(|(tp, end)| stored.get(tp).copied().unwrap_or(0) >= *end))

@@ -1,6 +1,6 @@
 //! Log → facts. Reads the booking, facility and payment topics from the offsets stored in the
 //! `saga` schema and, for each batch, changes the saga rows and stores the next offsets in
-//! **one** transaction (the projector's pattern): a crash never skips an event's effect on a
+//! **one** transaction (`batch_consumer`, the loop the projector uses too): a crash never skips an event's effect on a
 //! saga nor applies it twice. Every event passes the admission rule first, so a losing
 //! writer's record is never taken as a fact.
 //!
@@ -13,21 +13,12 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use batch_consumer::{BatchApplier, BatchConsumer, ConsumerConfig, RecordOutcome};
 use domain::{
     booking::BookingEvent, facility::FacilityEvent, payment::PaymentEvent, values::BookingId,
 };
-use event_log::{
-    LogPosition, Topics,
-    consumer::{self, TopicPartition},
-    resolution::Admission,
-};
-use futures::StreamExt;
+use event_log::{Record, Topics, consumer::TopicPartition, resolution::Admission};
 use platform::shutdown::CancellationToken;
-use rdkafka::{
-    Message,
-    consumer::StreamConsumer,
-    message::{BorrowedMessage, Headers},
-};
 use schemas::{AggregateType, EventEnvelope, SchemaRegistry};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
@@ -37,11 +28,20 @@ use crate::{
     store,
 };
 
-/// What the consumer needs.
-#[derive(Debug, Clone)]
-pub struct ConsumerConfig {
-    pub kafka: event_log::KafkaSettings,
-    pub batch_size: usize,
+/// The consumer's settings: the three event topics, read as `saga-runner`.
+pub fn config(kafka: &event_log::KafkaSettings, batch_size: usize) -> ConsumerConfig {
+    let topics = Topics::new(&kafka.topic_prefix);
+    ConsumerConfig {
+        kafka: kafka.clone(),
+        client_id: "saga-runner".to_owned(),
+        topics: vec![
+            topics.events(AggregateType::Booking),
+            topics.events(AggregateType::Facility),
+            topics.events(AggregateType::Payment),
+        ],
+        batch_size,
+        backoff: batch_consumer::Backoff::default(),
+    }
 }
 
 /// Waits until this replica holds the consumer lock, then reads the log until shut down.
@@ -55,8 +55,13 @@ pub async fn run(
     let Some(leader) = become_leader(leader, &shutdown).await else {
         return;
     };
+    let topics = Topics::new(&config.kafka.topic_prefix);
     let consumer = loop {
-        match start(&pool, &config).await {
+        let facts = Facts {
+            registry: registry.clone(),
+            topics: topics.clone(),
+        };
+        match BatchConsumer::start(config.clone(), pool.clone(), store::OFFSETS, facts).await {
             Ok(consumer) => break consumer,
             Err(error) => {
                 tracing::error!(%error, "could not start the saga's consumer; retrying");
@@ -67,33 +72,8 @@ pub async fn run(
             }
         }
     };
-    let applier = Applier {
-        pool,
-        registry,
-        topics: Topics::new(&config.kafka.topic_prefix),
-    };
-    let mut batches = consumer.stream().ready_chunks(config.batch_size.max(1));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            batch = batches.next() => {
-                let Some(batch) = batch else { break };
-                let messages: Vec<BorrowedMessage<'_>> = batch
-                    .into_iter()
-                    .filter_map(|message| {
-                        message
-                            .inspect_err(|error| tracing::warn!(%error, "error reading the log; going on"))
-                            .ok()
-                    })
-                    .collect();
-                if !messages.is_empty() {
-                    applier.apply_until_done(&messages, &shutdown).await;
-                }
-            }
-        }
-    }
+    consumer.run(shutdown).await;
     drop(leader);
-    tracing::info!("saga consumer stopped");
 }
 
 /// Takes the database-wide consumer lock on `conn`, waiting while another replica holds it.
@@ -127,127 +107,80 @@ async fn become_leader(
     }
 }
 
-async fn start(pool: &PgPool, config: &ConsumerConfig) -> anyhow::Result<StreamConsumer> {
-    let topics = Topics::new(&config.kafka.topic_prefix);
-    let consumer = consumer::manual_consumer(&config.kafka, "saga-runner")?;
-    let names = [
-        topics.events(AggregateType::Booking),
-        topics.events(AggregateType::Facility),
-        topics.events(AggregateType::Payment),
-    ];
-    let settings = config.kafka.clone();
-    let (consumer, partitions) = tokio::task::spawn_blocking(move || {
-        let partitions = consumer::partitions(&consumer, &names, &settings)?;
-        Ok::<_, event_log::LogError>((consumer, partitions))
-    })
-    .await??;
-    let stored = store::stored_offsets(pool).await?;
-    let offsets: BTreeMap<TopicPartition, i64> = partitions
-        .iter()
-        .map(|tp| (tp.clone(), stored.get(tp).copied().unwrap_or(0)))
-        .collect();
-    consumer::assign(&consumer, &offsets)?;
-    tracing::info!(?offsets, "saga consumer assigned");
-    Ok(consumer)
-}
-
-struct Applier {
-    pool: PgPool,
+/// The sagas' facts, as the batch consumer's applier.
+struct Facts {
     registry: Arc<SchemaRegistry>,
     topics: Topics,
 }
 
-impl Applier {
-    async fn apply_until_done(
+impl BatchApplier for Facts {
+    type Error = anyhow::Error;
+
+    async fn apply(
         &self,
-        messages: &[BorrowedMessage<'_>],
-        shutdown: &CancellationToken,
-    ) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.apply_batch(messages).await {
-                Ok(()) => return,
-                Err(error) => {
-                    metrics::counter!("saga_runner_errors_total", "part" => "consumer")
-                        .increment(1);
-                    tracing::error!(%error, records = messages.len(), "could not apply a batch to the sagas; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        tx: &mut PgConnection,
+        record: &Record<'_>,
+    ) -> anyhow::Result<RecordOutcome> {
+        self.apply_record(tx, record).await
     }
 
-    async fn apply_batch(&self, messages: &[BorrowedMessage<'_>]) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let mut next_offsets: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-        let mut outcomes = Vec::with_capacity(messages.len());
-        for message in messages {
-            let position = LogPosition {
-                topic: message.topic().to_owned(),
-                partition: message.partition(),
-                offset: message.offset(),
-            };
-            outcomes.push(self.apply_record(&mut tx, message, &position).await?);
-            let next = next_offsets
-                .entry((position.topic.clone(), position.partition))
-                .or_insert(0);
-            *next = (*next).max(position.offset + 1);
-        }
-        for (tp, next) in &next_offsets {
-            store::store_offset(&mut tx, tp, *next).await?;
-        }
+    /// Idle workers wake at once when the batch commits.
+    async fn before_commit(&self, tx: &mut PgConnection) -> anyhow::Result<()> {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(store::WAKE_CHANNEL)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        for outcome in outcomes {
-            metrics::counter!("saga_events_total", "outcome" => outcome).increment(1);
-        }
         Ok(())
     }
 
+    fn committed(&self, _: &BTreeMap<TopicPartition, i64>, outcomes: &[RecordOutcome]) {
+        for outcome in outcomes {
+            metrics::counter!("saga_events_total", "outcome" => outcome.label()).increment(1);
+        }
+    }
+
+    fn attempted(&self, committed: bool, _: Duration) {
+        if !committed {
+            metrics::counter!("saga_runner_errors_total", "part" => "consumer").increment(1);
+        }
+    }
+}
+
+impl Facts {
     async fn apply_record(
         &self,
         tx: &mut PgConnection,
-        message: &BorrowedMessage<'_>,
-        position: &LogPosition,
-    ) -> anyhow::Result<&'static str> {
-        let envelope = match self
-            .registry
-            .validate_bytes(message.payload().unwrap_or_default())
-        {
+        record: &Record<'_>,
+    ) -> anyhow::Result<RecordOutcome> {
+        let position = record.position();
+        let envelope = match self.registry.validate_bytes(record.payload()) {
             Ok(envelope) => envelope,
             Err(violation) => {
                 tracing::warn!(%violation, topic = %position.topic, partition = position.partition, offset = position.offset, "skipping a record that breaks the contract (the projection-service dead-letters it)");
-                return Ok("skipped");
+                return Ok(RecordOutcome::Skipped);
             }
         };
         if self.topics.aggregate_of(&position.topic) != Some(envelope.aggregate_type) {
-            return Ok("skipped");
+            return Ok(RecordOutcome::Skipped);
         }
         match store::admit(tx, envelope.aggregate_id, envelope.sequence).await? {
             Admission::Next => {}
-            Admission::Stale => return Ok("duplicate"),
+            Admission::Stale => return Ok(RecordOutcome::Duplicate),
             Admission::Gap { expected } => {
                 tracing::error!(aggregate_id = %envelope.aggregate_id, sequence = envelope.sequence, expected, "gap in an aggregate stream; the saga does not act on it");
-                return Ok("gap");
+                return Ok(RecordOutcome::Gap);
             }
         }
         let applied = match envelope.aggregate_type {
             AggregateType::Booking => {
-                let observed = self.observed::<BookingEvent>(&envelope, message)?;
+                let observed = self.observed::<BookingEvent>(&envelope, record)?;
                 self.change(tx, envelope.aggregate_id, |saga| {
                     saga.on_booking(&observed);
                 })
                 .await?
             }
             AggregateType::Facility => {
-                let observed = self.observed::<FacilityEvent>(&envelope, message)?;
+                let observed = self.observed::<FacilityEvent>(&envelope, record)?;
                 match &observed.event {
                     FacilityEvent::FacilityRegistered { name, .. } => {
                         store::remember_facility(tx, envelope.aggregate_id, name.as_str()).await?;
@@ -265,7 +198,7 @@ impl Applier {
                 }
             }
             AggregateType::Payment => {
-                let observed = self.observed::<PaymentEvent>(&envelope, message)?;
+                let observed = self.observed::<PaymentEvent>(&envelope, record)?;
                 let booking = match &observed.event {
                     PaymentEvent::PaymentCaptured { booking_id, .. }
                     | PaymentEvent::PaymentDeclined { booking_id, .. } => {
@@ -286,22 +219,21 @@ impl Applier {
                 }
             }
         };
-        Ok(if applied { "applied" } else { "ignored" })
+        Ok(if applied {
+            RecordOutcome::Applied
+        } else {
+            RecordOutcome::Ignored
+        })
     }
 
     fn observed<E: domain::aggregate::DomainEvent>(
         &self,
         envelope: &EventEnvelope,
-        message: &BorrowedMessage<'_>,
+        record: &Record<'_>,
     ) -> anyhow::Result<Observed<E>> {
-        let traceparent = message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|header| header.key == platform::trace::TRACEPARENT)
-                .and_then(|header| header.value)
-                .and_then(|value| std::str::from_utf8(value).ok())
-                .map(str::to_owned)
-        });
+        let traceparent = record
+            .header_str(platform::trace::TRACEPARENT)
+            .map(str::to_owned);
         Ok(Observed {
             event: self.registry.decode(envelope)?,
             event_id: envelope.event_id,

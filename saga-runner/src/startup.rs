@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     actions::{CommandClient, Effects},
-    consumer::{self, ConsumerConfig},
+    consumer,
     routes::{self, AppState},
     settings::Settings,
     store,
@@ -82,10 +82,7 @@ impl Application {
             pool.clone(),
             leader,
             registry,
-            ConsumerConfig {
-                kafka: settings.kafka.clone(),
-                batch_size: settings.saga.batch_size,
-            },
+            consumer::config(&settings.kafka, settings.saga.batch_size),
             shutdown.clone(),
         ));
         let worker = Worker {

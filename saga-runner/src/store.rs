@@ -5,8 +5,9 @@
 
 use std::{collections::BTreeMap, str::FromStr};
 
+use batch_consumer::OffsetTable;
 use chrono::{DateTime, Utc};
-use event_log::{consumer::TopicPartition, resolution::Admission};
+use event_log::resolution::Admission;
 use platform::settings::DatabaseSettings;
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -55,36 +56,8 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<
     Ok(pool)
 }
 
-/// Where the consumer stopped, per partition.
-pub async fn stored_offsets(pool: &PgPool) -> sqlx::Result<BTreeMap<TopicPartition, i64>> {
-    let rows: Vec<(String, i32, i64)> =
-        sqlx::query_as("SELECT topic, partition, next_offset FROM offsets")
-            .fetch_all(pool)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(topic, partition, next)| ((topic, partition), next))
-        .collect())
-}
-
-/// Stores the next offset of a partition; never moves it backwards.
-pub async fn store_offset(
-    conn: &mut PgConnection,
-    (topic, partition): &TopicPartition,
-    next_offset: i64,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO offsets (topic, partition, next_offset) VALUES ($1, $2, $3) \
-         ON CONFLICT (topic, partition) DO UPDATE \
-         SET next_offset = GREATEST(offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
-    )
-    .bind(topic)
-    .bind(partition)
-    .bind(next_offset)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
+/// Where the consumer keeps its offsets.
+pub const OFFSETS: OffsetTable = OffsetTable::new("offsets");
 
 /// Applies the admission rule to an event of `aggregate_id` and, when it is the next one,
 /// records its sequence. The row is locked until the transaction ends.
