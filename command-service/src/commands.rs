@@ -5,14 +5,53 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use domain::error::DomainError;
 use event_log::{EventProducer, LogError, LogPosition};
-use schemas::{Actor, ContractViolation, EventEnvelope, EventMetadata, Idempotency};
+use schemas::{
+    Actor, ContractViolation, EventEnvelope, EventMetadata, Idempotency, SchemaRegistry,
+};
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::{
-    metrics::Outcome,
-    store::{AggregateStore, Outcome as StoreOutcome, Stored},
-};
+use crate::store::{AggregateStore, Outcome as StoreOutcome, Stored};
+
+/// What became of a command, as its answer and `commands_total{outcome}` (`crate::metrics`)
+/// tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommandOutcome {
+    /// Its events were appended and admitted.
+    Accepted,
+    /// Valid, but there was nothing to change (it was already so).
+    NoOp,
+    /// A retry with a known `Idempotency-Key`: the first answer again.
+    Replayed,
+    /// The domain refused it (a rule, an unknown id, a state that does not allow it).
+    Rejected,
+    /// Another writer won the race, or `If-Match` named another version.
+    Conflict,
+    /// The request could not become a command: malformed body, field rules, headers.
+    Invalid,
+    /// No valid token, or a role that may not send it.
+    Denied,
+    /// The service could not decide or append (broker down, still reading the log).
+    Unavailable,
+    /// A bug: the service refused its own answer (500).
+    Error,
+}
+
+impl CommandOutcome {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::NoOp => "no_op",
+            Self::Replayed => "replayed",
+            Self::Rejected => "rejected",
+            Self::Conflict => "conflict",
+            Self::Invalid => "invalid",
+            Self::Denied => "denied",
+            Self::Unavailable => "unavailable",
+            Self::Error => "error",
+        }
+    }
+}
 
 /// Why a command did not produce an admitted event. "The domain said no" is kept apart from "the
 /// log broke", and losing a race is its own variant.
@@ -57,7 +96,7 @@ pub(crate) struct Appended {
     /// `None` only for a command that changed nothing on a stream that has no events.
     pub(crate) position: Option<LogPosition>,
     /// Whether it appended, changed nothing, or repeated an earlier answer.
-    pub(crate) outcome: crate::metrics::Outcome,
+    pub(crate) outcome: CommandOutcome,
 }
 
 /// What a command did: where the stream now stands, and the events it decided (none for a
@@ -136,11 +175,25 @@ impl CommandContext {
     }
 }
 
+/// Refuses an envelope that readers would skip: what this service appends passes the same
+/// contract check as what it reads, so a rule the API forgot to check cannot put a record into
+/// the log that every reader refuses.
+fn check_contract(
+    registry: &SchemaRegistry,
+    envelope: &EventEnvelope,
+) -> Result<(), ContractViolation> {
+    let document = serde_json::to_value(envelope)
+        .map_err(|error| ContractViolation::NotJson(error.to_string()))?;
+    registry.validate(&document).map(|_| ())
+}
+
 /// Runs commands against the aggregates in the store.
 #[derive(Debug, Clone)]
 pub(crate) struct CommandHandler {
     store: Arc<AggregateStore>,
     producer: EventProducer,
+    /// The event contract every reader applies; what this service appends passes it first.
+    registry: Arc<SchemaRegistry>,
     outcome_timeout: Duration,
     queues: Arc<AggregateQueues>,
 }
@@ -201,11 +254,13 @@ impl CommandHandler {
     pub(crate) fn new(
         store: Arc<AggregateStore>,
         producer: EventProducer,
+        registry: Arc<SchemaRegistry>,
         outcome_timeout: Duration,
     ) -> Self {
         Self {
             store,
             producer,
+            registry,
             outcome_timeout,
             queues: Arc::default(),
         }
@@ -270,7 +325,7 @@ impl CommandHandler {
             aggregate_id: recorded.aggregate_id,
             version: recorded.sequence,
             position: Some(recorded.position),
-            outcome: Outcome::Replayed,
+            outcome: CommandOutcome::Replayed,
         }))
     }
 
@@ -295,19 +350,19 @@ impl CommandHandler {
             aggregate_id,
             version: stream.version,
             position: stream.last_position,
-            outcome: Outcome::NoOp,
+            outcome: CommandOutcome::NoOp,
         };
         for event in &events {
             let sequence = appended.version + 1;
             let envelope = EventEnvelope::wrap(A::KIND, aggregate_id, sequence, event, &metadata)
                 .map_err(LogError::from)?;
-            self.store.check_contract(&envelope)?;
+            check_contract(&self.registry, &envelope)?;
             let position = self.append_and_confirm(&envelope).await?;
             appended = Appended {
                 aggregate_id,
                 version: sequence,
                 position: Some(position),
-                outcome: Outcome::Accepted,
+                outcome: CommandOutcome::Accepted,
             };
         }
         Ok(Executed { appended, events })
@@ -350,5 +405,45 @@ impl CommandHandler {
                 Err(CommandError::OutcomeUnknown)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::{
+        payment::PaymentEvent,
+        values::{BookingId, Money, PaymentId},
+    };
+    use schemas::{AggregateType, EventMetadata};
+
+    use super::*;
+
+    fn declined(reason: &str) -> EventEnvelope {
+        let booking_id = BookingId::new();
+        let event = PaymentEvent::PaymentDeclined {
+            payment_id: PaymentId::for_booking(booking_id),
+            booking_id,
+            amount: Money::new(125_000, domain::values::Currency::GBP).expect("a valid amount"),
+            reason: reason.to_owned(),
+        };
+        let id = *PaymentId::for_booking(booking_id).as_uuid();
+        EventEnvelope::wrap(
+            AggregateType::Payment,
+            id,
+            1,
+            &event,
+            &EventMetadata::system("saga"),
+        )
+        .expect("domain events serialise")
+    }
+
+    #[test]
+    fn an_event_that_breaks_its_schema_is_refused_before_the_append() {
+        let registry = SchemaRegistry::load().expect("the schemas compile");
+        assert!(check_contract(&registry, &declined("card expired")).is_ok());
+        assert!(matches!(
+            check_contract(&registry, &declined("")),
+            Err(ContractViolation::Payload { .. })
+        ));
     }
 }

@@ -10,7 +10,7 @@ use platform::{
     problem::{FieldError, Problem},
 };
 
-use crate::{commands::CommandError, metrics::Outcome};
+use crate::commands::{CommandError, CommandOutcome};
 
 /// Everything a command route can answer other than success.
 #[derive(Debug)]
@@ -48,22 +48,24 @@ impl From<Problem> for ApiError {
 
 impl ApiError {
     /// What this answer counts as in `commands_total`.
-    fn outcome(&self) -> Outcome {
+    fn outcome(&self) -> CommandOutcome {
         match self {
             Self::Invalid(_) | Self::Command(CommandError::IdempotencyKeyReused) => {
-                Outcome::Invalid
+                CommandOutcome::Invalid
             }
-            Self::NotFound { .. } | Self::Command(CommandError::Rejected(_)) => Outcome::Rejected,
-            Self::Auth(_) => Outcome::Denied,
-            Self::Problem(problem) if problem.status >= 500 => Outcome::Unavailable,
-            Self::Problem(_) => Outcome::Invalid,
+            Self::NotFound { .. } | Self::Command(CommandError::Rejected(_)) => {
+                CommandOutcome::Rejected
+            }
+            Self::Auth(_) => CommandOutcome::Denied,
+            Self::Problem(problem) if problem.status >= 500 => CommandOutcome::Unavailable,
+            Self::Problem(_) => CommandOutcome::Invalid,
             Self::Command(CommandError::Conflict { .. } | CommandError::VersionMismatch { .. }) => {
-                Outcome::Conflict
+                CommandOutcome::Conflict
             }
             Self::Command(
                 CommandError::NotReady | CommandError::OutcomeUnknown | CommandError::Log(_),
-            ) => Outcome::Unavailable,
-            Self::Command(CommandError::Contract(_)) => Outcome::Error,
+            ) => CommandOutcome::Unavailable,
+            Self::Command(CommandError::Contract(_)) => CommandOutcome::Error,
         }
     }
 }
@@ -71,7 +73,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let outcome = self.outcome();
-        outcome.mark(self.into_problem_response())
+        crate::metrics::mark(outcome, self.into_problem_response())
     }
 }
 

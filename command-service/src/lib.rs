@@ -9,8 +9,10 @@
 //! - `store`: the aggregate store and the tailer that feeds it from the log.
 //! - `snapshot`: the store's snapshot on the replica's disk, so that start-up does not replay
 //!   all history.
-//! - `commands`: the write path (decide, append, confirm).
-//! - `routes`: one module per route group; DTOs become domain commands there.
+//! - `commands`: the write path (check the contract, decide, append, confirm) and what became
+//!   of a command (`CommandOutcome`).
+//! - `routes`: the router and the state its handlers share; one module per route group, where
+//!   DTOs become domain commands.
 //! - `error`: the one `ApiError` and its mapping to problem+json.
 //! - `metrics`: command outcomes by command name, append latency.
 

@@ -3,11 +3,6 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::{
-    Router,
-    extract::FromRef,
-    routing::{get, post, put},
-};
 use event_log::EventProducer;
 use platform::{auth::TokenKeys, shutdown::CancellationToken};
 use schemas::SchemaRegistry;
@@ -15,26 +10,11 @@ use tokio::task::JoinHandle;
 
 use crate::{
     commands::CommandHandler,
-    metrics::{self, command},
-    routes::{bookings, facilities, ops, payments},
+    routes::{self, AppState},
     settings::Settings,
     snapshot,
     store::{AggregateStore, LogHead, Tailer},
 };
-
-/// What every handler can reach.
-#[derive(Debug, Clone)]
-pub(crate) struct AppState {
-    pub(crate) commands: CommandHandler,
-    pub(crate) producer: EventProducer,
-    pub(crate) keys: Arc<TokenKeys>,
-}
-
-impl FromRef<AppState> for Arc<TokenKeys> {
-    fn from_ref(state: &AppState) -> Self {
-        state.keys.clone()
-    }
-}
 
 /// A built command-service, listening, not yet serving.
 #[derive(Debug)]
@@ -60,7 +40,8 @@ impl Application {
     /// HTTP listener. `/ready` turns true once the store has caught up.
     pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let keys = TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?;
-        let registry = SchemaRegistry::load().context("Failed to compile the event schemas")?;
+        let registry =
+            Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
         let producer =
             EventProducer::new(&settings.kafka).context("Failed to create the producer")?;
         event_log::topics::verify_partitions(&settings.kafka)
@@ -80,7 +61,7 @@ impl Application {
             .and_then(|path| snapshot::load(path, &settings.kafka.topic_prefix, &head));
         let restored_from_snapshot = restored.is_some();
         let store = Arc::new(AggregateStore::new(
-            registry,
+            registry.clone(),
             settings.commands.idempotency_retention,
             restored.unwrap_or_default(),
         ));
@@ -107,14 +88,19 @@ impl Application {
                 shutdown.clone(),
             )));
         }
-        let commands =
-            CommandHandler::new(store, producer.clone(), settings.commands.outcome_timeout);
+        let commands = CommandHandler::new(
+            store,
+            producer.clone(),
+            registry,
+            settings.commands.outcome_timeout,
+        );
         let state = AppState {
             commands,
             producer,
             keys: Arc::new(keys),
         };
-        let server = platform::http::HttpServer::bind(router(state), &settings.http).await?;
+        let server =
+            platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;
         Ok(Self {
             server,
             background,
@@ -148,66 +134,24 @@ impl Application {
     }
 }
 
-/// Every route; each command route counts its answers by command name (`crate::metrics`).
-fn router(state: AppState) -> Router {
-    metrics::describe();
-    Router::new()
-        .route(
-            "/facilities",
-            command("register_facility", post(facilities::register)),
-        )
-        .route(
-            "/facilities/{id}/opening-hours",
-            command(
-                "change_opening_hours",
-                put(facilities::change_opening_hours),
-            ),
-        )
-        .route(
-            "/facilities/{id}/reservations",
-            command("reserve_slot", post(facilities::reserve_slot)),
-        )
-        .route(
-            "/facilities/{id}/reservations/{booking_id}/release",
-            command("release_slot", post(facilities::release_slot)),
-        )
-        .route(
-            "/bookings",
-            command("request_booking", post(bookings::request)),
-        )
-        .route(
-            "/bookings/{id}/cancel",
-            command("cancel_booking", post(bookings::cancel)),
-        )
-        .route(
-            "/bookings/{id}/slot-held",
-            command("mark_slot_held", post(bookings::mark_slot_held)),
-        )
-        .route(
-            "/bookings/{id}/confirm",
-            command("confirm_booking", post(bookings::confirm)),
-        )
-        .route(
-            "/bookings/{id}/reject",
-            command("reject_booking", post(bookings::reject)),
-        )
-        .route(
-            "/bookings/{id}/fail",
-            command("fail_booking", post(bookings::fail)),
-        )
-        .route(
-            "/bookings/{id}/payment/captured",
-            command("record_capture", post(payments::captured)),
-        )
-        .route(
-            "/bookings/{id}/payment/declined",
-            command("record_decline", post(payments::declined)),
-        )
-        .route(
-            "/bookings/{id}/payment/refunded",
-            command("record_refund", post(payments::refunded)),
-        )
-        .route("/ready", get(ops::ready))
-        .route("/openapi.json", get(ops::openapi))
-        .with_state(state)
+impl platform::startup::Service for Application {
+    type Settings = Settings;
+    const NAME: &'static str = "command-service";
+    const SETTINGS_HINT: &'static str = " (FM_AUTH__SECRET must be set)";
+
+    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
+        &settings.log
+    }
+
+    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        Self::build(settings, shutdown).await
+    }
+
+    fn port(&self) -> u16 {
+        self.port()
+    }
+
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until_stopped().await
+    }
 }

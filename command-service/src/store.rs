@@ -118,7 +118,7 @@ pub(crate) struct AggregateStore {
     folded: RwLock<Folded>,
     waiting: Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>,
     caught_up: AtomicBool,
-    registry: SchemaRegistry,
+    registry: Arc<SchemaRegistry>,
     /// A key is a retry token, not a permanent name: entries older than this are not kept.
     idempotency_retention: chrono::Duration,
 }
@@ -126,7 +126,7 @@ pub(crate) struct AggregateStore {
 impl AggregateStore {
     /// A store that starts from `folded` (empty, or restored from a snapshot).
     pub(crate) fn new(
-        registry: SchemaRegistry,
+        registry: Arc<SchemaRegistry>,
         idempotency_retention: std::time::Duration,
         mut folded: Folded,
     ) -> Self {
@@ -194,18 +194,9 @@ impl AggregateStore {
             .remove(&event_id);
     }
 
-    /// Refuses an envelope that readers would skip: what this service appends passes the same
-    /// contract check as what it reads, so a rule the API forgot to check cannot put a record
-    /// into the log that every reader refuses.
-    pub(crate) fn check_contract(&self, envelope: &EventEnvelope) -> Result<(), ContractViolation> {
-        let document = serde_json::to_value(envelope)
-            .map_err(|error| ContractViolation::NotJson(error.to_string()))?;
-        self.registry.validate(&document).map(|_| ())
-    }
-
     /// Applies one record read from the log. Records that break the contract are skipped here:
-    /// the projection-service dead-letters them, and a writer checks its own with
-    /// [`Self::check_contract`] before appending.
+    /// the projection-service dead-letters them, and the command handler checks what it
+    /// appends against the same contract first (`crate::commands`).
     fn apply_record(&self, position: LogPosition, payload: Option<&[u8]>) {
         let envelope = match payload.map(|bytes| self.registry.validate_bytes(bytes)) {
             Some(Ok(envelope)) => Some(envelope),
@@ -442,49 +433,5 @@ impl Tailer {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use domain::{
-        payment::PaymentEvent,
-        values::{BookingId, Money, PaymentId},
-    };
-    use schemas::{ContractViolation, EventMetadata};
-
-    use super::*;
-
-    fn declined(reason: &str) -> EventEnvelope {
-        let booking_id = BookingId::new();
-        let event = PaymentEvent::PaymentDeclined {
-            payment_id: PaymentId::for_booking(booking_id),
-            booking_id,
-            amount: Money::new(125_000, domain::values::Currency::GBP).expect("a valid amount"),
-            reason: reason.to_owned(),
-        };
-        let id = *PaymentId::for_booking(booking_id).as_uuid();
-        EventEnvelope::wrap(
-            AggregateType::Payment,
-            id,
-            1,
-            &event,
-            &EventMetadata::system("saga"),
-        )
-        .expect("domain events serialise")
-    }
-
-    #[test]
-    fn an_event_that_breaks_its_schema_is_refused_before_the_append() {
-        let store = AggregateStore::new(
-            SchemaRegistry::load().expect("the schemas compile"),
-            std::time::Duration::from_mins(1),
-            Folded::default(),
-        );
-        assert!(store.check_contract(&declined("card expired")).is_ok());
-        assert!(matches!(
-            store.check_contract(&declined("")),
-            Err(ContractViolation::Payload { .. })
-        ));
     }
 }

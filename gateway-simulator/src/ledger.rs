@@ -96,13 +96,24 @@ struct Seen {
     answer: Answer,
 }
 
+/// Money on the wire: integer minor units and an ISO 4217 code. The requests' shape, and the
+/// schema of every amount the views show.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Amount {
+    #[schema(example = 125_000)]
+    pub(crate) amount_minor: i64,
+    #[schema(example = "GBP")]
+    pub(crate) currency: String,
+}
+
 /// One capture the simulator made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CaptureRow {
     pub reference: String,
     pub idempotency_key: String,
     pub booking_id: Uuid,
-    #[schema(value_type = crate::routes::Amount)]
+    #[schema(value_type = Amount)]
     pub amount: Money,
     pub refunded_minor: i64,
 }
@@ -113,7 +124,7 @@ pub struct RefundRow {
     pub reference: String,
     pub idempotency_key: String,
     pub capture_reference: String,
-    #[schema(value_type = crate::routes::Amount)]
+    #[schema(value_type = Amount)]
     pub amount: Money,
 }
 
@@ -407,7 +418,7 @@ pub struct PaymentView {
     /// The capture's or refund's reference (none when declined).
     pub reference: Option<String>,
     pub decline_reason: Option<String>,
-    #[schema(value_type = crate::routes::Amount)]
+    #[schema(value_type = Amount)]
     pub amount: Money,
     /// For a capture.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,16 +1,6 @@
-use anyhow::Context;
-use gateway_simulator::{Application, Settings};
+//! The gateway simulator's binary: `platform::startup::run` with its `Application`.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings: Settings = platform::settings::load().context("Failed to load settings")?;
-    platform::telemetry::init(&settings.log);
-    let shutdown = platform::shutdown::on_signal();
-    let app = Application::build(settings, shutdown)
-        .await
-        .context("Failed to start the gateway simulator")?;
-    tracing::info!(port = app.port(), "gateway simulator listening");
-    app.run_until_stopped()
-        .await
-        .context("gateway simulator stopped with an error")
+    platform::startup::run::<gateway_simulator::Application>().await
 }

@@ -3,58 +3,13 @@
 //! simulator and start it again on the same port with the same ledger (a provider that went
 //! down and came back).
 
-use std::{
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::Duration,
-};
-
 use anyhow::Context;
-use axum::{
-    Router,
-    routing::{get, post, put},
-};
 use platform::shutdown::CancellationToken;
 
 use crate::{
-    error::ApiError,
-    ledger::Simulator,
-    routes::{control, ops, payments},
-    settings::{Settings, SimulatorSettings},
+    routes::{self, AppState, SimulatorState},
+    settings::Settings,
 };
-
-/// The simulator's memory (keys seen, captures, refunds, behaviours), shared by every
-/// `Application` built with it. Cloning shares; `default()` is an empty ledger approving all.
-#[derive(Debug, Clone, Default)]
-pub struct SimulatorState(Arc<Mutex<Simulator>>);
-
-/// What every handler can reach.
-#[derive(Debug, Clone)]
-pub(crate) struct AppState {
-    simulator: SimulatorState,
-    pub(crate) settings: Arc<SimulatorSettings>,
-    shutdown: CancellationToken,
-}
-
-impl AppState {
-    /// The simulator's memory. Never held across an await.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Simulator> {
-        // Every change to the simulator is complete before any code that could panic runs, so
-        // a poisoned lock still guards a consistent state.
-        self.simulator
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Waits `duration`, or answers 503 at once if the simulator is shutting down, so that a
-    /// hanging request never holds up shutdown.
-    pub(crate) async fn pause(&self, duration: Duration) -> Result<(), ApiError> {
-        tokio::select! {
-            () = tokio::time::sleep(duration) => Ok(()),
-            () = self.shutdown.cancelled() => Err(ApiError::Unavailable),
-        }
-    }
-}
 
 /// A built simulator, listening, not yet serving.
 #[derive(Debug)]
@@ -77,30 +32,13 @@ impl Application {
         shutdown: CancellationToken,
         simulator: SimulatorState,
     ) -> anyhow::Result<Self> {
-        let state = AppState {
-            simulator: simulator.clone(),
-            settings: Arc::new(settings.simulator.clone()),
-            shutdown: shutdown.clone(),
-        };
-        let router = Router::new()
-            .route("/captures", post(payments::capture))
-            .route("/refunds", post(payments::refund))
-            .route("/payments/{idempotency_key}", get(payments::lookup))
-            .route("/ledger", get(payments::ledger))
-            .route(
-                "/control",
-                get(control::show)
-                    .put(control::set_global)
-                    .delete(control::reset),
-            )
-            .route(
-                "/control/bookings/{booking_id}",
-                put(control::set_booking).delete(control::clear_booking),
-            )
-            .route("/ready", get(ops::ready))
-            .route("/openapi.json", get(ops::openapi))
-            .with_state(state);
-        let server = platform::http::HttpServer::bind(router, &settings.http).await?;
+        let state = AppState::new(
+            simulator.clone(),
+            settings.simulator.clone(),
+            shutdown.clone(),
+        );
+        let server =
+            platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;
         Ok(Self {
             server,
             shutdown,
@@ -124,5 +62,26 @@ impl Application {
             .serve(self.shutdown)
             .await
             .context("HTTP server failed")
+    }
+}
+
+impl platform::startup::Service for Application {
+    type Settings = Settings;
+    const NAME: &'static str = "gateway simulator";
+
+    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
+        &settings.log
+    }
+
+    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        Self::build(settings, shutdown).await
+    }
+
+    fn port(&self) -> u16 {
+        self.port()
+    }
+
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until_stopped().await
     }
 }

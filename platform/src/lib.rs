@@ -7,6 +7,7 @@
 //!   OTLP when an endpoint is configured.
 //! - [`trace`] — `traceparent`, correlation and causation ids across HTTP and Kafka headers.
 //! - [`shutdown`] — the shutdown token every long-running loop takes, tripped by SIGTERM/Ctrl-C.
+//! - [`startup`] — the one `main` every service binary shares ([`startup::Service`]).
 //! - [`auth`] — bearer tokens with roles; minting and checking them.
 //! - [`problem`] — RFC 9457 `application/problem+json` bodies.
 //! - [`json`] — a JSON body extractor whose rejections name the field and the rule.
@@ -25,5 +26,6 @@ pub mod path;
 pub mod problem;
 pub mod settings;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;
 pub mod trace;

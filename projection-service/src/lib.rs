@@ -14,9 +14,11 @@
 //! - `supervisor`: one projector per active version, following `projection_versions`.
 //! - `projector`: the batched consume-apply-commit loop and dead-lettering.
 //! - `read_models`: one module per read model, each applying events to its tables.
+//! - `routes`: `/ready` and the state it reads.
 
 mod projector;
 mod read_models;
+mod routes;
 pub mod settings;
 pub mod startup;
 mod supervisor;

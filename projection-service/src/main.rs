@@ -1,31 +1,19 @@
-use anyhow::Context;
-use projection_service::{Application, Settings};
+//! The projection-service's binary: `serve` (the default) or `migrate`.
+
+use projection_service::Application;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings: Settings = platform::settings::load().context("Failed to load settings")?;
-    platform::telemetry::init(&settings.log);
     match std::env::args().nth(1).as_deref() {
-        None | Some("serve") => {}
+        None | Some("serve") => platform::startup::run::<Application>().await,
         Some("migrate") => {
+            let settings = platform::startup::settings::<Application>()?;
             projection_service::startup::migrate(&settings).await?;
             println!("read-model migrations are up to date");
-            return Ok(());
+            Ok(())
         }
         Some(other) => {
             anyhow::bail!("unknown command `{other}`: use `serve` (the default) or `migrate`")
         }
     }
-    let shutdown = platform::shutdown::on_signal();
-    let app = Application::build(settings, shutdown)
-        .await
-        .context("Failed to start the projection-service")?;
-    tracing::info!(port = app.port(), "projection-service running");
-    let stopped = app
-        .run_until_stopped()
-        .await
-        .context("projection-service stopped with an error");
-    // Spans still batched for the OTLP collector go out before the process ends.
-    platform::telemetry::shutdown();
-    stopped
 }

@@ -1,18 +1,20 @@
 //! Building and running the service.
 
 use anyhow::Context;
-use axum::{Router, extract::State, routing::get};
-use platform::{
-    http::{ReadyCheck, ReadyReport, probe},
-    shutdown::CancellationToken,
-};
+use platform::shutdown::CancellationToken;
 use schemas::SchemaRegistry;
 use secrecy::ExposeSecret;
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 
-use crate::{projector::ProjectorConfig, settings::Settings, supervisor::Supervisor, versions};
+use crate::{
+    projector::ProjectorConfig,
+    routes::{self, AppState},
+    settings::Settings,
+    supervisor::Supervisor,
+    versions,
+};
 
 /// The read-model migrations, owned by this service.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -33,12 +35,6 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
         .run(&pool)
         .await
         .context("Failed to run the read-model migrations")
-}
-
-#[derive(Debug, Clone)]
-struct AppState {
-    pool: PgPool,
-    producer: event_log::EventProducer,
 }
 
 /// A built projection-service.
@@ -90,9 +86,7 @@ impl Application {
         let first = first.map(|claimed| (live, claimed));
         let projector = tokio::spawn(supervisor.run(first, shutdown.clone()));
         let producer = event_log::EventProducer::new(&settings.kafka)?;
-        let router = Router::new()
-            .route("/ready", get(ready))
-            .with_state(AppState { pool, producer });
+        let router = routes::router(AppState { pool, producer });
         let server = platform::http::HttpServer::bind(router, &settings.http).await?;
         Ok(Self {
             server,
@@ -115,19 +109,23 @@ impl Application {
     }
 }
 
-/// `GET /ready`: Postgres and the broker answer.
-async fn ready(State(state): State<AppState>) -> ReadyReport {
-    let deadline = Duration::from_secs(2);
-    let postgres = probe(deadline, async {
-        sqlx::query("SELECT 1")
-            .execute(&state.pool)
-            .await
-            .map(|_| ())
-    })
-    .await;
-    let kafka = probe(deadline, state.producer.ping()).await;
-    ReadyReport::new(vec![
-        ReadyCheck::from_result("postgres", postgres),
-        ReadyCheck::from_result("kafka", kafka),
-    ])
+impl platform::startup::Service for Application {
+    type Settings = Settings;
+    const NAME: &'static str = "projection-service";
+
+    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
+        &settings.log
+    }
+
+    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        Self::build(settings, shutdown).await
+    }
+
+    fn port(&self) -> u16 {
+        self.port()
+    }
+
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until_stopped().await
+    }
 }

@@ -3,29 +3,14 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::{Router, extract::FromRef, routing::get};
 use platform::{auth::TokenKeys, shutdown::CancellationToken};
 use secrecy::ExposeSecret;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
 use crate::{
-    routes::{bookings, facilities, ops},
-    settings::{ConsistencySettings, Settings},
+    routes::{self, AppState},
+    settings::Settings,
 };
-
-/// What every handler can reach.
-#[derive(Debug, Clone)]
-pub(crate) struct AppState {
-    pub(crate) pool: PgPool,
-    pub(crate) keys: Arc<TokenKeys>,
-    pub(crate) consistency: ConsistencySettings,
-}
-
-impl FromRef<AppState> for Arc<TokenKeys> {
-    fn from_ref(state: &AppState) -> Self {
-        state.keys.clone()
-    }
-}
 
 /// A built query-api, listening, not yet serving.
 #[derive(Debug)]
@@ -49,16 +34,8 @@ impl Application {
             keys: Arc::new(keys),
             consistency: settings.consistency.clone(),
         };
-        let router = Router::new()
-            .route("/bookings", get(bookings::list_bookings))
-            .route("/bookings/{id}", get(bookings::get_booking))
-            .route("/facilities", get(facilities::list_facilities))
-            .route("/facilities/{id}", get(facilities::get_facility))
-            .route("/facilities/{id}/calendar", get(facilities::get_calendar))
-            .route("/ready", get(ops::ready))
-            .route("/openapi.json", get(ops::openapi))
-            .with_state(state);
-        let server = platform::http::HttpServer::bind(router, &settings.http).await?;
+        let server =
+            platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;
         Ok(Self { server, shutdown })
     }
 
@@ -72,5 +49,27 @@ impl Application {
             .serve(self.shutdown)
             .await
             .context("HTTP server failed")
+    }
+}
+
+impl platform::startup::Service for Application {
+    type Settings = Settings;
+    const NAME: &'static str = "query-api";
+    const SETTINGS_HINT: &'static str = " (FM_AUTH__SECRET must be set)";
+
+    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
+        &settings.log
+    }
+
+    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        Self::build(settings, shutdown).await
+    }
+
+    fn port(&self) -> u16 {
+        self.port()
+    }
+
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until_stopped().await
     }
 }

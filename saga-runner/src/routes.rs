@@ -4,10 +4,11 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json,
+    Json, Router,
     extract::{FromRef, Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
+    routing::get,
 };
 use payment_gateway::{BreakingGateway, HttpGateway};
 use platform::{
@@ -36,6 +37,15 @@ impl FromRef<AppState> for Arc<TokenKeys> {
     fn from_ref(state: &AppState) -> Self {
         state.keys.clone()
     }
+}
+
+/// Every route.
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ready", get(ready))
+        .route("/sagas", get(list))
+        .route("/sagas/{booking_id}", get(one))
+        .with_state(state)
 }
 
 /// The runner's one error type.

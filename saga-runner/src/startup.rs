@@ -3,7 +3,6 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::{Router, routing::get};
 use notifications::Mailer;
 use payment_gateway::{BreakingGateway, HttpGateway};
 use platform::{auth::TokenKeys, shutdown::CancellationToken};
@@ -109,16 +108,12 @@ impl Application {
             shutdown.clone(),
         ));
 
-        let router = Router::new()
-            .route("/ready", get(routes::ready))
-            .route("/sagas", get(routes::list))
-            .route("/sagas/{booking_id}", get(routes::one))
-            .with_state(AppState {
-                pool,
-                producer,
-                keys,
-                gateway,
-            });
+        let router = routes::router(AppState {
+            pool,
+            producer,
+            keys,
+            gateway,
+        });
         let server = platform::http::HttpServer::bind(router, &settings.http).await?;
         Ok(Self {
             server,
@@ -139,6 +134,28 @@ impl Application {
             task.await.context("A saga task panicked")?;
         }
         Ok(())
+    }
+}
+
+impl platform::startup::Service for Application {
+    type Settings = Settings;
+    const NAME: &'static str = "saga runner";
+    const SETTINGS_HINT: &'static str = " (FM_AUTH__SECRET must be set)";
+
+    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
+        &settings.log
+    }
+
+    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        Self::build(settings, shutdown).await
+    }
+
+    fn port(&self) -> u16 {
+        self.port()
+    }
+
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until_stopped().await
     }
 }
 

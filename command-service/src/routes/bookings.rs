@@ -17,10 +17,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    Bookers, Empty, Services, Violations, WriteRequest, parse_variant, reason_text, require_owner,
-    written,
+    AppState, Bookers, Empty, Services, Violations, WriteRequest, parse_variant, reason_text,
+    require_owner, written,
 };
-use crate::{error::ApiError, startup::AppState};
+use crate::error::ApiError;
 
 /// A booking request.
 #[derive(Debug, Deserialize, ToSchema)]

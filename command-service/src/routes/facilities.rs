@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Directors, Services, Violations, WriteRequest, parse_variant, written};
-use crate::{error::ApiError, startup::AppState};
+use super::{AppState, Directors, Services, Violations, WriteRequest, parse_variant, written};
+use crate::error::ApiError;
 
 /// A facility to register.
 #[derive(Debug, Deserialize, ToSchema)]

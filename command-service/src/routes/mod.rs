@@ -1,4 +1,5 @@
-//! One module per route group. Each turns HTTP DTOs into domain commands at the edge.
+//! The routes and the state they share: one module per route group, each turning HTTP DTOs into
+//! domain commands at the edge, and [`router`], which counts every command route's answers.
 //!
 //! Every write goes through [`WriteRequest`]: it authenticates the caller, refuses a role that
 //! may not use the route before reading the body, reads the `Idempotency-Key`, `If-Match`,
@@ -12,26 +13,111 @@ pub(crate) mod ops;
 pub(crate) mod payments;
 mod schema;
 
-use std::marker::PhantomData;
+use std::{marker::PhantomData, sync::Arc};
 
 use axum::{
-    Json,
-    extract::{FromRequest, FromRequestParts, Request},
+    Json, Router,
+    extract::{FromRef, FromRequest, FromRequestParts, Request},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
+    routing::{get, post, put},
 };
 use domain::ValueError;
-use platform::{auth::Caller, json, problem::FieldError, trace};
+use event_log::EventProducer;
+use platform::{
+    auth::{Caller, TokenKeys},
+    json,
+    problem::FieldError,
+    trace,
+};
 use schemas::{ConsistencyToken, Idempotency, Role};
 use serde::{Serialize, de::DeserializeOwned};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    commands::{Appended, CommandContext},
+    commands::{Appended, CommandContext, CommandHandler},
     error::ApiError,
-    startup::AppState,
+    metrics::{self, command},
 };
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) commands: CommandHandler,
+    pub(crate) producer: EventProducer,
+    pub(crate) keys: Arc<TokenKeys>,
+}
+
+impl FromRef<AppState> for Arc<TokenKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
+}
+
+/// Every route; each command route counts its answers by command name (`crate::metrics`).
+pub(crate) fn router(state: AppState) -> Router {
+    metrics::describe();
+    Router::new()
+        .route(
+            "/facilities",
+            command("register_facility", post(facilities::register)),
+        )
+        .route(
+            "/facilities/{id}/opening-hours",
+            command(
+                "change_opening_hours",
+                put(facilities::change_opening_hours),
+            ),
+        )
+        .route(
+            "/facilities/{id}/reservations",
+            command("reserve_slot", post(facilities::reserve_slot)),
+        )
+        .route(
+            "/facilities/{id}/reservations/{booking_id}/release",
+            command("release_slot", post(facilities::release_slot)),
+        )
+        .route(
+            "/bookings",
+            command("request_booking", post(bookings::request)),
+        )
+        .route(
+            "/bookings/{id}/cancel",
+            command("cancel_booking", post(bookings::cancel)),
+        )
+        .route(
+            "/bookings/{id}/slot-held",
+            command("mark_slot_held", post(bookings::mark_slot_held)),
+        )
+        .route(
+            "/bookings/{id}/confirm",
+            command("confirm_booking", post(bookings::confirm)),
+        )
+        .route(
+            "/bookings/{id}/reject",
+            command("reject_booking", post(bookings::reject)),
+        )
+        .route(
+            "/bookings/{id}/fail",
+            command("fail_booking", post(bookings::fail)),
+        )
+        .route(
+            "/bookings/{id}/payment/captured",
+            command("record_capture", post(payments::captured)),
+        )
+        .route(
+            "/bookings/{id}/payment/declined",
+            command("record_decline", post(payments::declined)),
+        )
+        .route(
+            "/bookings/{id}/payment/refunded",
+            command("record_refund", post(payments::refunded)),
+        )
+        .route("/ready", get(ops::ready))
+        .route("/openapi.json", get(ops::openapi))
+        .with_state(state)
+}
 
 /// The header that carries a command's consistency token.
 pub(crate) const CONSISTENCY_TOKEN: &str = "consistency-token";
@@ -258,7 +344,7 @@ pub(crate) fn with_token<T: Serialize>(
     if let Some(value) = token_of(appended).and_then(|token| HeaderValue::from_str(&token).ok()) {
         response.headers_mut().insert(CONSISTENCY_TOKEN, value);
     }
-    appended.outcome.mark(response)
+    metrics::mark(appended.outcome, response)
 }
 
 /// Answers a write: `status`, the `Consistency-Token` header, and a body naming the aggregate id

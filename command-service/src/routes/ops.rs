@@ -9,7 +9,7 @@ use platform::{
 };
 use utoipa::OpenApi;
 
-use crate::startup::AppState;
+use super::AppState;
 
 /// `GET /ready`: the broker answers and the aggregate store has read the log.
 pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Services, Violations, WriteRequest, reason_text, written};
-use crate::{error::ApiError, startup::AppState};
+use super::{AppState, Services, Violations, WriteRequest, reason_text, written};
+use crate::error::ApiError;
 
 /// Integer minor units and an ISO 4217 code.
 #[derive(Debug, Deserialize, ToSchema)]

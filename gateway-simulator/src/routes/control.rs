@@ -11,10 +11,10 @@ use platform::{
 };
 use uuid::Uuid;
 
+use super::AppState;
 use crate::{
     error::ApiError,
     ledger::{Behaviour, ControlView},
-    startup::AppState,
 };
 
 fn checked(behaviour: Behaviour) -> Result<Behaviour, ApiError> {

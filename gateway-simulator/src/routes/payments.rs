@@ -12,11 +12,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Amount, idempotency_key, money};
+use super::{AppState, idempotency_key, money};
 use crate::{
     error::ApiError,
-    ledger::{Answer, LedgerView, Mode, Operation, PaymentView},
-    startup::AppState,
+    ledger::{Amount, Answer, LedgerView, Mode, Operation, PaymentView},
 };
 
 /// `POST /captures`.

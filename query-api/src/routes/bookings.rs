@@ -15,12 +15,11 @@ use sqlx::{Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::with_etag;
+use super::{AppState, with_etag};
 use crate::{
     consistency::wait_for_token,
     error::ApiError,
     params::{Cursor, Params},
-    startup::AppState,
 };
 
 /// The statuses a booking can have.

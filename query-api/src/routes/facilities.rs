@@ -15,13 +15,12 @@ use sqlx::{Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::with_etag;
+use super::{AppState, with_etag};
 use crate::{
     calendar::{self, Window},
     consistency::wait_for_token,
     error::ApiError,
     params::{Cursor, Params},
-    startup::AppState,
 };
 
 const COLUMNS: &str = "facility_id, name, kind, capacity, time_zone, opening_hours, turnaround_minutes, version, \

@@ -1,15 +1,50 @@
-//! One module per route group.
+//! The routes and the state they share: one module per route group, and [`router`].
 
 pub(crate) mod bookings;
 pub(crate) mod facilities;
 pub(crate) mod ops;
 
+use std::sync::Arc;
+
 use axum::{
-    Json,
+    Json, Router,
+    extract::FromRef,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
+    routing::get,
 };
+use platform::auth::TokenKeys;
 use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::settings::ConsistencySettings;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) pool: PgPool,
+    pub(crate) keys: Arc<TokenKeys>,
+    pub(crate) consistency: ConsistencySettings,
+}
+
+impl FromRef<AppState> for Arc<TokenKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
+}
+
+/// Every route.
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/bookings", get(bookings::list_bookings))
+        .route("/bookings/{id}", get(bookings::get_booking))
+        .route("/facilities", get(facilities::list_facilities))
+        .route("/facilities/{id}", get(facilities::get_facility))
+        .route("/facilities/{id}/calendar", get(facilities::get_calendar))
+        .route("/ready", get(ops::ready))
+        .route("/openapi.json", get(ops::openapi))
+        .with_state(state)
+}
 
 /// Answers a computed representation (a page of a list) with an ETag that is a digest of the
 /// body itself, or `304` if the client's `If-None-Match` has it: a list has no single version,

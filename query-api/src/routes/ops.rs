@@ -9,7 +9,7 @@ use platform::{
 };
 use utoipa::OpenApi;
 
-use crate::startup::AppState;
+use super::AppState;
 
 /// `GET /ready`: Postgres answers and a live read-model version exists (the projection-service
 /// creates it when it first starts).
