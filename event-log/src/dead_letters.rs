@@ -1,7 +1,8 @@
-//! Dead letters: reading one back and retrying it on its origin topic.
+//! Dead letters: writing one, reading one back, and retrying it on its origin topic.
 //!
-//! The projector dead-letters a record with its original key and bytes and four headers: the
-//! reason and the origin (topic, partition, offset). Retrying appends the same key and bytes to
+//! A reader that meets a record breaking the contract (the projector) dead-letters it with
+//! [`write`]: its original key and bytes and four headers, the reason and the origin (topic,
+//! partition, offset), plus the flow and trace headers it carried. Retrying appends the same key and bytes to
 //! the origin topic, where every reader meets it again as a new record, with a header naming the
 //! dead letter it came from. If it still breaks the contract it is dead-lettered again, with the
 //! new reason; if its cause has gone (a reader that learned a new event type, a repaired
@@ -18,7 +19,8 @@ use rdkafka::{
 use thiserror::Error;
 
 use crate::{
-    EventProducer, KafkaSettings, LogError, LogPosition, Topics, consumer, producer::headers,
+    EventProducer, KafkaSettings, LogError, LogPosition, Record, Topics, consumer,
+    producer::headers,
 };
 
 /// Header on a retried record: the dead letter it came from, `topic:partition:offset`.
@@ -57,6 +59,56 @@ pub enum DeadLetterError {
     ForeignOrigin(String),
     #[error("the broker did not deliver the record within {0:?}")]
     Timeout(Duration),
+}
+
+/// Sends `record` to the deployment's dead-letter topic with `reason` and its origin, keeping
+/// its key and bytes, and the correlation, causation and trace headers it carried (so a retried
+/// dead letter is still part of its booking's history and trace). Returns where it landed.
+pub async fn write(
+    producer: &EventProducer,
+    record: &Record<'_>,
+    reason: &str,
+) -> Result<LogPosition, LogError> {
+    let origin = record.position();
+    let partition = origin.partition.to_string();
+    let offset = origin.offset.to_string();
+    let mut record_headers = OwnedHeaders::new()
+        .insert(Header {
+            key: headers::DEAD_LETTER_REASON,
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: headers::ORIGIN_TOPIC,
+            value: Some(origin.topic.as_str()),
+        })
+        .insert(Header {
+            key: headers::ORIGIN_PARTITION,
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: headers::ORIGIN_OFFSET,
+            value: Some(offset.as_str()),
+        });
+    for name in [
+        headers::CORRELATION_ID,
+        headers::CAUSATION_ID,
+        headers::TRACEPARENT,
+    ] {
+        if let Some(value) = record.header(name) {
+            record_headers = record_headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+    }
+    producer
+        .send(
+            &producer.topics().dead_letter(),
+            record.key(),
+            record.payload(),
+            record_headers,
+        )
+        .await
 }
 
 fn header(headers: Option<&rdkafka::message::BorrowedHeaders>, name: &str) -> Option<String> {

@@ -8,7 +8,9 @@
 //!   id; every answer is the record's [`LogPosition`].
 //! - [`consumer`] — reading topics from given offsets and learning where they end.
 //! - [`record`] — one record as a consumer sees it (position, key, bytes, headers).
-//! - [`dead_letters`] — reading a dead letter back and retrying it on its origin topic.
+//! - [`trace`] — the trace context a record carries in its headers.
+//! - [`dead_letters`] — writing a record that breaks the contract to the dead-letter topic,
+//!   reading a dead letter back, and retrying it on its origin topic.
 //! - [`resolution`] — the one rule by which every reader admits or refuses an event, so that
 //!   racing writers are resolved the same way everywhere (`docs/consistency.md`).
 
@@ -19,6 +21,7 @@ pub mod record;
 pub mod resolution;
 pub mod settings;
 pub mod topics;
+pub mod trace;
 
 use rdkafka::error::KafkaError;
 use schemas::ConsistencyToken;

@@ -16,7 +16,7 @@ pub mod headers {
     pub const CORRELATION_ID: &str = "fm-correlation-id";
     pub const CAUSATION_ID: &str = "fm-causation-id";
     /// The W3C trace context of the span that appended the record; a consumer continues the
-    /// trace from it (`platform::trace::context_from_kafka_headers`).
+    /// trace from it (`crate::Record::trace_context`).
     pub const TRACEPARENT: &str = platform::trace::TRACEPARENT;
     /// On dead letters: why the record could not be used.
     pub const DEAD_LETTER_REASON: &str = "fm-dead-letter-reason";

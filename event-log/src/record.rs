@@ -4,6 +4,7 @@
 //! projector, the saga) reads them through the log's vocabulary and never names the Kafka
 //! client.
 
+use opentelemetry::Context;
 use rdkafka::{
     Message,
     message::{BorrowedMessage, Headers},
@@ -59,5 +60,10 @@ impl<'a> Record<'a> {
     pub fn header_str(&self, name: &str) -> Option<&str> {
         self.header(name)
             .and_then(|value| std::str::from_utf8(value).ok())
+    }
+
+    /// The trace the record's `traceparent` header names, if valid ([`crate::trace`]).
+    pub fn trace_context(&self) -> Option<Context> {
+        crate::trace::context_from_headers(self.message.headers())
     }
 }

@@ -8,7 +8,8 @@
 //! - a produced record carries the `traceparent` of the span that produced it
 //!   ([`current_traceparent`]; `event_log::EventProducer` writes it);
 //! - a consumer makes the span that handles a record continue the record's trace with
-//!   [`continue_trace`] and [`context_from_kafka_headers`].
+//!   [`continue_trace`] and the context the record names (`event_log::Record::trace_context`,
+//!   which reads the Kafka headers with [`parse_traceparent`]).
 //!
 //! The correlation id (one business flow) and the causation id (what directly caused an event:
 //! the command, or the event a saga reacted to) are not trace ids: they are recorded in every
@@ -25,7 +26,6 @@ use opentelemetry::{
     trace::TraceContextExt,
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use rdkafka::message::Headers;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
@@ -108,20 +108,6 @@ pub fn context_from_http_headers(headers: &HeaderMap) -> Option<Context> {
     let traceparent = headers.get(TRACEPARENT)?.to_str().ok()?;
     let tracestate = headers.get(TRACESTATE).and_then(|v| v.to_str().ok());
     parse_traceparent(traceparent, tracestate)
-}
-
-/// The parent context a Kafka record names in its `traceparent` header, if valid.
-/// Pass `message.headers()`.
-pub fn context_from_kafka_headers<H: Headers>(headers: Option<&H>) -> Option<Context> {
-    let headers = headers?;
-    let text = |name: &str| {
-        headers
-            .iter()
-            .find(|header| header.key == name)
-            .and_then(|header| header.value)
-            .and_then(|value| std::str::from_utf8(value).ok())
-    };
-    parse_traceparent(text(TRACEPARENT)?, text(TRACESTATE))
 }
 
 /// Makes `span` continue the trace of `parent` (when there is one), and records the trace id in
@@ -222,26 +208,5 @@ mod tests {
                 "{malformed:?} was accepted"
             );
         }
-    }
-
-    #[test]
-    fn reads_the_traceparent_of_kafka_headers() {
-        use rdkafka::message::{Header, OwnedHeaders};
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "fm-event-type",
-                value: Some("BookingRequested"),
-            })
-            .insert(Header {
-                key: TRACEPARENT,
-                value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            });
-        let context = context_from_kafka_headers(Some(&headers)).expect("a parent");
-        assert_eq!(
-            context.span().span_context().span_id().to_string(),
-            "00f067aa0ba902b7"
-        );
-        assert!(context_from_kafka_headers(Some(&OwnedHeaders::new())).is_none());
-        assert!(context_from_kafka_headers::<OwnedHeaders>(None).is_none());
     }
 }

@@ -12,7 +12,8 @@
 //! - [`settings`] — configuration.
 //! - [`versions`] — read-model versions, their schemas, the rebuild request and the switch.
 //! - `supervisor`: one projector per active version, following `projection_versions`.
-//! - `projector`: the batched consume-apply-commit loop and dead-lettering.
+//! - `projector`: the read models as the shared batch consumer's applier (`batch_consumer`),
+//!   dead-lettering, the lag gauge and the rebuild's switch.
 //! - `read_models`: one module per read model, each applying events to its tables.
 //! - `routes`: `/ready` and the state it reads.
 

@@ -40,10 +40,9 @@ use batch_consumer::{BatchApplier, BatchConsumer, ConsumerConfig, OffsetTable, R
 use event_log::{
     EventProducer, LogPosition, Record, Topics,
     consumer::{self, StreamConsumer, TopicPartition},
-    producer::headers,
+    dead_letters,
 };
 use platform::shutdown::CancellationToken;
-use rdkafka::message::{Header, OwnedHeaders};
 use schemas::{ContractViolation, EventEnvelope, SchemaRegistry};
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
@@ -290,15 +289,7 @@ impl BatchApplier for ReadModels {
             aggregate_id = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
-        let parent = record
-            .header_str(headers::TRACEPARENT)
-            .and_then(|traceparent| {
-                platform::trace::parse_traceparent(
-                    traceparent,
-                    record.header_str(platform::trace::TRACESTATE),
-                )
-            });
-        platform::trace::continue_trace(&span, parent);
+        platform::trace::continue_trace(&span, record.trace_context());
         self.handle_record(tx, record).instrument(span).await
     }
 
@@ -394,48 +385,7 @@ impl ReadModels {
     async fn dead_letter(&self, record: &Record<'_>, reason: &Reason) -> anyhow::Result<()> {
         let position = record.position();
         tracing::warn!(reason = %reason.for_log, topic = %position.topic, partition = position.partition, offset = position.offset, "dead-lettering a record");
-        let reason = reason.full.as_str();
-        let partition = position.partition.to_string();
-        let offset = position.offset.to_string();
-        let mut record_headers = OwnedHeaders::new()
-            .insert(Header {
-                key: headers::DEAD_LETTER_REASON,
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: headers::ORIGIN_TOPIC,
-                value: Some(position.topic.as_str()),
-            })
-            .insert(Header {
-                key: headers::ORIGIN_PARTITION,
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: headers::ORIGIN_OFFSET,
-                value: Some(offset.as_str()),
-            });
-        // The flow and trace the record belonged to stay with it, so a retried dead letter is
-        // still part of its booking's history and trace.
-        for name in [
-            headers::CORRELATION_ID,
-            headers::CAUSATION_ID,
-            headers::TRACEPARENT,
-        ] {
-            if let Some(value) = record.header(name) {
-                record_headers = record_headers.insert(Header {
-                    key: name,
-                    value: Some(value),
-                });
-            }
-        }
-        self.dead_letters
-            .send(
-                &self.topics.dead_letter(),
-                record.key(),
-                record.payload(),
-                record_headers,
-            )
-            .await?;
+        dead_letters::write(&self.dead_letters, record, &reason.full).await?;
         Ok(())
     }
 }
