@@ -18,14 +18,15 @@
 //! - [`payment`] — the money side of one booking: captured, declined, refunded.
 //! - [`error`] — [`ValueError`] (a value failed to parse) and [`DomainError`] (a command was
 //!   refused), each with a stable machine-readable rule.
-//! - [`fixtures`] — sample values and one sample of every event, for other crates' tests
-//!   (the `schemas` crate checks its JSON Schemas against them).
+//! - `fixtures` (feature `testing`): sample values and one sample of every event, for tests
+//!   and benchmarks (the `schemas` crate checks its JSON Schemas against them).
 //! - `testing` (feature `testing`): the given/when/then harness used by the domain's tests.
 
 pub mod aggregate;
 pub mod booking;
 pub mod error;
 pub mod facility;
+#[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod payment;
 #[cfg(any(test, feature = "testing"))]

@@ -7,11 +7,12 @@
 //! record, and a changed event that did not change its schema fails this crate's tests.
 //!
 //! - [`envelope`] — the envelope, the actor and the aggregate types.
-//! - [`fixtures`] — whole event streams for tests and benchmarks.
+//! - `fixtures` (feature `testing`) — whole event streams for tests and benchmarks.
 //! - [`registry`] — the embedded schemas, validation, and typed encoding/decoding of events.
 //! - [`token`] — the consistency token a command returns and a query may present.
 
 pub mod envelope;
+#[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod registry;
 pub mod token;
