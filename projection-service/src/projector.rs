@@ -69,24 +69,16 @@ pub(crate) struct ProjectorConfig {
 pub(crate) struct Projector {
     consumer: BatchConsumer<ReadModels>,
     version: i32,
-    building: bool,
-    /// Connections whose `search_path` is this version's schema.
-    pool: PgPool,
-    /// Connections with the default `search_path`, for `projection_versions`.
-    admin_pool: PgPool,
-    /// A second client for watermark requests, which block; the first one is busy streaming.
-    watermarks: Arc<StreamConsumer>,
-    partitions: Vec<TopicPartition>,
-    config: ProjectorConfig,
-    /// The next offset of each partition as last committed, for the lag gauge.
-    committed: Arc<Mutex<BTreeMap<TopicPartition, i64>>>,
+    lag: LagSampler,
+    /// For a building version: what switches it live once it has caught up.
+    switch: Option<Switch>,
 }
 
 impl std::fmt::Debug for Projector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Projector")
             .field("version", &self.version)
-            .field("building", &self.building)
+            .field("building", &self.switch.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -130,6 +122,7 @@ impl Projector {
         let settings = &config.kafka;
         let topics = Topics::new(&settings.topic_prefix);
         let client_id = format!("projection-service-v{version}");
+        // A second client for watermark requests, which block; the first one is busy streaming.
         let watermarks = Arc::new(consumer::manual_consumer(
             settings,
             &format!("{client_id}-watermarks"),
@@ -157,113 +150,103 @@ impl Projector {
         .await?;
         let offsets = consumer.starting_offsets().clone();
         tracing::info!(version, building, "projector assigned");
-        let partitions = offsets.keys().cloned().collect();
+        let partitions: Vec<TopicPartition> = offsets.keys().cloned().collect();
         *committed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = offsets;
+        let switch = building.then(|| Switch {
+            version,
+            pool,
+            admin_pool,
+            watermarks: watermarks.clone(),
+            partitions: partitions.clone(),
+            config: config.clone(),
+            target: None,
+        });
         Ok(Self {
             consumer,
             version,
-            building,
-            pool,
-            admin_pool,
-            watermarks,
-            partitions,
-            config,
-            committed,
+            lag: LagSampler {
+                version,
+                watermarks,
+                partitions,
+                committed,
+                config,
+            },
+            switch,
         })
     }
 
     /// Runs until `shutdown`; the batch in hand is finished (committed) first.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let Self {
-            consumer,
-            version,
-            building,
-            pool,
-            admin_pool,
-            watermarks,
-            partitions,
-            config,
-            committed,
-        } = self;
-        let lag = tokio::spawn(report_lag(
-            version,
-            watermarks.clone(),
-            partitions.clone(),
-            committed,
-            config.clone(),
-            shutdown.clone(),
-        ));
-        let switch = building.then(|| {
-            tokio::spawn(
-                Switch {
-                    version,
-                    pool,
-                    admin_pool,
-                    watermarks,
-                    partitions,
-                    config,
-                    target: None,
-                }
-                .run(shutdown.clone()),
-            )
-        });
-        consumer.run(shutdown).await;
+        let lag = tokio::spawn(self.lag.run(shutdown.clone()));
+        let switch = self
+            .switch
+            .map(|switch| tokio::spawn(switch.run(shutdown.clone())));
+        self.consumer.run(shutdown).await;
         lag.abort();
         if let Some(switch) = switch {
             switch.abort();
         }
-        tracing::info!(version, "projector stopped");
+        tracing::info!(version = self.version, "projector stopped");
     }
 }
 
 /// Samples the lag of every partition (end offset minus the next offset committed) into
-/// `projection_lag_records` until `shutdown`. The watermark requests block, so they run on the
-/// blocking pool; a broker that does not answer leaves the last values in place.
-async fn report_lag(
+/// `projection_lag_records`, every `lag_interval`, in a task of its own so that it keeps growing
+/// while batches fail. The watermark requests block, so they run on the blocking pool; a broker
+/// that does not answer leaves the last values in place.
+struct LagSampler {
     version: i32,
     watermarks: Arc<StreamConsumer>,
     partitions: Vec<TopicPartition>,
+    /// The next offset of each partition as last committed (the applier updates it).
     committed: Arc<Mutex<BTreeMap<TopicPartition, i64>>>,
     config: ProjectorConfig,
-    shutdown: CancellationToken,
-) {
-    let version = version.to_string();
-    let mut tick = tokio::time::interval(config.lag_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let (consumer, partitions_now, settings) =
-            (watermarks.clone(), partitions.clone(), config.kafka.clone());
-        let ends = tokio::task::spawn_blocking(move || {
-            consumer::end_offsets(&consumer, &partitions_now, &settings)
-        })
-        .await;
-        let Ok(Ok(ends)) = ends else {
-            continue;
-        };
-        let committed = committed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        for ((topic, partition), end) in ends {
-            let next = committed
-                .get(&(topic.clone(), partition))
-                .copied()
-                .unwrap_or(0);
-            #[allow(clippy::cast_precision_loss)] // a gauge; exact below 2^53 records
-            let lag = (end - next).max(0) as f64;
-            metrics::gauge!(
-                "projection_lag_records",
-                "version" => version.clone(),
-                "topic" => topic,
-                "partition" => partition.to_string(),
-            )
-            .set(lag);
+}
+
+impl LagSampler {
+    async fn run(self, shutdown: CancellationToken) {
+        let version = self.version.to_string();
+        let mut tick = tokio::time::interval(self.config.lag_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let (consumer, partitions_now, settings) = (
+                self.watermarks.clone(),
+                self.partitions.clone(),
+                self.config.kafka.clone(),
+            );
+            let ends = tokio::task::spawn_blocking(move || {
+                consumer::end_offsets(&consumer, &partitions_now, &settings)
+            })
+            .await;
+            let Ok(Ok(ends)) = ends else {
+                continue;
+            };
+            let committed = self
+                .committed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            for ((topic, partition), end) in ends {
+                let next = committed
+                    .get(&(topic.clone(), partition))
+                    .copied()
+                    .unwrap_or(0);
+                #[allow(clippy::cast_precision_loss)] // a gauge; exact below 2^53 records
+                let lag = (end - next).max(0) as f64;
+                metrics::gauge!(
+                    "projection_lag_records",
+                    "version" => version.clone(),
+                    "topic" => topic,
+                    "partition" => partition.to_string(),
+                )
+                .set(lag);
+            }
         }
     }
 }
