@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use event_log::EventProducer;
-use platform::{auth::TokenKeys, shutdown::CancellationToken};
+use platform::{auth::TokenKeys, shutdown::CancellationToken, startup::Service};
 use schemas::SchemaRegistry;
 use tokio::task::JoinHandle;
 
@@ -36,9 +36,24 @@ pub struct StartupReport {
 }
 
 impl Application {
+    /// How the service started.
+    pub fn startup(&self) -> StartupReport {
+        self.startup
+    }
+}
+
+impl Service for Application {
+    type Settings = Settings;
+    const NAME: &'static str = "command-service";
+    const SETTINGS_HINT: &'static str = " (FM_AUTH__SECRET must be set)";
+
+    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
+        &settings.log
+    }
+
     /// Connects to the broker, starts reading the log into the aggregate store, and binds the
     /// HTTP listener. `/ready` turns true once the store has caught up.
-    pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let keys = TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?;
         let registry =
             Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
@@ -109,18 +124,13 @@ impl Application {
         })
     }
 
-    /// How the service started.
-    pub fn startup(&self) -> StartupReport {
-        self.startup
-    }
-
     /// The port the service listens on.
-    pub fn port(&self) -> u16 {
+    fn port(&self) -> u16 {
         self.server.port()
     }
 
     /// Serves until the shutdown token is cancelled, then drains requests and stops reading.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server
             .serve(self.shutdown.clone())
             .await
@@ -131,27 +141,5 @@ impl Application {
                 .context("A background task (tailer, snapshot writer) panicked")?;
         }
         Ok(())
-    }
-}
-
-impl platform::startup::Service for Application {
-    type Settings = Settings;
-    const NAME: &'static str = "command-service";
-    const SETTINGS_HINT: &'static str = " (FM_AUTH__SECRET must be set)";
-
-    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
-        &settings.log
-    }
-
-    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        Self::build(settings, shutdown).await
-    }
-
-    fn port(&self) -> u16 {
-        self.port()
-    }
-
-    async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until_stopped().await
     }
 }

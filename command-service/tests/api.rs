@@ -9,6 +9,7 @@ mod support;
 use command_service::{Application, Settings};
 use event_log::KafkaSettings;
 use platform::shutdown::CancellationToken;
+use platform::startup::Service as _;
 use reqwest::{Client, StatusCode};
 use schemas::Role;
 use serde_json::{Value, json};

@@ -6,6 +6,7 @@
 
 mod support;
 
+use platform::startup::Service as _;
 use std::{path::Path, time::Duration};
 
 use command_service::{Application, Settings, startup::StartupReport};

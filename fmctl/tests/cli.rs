@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 #![allow(clippy::too_many_lines)] // Each test is one story, told in order.
 
+use platform::startup::Service as _;
 use std::time::Duration;
 
 use event_log::{EventProducer, KafkaSettings};

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 
+use platform::startup::Service as _;
 use std::time::Duration;
 
 use gateway_simulator::Mode;

@@ -4,7 +4,7 @@
 //! down and came back).
 
 use anyhow::Context;
-use platform::shutdown::CancellationToken;
+use platform::{shutdown::CancellationToken, startup::Service};
 
 use crate::{
     routes::{self, AppState, SimulatorState},
@@ -20,11 +20,6 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds the listener and builds the routes with an empty ledger, approving everything.
-    pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        Self::build_with_state(settings, shutdown, SimulatorState::default()).await
-    }
-
     /// Like [`build`](Self::build), with `simulator` as its memory: what an earlier
     /// `Application` on the same state recorded is still there.
     pub async fn build_with_state(
@@ -50,22 +45,9 @@ impl Application {
     pub fn state(&self) -> SimulatorState {
         self.simulator.clone()
     }
-
-    /// The port the simulator listens on.
-    pub fn port(&self) -> u16 {
-        self.server.port()
-    }
-
-    /// Serves until the shutdown token is cancelled; hanging requests are cut short then.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.server
-            .serve(self.shutdown)
-            .await
-            .context("HTTP server failed")
-    }
 }
 
-impl platform::startup::Service for Application {
+impl Service for Application {
     type Settings = Settings;
     const NAME: &'static str = "gateway simulator";
 
@@ -73,15 +55,21 @@ impl platform::startup::Service for Application {
         &settings.log
     }
 
+    /// Binds the listener and builds the routes with an empty ledger, approving everything.
     async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        Self::build(settings, shutdown).await
+        Self::build_with_state(settings, shutdown, SimulatorState::default()).await
     }
 
+    /// The port the simulator listens on.
     fn port(&self) -> u16 {
-        self.port()
+        self.server.port()
     }
 
+    /// Serves until the shutdown token is cancelled; hanging requests are cut short then.
     async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until_stopped().await
+        self.server
+            .serve(self.shutdown)
+            .await
+            .context("HTTP server failed")
     }
 }

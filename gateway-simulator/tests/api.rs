@@ -5,6 +5,7 @@
 
 use gateway_simulator::{Application, Settings};
 use platform::shutdown::CancellationToken;
+use platform::startup::Service as _;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;

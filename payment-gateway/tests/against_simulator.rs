@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 
+use platform::startup::Service as _;
 use std::time::{Duration, Instant};
 
 use domain::{

@@ -26,7 +26,9 @@ use serde::de::DeserializeOwned;
 
 use crate::{settings::LogSettings, shutdown::CancellationToken};
 
-/// A service's `Application`: built from its settings and a shutdown token, then served.
+/// A service's `Application`: built from its settings and a shutdown token, then served. Its
+/// implementation is the service's start-up (`startup.rs`); tests call it as `main` does
+/// (`Application::build(settings, shutdown)`, with this trait in scope).
 pub trait Service: Sized {
     /// The service's typed settings (`crate::settings::load`).
     type Settings: DeserializeOwned;
@@ -42,13 +44,13 @@ pub trait Service: Sized {
     fn build(
         settings: Self::Settings,
         shutdown: CancellationToken,
-    ) -> impl Future<Output = anyhow::Result<Self>>;
+    ) -> impl Future<Output = anyhow::Result<Self>> + Send;
 
     /// The port it listens on.
     fn port(&self) -> u16;
 
     /// Serves until the shutdown token is cancelled, then drains.
-    fn run_until_stopped(self) -> impl Future<Output = anyhow::Result<()>>;
+    fn run_until_stopped(self) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// Loads `S`'s settings and starts the logs with them.

@@ -1,7 +1,7 @@
 //! Building and running the service.
 
 use anyhow::Context;
-use platform::shutdown::CancellationToken;
+use platform::{shutdown::CancellationToken, startup::Service};
 use schemas::SchemaRegistry;
 use secrecy::ExposeSecret;
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -45,10 +45,17 @@ pub struct Application {
     shutdown: CancellationToken,
 }
 
-impl Application {
+impl Service for Application {
+    type Settings = Settings;
+    const NAME: &'static str = "projection-service";
+
+    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
+        &settings.log
+    }
+
     /// Migrates, makes sure a live read-model version exists, starts its projector at its stored
     /// offsets (and the supervisor that follows rebuilds), binds the health/metrics listener.
-    pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let pool = connect(&settings).await?;
         MIGRATOR
             .run(&pool)
@@ -95,37 +102,16 @@ impl Application {
         })
     }
 
-    pub fn port(&self) -> u16 {
+    fn port(&self) -> u16 {
         self.server.port()
     }
 
     /// Serves health and metrics until shutdown, then waits for the projector to finish its
     /// record in hand.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server.serve(self.shutdown.clone()).await?;
         self.shutdown.cancel();
         self.projector.await.context("Projector panicked")?;
         Ok(())
-    }
-}
-
-impl platform::startup::Service for Application {
-    type Settings = Settings;
-    const NAME: &'static str = "projection-service";
-
-    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
-        &settings.log
-    }
-
-    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        Self::build(settings, shutdown).await
-    }
-
-    fn port(&self) -> u16 {
-        self.port()
-    }
-
-    async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until_stopped().await
     }
 }

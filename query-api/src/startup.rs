@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use platform::{auth::TokenKeys, shutdown::CancellationToken};
+use platform::{auth::TokenKeys, shutdown::CancellationToken, startup::Service};
 use secrecy::ExposeSecret;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
@@ -19,10 +19,18 @@ pub struct Application {
     shutdown: CancellationToken,
 }
 
-impl Application {
+impl Service for Application {
+    type Settings = Settings;
+    const NAME: &'static str = "query-api";
+    const SETTINGS_HINT: &'static str = " (FM_AUTH__SECRET must be set)";
+
+    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
+        &settings.log
+    }
+
     /// Connects to Postgres (lazily, so the API starts and reports not-ready while it is down)
     /// and binds the listener.
-    pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let keys = TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?;
         let pool: PgPool = PgPoolOptions::new()
             .max_connections(settings.database.max_connections)
@@ -39,37 +47,15 @@ impl Application {
         Ok(Self { server, shutdown })
     }
 
-    pub fn port(&self) -> u16 {
+    fn port(&self) -> u16 {
         self.server.port()
     }
 
     /// Serves until the shutdown token is cancelled, then drains requests.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server
             .serve(self.shutdown)
             .await
             .context("HTTP server failed")
-    }
-}
-
-impl platform::startup::Service for Application {
-    type Settings = Settings;
-    const NAME: &'static str = "query-api";
-    const SETTINGS_HINT: &'static str = " (FM_AUTH__SECRET must be set)";
-
-    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
-        &settings.log
-    }
-
-    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        Self::build(settings, shutdown).await
-    }
-
-    fn port(&self) -> u16 {
-        self.port()
-    }
-
-    async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until_stopped().await
     }
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 
 use chrono::Duration;
+use platform::startup::Service as _;
 use platform::{
     auth::TokenKeys, openapi::declared_response, settings::DatabaseSettings,
     shutdown::CancellationToken,

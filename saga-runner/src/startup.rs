@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use notifications::Mailer;
 use payment_gateway::{BreakingGateway, HttpGateway};
-use platform::{auth::TokenKeys, shutdown::CancellationToken};
+use platform::{auth::TokenKeys, shutdown::CancellationToken, startup::Service};
 use schemas::SchemaRegistry;
 use secrecy::ExposeSecret;
 use sqlx::{Connection, PgConnection};
@@ -28,10 +28,18 @@ pub struct Application {
     shutdown: CancellationToken,
 }
 
-impl Application {
+impl Service for Application {
+    type Settings = Settings;
+    const NAME: &'static str = "saga runner";
+    const SETTINGS_HINT: &'static str = " (FM_AUTH__SECRET must be set)";
+
+    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
+        &settings.log
+    }
+
     /// Migrates the `saga` schema, starts the consumer (or stands by if another replica has
     /// it), the worker and the gauges, and binds the HTTP listener.
-    pub async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let keys =
             Arc::new(TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?);
         let registry =
@@ -122,40 +130,18 @@ impl Application {
         })
     }
 
-    pub fn port(&self) -> u16 {
+    fn port(&self) -> u16 {
         self.server.port()
     }
 
     /// Serves until shutdown, then lets the consumer finish its batch and the worker its steps.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server.serve(self.shutdown.clone()).await?;
         self.shutdown.cancel();
         for task in self.background {
             task.await.context("A saga task panicked")?;
         }
         Ok(())
-    }
-}
-
-impl platform::startup::Service for Application {
-    type Settings = Settings;
-    const NAME: &'static str = "saga runner";
-    const SETTINGS_HINT: &'static str = " (FM_AUTH__SECRET must be set)";
-
-    fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
-        &settings.log
-    }
-
-    async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        Self::build(settings, shutdown).await
-    }
-
-    fn port(&self) -> u16 {
-        self.port()
-    }
-
-    async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until_stopped().await
     }
 }
 

@@ -6,6 +6,7 @@
 //! The broker and database come from `FM_TEST_KAFKA_BROKERS` and `FM_TEST_DATABASE_URL`; a test
 //! run without them fails at once with a sentence saying how to run it.
 
+use platform::startup::Service as _;
 use std::time::Duration;
 
 use anyhow::{Context, bail};

@@ -7,6 +7,7 @@
 //! "gateway down, breaker opens, gateway back, breaker closes" needs: money taken before the
 //! outage is still counted, and a capture retried after it is still recognised.
 
+use platform::startup::Service as _;
 use std::time::Duration;
 
 use anyhow::{Context, bail};

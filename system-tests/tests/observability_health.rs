@@ -8,6 +8,7 @@
 #[path = "observability_support/mod.rs"]
 mod support;
 
+use platform::startup::Service as _;
 use std::time::Duration;
 
 use event_log::{KafkaSettings, Topics};

@@ -6,6 +6,7 @@
 
 mod read_side_support;
 
+use platform::startup::Service as _;
 use std::{collections::BTreeMap, sync::OnceLock, time::Duration};
 
 use domain::{

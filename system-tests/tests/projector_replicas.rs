@@ -5,6 +5,7 @@
 
 mod read_side_support;
 
+use platform::startup::Service as _;
 use std::time::Duration;
 
 use event_log::{EventProducer, KafkaSettings};

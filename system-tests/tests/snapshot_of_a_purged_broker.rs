@@ -7,6 +7,7 @@
 
 mod observability_support;
 
+use platform::startup::Service as _;
 use std::{path::Path, time::Duration};
 
 use command_service::{Application, Settings, startup::StartupReport};
