@@ -12,19 +12,11 @@ use event_log::consumer::TopicPartition;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-/// Creates an empty database; returns its URL.
+/// Creates an empty database named after `what`; returns its URL.
 pub(crate) async fn fresh_database(admin_url: &str, what: &str) -> anyhow::Result<String> {
-    let name = format!("bench_{what}_{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let mut admin = PgConnection::connect(admin_url)
+    test_support::create_database(admin_url, &format!("bench_{what}"))
         .await
-        .context("Failed to connect to the benchmark's PostgreSQL")?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    let (base, _) = admin_url
-        .rsplit_once('/')
-        .context("the admin URL has no database name")?;
-    Ok(format!("{base}/{name}"))
+        .context("Failed to create a database on the benchmark's PostgreSQL")
 }
 
 /// The server's version, as `SHOW server_version` gives it.

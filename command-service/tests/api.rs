@@ -9,7 +9,6 @@ mod support;
 use command_service::{Application, Settings};
 use event_log::KafkaSettings;
 use platform::shutdown::CancellationToken;
-use platform::startup::Service as _;
 use reqwest::{Client, StatusCode};
 use schemas::Role;
 use serde_json::{Value, json};
@@ -31,11 +30,9 @@ async fn start(kafka: &KafkaSettings) -> Service {
     settings.http.port = 0;
     settings.kafka = kafka.clone();
     let shutdown = CancellationToken::new();
-    let app = Application::build(settings, shutdown.clone())
+    let url = test_support::spawn_app::<Application>(settings, &shutdown)
         .await
         .unwrap();
-    let url = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
     let client = Client::new();
     for _ in 0..300 {
         if client

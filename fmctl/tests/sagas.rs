@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 
-use platform::startup::Service as _;
 use std::time::Duration;
 
 use gateway_simulator::Mode;
@@ -54,11 +53,9 @@ async fn sagas_lists_in_flight_compensated_and_one_booking_in_full() {
     settings.gateway = simulator.gateway_settings();
     settings.smtp = sink.settings();
     let shutdown = CancellationToken::new();
-    let runner = saga_runner::Application::build(settings, shutdown.clone())
+    let saga_url = test_support::spawn_app::<saga_runner::Application>(settings, &shutdown)
         .await
         .unwrap();
-    let saga_url = format!("http://127.0.0.1:{}", runner.port());
-    tokio::spawn(runner.run_until_stopped());
 
     let director = stack.token(Role::Director, "director-1");
     let facility: Value = stack

@@ -5,7 +5,6 @@
 
 use gateway_simulator::{Application, Settings};
 use platform::shutdown::CancellationToken;
-use platform::startup::Service as _;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -26,11 +25,9 @@ async fn start() -> Simulator {
     let mut settings = Settings::default();
     settings.http.port = 0;
     let shutdown = CancellationToken::new();
-    let app = Application::build(settings, shutdown.clone())
+    let url = test_support::spawn_app::<Application>(settings, &shutdown)
         .await
         .unwrap();
-    let url = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
     Simulator {
         url,
         http: Client::new(),

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 
-use platform::startup::Service as _;
 use std::time::{Duration, Instant};
 
 use domain::{
@@ -35,11 +34,9 @@ impl Simulator {
         let mut settings = Settings::default();
         settings.http.port = 0;
         let shutdown = CancellationToken::new();
-        let app = Application::build(settings, shutdown.clone())
+        let url = test_support::spawn_app::<Application>(settings, &shutdown)
             .await
             .unwrap();
-        let url = format!("http://127.0.0.1:{}", app.port());
-        tokio::spawn(app.run_until_stopped());
         Self {
             url,
             http: reqwest::Client::new(),

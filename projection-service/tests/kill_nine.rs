@@ -21,26 +21,8 @@ use schemas::{
     fixtures::{booking_story, envelope},
 };
 use serde_json::Value;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the suite with `compose/test`, which starts the broker and PostgreSQL")
-    })
-}
-
-async fn fresh_database() -> String {
-    let admin_url = env("FM_TEST_DATABASE_URL");
-    let name = format!("fm_test_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
-}
 
 /// The whole life of one booking (`schemas::fixtures::booking_story`); every fifth stream also
 /// gets a duplicate (a losing writer's record) that must never be applied.
@@ -132,14 +114,7 @@ async fn dump(pool: &PgPool) -> Vec<(String, Vec<Value>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_models_after_repeated_kill_nine_equal_a_fresh_rebuild() {
-    let kafka = KafkaSettings {
-        brokers: env("FM_TEST_KAFKA_BROKERS"),
-        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
-        ..KafkaSettings::default()
-    };
-    event_log::topics::ensure_topics(&kafka, false)
-        .await
-        .unwrap();
+    let kafka = test_support::fresh_kafka().await.unwrap();
     let producer = EventProducer::new(&kafka).unwrap();
     let stories = 300;
 
@@ -163,7 +138,7 @@ async fn read_models_after_repeated_kill_nine_equal_a_fresh_rebuild() {
             }
         })
     };
-    let crashed_url = fresh_database().await;
+    let crashed_url = test_support::fresh_database().await.unwrap();
     let mut kills_under_load = 0;
     while !writer.is_finished() {
         let mut child = spawn_projector(&crashed_url, &kafka);
@@ -187,7 +162,7 @@ async fn read_models_after_repeated_kill_nine_equal_a_fresh_rebuild() {
     child.wait().unwrap();
 
     // A fresh rebuild from the same log, undisturbed.
-    let fresh_url = fresh_database().await;
+    let fresh_url = test_support::fresh_database().await.unwrap();
     let fresh = PgPool::connect(&fresh_url).await.unwrap();
     let mut child = spawn_projector(&fresh_url, &kafka);
     wait_caught_up(&fresh, &kafka).await;

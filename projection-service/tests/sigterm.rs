@@ -15,26 +15,7 @@ use std::{
 
 use event_log::{EventProducer, KafkaSettings, consumer};
 use schemas::fixtures::booking_story;
-use sqlx::{Connection, PgConnection, PgPool};
-use uuid::Uuid;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the suite with `compose/test`, which starts the broker and PostgreSQL")
-    })
-}
-
-async fn fresh_database() -> String {
-    let admin_url = env("FM_TEST_DATABASE_URL");
-    let name = format!("fm_test_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
-}
+use sqlx::PgPool;
 
 fn spawn_projector(database_url: &str, kafka: &KafkaSettings) -> Child {
     Command::new(env!("CARGO_BIN_EXE_projection-service"))
@@ -65,14 +46,7 @@ async fn stored(pool: &PgPool) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_batch_in_hand_stores_offsets_and_exits_zero() {
-    let kafka = KafkaSettings {
-        brokers: env("FM_TEST_KAFKA_BROKERS"),
-        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
-        ..KafkaSettings::default()
-    };
-    event_log::topics::ensure_topics(&kafka, false)
-        .await
-        .unwrap();
+    let kafka = test_support::fresh_kafka().await.unwrap();
     let producer = EventProducer::new(&kafka).unwrap();
     let stories = 120;
     let writer = {
@@ -86,7 +60,7 @@ async fn sigterm_finishes_the_batch_in_hand_stores_offsets_and_exits_zero() {
             }
         })
     };
-    let database_url = fresh_database().await;
+    let database_url = test_support::fresh_database().await.unwrap();
     let mut child = spawn_projector(&database_url, &kafka);
     // Read the logs as they come, so a full pipe can never block the child.
     let mut stdout = child.stdout.take().unwrap();

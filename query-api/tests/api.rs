@@ -5,11 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 
-use chrono::Duration;
-use platform::startup::Service as _;
 use platform::{
-    auth::TokenKeys, openapi::declared_response, settings::DatabaseSettings,
-    shutdown::CancellationToken,
+    openapi::declared_response, settings::DatabaseSettings, shutdown::CancellationToken,
 };
 use query_api::{Application, Settings};
 use reqwest::{Client, StatusCode};
@@ -39,11 +36,9 @@ async fn start() -> Service {
     let mut settings = Settings::new(SECRET, database);
     settings.http.port = 0;
     let shutdown = CancellationToken::new();
-    let app = Application::build(settings, shutdown.clone())
+    let url = test_support::spawn_app::<Application>(settings, &shutdown)
         .await
         .unwrap();
-    let url = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
     let document = Client::new()
         .get(format!("{url}/openapi.json"))
         .send()
@@ -52,10 +47,7 @@ async fn start() -> Service {
         .json()
         .await
         .unwrap();
-    let token = TokenKeys::from_secret(&SECRET.to_owned().into())
-        .unwrap()
-        .mint("director-1", Role::Director, Duration::hours(1))
-        .unwrap();
+    let token = test_support::token(SECRET, Role::Director, "director-1");
     Service {
         url,
         token,

@@ -3,66 +3,27 @@
 //! PostgreSQL that the test command (`compose/test`) started, each test with its own topics
 //! and its own database so tests never see each other's data.
 //!
-//! The broker and database come from `FM_TEST_KAFKA_BROKERS` and `FM_TEST_DATABASE_URL`; a test
-//! run without them fails at once with a sentence saying how to run it.
+//! The broker and database come from `FM_TEST_KAFKA_BROKERS` and `FM_TEST_DATABASE_URL`
+//! (`test_support`, re-exported here: `fresh_kafka`, `fresh_database`); a test run without them
+//! fails at once with a sentence saying how to run it.
 
-use platform::startup::Service as _;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use event_log::KafkaSettings;
 use platform::{
-    auth::TokenKeys,
     settings::{DatabaseSettings, HttpSettings},
     shutdown::CancellationToken,
 };
 use schemas::Role;
 use secrecy::SecretString;
-use sqlx::{Connection, PgConnection};
-use uuid::Uuid;
+use test_support::spawn_app;
 
 pub mod saga_stack;
 pub mod simulator;
 pub mod smtp_sink;
 
-/// The signing secret of every test stack.
-pub const TEST_SECRET: &str = "system-tests-secret-0123456789abcdef";
-
-/// Reads a variable the test command sets, or explains how to run the tests.
-pub fn required_env(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).with_context(|| {
-        format!("{name} is not set: run the suite with `compose/test`, which starts the broker and PostgreSQL")
-    })
-}
-
-/// Kafka settings with a topic prefix of the test's own, and the topics created.
-pub async fn fresh_kafka() -> anyhow::Result<KafkaSettings> {
-    let settings = KafkaSettings {
-        brokers: required_env("FM_TEST_KAFKA_BROKERS")?,
-        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
-        ..KafkaSettings::default()
-    };
-    event_log::topics::ensure_topics(&settings, false)
-        .await
-        .context("Failed to create the test topics")?;
-    Ok(settings)
-}
-
-/// A new empty database on the test server; returns its URL.
-pub async fn fresh_database() -> anyhow::Result<String> {
-    let admin_url = required_env("FM_TEST_DATABASE_URL")?;
-    let name = format!("fm_test_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url)
-        .await
-        .context("Failed to connect to the test PostgreSQL")?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    let (base, _) = admin_url
-        .rsplit_once('/')
-        .context("FM_TEST_DATABASE_URL has no database name")?;
-    Ok(format!("{base}/{name}"))
-}
+pub use test_support::{TEST_SECRET, fresh_database, fresh_kafka, required_env};
 
 /// The three services, running in this process.
 #[derive(Debug)]
@@ -73,7 +34,6 @@ pub struct TestStack {
     pub kafka: KafkaSettings,
     pub database_url: String,
     pub http: reqwest::Client,
-    keys: TokenKeys,
     shutdown: CancellationToken,
 }
 
@@ -95,26 +55,19 @@ impl TestStack {
             database: database.clone(),
             ..projection_service::Settings::default()
         };
-        let projection =
-            projection_service::Application::build(projection_settings, shutdown.clone()).await?;
-        let projection_url = format!("http://127.0.0.1:{}", projection.port());
-        tokio::spawn(projection.run_until_stopped());
+        let projection_url =
+            spawn_app::<projection_service::Application>(projection_settings, &shutdown).await?;
 
         let mut command_settings = command_service::Settings::with_secret(TEST_SECRET);
         command_settings.http = http_settings.clone();
         command_settings.kafka = kafka.clone();
-        let command =
-            command_service::Application::build(command_settings, shutdown.clone()).await?;
-        let command_url = format!("http://127.0.0.1:{}", command.port());
-        tokio::spawn(command.run_until_stopped());
+        let command_url =
+            spawn_app::<command_service::Application>(command_settings, &shutdown).await?;
 
         let mut query_settings = query_api::Settings::new(TEST_SECRET, database);
         query_settings.http = http_settings;
-        let query = query_api::Application::build(query_settings, shutdown.clone()).await?;
-        let query_url = format!("http://127.0.0.1:{}", query.port());
-        tokio::spawn(query.run_until_stopped());
+        let query_url = spawn_app::<query_api::Application>(query_settings, &shutdown).await?;
 
-        let keys = TokenKeys::from_secret(&SecretString::from(TEST_SECRET))?;
         let stack = Self {
             command_url,
             query_url,
@@ -122,7 +75,6 @@ impl TestStack {
             kafka,
             database_url,
             http: reqwest::Client::new(),
-            keys,
             shutdown,
         };
         for url in [&stack.command_url, &stack.query_url, &stack.projection_url] {
@@ -151,9 +103,7 @@ impl TestStack {
 
     /// A bearer token for `subject` with `role`.
     pub fn token(&self, role: Role, subject: &str) -> String {
-        self.keys
-            .mint(subject, role, chrono::Duration::hours(1))
-            .expect("minting with a valid key")
+        test_support::token(TEST_SECRET, role, subject)
     }
 }
 

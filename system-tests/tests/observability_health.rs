@@ -8,7 +8,6 @@
 #[path = "observability_support/mod.rs"]
 mod support;
 
-use platform::startup::Service as _;
 use std::time::Duration;
 
 use event_log::{KafkaSettings, Topics};
@@ -34,7 +33,6 @@ struct Services {
     query: String,
     projection: String,
     http: reqwest::Client,
-    keys: platform::auth::TokenKeys,
     shutdown: CancellationToken,
 }
 
@@ -42,6 +40,11 @@ impl Drop for Services {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A director's token for the stack.
+fn director() -> String {
+    test_support::token(TEST_SECRET, Role::Director, "director-1")
 }
 
 impl Services {
@@ -61,26 +64,22 @@ impl Services {
             ..projection_service::Settings::default()
         };
         projection.projector.lag_interval = Duration::from_millis(200);
-        let projection = projection_service::Application::build(projection, shutdown.clone())
-            .await
-            .unwrap();
-        let projection_url = format!("http://127.0.0.1:{}", projection.port());
-        tokio::spawn(projection.run_until_stopped());
+        let projection_url =
+            test_support::spawn_app::<projection_service::Application>(projection, &shutdown)
+                .await
+                .unwrap();
         let mut command = command_service::Settings::with_secret(TEST_SECRET);
         command.http = HttpSettings::on_port(0);
         command.kafka = kafka.clone();
-        let command = command_service::Application::build(command, shutdown.clone())
-            .await
-            .unwrap();
-        let command_url = format!("http://127.0.0.1:{}", command.port());
-        tokio::spawn(command.run_until_stopped());
+        let command_url =
+            test_support::spawn_app::<command_service::Application>(command, &shutdown)
+                .await
+                .unwrap();
         let mut query = query_api::Settings::new(TEST_SECRET, database);
         query.http = HttpSettings::on_port(0);
-        let query = query_api::Application::build(query, shutdown.clone())
+        let query_url = test_support::spawn_app::<query_api::Application>(query, &shutdown)
             .await
             .unwrap();
-        let query_url = format!("http://127.0.0.1:{}", query.port());
-        tokio::spawn(query.run_until_stopped());
         let services = Self {
             command: command_url,
             query: query_url,
@@ -89,19 +88,12 @@ impl Services {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
-            keys: platform::auth::TokenKeys::from_secret(&SecretString::from(TEST_SECRET)).unwrap(),
             shutdown,
         };
         for base in [&services.command, &services.query, &services.projection] {
             services.wait_ready(base, true, "starts").await;
         }
         services
-    }
-
-    fn director(&self) -> String {
-        self.keys
-            .mint("director-1", Role::Director, chrono::Duration::hours(1))
-            .unwrap()
     }
 
     /// `/ready`'s status and body.
@@ -136,7 +128,7 @@ impl Services {
         let response = self
             .http
             .post(format!("{}/facilities", self.command))
-            .bearer_auth(self.director())
+            .bearer_auth(director())
             .json(&bodies::facility())
             .send()
             .await
@@ -151,7 +143,7 @@ impl Services {
         let response = self
             .http
             .post(format!("{}/bookings", self.command))
-            .bearer_auth(self.director())
+            .bearer_auth(director())
             .json(&bodies::booking(facility_id, days_ahead))
             .send()
             .await
@@ -171,7 +163,7 @@ impl Services {
             let response = self
                 .http
                 .get(format!("{}/bookings/{booking_id}", self.query))
-                .bearer_auth(self.director())
+                .bearer_auth(director())
                 .header("consistency-token", token)
                 .send()
                 .await

@@ -6,7 +6,6 @@
 
 mod read_side_support;
 
-use platform::startup::Service as _;
 use std::{collections::BTreeMap, sync::OnceLock, time::Duration};
 
 use domain::{
@@ -58,10 +57,9 @@ fn harness() -> &'static Harness {
                 },
                 ..projection_service::Settings::default()
             };
-            let app = projection_service::Application::build(settings, shutdown.clone())
+            test_support::spawn_app::<projection_service::Application>(settings, &shutdown)
                 .await
                 .unwrap();
-            tokio::spawn(app.run_until_stopped());
             (
                 EventProducer::new(&kafka).unwrap(),
                 PgPool::connect(&database_url).await.unwrap(),

@@ -9,7 +9,6 @@ use std::time::Duration;
 use chrono::{Duration as Days, NaiveTime, TimeZone, Utc};
 use event_log::{KafkaSettings, consumer};
 use futures::StreamExt;
-use platform::auth::TokenKeys;
 use rdkafka::Message;
 use schemas::{EventEnvelope, Role, SchemaRegistry};
 use serde_json::{Value, json};
@@ -17,25 +16,13 @@ use uuid::Uuid;
 
 pub(crate) const SECRET: &str = "command-service-tests-secret-0123456789";
 
-/// Kafka settings with topics of this test's own.
+/// Kafka settings with topics of this test's own (`test_support::fresh_kafka`).
 pub(crate) async fn fresh_kafka() -> KafkaSettings {
-    let brokers = std::env::var("FM_TEST_KAFKA_BROKERS").expect(
-        "FM_TEST_KAFKA_BROKERS is not set: run the suite with compose/test, which starts the broker",
-    );
-    let settings = KafkaSettings {
-        brokers,
-        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
-        ..KafkaSettings::default()
-    };
-    event_log::topics::ensure_topics(&settings, false)
-        .await
-        .unwrap();
-    settings
+    test_support::fresh_kafka().await.unwrap()
 }
 
 pub(crate) fn token(role: Role, subject: &str) -> String {
-    let keys = TokenKeys::from_secret(&SECRET.to_owned().into()).unwrap();
-    keys.mint(subject, role, Days::hours(1)).unwrap()
+    test_support::token(SECRET, role, subject)
 }
 
 /// A London chapel open 08:00–20:00 every day, 30-minute turnaround.

@@ -8,10 +8,15 @@
 //! - `facilities`: the facility rows and the calendar's reservations.
 //! - `bookings`: bookings with their lifecycle history (the saga's progress).
 //! - `payments`: one row per payment.
+//!
+//! Their SQL is tested against a fresh PostgreSQL each (`#[sqlx::test]`), without Kafka
+//! (`tests.rs`).
 
 pub(crate) mod bookings;
 pub(crate) mod facilities;
 pub(crate) mod payments;
+#[cfg(test)]
+mod tests;
 
 use event_log::resolution::{Admission, admit};
 use schemas::{AggregateType, ContractViolation, EventEnvelope, SchemaRegistry};

@@ -1,0 +1,172 @@
+//! The read models' SQL against a fresh PostgreSQL each (`#[sqlx::test]`), without Kafka: the
+//! events go straight to [`apply`], in a version's schema as the projector's connections see it.
+
+#![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
+
+use schemas::{AggregateType, EventEnvelope, SchemaRegistry, fixtures::booking_story};
+use sqlx::{PgConnection, PgPool, pool::PoolConnection, postgres::Postgres};
+
+use super::{Applied, apply};
+use crate::versions;
+
+/// A connection to the live version's tables, on a database that has just been migrated.
+async fn live_version(pool: &PgPool) -> PoolConnection<Postgres> {
+    let version = versions::ensure_live_version(pool).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query(&format!(
+        "SET search_path TO {}",
+        versions::schema_name(version)
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    conn
+}
+
+/// Applies every envelope in order and returns what each came to.
+async fn apply_all(conn: &mut PgConnection, envelopes: &[EventEnvelope]) -> Vec<Applied> {
+    let registry = SchemaRegistry::load().unwrap();
+    let mut applied = Vec::new();
+    for envelope in envelopes {
+        applied.push(apply(conn, &registry, envelope).await.unwrap());
+    }
+    applied
+}
+
+async fn text(conn: &mut PgConnection, sql: &str) -> String {
+    sqlx::query_scalar(sql).fetch_one(conn).await.unwrap()
+}
+
+async fn count(conn: &mut PgConnection, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "crate::startup::MIGRATOR")]
+async fn a_paid_booking_is_confirmed_with_its_slot_held_and_its_payment_captured(pool: PgPool) {
+    let mut conn = live_version(&pool).await;
+    let (_, story) = booking_story(1);
+
+    let applied = apply_all(&mut conn, &story).await;
+
+    assert!(
+        applied.iter().all(|a| *a == Applied::Changed),
+        "{applied:?}"
+    );
+    assert_eq!(
+        text(&mut conn, "SELECT status FROM bookings").await,
+        "confirmed"
+    );
+    assert_eq!(
+        text(&mut conn, "SELECT status FROM payments").await,
+        "captured"
+    );
+    assert_eq!(count(&mut conn, "facilities").await, 1);
+    assert_eq!(count(&mut conn, "reservations").await, 1);
+    let history: i32 =
+        sqlx::query_scalar("SELECT jsonb_array_length(saga -> 'history') FROM bookings")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(history, 3, "requested, slot held, confirmed");
+}
+
+#[sqlx::test(migrator = "crate::startup::MIGRATOR")]
+async fn a_cancelled_booking_is_refunded_and_its_slot_released(pool: PgPool) {
+    let mut conn = live_version(&pool).await;
+    let (_, story) = booking_story(3);
+
+    apply_all(&mut conn, &story).await;
+
+    assert_eq!(
+        text(&mut conn, "SELECT status FROM bookings").await,
+        "cancelled"
+    );
+    assert_eq!(
+        text(&mut conn, "SELECT status_reason FROM bookings").await,
+        "changed plans"
+    );
+    assert_eq!(
+        text(&mut conn, "SELECT status FROM payments").await,
+        "refunded"
+    );
+    assert_eq!(count(&mut conn, "reservations").await, 0);
+}
+
+#[sqlx::test(migrator = "crate::startup::MIGRATOR")]
+async fn an_event_read_again_is_stale_and_changes_nothing(pool: PgPool) {
+    let mut conn = live_version(&pool).await;
+    let (_, story) = booking_story(1);
+    apply_all(&mut conn, &story).await;
+    let request = story
+        .iter()
+        .find(|e| e.aggregate_type == AggregateType::Booking)
+        .unwrap();
+
+    let again = apply_all(&mut conn, std::slice::from_ref(request)).await;
+
+    assert_eq!(again, [Applied::Stale]);
+    assert_eq!(
+        text(&mut conn, "SELECT status FROM bookings").await,
+        "confirmed"
+    );
+    let version: i64 = sqlx::query_scalar("SELECT version FROM bookings")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(version, 3);
+}
+
+#[sqlx::test(migrator = "crate::startup::MIGRATOR")]
+async fn an_event_after_a_missing_one_is_a_gap_and_is_not_applied(pool: PgPool) {
+    let mut conn = live_version(&pool).await;
+    let (booking, story) = booking_story(1);
+    let confirmed = story
+        .iter()
+        .filter(|e| e.aggregate_type == AggregateType::Booking)
+        .find(|e| e.sequence == 3)
+        .unwrap();
+
+    let applied = apply_all(&mut conn, std::slice::from_ref(confirmed)).await;
+
+    assert_eq!(applied, [Applied::Gap { expected: 1 }]);
+    assert_eq!(count(&mut conn, "bookings").await, 0);
+
+    // Once the events before it arrive, the same event is the next one and is applied.
+    let before: Vec<EventEnvelope> = story
+        .iter()
+        .filter(|e| e.aggregate_id == *booking.as_uuid())
+        .filter(|e| e.sequence < 3)
+        .cloned()
+        .collect();
+    apply_all(&mut conn, &before).await;
+    let applied = apply_all(&mut conn, std::slice::from_ref(confirmed)).await;
+    assert_eq!(applied, [Applied::Changed]);
+    assert_eq!(
+        text(&mut conn, "SELECT status FROM bookings").await,
+        "confirmed"
+    );
+}
+
+#[sqlx::test(migrator = "crate::startup::MIGRATOR")]
+async fn an_event_that_does_not_decode_is_refused_before_anything_is_written(pool: PgPool) {
+    let mut conn = live_version(&pool).await;
+    let (_, story) = booking_story(1);
+    let registry = SchemaRegistry::load().unwrap();
+    let mut request = story
+        .iter()
+        .find(|e| e.aggregate_type == AggregateType::Booking)
+        .unwrap()
+        .clone();
+    request.data = serde_json::json!({"not": "a booking"});
+
+    let refused = apply(&mut conn, &registry, &request).await;
+
+    assert!(
+        matches!(refused, Err(super::ApplyError::Contract(_))),
+        "{refused:?}"
+    );
+    assert_eq!(count(&mut conn, "bookings").await, 0);
+}
