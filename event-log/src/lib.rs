@@ -75,4 +75,7 @@ pub enum LogError {
     },
     #[error("a blocking call to the broker failed: {0}")]
     Blocking(String),
+    /// Topics whose partitions still have no leader after `ensure_topics` waited for them.
+    #[error("partitions of {} have no leader yet (is a broker down?)", .0.join(", "))]
+    TopicsNotReady(Vec<String>),
 }

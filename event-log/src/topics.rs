@@ -70,6 +70,11 @@ impl Topics {
     }
 }
 
+/// How long [`ensure_topics`] waits for every partition of the deployment's topics to have a
+/// leader. A new topic's leaders take a moment, seconds when the machine is busy; a topic still
+/// without a leader after this long has a cluster problem worth an error.
+const TOPICS_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_mins(1);
+
 /// What every topic of the deployment must look like on a cluster of a given size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicPolicy {
@@ -292,18 +297,23 @@ pub async fn ensure_topics(
     }
 
     // A created topic reaches every broker's metadata, and its partitions their leaders, a
-    // moment later: wait for that, so that whoever ensured the topics can read them at once.
-    let deadline = tokio::time::Instant::now() + settings.request_timeout;
-    while !states.is_empty() {
+    // moment later (seconds on a loaded machine): wait for every topic of the deployment to be
+    // led, so that whoever ensured the topics can read and write them at once.
+    let deadline = tokio::time::Instant::now() + TOPICS_READY_TIMEOUT;
+    loop {
         let cluster = cluster_view(settings).await?;
-        if states.keys().all(|name| cluster.led.contains(name)) {
+        let unled: Vec<String> = names
+            .iter()
+            .filter(|name| !cluster.led.contains(name))
+            .cloned()
+            .collect();
+        if unled.is_empty() {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!("created topics are not yet in the cluster's metadata");
-            break;
+            return Err(LogError::TopicsNotReady(unled));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
     let existing: Vec<&String> = names.iter().filter(|n| !states.contains_key(*n)).collect();
