@@ -104,13 +104,24 @@ fn record_headers() -> OwnedHeaders {
         })
 }
 
+/// The services' producer linger (`event_log::EventProducer` sets `linger.ms=1`).
+pub(crate) const SERVICES_LINGER_MS: u64 = 1;
+
 /// A producer configured as `event_log::EventProducer` configures its own.
 pub(crate) fn producer(kafka: &KafkaSettings) -> anyhow::Result<FutureProducer> {
+    producer_with_linger(kafka, SERVICES_LINGER_MS)
+}
+
+/// The services' producer with another `linger.ms` (the settings section compares them).
+pub(crate) fn producer_with_linger(
+    kafka: &KafkaSettings,
+    linger_ms: u64,
+) -> anyhow::Result<FutureProducer> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1")
+        .set("linger.ms", linger_ms.to_string())
         .set(
             "message.timeout.ms",
             kafka.delivery_timeout.as_millis().to_string(),

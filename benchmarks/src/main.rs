@@ -8,11 +8,11 @@
 //! - [`load`], [`stats`] — closed-loop HTTP clients; percentiles, medians and ranges.
 //! - [`kafka`], [`pg`], [`bare`] — the raw baselines.
 //! - [`seed`] — a large valid history written straight to the topics.
-//! - [`sections`] — one module per measurement: write, latency, replay, query, memory.
+//! - [`sections`] — one module per measurement: write, settings, latency, replay, query, memory.
 //! - [`report`] — the results as Markdown; [`machine`] — what they were measured on.
 //!
-//! `fm-bench seed` and `fm-bench consume` are the two halves of the probe that found why Tansu's
-//! read path stalled (see "The broker's read path" in `docs/benchmarks.md`).
+//! `fm-bench seed` and `fm-bench consume` write a large history and read it back with chosen
+//! consumer settings: the probe to reach for when a broker's read path is in question.
 
 mod bare;
 mod config;
@@ -54,6 +54,7 @@ struct Cli {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Section {
     Write,
+    Settings,
     Latency,
     Replay,
     Query,
@@ -174,7 +175,7 @@ async fn attempt<T>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::too_many_lines)] // One block per section, in order.
 async fn run(
     quick: bool,
     only: &[Section],
@@ -206,6 +207,7 @@ async fn run(
         load_average_start: load_average(),
         load_average_end: String::new(),
         write: None,
+        settings: None,
         latency: None,
         replay: None,
         query: None,
@@ -219,6 +221,15 @@ async fn run(
             &mut results,
             "booking commands",
             sections::write::run(&bench),
+        )
+        .await;
+        save(&results, &results_path)?;
+    }
+    if wanted(Section::Settings) {
+        results.settings = attempt(
+            &mut results,
+            "client settings",
+            sections::settings::run(&bench),
         )
         .await;
         save(&results, &results_path)?;

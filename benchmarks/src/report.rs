@@ -13,6 +13,7 @@ use crate::{
         memory::{MemoryPoint, MemoryResults, ServiceMemory},
         query::QueryResults,
         replay::{ReplayResults, rate},
+        settings::{SettingsResults, Variant},
         write::WriteResults,
     },
     stats::{Load, Spread},
@@ -29,6 +30,9 @@ pub(crate) struct Results {
     pub load_average_start: String,
     pub load_average_end: String,
     pub write: Option<WriteResults>,
+    /// Absent in results of runs before the section existed.
+    #[serde(default)]
+    pub settings: Option<SettingsResults>,
     pub latency: Option<LatencyResults>,
     pub replay: Option<ReplayResults>,
     pub query: Option<QueryResults>,
@@ -122,6 +126,9 @@ pub(crate) fn render(results: &Results) -> String {
     if let Some(write) = &results.write {
         write_section(&mut out, write, &results.sizes);
     }
+    if let Some(settings) = &results.settings {
+        settings_section(&mut out, settings, &results.sizes);
+    }
     if let Some(latency) = &results.latency {
         latency_section(&mut out, latency, &results.sizes);
     }
@@ -134,7 +141,6 @@ pub(crate) fn render(results: &Results) -> String {
     if let Some(memory) = &results.memory {
         memory_section(&mut out, memory);
     }
-    tansu_section(&mut out);
     if !results.failures.is_empty() {
         out.push_str("\n## Sections that failed in this run\n\n");
         for (section, error) in &results.failures {
@@ -330,12 +336,14 @@ fn reading(out: &mut String, r: &Results) {
         points.push(format!(
             "**`POST /bookings` runs at {} × the throughput of producing its record and reading \
              it back**, and {} × that of a bare produce: a write answers only once its own consumer has \
-             read its record back, and Tansu answers a waiting fetch only when the fetch wait \
-             (`FM_KAFKA__FETCH_WAIT`, 10 ms) expires. HTTP, the token, schema validation, the \
-             domain and the in-memory store are the rest.",
+             read its record back (`docs/consistency.md`); HTTP, the token, schema validation, \
+             the domain and the in-memory store are the rest.",
             num(back),
             num(raw)
         ));
+    }
+    if let Some(settings) = &r.settings {
+        points.push(settings_reading(settings));
     }
     if let Some(l) = &r.latency {
         let poll = median(l.reps.iter().map(|x| x.poll.p50_ms));
@@ -435,7 +443,7 @@ fn machine(out: &mut String, r: &Results) {
          | CPU | {} ({} logical cores, {}) |\n\
          | RAM | {:.1} GiB |\n\
          | Kernel | Linux {} |\n\
-         | Broker | {} (SQLite storage, its header table indexed by `compose/lib.sh`), one broker, topics of 3 partitions |\n\
+         | Broker | {}, topics of 3 partitions, replication factor 1 |\n\
          | PostgreSQL | {} (`fsync=off`, `synchronous_commit=off`, `full_page_writes=off`, as `compose/test`'s) |\n\
          | Code | commit `{}` ({dirty}), release build, {} |\n\
          | Everything | on this one machine: broker, PostgreSQL, the services and the load generator share its cores |\n",
@@ -461,7 +469,7 @@ fn reproduce(out: &mut String, r: &Results) {
          compose/bench --quick    # a smoke run of every measurement in a few minutes\n\
          ```\n\n\
          `compose/bench` installs what is missing, starts its own throw-away PostgreSQL \
-         (127.0.0.1:25472) and Tansu (127.0.0.1:29132, SQLite storage) in a temporary directory, \
+         (127.0.0.1:25472) and Apache Kafka (127.0.0.1:29132, one KRaft node) in a temporary directory, \
          builds the services and `fm-bench` (`benchmarks/`) in release, and runs `fm-bench run`, \
          which starts the services as processes from their release binaries (command-service \
          :18281, query-api :18282, projection-service :18283, the bare baseline :18284) with \
@@ -516,7 +524,7 @@ fn write_section(out: &mut String, w: &WriteResults, s: &Sizes) {
          (idempotent, `acks=all`, `linger.ms=1`) sending as many records of the size of a real \
          `BookingRequested` record ({} bytes, same key and headers), {} in flight; and **produce \
          + read back**, the same but each send also waits until a consumer with the services' \
-         settings (`fetch.wait.max.ms=10`) has read its record back, which is what a write does \
+         settings (`fetch.wait.max.ms={}`) has read its record back, which is what a write does \
          before it answers (`docs/consistency.md`), without HTTP, the token, validation, the \
          domain or the store.\n\n{LOAD_HEAD}",
         s.facilities,
@@ -524,6 +532,7 @@ fn write_section(out: &mut String, w: &WriteResults, s: &Sizes) {
         int(usize_f(s.booking_requests)),
         w.record_bytes,
         s.clients,
+        Variant::services().fetch_wait_ms,
     );
     for (i, rep) in w.reps.iter().enumerate() {
         let n = i + 1;
@@ -871,28 +880,126 @@ fn snapshot_costs(to: &MemoryPoint) -> String {
     text
 }
 
-fn tansu_section(out: &mut String) {
-    out.push_str(
-        "\n## The broker's read path\n\n\
-         (Found while building this suite, on 2026-11-25, with `fm-bench seed` and `fm-bench \
-         consume`; these figures are from that investigation, not from each run.) Until then, \
-         a consumer starting at offset 0 on Tansu stalled once a partition held a few thousand \
-         records, and replays ran at about 1 000 events/s. The cause was \
-         Tansu 0.6's SQLite schema: its `header` table has no index on `(topition, \
-         offset_id)`, and a fetch looks up the headers of each record it returns with one \
-         query, which therefore scans every header the broker holds (14 ms per record with \
-         20 000 records in the broker, growing with everything ever written). A fetch of a few \
-         thousand records outlived the client's timeout, was retried, and never finished. \
-         `compose/lib.sh` now creates that index when it starts Tansu (`index_tansu_headers`): \
-         the same 20 000 records are read from offset 0 in under 2 s, and the figures above are \
-         measured with it. Client settings were tried first and do not help: with \
-         `fetch.max.bytes` of 64 or 256 KiB the consumer no longer stalls but reads ~70 \
-         records/s (every record still scans the table), and with the index smaller fetches are \
-         slower than the default (each fetch also re-scans the rest of its partition to size \
-         its answer), so the services' Kafka settings are unchanged. The broker still answers \
-         every fetch only when its wait (`FM_KAFKA__FETCH_WAIT`, 10 ms) expires, which bounds \
-         the read-back part of every write (`docs/consistency.md`).\n",
+/// Which client settings this run's figures support: the services' settings against the best
+/// variant by throughput, and what the fetch wait does to the median latency.
+fn settings_reading(settings: &SettingsResults) -> String {
+    let services = settings.services;
+    let rate = |v| variant_median(settings, v, Load::rate);
+    let p50 = |v| variant_median(settings, v, |l| l.p50_ms);
+    let variants: Vec<Variant> = settings
+        .reps
+        .first()
+        .map(|rep| rep.loads.iter().map(|(v, _)| *v).collect())
+        .unwrap_or_default();
+    let best = variants
+        .iter()
+        .copied()
+        .max_by(|a, b| rate(*a).total_cmp(&rate(*b)))
+        .unwrap_or(services);
+    let verdict = if best == services || rate(services) >= 0.9 * rate(best) {
+        "so the services keep their settings".to_owned()
+    } else {
+        format!(
+            "which is more than 10 % ahead of the services' settings: a candidate for the \
+             defaults, to be confirmed by another run before changing them ({})",
+            best.label()
+        )
+    };
+    let waits: Vec<String> = variants
+        .iter()
+        .filter(|v| v.linger_ms == services.linger_ms)
+        .map(|v| format!("{} ms at {} ms", num(p50(*v)), v.fetch_wait_ms))
+        .collect();
+    let shortest = variants
+        .iter()
+        .copied()
+        .filter(|v| v.linger_ms == services.linger_ms)
+        .min_by_key(|v| v.fetch_wait_ms)
+        .unwrap_or(services);
+    let wait_cost = if p50(services) <= 1.2 * p50(shortest) {
+        "the broker answers a waiting fetch when a record arrives, so the longer wait costs no \
+         latency here and saves the empty fetches of a short one"
+    } else {
+        "here the longer wait costs latency: the broker does not answer a waiting fetch as soon \
+         as a record arrives"
+    };
+    format!(
+        "**Client settings: the best produce + read back throughput came with {}** ({} /s \
+         against {} /s with the services' settings), {verdict}. The median write-and-read-back \
+         latency by fetch wait: {}; {wait_cost}.",
+        best.label(),
+        num(rate(best)),
+        num(rate(services)),
+        waits.join(", "),
+    )
+}
+
+/// The median of a setting's figure over repetitions.
+fn variant_median(
+    settings: &SettingsResults,
+    variant: Variant,
+    figure: impl Fn(&Load) -> f64,
+) -> f64 {
+    median(settings.reps.iter().flat_map(|rep| {
+        rep.loads
+            .iter()
+            .filter(|(v, _)| *v == variant)
+            .map(|(_, load)| figure(load))
+    }))
+}
+
+fn settings_section(out: &mut String, settings: &SettingsResults, s: &Sizes) {
+    let services = settings.services;
+    let _ = write!(
+        out,
+        "\n## Client settings on this broker\n\n\
+         **Method.** Produce + read back (as under Booking commands: {} records of a real \
+         `BookingRequested` record's size, {} in flight, each send waiting until a consumer has \
+         read it back, which is what every write does before it answers) on fresh topics, once \
+         with the services' settings ({}) and once with each setting moved on its own: the \
+         consumer's `fetch.wait.max.ms` (`FM_KAFKA__FETCH_WAIT`), how long a fetch may wait at \
+         the broker for a record, and the producer's `linger.ms`, how long it may hold a record \
+         to batch it with others. The order rotates every repetition. Figures are medians over \
+         the repetitions; the ratio is against the services' settings.\n\n\
+         | Settings | Rate | p50 | p99 | Rate ÷ services' |\n|---|---|---|---|---|\n",
+        int(usize_f(s.booking_requests)),
+        s.clients,
+        services.label(),
     );
+    let base = variant_median(settings, services, Load::rate);
+    let mut variants: Vec<Variant> = Vec::new();
+    for rep in &settings.reps {
+        for (variant, _) in &rep.loads {
+            if !variants.contains(variant) {
+                variants.push(*variant);
+            }
+        }
+    }
+    variants.sort_by_key(|v| (*v != services, v.fetch_wait_ms, v.linger_ms));
+    for variant in variants {
+        let rate = variant_median(settings, variant, Load::rate);
+        let _ = writeln!(
+            out,
+            "| {}{} | {} /s | {} ms | {} ms | {} × |",
+            variant.label(),
+            if variant == services {
+                " (the services')"
+            } else {
+                ""
+            },
+            num(rate),
+            num(variant_median(settings, variant, |l| l.p50_ms)),
+            num(variant_median(settings, variant, |l| l.p99_ms)),
+            num(rate / base),
+        );
+    }
+    let notes: Vec<String> = settings
+        .reps
+        .iter()
+        .enumerate()
+        .map(|(i, rep)| format!("{}: {}", i + 1, rep.load_average))
+        .collect();
+    let _ = writeln!(out, "\nLoad average per repetition: {}.", notes.join("; "));
 }
 
 #[cfg(test)]
@@ -947,7 +1054,8 @@ mod tests {
     /// A run with every section, two repetitions, one memory size out of reach.
     fn results() -> Results {
         use crate::sections::{
-            latency::LatencyRep, query::QueryRep, replay::ReplayRep, write::WriteRep,
+            latency::LatencyRep, query::QueryRep, replay::ReplayRep, settings::SettingsRep,
+            write::WriteRep,
         };
         let reps = |n| 0..n;
         Results {
@@ -965,6 +1073,22 @@ mod tests {
                         raw_produce: load(2000.0, 10.0, 40.0),
                         produce_read_back: load(1000.0, 25.0, 60.0),
                         order: "HTTP first".into(),
+                        load_average: "1 → 1".into(),
+                    })
+                    .collect(),
+            }),
+            settings: Some(SettingsResults {
+                services: Variant::services(),
+                reps: reps(2)
+                    .map(|_| SettingsRep {
+                        loads: Variant::all()
+                            .into_iter()
+                            .map(|v| {
+                                // A short fetch wait gains nothing; a longer linger batches.
+                                let rate = if v.linger_ms == 5 { 1200.0 } else { 1000.0 };
+                                (v, load(rate, 20.0, 60.0))
+                            })
+                            .collect(),
                         load_average: "1 → 1".into(),
                     })
                     .collect(),
@@ -1034,7 +1158,7 @@ mod tests {
             "## Replay",
             "## Queries",
             "## Memory",
-            "## The broker's read path",
+            "## Client settings on this broker",
         ] {
             assert!(page.contains(heading), "no {heading}");
         }
@@ -1051,6 +1175,37 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("0.51 ×") || page.contains("0.50 ×"), "{page}");
+    }
+
+    #[test]
+    fn the_settings_the_figures_favour_are_named_and_a_clear_winner_is_flagged() {
+        let page = render(&results());
+        // linger 5 ms ran at 1 200 /s against 1 000 /s with the services' settings.
+        assert!(
+            page.contains("the best produce + read back throughput came with `fetch.wait.max.ms=500`, `linger.ms=5`** (1 200 /s against 1 000 /s"),
+            "{page}"
+        );
+        assert!(page.contains("a candidate for the defaults"), "{page}");
+        assert!(
+            page.contains(
+                "| `fetch.wait.max.ms=500`, `linger.ms=5` | 1 200 /s | 20.0 ms | 60.0 ms | 1.20 × |"
+            ),
+            "{page}"
+        );
+        // Every fetch wait had the same latency: the longer one costs nothing.
+        assert!(page.contains("costs no latency here"), "{page}");
+
+        let mut even = results();
+        for rep in &mut even.settings.as_mut().unwrap().reps {
+            for (_, load) in &mut rep.loads {
+                *load = super::tests::load(1000.0, 20.0, 60.0);
+            }
+        }
+        let page = render(&even);
+        assert!(
+            page.contains("so the services keep their settings"),
+            "{page}"
+        );
     }
 
     #[test]

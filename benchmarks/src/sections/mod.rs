@@ -4,4 +4,5 @@ pub(crate) mod latency;
 pub(crate) mod memory;
 pub(crate) mod query;
 pub(crate) mod replay;
+pub(crate) mod settings;
 pub(crate) mod write;
