@@ -74,28 +74,57 @@ pub fn end_offsets(
     partitions: &[TopicPartition],
     settings: &KafkaSettings,
 ) -> Result<BTreeMap<TopicPartition, i64>, LogError> {
-    partitions
-        .iter()
-        .map(|(topic, partition)| {
-            let (_low, high) =
-                consumer.fetch_watermarks(topic, *partition, settings.request_timeout)?;
-            Ok(((topic.clone(), *partition), high))
-        })
-        .collect()
+    Ok(watermarks(consumer, partitions, settings)?
+        .into_iter()
+        .map(|(partition, (_low, high))| (partition, high))
+        .collect())
 }
 
 /// The low and high watermarks of each partition: the first offset still held, and the offset
 /// the next record written will get (`high - low` records are held).
+///
+/// A partition whose leadership is moving answers "not leader" for a moment: a new topic's
+/// partitions just after their leaders were chosen, any partition during a broker's restart or
+/// a leader election. Such answers are retried (with the metadata refreshed by librdkafka) for
+/// up to six request timeouts before the error is returned.
 pub fn watermarks(
     consumer: &StreamConsumer,
     partitions: &[TopicPartition],
     settings: &KafkaSettings,
 ) -> Result<BTreeMap<TopicPartition, (i64, i64)>, LogError> {
+    let deadline = std::time::Instant::now() + settings.request_timeout * 6;
     partitions
         .iter()
-        .map(|(topic, partition)| {
-            let marks = consumer.fetch_watermarks(topic, *partition, settings.request_timeout)?;
-            Ok(((topic.clone(), *partition), marks))
+        .map(|(topic, partition)| loop {
+            match consumer.fetch_watermarks(topic, *partition, settings.request_timeout) {
+                Ok(marks) => return Ok(((topic.clone(), *partition), marks)),
+                Err(error)
+                    if leadership_moving(&error) && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(%topic, partition, %error, "watermarks not yet answered; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(error) => return Err(error.into()),
+            }
         })
         .collect()
+}
+
+/// Whether a broker's error means "ask again in a moment": leadership is moving or not yet
+/// known, or the request timed out.
+fn leadership_moving(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::NotLeaderForPartition
+                | Code::LeaderNotAvailable
+                | Code::NotCoordinator
+                | Code::RequestTimedOut
+                | Code::OperationTimedOut
+                | Code::FencedLeaderEpoch
+                | Code::UnknownLeaderEpoch
+                | Code::OffsetNotAvailable
+        )
+    )
 }

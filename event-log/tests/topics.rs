@@ -108,6 +108,12 @@ async fn drift_is_reported_and_configs_are_repaired_but_partitions_are_not() {
     {
         result.unwrap();
     }
+    for _ in 0..100 {
+        if configs(&settings, &booking).await["retention.ms"] == "604800000" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let report = ensure_topics(&settings, false).await.unwrap();
     assert!(report.drifted());
     let drifted: Vec<_> = report
@@ -126,7 +132,17 @@ async fn drift_is_reported_and_configs_are_repaired_but_partitions_are_not() {
 
     let repaired = ensure_topics(&settings, true).await.unwrap();
     assert!(!repaired.drifted(), "{repaired:?}");
-    assert_eq!(configs(&settings, &booking).await["retention.ms"], "-1");
+    // The broker applies an altered config through its metadata log: a moment later.
+    let mut retention = String::new();
+    for _ in 0..100 {
+        retention = configs(&settings, &booking).await["retention.ms"].clone();
+        if retention == "-1" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(retention, "-1", "the repair reached the broker");
+    assert!(!ensure_topics(&settings, false).await.unwrap().drifted());
 
     // The deployment now says 4 partitions where the topics have 3: reported, never repaired,
     // and a service refuses to read them.
