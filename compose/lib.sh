@@ -12,7 +12,8 @@
 #   PostgreSQL ........... start_postgres, stop_postgres, postgres_running, pg_admin_psql,
 #                          ensure_pg_role_db
 #   Apache Kafka ......... kafka_home, kafka_java, start_kafka, wait_for_kafka, kafka_answers,
-#                          stop_kafka (the node's settings: compose/kafka/broker)
+#                          kafka_brokers, stop_kafka (the node's settings: compose/kafka/broker;
+#                          the three-broker cluster: compose/kafka/cluster)
 #   SMTP sink ............ smtp_sink_python, start_smtp_sink, stop_smtp_sink
 #   services ............. cargo_target_dir, service_binary, start_service, stop_service,
 #                          wait_for_ready
@@ -636,6 +637,36 @@ kafka_answers() {
         head -c 10 <&3 | od -An -tx1" 2>/dev/null) || return 1
     # length (4 bytes), correlation id 00 00 00 01, error code 00 00.
     [[ "$(echo $reply | cut -d' ' -f5-10)" == "00 00 00 01 00 00" ]]
+}
+
+# kafka_brokers HOST:PORT: prints the node ids of the brokers the cluster's metadata lists (the
+# registered, unfenced ones), one per line, as the node on HOST:PORT sees them; fails when it
+# does not answer. A Metadata v4 request for no topic, read with bash alone.
+kafka_brokers() {
+    local host=${1%:*} port=${1##*:} hex bytes count at i length
+    # Metadata v4: length 17 (0x11), api key 3, version 4, correlation id 1, client id "fm",
+    # topics: an empty array (brokers only), allow_auto_topic_creation false.
+    hex=$(timeout 5 bash -c "exec 3<>/dev/tcp/$host/$port || exit 1
+        printf '\x00\x00\x00\x11\x00\x03\x00\x04\x00\x00\x00\x01\x00\x02fm\x00\x00\x00\x00\x00' >&3
+        size=\$(dd bs=1 count=4 <&3 2>/dev/null | od -An -tu1 | awk '{print \$1*16777216+\$2*65536+\$3*256+\$4}')
+        ((size > 0 && size < 65536)) || exit 1
+        dd bs=1 count=\"\$size\" <&3 2>/dev/null | od -An -tx1 -v" 2>/dev/null) || return 1
+    read -r -a bytes <<<"$(echo $hex)"
+    # correlation id (4 bytes), throttle time (4), the brokers array: count (4), then each
+    # broker: node id (4), host (int16 length + bytes), port (4), rack (int16 length, -1: none).
+    ((${#bytes[@]} >= 12)) || return 1
+    [[ "${bytes[*]:0:4}" == "00 00 00 01" ]] || return 1
+    count=$((16#${bytes[8]}${bytes[9]}${bytes[10]}${bytes[11]}))
+    at=12
+    for ((i = 0; i < count; i++)); do
+        ((at + 6 <= ${#bytes[@]})) || return 1
+        echo $((16#${bytes[at]}${bytes[at + 1]}${bytes[at + 2]}${bytes[at + 3]}))
+        length=$((16#${bytes[at + 4]}${bytes[at + 5]}))
+        at=$((at + 6 + length + 4))
+        length=$((16#${bytes[at]}${bytes[at + 1]}))
+        ((length == 65535)) && length=0
+        at=$((at + 2 + length))
+    done
 }
 
 # stop_kafka [TIMEOUT_SECONDS]: SIGTERM (Kafka's controlled shutdown: leadership moves, the log

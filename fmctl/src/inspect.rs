@@ -65,6 +65,14 @@ impl TopicArg {
 
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {
+    /// Every topic of the cluster, Kafka's own (`__consumer_offsets`) and other deployments'
+    /// included, after this deployment's.
+    #[arg(long)]
+    all: bool,
+    /// Only the partitions with fewer in-sync replicas than replicas, or without a leader,
+    /// without offsets; exits 1 when there is any (a rolling restart waits for none).
+    #[arg(long)]
+    under_replicated: bool,
     #[arg(long, value_enum, default_value_t = Output::Pretty)]
     output: Output,
 }
@@ -160,44 +168,138 @@ pub(crate) fn explain(error: LogError, kafka: &KafkaSettings) -> anyhow::Error {
 // ---------------------------------------------------------------------------------------------
 // topics list
 
-pub(crate) async fn topics_list(args: ListArgs) -> anyhow::Result<()> {
-    let kafka = kafka_settings()?;
-    let names = Topics::new(&kafka.topic_prefix).all();
+/// One partition as the cluster's metadata describes it, with its watermarks when they were
+/// asked for and it has a leader to ask.
+#[derive(Debug)]
+struct PartitionView {
+    topic: String,
+    partition: i32,
+    /// The leader's node id; negative when the partition has none.
+    leader: i32,
+    replicas: Vec<i32>,
+    isr: Vec<i32>,
+    marks: Option<(i64, i64)>,
+}
+
+impl PartitionView {
+    /// Fewer replicas in sync than assigned, or no leader: a write may be refused (below
+    /// `min.insync.replicas`), and one more broker lost may lose the partition.
+    fn under_replicated(&self) -> bool {
+        self.leader < 0 || self.isr.len() < self.replicas.len()
+    }
+
+    fn nodes(ids: &[i32]) -> String {
+        let ids: Vec<String> = ids.iter().map(i32::to_string).collect();
+        ids.join(",")
+    }
+
+    fn leader_text(&self) -> String {
+        if self.leader < 0 {
+            "none".to_owned()
+        } else {
+            self.leader.to_string()
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut json = json!({
+            "partition": self.partition,
+            "leader": (self.leader >= 0).then_some(self.leader),
+            "replicas": self.replicas,
+            "isr": self.isr,
+        });
+        if let Some((low, high)) = self.marks {
+            json["low"] = json!(low);
+            json["high"] = json!(high);
+            json["records"] = json!(high - low);
+        }
+        json
+    }
+}
+
+/// The topics to list (the deployment's, in their order, then with `all` every other topic of
+/// the cluster by name) and the partitions the cluster has of each.
+async fn partition_views(
+    kafka: &KafkaSettings,
+    all: bool,
+    watermarks: bool,
+) -> Result<(Vec<String>, Vec<PartitionView>), LogError> {
     let settings = kafka.clone();
-    let found = tokio::task::spawn_blocking(move || -> Result<_, LogError> {
+    tokio::task::spawn_blocking(move || -> Result<_, LogError> {
+        let mut names = Topics::new(&settings.topic_prefix).all();
         let reader = consumer::manual_consumer(&settings, "fmctl-topics")?;
         let metadata = reader
             .client()
             .fetch_metadata(None, settings.request_timeout)?;
-        let mut partitions = Vec::new();
+        if all {
+            let mut others: Vec<String> = metadata
+                .topics()
+                .iter()
+                .map(|topic| topic.name().to_owned())
+                .filter(|name| !names.contains(name))
+                .collect();
+            others.sort();
+            names.extend(others);
+        }
+        let mut views = Vec::new();
         for topic in metadata.topics() {
-            if names.contains(&topic.name().to_owned()) && topic.error().is_none() {
-                partitions.extend(
-                    topic
-                        .partitions()
-                        .iter()
-                        .map(|p| (topic.name().to_owned(), p.id())),
-                );
+            if !names.contains(&topic.name().to_owned()) || topic.error().is_some() {
+                continue;
+            }
+            for partition in topic.partitions() {
+                views.push(PartitionView {
+                    topic: topic.name().to_owned(),
+                    partition: partition.id(),
+                    leader: partition.leader(),
+                    replicas: partition.replicas().to_vec(),
+                    isr: partition.isr().to_vec(),
+                    marks: None,
+                });
             }
         }
-        partitions.sort();
-        let marks = consumer::watermarks(&reader, &partitions, &settings)?;
-        Ok((names, marks))
+        views.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        if watermarks {
+            // A partition without a leader has nobody to answer: it shows without offsets.
+            let led: Vec<_> = views
+                .iter()
+                .filter(|view| view.leader >= 0)
+                .map(|view| (view.topic.clone(), view.partition))
+                .collect();
+            let marks = consumer::watermarks(&reader, &led, &settings)?;
+            for view in &mut views {
+                view.marks = marks.get(&(view.topic.clone(), view.partition)).copied();
+            }
+        }
+        Ok((names, views))
     })
-    .await?;
-    let (names, marks) = found.map_err(|e| explain(e, &kafka))?;
-    let mut missing = Vec::new();
+    .await
+    .unwrap_or_else(|join| Err(LogError::Blocking(join.to_string())))
+}
+
+pub(crate) async fn topics_list(args: ListArgs) -> anyhow::Result<()> {
+    let kafka = kafka_settings()?;
+    let (names, views) = partition_views(&kafka, args.all, !args.under_replicated)
+        .await
+        .map_err(|e| explain(e, &kafka))?;
+    let deployment = Topics::new(&kafka.topic_prefix).all();
+    let missing: Vec<String> = deployment
+        .iter()
+        .filter(|name| !views.iter().any(|view| &view.topic == *name))
+        .cloned()
+        .collect();
     let mut out = Out::new();
+    if args.under_replicated {
+        return under_replicated(&views, args.output, &mut out);
+    }
     if args.output == Output::Pretty {
         out.line(&format!(
-            "{:<44} {:>9} {:>10} {:>10} {:>10}",
-            "TOPIC", "PARTITION", "LOW", "HIGH", "RECORDS"
+            "{:<44} {:>9} {:>10} {:>10} {:>10} {:>6} {:>8} {:>8}",
+            "TOPIC", "PARTITION", "LOW", "HIGH", "RECORDS", "LEADER", "REPLICAS", "ISR"
         ))?;
     }
     for name in &names {
-        let of_topic: Vec<_> = marks.iter().filter(|((t, _), _)| t == name).collect();
+        let of_topic: Vec<&PartitionView> = views.iter().filter(|v| &v.topic == name).collect();
         if of_topic.is_empty() {
-            missing.push(name.clone());
             if args.output == Output::Json {
                 out.line(&json!({"topic": name, "exists": false}).to_string())?;
             } else {
@@ -205,25 +307,30 @@ pub(crate) async fn topics_list(args: ListArgs) -> anyhow::Result<()> {
             }
             continue;
         }
-        let total: i64 = of_topic.iter().map(|(_, (low, high))| high - low).sum();
+        let total: i64 = of_topic
+            .iter()
+            .filter_map(|view| view.marks.map(|(low, high)| high - low))
+            .sum();
         match args.output {
             Output::Json => {
-                let partitions: Vec<Value> = of_topic
-                    .iter()
-                    .map(|((_, partition), (low, high))| {
-                        json!({"partition": partition, "low": low, "high": high, "records": high - low})
-                    })
-                    .collect();
+                let partitions: Vec<Value> = of_topic.iter().map(|v| v.to_json()).collect();
                 out.line(
                     &json!({"topic": name, "exists": true, "partitions": partitions, "records": total})
                         .to_string(),
                 )?;
             }
             Output::Pretty => {
-                for ((_, partition), (low, high)) in &of_topic {
+                for view in &of_topic {
+                    let (low, high, records) = view.marks.map_or_else(
+                        || ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+                        |(low, high)| (low.to_string(), high.to_string(), (high - low).to_string()),
+                    );
                     out.line(&format!(
-                        "{name:<44} {partition:>9} {low:>10} {high:>10} {:>10}",
-                        high - low
+                        "{name:<44} {:>9} {low:>10} {high:>10} {records:>10} {:>6} {:>8} {:>8}",
+                        view.partition,
+                        view.leader_text(),
+                        PartitionView::nodes(&view.replicas),
+                        PartitionView::nodes(&view.isr),
                     ))?;
                 }
                 out.line(&format!(
@@ -238,6 +345,45 @@ pub(crate) async fn topics_list(args: ListArgs) -> anyhow::Result<()> {
             "{} missing on {}: run `fmctl topics ensure`",
             missing.join(", "),
             kafka.brokers
+        );
+    }
+    Ok(())
+}
+
+/// `fmctl topics list --under-replicated`: one line per partition with fewer replicas in sync
+/// than assigned (or no leader); exits 1 when there is any.
+fn under_replicated(views: &[PartitionView], output: Output, out: &mut Out) -> anyhow::Result<()> {
+    let under: Vec<&PartitionView> = views.iter().filter(|v| v.under_replicated()).collect();
+    if output == Output::Pretty {
+        out.line(&format!(
+            "{:<44} {:>9} {:>6} {:>8} {:>8}",
+            "TOPIC", "PARTITION", "LEADER", "REPLICAS", "ISR"
+        ))?;
+    }
+    for view in &under {
+        match output {
+            Output::Json => {
+                let mut json = view.to_json();
+                json["topic"] = json!(view.topic);
+                out.line(&json.to_string())?;
+            }
+            Output::Pretty => {
+                out.line(&format!(
+                    "{:<44} {:>9} {:>6} {:>8} {:>8}",
+                    view.topic,
+                    view.partition,
+                    view.leader_text(),
+                    PartitionView::nodes(&view.replicas),
+                    PartitionView::nodes(&view.isr),
+                ))?;
+            }
+        }
+    }
+    if !under.is_empty() {
+        bail!(
+            "{} of {} partitions are under-replicated",
+            under.len(),
+            views.len()
         );
     }
     Ok(())

@@ -71,8 +71,11 @@ enum TopicsCommand {
         #[arg(long)]
         repair: bool,
     },
-    /// Every topic of the deployment with its partitions, low/high offsets and record counts.
-    #[command(after_help = "Examples:\n  fmctl topics list\n  fmctl topics list --output json")]
+    /// Every topic of the deployment with its partitions, low/high offsets, record counts,
+    /// leader, replicas and in-sync replicas.
+    #[command(
+        after_help = "Examples:\n  fmctl topics list\n  fmctl topics list --output json\n  fmctl topics list --all --under-replicated    # exit 1 while any partition is short of replicas\n\nA rolling restart of the brokers waits for `--all --under-replicated` to exit 0 before\nthe next broker (docs/operations.md, \"Rolling restart\")."
+    )]
     List(inspect::ListArgs),
 }
 

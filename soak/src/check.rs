@@ -13,8 +13,11 @@ use uuid::Uuid;
 use crate::history::{BookingFold, History, LogFault, Money, PaymentFold, Position, Slot};
 use crate::journal::Entry;
 
+mod outage;
 #[cfg(test)]
 mod tests;
+
+pub use outage::{GRACE_MS, QUORUM_LOSS, RESUME_LIMIT_MS};
 
 /// The invariants, in the order the summary prints them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -46,10 +49,14 @@ pub enum Invariant {
     /// Every dead letter has a reason and comes from a record put there on purpose; every such
     /// record was dead-lettered.
     DeadLettersExplained,
+    /// While two of three brokers were down, no write was newly acknowledged and writes were
+    /// answered 503, reads kept answering, and writes were acknowledged again without help once
+    /// a broker returned.
+    QuorumLoss,
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 10] = [
+    pub const ALL: [Invariant; 11] = [
         Self::NoLostAcknowledgedWrite,
         Self::OneEventPerSequence,
         Self::Idempotency,
@@ -60,6 +67,7 @@ impl Invariant {
         Self::MoneyBalances,
         Self::OneMailPerOutcome,
         Self::DeadLettersExplained,
+        Self::QuorumLoss,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +82,7 @@ impl Invariant {
             Self::MoneyBalances => "money-balances",
             Self::OneMailPerOutcome => "one-mail-per-outcome",
             Self::DeadLettersExplained => "dead-letters-explained",
+            Self::QuorumLoss => "quorum-loss",
         }
     }
 }
@@ -222,6 +231,33 @@ impl Default for MailKinds {
     }
 }
 
+/// A fault that lasted a while (a broker stalled, cut off, two brokers down, latency), from the
+/// fault injector's `windows.log`: `<begin_ms> <end_ms> <kind> <detail>` (Unix milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultWindow {
+    pub kind: String,
+    pub begin_ms: i64,
+    pub end_ms: i64,
+    pub detail: String,
+}
+
+impl FaultWindow {
+    /// Reads one line of `windows.log`.
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut words = line.split_whitespace();
+        let begin_ms = words.next()?.parse().ok()?;
+        let end_ms = words.next()?.parse().ok()?;
+        let kind = words.next()?.to_owned();
+        let detail = words.collect::<Vec<_>>().join(" ");
+        Some(Self {
+            kind,
+            begin_ms,
+            end_ms,
+            detail,
+        })
+    }
+}
+
 /// Everything the checks read.
 #[derive(Debug, Default)]
 pub struct Inputs {
@@ -237,6 +273,8 @@ pub struct Inputs {
     pub mails: Vec<Mail>,
     pub mail_kinds: MailKinds,
     pub dead_letters: Vec<DeadLetter>,
+    /// The faults that lasted a while, for the outage figures and the `quorum-loss` checks.
+    pub windows: Vec<FaultWindow>,
 }
 
 /// What the checks found.
@@ -335,6 +373,8 @@ pub fn check(inputs: &Inputs) -> Report {
     money(inputs, &mut report);
     mails(inputs, &mut report);
     dead_letters(inputs, &mut report);
+    outage::quorum_loss(inputs, &mut report);
+    outage::figures(inputs, &mut report);
     report
 }
 
@@ -372,6 +412,7 @@ fn figures(inputs: &Inputs, report: &mut Report) {
             Entry::Poison { written: None, .. } => "poison records sent".to_owned(),
             Entry::Poison { .. } => "poison records acknowledged".to_owned(),
             Entry::Scenario { scenario, .. } => format!("scenario {scenario}"),
+            Entry::Attempt { .. } | Entry::Read { .. } => continue,
         };
         *journal.entry(name).or_default() += 1;
     }

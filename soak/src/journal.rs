@@ -57,6 +57,20 @@ pub enum Entry {
     /// What a booking was set up to meet (the gateway's mode, a cancellation, a contest), for
     /// the summary.
     Scenario { booking_id: Uuid, scenario: String },
+    /// One HTTP attempt of a write (a retry is another attempt): when it was sent, when its
+    /// answer came and what it was (`None`: no answer). For the write outages and the checks of
+    /// what a write is answered while the brokers are out (`check::quorum_loss`).
+    Attempt {
+        op: String,
+        subject: String,
+        idempotency_key: String,
+        /// Unix time in milliseconds.
+        sent_ms: i64,
+        answered_ms: i64,
+        status: Option<u16>,
+    },
+    /// One answer of the read probe, a query-api read every half second (`None`: no answer).
+    Read { at_ms: i64, status: Option<u16> },
 }
 
 /// Appends entries to a file, one line each, flushed at once; shared by every client task.

@@ -58,6 +58,9 @@ pub struct LoadConfig {
     pub give_up_after: Duration,
     /// How long the gateway takes to answer a [`Scenario::LateCapture`] capture.
     pub late_capture_delay: Duration,
+    /// When this file appears, no new scenario starts (as if `duration` had passed): the fault
+    /// injector ends the load once it has injected what it meant to.
+    pub stop_file: Option<std::path::PathBuf>,
 }
 
 /// What a booking is set up to meet.
@@ -207,6 +210,8 @@ struct Stats {
     scenarios: Mutex<BTreeMap<&'static str, u64>>,
     retries: AtomicU64,
     unknown: AtomicU64,
+    /// Write attempts answered 503.
+    unavailable: AtomicU64,
 }
 
 impl Stats {
@@ -239,6 +244,8 @@ struct Shared {
     /// When the next booking may start (the rate limit).
     next_start: Mutex<Instant>,
     started: Instant,
+    /// When the stop file was first seen.
+    stopped: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -262,11 +269,41 @@ impl Shared {
     }
 
     fn loading(&self) -> bool {
-        self.started.elapsed() < self.config.duration
+        if self.started.elapsed() >= self.config.duration {
+            return false;
+        }
+        let mut stopped = self
+            .stopped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if stopped.is_some() {
+            return false;
+        }
+        if let Some(path) = &self.config.stop_file
+            && path.exists()
+        {
+            println!(
+                "soak-load: {} appeared after {:.0}s: no new scenarios",
+                path.display(),
+                self.started.elapsed().as_secs_f64()
+            );
+            *stopped = Some(Instant::now());
+            return false;
+        }
+        true
+    }
+
+    /// When the load stopped (or will stop) starting scenarios.
+    fn load_end(&self) -> Instant {
+        let end = self.started + self.config.duration;
+        self.stopped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map_or(end, |stopped| stopped.min(end))
     }
 
     fn draining_deadline(&self) -> Instant {
-        self.started + self.config.duration + self.config.drain
+        self.load_end() + self.config.drain
     }
 
     /// Waits for this client's turn under the rate limit.
@@ -285,16 +322,30 @@ impl Shared {
     }
 }
 
+/// One write as the client sends it, every attempt alike.
+struct WriteRequest<'a> {
+    /// What it is, for the journal: `request_booking`, `cancel_booking`, ...
+    op: &'a str,
+    /// The token's subject.
+    subject: &'a str,
+    path: &'a str,
+    token: &'a str,
+    key: &'a str,
+    body: Option<&'a Value>,
+    if_match: Option<u64>,
+}
+
+/// Milliseconds since the Unix epoch: journal times, comparable with the fault injector's.
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
 /// Sends one write, retrying with the same key while no answer comes (or a 5xx), spreading over
-/// the replicas. Answers 2xx or 4xx; `None` if the client gave up.
+/// the replicas, and journals every attempt. Answers 2xx or 4xx; `None` if the client gave up.
 async fn write(
     shared: &Shared,
     rng: &mut fastrand::Rng,
-    path: &str,
-    token: &str,
-    key: &str,
-    body: Option<&Value>,
-    if_match: Option<u64>,
+    write: &WriteRequest<'_>,
 ) -> Option<Answer> {
     let urls = &shared.config.command_urls;
     let mut replica = rng.usize(0..urls.len());
@@ -303,15 +354,16 @@ async fn write(
     loop {
         let mut request = shared
             .http
-            .post(format!("{}{path}", urls[replica]))
-            .bearer_auth(token)
-            .header("Idempotency-Key", key);
-        if let Some(body) = body {
+            .post(format!("{}{}", urls[replica], write.path))
+            .bearer_auth(write.token)
+            .header("Idempotency-Key", write.key);
+        if let Some(body) = write.body {
             request = request.json(body);
         }
-        if let Some(version) = if_match {
+        if let Some(version) = write.if_match {
             request = request.header("If-Match", version.to_string());
         }
+        let sent_ms = now_ms();
         let answer = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -320,6 +372,17 @@ async fn write(
             }
             Err(_) => None,
         };
+        shared.record(&Entry::Attempt {
+            op: write.op.to_owned(),
+            subject: write.subject.to_owned(),
+            idempotency_key: write.key.to_owned(),
+            sent_ms,
+            answered_ms: now_ms(),
+            status: answer.as_ref().map(|answer| answer.status),
+        });
+        if answer.as_ref().is_some_and(|answer| answer.status == 503) {
+            shared.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+        }
         match answer {
             Some(answer) if answer.status < 500 => return Some(answer),
             _ => {}
@@ -469,11 +532,15 @@ async fn request_booking(
     let answer = write(
         shared,
         rng,
-        "/bookings",
-        &who.token,
-        &key,
-        Some(&body),
-        None,
+        &WriteRequest {
+            op: "request_booking",
+            subject: &who.subject,
+            path: "/bookings",
+            token: &who.token,
+            key: &key,
+            body: Some(&body),
+            if_match: None,
+        },
     )
     .await;
     journal_answer(
@@ -519,7 +586,16 @@ async fn cancel(
     let body = json!({"reason": "The family asked for another date"});
     let mut answer = None;
     for attempt in 0..8 {
-        answer = write(shared, rng, &path, &who.token, &key, Some(&body), if_match).await;
+        let request = WriteRequest {
+            op: "cancel_booking",
+            subject: &who.subject,
+            path: &path,
+            token: &who.token,
+            key: &key,
+            body: Some(&body),
+            if_match,
+        };
+        answer = write(shared, rng, &request).await;
         match answer.as_ref().map(|a| a.status) {
             Some(412) => if_match = None,
             Some(409 | 404) if attempt < 7 => {}
@@ -602,7 +678,16 @@ async fn bad_request(shared: &Shared, rng: &mut fastrand::Rng, who: &Caller) {
         _ => (format!("/bookings/{}/cancel", Uuid::new_v4()), json!({})),
     };
     let key = shared.key();
-    let answer = write(shared, rng, &path, &who.token, &key, Some(&body), None).await;
+    let request = WriteRequest {
+        op: "bad_request",
+        subject: &who.subject,
+        path: &path,
+        token: &who.token,
+        key: &key,
+        body: Some(&body),
+        if_match: None,
+    };
+    let answer = write(shared, rng, &request).await;
     if let Some(answer) = &answer
         && (200..300).contains(&answer.status)
     {
@@ -646,25 +731,18 @@ async fn run_scenario(
             let body = booking_body(shared, rng, slot);
             let key = shared.key();
             let (mut one, mut two) = (rng.fork(), rng.fork());
+            let request = WriteRequest {
+                op: "request_booking",
+                subject: &who.subject,
+                path: "/bookings",
+                token: &who.token,
+                key: &key,
+                body: Some(&body),
+                if_match: None,
+            };
             let (first, second) = tokio::join!(
-                write(
-                    shared,
-                    &mut one,
-                    "/bookings",
-                    &who.token,
-                    &key,
-                    Some(&body),
-                    None
-                ),
-                write(
-                    shared,
-                    &mut two,
-                    "/bookings",
-                    &who.token,
-                    &key,
-                    Some(&body),
-                    None
-                ),
+                write(shared, &mut one, &request),
+                write(shared, &mut two, &request),
             );
             for answer in [first, second] {
                 if let Some((booking, _)) = journal_answer(
@@ -754,7 +832,16 @@ async fn register_facilities(
     for index in 0..shared.config.facilities {
         let key = shared.key();
         let body = facility_body(index);
-        let answer = write(shared, rng, "/facilities", &token, &key, Some(&body), None).await;
+        let request = WriteRequest {
+            op: "register_facility",
+            subject: "soak-director-0",
+            path: "/facilities",
+            token: &token,
+            key: &key,
+            body: Some(&body),
+            if_match: None,
+        };
+        let answer = write(shared, rng, &request).await;
         let Some((id, _)) = journal_answer(
             shared,
             "register_facility",
@@ -817,6 +904,9 @@ async fn inject_poison(shared: Arc<Shared>, seed: u64) -> anyhow::Result<()> {
     let spacing = shared.config.duration / u32::try_from(count + 1).unwrap_or(u32::MAX);
     for n in 0..count {
         sleep(spacing).await;
+        if !shared.loading() {
+            break;
+        }
         let kinds = ["booking", "facility", "payment"];
         let topic = format!(
             "{}.{}.events",
@@ -872,6 +962,30 @@ async fn inject_poison(shared: Arc<Shared>, seed: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads one facility from the query-api every half second and journals each answer, so that
+/// the checker can tell whether reads kept answering while the brokers were out.
+async fn probe_reads(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let token = shared.token(Role::Director, "soak-director-0")?;
+    let Some(facility) = shared.facilities.first() else {
+        return Ok(());
+    };
+    let url = format!("{}/facilities/{facility}", shared.config.query_url);
+    loop {
+        let answer = shared
+            .http
+            .get(&url)
+            .bearer_auth(&token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        shared.record(&Entry::Read {
+            at_ms: now_ms(),
+            status: answer.ok().map(|response| response.status().as_u16()),
+        });
+        sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Runs the load; writes the journal as it goes; prints its own summary at the end.
 pub async fn run(config: LoadConfig, journal: JournalWriter) -> anyhow::Result<()> {
     if config.command_urls.is_empty() {
@@ -896,6 +1010,7 @@ pub async fn run(config: LoadConfig, journal: JournalWriter) -> anyhow::Result<(
         people: AtomicU64::new(0),
         next_start: Mutex::new(Instant::now()),
         started: Instant::now(),
+        stopped: Mutex::new(None),
     };
     let mut rng = fastrand::Rng::with_seed(seed);
     shared.facilities = register_facilities(&shared, &mut rng).await?;
@@ -910,24 +1025,30 @@ pub async fn run(config: LoadConfig, journal: JournalWriter) -> anyhow::Result<(
         tasks.spawn(client_loop(shared.clone(), client));
     }
     tasks.spawn(inject_poison(shared.clone(), seed));
-    let deadline = shared.draining_deadline() + Duration::from_secs(5);
+    let probe = tokio::spawn(probe_reads(shared.clone()));
     let mut failure = None;
     loop {
-        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+        // The stop file moves the deadline: look again every second.
+        let deadline = shared.draining_deadline() + Duration::from_secs(5);
+        if Instant::now() >= deadline {
+            eprintln!(
+                "soak-load: {} clients still busy at the end of the drain; stopping them",
+                tasks.len()
+            );
+            tasks.abort_all();
+            break;
+        }
+        let _ = shared.loading();
+        let wait = deadline.min(Instant::now() + Duration::from_secs(1));
+        match tokio::time::timeout_at(wait, tasks.join_next()).await {
             Ok(Some(Ok(Ok(())))) => {}
             Ok(Some(Ok(Err(error)))) => failure = Some(error),
             Ok(Some(Err(error))) => failure = Some(anyhow::anyhow!("a client panicked: {error}")),
             Ok(None) => break,
-            Err(_) => {
-                eprintln!(
-                    "soak-load: {} clients still busy at the end of the drain; stopping them",
-                    tasks.len()
-                );
-                tasks.abort_all();
-                break;
-            }
+            Err(_) => {}
         }
     }
+    probe.abort();
     let elapsed = shared.started.elapsed();
     let stats = &shared.stats;
     let scenarios = stats
@@ -942,10 +1063,11 @@ pub async fn run(config: LoadConfig, journal: JournalWriter) -> anyhow::Result<(
         .clone();
     let started: u64 = scenarios.values().sum();
     println!(
-        "soak-load: {started} scenarios in {:.0}s ({:.1}/s), {} retries, {} unknown outcomes",
+        "soak-load: {started} scenarios in {:.0}s ({:.1}/s), {} retries, {} answers 503, {} unknown outcomes",
         elapsed.as_secs_f64(),
         f64::from(u32::try_from(started).unwrap_or(u32::MAX)) / elapsed.as_secs_f64().max(1.0),
         stats.retries.load(Ordering::Relaxed),
+        stats.unavailable.load(Ordering::Relaxed),
         stats.unknown.load(Ordering::Relaxed),
     );
     println!("soak-load: scenarios {scenarios:?}");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use soak::{
-    check::{self, Inputs, MailKinds},
+    check::{self, FaultWindow, Inputs, MailKinds},
     gather::{self, Stack},
     history::{History, RawRecord},
     journal,
@@ -45,6 +45,10 @@ struct Args {
     /// The supervisor's log (`<epoch> <why> <what>` per line): processes it had to start again.
     #[arg(long)]
     restarts: Option<PathBuf>,
+    /// The faults that lasted a while (`<begin_ms> <end_ms> <kind> <detail>` per line): the
+    /// outage figures, and the `quorum-loss` checks for windows of that kind.
+    #[arg(long)]
+    windows: Option<PathBuf>,
     /// Give up reading the log when nothing arrives for this long.
     #[arg(long, default_value = "120s", value_parser = soak::parse_duration)]
     stall: Duration,
@@ -120,6 +124,23 @@ fn counts(path: &PathBuf, with_detail: bool) -> anyhow::Result<BTreeMap<String, 
         *counts.entry(key).or_default() += 1;
     }
     Ok(counts)
+}
+
+/// Reads `windows.log`; a line that does not parse is an error (the injector wrote it).
+fn windows(path: &PathBuf) -> anyhow::Result<Vec<FaultWindow>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("Failed to read {}", path.display()))?;
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            FaultWindow::parse(line).with_context(|| {
+                format!(
+                    "{}: not `<begin_ms> <end_ms> <kind> <detail>`: {line:?}",
+                    path.display()
+                )
+            })
+        })
+        .collect()
 }
 
 /// Waits until nothing moves any more, at most `wait`; then the check runs either way.
@@ -239,6 +260,10 @@ async fn main() -> anyhow::Result<()> {
         mails: gather::mails(&stack.maildir)?,
         mail_kinds: MailKinds::default(),
         dead_letters: gather::dead_letters(&letters),
+        windows: match &args.windows {
+            Some(path) => windows(path)?,
+            None => Vec::new(),
+        },
     };
     let mut report = check::check(&inputs);
     report.figures.insert(

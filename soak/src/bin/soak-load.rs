@@ -58,6 +58,9 @@ struct Args {
     /// three together).
     #[arg(long, default_value = "9500ms", value_parser = soak::parse_duration)]
     late_capture_delay: std::time::Duration,
+    /// Start no new scenario once this file exists (the drain follows, as after --duration).
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -85,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             poison: args.poison,
             give_up_after: args.give_up_after,
             late_capture_delay: args.late_capture_delay,
+            stop_file: args.stop_file,
         },
         journal,
     )

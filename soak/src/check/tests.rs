@@ -179,6 +179,17 @@ struct World {
 }
 
 #[allow(clippy::too_many_lines)] // One whole, consistent world, written out so it can be read.
+fn attempt(key: &str, sent_ms: i64, answered_ms: i64, status: Option<u16>) -> Entry {
+    Entry::Attempt {
+        op: "request_booking".into(),
+        subject: DIRECTOR.into(),
+        idempotency_key: key.into(),
+        sent_ms,
+        answered_ms,
+        status,
+    }
+}
+
 fn world() -> World {
     let mut story = Story::default();
     let (b, f, p) = (Kind::Booking, Kind::Facility, Kind::Payment);
@@ -335,6 +346,14 @@ fn world() -> World {
             topic: poison.topic.clone(),
             written: Some(poison.to_string()),
         },
+        // Two brokers down from 10 s to 30 s (the window in `World::check`): a write refused
+        // with 503, a read answered, the write acknowledged once a broker was back.
+        attempt("booking-9", 11_000, 26_000, Some(503)),
+        Entry::Read {
+            at_ms: 20_000,
+            status: Some(200),
+        },
+        attempt("booking-9", 31_000, 33_000, Some(202)),
     ];
 
     let booking_row = |booking: u128, status: &str, version: u64| BookingRow {
@@ -468,6 +487,12 @@ impl World {
             mails: self.mails,
             mail_kinds: MailKinds::default(),
             dead_letters: self.dead_letters,
+            windows: vec![FaultWindow {
+                kind: QUORUM_LOSS.into(),
+                begin_ms: 10_000,
+                end_ms: 30_000,
+                detail: "nodes 1 and 2 were down".into(),
+            }],
         };
         check(&inputs)
     }
