@@ -31,6 +31,10 @@ pub fn manual_consumer(
             "fetch.wait.max.ms",
             settings.fetch_wait.as_millis().to_string(),
         )
+        .set(
+            "socket.timeout.ms",
+            settings.socket_timeout.as_millis().to_string(),
+        )
         .create()?;
     Ok(consumer)
 }

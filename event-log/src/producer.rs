@@ -57,6 +57,10 @@ impl EventProducer {
                 "message.timeout.ms",
                 settings.delivery_timeout.as_millis().to_string(),
             )
+            .set(
+                "socket.timeout.ms",
+                settings.socket_timeout.as_millis().to_string(),
+            )
             .create()?;
         Ok(Self {
             producer,

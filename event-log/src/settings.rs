@@ -26,6 +26,14 @@ pub struct KafkaSettings {
     /// How long metadata and watermark requests may take.
     #[serde(with = "millis")]
     pub request_timeout: Duration,
+    /// How long a request to one broker may go unanswered before the client drops that
+    /// connection and asks the cluster again who leads what (librdkafka's `socket.timeout.ms`;
+    /// a fetch may take `fetch_wait` longer). A broker that stops answering without closing its
+    /// connections (stalled, cut off, its machine gone) holds the partitions it led in the
+    /// clients for this long, even after the cluster has moved their leadership
+    /// (docs/reliability.md, "Broker faults").
+    #[serde(with = "millis")]
+    pub socket_timeout: Duration,
     /// How long a consumer's fetch may wait at the broker for new records. Apache Kafka answers a
     /// waiting fetch as soon as a record arrives, so this costs no latency there (librdkafka's
     /// default); a broker that answers only when the wait expires (Tansu 0.6 did) would add it
@@ -44,6 +52,7 @@ impl Default for KafkaSettings {
             min_insync_replicas: None,
             delivery_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
+            socket_timeout: Duration::from_secs(60),
             fetch_wait: Duration::from_millis(500),
         }
     }

@@ -17,7 +17,7 @@ mod outage;
 #[cfg(test)]
 mod tests;
 
-pub use outage::{GRACE_MS, QUORUM_LOSS, RESUME_LIMIT_MS};
+pub use outage::{GRACE_MS, QUORUM_LOSS, REJOIN, RESUME_LIMIT_MS};
 
 /// The invariants, in the order the summary prints them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

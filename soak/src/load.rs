@@ -901,7 +901,10 @@ async fn inject_poison(shared: Arc<Shared>, seed: u64) -> anyhow::Result<()> {
         .create()
         .context("Failed to create the poison producer")?;
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
-    let spacing = shared.config.duration / u32::try_from(count + 1).unwrap_or(u32::MAX);
+    // Spread over the run, but at most 30 s apart: a run ended early by its stop file (whose
+    // duration is only a cap) still sends them all.
+    let spacing = (shared.config.duration / u32::try_from(count + 1).unwrap_or(u32::MAX))
+        .min(Duration::from_secs(30));
     for n in 0..count {
         sleep(spacing).await;
         if !shared.loading() {

@@ -13,6 +13,8 @@ use crate::journal::Entry;
 
 /// The fault windows in which two of three brokers were down.
 pub const QUORUM_LOSS: &str = "quorum-loss";
+/// A broker being started again, until the cluster lists it (not a fault: how long it took).
+pub const REJOIN: &str = "rejoin";
 /// After the second broker is gone, a write acknowledged before it went may still be answered:
 /// its record was on two brokers, and the client's answer was on its way.
 pub const GRACE_MS: i64 = 2_000;
@@ -175,8 +177,26 @@ pub(super) fn figures(inputs: &Inputs, report: &mut Report) {
         "read probes answered 200",
         format!("{reads_ok} of {}", answers.reads.len()),
     );
+    let mut rejoins: Vec<i64> = inputs
+        .windows
+        .iter()
+        .filter(|w| w.kind == REJOIN)
+        .map(|w| w.end_ms - w.begin_ms)
+        .collect();
+    rejoins.sort_unstable();
+    if let (Some(max), false) = (rejoins.last(), rejoins.is_empty()) {
+        report.figure(
+            "broker starts (until listed)",
+            format!(
+                "{}, p50 {}, max {}",
+                rejoins.len(),
+                seconds(rejoins[rejoins.len() / 2]),
+                seconds(*max)
+            ),
+        );
+    }
     let mut kinds: BTreeMap<&str, Vec<&FaultWindow>> = BTreeMap::new();
-    for window in &inputs.windows {
+    for window in inputs.windows.iter().filter(|w| w.kind != REJOIN) {
         kinds.entry(window.kind.as_str()).or_default().push(window);
     }
     for (kind, windows) in kinds {
@@ -192,7 +212,7 @@ pub(super) fn figures(inputs: &Inputs, report: &mut Report) {
             lasted += window.end_ms - window.begin_ms;
         }
         report.figure(
-            &format!("  fault {kind}"),
+            &format!("  outage {kind}"),
             format!(
                 "{}× ({} in all): {unavailable} answers 503 (to 30 s after), longest write wait {}, longest without an acknowledged write {}",
                 windows.len(),
@@ -281,10 +301,23 @@ pub(super) fn quorum_loss(inputs: &Inputs, report: &mut Report) {
             .filter(|ack| *ack > end)
             .min();
         let tried_after = answers.attempts.iter().any(|(sent, _, _)| *sent > end);
+        // The broker started at the end of the window, and when the cluster listed it again.
+        let rejoined = inputs
+            .windows
+            .iter()
+            .find(|w| w.kind == REJOIN && (w.begin_ms - end).abs() <= 2_000)
+            .map(|w| w.end_ms);
         match resumed {
             Some(ack) if ack - end <= RESUME_LIMIT_MS => report.figure(
                 &format!("  quorum loss {}: writes resumed", n + 1),
-                format!("{} after a broker was started again", seconds(ack - end)),
+                format!(
+                    "{} after a broker was started again{}",
+                    seconds(ack - end),
+                    rejoined.map_or_else(String::new, |listed| format!(
+                        ", {} after it rejoined",
+                        seconds(ack - listed)
+                    ))
+                ),
             ),
             Some(ack) => report.violation(
                 invariant,
@@ -363,7 +396,7 @@ mod tests {
             "5.0 s after a broker was started again"
         );
         assert!(
-            report.figures["  fault quorum-loss"].contains("1 answers 503"),
+            report.figures["  outage quorum-loss"].contains("1 answers 503"),
             "{:?}",
             report.figures
         );
