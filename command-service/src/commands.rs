@@ -383,7 +383,7 @@ impl CommandHandler {
         };
         let result = tokio::time::timeout(self.outcome_timeout, outcome).await;
         let admission = match &result {
-            Ok(Ok(StoreOutcome::Admitted)) => "admitted",
+            Ok(Ok(StoreOutcome::Admitted(_))) => "admitted",
             Ok(Ok(StoreOutcome::Refused)) => "refused",
             Ok(Err(_)) | Err(_) => "unknown",
         };
@@ -394,7 +394,14 @@ impl CommandHandler {
         )
         .record(started.elapsed().as_secs_f64());
         match result {
-            Ok(Ok(StoreOutcome::Admitted)) => Ok(position),
+            // Where the log admitted it, which is where the producer said it landed unless the
+            // producer wrote it twice (then the first copy is the event, the second is stale).
+            Ok(Ok(StoreOutcome::Admitted(admitted))) => {
+                if admitted != position {
+                    tracing::warn!(event_id = %envelope.event_id, admitted = %admitted.offset, reported = %position.offset, partition = admitted.partition, "the event was written twice; answering with the admitted copy");
+                }
+                Ok(admitted)
+            }
             Ok(Ok(StoreOutcome::Refused)) => Err(CommandError::Conflict {
                 aggregate_id: envelope.aggregate_id,
                 sequence: envelope.sequence,

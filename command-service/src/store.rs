@@ -58,9 +58,13 @@ pub(crate) struct Recorded {
 }
 
 /// What happened to an appended event once the log was read back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    Admitted,
+    /// Admitted at this position: the first record of the event the log holds. The producer
+    /// may have written the event twice (librdkafka resends what was in flight when it bumps
+    /// an idempotent producer's epoch after a timeout), so this, not the position the producer
+    /// reported, is where every reader admits it.
+    Admitted(LogPosition),
     /// Another event took the sequence first (or the stream has a gap); this one is ignored by
     /// every reader.
     Refused,
@@ -254,8 +258,8 @@ impl AggregateStore {
                     .owner
                     .get_or_insert_with(|| envelope.actor.subject.clone());
                 stream.last_position = Some(position.clone());
-                self.remember_idempotency(folded, envelope, position);
-                Ok(Outcome::Admitted)
+                self.remember_idempotency(folded, envelope, position.clone());
+                Ok(Outcome::Admitted(position))
             }
             Admission::Stale => Ok(Outcome::Refused),
             Admission::Gap { expected } => {
@@ -433,5 +437,62 @@ impl Tailer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::{
+        payment::PaymentEvent,
+        values::{BookingId, Money, PaymentId},
+    };
+    use schemas::EventMetadata;
+
+    use super::*;
+
+    fn declined() -> EventEnvelope {
+        let booking_id = BookingId::new();
+        let event = PaymentEvent::PaymentDeclined {
+            payment_id: PaymentId::for_booking(booking_id),
+            booking_id,
+            amount: Money::new(125_000, domain::values::Currency::GBP).expect("a valid amount"),
+            reason: "card expired".to_owned(),
+        };
+        let id = *PaymentId::for_booking(booking_id).as_uuid();
+        EventEnvelope::wrap(
+            AggregateType::Payment,
+            id,
+            1,
+            &event,
+            &EventMetadata::system("saga"),
+        )
+        .expect("domain events serialise")
+    }
+
+    /// Found by the chaos soak on three brokers (docs/reliability.md, broker finding 1): after
+    /// a stalled leader timed a message out, librdkafka bumped the producer's epoch and resent
+    /// another in-flight event, which was already written; the writer answered with the second
+    /// copy's offset, a record every reader refuses as stale.
+    #[test]
+    fn an_event_written_twice_is_admitted_at_its_first_copy_and_the_writer_learns_that_one() {
+        let store = AggregateStore::new(
+            Arc::new(SchemaRegistry::load().expect("the schemas compile")),
+            std::time::Duration::from_mins(1),
+            Folded::default(),
+        );
+        let envelope = declined();
+        let bytes = serde_json::to_vec(&envelope).expect("an envelope serialises");
+        let at = |offset| LogPosition {
+            topic: "fm.payment.events".to_owned(),
+            partition: 1,
+            offset,
+        };
+        let mut outcome = store.await_outcome(envelope.event_id);
+        store.apply_record(at(26), Some(&bytes));
+        store.apply_record(at(28), Some(&bytes));
+        assert_eq!(outcome.try_recv(), Ok(Outcome::Admitted(at(26))));
+        let stream = store.read::<Payment>(envelope.aggregate_id);
+        assert_eq!(stream.version, 1);
+        assert_eq!(stream.last_position, Some(at(26)));
     }
 }

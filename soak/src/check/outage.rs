@@ -89,11 +89,16 @@ impl<'a> Answers<'a> {
         acks
     }
 
-    /// Attempts answered 503 between `from` and `to`.
-    fn unavailable(&self, from: i64, to: i64) -> usize {
+    /// Attempts answered 503 inside any of `spans` (each counted once).
+    fn unavailable(&self, spans: &[(i64, i64)]) -> usize {
         self.attempts
             .iter()
-            .filter(|(_, answered, status)| (from..=to).contains(answered) && *status == Some(503))
+            .filter(|(_, answered, status)| {
+                *status == Some(503)
+                    && spans
+                        .iter()
+                        .any(|(from, to)| (*from..=*to).contains(answered))
+            })
             .count()
     }
 
@@ -200,13 +205,15 @@ pub(super) fn figures(inputs: &Inputs, report: &mut Report) {
         kinds.entry(window.kind.as_str()).or_default().push(window);
     }
     for (kind, windows) in kinds {
-        let mut unavailable = 0;
+        let spans: Vec<(i64, i64)> = windows
+            .iter()
+            .map(|w| (w.begin_ms, w.end_ms + AFTERMATH_MS))
+            .collect();
+        let unavailable = answers.unavailable(&spans);
         let mut wait: Option<(i64, &str)> = None;
         let mut silence: Option<i64> = None;
         let mut lasted = 0;
         for window in &windows {
-            let until = window.end_ms + AFTERMATH_MS;
-            unavailable += answers.unavailable(window.begin_ms, until);
             wait = wait.max(answers.longest_wait(window.begin_ms, window.end_ms));
             silence = silence.max(longest_silence(&acks, window.begin_ms, window.end_ms));
             lasted += window.end_ms - window.begin_ms;
