@@ -651,7 +651,7 @@ kafka_brokers() {
         size=\$(dd bs=1 count=4 <&3 2>/dev/null | od -An -tu1 | awk '{print \$1*16777216+\$2*65536+\$3*256+\$4}')
         ((size > 0 && size < 65536)) || exit 1
         dd bs=1 count=\"\$size\" <&3 2>/dev/null | od -An -tx1 -v" 2>/dev/null) || return 1
-    read -r -a bytes <<<"$(echo $hex)"
+    read -r -a bytes <<<"${hex//$'\n'/ }"
     # correlation id (4 bytes), throttle time (4), the brokers array: count (4), then each
     # broker: node id (4), host (int16 length + bytes), port (4), rack (int16 length, -1: none).
     ((${#bytes[@]} >= 12)) || return 1

@@ -372,16 +372,12 @@ impl CommandHandler {
         &self,
         envelope: &EventEnvelope,
     ) -> Result<LogPosition, CommandError> {
-        let outcome = self.store.await_outcome(envelope.event_id);
+        // Dropped on every way out (an error, the outcome, or the request cut short by its
+        // timeout while the producer still retries), which ends the wait in the store.
+        let mut awaited = self.store.await_outcome(envelope.event_id);
         let started = std::time::Instant::now();
-        let position = match self.producer.append(envelope).await {
-            Ok(position) => position,
-            Err(error) => {
-                self.store.forget(envelope.event_id);
-                return Err(error.into());
-            }
-        };
-        let result = tokio::time::timeout(self.outcome_timeout, outcome).await;
+        let position = self.producer.append(envelope).await?;
+        let result = tokio::time::timeout(self.outcome_timeout, awaited.outcome()).await;
         let admission = match &result {
             Ok(Ok(StoreOutcome::Admitted(_))) => "admitted",
             Ok(Ok(StoreOutcome::Refused)) => "refused",
@@ -407,7 +403,6 @@ impl CommandHandler {
                 sequence: envelope.sequence,
             }),
             Ok(Err(_)) | Err(_) => {
-                self.store.forget(envelope.event_id);
                 tracing::error!(event_id = %envelope.event_id, offset = position.offset, "appended event was not read back in time");
                 Err(CommandError::OutcomeUnknown)
             }

@@ -70,6 +70,29 @@ pub(crate) enum Outcome {
     Refused,
 }
 
+/// A writer's wait for its event to be read back. Dropping it forgets the event: a write cut
+/// short (the HTTP request timed out while the producer still retried) or whose append failed
+/// leaves nothing behind in the store.
+#[derive(Debug)]
+pub(crate) struct Awaited<'a> {
+    store: &'a AggregateStore,
+    event_id: Uuid,
+    receiver: oneshot::Receiver<Outcome>,
+}
+
+impl Awaited<'_> {
+    /// The event's outcome once the store has read it; an error if the store went away.
+    pub(crate) async fn outcome(&mut self) -> Result<Outcome, oneshot::error::RecvError> {
+        (&mut self.receiver).await
+    }
+}
+
+impl Drop for Awaited<'_> {
+    fn drop(&mut self) {
+        self.store.forget(self.event_id);
+    }
+}
+
 /// Everything folded from the log, as of `positions`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Folded {
@@ -181,17 +204,21 @@ impl AggregateStore {
 
     /// Registers interest in an event's outcome. Call before appending it, so that the tailer
     /// cannot pass the record before anyone listens.
-    pub(crate) fn await_outcome(&self, event_id: Uuid) -> oneshot::Receiver<Outcome> {
+    pub(crate) fn await_outcome(&self, event_id: Uuid) -> Awaited<'_> {
         let (sender, receiver) = oneshot::channel();
         self.waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(event_id, sender);
-        receiver
+        Awaited {
+            store: self,
+            event_id,
+            receiver,
+        }
     }
 
     /// Drops interest in an event whose append failed.
-    pub(crate) fn forget(&self, event_id: Uuid) {
+    fn forget(&self, event_id: Uuid) {
         self.waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -450,6 +477,14 @@ mod tests {
 
     use super::*;
 
+    fn empty_store() -> AggregateStore {
+        AggregateStore::new(
+            Arc::new(SchemaRegistry::load().expect("the schemas compile")),
+            std::time::Duration::from_mins(1),
+            Folded::default(),
+        )
+    }
+
     fn declined() -> EventEnvelope {
         let booking_id = BookingId::new();
         let event = PaymentEvent::PaymentDeclined {
@@ -475,11 +510,7 @@ mod tests {
     /// copy's offset, a record every reader refuses as stale.
     #[test]
     fn an_event_written_twice_is_admitted_at_its_first_copy_and_the_writer_learns_that_one() {
-        let store = AggregateStore::new(
-            Arc::new(SchemaRegistry::load().expect("the schemas compile")),
-            std::time::Duration::from_mins(1),
-            Folded::default(),
-        );
+        let store = empty_store();
         let envelope = declined();
         let bytes = serde_json::to_vec(&envelope).expect("an envelope serialises");
         let at = |offset| LogPosition {
@@ -487,12 +518,23 @@ mod tests {
             partition: 1,
             offset,
         };
-        let mut outcome = store.await_outcome(envelope.event_id);
+        let mut awaited = store.await_outcome(envelope.event_id);
         store.apply_record(at(26), Some(&bytes));
         store.apply_record(at(28), Some(&bytes));
-        assert_eq!(outcome.try_recv(), Ok(Outcome::Admitted(at(26))));
+        assert_eq!(awaited.receiver.try_recv(), Ok(Outcome::Admitted(at(26))));
         let stream = store.read::<Payment>(envelope.aggregate_id);
         assert_eq!(stream.version, 1);
         assert_eq!(stream.last_position, Some(at(26)));
+    }
+
+    /// A write whose HTTP request timed out while the producer still retried drops its wait;
+    /// the store must not keep it (it did, for every write whose append then failed).
+    #[test]
+    fn a_wait_given_up_leaves_nothing_behind() {
+        let store = empty_store();
+        let awaited = store.await_outcome(Uuid::new_v4());
+        assert_eq!(store.waiting.lock().map(|w| w.len()).unwrap_or_default(), 1);
+        drop(awaited);
+        assert_eq!(store.waiting.lock().map(|w| w.len()).unwrap_or_default(), 0);
     }
 }

@@ -20,18 +20,27 @@ pub struct KafkaSettings {
     /// `min.insync.replicas` of those topics: how many replicas must hold a write before it is
     /// acknowledged. Unset: 2 when the replication factor is 3 or more, else 1.
     pub min_insync_replicas: Option<i32>,
-    /// How long a produce may take before it is reported as failed.
+    /// How long the producer keeps trying to write a record before it reports it failed
+    /// (librdkafka's `message.timeout.ms`). Longer than a leader's failover on a cluster (the
+    /// controller moves leadership after the broker session timeout, 9 s, and the clients take
+    /// a few seconds more to find the new leader) and than the HTTP request timeout (15 s): a
+    /// write that meets a failover is then answered by the HTTP timeout (503, the client
+    /// retries with its `Idempotency-Key`) or succeeds, and librdkafka never times out a record
+    /// in flight, which makes it bump the idempotent producer's epoch and resend what else was
+    /// in flight: that wrote events twice (docs/reliability.md, "Broker faults").
     #[serde(with = "millis")]
     pub delivery_timeout: Duration,
     /// How long metadata and watermark requests may take.
     #[serde(with = "millis")]
     pub request_timeout: Duration,
     /// How long a request to one broker may go unanswered before the client drops that
-    /// connection and asks the cluster again who leads what (librdkafka's `socket.timeout.ms`;
-    /// a fetch may take `fetch_wait` longer). A broker that stops answering without closing its
-    /// connections (stalled, cut off, its machine gone) holds the partitions it led in the
-    /// clients for this long, even after the cluster has moved their leadership
-    /// (docs/reliability.md, "Broker faults").
+    /// connection and asks the cluster again who leads what (librdkafka's `socket.timeout.ms`,
+    /// 60 s by default; a fetch may take `fetch_wait` longer, and librdkafka wants this at least
+    /// 1 s above `fetch_wait`). A broker that stops answering without closing its connections
+    /// (stalled, cut off, its machine gone) holds the partitions it led in the clients for this
+    /// long, even after the cluster has moved their leadership: with 60 s a broker cut off for
+    /// 30 s kept writes to its partitions failing for all of it (docs/reliability.md, "Broker
+    /// faults").
     #[serde(with = "millis")]
     pub socket_timeout: Duration,
     /// How long a consumer's fetch may wait at the broker for new records. Apache Kafka answers a
@@ -50,9 +59,9 @@ impl Default for KafkaSettings {
             partitions: 3,
             replication_factor: None,
             min_insync_replicas: None,
-            delivery_timeout: Duration::from_secs(10),
+            delivery_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
-            socket_timeout: Duration::from_secs(60),
+            socket_timeout: Duration::from_secs(5),
             fetch_wait: Duration::from_millis(500),
         }
     }
