@@ -1044,11 +1044,11 @@ pub async fn run(config: LoadConfig, journal: JournalWriter) -> anyhow::Result<(
         let _ = shared.loading();
         let wait = deadline.min(Instant::now() + Duration::from_secs(1));
         match tokio::time::timeout_at(wait, tasks.join_next()).await {
-            Ok(Some(Ok(Ok(())))) => {}
+            // A client done, or a second without one (look at the stop file again).
+            Ok(Some(Ok(Ok(())))) | Err(_) => {}
             Ok(Some(Ok(Err(error)))) => failure = Some(error),
             Ok(Some(Err(error))) => failure = Some(anyhow::anyhow!("a client panicked: {error}")),
             Ok(None) => break,
-            Err(_) => {}
         }
     }
     probe.abort();

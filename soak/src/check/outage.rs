@@ -124,7 +124,9 @@ fn longest_silence(acks: &[i64], from: i64, to: i64) -> Option<i64> {
 }
 
 fn seconds(ms: i64) -> String {
-    format!("{:.1} s", ms as f64 / 1000.0)
+    let sign = if ms < 0 { "-" } else { "" };
+    let ms = ms.unsigned_abs();
+    format!("{sign}{}.{} s", ms / 1000, (ms % 1000 + 50) / 100 % 10)
 }
 
 /// The figures of the write attempts and of each kind of fault window.
@@ -154,13 +156,14 @@ pub(super) fn figures(inputs: &Inputs, report: &mut Report) {
         .collect();
     waits.sort_unstable();
     if let (Some(max), false) = (waits.last(), waits.is_empty()) {
-        let at = |q: f64| waits[((waits.len() - 1) as f64 * q).round() as usize];
+        // The value at `percent` of the sorted waits (nearest rank).
+        let at = |percent: usize| waits[(waits.len() - 1) * percent / 100];
         report.figure(
             "write waits (first attempt to 2xx)",
             format!(
                 "p50 {}, p99 {}, max {} over {} writes",
-                seconds(at(0.5)),
-                seconds(at(0.99)),
+                seconds(at(50)),
+                seconds(at(99)),
                 seconds(*max),
                 waits.len()
             ),
@@ -245,17 +248,17 @@ pub(super) fn quorum_loss(inputs: &Inputs, report: &mut Report) {
         let strict = begin + GRACE_MS;
         // Newly acknowledged writes: their first 2xx came inside the window.
         for ((subject, key), write) in &answers.writes {
-            if let Some(ack) = write.first_ack {
-                if (strict..=end).contains(&ack) {
-                    report.violation(
-                        invariant,
-                        format!(
-                            "{} of {subject} (key {key:?}) was acknowledged {} after the second broker went down, {what}",
-                            write.op,
-                            seconds(ack - begin)
-                        ),
-                    );
-                }
+            if let Some(ack) = write.first_ack
+                && (strict..=end).contains(&ack)
+            {
+                report.violation(
+                    invariant,
+                    format!(
+                        "{} of {subject} (key {key:?}) was acknowledged {} after the second broker went down, {what}",
+                        write.op,
+                        seconds(ack - begin)
+                    ),
+                );
             }
         }
         let mut in_window = 0;
@@ -321,8 +324,8 @@ pub(super) fn quorum_loss(inputs: &Inputs, report: &mut Report) {
                     "{} after a broker was started again{}",
                     seconds(ack - end),
                     rejoined.map_or_else(String::new, |listed| format!(
-                        ", {} after it rejoined",
-                        seconds(ack - listed)
+                        " (the cluster listed it {} after its start)",
+                        seconds(listed - end)
                     ))
                 ),
             ),

@@ -178,7 +178,6 @@ struct World {
     stale: Position,
 }
 
-#[allow(clippy::too_many_lines)] // One whole, consistent world, written out so it can be read.
 fn attempt(key: &str, sent_ms: i64, answered_ms: i64, status: Option<u16>) -> Entry {
     Entry::Attempt {
         op: "request_booking".into(),
@@ -190,6 +189,7 @@ fn attempt(key: &str, sent_ms: i64, answered_ms: i64, status: Option<u16>) -> En
     }
 }
 
+#[allow(clippy::too_many_lines)] // One whole, consistent world, written out so it can be read.
 fn world() -> World {
     let mut story = Story::default();
     let (b, f, p) = (Kind::Booking, Kind::Facility, Kind::Payment);
