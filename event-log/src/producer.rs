@@ -1,9 +1,11 @@
 //! Appending events: idempotent producer, `acks=all`, key = aggregate id.
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 use rdkafka::{
     ClientConfig,
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer as _},
 };
 use schemas::EventEnvelope;
 
@@ -29,10 +31,16 @@ pub mod headers {
 /// Appends envelopes to their aggregate's topic and answers with where they landed.
 ///
 /// The producer is idempotent with `acks=all`: once `append` returns `Ok`, every in-sync replica
-/// has the record, and librdkafka's internal retries cannot write it twice or out of order.
+/// has the record, and librdkafka's retries keep the order. They may still write a record twice
+/// after a timeout (an epoch bump resends what was in flight); readers treat the copy as stale.
+///
+/// After a fatal error of the idempotent producer (librdkafka gives up on guaranteeing the order
+/// and refuses every later record: seen on a cluster whose partitions fell below
+/// `min.insync.replicas`, docs/reliability.md, broker finding 5) a new producer takes the failed
+/// one's place; the write that met the error fails, and the next one goes through.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
+    producer: Arc<RwLock<FutureProducer>>,
     topics: Topics,
     settings: KafkaSettings,
 }
@@ -48,7 +56,15 @@ impl std::fmt::Debug for EventProducer {
 impl EventProducer {
     /// Creates the producer; no connection is made until the first append.
     pub fn new(settings: &KafkaSettings) -> Result<Self, LogError> {
-        let producer: FutureProducer = ClientConfig::new()
+        Ok(Self {
+            producer: Arc::new(RwLock::new(Self::client(settings)?)),
+            topics: Topics::new(&settings.topic_prefix),
+            settings: settings.clone(),
+        })
+    }
+
+    fn client(settings: &KafkaSettings) -> Result<FutureProducer, LogError> {
+        Ok(ClientConfig::new()
             .set("bootstrap.servers", &settings.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -61,12 +77,42 @@ impl EventProducer {
                 "socket.timeout.ms",
                 settings.socket_timeout.as_millis().to_string(),
             )
-            .create()?;
-        Ok(Self {
-            producer,
-            topics: Topics::new(&settings.topic_prefix),
-            settings: settings.clone(),
-        })
+            .create()?)
+    }
+
+    /// The librdkafka producer in use.
+    fn current(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// If `failed` has met a fatal error, puts a new producer in its place (once, however many
+    /// writes saw the error). Returns whether it did.
+    fn renew_if_fatal(&self, failed: &FutureProducer) -> bool {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return false;
+        };
+        let mut producer = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if producer.client().native_ptr() != failed.client().native_ptr() {
+            return true; // another write renewed it already
+        }
+        match Self::client(&self.settings) {
+            Ok(fresh) => {
+                tracing::error!(?code, %reason, "the producer met a fatal error; a new producer takes its place");
+                metrics::counter!("event_producer_renewals_total").increment(1);
+                *producer = fresh;
+                true
+            }
+            Err(error) => {
+                tracing::error!(?code, %reason, %error, "the producer met a fatal error, and a new one could not be created");
+                false
+            }
+        }
     }
 
     /// The topic names this producer writes to.
@@ -133,11 +179,14 @@ impl EventProducer {
         if let Some(key) = key {
             record = record.key(key);
         }
-        let delivery = self
-            .producer
-            .send(record, self.settings.delivery_timeout)
-            .await
-            .map_err(|(error, _message)| LogError::Kafka(error))?;
+        let producer = self.current();
+        let delivery = match producer.send(record, self.settings.delivery_timeout).await {
+            Ok(delivery) => delivery,
+            Err((error, _message)) => {
+                self.renew_if_fatal(&producer);
+                return Err(LogError::Kafka(error));
+            }
+        };
         Ok(LogPosition {
             topic: topic.to_owned(),
             partition: delivery.partition,
@@ -149,10 +198,9 @@ impl EventProducer {
 impl EventProducer {
     /// Asks the broker for cluster metadata: `Ok` if it answers within the request timeout.
     pub async fn ping(&self) -> Result<(), LogError> {
-        let producer = self.producer.clone();
+        let producer = self.current();
         let timeout = self.settings.request_timeout;
         tokio::task::spawn_blocking(move || {
-            use rdkafka::producer::Producer;
             producer.client().fetch_metadata(None, timeout).map(|_| ())
         })
         .await
