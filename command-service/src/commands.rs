@@ -411,7 +411,7 @@ impl CommandHandler {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use domain::{
         payment::PaymentEvent,
         values::{BookingId, Money, PaymentId},
@@ -420,7 +420,8 @@ mod tests {
 
     use super::*;
 
-    fn declined(reason: &str) -> EventEnvelope {
+    /// A `PaymentDeclined` event at sequence 1 of a new payment, for the store's tests too.
+    pub(crate) fn declined(reason: &str) -> EventEnvelope {
         let booking_id = BookingId::new();
         let event = PaymentEvent::PaymentDeclined {
             payment_id: PaymentId::for_booking(booking_id),

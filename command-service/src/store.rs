@@ -469,13 +469,8 @@ impl Tailer {
 
 #[cfg(test)]
 mod tests {
-    use domain::{
-        payment::PaymentEvent,
-        values::{BookingId, Money, PaymentId},
-    };
-    use schemas::EventMetadata;
-
     use super::*;
+    use crate::commands::tests::declined;
 
     fn empty_store() -> AggregateStore {
         AggregateStore::new(
@@ -485,25 +480,6 @@ mod tests {
         )
     }
 
-    fn declined() -> EventEnvelope {
-        let booking_id = BookingId::new();
-        let event = PaymentEvent::PaymentDeclined {
-            payment_id: PaymentId::for_booking(booking_id),
-            booking_id,
-            amount: Money::new(125_000, domain::values::Currency::GBP).expect("a valid amount"),
-            reason: "card expired".to_owned(),
-        };
-        let id = *PaymentId::for_booking(booking_id).as_uuid();
-        EventEnvelope::wrap(
-            AggregateType::Payment,
-            id,
-            1,
-            &event,
-            &EventMetadata::system("saga"),
-        )
-        .expect("domain events serialise")
-    }
-
     /// Found by the chaos soak on three brokers (docs/reliability.md, broker finding 1): after
     /// a stalled leader timed a message out, librdkafka bumped the producer's epoch and resent
     /// another in-flight event, which was already written; the writer answered with the second
@@ -511,7 +487,7 @@ mod tests {
     #[test]
     fn an_event_written_twice_is_admitted_at_its_first_copy_and_the_writer_learns_that_one() {
         let store = empty_store();
-        let envelope = declined();
+        let envelope = declined("card expired");
         let bytes = serde_json::to_vec(&envelope).expect("an envelope serialises");
         let at = |offset| LogPosition {
             topic: "fm.payment.events".to_owned(),

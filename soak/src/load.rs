@@ -335,6 +335,21 @@ struct WriteRequest<'a> {
     if_match: Option<u64>,
 }
 
+impl<'a> WriteRequest<'a> {
+    /// `POST /bookings` as `who`, with this key and body.
+    fn booking(who: &'a Caller, key: &'a str, body: &'a Value) -> Self {
+        Self {
+            op: "request_booking",
+            subject: &who.subject,
+            path: "/bookings",
+            token: &who.token,
+            key,
+            body: Some(body),
+            if_match: None,
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch: journal times, comparable with the fault injector's.
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -529,20 +544,7 @@ async fn request_booking(
 ) -> Option<(Uuid, u64)> {
     let body = booking_body(shared, rng, slot);
     let key = shared.key();
-    let answer = write(
-        shared,
-        rng,
-        &WriteRequest {
-            op: "request_booking",
-            subject: &who.subject,
-            path: "/bookings",
-            token: &who.token,
-            key: &key,
-            body: Some(&body),
-            if_match: None,
-        },
-    )
-    .await;
+    let answer = write(shared, rng, &WriteRequest::booking(who, &key, &body)).await;
     journal_answer(
         shared,
         "request_booking",
@@ -731,15 +733,7 @@ async fn run_scenario(
             let body = booking_body(shared, rng, slot);
             let key = shared.key();
             let (mut one, mut two) = (rng.fork(), rng.fork());
-            let request = WriteRequest {
-                op: "request_booking",
-                subject: &who.subject,
-                path: "/bookings",
-                token: &who.token,
-                key: &key,
-                body: Some(&body),
-                if_match: None,
-            };
+            let request = WriteRequest::booking(&who, &key, &body);
             let (first, second) = tokio::join!(
                 write(shared, &mut one, &request),
                 write(shared, &mut two, &request),
