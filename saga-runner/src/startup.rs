@@ -7,13 +7,12 @@ use notifications::Mailer;
 use payment_gateway::{BreakingGateway, HttpGateway};
 use platform::{auth::TokenKeys, shutdown::CancellationToken, startup::Service};
 use schemas::SchemaRegistry;
-use secrecy::ExposeSecret;
-use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 
 use crate::{
     actions::{CommandClient, Effects},
     consumer,
+    reconcile::Reconciler,
     routes::{self, AppState},
     settings::Settings,
     store,
@@ -38,10 +37,19 @@ impl Service for Application {
     }
 
     /// Migrates the `saga` schema, starts the consumer (or stands by if another replica has
-    /// it), the worker and the gauges, and binds the HTTP listener.
+    /// it), the worker, the gauges and the payment reconciliation, and binds the HTTP listener.
     async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let keys =
             Arc::new(TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?);
+        if settings.saga.settle_window <= settings.gateway.request_timeout {
+            anyhow::bail!(
+                "FM_SAGA__SETTLE_WINDOW ({:?}) must be longer than FM_GATEWAY__REQUEST_TIMEOUT ({:?}): \
+                 a lookup that finds nothing is only believed once no capture request can still be \
+                 in flight (docs/payments.md)",
+                settings.saga.settle_window,
+                settings.gateway.request_timeout
+            );
+        }
         let registry =
             Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
         // The saga's consumer waits for an unreachable broker, but a topic with another
@@ -69,9 +77,6 @@ impl Service for Application {
         let pool = store::connect_and_migrate(&database)
             .await
             .context("Failed to prepare the saga's schema in PostgreSQL")?;
-        let leader = PgConnection::connect(settings.database.url.expose_secret())
-            .await
-            .context("Failed to connect to PostgreSQL")?;
         let gateway = Arc::new(BreakingGateway::new(
             HttpGateway::new(&settings.gateway).context("Failed to build the gateway client")?,
             settings.breaker,
@@ -87,8 +92,9 @@ impl Service for Application {
 
         let consumer = tokio::spawn(consumer::run(
             pool.clone(),
-            leader,
+            settings.database.clone(),
             registry,
+            producer.clone(),
             consumer::config(&settings.kafka, settings.saga.batch_size),
             shutdown.clone(),
         ));
@@ -107,6 +113,7 @@ impl Service for Application {
                 backoff: settings.backoff,
                 crash_after: settings.saga.crash_after.clone(),
                 deadlines: settings.saga.deadlines(),
+                instance: settings.saga.instance(),
             },
         };
         let worker = tokio::spawn(worker.run(shutdown.clone()));
@@ -116,16 +123,31 @@ impl Service for Application {
             shutdown.clone(),
         ));
 
+        let reconciler = Reconciler {
+            pool: pool.clone(),
+            gateway: gateway.clone(),
+            horizon: settings.saga.reconcile_horizon,
+        };
+        let reconciliation = tokio::spawn(
+            reconciler
+                .clone()
+                .run(settings.saga.reconcile_interval, shutdown.clone()),
+        );
         let router = routes::router(AppState {
             pool,
             producer,
             keys,
             gateway,
+            reconciler,
+            commands: routes::Forwarder::new(
+                &settings.saga.command_url,
+                settings.saga.command_timeout,
+            )?,
         });
         let server = platform::http::HttpServer::bind(router, &settings.http).await?;
         Ok(Self {
             server,
-            background: vec![consumer, worker, gauges],
+            background: vec![consumer, worker, gauges, reconciliation],
             shutdown,
         })
     }
