@@ -566,14 +566,22 @@ mod tests {
     fn a_decline_is_remembered_and_moves_no_money() {
         let mut sim = Simulator::default();
         let booking = Uuid::new_v4();
-        let declined = sim.decide("k1", capture(booking, 500), Some("no funds".to_owned()), now());
+        let declined = sim.decide(
+            "k1",
+            capture(booking, 500),
+            Some("no funds".to_owned()),
+            now(),
+        );
         assert_eq!(
             declined,
             Ok(Answer::Declined {
                 reason: "no funds".to_owned()
             })
         );
-        assert_eq!(sim.decide("k1", capture(booking, 500), None, now()), declined);
+        assert_eq!(
+            sim.decide("k1", capture(booking, 500), None, now()),
+            declined
+        );
         let ledger = sim.ledger();
         assert!(ledger.captures.is_empty());
         assert_eq!(ledger.declined, 1);
@@ -614,13 +622,19 @@ mod tests {
             capture_reference: "cap_nope".to_owned(),
             amount: gbp(1),
         };
-        assert_eq!(sim.decide("r", unknown, None, now()), Err(Refusal::UnknownCapture));
+        assert_eq!(
+            sim.decide("r", unknown, None, now()),
+            Err(Refusal::UnknownCapture)
+        );
         let reference = captured(sim.decide("c", capture(Uuid::new_v4(), 10), None, now()));
         let euros = Operation::Refund {
             capture_reference: reference,
             amount: Money::new(1, Currency::EUR).unwrap(),
         };
-        assert_eq!(sim.decide("r", euros, None, now()), Err(Refusal::CurrencyMismatch));
+        assert_eq!(
+            sim.decide("r", euros, None, now()),
+            Err(Refusal::CurrencyMismatch)
+        );
         assert!(sim.record("r").is_none());
     }
 
@@ -661,7 +675,10 @@ mod tests {
             Some(Ok(Answer::Captured { reference }))
         );
         assert_eq!(sim.captures_since(now()).len(), 1);
-        assert!(sim.captures_since(now() + chrono::TimeDelta::seconds(1)).is_empty());
+        assert!(
+            sim.captures_since(now() + chrono::TimeDelta::seconds(1))
+                .is_empty()
+        );
     }
 
     #[test]

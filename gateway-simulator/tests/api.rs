@@ -358,7 +358,13 @@ async fn reject_mode_refuses_the_request_itself_and_records_nothing() {
     let refused = sim.capture(Some("rejected-1"), booking).await;
     assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let problem: Value = refused.json().await.unwrap();
-    assert_eq!(problem["type"].as_str().map(|t| t.ends_with("request-rejected")), Some(true), "{problem}");
+    assert_eq!(
+        problem["type"]
+            .as_str()
+            .map(|t| t.ends_with("request-rejected")),
+        Some(true),
+        "{problem}"
+    );
     let lookup = sim
         .http
         .get(format!("{}/payments/rejected-1", sim.url))

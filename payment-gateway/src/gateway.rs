@@ -201,7 +201,10 @@ mod tests {
     fn a_request_still_in_progress_is_retried_and_keeps_the_money_in_doubt() {
         let error = GatewayError::InProgress;
         assert!(error.is_retryable());
-        assert!(!error.is_infrastructure(), "the provider is working, not failing");
+        assert!(
+            !error.is_infrastructure(),
+            "the provider is working, not failing"
+        );
         assert!(!error.is_permanent());
         assert!(error.may_have_moved_money());
         assert!(!GatewayError::CircuitOpen.may_have_moved_money());

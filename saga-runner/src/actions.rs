@@ -164,10 +164,10 @@ impl Effects {
             Step::LookupCapture => self.lookup(saga).await,
             Step::Refund => self.refund(saga).await,
             Step::Notify { kind } => self.notify(saga, *kind, now).await,
-            Step::Park { step, reason } => {
+            Step::Park { at, reason } => {
                 command(
                     format!("/sagas/{id}/park"),
-                    json!({ "step": step, "reason": reason }),
+                    json!({ "step": at, "reason": reason }),
                 )
                 .await
             }
@@ -311,7 +311,9 @@ impl Effects {
                     learned: Some(Learned::NothingFound),
                 }
             }
-            Err(error) => StepOutcome::failed_as(gateway_failure(&error), format!("lookup: {error}")),
+            Err(error) => {
+                StepOutcome::failed_as(gateway_failure(&error), format!("lookup: {error}"))
+            }
         }
     }
 
@@ -491,11 +493,9 @@ impl CommandClient {
 /// rather than a replay of the first park.
 fn idempotency_step(saga: &Saga, step: &Step, path: &str) -> String {
     match step {
-        Step::Capture | Step::LookupCapture | Step::Refund => path
-            .rsplit('/')
-            .next()
-            .unwrap_or(step.name())
-            .to_owned(),
+        Step::Capture | Step::LookupCapture | Step::Refund => {
+            path.rsplit('/').next().unwrap_or(step.name()).to_owned()
+        }
         Step::Park { .. } => format!("park:{}", saga.control.version),
         _ => step.name().to_owned(),
     }

@@ -28,8 +28,7 @@ use domain::{
     values::{BookingId, SagaId},
 };
 use event_log::{
-    EventProducer, Record, Topics, consumer::TopicPartition, dead_letters,
-    resolution::Admission,
+    EventProducer, Record, Topics, consumer::TopicPartition, dead_letters, resolution::Admission,
 };
 use platform::{settings::DatabaseSettings, shutdown::CancellationToken};
 use schemas::{AggregateType, ContractViolation, EventEnvelope, SchemaRegistry};
@@ -158,10 +157,9 @@ async fn become_leader(
             }
         }
         if let Some(connection) = conn.as_mut() {
-            let locked: Result<bool, _> =
-                sqlx::query_scalar("SELECT pg_try_advisory_lock(84, 0)")
-                    .fetch_one(&mut *connection)
-                    .await;
+            let locked: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock(84, 0)")
+                .fetch_one(&mut *connection)
+                .await;
             match locked {
                 Ok(true) => return conn,
                 Ok(false) if !announced => {

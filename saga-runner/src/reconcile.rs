@@ -79,7 +79,10 @@ pub struct Known {
 /// Compares the provider's captures with the sagas' facts (pure). A capture is kept correctly
 /// when the provider kept its whole amount and its booking is confirmed with exactly this
 /// capture, or the provider kept nothing of it; a saga still working is not judged yet.
-pub fn compare(captures: &[LedgerCapture], known: &HashMap<Uuid, Known>) -> Report {
+pub fn compare<S: std::hash::BuildHasher>(
+    captures: &[LedgerCapture],
+    known: &HashMap<Uuid, Known, S>,
+) -> Report {
     let mut report = Report {
         captures_checked: captures.len(),
         ..Report::default()
@@ -196,7 +199,10 @@ impl Reconciler {
             match self.scheduled_run().await {
                 Ok(Some(report)) => {
                     if report.discrepancies.is_empty() {
-                        tracing::info!(checked = report.captures_checked, "payments reconciled: every capture is kept as the log says");
+                        tracing::info!(
+                            checked = report.captures_checked,
+                            "payments reconciled: every capture is kept as the log says"
+                        );
                     }
                 }
                 Ok(None) => {}
@@ -370,7 +376,10 @@ mod tests {
     #[test]
     fn a_capture_completed_after_the_booking_failed_is_reported_and_healed() {
         let booking = fixtures::booking_id();
-        let report = compare(&[capture(booking, "cap_late", 0)], &known(saga(failed(), None), true));
+        let report = compare(
+            &[capture(booking, "cap_late", 0)],
+            &known(saga(failed(), None), true),
+        );
         assert_eq!(report.discrepancies.len(), 1, "{report:?}");
         let finding = &report.discrepancies[0];
         assert_eq!(finding.kind, "unrecorded_capture");
@@ -382,7 +391,10 @@ mod tests {
     #[test]
     fn a_saga_still_working_is_not_judged_and_an_unknown_booking_is_reported() {
         let booking = fixtures::booking_id();
-        let report = compare(&[capture(booking, "cap_1", 0)], &known(saga(failed(), None), false));
+        let report = compare(
+            &[capture(booking, "cap_1", 0)],
+            &known(saga(failed(), None), false),
+        );
         assert_eq!(report.in_flight, 1);
         assert!(report.discrepancies.is_empty());
         let report = compare(&[capture(booking, "cap_1", 0)], &HashMap::new());
@@ -417,7 +429,11 @@ mod tests {
         let report = compare(&[capture(booking, "cap_1", 0)], &known(resolved, true));
         assert!(report.discrepancies.is_empty(), "{report:?}");
         assert_eq!(report.explained.len(), 1);
-        assert!(report.explained[0].detail.contains("refunded outside the system"));
+        assert!(
+            report.explained[0]
+                .detail
+                .contains("refunded outside the system")
+        );
         assert!(report.explained[0].detail.contains("ops-1 (ops)"));
     }
 }

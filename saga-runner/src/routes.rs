@@ -78,7 +78,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/sagas/{booking_id}/retry", post(retry))
         .route("/sagas/{booking_id}/skip", post(skip))
         .route("/sagas/{booking_id}/resolve", post(resolve))
-        .route("/reconciliation", get(last_reconciliation).post(reconcile_now))
+        .route(
+            "/reconciliation",
+            get(last_reconciliation).post(reconcile_now),
+        )
         .with_state(state)
 }
 
@@ -335,7 +338,9 @@ async fn act(
         }
         Kind::Retry => None,
         Kind::Park => Some(action.step.clone().or(current).ok_or_else(|| {
-            ApiError::Conflict("the saga is on no step (it waits for an event): name one".to_owned())
+            ApiError::Conflict(
+                "the saga is on no step (it waits for an event): name one".to_owned(),
+            )
         })?),
         Kind::Skip => {
             let step = action.step.clone().ok_or_else(|| {
@@ -367,7 +372,11 @@ async fn act(
             kind.path()
         ))
         .json(&body);
-    for name in [header::AUTHORIZATION.as_str(), "idempotency-key", "if-match"] {
+    for name in [
+        header::AUTHORIZATION.as_str(),
+        "idempotency-key",
+        "if-match",
+    ] {
         if let Some(value) = headers.get(name) {
             request = request.header(name, value.clone());
         }
@@ -384,8 +393,8 @@ async fn act(
         .send()
         .await
         .map_err(|error| ApiError::Upstream(error.to_string()))?;
-    let status = StatusCode::from_u16(answer.status().as_u16())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
     let bytes = answer
         .bytes()

@@ -229,8 +229,8 @@ pub enum Step {
     Refund,
     /// Tell the family.
     Notify { kind: NotificationKind },
-    /// Record on the log that the saga parks at `step` (it failed for good): `SagaParked`.
-    Park { step: String, reason: String },
+    /// Record on the log that the saga parks at step `at` (it failed for good): `SagaParked`.
+    Park { at: String, reason: String },
 }
 
 impl Step {
@@ -509,10 +509,14 @@ impl Saga {
             SagaEvent::SagaStepSkipped { step, reason, .. } => {
                 match step {
                     SagaStep::LookupCapture => self.capture = CaptureKnowledge::default(),
-                    SagaStep::NotifyConfirmation => self.skip_letter(NotificationKind::Confirmation),
+                    SagaStep::NotifyConfirmation => {
+                        self.skip_letter(NotificationKind::Confirmation);
+                    }
                     SagaStep::NotifyRejection => self.skip_letter(NotificationKind::Rejection),
                     SagaStep::NotifyFailure => self.skip_letter(NotificationKind::Failure),
-                    SagaStep::NotifyCancellation => self.skip_letter(NotificationKind::Cancellation),
+                    SagaStep::NotifyCancellation => {
+                        self.skip_letter(NotificationKind::Cancellation);
+                    }
                     // The stream's rules refuse the others; an old or foreign event changes
                     // nothing the log does not say.
                     _ => {}
@@ -592,7 +596,8 @@ impl Saga {
             self.capture.attempting = false;
         }
         if *step == Step::Capture {
-            self.capture.last_sent_at = Some(self.capture.last_sent_at.map_or(began, |at| at.max(began)));
+            self.capture.last_sent_at =
+                Some(self.capture.last_sent_at.map_or(began, |at| at.max(began)));
         }
     }
 
@@ -705,7 +710,7 @@ impl Saga {
         }
         if let Some(park) = &self.control.park_pending {
             return Decision::Do(Step::Park {
-                step: park.step.clone(),
+                at: park.step.clone(),
                 reason: park.reason.clone(),
             });
         }

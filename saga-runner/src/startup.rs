@@ -38,6 +38,7 @@ impl Service for Application {
 
     /// Migrates the `saga` schema, starts the consumer (or stands by if another replica has
     /// it), the worker, the gauges and the payment reconciliation, and binds the HTTP listener.
+    #[allow(clippy::too_many_lines)] // One start-up, in the order its parts depend on each other.
     async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let keys =
             Arc::new(TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?);

@@ -139,6 +139,7 @@ impl Worker {
         }
     }
 
+    #[allow(clippy::too_many_lines)] // One pass, in the one transaction that holds its lock.
     async fn try_pass(&self, booking_id: Uuid) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         if !store::try_lock(&mut tx, booking_id).await? {
@@ -328,7 +329,11 @@ pub async fn publish_gauges(pool: PgPool, interval: Duration, shutdown: Cancella
                 }
                 #[allow(clippy::cast_precision_loss)]
                 metrics::gauge!("saga_stuck").set(counts.stuck as f64);
-                let parked = counts.by_stage.get(Stage::Parked.as_str()).copied().unwrap_or(0);
+                let parked = counts
+                    .by_stage
+                    .get(Stage::Parked.as_str())
+                    .copied()
+                    .unwrap_or(0);
                 #[allow(clippy::cast_precision_loss)]
                 metrics::gauge!("saga_parked").set(parked as f64);
             }

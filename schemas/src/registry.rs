@@ -286,8 +286,7 @@ impl SchemaRegistry {
     /// whether a reader could use it.
     pub fn check_decodes(&self, envelope: &EventEnvelope) -> Result<(), ContractViolation> {
         use domain::{
-            booking::BookingEvent, facility::FacilityEvent, payment::PaymentEvent,
-            saga::SagaEvent,
+            booking::BookingEvent, facility::FacilityEvent, payment::PaymentEvent, saga::SagaEvent,
         };
         match envelope.aggregate_type {
             AggregateType::Facility => self.decode::<FacilityEvent>(envelope).map(drop),

@@ -265,12 +265,21 @@ fn every_event_type_belongs_to_the_aggregate_its_schema_names() {
         (AggregateType::Saga, SagaEvent::catalogue()),
     ] {
         for (event_type, _) in catalogue {
-            assert_eq!(registry.aggregate_of(event_type), Some(aggregate), "{event_type}");
+            assert_eq!(
+                registry.aggregate_of(event_type),
+                Some(aggregate),
+                "{event_type}"
+            );
         }
     }
     for file in EVENT_SCHEMAS {
         let schema: Value = serde_json::from_str(file.text).unwrap();
-        assert_eq!(schema["x-fm-aggregate"], json!(file.aggregate), "{}", file.event_type);
+        assert_eq!(
+            schema["x-fm-aggregate"],
+            json!(file.aggregate),
+            "{}",
+            file.event_type
+        );
     }
 }
 
@@ -307,7 +316,8 @@ fn an_event_type_of_another_aggregate_is_refused_even_when_its_payload_is_valid(
 #[test]
 fn a_payload_that_passes_its_schema_but_does_not_decode_is_refused_by_the_full_check() {
     let registered = FacilityEvent::samples().into_iter().next().unwrap();
-    let mut document = serde_json::to_value(envelope_of(AggregateType::Facility, &registered)).unwrap();
+    let mut document =
+        serde_json::to_value(envelope_of(AggregateType::Facility, &registered)).unwrap();
     document["data"]["time_zone"] = json!("Mars/Olympus_Mons");
     let bytes = serde_json::to_vec(&document).unwrap();
     let registry = registry();

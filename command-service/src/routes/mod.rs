@@ -116,8 +116,14 @@ pub(crate) fn router(state: AppState) -> Router {
             command("record_refund", post(payments::refunded)),
         )
         .route("/sagas/{id}/park", command("park_saga", post(sagas::park)))
-        .route("/sagas/{id}/retry", command("retry_saga", post(sagas::retry)))
-        .route("/sagas/{id}/skip", command("skip_saga_step", post(sagas::skip)))
+        .route(
+            "/sagas/{id}/retry",
+            command("retry_saga", post(sagas::retry)),
+        )
+        .route(
+            "/sagas/{id}/skip",
+            command("skip_saga_step", post(sagas::skip)),
+        )
         .route(
             "/sagas/{id}/resolve",
             command("resolve_saga", post(sagas::resolve)),

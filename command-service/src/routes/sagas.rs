@@ -23,7 +23,11 @@ use crate::error::ApiError;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Why {
-    #[schema(example = "the provider fixed its record", min_length = 1, max_length = 500)]
+    #[schema(
+        example = "the provider fixed its record",
+        min_length = 1,
+        max_length = 500
+    )]
     reason: String,
 }
 

@@ -96,10 +96,7 @@ impl SagaStep {
             .ok_or_else(|| {
                 ValueError::new(
                     "saga.step",
-                    format!(
-                        "must be one of: {}",
-                        Self::ALL.map(Self::as_str).join(", ")
-                    ),
+                    format!("must be one of: {}", Self::ALL.map(Self::as_str).join(", ")),
                 )
             })
     }

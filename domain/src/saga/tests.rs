@@ -109,7 +109,9 @@ fn a_step_whose_effect_is_a_fact_of_the_log_cannot_be_skipped() {
 fn a_saga_resolved_by_hand_refuses_every_other_action() {
     given::<Saga>([resolved()])
         .when(park(SagaStep::Capture))
-        .then_err(|e| matches!(e, DomainError::SagaResolved) && e.kind() == RejectionKind::Conflict);
+        .then_err(|e| {
+            matches!(e, DomainError::SagaResolved) && e.kind() == RejectionKind::Conflict
+        });
     given::<Saga>([resolved()])
         .when(SagaCommand::Retry {
             booking_id: booking_id(),

@@ -108,7 +108,10 @@ impl SagaId {
     /// The saga stream of `booking`: a UUID v5 of the booking id (never the booking id itself,
     /// so that no table keyed by aggregate id mixes the two streams).
     pub fn for_booking(booking: BookingId) -> Self {
-        Self(Uuid::new_v5(&SAGA_ID_NAMESPACE, booking.as_uuid().as_bytes()))
+        Self(Uuid::new_v5(
+            &SAGA_ID_NAMESPACE,
+            booking.as_uuid().as_bytes(),
+        ))
     }
 }
 

@@ -156,7 +156,9 @@ async fn decide(state: &AppState, key: &str, operation: Operation) -> Result<Ans
             let reason = behaviour
                 .decline_reason
                 .unwrap_or_else(|| "card_declined".to_owned());
-            Ok(state.lock().decide(key, operation, Some(reason), Utc::now())?)
+            Ok(state
+                .lock()
+                .decide(key, operation, Some(reason), Utc::now())?)
         }
         Mode::Slow => {
             state.pause(delay).await?;
