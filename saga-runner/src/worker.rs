@@ -159,7 +159,16 @@ impl Worker {
         saga.arm_deadlines(now, &self.config.deadlines);
         let decision = saga.decide(now);
         let Decision::Do(step) = &decision else {
-            // Waiting for an event, parked, or done: nothing is due until the facts change.
+            // Waiting for an event, parked, or done: nothing is due until the facts change. The
+            // facts were read without the row lock; if the consumer changed them since (an
+            // operator's resolve read right after the park), writing these back would lose its
+            // change and idle the saga: leave the newer facts, whose change made it due again.
+            let newer = store::facts_for_update(&mut tx, booking_id)
+                .await?
+                .is_none_or(|(_, version)| version != row.facts_version);
+            if newer {
+                return Ok(());
+            }
             let schedule = Schedule {
                 saga: &saga,
                 decision: &decision,
