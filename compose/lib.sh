@@ -172,7 +172,9 @@ kafka_home() {
 kafka_version() { printf '%s\n' "$FM_KAFKA_VERSION"; }
 
 # new_kafka_cluster_id: a random KRaft cluster id (16 random bytes, URL-safe base64, no padding,
-# as kafka-storage.sh random-uuid prints).
+# as kafka-storage.sh random-uuid prints). One in 64 starts with '-', which kafka-storage's
+# argument parser took for an option when given as a separate word (compose/kafka/broker passes
+# it as --cluster-id=ID).
 new_kafka_cluster_id() {
     head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
     echo

@@ -77,6 +77,7 @@ impl Service for Application {
         let restored_from_snapshot = restored.is_some();
         let store = Arc::new(AggregateStore::new(
             registry.clone(),
+            event_log::Topics::new(&settings.kafka.topic_prefix),
             settings.commands.idempotency_retention,
             restored.unwrap_or_default(),
         ));

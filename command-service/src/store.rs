@@ -17,7 +17,9 @@ use std::{
     },
 };
 
-use domain::{aggregate::Aggregate, booking::Booking, facility::Facility, payment::Payment};
+use domain::{
+    aggregate::Aggregate, booking::Booking, facility::Facility, payment::Payment, saga::Saga,
+};
 use event_log::{
     LogError, LogPosition, Topics,
     consumer::{self, TopicPartition},
@@ -99,6 +101,9 @@ pub(crate) struct Folded {
     facilities: HashMap<Uuid, Stream<<Facility as Aggregate>::State>>,
     bookings: HashMap<Uuid, Stream<<Booking as Aggregate>::State>>,
     payments: HashMap<Uuid, Stream<<Payment as Aggregate>::State>>,
+    /// The sagas' decision streams (absent from snapshots written before they existed).
+    #[serde(default)]
+    sagas: HashMap<Uuid, Stream<<Saga as Aggregate>::State>>,
     /// `"subject\nkey"` → the admitted event of the first command with that key.
     idempotency: HashMap<String, Recorded>,
     /// The next offset to read of every partition (`"topic\npartition"`), for a snapshot.
@@ -138,6 +143,7 @@ macro_rules! stored {
 stored!(Facility, AggregateType::Facility, facilities);
 stored!(Booking, AggregateType::Booking, bookings);
 stored!(Payment, AggregateType::Payment, payments);
+stored!(Saga, AggregateType::Saga, sagas);
 
 /// Every aggregate's state, and the writers waiting to learn their outcome.
 #[derive(Debug)]
@@ -146,6 +152,8 @@ pub(crate) struct AggregateStore {
     waiting: Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>,
     caught_up: AtomicBool,
     registry: Arc<SchemaRegistry>,
+    /// Which aggregate type each event topic may carry.
+    topics: Topics,
     /// A key is a retry token, not a permanent name: entries older than this are not kept.
     idempotency_retention: chrono::Duration,
 }
@@ -154,6 +162,7 @@ impl AggregateStore {
     /// A store that starts from `folded` (empty, or restored from a snapshot).
     pub(crate) fn new(
         registry: Arc<SchemaRegistry>,
+        topics: Topics,
         idempotency_retention: std::time::Duration,
         mut folded: Folded,
     ) -> Self {
@@ -168,6 +177,7 @@ impl AggregateStore {
             waiting: Mutex::default(),
             caught_up: AtomicBool::new(false),
             registry,
+            topics,
             idempotency_retention,
         }
     }
@@ -225,17 +235,33 @@ impl AggregateStore {
             .remove(&event_id);
     }
 
-    /// Applies one record read from the log. Records that break the contract are skipped here:
-    /// the projection-service dead-letters them, and the command handler checks what it
-    /// appends against the same contract first (`crate::commands`).
+    /// Applies one record read from the log. A record no reader can use is passed over here,
+    /// before it can take a sequence: one that breaks the contract, an event on another
+    /// aggregate's topic, or one that passes its schemas but does not decode into a domain
+    /// event (`fold` decodes before it admits). The readers with a position of their own (the
+    /// projector, the saga runner) dead-letter such a record; this view is rebuilt from the log
+    /// at every start by every replica, so a dead letter from here would be written again each
+    /// time (docs/saga.md, "Poison"). What this service appends passes the same checks first
+    /// (`crate::commands`).
     fn apply_record(&self, position: LogPosition, payload: Option<&[u8]>) {
         let envelope = match payload.map(|bytes| self.registry.validate_bytes(bytes)) {
-            Some(Ok(envelope)) => Some(envelope),
+            Some(Ok(envelope))
+                if self.topics.aggregate_of(&position.topic) == Some(envelope.aggregate_type) =>
+            {
+                Some(envelope)
+            }
+            Some(Ok(envelope)) => {
+                skipped("wrong_topic");
+                tracing::warn!(aggregate_type = %envelope.aggregate_type, topic = %position.topic, offset = position.offset, "skipping an event on another aggregate's topic");
+                None
+            }
             Some(Err(violation)) => {
+                skipped("contract");
                 tracing::warn!(violation = %violation.without_values(), topic = %position.topic, offset = position.offset, "skipping an invalid record");
                 None
             }
             None => {
+                skipped("contract");
                 tracing::warn!(topic = %position.topic, offset = position.offset, "skipping a record without a value");
                 None
             }
@@ -250,9 +276,11 @@ impl AggregateStore {
             AggregateType::Facility => self.fold::<Facility>(&mut folded, &envelope, position),
             AggregateType::Booking => self.fold::<Booking>(&mut folded, &envelope, position),
             AggregateType::Payment => self.fold::<Payment>(&mut folded, &envelope, position),
+            AggregateType::Saga => self.fold::<Saga>(&mut folded, &envelope, position),
         };
         drop(folded);
         let outcome = outcome.unwrap_or_else(|violation| {
+            skipped("undecodable");
             tracing::warn!(violation = %violation.without_values(), "skipping an event that does not decode");
             Outcome::Refused
         });
@@ -327,6 +355,12 @@ impl AggregateStore {
             .entry(idempotency_key(&envelope.actor.subject, &idempotency.key))
             .or_insert(recorded);
     }
+}
+
+/// Counts a record the store passed over (`command_store_records_skipped_total{reason}`:
+/// `contract`, `wrong_topic`, `undecodable`).
+fn skipped(reason: &'static str) {
+    metrics::counter!("command_store_records_skipped_total", "reason" => reason).increment(1);
 }
 
 /// Reads every event topic into the store until `shutdown`.

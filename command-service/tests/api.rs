@@ -730,3 +730,72 @@ async fn if_match_takes_the_booking_etag_the_query_api_gives() {
         .unwrap();
     assert_eq!(current.status(), StatusCode::OK);
 }
+
+/// Issue 14: records no reader can use — one that passes every schema but does not decode (a
+/// time zone that does not exist), in the very stream of a facility at its next sequence, and
+/// a valid facility event on the booking topic — are passed over before they can take a
+/// sequence: a service that folds the log afterwards still takes the facility's next command
+/// at version 2, and a booking's stream is not disturbed by a facility event keyed like it.
+#[tokio::test]
+async fn records_no_reader_can_use_are_passed_over_and_take_no_sequence() {
+    use event_log::EventProducer;
+    use rdkafka::message::OwnedHeaders;
+    use schemas::AggregateType;
+
+    let kafka = fresh_kafka().await;
+    let first = start(&kafka).await;
+    let facility_id = register_facility(&first).await;
+    let poison = |sequence: u64, time_zone: &str| {
+        json!({
+            "event_id": uuid::Uuid::new_v4(), "event_type": "FacilityRegistered",
+            "event_version": 1, "aggregate_type": "facility", "aggregate_id": facility_id,
+            "sequence": sequence, "occurred_at": "2027-01-05T09:30:00Z",
+            "correlation_id": uuid::Uuid::new_v4(), "causation_id": uuid::Uuid::new_v4(),
+            "actor": {"subject": "d", "role": "director"},
+            "data": {
+                "facility_id": facility_id, "name": "Chapel", "kind": "chapel",
+                "capacity": 40, "time_zone": time_zone,
+                "opening_hours": [{"weekday": "mon", "opens": "09:00", "closes": "17:00"}],
+                "turnaround_minutes": 30
+            }
+        })
+    };
+    let producer = EventProducer::new(&kafka).unwrap();
+    for (aggregate, record) in [
+        (AggregateType::Facility, poison(2, "Mars/Olympus_Mons")),
+        (AggregateType::Booking, poison(2, "Europe/London")),
+    ] {
+        producer
+            .send(
+                &producer.topics().events(aggregate),
+                Some(facility_id.as_bytes()),
+                &serde_json::to_vec(&record).unwrap(),
+                OwnedHeaders::new(),
+            )
+            .await
+            .unwrap();
+    }
+    drop(first);
+
+    // A fresh service folds the whole log, poison included, and the facility is still at 1.
+    let second = start(&kafka).await;
+    let hours: Vec<Value> = ["mon", "tue"]
+        .iter()
+        .map(|day| json!({"weekday": day, "opens": "09:00", "closes": "17:00"}))
+        .collect();
+    let response = Client::new()
+        .put(format!(
+            "{}/facilities/{facility_id}/opening-hours",
+            second.url
+        ))
+        .bearer_auth(token(Role::Director, "director-1"))
+        .header("if-match", "\"1\"")
+        .json(&json!({ "opening_hours": hours }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 2, "{body}");
+}

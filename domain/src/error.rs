@@ -11,6 +11,7 @@
 use thiserror::Error;
 
 use crate::booking::BookingStatus;
+use crate::saga::SagaStep;
 use crate::values::{BookingId, Currency, Money};
 
 /// A raw value that failed to parse into a value object.
@@ -156,6 +157,18 @@ pub enum DomainError {
         captured: Money,
     },
 
+    /// The booking's saga was resolved by hand: nothing more is done to it. Conflict, no field.
+    #[error("the saga was resolved by hand")]
+    SagaResolved,
+
+    /// The step's effect is a fact of the log (a slot, a payment, a status), which skipping it
+    /// cannot make true. Invalid, field `step`.
+    #[error("step {step} cannot be skipped (only a letter or a capture lookup can)")]
+    SagaStepNotSkippable {
+        /// The step asked to be skipped.
+        step: SagaStep,
+    },
+
     /// The refund is smaller than the captured amount; only full refunds are supported.
     /// Invalid, field `amount.amount_minor`.
     #[error(
@@ -181,6 +194,7 @@ impl DomainError {
             Self::DateOfDeathInFuture => Some("deceased.date_of_death"),
             Self::PaymentNotFound | Self::PaymentIdMismatch => Some("payment_id"),
             Self::MissingGatewayReference => Some("gateway_reference"),
+            Self::SagaStepNotSkippable { .. } => Some("step"),
             Self::RefundCurrencyMismatch { .. } => Some("amount.currency"),
             Self::RefundExceedsCapture { .. } | Self::PartialRefundNotSupported { .. } => {
                 Some("amount.amount_minor")
@@ -190,7 +204,8 @@ impl DomainError {
             | Self::PaymentAlreadyCaptured
             | Self::PaymentAlreadyDeclined
             | Self::PaymentAlreadyRefunded
-            | Self::PaymentNotCaptured => None,
+            | Self::PaymentNotCaptured
+            | Self::SagaResolved => None,
         }
     }
 
@@ -219,6 +234,8 @@ impl DomainError {
             Self::RefundCurrencyMismatch { .. } => "refund.currency_mismatch",
             Self::RefundExceedsCapture { .. } => "refund.exceeds_capture",
             Self::PartialRefundNotSupported { .. } => "refund.full_amount_only",
+            Self::SagaResolved => "saga.resolved",
+            Self::SagaStepNotSkippable { .. } => "saga.step_not_skippable",
         }
     }
 
@@ -236,7 +253,8 @@ impl DomainError {
             | Self::PaymentAlreadyCaptured
             | Self::PaymentAlreadyDeclined
             | Self::PaymentAlreadyRefunded
-            | Self::PaymentNotCaptured => RejectionKind::Conflict,
+            | Self::PaymentNotCaptured
+            | Self::SagaResolved => RejectionKind::Conflict,
             Self::NoFamilyContacts
             | Self::SlotInPast
             | Self::DateOfDeathInFuture
@@ -246,7 +264,8 @@ impl DomainError {
             | Self::MissingGatewayReference
             | Self::RefundCurrencyMismatch { .. }
             | Self::RefundExceedsCapture { .. }
-            | Self::PartialRefundNotSupported { .. } => RejectionKind::Invalid,
+            | Self::PartialRefundNotSupported { .. }
+            | Self::SagaStepNotSkippable { .. } => RejectionKind::Invalid,
         }
     }
 }

@@ -5,7 +5,8 @@
 //! 10:00-14:00 on Saturdays with a 30-minute turnaround; Ada Lovelace died on 2027-02-20; her
 //! son books a burial on Tuesday 2027-03-02 from 10:00 to 11:00 for £1,250.00, on 2027-02-25.
 //!
-//! [`FacilityEvent::samples`], [`BookingEvent::samples`] and [`PaymentEvent::samples`] return
+//! [`FacilityEvent::samples`], [`BookingEvent::samples`], [`PaymentEvent::samples`] and
+//! [`SagaEvent::samples`] return
 //! one valid instance of every event variant, which the `schemas` crate validates its JSON
 //! Schemas against (a variant added without a sample fails this crate's own tests).
 
@@ -15,6 +16,7 @@ use uuid::Uuid;
 use crate::booking::{BookingCommand, BookingEvent, Deceased, FacilitySchedule, FamilyContact};
 use crate::facility::{FacilityCommand, FacilityEvent, SlotRejectionReason};
 use crate::payment::{PaymentCommand, PaymentEvent};
+use crate::saga::{SagaEvent, SagaStep};
 use crate::values::{
     BookingId, Capacity, Currency, EmailAddress, FacilityId, FacilityKind, FacilityName, Money,
     OpeningHours, OpeningInterval, PaymentId, PersonName, PhoneNumber, Relationship, ServiceType,
@@ -254,6 +256,32 @@ impl PaymentEvent {
     }
 }
 
+impl SagaEvent {
+    /// One sample of every saga event variant.
+    pub fn samples() -> Vec<SagaEvent> {
+        vec![
+            SagaEvent::SagaParked {
+                booking_id: booking_id(),
+                step: SagaStep::Refund,
+                reason: "the gateway refused the refund: 422 more than is left".to_owned(),
+            },
+            SagaEvent::SagaRetryRequested {
+                booking_id: booking_id(),
+                reason: "the provider fixed the capture's record".to_owned(),
+            },
+            SagaEvent::SagaStepSkipped {
+                booking_id: booking_id(),
+                step: SagaStep::NotifyFailure,
+                reason: "the director phoned the family".to_owned(),
+            },
+            SagaEvent::SagaResolvedByHand {
+                booking_id: booking_id(),
+                reason: "refunded outside the system".to_owned(),
+            },
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -313,6 +341,11 @@ mod tests {
     #[test]
     fn payment_samples_cover_every_event() {
         check_samples(&PaymentEvent::samples());
+    }
+
+    #[test]
+    fn saga_samples_cover_every_event() {
+        check_samples(&SagaEvent::samples());
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`facility`] — a chapel, crematorium, graveside or reception hall and its reservations.
 //! - [`booking`] — the service a family asks for and its lifecycle.
 //! - [`payment`] — the money side of one booking: captured, declined, refunded.
+//! - [`saga`] — what operators (and the saga runner) decided about a booking's saga: parked,
+//!   retried, a step skipped, resolved by hand.
 //! - [`error`] — [`ValueError`] (a value failed to parse) and [`DomainError`] (a command was
 //!   refused), each with a stable machine-readable rule.
 //! - `fixtures` (feature `testing`): sample values and one sample of every event, for tests
@@ -29,6 +31,7 @@ pub mod facility;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod payment;
+pub mod saga;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod values;

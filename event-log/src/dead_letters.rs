@@ -1,8 +1,11 @@
 //! Dead letters: writing one, reading one back, and retrying it on its origin topic.
 //!
-//! A reader that meets a record breaking the contract (the projector) dead-letters it with
-//! [`write`]: its original key and bytes and four headers, the reason and the origin (topic,
-//! partition, offset), plus the flow and trace headers it carried. Retrying appends the same key and bytes to
+//! A reader that meets a record it cannot use (it breaks the contract, or passes the schemas but
+//! does not decode into a domain event) dead-letters it with [`write`]: its original key and
+//! bytes and five headers, the reason, the reader and the origin (topic, partition, offset),
+//! plus the flow and trace headers it carried. Every reader with a position of its own (the
+//! projector, the saga runner) does so for itself, so one bad record may have one dead letter
+//! per reader, each naming who refused it and why. Retrying appends the same key and bytes to
 //! the origin topic, where every reader meets it again as a new record, with a header naming the
 //! dead letter it came from. If it still breaks the contract it is dead-lettered again, with the
 //! new reason; if its cause has gone (a reader that learned a new event type, a repaired
@@ -32,6 +35,8 @@ pub struct DeadLetter {
     /// Where the dead letter itself sits.
     pub position: LogPosition,
     pub reason: String,
+    /// The reader that refused the record, if the dead letter says (older ones do not).
+    pub reader: Option<String>,
     /// Where the record was when it was dead-lettered.
     pub origin: LogPosition,
     pub key: Option<Vec<u8>>,
@@ -61,12 +66,14 @@ pub enum DeadLetterError {
     Timeout(Duration),
 }
 
-/// Sends `record` to the deployment's dead-letter topic with `reason` and its origin, keeping
-/// its key and bytes, and the correlation, causation and trace headers it carried (so a retried
-/// dead letter is still part of its booking's history and trace). Returns where it landed.
+/// Sends `record` to the deployment's dead-letter topic with `reason`, the `reader` that refused
+/// it and its origin, keeping its key and bytes, and the correlation, causation and trace
+/// headers it carried (so a retried dead letter is still part of its booking's history and
+/// trace). Returns where it landed.
 pub async fn write(
     producer: &EventProducer,
     record: &Record<'_>,
+    reader: &str,
     reason: &str,
 ) -> Result<LogPosition, LogError> {
     let origin = record.position();
@@ -76,6 +83,10 @@ pub async fn write(
         .insert(Header {
             key: headers::DEAD_LETTER_REASON,
             value: Some(reason),
+        })
+        .insert(Header {
+            key: headers::DEAD_LETTER_READER,
+            value: Some(reader),
         })
         .insert(Header {
             key: headers::ORIGIN_TOPIC,
@@ -178,6 +189,7 @@ pub async fn read(
     };
     Ok(DeadLetter {
         reason,
+        reader: header(headers, headers::DEAD_LETTER_READER),
         origin,
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().unwrap_or_default().to_vec(),

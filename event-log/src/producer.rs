@@ -26,6 +26,9 @@ pub mod headers {
     pub const ORIGIN_TOPIC: &str = "fm-origin-topic";
     pub const ORIGIN_PARTITION: &str = "fm-origin-partition";
     pub const ORIGIN_OFFSET: &str = "fm-origin-offset";
+    /// On a dead letter: the reader that refused the record (`projection-service`,
+    /// `saga-runner`). Each reader with a position of its own dead-letters what it cannot use.
+    pub const DEAD_LETTER_READER: &str = "fm-dead-letter-reader";
 }
 
 /// Appends envelopes to their aggregate's topic and answers with where they landed.

@@ -1,10 +1,12 @@
 //! `fmctl dead-letters list | show | retry`: what the projector refused, and sending it back.
 //!
-//! The projector dead-letters a record that breaks the contract with its original key and bytes
-//! and headers naming the reason and the origin (topic, partition, offset), plus the flow and
-//! trace headers the record carried. `list` reads the whole dead-letter topic; `show` reads one
-//! dead letter and decodes its payload, checking it against the contract as it stands now (a
-//! reader that has since learned a new event type finds it valid: then `retry` applies it).
+//! Every reader with a position of its own (the projector, the saga runner) dead-letters a
+//! record it cannot use with its original key and bytes and headers naming the reason, the
+//! reader and the origin (topic, partition, offset), plus the flow and trace headers the record
+//! carried. `list` reads the whole dead-letter topic; `show` reads one dead letter and checks it
+//! as a retry would meet it now: the schemas, the topic it would go back to, and decoding into
+//! its aggregate's domain event (a reader that has since learned a new event type finds it
+//! usable: then `retry` applies it; otherwise `show` says the retry would fail again, and why).
 
 use std::time::Duration;
 
@@ -111,6 +113,7 @@ fn summary_json(record: &Record) -> Value {
         "timestamp": record.timestamp,
         "key": record.key,
         "reason": letter.map(|l| l.reason.clone()),
+        "reader": letter.and_then(|l| l.reader.clone()),
         "origin": {
             "topic": letter.and_then(|l| l.origin_topic.clone()),
             "partition": letter.and_then(|l| l.origin_partition),
@@ -235,25 +238,24 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
         },
         |envelope| serde_json::to_value(envelope).unwrap_or(Value::Null),
     );
+    let registry = SchemaRegistry::load().context("Failed to compile the event schemas")?;
+    let check = RetryCheck::of(&record, &registry, &Topics::new(&kafka.topic_prefix));
     let mut out = Out::new();
     match args.output {
         Output::Json => {
             let mut value = summary_json(&record);
-            value["valid_now"] = json!(record.envelope.is_some());
-            value["violation_now"] = json!(record.violation);
+            value["valid_now"] = json!(check.usable());
+            value["violation_now"] = json!(check.problem());
+            value["retry_would"] = json!(if check.usable() {
+                "apply"
+            } else {
+                "fail_again"
+            });
             value["payload"] = payload;
             out.line(&value.to_string())?;
         }
         Output::Pretty => {
-            let check = match (&record.envelope, &record.violation) {
-                (Some(e), _) => format!(
-                    "valid now: {} v{} of {} {} (retry applies it unless its aggregate moved on)",
-                    e.event_type, e.event_version, e.aggregate_type, e.aggregate_id
-                ),
-                (None, violation) => {
-                    format!("still invalid: {}", violation.as_deref().unwrap_or("-"))
-                }
-            };
+            let check = check.sentence();
             let body = match &payload {
                 Value::String(text) => text.clone(),
                 other => serde_json::to_string_pretty(other).unwrap_or_default(),
@@ -263,6 +265,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
                  time         {}\n\
                  origin       {}\n\
                  reason       {}\n\
+                 refused by   {}\n\
                  key          {}\n\
                  correlation  {}\n\
                  contract     {check}\n\
@@ -271,6 +274,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
                 time_text(record.timestamp),
                 origin_text(&record),
                 letter.reason,
+                letter.reader.as_deref().unwrap_or("-"),
                 record.key.as_deref().unwrap_or("-"),
                 record.correlation.as_deref().unwrap_or("-"),
             );
@@ -282,6 +286,93 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a retry of a dead letter would meet now: every check a reader makes before it trusts a
+/// record.
+#[derive(Debug, PartialEq, Eq)]
+enum RetryCheck {
+    /// Passes its schemas, decodes into its aggregate's event and would go back to that
+    /// aggregate's topic: a reader applies it (unless its aggregate moved on meanwhile).
+    Usable {
+        event_type: String,
+        event_version: u16,
+        aggregate: String,
+        aggregate_id: String,
+    },
+    /// Breaks the contract: not JSON, an unknown event type, an invalid envelope or payload, an
+    /// event type of another aggregate.
+    Invalid(String),
+    /// Passes its schemas, but would go back to the topic of another aggregate.
+    WrongTopic(String),
+    /// Passes its schemas, but does not decode into a domain event.
+    Undecodable(String),
+}
+
+impl RetryCheck {
+    fn of(record: &Record, registry: &SchemaRegistry, topics: &Topics) -> Self {
+        let Some(envelope) = &record.envelope else {
+            return Self::Invalid(record.violation.clone().unwrap_or_else(|| "-".to_owned()));
+        };
+        let origin = record
+            .dead_letter
+            .as_ref()
+            .and_then(|letter| letter.origin_topic.as_deref());
+        if let Some(topic) = origin
+            && topics.aggregate_of(topic) != Some(envelope.aggregate_type)
+        {
+            return Self::WrongTopic(format!(
+                "a {} event, but a retry appends it to {topic}",
+                envelope.aggregate_type
+            ));
+        }
+        if let Err(violation) = registry.check_decodes(envelope) {
+            return Self::Undecodable(violation.to_string());
+        }
+        Self::Usable {
+            event_type: envelope.event_type.clone(),
+            event_version: envelope.event_version,
+            aggregate: envelope.aggregate_type.to_string(),
+            aggregate_id: envelope.aggregate_id.to_string(),
+        }
+    }
+
+    fn usable(&self) -> bool {
+        matches!(self, Self::Usable { .. })
+    }
+
+    fn problem(&self) -> Option<&str> {
+        match self {
+            Self::Usable { .. } => None,
+            Self::Invalid(problem) | Self::WrongTopic(problem) | Self::Undecodable(problem) => {
+                Some(problem)
+            }
+        }
+    }
+
+    fn sentence(&self) -> String {
+        match self {
+            Self::Usable {
+                event_type,
+                event_version,
+                aggregate,
+                aggregate_id,
+            } => format!(
+                "valid now: {event_type} v{event_version} of {aggregate} {aggregate_id} \
+                 (retry applies it unless its aggregate moved on)"
+            ),
+            Self::Invalid(problem) => {
+                format!("still invalid: {problem} (a retry would be dead-lettered again)")
+            }
+            Self::WrongTopic(problem) => {
+                format!("on the wrong topic: {problem} (a retry would be dead-lettered again)")
+            }
+            Self::Undecodable(problem) => format!(
+                "passes its schemas but does not decode: {problem} (a retry would be \
+                 dead-lettered again)"
+            ),
+        }
+    }
 }
 
 async fn retry(Position { partition, offset }: Position) -> anyhow::Result<()> {

@@ -413,6 +413,8 @@ pub(crate) struct Record {
 #[derive(Debug)]
 pub(crate) struct DeadLetterInfo {
     pub(crate) reason: String,
+    /// The reader that refused it (`fm-dead-letter-reader`), if the dead letter says.
+    pub(crate) reader: Option<String>,
     pub(crate) origin_topic: Option<String>,
     pub(crate) origin_partition: Option<i32>,
     pub(crate) origin_offset: Option<i64>,
@@ -440,6 +442,7 @@ impl Record {
         let dead_letter =
             header(message, headers::DEAD_LETTER_REASON).map(|reason| DeadLetterInfo {
                 reason,
+                reader: header(message, headers::DEAD_LETTER_READER),
                 origin_topic: header(message, headers::ORIGIN_TOPIC),
                 origin_partition: header(message, headers::ORIGIN_PARTITION)
                     .and_then(|p| p.parse().ok()),

@@ -1,9 +1,14 @@
-//! `fmctl sagas`: the booking sagas in flight, stuck, compensated or done, and one booking's
-//! saga in full — from the saga runner's ops view (`GET /sagas`), with an `ops` token minted
-//! from the deployment's secret. The runner owns its tables; this command only asks it.
+//! `fmctl sagas`: the booking sagas in flight, stuck, parked, compensated or done, and one
+//! booking's saga in full — from the saga runner's ops view (`GET /sagas`), with an `ops` token
+//! minted from the deployment's secret. The runner owns its tables; this command only asks it.
+//!
+//! `fmctl sagas park | retry | skip | resolve` act on one saga through the runner's ops API
+//! (`POST /sagas/{booking_id}/...`), which checks the saga and forwards the request to the
+//! command-service: each action becomes an event of the saga's stream naming the operator
+//! (`--operator`, the token's subject) and the reason (docs/saga.md, "Operator actions").
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use platform::auth::TokenKeys;
 use schemas::Role;
 use secrecy::SecretString;
@@ -18,10 +23,16 @@ use crate::inspect::Output;
     fmctl sagas                          # in flight\n  \
     fmctl sagas --filter stuck --fail-if-any\n  \
     fmctl sagas --filter compensated --output json\n  \
-    fmctl sagas --booking <BOOKING_ID>   # facts and every step performed\n\n\
+    fmctl sagas --filter parked          # waiting for an operator\n  \
+    fmctl sagas --booking <BOOKING_ID>   # facts and every step performed\n  \
+    fmctl sagas retry --booking <BOOKING_ID> --reason 'the provider fixed its record'\n\n\
     A saga is stuck when it is not done and past the deadline of the step it is on (a lookup \
-    the gateway cannot answer, a mail the SMTP server keeps refusing); see docs/saga.md.")]
+    the gateway cannot answer, a mail the SMTP server keeps refusing); parked when a step \
+    failed for good or an operator parked it; see docs/saga.md.")]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct SagasArgs {
+    #[command(subcommand)]
+    action: Option<SagaAction>,
     /// Which sagas to list.
     #[arg(long, value_enum, default_value_t = Filter::InFlight)]
     filter: Filter,
@@ -41,10 +52,68 @@ pub(crate) struct SagasArgs {
     output: Output,
 }
 
+/// An operator's action on one saga: an event of its stream, with who and why.
+#[derive(Debug, Subcommand)]
+enum SagaAction {
+    /// Stop the saga until it is retried or resolved.
+    Park {
+        #[command(flatten)]
+        target: Target,
+        /// The step to park at (default: the one it is on).
+        #[arg(long)]
+        step: Option<String>,
+    },
+    /// Act now: unpark, forget the failed attempts, start the step's clock again.
+    Retry {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Count the step the saga is on as done (a letter `notify_*`, or `lookup_capture`).
+    Skip {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        step: String,
+    },
+    /// The booking was settled outside the system: the saga does nothing more, ever.
+    Resolve {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which saga, why, and who acts.
+#[derive(Debug, Args)]
+struct Target {
+    #[arg(long, value_name = "BOOKING_ID")]
+    booking: Uuid,
+    /// Why (1-500 characters); kept in the log with the action.
+    #[arg(long)]
+    reason: String,
+    /// Who acts: the subject of the ops token, kept in the log with the action.
+    #[arg(long, env = "USER")]
+    operator: String,
+    /// The saga runner's base URL.
+    #[arg(long, env = "FM_SAGA_URL", default_value = "http://127.0.0.1:8084")]
+    url: String,
+}
+
+impl SagaAction {
+    fn parts(&self) -> (&'static str, &Target, Option<&str>) {
+        match self {
+            Self::Park { target, step } => ("park", target, step.as_deref()),
+            Self::Retry { target } => ("retry", target, None),
+            Self::Skip { target, step } => ("skip", target, Some(step.as_str())),
+            Self::Resolve { target } => ("resolve", target, None),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Filter {
     InFlight,
     Stuck,
+    Parked,
     Compensated,
     Done,
     All,
@@ -55,6 +124,7 @@ impl Filter {
         match self {
             Self::InFlight => "in_flight",
             Self::Stuck => "stuck",
+            Self::Parked => "parked",
             Self::Compensated => "compensated",
             Self::Done => "done",
             Self::All => "all",
@@ -72,15 +142,56 @@ struct AuthSection {
     secret: SecretString,
 }
 
-pub(crate) async fn sagas(args: SagasArgs) -> anyhow::Result<()> {
+/// An `ops` token for `subject`, minted from the deployment's secret.
+fn ops_token(subject: &str) -> anyhow::Result<String> {
     let settings: Settings =
         platform::settings::load().context("Failed to read the FM_* configuration")?;
     let secret = settings
         .auth
         .context("FM_AUTH__SECRET is not set (fmctl mints an ops token with it)")?
         .secret;
-    let token =
-        TokenKeys::from_secret(&secret)?.mint("fmctl", Role::Ops, chrono::Duration::minutes(5))?;
+    Ok(TokenKeys::from_secret(&secret)?.mint(subject, Role::Ops, chrono::Duration::minutes(5))?)
+}
+
+/// Performs an operator's action through the runner's ops API and says what was recorded.
+async fn act(action: &SagaAction) -> anyhow::Result<()> {
+    let (kind, target, step) = action.parts();
+    let token = ops_token(&target.operator)?;
+    let base = target.url.trim_end_matches('/');
+    let mut body = serde_json::json!({ "reason": target.reason });
+    if let Some(step) = step {
+        body["step"] = Value::String(step.to_owned());
+    }
+    let response = reqwest::Client::new()
+        .post(format!("{base}/sagas/{}/{kind}", target.booking))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| {
+            format!("Failed to reach the saga runner at {base} (--url or FM_SAGA_URL)")
+        })?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let detail = answer["detail"]
+            .as_str()
+            .or_else(|| answer["title"].as_str())
+            .unwrap_or("no detail");
+        bail!("the saga runner refused to {kind} the saga: {status}: {detail}");
+    }
+    println!(
+        "{kind}: recorded in the saga's stream of booking {} as {} (ops), version {}",
+        target.booking, target.operator, answer["version"]
+    );
+    Ok(())
+}
+
+pub(crate) async fn sagas(args: SagasArgs) -> anyhow::Result<()> {
+    if let Some(action) = &args.action {
+        return act(action).await;
+    }
+    let token = ops_token("fmctl")?;
     let base = args.url.trim_end_matches('/');
     let url = match args.booking {
         Some(booking) => format!("{base}/sagas/{booking}"),

@@ -374,6 +374,7 @@ async fn topics_list_shows_every_topic_with_its_partitions_and_record_counts() {
             format!("{prefix}.facility.events"),
             format!("{prefix}.booking.events"),
             format!("{prefix}.payment.events"),
+            format!("{prefix}.saga.events"),
             format!("{prefix}.dead-letter"),
         ]
     );
@@ -381,7 +382,7 @@ async fn topics_list_shows_every_topic_with_its_partitions_and_record_counts() {
         .iter()
         .map(|t| t["records"].as_i64().unwrap())
         .collect();
-    assert_eq!(records, [1, 1, 0, 0]);
+    assert_eq!(records, [1, 1, 0, 0, 0]);
     assert_eq!(
         topics[0]["partitions"].as_array().unwrap().len(),
         usize::try_from(stack.kafka.partitions).unwrap()
@@ -492,7 +493,7 @@ async fn lag_shows_the_saga_beside_the_read_models_once_its_offsets_table_exists
     let partitions = report["saga"]["partitions"].as_array().unwrap();
     assert_eq!(
         partitions.len(),
-        usize::try_from(stack.kafka.partitions * 3).unwrap()
+        usize::try_from(stack.kafka.partitions * 4).unwrap()
     );
     let run = fmctl(
         &stack.kafka,
@@ -543,10 +544,15 @@ async fn lag_shows_the_saga_beside_the_read_models_once_its_offsets_table_exists
 
 /// Sends raw bytes to the deployment's booking topic; returns (partition, offset).
 async fn poison(stack: &TestStack, key: &str, payload: &[u8]) -> (i32, i64) {
+    poison_on(stack, "booking", key, payload).await
+}
+
+/// Sends raw bytes to one of the deployment's event topics; returns (partition, offset).
+async fn poison_on(stack: &TestStack, aggregate: &str, key: &str, payload: &[u8]) -> (i32, i64) {
     let producer = EventProducer::new(&stack.kafka).unwrap();
     let landed = producer
         .send(
-            &format!("{}.booking.events", stack.kafka.topic_prefix),
+            &format!("{}.{aggregate}.events", stack.kafka.topic_prefix),
             Some(key.as_bytes()),
             payload,
             OwnedHeaders::new(),
@@ -568,8 +574,10 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
     .await;
     let requested = run.json_lines()[0]["event"].clone();
 
-    // Three records every reader refuses: one breaks a value rule, one is not JSON, and one is a
-    // valid facility event on the booking topic (valid by itself, so `show` says so).
+    // Four records every reader refuses: one breaks a value rule, one is not JSON, one is a
+    // valid facility event on the booking topic (valid by itself, but a retry would put it on
+    // the booking topic again), and one passes every schema but does not decode (a time zone
+    // that does not exist), the poison of issue 14.
     let mut bad_email = requested.clone();
     let bad_id = uuid::Uuid::new_v4().to_string();
     bad_email["aggregate_id"] = json!(bad_id);
@@ -592,6 +600,19 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
         &serde_json::to_vec(&registered).unwrap(),
     )
     .await;
+    let mut on_mars = registered.clone();
+    let mars_id = uuid::Uuid::new_v4().to_string();
+    on_mars["aggregate_id"] = json!(mars_id);
+    on_mars["event_id"] = json!(uuid::Uuid::new_v4());
+    on_mars["data"]["facility_id"] = json!(mars_id);
+    on_mars["data"]["time_zone"] = json!("Mars/Olympus_Mons");
+    let mars_origin = poison_on(
+        &stack,
+        "facility",
+        &mars_id,
+        &serde_json::to_vec(&on_mars).unwrap(),
+    )
+    .await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
     let letters = loop {
@@ -603,17 +624,17 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
         .await;
         assert_eq!(run.status, 0, "{}", run.stderr);
         let letters = run.json_lines();
-        if letters.len() >= 3 {
+        if letters.len() >= 4 {
             break letters;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "3 dead letters did not appear within 60 s: {}",
+            "4 dead letters did not appear within 60 s: {}",
             run.stdout
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert_eq!(letters.len(), 4, "{letters:?}");
     let of = |key: &str| {
         letters
             .iter()
@@ -622,21 +643,36 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
             .clone()
     };
     let booking_topic = format!("{}.booking.events", stack.kafka.topic_prefix);
-    for (key, (partition, offset), reason) in [
+    let facility_topic = format!("{}.facility.events", stack.kafka.topic_prefix);
+    for (key, (partition, offset), topic, reason) in [
         (
             bad_id.as_str(),
             bad_origin,
+            &booking_topic,
             "BookingRequested v1 payload invalid at '/family_contacts/0/email'",
         ),
-        (junk_key.as_str(), junk_origin, "not a JSON document"),
+        (
+            junk_key.as_str(),
+            junk_origin,
+            &booking_topic,
+            "not a JSON document",
+        ),
         (
             facility_id.as_str(),
             misplaced_origin,
+            &booking_topic,
             "a facility event on topic",
+        ),
+        (
+            mars_id.as_str(),
+            mars_origin,
+            &facility_topic,
+            "FacilityRegistered v1",
         ),
     ] {
         let letter = of(key);
-        assert_eq!(letter["origin"]["topic"], booking_topic.as_str());
+        assert_eq!(letter["origin"]["topic"], topic.as_str());
+        assert_eq!(letter["reader"], "projection-service", "{letter}");
         assert_eq!(letter["origin"]["partition"], partition);
         assert_eq!(letter["origin"]["offset"], offset);
         assert!(
@@ -651,7 +687,7 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
     assert!(run.stdout.starts_with("PARTITION"), "{}", run.stdout);
     assert!(
         run.stdout.contains(&format!(
-            "3 dead letters in {}.dead-letter",
+            "4 dead letters in {}.dead-letter",
             stack.kafka.topic_prefix
         )),
         "{}",
@@ -734,10 +770,45 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
     )
     .await;
     assert_eq!(run.status, 0, "{}", run.stderr);
+    // Valid by itself, but a retry would append it to the booking topic again.
     assert!(
-        run.stdout.contains("valid now: FacilityRegistered v1"),
+        run.stdout.contains("on the wrong topic: a facility event"),
         "{}",
         run.stdout
+    );
+    assert!(
+        run.stdout.contains("refused by   projection-service"),
+        "{}",
+        run.stdout
+    );
+
+    // Passes its schemas, but no reader can decode it: `show` says a retry would fail again.
+    let (partition, offset) = position(&of(&mars_id));
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &[
+            "dead-letters",
+            "show",
+            "--partition",
+            &partition,
+            "--offset",
+            &offset,
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let shown: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(shown["valid_now"], false, "{shown}");
+    assert_eq!(shown["retry_would"], "fail_again", "{shown}");
+    assert!(
+        shown["violation_now"]
+            .as_str()
+            .unwrap()
+            .contains("FacilityRegistered"),
+        "{shown}"
     );
 
     let (partition, offset) = position(&of(&junk_key));

@@ -35,13 +35,13 @@ async fn fmctl(saga_url: &str, args: &[&str]) -> Run {
     }
 }
 
-#[tokio::test]
-#[allow(clippy::too_many_lines)] // One story: set up, book, then every view of it.
-async fn sagas_lists_in_flight_compensated_and_one_booking_in_full() {
-    let stack = TestStack::spawn().await.unwrap();
-    let simulator = Simulator::spawn().await.unwrap();
-    let sink = SmtpSink::start().await.unwrap();
-    simulator.set_mode(Mode::Decline).await.unwrap();
+/// A saga runner in this process on the stack's broker and database; it stops when the returned
+/// token is cancelled.
+async fn start_runner(
+    stack: &TestStack,
+    simulator: &Simulator,
+    sink: &SmtpSink,
+) -> (String, CancellationToken) {
     let mut settings = saga_runner::Settings::with_secret(TEST_SECRET);
     settings.http = platform::settings::HttpSettings::on_port(0);
     settings.kafka = stack.kafka.clone();
@@ -56,7 +56,11 @@ async fn sagas_lists_in_flight_compensated_and_one_booking_in_full() {
     let saga_url = test_support::spawn_app::<saga_runner::Application>(settings, &shutdown)
         .await
         .unwrap();
+    (saga_url, shutdown)
+}
 
+/// Registers a facility and requests a booking there; returns the booking id.
+async fn book(stack: &TestStack) -> String {
     let director = stack.token(Role::Director, "director-1");
     let facility: Value = stack
         .http
@@ -81,7 +85,18 @@ async fn sagas_lists_in_flight_compensated_and_one_booking_in_full() {
         .json()
         .await
         .unwrap();
-    let booking = booking["booking_id"].as_str().unwrap().to_owned();
+    booking["booking_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)] // One story: set up, book, then every view of it.
+async fn sagas_lists_in_flight_compensated_and_one_booking_in_full() {
+    let stack = TestStack::spawn().await.unwrap();
+    let simulator = Simulator::spawn().await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    simulator.set_mode(Mode::Decline).await.unwrap();
+    let (saga_url, shutdown) = start_runner(&stack, &simulator, &sink).await;
+    let booking = book(&stack).await;
 
     // The declined booking ends compensated and done.
     let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
@@ -151,6 +166,117 @@ async fn sagas_lists_in_flight_compensated_and_one_booking_in_full() {
         unknown.stderr.contains("no saga for that booking"),
         "{}",
         unknown.stderr
+    );
+    shutdown.cancel();
+}
+
+/// Issue 14: a step that fails for good (the gateway refuses the capture itself, 422) parks the
+/// saga at once, instead of retrying until the deadline; `--filter parked` lists it; an operator
+/// resolves it by hand with `fmctl sagas resolve`, which the log records with who and why; a
+/// resolved saga refuses further actions with a sentence and a non-zero status.
+#[tokio::test]
+async fn a_permanent_failure_parks_the_saga_and_an_operator_resolves_it_by_hand() {
+    let stack = TestStack::spawn().await.unwrap();
+    let simulator = Simulator::spawn().await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    simulator.set_mode(Mode::Reject).await.unwrap();
+    let (saga_url, shutdown) = start_runner(&stack, &simulator, &sink).await;
+    let booking = book(&stack).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+    let parked = loop {
+        let run = fmctl(
+            &saga_url,
+            &["sagas", "--filter", "parked", "--output", "json"],
+        )
+        .await;
+        assert_eq!(run.status, 0, "{}", run.stderr);
+        let body: Value = serde_json::from_str(&run.stdout).unwrap();
+        let found = body["sagas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|saga| saga["booking_id"] == booking.as_str())
+            .cloned();
+        if let Some(saga) = found {
+            break saga;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not parked: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(parked["stage"], "parked", "{parked}");
+    // Parked at once: one capture attempt, not a retry per backoff until the deadline.
+    let ledger = simulator.ledger().await.unwrap();
+    assert!(
+        ledger.captures.is_empty(),
+        "a refused capture takes nothing"
+    );
+
+    let run = fmctl(
+        &saga_url,
+        &[
+            "sagas",
+            "resolve",
+            "--booking",
+            &booking,
+            "--reason",
+            "refunded outside the system",
+            "--operator",
+            "alice",
+        ],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("resolve: recorded"), "{}", run.stdout);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+    let resolved = loop {
+        let run = fmctl(
+            &saga_url,
+            &["sagas", "--booking", &booking, "--output", "json"],
+        )
+        .await;
+        assert_eq!(run.status, 0, "{}", run.stderr);
+        let saga: Value = serde_json::from_str(&run.stdout).unwrap();
+        if saga["done"] == true {
+            break saga;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not resolved: {saga}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let by_hand = &resolved["facts"]["control"]["resolved"];
+    assert_eq!(
+        by_hand["reason"], "refunded outside the system",
+        "{resolved}"
+    );
+    assert!(
+        by_hand["by"].as_str().unwrap().starts_with("alice"),
+        "who resolved it is recorded: {resolved}"
+    );
+
+    // Nothing more to do with a resolved saga: one sentence, status 1.
+    let run = fmctl(
+        &saga_url,
+        &[
+            "sagas",
+            "retry",
+            "--booking",
+            &booking,
+            "--reason",
+            "try again",
+            "--operator",
+            "bob",
+        ],
+    )
+    .await;
+    assert_eq!(run.status, 1, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("refused to retry the saga"),
+        "{}",
+        run.stderr
     );
     shutdown.cancel();
 }

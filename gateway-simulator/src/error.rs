@@ -15,7 +15,8 @@ use crate::ledger::Refusal;
 pub(crate) enum ApiError {
     /// 402: the simulated provider declined; the body carries `reason`.
     Declined { reason: String },
-    /// 404, 422: the request was refused (key reused, unknown capture, refund too large).
+    /// 404, 409, 422: the request was refused (key reused, a request with the key still in
+    /// progress, unknown capture, refund too large, the `reject` mode).
     Refused(Refusal),
     /// 404: nothing known under this key or id.
     NotFound(String),
@@ -94,6 +95,18 @@ impl IntoResponse for ApiError {
                     format!("at most {refundable_minor} minor units are left to refund"),
                 )])
             }
+            Self::Refused(Refusal::InProgress) => Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-in-progress",
+                "A request with this key is in progress",
+            )
+            .with_detail("An earlier request with this Idempotency-Key is still being processed: ask again later, or look the key up once it has finished."),
+            Self::Refused(Refusal::Rejected) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "request-rejected",
+                "The provider rejected the request",
+            )
+            .with_detail("The simulator is in reject mode: nothing was recorded, and this request will never succeed."),
             Self::NotFound(what) => {
                 Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").with_detail(what)
             }

@@ -2,8 +2,9 @@
 //! answered, the captures and refunds it made, and the behaviour tests asked for. The routes
 //! hold it behind one mutex and never await while holding it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use domain::values::Money;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -27,6 +28,13 @@ pub enum Mode {
     Timeout,
     /// Record the capture (or refund), then hang: the client times out although the money moved.
     CaptureThenTimeout,
+    /// Work on the capture (or refund) for `delay_ms`, then record it **whether or not the
+    /// client is still waiting**, as a real provider does: a client that gave up has not
+    /// cancelled anything. Meanwhile a request with the same key is answered 409 (in progress)
+    /// and a lookup of the key finds nothing.
+    DetachedCapture,
+    /// Refuse the request itself with 422, recording nothing: no retry can succeed.
+    Reject,
 }
 
 /// A behaviour, globally or for one booking (`PUT /control`, `PUT /control/bookings/{id}`).
@@ -88,6 +96,10 @@ pub enum Refusal {
     CurrencyMismatch,
     /// The refunds would exceed the capture (422); `refundable_minor` is what is left.
     ExceedsCapture { refundable_minor: i64 },
+    /// A request with this key is still being worked on (409): ask again later.
+    InProgress,
+    /// The `reject` mode: the provider refuses the request (422).
+    Rejected,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +128,8 @@ pub struct CaptureRow {
     #[schema(value_type = Amount)]
     pub amount: Money,
     pub refunded_minor: i64,
+    /// When the capture was made.
+    pub created_at: DateTime<Utc>,
 }
 
 /// One refund the simulator made.
@@ -187,11 +201,17 @@ pub struct Simulator {
     by_reference: HashMap<String, usize>,
     global: Behaviour,
     per_booking: HashMap<Uuid, Behaviour>,
+    /// Keys whose request is being worked on detached from its client (`detached_capture`).
+    in_flight: HashSet<String>,
 }
 
 impl Simulator {
-    /// The first answer to `key`, if it was seen; `KeyReused` if it was seen for another request.
+    /// The first answer to `key`, if it was seen; `KeyReused` if it was seen for another
+    /// request; `InProgress` while a detached request with this key is being worked on.
     pub fn replay(&self, key: &str, operation: &Operation) -> Option<Result<Answer, Refusal>> {
+        if self.in_flight.contains(key) {
+            return Some(Err(Refusal::InProgress));
+        }
         self.seen.get(key).map(|seen| {
             if &seen.operation == operation {
                 Ok(seen.answer.clone())
@@ -199,6 +219,28 @@ impl Simulator {
                 Err(Refusal::KeyReused)
             }
         })
+    }
+
+    /// Starts working on `key` detached from its client: until [`Self::finish_detached`],
+    /// requests with this key are answered `InProgress` and lookups find nothing.
+    pub fn begin_detached(&mut self, key: &str) {
+        self.in_flight.insert(key.to_owned());
+    }
+
+    /// Forgets the detached work on `key` without deciding it (the simulator is stopping).
+    pub fn abandon_detached(&mut self, key: &str) {
+        self.in_flight.remove(key);
+    }
+
+    /// Ends the detached work on `key` and decides it as [`Self::decide`] would.
+    pub fn finish_detached(
+        &mut self,
+        key: &str,
+        operation: Operation,
+        now: DateTime<Utc>,
+    ) -> Result<Answer, Refusal> {
+        self.in_flight.remove(key);
+        self.decide(key, operation, None, now)
     }
 
     /// The booking a request is about (a refund's is its capture's), for per-booking behaviour.
@@ -240,6 +282,7 @@ impl Simulator {
         key: &str,
         operation: Operation,
         decline: Option<String>,
+        now: DateTime<Utc>,
     ) -> Result<Answer, Refusal> {
         if let Some(replayed) = self.replay(key, &operation) {
             return replayed;
@@ -266,6 +309,7 @@ impl Simulator {
                         booking_id: *booking_id,
                         amount: *amount,
                         refunded_minor: 0,
+                        created_at: now,
                     });
                     Answer::Captured { reference }
                 }
@@ -348,6 +392,15 @@ impl Simulator {
             capture_reference,
             refunded_minor,
         })
+    }
+
+    /// The captures made at or after `since`, oldest first.
+    pub fn captures_since(&self, since: DateTime<Utc>) -> Vec<CaptureRow> {
+        self.captures
+            .iter()
+            .filter(|capture| capture.created_at >= since)
+            .cloned()
+            .collect()
     }
 
     /// Every capture and refund, and the totals per currency.
@@ -455,6 +508,12 @@ mod tests {
 
     use super::*;
 
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2027-03-01T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
     fn gbp(minor: i64) -> Money {
         Money::new(minor, Currency::GBP).unwrap()
     }
@@ -477,7 +536,7 @@ mod tests {
     fn a_replayed_capture_gets_the_first_answer_and_charges_once() {
         let mut sim = Simulator::default();
         let booking = Uuid::new_v4();
-        let first = captured(sim.decide("k1", capture(booking, 500), None));
+        let first = captured(sim.decide("k1", capture(booking, 500), None, now()));
         assert_eq!(
             sim.replay("k1", &capture(booking, 500)),
             Some(Ok(Answer::Captured {
@@ -485,7 +544,7 @@ mod tests {
             }))
         );
         assert_eq!(
-            captured(sim.decide("k1", capture(booking, 500), None)),
+            captured(sim.decide("k1", capture(booking, 500), None, now())),
             first
         );
         assert_eq!(sim.ledger().captures.len(), 1);
@@ -496,9 +555,9 @@ mod tests {
     fn a_key_reused_for_another_request_is_refused() {
         let mut sim = Simulator::default();
         let booking = Uuid::new_v4();
-        captured(sim.decide("k1", capture(booking, 500), None));
+        captured(sim.decide("k1", capture(booking, 500), None, now()));
         assert_eq!(
-            sim.decide("k1", capture(booking, 501), None),
+            sim.decide("k1", capture(booking, 501), None, now()),
             Err(Refusal::KeyReused)
         );
     }
@@ -507,14 +566,22 @@ mod tests {
     fn a_decline_is_remembered_and_moves_no_money() {
         let mut sim = Simulator::default();
         let booking = Uuid::new_v4();
-        let declined = sim.decide("k1", capture(booking, 500), Some("no funds".to_owned()));
+        let declined = sim.decide(
+            "k1",
+            capture(booking, 500),
+            Some("no funds".to_owned()),
+            now(),
+        );
         assert_eq!(
             declined,
             Ok(Answer::Declined {
                 reason: "no funds".to_owned()
             })
         );
-        assert_eq!(sim.decide("k1", capture(booking, 500), None), declined);
+        assert_eq!(
+            sim.decide("k1", capture(booking, 500), None, now()),
+            declined
+        );
         let ledger = sim.ledger();
         assert!(ledger.captures.is_empty());
         assert_eq!(ledger.declined, 1);
@@ -524,19 +591,19 @@ mod tests {
     #[test]
     fn refunds_never_exceed_the_capture() {
         let mut sim = Simulator::default();
-        let reference = captured(sim.decide("c", capture(Uuid::new_v4(), 1000), None));
+        let reference = captured(sim.decide("c", capture(Uuid::new_v4(), 1000), None, now()));
         let refund = |minor| Operation::Refund {
             capture_reference: reference.clone(),
             amount: gbp(minor),
         };
-        assert!(sim.decide("r1", refund(600), None).is_ok());
+        assert!(sim.decide("r1", refund(600), None, now()).is_ok());
         assert_eq!(
-            sim.decide("r2", refund(401), None),
+            sim.decide("r2", refund(401), None, now()),
             Err(Refusal::ExceedsCapture {
                 refundable_minor: 400
             })
         );
-        assert!(sim.decide("r2", refund(400), None).is_ok());
+        assert!(sim.decide("r2", refund(400), None, now()).is_ok());
         let totals = sim.ledger().totals["GBP"];
         assert_eq!(
             totals,
@@ -555,13 +622,19 @@ mod tests {
             capture_reference: "cap_nope".to_owned(),
             amount: gbp(1),
         };
-        assert_eq!(sim.decide("r", unknown, None), Err(Refusal::UnknownCapture));
-        let reference = captured(sim.decide("c", capture(Uuid::new_v4(), 10), None));
+        assert_eq!(
+            sim.decide("r", unknown, None, now()),
+            Err(Refusal::UnknownCapture)
+        );
+        let reference = captured(sim.decide("c", capture(Uuid::new_v4(), 10), None, now()));
         let euros = Operation::Refund {
             capture_reference: reference,
             amount: Money::new(1, Currency::EUR).unwrap(),
         };
-        assert_eq!(sim.decide("r", euros, None), Err(Refusal::CurrencyMismatch));
+        assert_eq!(
+            sim.decide("r", euros, None, now()),
+            Err(Refusal::CurrencyMismatch)
+        );
         assert!(sim.record("r").is_none());
     }
 
@@ -569,13 +642,13 @@ mod tests {
     fn the_ledger_view_counts_money_per_booking() {
         let mut sim = Simulator::default();
         let (one, two) = (Uuid::new_v4(), Uuid::new_v4());
-        let first = captured(sim.decide("c1", capture(one, 1000), None));
-        captured(sim.decide("c2", capture(two, 700), None));
+        let first = captured(sim.decide("c1", capture(one, 1000), None, now()));
+        captured(sim.decide("c2", capture(two, 700), None, now()));
         let refund = Operation::Refund {
             capture_reference: first,
             amount: gbp(1000),
         };
-        assert!(sim.decide("r1", refund, None).is_ok());
+        assert!(sim.decide("r1", refund, None, now()).is_ok());
         let ledger = sim.ledger();
         assert_eq!(ledger.captures_for(one).len(), 1);
         assert_eq!(ledger.refunds_for(one).len(), 1);
@@ -583,6 +656,29 @@ mod tests {
         assert!(ledger.refunds_for(two).is_empty());
         assert_eq!(ledger.net_minor("GBP"), 700);
         assert_eq!(ledger.net_minor("EUR"), 0);
+    }
+
+    #[test]
+    fn a_detached_request_is_in_progress_and_invisible_until_it_completes() {
+        let mut sim = Simulator::default();
+        let booking = Uuid::new_v4();
+        sim.begin_detached("k1");
+        assert_eq!(
+            sim.replay("k1", &capture(booking, 500)),
+            Some(Err(Refusal::InProgress))
+        );
+        assert!(sim.record("k1").is_none(), "a lookup finds nothing yet");
+        let reference = captured(sim.finish_detached("k1", capture(booking, 500), now()));
+        assert_eq!(sim.record("k1").unwrap().reference, Some(reference.clone()));
+        assert_eq!(
+            sim.replay("k1", &capture(booking, 500)),
+            Some(Ok(Answer::Captured { reference }))
+        );
+        assert_eq!(sim.captures_since(now()).len(), 1);
+        assert!(
+            sim.captures_since(now() + chrono::TimeDelta::seconds(1))
+                .is_empty()
+        );
     }
 
     #[test]

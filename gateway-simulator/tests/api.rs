@@ -221,6 +221,8 @@ async fn every_documented_mode_is_accepted_and_nonsense_is_refused() {
         "error_5xx",
         "timeout",
         "capture_then_timeout",
+        "detached_capture",
+        "reject",
     ] {
         let response = sim
             .http
@@ -287,4 +289,87 @@ async fn shutdown_ends_a_hanging_request() {
         .unwrap()
         .unwrap();
     assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// A real provider finishes a capture whose client gave up: the `detached_capture` mode. While
+/// it works, a retry with the key is 409 and a lookup finds nothing (the hazard the saga's
+/// settle window is for, docs/payments.md); then the capture is in the ledger all the same.
+#[tokio::test]
+async fn a_detached_capture_completes_after_its_client_has_gone() {
+    let sim = start().await;
+    let booking = Uuid::new_v4();
+    sim.http
+        .put(format!("{}/control/bookings/{booking}", sim.url))
+        .json(&json!({"mode": "detached_capture", "delay_ms": 1500, "times": 1}))
+        .send()
+        .await
+        .unwrap();
+    let impatient = Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/captures", sim.url))
+        .header("Idempotency-Key", "detached-1")
+        .json(&json!({"booking_id": booking, "amount": {"amount_minor": 5000, "currency": "GBP"}}))
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|error| error.is_timeout()));
+    let retried = sim.capture(Some("detached-1"), booking).await;
+    assert_eq!(retried.status(), StatusCode::CONFLICT);
+    let lookup = |sim: &Simulator| {
+        sim.http
+            .get(format!("{}/payments/detached-1", sim.url))
+            .send()
+    };
+    assert_eq!(lookup(&sim).await.unwrap().status(), StatusCode::NOT_FOUND);
+    tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+    let found: Value = lookup(&sim).await.unwrap().json().await.unwrap();
+    assert_eq!(found["status"], "captured", "{found}");
+    let listed: Value = sim
+        .http
+        .get(format!("{}/captures?since=2000-01-01T00:00:00Z", sim.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["booking_id"], booking.to_string());
+    assert!(listed[0]["created_at"].is_string(), "{listed}");
+    // The retry now gets the first answer.
+    assert_eq!(
+        sim.capture(Some("detached-1"), booking).await.status(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn reject_mode_refuses_the_request_itself_and_records_nothing() {
+    let sim = start().await;
+    let booking = Uuid::new_v4();
+    sim.http
+        .put(format!("{}/control/bookings/{booking}", sim.url))
+        .json(&json!({"mode": "reject"}))
+        .send()
+        .await
+        .unwrap();
+    let refused = sim.capture(Some("rejected-1"), booking).await;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(
+        problem["type"]
+            .as_str()
+            .map(|t| t.ends_with("request-rejected")),
+        Some(true),
+        "{problem}"
+    );
+    let lookup = sim
+        .http
+        .get(format!("{}/payments/rejected-1", sim.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lookup.status(), StatusCode::NOT_FOUND);
 }

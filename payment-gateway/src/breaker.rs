@@ -25,7 +25,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::gateway::{
-    CaptureRequest, Captured, GatewayError, PaymentGateway, PaymentRecord, RefundRequest, Refunded,
+    CaptureRequest, Captured, GatewayError, LedgerCapture, PaymentGateway, PaymentRecord,
+    RefundRequest, Refunded,
 };
 
 /// The name of the gauge [`BreakingGateway`] keeps up to date (0 closed, 1 open, 2 half-open).
@@ -364,6 +365,13 @@ impl<G: PaymentGateway> PaymentGateway for BreakingGateway<G> {
 
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<PaymentRecord>, GatewayError> {
         self.call(self.inner.lookup(idempotency_key)).await
+    }
+
+    async fn captures(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<LedgerCapture>, GatewayError> {
+        self.call(self.inner.captures(since)).await
     }
 }
 

@@ -1,6 +1,7 @@
 //! The port the saga uses to move money, and the answers it can get.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use domain::{
     payment::PaymentStatus,
     values::{BookingId, Money},
@@ -27,6 +28,23 @@ pub trait PaymentGateway: Send + Sync {
     /// before compensating a call that timed out: the money may have moved although the
     /// answer never arrived.
     async fn lookup(&self, idempotency_key: &str) -> Result<Option<PaymentRecord>, GatewayError>;
+
+    /// Every capture the provider made since `since` (the provider's ledger), with what has
+    /// been refunded of each: what the reconciliation compares with the log.
+    async fn captures(&self, since: DateTime<Utc>) -> Result<Vec<LedgerCapture>, GatewayError>;
+}
+
+/// One capture in the provider's ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerCapture {
+    pub reference: String,
+    pub idempotency_key: String,
+    pub booking_id: BookingId,
+    pub amount: Money,
+    /// How much of it has been given back since.
+    pub refunded_minor: i64,
+    /// When the provider made it.
+    pub created_at: DateTime<Utc>,
 }
 
 /// Take money for a booking.
@@ -104,6 +122,10 @@ pub enum GatewayError {
     /// The provider answered something this adapter does not understand.
     #[error("the gateway's answer could not be understood: {0}")]
     InvalidResponse(String),
+    /// The provider is still working on an earlier request with this idempotency key (409): the
+    /// money may be moving. Ask again later, or look the key up once it has settled.
+    #[error("the gateway is still processing an earlier request with this key")]
+    InProgress,
     /// The circuit breaker is open: the call was not made.
     #[error("the gateway's circuit breaker is open")]
     CircuitOpen,
@@ -121,7 +143,23 @@ impl GatewayError {
     /// Worth trying again later with the same idempotency key (after a backoff, or after the
     /// breaker's cool-down for [`CircuitOpen`](Self::CircuitOpen)).
     pub const fn is_retryable(&self) -> bool {
-        self.is_infrastructure() || matches!(self, Self::CircuitOpen)
+        self.is_infrastructure() || matches!(self, Self::CircuitOpen | Self::InProgress)
+    }
+
+    /// No retry with this request can ever succeed ([`Rejected`](Self::Rejected)): the saga
+    /// parks for an operator instead of retrying until a deadline.
+    pub const fn is_permanent(&self) -> bool {
+        matches!(self, Self::Rejected { .. })
+    }
+
+    /// The request may have reached the provider and moved money although no answer says so:
+    /// a timeout, a 5xx, an answer that could not be read, or a request still in progress. A
+    /// refused connection or an open breaker sent nothing; a decline or a refusal is an answer.
+    pub const fn may_have_moved_money(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout | Self::Server(_) | Self::InvalidResponse(_) | Self::InProgress
+        )
     }
 }
 
@@ -156,5 +194,20 @@ mod tests {
             detail: "key reused".to_owned(),
         };
         assert!(!rejected.is_retryable());
+        assert!(rejected.is_permanent());
+    }
+
+    #[test]
+    fn a_request_still_in_progress_is_retried_and_keeps_the_money_in_doubt() {
+        let error = GatewayError::InProgress;
+        assert!(error.is_retryable());
+        assert!(
+            !error.is_infrastructure(),
+            "the provider is working, not failing"
+        );
+        assert!(!error.is_permanent());
+        assert!(error.may_have_moved_money());
+        assert!(!GatewayError::CircuitOpen.may_have_moved_money());
+        assert!(!GatewayError::Unavailable("refused".to_owned()).may_have_moved_money());
     }
 }

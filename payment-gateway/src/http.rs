@@ -4,12 +4,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use domain::values::{BookingId, Money};
 use reqwest::{Client, StatusCode, header::HeaderName};
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 
 use crate::gateway::{
-    CaptureRequest, Captured, GatewayError, PaymentGateway, PaymentRecord, RefundRequest, Refunded,
+    CaptureRequest, Captured, GatewayError, LedgerCapture, PaymentGateway, PaymentRecord,
+    RefundRequest, Refunded,
 };
 
 /// The header that carries the idempotency key.
@@ -172,6 +174,25 @@ impl PaymentGateway for HttpGateway {
             status => Err(error_answer(status, response).await),
         }
     }
+
+    #[tracing::instrument(skip_all, fields(%since))]
+    async fn captures(&self, since: DateTime<Utc>) -> Result<Vec<LedgerCapture>, GatewayError> {
+        let response = self
+            .client
+            .get(format!("{}/captures", self.base_url))
+            .query(&[("since", since.to_rfc3339())])
+            .send()
+            .await
+            .map_err(|error| transport_error(&error))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(error_answer(status, response).await);
+        }
+        response
+            .json()
+            .await
+            .map_err(|error| transport_error(&error))
+    }
 }
 
 /// A request that got no usable answer.
@@ -187,11 +208,14 @@ fn transport_error(error: &reqwest::Error) -> GatewayError {
     }
 }
 
-/// A non-2xx answer: 402 is a decline, 5xx the provider's failure, any other 4xx a refusal of
-/// the request itself.
+/// A non-2xx answer: 402 is a decline, 409 a request with this key still in progress, 5xx the
+/// provider's failure, any other 4xx a refusal of the request itself.
 async fn error_answer(status: StatusCode, response: reqwest::Response) -> GatewayError {
     if status.is_server_error() {
         return GatewayError::Server(status.as_u16());
+    }
+    if status == StatusCode::CONFLICT {
+        return GatewayError::InProgress;
     }
     let problem = match response.bytes().await {
         Ok(bytes) => serde_json::from_slice::<ProblemBody>(&bytes).unwrap_or_default(),

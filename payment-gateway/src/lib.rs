@@ -21,6 +21,7 @@ pub mod http;
 pub use backoff::Backoff;
 pub use breaker::{BreakerPolicy, BreakingGateway, CircuitBreaker, CircuitState, Clock};
 pub use gateway::{
-    CaptureRequest, Captured, GatewayError, PaymentGateway, PaymentRecord, RefundRequest, Refunded,
+    CaptureRequest, Captured, GatewayError, LedgerCapture, PaymentGateway, PaymentRecord,
+    RefundRequest, Refunded,
 };
 pub use http::{GatewaySettings, HttpGateway};

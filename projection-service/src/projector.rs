@@ -52,6 +52,9 @@ use crate::{
     versions::{self, SwitchOutcome},
 };
 
+/// The projector's name on the dead letters it writes (`fm-dead-letter-reader`).
+const READER: &str = "projection-service";
+
 /// Where a version's projector keeps its offsets (in the version's schema, found through the
 /// `search_path` of its connections).
 const OFFSETS: OffsetTable = OffsetTable::new("projection_offsets");
@@ -331,6 +334,7 @@ impl ReadModels {
         }
         match read_models::apply(&mut *tx, &self.registry, &envelope).await {
             Ok(Applied::Changed) => Ok(RecordOutcome::Applied),
+            Ok(Applied::Ignored) => Ok(RecordOutcome::Ignored),
             Ok(Applied::Stale) => {
                 tracing::warn!(
                     version = self.version,
@@ -368,7 +372,7 @@ impl ReadModels {
     async fn dead_letter(&self, record: &Record<'_>, reason: &Reason) -> anyhow::Result<()> {
         let position = record.position();
         tracing::warn!(reason = %reason.for_log, topic = %position.topic, partition = position.partition, offset = position.offset, "dead-lettering a record");
-        dead_letters::write(&self.dead_letters, record, &reason.full).await?;
+        dead_letters::write(&self.dead_letters, record, READER, &reason.full).await?;
         Ok(())
     }
 }

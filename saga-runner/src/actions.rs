@@ -26,15 +26,33 @@ use crate::{
     store,
 };
 
+/// Why a step was not done, which decides what happens next (docs/saga.md, "Permanent,
+/// unavailable, refused for now").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The system could not answer: the command-service unreachable, timing out, 5xx or 503
+    /// (the broker or PostgreSQL behind it down). Retried with backoff; never the family's
+    /// failure.
+    Unavailable,
+    /// The other side answered "not now": a lost race, a transition the facts have not caught up
+    /// with, the provider's own trouble, the open breaker. Retried with backoff until the
+    /// step's deadline.
+    Transient,
+    /// No retry of this request can succeed (a 422 from the command-service, the gateway's
+    /// refusal of the request itself): the saga parks for an operator at once.
+    Permanent,
+}
+
 /// How a step went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepOutcome {
     /// Done. For a command, its event is on its way; the saga decides again when it arrives.
     Performed { learned: Option<Learned> },
-    /// Not done; try again after a backoff.
+    /// Not done; try again after a backoff, or park (`Failure::Permanent`).
     Failed {
         error: String,
         learned: Option<Learned>,
+        failure: Failure,
     },
 }
 
@@ -43,17 +61,39 @@ impl StepOutcome {
         Self::Failed {
             error: error.to_string(),
             learned: None,
+            failure: Failure::Transient,
         }
     }
 
-    /// The label of `saga_steps_total{outcome}`.
+    fn failed_as(failure: Failure, error: impl std::fmt::Display) -> Self {
+        Self::Failed {
+            error: error.to_string(),
+            learned: None,
+            failure,
+        }
+    }
+
+    /// The label of `saga_steps_total{outcome}`: `performed`, `abandoned` (a mail given up),
+    /// `failed` (refused for now), `unavailable` (the system could not answer), `permanent`
+    /// (parked).
     pub fn label(&self) -> &'static str {
         match self {
             Self::Performed {
                 learned: Some(Learned::NotificationAbandoned(_)),
             } => "abandoned",
             Self::Performed { .. } => "performed",
-            Self::Failed { .. } => "failed",
+            Self::Failed {
+                failure: Failure::Transient,
+                ..
+            } => "failed",
+            Self::Failed {
+                failure: Failure::Unavailable,
+                ..
+            } => "unavailable",
+            Self::Failed {
+                failure: Failure::Permanent,
+                ..
+            } => "permanent",
         }
     }
 }
@@ -124,6 +164,13 @@ impl Effects {
             Step::LookupCapture => self.lookup(saga).await,
             Step::Refund => self.refund(saga).await,
             Step::Notify { kind } => self.notify(saga, *kind, now).await,
+            Step::Park { at, reason } => {
+                command(
+                    format!("/sagas/{id}/park"),
+                    json!({ "step": at, "reason": reason }),
+                )
+                .await
+            }
         }
     }
 
@@ -151,7 +198,10 @@ impl Effects {
                     .await
             }
             Err(error) => StepOutcome::Failed {
-                learned: may_have_moved_money(&error).then_some(Learned::CaptureUncertain),
+                learned: error
+                    .may_have_moved_money()
+                    .then_some(Learned::CaptureUncertain),
+                failure: gateway_failure(&error),
                 error: error.to_string(),
             },
         }
@@ -188,9 +238,12 @@ impl Effects {
             StepOutcome::Performed { .. } => StepOutcome::Performed {
                 learned: Some(Learned::CaptureRecorded),
             },
-            StepOutcome::Failed { error, .. } => StepOutcome::Failed {
+            // The money moved: whatever kept it off the log, the capture stays in doubt and is
+            // looked up, never failed; recording it again is a no-op.
+            StepOutcome::Failed { error, failure, .. } => StepOutcome::Failed {
                 error: format!("the gateway captured, but recording it failed: {error}"),
                 learned: Some(Learned::CaptureUncertain),
+                failure,
             },
         }
     }
@@ -244,17 +297,23 @@ impl Effects {
                 self.record_decline(saga, &reason, amount.amount_minor())
                     .await
             }
-            Ok(Some(record)) => StepOutcome::failed(format!(
-                "lookup: unexpected record for the capture key: {:?}",
-                record.status
-            )),
+            Ok(Some(record)) => StepOutcome::failed_as(
+                Failure::Permanent,
+                format!(
+                    "lookup: unexpected record for the capture key: {:?}",
+                    record.status
+                ),
+            ),
             Ok(None) => {
-                tracing::info!(booking_id = %saga.booking_id, "lookup: the gateway never took money");
+                // Believed only once the settle window has passed (`Saga::learn_at`).
+                tracing::info!(booking_id = %saga.booking_id, "lookup: the gateway has no capture under the key");
                 StepOutcome::Performed {
-                    learned: Some(Learned::CaptureSettled),
+                    learned: Some(Learned::NothingFound),
                 }
             }
-            Err(error) => StepOutcome::failed(format!("lookup: {error}")),
+            Err(error) => {
+                StepOutcome::failed_as(gateway_failure(&error), format!("lookup: {error}"))
+            }
         }
     }
 
@@ -268,6 +327,7 @@ impl Effects {
             amount: *amount,
         };
         match self.gateway.refund(&refund).await {
+            Err(error) => StepOutcome::failed_as(gateway_failure(&error), error),
             Ok(refunded) => {
                 let id = saga.booking_id;
                 let body = json!({
@@ -283,7 +343,6 @@ impl Effects {
                     )
                     .await
             }
-            Err(error) => StepOutcome::failed(error),
         }
     }
 
@@ -328,14 +387,30 @@ impl Effects {
     }
 }
 
-/// Whether a failed capture may have taken money anyway: the request may have reached the
-/// provider and only its answer was lost. A refused connection or an open breaker sent nothing;
-/// a decline or a refusal of the request is an answer.
-fn may_have_moved_money(error: &GatewayError) -> bool {
-    matches!(
-        error,
-        GatewayError::Timeout | GatewayError::Server(_) | GatewayError::InvalidResponse(_)
-    )
+/// What a gateway error means for the step: the provider's refusal of the request itself is
+/// permanent; anything else is its own trouble (or the breaker), retried until the deadline.
+fn gateway_failure(error: &GatewayError) -> Failure {
+    if error.is_permanent() {
+        Failure::Permanent
+    } else {
+        Failure::Transient
+    }
+}
+
+/// What a command-service answer other than 2xx means for the step. 5xx and 503: the system
+/// could not answer (the broker or its own reading of the log). 409, 412 and 404: the facts
+/// have moved on or a replica is behind, which the next decision sees. A reused idempotency
+/// key: the step's first attempt (with other words) already took effect, and its event is on
+/// its way. 401 and 403: the runner's own configuration (its secret), which fixing must resume
+/// every saga without an operator touching each. Any other 4xx (400, 413, 415, 422): the
+/// request itself is wrong, and no retry can mend it.
+fn command_failure(status: StatusCode, rule: Option<&str>) -> Failure {
+    match status.as_u16() {
+        500..=599 => Failure::Unavailable,
+        401 | 403 | 404 | 408 | 409 | 412 | 429 => Failure::Transient,
+        422 if rule == Some("idempotency_key.reused") => Failure::Transient,
+        _ => Failure::Permanent,
+    }
 }
 
 /// The command-service's internal routes, called with a `system` token.
@@ -378,7 +453,11 @@ impl CommandClient {
             .bearer_auth(token)
             .header(
                 "Idempotency-Key",
-                format!("saga:{}:{}", saga.booking_id, idempotency_step(step, &path)),
+                format!(
+                    "saga:{}:{}",
+                    saga.booking_id,
+                    idempotency_step(saga, step, &path)
+                ),
             )
             .json(&body);
         if let Some(correlation) = saga.correlation_id {
@@ -396,34 +475,49 @@ impl CommandClient {
             }
             Ok(response) => {
                 let status = response.status();
-                let detail = problem_detail(response).await;
-                StepOutcome::failed(format!("{path}: {status}: {detail}"))
+                let (detail, rule) = problem_detail(response).await;
+                StepOutcome::failed_as(
+                    command_failure(status, rule.as_deref()),
+                    format!("{path}: {status}: {detail}"),
+                )
             }
-            Err(error) => StepOutcome::failed(format!("{path}: {error}")),
+            // Not reached, timed out, or the connection broke: the system could not answer.
+            Err(error) => StepOutcome::failed_as(Failure::Unavailable, format!("{path}: {error}")),
         }
     }
 }
 
 /// The last part of a command's idempotency key: the step, and for a payment record what is
-/// recorded (a capture step may record a capture or a decline, with different bodies).
-fn idempotency_step<'a>(step: &'a Step, path: &'a str) -> &'a str {
+/// recorded (a capture step may record a capture or a decline, with different bodies). A park
+/// is keyed by the saga stream's version, so that parking again after a retry is a new request
+/// rather than a replay of the first park.
+fn idempotency_step(saga: &Saga, step: &Step, path: &str) -> String {
     match step {
         Step::Capture | Step::LookupCapture | Step::Refund => {
-            path.rsplit('/').next().unwrap_or(step.name())
+            path.rsplit('/').next().unwrap_or(step.name()).to_owned()
         }
-        _ => step.name(),
+        Step::Park { .. } => format!("park:{}", saga.control.version),
+        _ => step.name().to_owned(),
     }
 }
 
-async fn problem_detail(response: reqwest::Response) -> String {
+/// The problem's detail (or title) and the rule of its first field error, if any.
+async fn problem_detail(response: reqwest::Response) -> (String, Option<String>) {
     let status = response.status();
     match response.json::<Value>().await {
-        Ok(body) => body
-            .get("detail")
-            .or_else(|| body.get("title"))
-            .and_then(Value::as_str)
-            .map_or_else(|| body.to_string(), str::to_owned),
-        Err(_) if status == StatusCode::SERVICE_UNAVAILABLE => "unavailable".to_owned(),
-        Err(error) => error.to_string(),
+        Ok(body) => {
+            let rule = body
+                .pointer("/errors/0/rule")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let detail = body
+                .get("detail")
+                .or_else(|| body.get("title"))
+                .and_then(Value::as_str)
+                .map_or_else(|| body.to_string(), str::to_owned);
+            (detail, rule)
+        }
+        Err(_) if status == StatusCode::SERVICE_UNAVAILABLE => ("unavailable".to_owned(), None),
+        Err(error) => (error.to_string(), None),
     }
 }

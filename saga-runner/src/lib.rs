@@ -9,12 +9,17 @@
 //! - [`store`]: the saga rows, offsets and per-aggregate sequences in PostgreSQL.
 //! - [`consumer`]: log → facts, offsets in the same transaction as the facts they changed.
 //! - [`worker`]: picks sagas whose next step is due and performs it, one booking at a time.
-//! - [`actions`]: performing a step: the command-service client, the gateway, the mailer.
-//! - `routes`: `/ready`, and the ops view (`GET /sagas`, `GET /sagas/{booking_id}`).
+//! - [`actions`]: performing a step: the command-service client, the gateway, the mailer; and
+//!   what a failure means (unavailable, refused for now, permanent).
+//! - [`reconcile`]: the gateway's captures compared with the log on a schedule.
+//! - `routes`: `/ready`, the ops view (`GET /sagas`, `GET /sagas/{booking_id}`), operators'
+//!   actions (`POST /sagas/{booking_id}/park | retry | skip | resolve`) and the reconciliation
+//!   (`GET`/`POST /reconciliation`).
 //! - [`settings`], [`startup`]: configuration and `Application::build` / `run_until_stopped`.
 
 pub mod actions;
 pub mod consumer;
+pub mod reconcile;
 mod routes;
 pub mod saga;
 pub mod settings;

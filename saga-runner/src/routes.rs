@@ -1,19 +1,27 @@
-//! The runner's HTTP surface beside `/health` and `/metrics`: `/ready` and the ops view of
-//! sagas (`ops`, `director` and `system` tokens).
+//! The runner's HTTP surface beside `/health` and `/metrics`: `/ready`, the ops view of sagas
+//! (`ops`, `director` and `system` tokens), operators' actions on a saga (`ops` tokens), and
+//! the payment reconciliation.
+//!
+//! An action (park, retry, skip, resolve) is checked here against what only the runner knows
+//! (the saga exists, is not done, is on the step named), then forwarded to the
+//! command-service with the operator's **own** token, which appends it to the saga's stream:
+//! the event's actor is the operator, and the runner obeys it when its consumer reads it back
+//! (docs/saga.md, "Operator actions").
 
 use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
     extract::{FromRef, Path, Query, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use payment_gateway::{BreakingGateway, HttpGateway};
 use platform::{
     auth::{AuthRejection, Caller, TokenKeys},
     http::{ReadyCheck, ReadyReport, probe},
+    json::ValidJson,
     problem::{FieldError, Problem},
 };
 use schemas::Role;
@@ -22,7 +30,10 @@ use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::store::{self, Filter, SagaView};
+use crate::{
+    reconcile::{Reconciler, Report},
+    store::{self, Filter, SagaView},
+};
 
 /// What the handlers reach.
 #[derive(Debug, Clone)]
@@ -31,6 +42,24 @@ pub(crate) struct AppState {
     pub(crate) producer: event_log::EventProducer,
     pub(crate) keys: Arc<TokenKeys>,
     pub(crate) gateway: Arc<BreakingGateway<HttpGateway>>,
+    pub(crate) reconciler: Reconciler,
+    pub(crate) commands: Forwarder,
+}
+
+/// Forwards an operator's action to the command-service with the operator's own token.
+#[derive(Debug, Clone)]
+pub(crate) struct Forwarder {
+    http: reqwest::Client,
+    base_url: String,
+}
+
+impl Forwarder {
+    pub(crate) fn new(base_url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder().timeout(timeout).build()?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        })
+    }
 }
 
 impl FromRef<AppState> for Arc<TokenKeys> {
@@ -45,6 +74,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/sagas", get(list))
         .route("/sagas/{booking_id}", get(one))
+        .route("/sagas/{booking_id}/park", post(park))
+        .route("/sagas/{booking_id}/retry", post(retry))
+        .route("/sagas/{booking_id}/skip", post(skip))
+        .route("/sagas/{booking_id}/resolve", post(resolve))
+        .route(
+            "/reconciliation",
+            get(last_reconciliation).post(reconcile_now),
+        )
         .with_state(state)
 }
 
@@ -54,9 +91,15 @@ pub(crate) enum ApiError {
     /// 404: no saga for that booking.
     #[error("not found")]
     NotFound,
-    /// 422: a query parameter breaks a rule.
+    /// 422: a query parameter or a body field breaks a rule.
     #[error("invalid parameters")]
     Invalid(Vec<FieldError>),
+    /// 409: the action does not fit the saga as it stands (done, or on another step).
+    #[error("{0}")]
+    Conflict(String),
+    /// 503: the command-service or the gateway could not be reached; the detail is logged.
+    #[error("upstream: {0}")]
+    Upstream(String),
     /// 401/403.
     #[error(transparent)]
     Auth(#[from] AuthRejection),
@@ -72,6 +115,17 @@ impl IntoResponse for ApiError {
                 .with_detail("No saga for that booking.")
                 .into_response(),
             Self::Invalid(errors) => Problem::validation(errors).into_response(),
+            Self::Conflict(detail) => Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "Not allowed in the saga's current state",
+            )
+            .with_detail(detail)
+            .into_response(),
+            Self::Upstream(error) => {
+                tracing::error!(%error, "an operator's action could not be passed on");
+                Problem::unavailable().into_response()
+            }
             Self::Auth(rejection) => rejection.into_response(),
             Self::Database(error) => {
                 tracing::error!(%error, "ops view query failed");
@@ -83,11 +137,14 @@ impl IntoResponse for ApiError {
 
 const OPS_ROLES: &[Role] = &[Role::Ops, Role::Director, Role::System];
 
+/// Who may act on a saga or run a reconciliation: operators.
+const OPERATORS: &[Role] = &[Role::Ops];
+
 /// `GET /sagas` parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListParams {
-    /// `in_flight` (default), `stuck`, `compensated`, `done` or `all`.
+    /// `in_flight` (default), `stuck`, `parked`, `compensated`, `done` or `all`.
     filter: Option<Filter>,
     /// At most this many (1-1000, default 100).
     limit: Option<i64>,
@@ -168,4 +225,218 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
         ReadyCheck::from_result("postgres", postgres),
         ReadyCheck::from_result("kafka", kafka),
     ])
+}
+
+/// An operator's action: why (always), and for park and skip which step (park: the step the
+/// saga is on when omitted).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Action {
+    #[schema(min_length = 1, max_length = 500)]
+    reason: String,
+    step: Option<String>,
+}
+
+/// Which action, for the checks and the command-service's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Park,
+    Retry,
+    Skip,
+    Resolve,
+}
+
+impl Kind {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Park => "park",
+            Self::Retry => "retry",
+            Self::Skip => "skip",
+            Self::Resolve => "resolve",
+        }
+    }
+}
+
+/// Park a saga: it acts no more until it is retried or resolved.
+#[utoipa::path(post, path = "/sagas/{booking_id}/park", request_body = Action, security(("bearer" = [])),
+    params(("booking_id" = Uuid, Path, description = "The booking id")),
+    responses((status = 200, description = "Recorded in the saga's stream"), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn park(
+    state: State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(booking_id): Path<Uuid>,
+    ValidJson(action): ValidJson<Action>,
+) -> Result<Response, ApiError> {
+    act(&state, &caller, &headers, booking_id, Kind::Park, action).await
+}
+
+/// Retry a saga now: unparked, failed attempts forgotten, the step's clock started again.
+#[utoipa::path(post, path = "/sagas/{booking_id}/retry", request_body = Action, security(("bearer" = [])),
+    params(("booking_id" = Uuid, Path, description = "The booking id")),
+    responses((status = 200, description = "Recorded in the saga's stream"), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn retry(
+    state: State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(booking_id): Path<Uuid>,
+    ValidJson(action): ValidJson<Action>,
+) -> Result<Response, ApiError> {
+    act(&state, &caller, &headers, booking_id, Kind::Retry, action).await
+}
+
+/// Skip the step the saga is on (a letter, or a capture lookup), with a reason.
+#[utoipa::path(post, path = "/sagas/{booking_id}/skip", request_body = Action, security(("bearer" = [])),
+    params(("booking_id" = Uuid, Path, description = "The booking id")),
+    responses((status = 200, description = "Recorded in the saga's stream"), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn skip(
+    state: State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(booking_id): Path<Uuid>,
+    ValidJson(action): ValidJson<Action>,
+) -> Result<Response, ApiError> {
+    act(&state, &caller, &headers, booking_id, Kind::Skip, action).await
+}
+
+/// Resolve a saga by hand (the booking was settled outside the system): it does nothing more.
+#[utoipa::path(post, path = "/sagas/{booking_id}/resolve", request_body = Action, security(("bearer" = [])),
+    params(("booking_id" = Uuid, Path, description = "The booking id")),
+    responses((status = 200, description = "Recorded in the saga's stream"), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(crate) async fn resolve(
+    state: State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(booking_id): Path<Uuid>,
+    ValidJson(action): ValidJson<Action>,
+) -> Result<Response, ApiError> {
+    act(&state, &caller, &headers, booking_id, Kind::Resolve, action).await
+}
+
+/// Checks an action against the saga as the runner knows it, then forwards it.
+async fn act(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    booking_id: Uuid,
+    kind: Kind,
+    action: Action,
+) -> Result<Response, ApiError> {
+    caller.require(OPERATORS)?;
+    let saga = store::one(&state.pool, booking_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let current = saga.step.clone();
+    let step = match kind {
+        // Resolving explains a finished saga too (a reconciliation's discrepancy).
+        Kind::Resolve => None,
+        _ if saga.done => {
+            return Err(ApiError::Conflict(format!(
+                "the saga of {booking_id} is done: nothing to {}",
+                kind.path()
+            )));
+        }
+        Kind::Retry => None,
+        Kind::Park => Some(action.step.clone().or(current).ok_or_else(|| {
+            ApiError::Conflict(
+                "the saga is on no step (it waits for an event): name one".to_owned(),
+            )
+        })?),
+        Kind::Skip => {
+            let step = action.step.clone().ok_or_else(|| {
+                ApiError::Invalid(vec![FieldError::new(
+                    "step",
+                    "required",
+                    "name the step to skip (the one the saga is on)",
+                )])
+            })?;
+            if current.as_deref() != Some(step.as_str()) {
+                return Err(ApiError::Conflict(format!(
+                    "the saga is on step {}, not {step}: only the step it is on can be skipped",
+                    current.as_deref().unwrap_or("(none)")
+                )));
+            }
+            Some(step)
+        }
+    };
+    let mut body = serde_json::json!({ "reason": action.reason });
+    if let Some(step) = step {
+        body["step"] = serde_json::Value::String(step);
+    }
+    let mut request = state
+        .commands
+        .http
+        .post(format!(
+            "{}/sagas/{booking_id}/{}",
+            state.commands.base_url,
+            kind.path()
+        ))
+        .json(&body);
+    for name in [
+        header::AUTHORIZATION.as_str(),
+        "idempotency-key",
+        "if-match",
+    ] {
+        if let Some(value) = headers.get(name) {
+            request = request.header(name, value.clone());
+        }
+    }
+    if let Some(correlation) = saga
+        .facts
+        .as_ref()
+        .and_then(|facts| facts.0.get("correlation_id"))
+        .and_then(serde_json::Value::as_str)
+    {
+        request = request.header(platform::trace::CORRELATION_ID, correlation);
+    }
+    let answer = request
+        .send()
+        .await
+        .map_err(|error| ApiError::Upstream(error.to_string()))?;
+    let status =
+        StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = answer
+        .bytes()
+        .await
+        .map_err(|error| ApiError::Upstream(error.to_string()))?;
+    tracing::info!(%booking_id, action = kind.path(), operator = %caller.subject, %status, "an operator acted on a saga");
+    let mut response = (status, bytes).into_response();
+    if let Some(content_type) = content_type {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+    }
+    Ok(response)
+}
+
+/// The last reconciliation of the gateway's captures with the log (scheduled, or run on demand).
+#[utoipa::path(get, path = "/reconciliation", security(("bearer" = [])),
+    responses((status = 200, body = Report), (status = 404, body = Problem)))]
+pub(crate) async fn last_reconciliation(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Report>, ApiError> {
+    caller.require(OPS_ROLES)?;
+    store::last_reconciliation(&state.pool)
+        .await
+        .map_err(|error| ApiError::Upstream(error.to_string()))?
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+/// Reconcile the gateway's captures with the log now.
+#[utoipa::path(post, path = "/reconciliation", security(("bearer" = [])),
+    responses((status = 200, body = Report), (status = 503, body = Problem)))]
+pub(crate) async fn reconcile_now(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Report>, ApiError> {
+    caller.require(OPERATORS)?;
+    state
+        .reconciler
+        .run_now()
+        .await
+        .map(Json)
+        .map_err(|error| ApiError::Upstream(error.to_string()))
 }

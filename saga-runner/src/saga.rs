@@ -16,6 +16,7 @@ use domain::{
     booking::{BookingEvent, BookingStatus},
     facility::{FacilityEvent, SlotRejectionReason},
     payment::PaymentEvent,
+    saga::{SagaEvent, SagaStep},
     values::{BookingId, EmailAddress, FacilityId, Money, Slot},
 };
 use notifications::NotificationKind;
@@ -28,20 +29,32 @@ mod tests;
 /// How long each step may take before the saga stops trying it and compensates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
-    /// From the booking request until the facility must have answered the reservation.
+    /// From the saga's first attempt at a reservation until the facility should have answered:
+    /// past it the saga is *stuck* (shown, counted), but it keeps trying, because in this stage
+    /// only the system itself can fail to answer.
     pub reserve: TimeDelta,
+    /// From the saga's first attempt at a booking until it must have an outcome, however long
+    /// the system (broker, command-service, PostgreSQL) could not answer: an outage shorter than
+    /// this never fails a booking whose slot was free.
+    pub booking: TimeDelta,
     /// From the slot being held until the payment must be taken (or known to be impossible).
     pub capture: TimeDelta,
     /// From the outcome until the family's mail must have been accepted by the SMTP server.
     pub notify: TimeDelta,
+    /// How long after its last capture request the saga trusts a lookup that finds nothing:
+    /// longer than any request can be in flight at the provider, so that a capture still being
+    /// processed after its client gave up is found rather than the booking failed.
+    pub settle: TimeDelta,
 }
 
 impl Default for Deadlines {
     fn default() -> Self {
         Self {
             reserve: TimeDelta::seconds(30),
+            booking: TimeDelta::minutes(30),
             capture: TimeDelta::minutes(2),
             notify: TimeDelta::hours(1),
+            settle: TimeDelta::minutes(10),
         }
     }
 }
@@ -102,6 +115,11 @@ pub struct CaptureKnowledge {
     /// money: the capture is in doubt, as if `uncertain`.
     #[serde(default)]
     pub attempting: bool,
+    /// When the last capture request went out (written ahead with `attempting`). A lookup that
+    /// finds nothing is trusted only once the settle window has passed since then: until
+    /// then the provider may still be processing the request.
+    #[serde(default)]
+    pub last_sent_at: Option<DateTime<Utc>>,
 }
 
 impl CaptureKnowledge {
@@ -109,6 +127,43 @@ impl CaptureKnowledge {
     pub fn in_doubt(&self) -> bool {
         self.uncertain || self.attempting
     }
+
+    /// From when a lookup that finds nothing may be believed.
+    pub fn settles_at(&self, settle: TimeDelta) -> Option<DateTime<Utc>> {
+        self.last_sent_at.map(|sent| sent + settle)
+    }
+}
+
+/// A park: at which step, why, and by whom (`None` while the runner is still recording its
+/// own park on the log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    pub step: String,
+    pub reason: String,
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+/// What operators (and the runner itself) decided about this saga, from its own stream
+/// (`domain::saga`; docs/saga.md, "Operator actions").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
+    /// Parked: nothing is done until a retry (or a resolution).
+    #[serde(default)]
+    pub parked: Option<Parked>,
+    /// A step failed for good: the runner is recording the park on the log (the `park` step).
+    #[serde(default)]
+    pub park_pending: Option<Parked>,
+    /// Steps an operator counted as done, with why and by whom (`step: "reason (by)"`).
+    #[serde(default)]
+    pub skipped: std::collections::BTreeMap<String, String>,
+    /// Settled by hand: the operator's reason and who. Final.
+    #[serde(default)]
+    pub resolved: Option<Parked>,
+    /// The last sequence of the saga stream read: a new park is a new request
+    /// (`saga:<id>:park:<version>`), never a replay of an earlier one.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// Everything the saga knows about one booking.
@@ -128,6 +183,12 @@ pub struct Saga {
     pub capture_deadline: Option<DateTime<Utc>>,
     /// When the outcome's mail must have gone.
     pub notify_deadline: Option<DateTime<Utc>>,
+    /// When the booking must have an outcome, however long the system could not answer.
+    #[serde(default)]
+    pub booking_deadline: Option<DateTime<Utc>>,
+    /// Operators' decisions, and the runner's own park.
+    #[serde(default)]
+    pub control: Control,
     /// Why the booking was rejected, failed or cancelled, as its event says (for the mail).
     #[serde(default)]
     pub reason: Option<String>,
@@ -168,6 +229,8 @@ pub enum Step {
     Refund,
     /// Tell the family.
     Notify { kind: NotificationKind },
+    /// Record on the log that the saga parks at step `at` (it failed for good): `SagaParked`.
+    Park { at: String, reason: String },
 }
 
 impl Step {
@@ -189,6 +252,7 @@ impl Step {
                 NotificationKind::Failure => "notify_failure",
                 NotificationKind::Cancellation => "notify_cancellation",
             },
+            Self::Park { .. } => "park",
         }
     }
 
@@ -211,8 +275,11 @@ pub enum Decision {
     Do(Step),
     /// Nothing to do until an event arrives (the booking request has not been read yet).
     Wait,
-    /// The booking has its outcome, nothing is left half-done, and the family has been told.
+    /// The booking has its outcome, nothing is left half-done, and the family has been told
+    /// (or an operator resolved it by hand).
     Done,
+    /// Parked: nothing is done until an operator retries, skips or resolves.
+    Parked,
 }
 
 /// Where a saga stands, for the ops view and the `sagas_in_flight{state}` gauge.
@@ -225,17 +292,19 @@ pub enum Stage {
     Confirming,
     Compensating,
     Notifying,
+    Parked,
     Done,
 }
 
 impl Stage {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Waiting,
         Self::Reserving,
         Self::Paying,
         Self::Confirming,
         Self::Compensating,
         Self::Notifying,
+        Self::Parked,
         Self::Done,
     ];
 
@@ -247,6 +316,7 @@ impl Stage {
             Self::Confirming => "confirming",
             Self::Compensating => "compensating",
             Self::Notifying => "notifying",
+            Self::Parked => "parked",
             Self::Done => "done",
         }
     }
@@ -256,6 +326,7 @@ impl Stage {
         match decision {
             Decision::Wait => Self::Waiting,
             Decision::Done => Self::Done,
+            Decision::Parked => Self::Parked,
             Decision::Do(step) => match step {
                 Step::ReserveSlot | Step::MarkSlotHeld => Self::Reserving,
                 Step::Capture | Step::LookupCapture => Self::Paying,
@@ -264,6 +335,7 @@ impl Stage {
                     Self::Compensating
                 }
                 Step::Notify { .. } => Self::Notifying,
+                Step::Park { .. } => Self::Parked,
             },
         }
     }
@@ -278,6 +350,8 @@ pub struct Observed<E> {
     pub occurred_at: DateTime<Utc>,
     /// The record's `traceparent` header, if it had one.
     pub traceparent: Option<String>,
+    /// Who caused it: the envelope's actor, `subject (role)`.
+    pub actor: String,
 }
 
 /// What the saga learns by acting, beside the events its commands cause.
@@ -293,6 +367,9 @@ pub enum Learned {
     /// The gateway said no money moved for the capture's key (a lookup that found nothing, a
     /// recorded decline).
     CaptureSettled,
+    /// A lookup found no capture under the key: trusted once the settle window has passed
+    /// since the last capture request, until then the capture stays in doubt.
+    NothingFound,
     /// The SMTP server accepted the mail.
     Notified(NotificationKind),
     /// The mail will not be sent (refused for good, or past its deadline).
@@ -312,6 +389,8 @@ impl Saga {
             reserve_deadline: None,
             capture_deadline: None,
             notify_deadline: None,
+            booking_deadline: None,
+            control: Control::default(),
             reason: None,
             notified: BTreeSet::new(),
             notifications_abandoned: BTreeSet::new(),
@@ -408,17 +487,117 @@ impl Saga {
         self.capture = CaptureKnowledge::default();
     }
 
+    /// Takes in a decision about this saga (its own stream): operators', or the runner's park.
+    pub fn on_saga(&mut self, observed: &Observed<SagaEvent>, sequence: u64) {
+        self.observed(observed);
+        self.control.version = self.control.version.max(sequence);
+        let by = Some(observed.actor.clone());
+        match &observed.event {
+            SagaEvent::SagaParked { step, reason, .. } => {
+                self.control.park_pending = None;
+                self.control.parked = Some(Parked {
+                    step: step.as_str().to_owned(),
+                    reason: reason.clone(),
+                    by,
+                });
+            }
+            SagaEvent::SagaRetryRequested { .. } => {
+                self.control.park_pending = None;
+                self.control.parked = None;
+                self.restart_clocks();
+            }
+            SagaEvent::SagaStepSkipped { step, reason, .. } => {
+                match step {
+                    SagaStep::LookupCapture => self.capture = CaptureKnowledge::default(),
+                    SagaStep::NotifyConfirmation => {
+                        self.skip_letter(NotificationKind::Confirmation);
+                    }
+                    SagaStep::NotifyRejection => self.skip_letter(NotificationKind::Rejection),
+                    SagaStep::NotifyFailure => self.skip_letter(NotificationKind::Failure),
+                    SagaStep::NotifyCancellation => {
+                        self.skip_letter(NotificationKind::Cancellation);
+                    }
+                    // The stream's rules refuse the others; an old or foreign event changes
+                    // nothing the log does not say.
+                    _ => {}
+                }
+                self.control.skipped.insert(
+                    step.as_str().to_owned(),
+                    format!("{reason} ({})", observed.actor),
+                );
+                if self
+                    .control
+                    .parked
+                    .as_ref()
+                    .is_some_and(|parked| parked.step == step.as_str())
+                {
+                    self.control.parked = None;
+                }
+                self.control.park_pending = None;
+            }
+            SagaEvent::SagaResolvedByHand { reason, .. } => {
+                self.control.park_pending = None;
+                self.control.parked = None;
+                self.control.resolved = Some(Parked {
+                    step: String::new(),
+                    reason: reason.clone(),
+                    by,
+                });
+            }
+        }
+    }
+
+    fn skip_letter(&mut self, kind: NotificationKind) {
+        self.notifications_abandoned.insert(kind);
+    }
+
+    /// A retry starts the clocks of the stage the saga is in again (they are armed anew at the
+    /// next pass).
+    fn restart_clocks(&mut self) {
+        match self.status {
+            Some(BookingStatus::Requested) => {
+                self.reserve_deadline = None;
+                self.booking_deadline = None;
+            }
+            Some(BookingStatus::SlotHeld) => self.capture_deadline = None,
+            Some(_) => self.notify_deadline = None,
+            None => {}
+        }
+    }
+
+    /// The step failed for good: park the saga at it. Nothing else is done until the park is on
+    /// the log (the `park` step) and an operator acts.
+    pub fn park_for_good(&mut self, step: &Step, error: &str) {
+        if self.control.parked.is_some() || matches!(step, Step::Park { .. }) {
+            return;
+        }
+        let reason: String = format!("{} failed for good: {error}", step.name())
+            .chars()
+            .take(480)
+            .collect();
+        self.control.park_pending = Some(Parked {
+            step: step.name().to_owned(),
+            reason,
+            by: None,
+        });
+    }
+
     /// The pass that performed `step` is recording its outcome (what it taught comes next,
     /// through [`Saga::learn`]). `lost_capture_attempt`: the pass found a capture mark when it
     /// began, which, since passes on one booking take turns, an earlier pass left without
     /// recording its outcome; that attempt stays in doubt (`uncertain`) whatever this pass did.
     /// Then no mark is left: this pass's own attempt, if it sent one, is accounted for.
-    pub fn performed(&mut self, step: &Step, lost_capture_attempt: bool) {
+    /// `began`: when the pass began; a capture request it sent went out after that.
+    pub fn performed(&mut self, step: &Step, lost_capture_attempt: bool, began: DateTime<Utc>) {
         if lost_capture_attempt {
             self.doubt_capture();
         }
         if *step == Step::Capture || lost_capture_attempt {
             self.capture.attempting = false;
+        }
+        if *step == Step::Capture {
+            self.capture.last_sent_at =
+                Some(self.capture.last_sent_at.map_or(began, |at| at.max(began)));
         }
     }
 
@@ -435,6 +614,7 @@ impl Saga {
         match self.status {
             Some(BookingStatus::Requested) => {
                 self.reserve_deadline.get_or_insert(now + deadlines.reserve);
+                self.booking_deadline.get_or_insert(now + deadlines.booking);
             }
             Some(BookingStatus::SlotHeld) => {
                 self.capture_deadline.get_or_insert(now + deadlines.capture);
@@ -446,11 +626,27 @@ impl Saga {
         }
     }
 
+    /// Takes in what acting taught the saga, `now`, with the settle window of `deadlines`.
+    pub fn learn_at(&mut self, learned: Learned, now: DateTime<Utc>, deadlines: &Deadlines) {
+        if learned == Learned::NothingFound {
+            // A capture request the provider may still be processing is not "nothing": the
+            // lookup is believed only once the last request cannot be in flight any more.
+            let sent = *self.capture.last_sent_at.get_or_insert(now);
+            if now >= sent + deadlines.settle {
+                self.capture = CaptureKnowledge::default();
+            }
+            return;
+        }
+        self.learn(learned);
+    }
+
     /// Takes in what acting taught the saga.
     pub fn learn(&mut self, learned: Learned) {
         match learned {
             Learned::CaptureUncertain | Learned::CaptureRecorded => self.doubt_capture(),
             Learned::CaptureSettled => self.capture = CaptureKnowledge::default(),
+            // Without a clock and a window, nothing found proves nothing (see `learn_at`).
+            Learned::NothingFound => {}
             Learned::Notified(kind) => {
                 self.notified.insert(kind);
             }
@@ -506,6 +702,18 @@ impl Saga {
     /// The one next step, from the facts and the time alone.
     pub fn decide(&self, now: DateTime<Utc>) -> Decision {
         use BookingStatus::{Cancelled, Confirmed, Failed, Rejected, Requested, SlotHeld};
+        if self.control.resolved.is_some() {
+            return Decision::Done;
+        }
+        if self.control.parked.is_some() {
+            return Decision::Parked;
+        }
+        if let Some(park) = &self.control.park_pending {
+            return Decision::Do(Step::Park {
+                at: park.step.clone(),
+                reason: park.reason.clone(),
+            });
+        }
         let Some(status) = self.status else {
             return Decision::Wait;
         };
@@ -515,7 +723,11 @@ impl Saga {
                     reason: format!("the slot could not be booked: {reason}"),
                 }),
                 SlotFact::Reserved => Decision::Do(Step::MarkSlotHeld),
-                SlotFact::Unknown if !Self::passed(self.reserve_deadline, now) => {
+                // Only the system itself can fail to answer a reservation (the facility is
+                // ours): keep asking until the booking's overall deadline, so that an outage
+                // never fails a booking whose slot was free. Past the reserve deadline the
+                // saga shows as stuck.
+                SlotFact::Unknown if !Self::passed(self.booking_deadline, now) => {
                     Decision::Do(Step::ReserveSlot)
                 }
                 SlotFact::Unknown | SlotFact::Released => Decision::Do(Step::Fail {
@@ -553,6 +765,9 @@ impl Saga {
     /// The deadline of the step `decision` names, if it has one: past it, the saga is stuck
     /// (a lookup that cannot get an answer, a mail that keeps failing).
     pub fn deadline_of(&self, decision: &Decision) -> Option<DateTime<Utc>> {
+        if self.control.park_pending.is_some() {
+            return None;
+        }
         match Stage::of(decision) {
             Stage::Reserving => self.reserve_deadline,
             Stage::Paying => self.capture_deadline,

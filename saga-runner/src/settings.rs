@@ -52,15 +52,33 @@ pub struct SagaSettings {
     /// A command with no answer after this long is retried.
     #[serde(deserialize_with = "millis")]
     pub command_timeout: Duration,
-    /// From the booking request until the facility must have answered.
+    /// From the saga's first attempt at a reservation until the facility should have answered;
+    /// past it the saga shows as stuck, and keeps trying until `booking_deadline`.
     #[serde(deserialize_with = "millis")]
     pub reserve_deadline: Duration,
+    /// From the saga's first attempt at a booking until it must have an outcome, however long
+    /// the system could not answer (an outage shorter than this never fails a booking).
+    #[serde(deserialize_with = "millis")]
+    pub booking_deadline: Duration,
     /// From the slot being held until the payment must be taken.
     #[serde(deserialize_with = "millis")]
     pub capture_deadline: Duration,
     /// From the outcome until the family's mail must have gone.
     #[serde(deserialize_with = "millis")]
     pub notify_deadline: Duration,
+    /// How long after its last capture request a lookup that finds nothing is believed: longer
+    /// than the provider can still be processing a request whose client gave up
+    /// (docs/payments.md says how to choose it). Must exceed the gateway's request timeout.
+    #[serde(deserialize_with = "millis")]
+    pub settle_window: Duration,
+    /// How often the gateway's captures are reconciled with the log.
+    #[serde(deserialize_with = "millis")]
+    pub reconcile_interval: Duration,
+    /// How far back the reconciliation compares captures.
+    #[serde(deserialize_with = "millis")]
+    pub reconcile_horizon: Duration,
+    /// This runner's name in the sagas' history (default: host name and process id).
+    pub instance: Option<String>,
     /// How long a performed command's event is awaited before the command is sent again.
     #[serde(deserialize_with = "millis")]
     pub await_event: Duration,
@@ -83,8 +101,13 @@ impl Default for SagaSettings {
             command_url: "http://127.0.0.1:8081".to_owned(),
             command_timeout: Duration::from_secs(15),
             reserve_deadline: Duration::from_secs(30),
+            booking_deadline: Duration::from_mins(30),
             capture_deadline: Duration::from_mins(2),
             notify_deadline: Duration::from_hours(1),
+            settle_window: Duration::from_mins(10),
+            reconcile_interval: Duration::from_mins(5),
+            reconcile_horizon: Duration::from_hours(24 * 7),
+            instance: None,
             await_event: Duration::from_secs(3),
             concurrency: 16,
             batch_size: 200,
@@ -100,9 +123,24 @@ impl SagaSettings {
         let delta = |d: Duration| chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
         Deadlines {
             reserve: delta(self.reserve_deadline),
+            booking: delta(self.booking_deadline),
             capture: delta(self.capture_deadline),
             notify: delta(self.notify_deadline),
+            settle: delta(self.settle_window),
         }
+    }
+
+    /// This runner's name in the history: `FM_SAGA__INSTANCE`, else `<host>-<pid>`.
+    pub fn instance(&self) -> String {
+        self.instance.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .ok()
+                .filter(|name| !name.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "saga-runner".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
     }
 }
 

@@ -7,13 +7,12 @@ use notifications::Mailer;
 use payment_gateway::{BreakingGateway, HttpGateway};
 use platform::{auth::TokenKeys, shutdown::CancellationToken, startup::Service};
 use schemas::SchemaRegistry;
-use secrecy::ExposeSecret;
-use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 
 use crate::{
     actions::{CommandClient, Effects},
     consumer,
+    reconcile::Reconciler,
     routes::{self, AppState},
     settings::Settings,
     store,
@@ -38,10 +37,20 @@ impl Service for Application {
     }
 
     /// Migrates the `saga` schema, starts the consumer (or stands by if another replica has
-    /// it), the worker and the gauges, and binds the HTTP listener.
+    /// it), the worker, the gauges and the payment reconciliation, and binds the HTTP listener.
+    #[allow(clippy::too_many_lines)] // One start-up, in the order its parts depend on each other.
     async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let keys =
             Arc::new(TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?);
+        if settings.saga.settle_window <= settings.gateway.request_timeout {
+            anyhow::bail!(
+                "FM_SAGA__SETTLE_WINDOW ({:?}) must be longer than FM_GATEWAY__REQUEST_TIMEOUT ({:?}): \
+                 a lookup that finds nothing is only believed once no capture request can still be \
+                 in flight (docs/payments.md)",
+                settings.saga.settle_window,
+                settings.gateway.request_timeout
+            );
+        }
         let registry =
             Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
         // The saga's consumer waits for an unreachable broker, but a topic with another
@@ -69,9 +78,6 @@ impl Service for Application {
         let pool = store::connect_and_migrate(&database)
             .await
             .context("Failed to prepare the saga's schema in PostgreSQL")?;
-        let leader = PgConnection::connect(settings.database.url.expose_secret())
-            .await
-            .context("Failed to connect to PostgreSQL")?;
         let gateway = Arc::new(BreakingGateway::new(
             HttpGateway::new(&settings.gateway).context("Failed to build the gateway client")?,
             settings.breaker,
@@ -87,8 +93,9 @@ impl Service for Application {
 
         let consumer = tokio::spawn(consumer::run(
             pool.clone(),
-            leader,
+            settings.database.clone(),
             registry,
+            producer.clone(),
             consumer::config(&settings.kafka, settings.saga.batch_size),
             shutdown.clone(),
         ));
@@ -107,6 +114,7 @@ impl Service for Application {
                 backoff: settings.backoff,
                 crash_after: settings.saga.crash_after.clone(),
                 deadlines: settings.saga.deadlines(),
+                instance: settings.saga.instance(),
             },
         };
         let worker = tokio::spawn(worker.run(shutdown.clone()));
@@ -116,16 +124,31 @@ impl Service for Application {
             shutdown.clone(),
         ));
 
+        let reconciler = Reconciler {
+            pool: pool.clone(),
+            gateway: gateway.clone(),
+            horizon: settings.saga.reconcile_horizon,
+        };
+        let reconciliation = tokio::spawn(
+            reconciler
+                .clone()
+                .run(settings.saga.reconcile_interval, shutdown.clone()),
+        );
         let router = routes::router(AppState {
             pool,
             producer,
             keys,
             gateway,
+            reconciler,
+            commands: routes::Forwarder::new(
+                &settings.saga.command_url,
+                settings.saga.command_timeout,
+            )?,
         });
         let server = platform::http::HttpServer::bind(router, &settings.http).await?;
         Ok(Self {
             server,
-            background: vec![consumer, worker, gauges],
+            background: vec![consumer, worker, gauges, reconciliation],
             shutdown,
         })
     }
@@ -145,17 +168,21 @@ impl Service for Application {
     }
 }
 
-/// Connections the pool needs beside one per saga in flight: the worker's listener (it keeps
-/// one for good), the consumer's batch, the due query and the gauges.
-const POOL_OVERHEAD: u32 = 4;
+/// Connections the pool needs beside those of the sagas in flight: the worker's listener (it
+/// keeps one for good), the consumer's batch, the due query, the gauges and the reconciliation.
+const POOL_OVERHEAD: u32 = 5;
 
-/// The pool size the runner uses: at least one connection per saga in flight (its
-/// transaction holds the booking's lock while the step runs) plus [`POOL_OVERHEAD`]. A
-/// smaller pool makes steps and the consumer queue for connections until the acquire timeout
-/// and back off instead of running (soak finding 4 in docs/reliability.md).
+/// The pool size the runner uses: at least two connections per saga in flight plus
+/// [`POOL_OVERHEAD`]. A pass's transaction holds one while the step runs (it holds the
+/// booking's lock), and a capture commits its write-ahead mark on a second one before the
+/// request goes out (`store::mark_capture_attempt`), so every saga in flight may hold two at
+/// once. A smaller pool makes steps and the consumer queue for connections until the acquire
+/// timeout and back off instead of running (soak finding 4 in docs/reliability.md; the
+/// 500-booking test failed a pass on a pool of one per saga when 32 captures met).
 fn pool_size(configured: u32, concurrency: usize) -> u32 {
     let needed = u32::try_from(concurrency)
         .unwrap_or(u32::MAX)
+        .saturating_mul(2)
         .saturating_add(POOL_OVERHEAD);
     configured.max(needed)
 }
@@ -166,7 +193,7 @@ mod tests {
 
     #[test]
     fn the_pool_holds_every_saga_in_flight_and_the_consumer() {
-        assert_eq!(pool_size(10, 16), 20);
+        assert_eq!(pool_size(10, 16), 37);
         assert_eq!(pool_size(10, 1), 10);
         assert_eq!(pool_size(50, 16), 50);
         assert_eq!(pool_size(0, usize::MAX), u32::MAX);

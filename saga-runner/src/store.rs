@@ -156,18 +156,87 @@ pub async fn save_facts(conn: &mut PgConnection, saga: &Saga) -> anyhow::Result<
 }
 
 /// Marks, and commits at once (outside the caller's transaction), that the saga is about to
-/// send a capture request (`capture.attempting`, see `saga::CaptureKnowledge`). Changes nothing
+/// send a capture request, and when (`capture.attempting`, `capture.last_sent_at`, see
+/// `saga::CaptureKnowledge`). Changes nothing
 /// else: the consumer's changes to the facts are kept, and the worker's pass clears the mark
 /// when it records the outcome.
-pub async fn mark_capture_attempt(pool: &PgPool, booking_id: Uuid) -> sqlx::Result<()> {
+pub async fn mark_capture_attempt(
+    pool: &PgPool,
+    booking_id: Uuid,
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE sagas SET facts = jsonb_set(facts, '{capture,attempting}', 'true'::jsonb, true) \
+        "UPDATE sagas SET facts = jsonb_set(\
+             jsonb_set(facts, '{capture,attempting}', 'true'::jsonb, true), \
+             '{capture,last_sent_at}', $2, true) \
          WHERE booking_id = $1",
     )
     .bind(booking_id)
+    .bind(sqlx::types::Json(at))
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Forgets a saga's failed attempts (an operator's retry): the backoff starts again.
+pub async fn forget_attempts(conn: &mut PgConnection, booking_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE sagas SET attempts = 0 WHERE booking_id = $1")
+        .bind(booking_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Makes a finished saga doubt its capture again (the reconciliation found money under its key
+/// that the log never recorded): it looks the capture up, records it and refunds it.
+pub async fn doubt_capture_again(conn: &mut PgConnection, booking_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sagas SET facts = jsonb_set(facts, '{capture,uncertain}', 'true'::jsonb, true), \
+             done = false, next_attempt_at = now(), updated_at = now() \
+         WHERE booking_id = $1 AND done",
+    )
+    .bind(booking_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WAKE_CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Stores a reconciliation's report, keeping the last hundred.
+pub async fn save_reconciliation(
+    conn: &mut PgConnection,
+    report: &crate::reconcile::Report,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO reconciliations (started_at, discrepancies, report) VALUES ($1, $2, $3)",
+    )
+    .bind(report.started_at.unwrap_or_else(Utc::now))
+    .bind(i32::try_from(report.discrepancies.len()).unwrap_or(i32::MAX))
+    .bind(sqlx::types::Json(report))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "DELETE FROM reconciliations WHERE id NOT IN \
+         (SELECT id FROM reconciliations ORDER BY finished_at DESC LIMIT 100)",
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The last reconciliation's report, if one ran.
+pub async fn last_reconciliation(
+    pool: &PgPool,
+) -> anyhow::Result<Option<crate::reconcile::Report>> {
+    let row: Option<sqlx::types::Json<crate::reconcile::Report>> = sqlx::query_scalar(
+        "SELECT report FROM reconciliations ORDER BY finished_at DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|report| report.0))
 }
 
 /// Sagas whose next step is due, soonest first.
@@ -223,12 +292,16 @@ pub async fn scheduled(
     .await
 }
 
-/// One entry of a saga's history.
+/// One entry of a saga's history: one pass that performed a step, by which runner, from when
+/// (`began`, after it took the booking's lock) to when (`at`, before it released it). Two
+/// passes on one booking never overlap (checked by `tests/load.rs` with two runners).
 #[derive(Debug, Serialize)]
 pub struct HistoryEntry<'a> {
     pub step: &'a str,
     pub outcome: &'a str,
     pub at: DateTime<Utc>,
+    pub began: DateTime<Utc>,
+    pub runner: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
 }
@@ -249,6 +322,12 @@ pub struct Schedule<'a> {
 pub async fn save_schedule(conn: &mut PgConnection, schedule: &Schedule<'_>) -> anyhow::Result<()> {
     let step = match schedule.decision {
         Decision::Do(step) => Some(step.name()),
+        Decision::Parked => schedule
+            .saga
+            .control
+            .parked
+            .as_ref()
+            .map(|parked| parked.step.as_str()),
         Decision::Wait | Decision::Done => None,
     };
     let history = schedule
@@ -307,6 +386,8 @@ pub enum Filter {
     InFlight,
     /// Not done and past the deadline of the step they are on.
     Stuck,
+    /// Parked: waiting for an operator (a step failed for good, or an operator parked it).
+    Parked,
     /// Performed at least one compensation (reject, release, fail, refund).
     Compensated,
     /// Done.
@@ -348,6 +429,7 @@ pub async fn list(pool: &PgPool, filter: Filter, limit: i64) -> sqlx::Result<Vec
     let condition = match filter {
         Filter::InFlight => "NOT done",
         Filter::Stuck => "NOT done AND deadline < now()",
+        Filter::Parked => "stage = 'parked'",
         Filter::Compensated => "compensated",
         Filter::Done => "done",
         Filter::All => "true",

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    actions::{Effects, StepOutcome},
+    actions::{Effects, Failure, StepOutcome},
     saga::{Deadlines, Decision, Saga, Stage, Step},
     store::{self, HistoryEntry, Schedule},
 };
@@ -41,6 +41,8 @@ pub struct WorkerConfig {
     /// See `SagaSettings::crash_after`.
     pub crash_after: Option<String>,
     pub deadlines: Deadlines,
+    /// This runner's name in the sagas' history (`FM_SAGA__INSTANCE`).
+    pub instance: String,
 }
 
 /// Acts on due sagas until shut down; finishes the steps in hand first.
@@ -137,6 +139,7 @@ impl Worker {
         }
     }
 
+    #[allow(clippy::too_many_lines)] // One pass, in the one transaction that holds its lock.
     async fn try_pass(&self, booking_id: Uuid) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         if !store::try_lock(&mut tx, booking_id).await? {
@@ -156,6 +159,16 @@ impl Worker {
         saga.arm_deadlines(now, &self.config.deadlines);
         let decision = saga.decide(now);
         let Decision::Do(step) = &decision else {
+            // Waiting for an event, parked, or done: nothing is due until the facts change. The
+            // facts were read without the row lock; if the consumer changed them since (an
+            // operator's resolve read right after the park), writing these back would lose its
+            // change and idle the saga: leave the newer facts, whose change made it due again.
+            let newer = store::facts_for_update(&mut tx, booking_id)
+                .await?
+                .is_none_or(|(_, version)| version != row.facts_version);
+            if newer {
+                return Ok(());
+            }
             let schedule = Schedule {
                 saga: &saga,
                 decision: &decision,
@@ -172,9 +185,11 @@ impl Worker {
 
         if *step == Step::Capture {
             // Committed before the request goes out, so that losing this pass's record (a
-            // crash, a broken connection) can never make the saga forget it may have taken money.
-            store::mark_capture_attempt(&self.pool, booking_id).await?;
+            // crash, a broken connection) can never make the saga forget it may have taken money,
+            // nor when it may have done so (the settle window runs from then).
+            store::mark_capture_attempt(&self.pool, booking_id, now).await?;
         }
+        let began = now;
         let outcome = self.perform(&saga, step, now).await;
 
         // The consumer may have applied events while the step ran: act on the newest facts.
@@ -185,19 +200,39 @@ impl Worker {
         // The clock of the step just tried started when this pass began, not now.
         current.arm_deadlines(now, &self.config.deadlines);
         let now = Utc::now();
-        current.performed(step, lost_capture_attempt);
+        current.performed(step, lost_capture_attempt, began);
         let (learned, error) = match &outcome {
             StepOutcome::Performed { learned } => (*learned, None),
-            StepOutcome::Failed { error, learned } => (*learned, Some(error.as_str())),
+            StepOutcome::Failed { error, learned, .. } => (*learned, Some(error.as_str())),
         };
         if let Some(learned) = learned {
-            current.learn(learned);
+            current.learn_at(learned, now, &self.config.deadlines);
+        }
+        if let StepOutcome::Failed {
+            failure: Failure::Permanent,
+            error,
+            ..
+        } = &outcome
+        {
+            metrics::counter!("saga_parks_total", "step" => step.name()).increment(1);
+            tracing::error!(%booking_id, step = step.name(), %error, "saga step failed for good; parking the saga for an operator");
+            current.park_for_good(step, error);
         }
         let next = current.decide(now);
         let same_step = matches!(&next, Decision::Do(next_step) if next_step == step);
         let (attempts, next_attempt_at) = match (&outcome, &next) {
-            (_, Decision::Wait | Decision::Done) => (0, idle_until(now)),
+            (_, Decision::Wait | Decision::Done | Decision::Parked) => (0, idle_until(now)),
             _ if facts_moved && !same_step => (0, now),
+            // A lookup that found nothing while the last request may still be in flight: look
+            // again now and then, and once the window has passed (when nothing is believed).
+            (StepOutcome::Performed { .. }, _) if same_step && *step == Step::LookupCapture => {
+                let again = now + to_delta(self.config.backoff.max);
+                let settles = current
+                    .capture
+                    .settles_at(self.config.deadlines.settle)
+                    .unwrap_or(again);
+                (0, again.min(settles.max(now)))
+            }
             (StepOutcome::Performed { .. }, _) if same_step => {
                 (0, now + to_delta(self.config.await_event))
             }
@@ -231,6 +266,8 @@ impl Worker {
                 step: step.name(),
                 outcome: outcome.label(),
                 at: now,
+                began,
+                runner: &self.config.instance,
                 error,
             }),
         };
@@ -284,7 +321,7 @@ fn to_delta(duration: Duration) -> TimeDelta {
     TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
 }
 
-/// Publishes `sagas_in_flight{stage}` and `saga_stuck` every `interval`.
+/// Publishes `sagas_in_flight{stage}`, `saga_stuck` and `saga_parked` every `interval`.
 pub async fn publish_gauges(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     loop {
@@ -301,6 +338,13 @@ pub async fn publish_gauges(pool: PgPool, interval: Duration, shutdown: Cancella
                 }
                 #[allow(clippy::cast_precision_loss)]
                 metrics::gauge!("saga_stuck").set(counts.stuck as f64);
+                let parked = counts
+                    .by_stage
+                    .get(Stage::Parked.as_str())
+                    .copied()
+                    .unwrap_or(0);
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!("saga_parked").set(parked as f64);
             }
             Err(error) => tracing::debug!(%error, "cannot count sagas"),
         }

@@ -324,3 +324,90 @@ async fn a_slot_the_facility_refuses_rejects_the_booking_without_taking_money() 
     saga.booking_with_status(first, "confirmed").await.unwrap();
     assert_eq!(net_money(&saga, first).await, (1, 0, PRICE));
 }
+
+/// Issue 14: a record that passes every schema but does not decode into a domain event (here a
+/// facility in a time zone that does not exist) made the runner fail its whole batch and retry
+/// it for ever, so no booking made afterwards was reserved, charged or confirmed. Now the
+/// runner dead-letters it under its own name and goes on.
+#[tokio::test]
+async fn a_record_that_passes_its_schemas_but_does_not_decode_is_dead_lettered_and_sagas_go_on() {
+    use event_log::{EventProducer, producer::headers};
+    use futures::StreamExt;
+    use rdkafka::{Message, message::Headers, message::OwnedHeaders};
+    use schemas::AggregateType;
+
+    let saga = spawn(SagaOptions::default()).await;
+    let poison_id = Uuid::new_v4();
+    let poison = serde_json::json!({
+        "event_id": Uuid::new_v4(), "event_type": "FacilityRegistered", "event_version": 1,
+        "aggregate_type": "facility", "aggregate_id": poison_id, "sequence": 1,
+        "occurred_at": "2027-01-05T09:30:00Z", "correlation_id": Uuid::new_v4(),
+        "causation_id": Uuid::new_v4(), "actor": {"subject": "d", "role": "director"},
+        "data": {
+            "facility_id": poison_id, "name": "Chapel on Mars", "kind": "chapel",
+            "capacity": 40, "time_zone": "Mars/Olympus_Mons",
+            "opening_hours": [{"weekday": "mon", "opens": "09:00", "closes": "17:00"}],
+            "turnaround_minutes": 30
+        }
+    });
+    let producer = EventProducer::new(&saga.stack.kafka).unwrap();
+    let facility_topic = producer.topics().events(AggregateType::Facility);
+    let origin = producer
+        .send(
+            &facility_topic,
+            Some(poison_id.to_string().as_bytes()),
+            &serde_json::to_vec(&poison).unwrap(),
+            OwnedHeaders::new(),
+        )
+        .await
+        .unwrap();
+
+    // Everything after the poison still flows.
+    let facility = saga.register_facility().await.unwrap();
+    let booking = saga.request_booking(facility, 3, 0, PRICE).await.unwrap();
+    let done = saga.wait_done(booking, DONE_WITHIN).await.unwrap();
+    assert_eq!(done["facts"]["status"], "confirmed", "{done}");
+    assert_eq!(net_money(&saga, booking).await, (1, 0, PRICE));
+
+    // The runner dead-lettered the poison itself, naming itself and why.
+    let reader =
+        event_log::consumer::manual_consumer(&saga.stack.kafka, "saga-poison-test").unwrap();
+    let dead_letters = producer.topics().dead_letter();
+    let partitions = event_log::consumer::partitions(
+        &reader,
+        std::slice::from_ref(&dead_letters),
+        &saga.stack.kafka,
+    )
+    .unwrap();
+    event_log::consumer::assign(&reader, &partitions.into_iter().map(|tp| (tp, 0)).collect())
+        .unwrap();
+    let mut stream = reader.stream();
+    let header = |message: &rdkafka::message::BorrowedMessage<'_>, name: &str| {
+        message
+            .headers()
+            .and_then(|all| all.iter().find(|h| h.key == name).and_then(|h| h.value))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let reason = loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("the runner's dead letter arrives")
+            .unwrap()
+            .unwrap();
+        if header(&message, headers::DEAD_LETTER_READER).as_deref() == Some("saga-runner") {
+            assert_eq!(
+                header(&message, headers::ORIGIN_TOPIC).as_deref(),
+                Some(facility_topic.as_str())
+            );
+            assert_eq!(
+                header(&message, headers::ORIGIN_OFFSET),
+                Some(origin.offset.to_string())
+            );
+            break header(&message, headers::DEAD_LETTER_REASON).unwrap();
+        }
+    };
+    assert!(
+        reason.starts_with("FacilityRegistered v1"),
+        "the reason names the event: {reason}"
+    );
+}

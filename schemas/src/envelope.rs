@@ -7,18 +7,20 @@ use domain::aggregate::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The three kinds of event stream. Each has its own topic; the record key is the aggregate id.
+/// The four kinds of event stream. Each has its own topic; the record key is the aggregate id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AggregateType {
     Facility,
     Booking,
     Payment,
+    /// What operators (and the saga runner) decided about a booking's saga (docs/saga.md).
+    Saga,
 }
 
 impl AggregateType {
     /// Every aggregate type, in a stable order.
-    pub const ALL: [AggregateType; 3] = [Self::Facility, Self::Booking, Self::Payment];
+    pub const ALL: [AggregateType; 4] = [Self::Facility, Self::Booking, Self::Payment, Self::Saga];
 
     /// The name used on the wire and in topic names.
     pub fn as_str(self) -> &'static str {
@@ -26,6 +28,7 @@ impl AggregateType {
             Self::Facility => "facility",
             Self::Booking => "booking",
             Self::Payment => "payment",
+            Self::Saga => "saga",
         }
     }
 

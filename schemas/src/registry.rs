@@ -7,7 +7,7 @@ use jsonschema::Validator;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::envelope::EventEnvelope;
+use crate::envelope::{AggregateType, EventEnvelope};
 
 /// One checked-in schema file: the event type and version it describes, and its text.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +57,10 @@ pub const EVENT_SCHEMAS: &[SchemaFile] = &[
     event_schema!("payment", "PaymentCaptured", 1),
     event_schema!("payment", "PaymentDeclined", 1),
     event_schema!("payment", "PaymentRefunded", 1),
+    event_schema!("saga", "SagaParked", 1),
+    event_schema!("saga", "SagaRetryRequested", 1),
+    event_schema!("saga", "SagaStepSkipped", 1),
+    event_schema!("saga", "SagaResolvedByHand", 1),
 ];
 
 /// Why a record is not a valid event. The text is what the dead-letter topic records as the
@@ -71,6 +75,14 @@ pub enum ContractViolation {
     UnknownEvent {
         event_type: String,
         event_version: u16,
+    },
+    /// A known event type in an envelope of another aggregate type: every event type belongs to
+    /// exactly one aggregate (its schema's `x-fm-aggregate`), whose streams alone may carry it.
+    #[error("{event_type} is a {belongs_to} event, not a {aggregate_type} event")]
+    WrongAggregate {
+        event_type: String,
+        aggregate_type: String,
+        belongs_to: String,
     },
     #[error("{event_type} v{event_version} payload invalid at '{path}': {message}")]
     Payload {
@@ -94,7 +106,9 @@ impl ContractViolation {
     pub fn without_values(&self) -> String {
         match self {
             // serde_json's messages name a line and column, never the content.
-            Self::NotJson(_) | Self::UnknownEvent { .. } => self.to_string(),
+            Self::NotJson(_) | Self::UnknownEvent { .. } | Self::WrongAggregate { .. } => {
+                self.to_string()
+            }
             Self::Envelope { path, .. } => format!("envelope invalid at '{path}'"),
             Self::Payload {
                 event_type,
@@ -119,11 +133,19 @@ pub struct BrokenSchema {
     pub message: String,
 }
 
+/// One event type and version: the aggregate type whose streams carry it, and its payload's
+/// validator.
+#[derive(Debug)]
+struct EventSchema {
+    aggregate: AggregateType,
+    validator: Validator,
+}
+
 /// The compiled schemas, ready to validate records.
 #[derive(Debug)]
 pub struct SchemaRegistry {
     envelope: Validator,
-    events: BTreeMap<(&'static str, u16), Validator>,
+    events: BTreeMap<(&'static str, u16), EventSchema>,
 }
 
 fn compile(name: &str, text: &str) -> Result<Validator, BrokenSchema> {
@@ -136,6 +158,28 @@ fn compile(name: &str, text: &str) -> Result<Validator, BrokenSchema> {
         .should_validate_formats(true)
         .build(&schema)
         .map_err(|e| broken(e.to_string()))
+}
+
+/// The aggregate type a schema file says its event type belongs to (`x-fm-aggregate`), which
+/// must be the folder it sits in.
+fn aggregate_of(name: &str, file: &SchemaFile) -> Result<AggregateType, BrokenSchema> {
+    let broken = |message: String| BrokenSchema {
+        name: name.to_owned(),
+        message,
+    };
+    let schema: Value = serde_json::from_str(file.text).map_err(|e| broken(e.to_string()))?;
+    let declared = schema
+        .get("x-fm-aggregate")
+        .and_then(Value::as_str)
+        .ok_or_else(|| broken("no `x-fm-aggregate` naming its aggregate type".to_owned()))?;
+    if declared != file.aggregate {
+        return Err(broken(format!(
+            "`x-fm-aggregate` is {declared:?} but the file is under events/{}",
+            file.aggregate
+        )));
+    }
+    AggregateType::from_wire(declared)
+        .ok_or_else(|| broken(format!("unknown aggregate type {declared:?}")))
 }
 
 /// The first error of a validator, as (path, message).
@@ -153,9 +197,13 @@ impl SchemaRegistry {
         let mut events = BTreeMap::new();
         for file in EVENT_SCHEMAS {
             let name = format!("{}.v{}", file.event_type, file.event_version);
+            let aggregate = aggregate_of(&name, file)?;
             events.insert(
                 (file.event_type, file.event_version),
-                compile(&name, file.text)?,
+                EventSchema {
+                    aggregate,
+                    validator: compile(&name, file.text)?,
+                },
             );
         }
         Ok(Self { envelope, events })
@@ -183,16 +231,24 @@ impl SchemaRegistry {
         Ok(envelope)
     }
 
-    /// Validates the payload of an envelope that is already parsed.
+    /// Validates the payload of an envelope that is already parsed: its event type is known,
+    /// belongs to the envelope's aggregate type, and its `data` matches the type's schema.
     pub fn validate_payload(&self, envelope: &EventEnvelope) -> Result<(), ContractViolation> {
-        let validator = self
+        let schema = self
             .events
             .get(&(envelope.event_type.as_str(), envelope.event_version))
             .ok_or_else(|| ContractViolation::UnknownEvent {
                 event_type: envelope.event_type.clone(),
                 event_version: envelope.event_version,
             })?;
-        match first_error(validator, &envelope.data) {
+        if schema.aggregate != envelope.aggregate_type {
+            return Err(ContractViolation::WrongAggregate {
+                event_type: envelope.event_type.clone(),
+                aggregate_type: envelope.aggregate_type.to_string(),
+                belongs_to: schema.aggregate.to_string(),
+            });
+        }
+        match first_error(&schema.validator, &envelope.data) {
             Some((path, message)) => Err(ContractViolation::Payload {
                 event_type: envelope.event_type.clone(),
                 event_version: envelope.event_version,
@@ -214,6 +270,38 @@ impl SchemaRegistry {
             event_version: envelope.event_version,
             message: e.to_string(),
         })
+    }
+
+    /// Everything a reader checks before it trusts a record: [`Self::validate_bytes`], then the
+    /// payload decoded into its aggregate's domain event, which checks what a schema cannot
+    /// (an IANA time zone that exists, a slot that ends after it starts, ...). A record that
+    /// passes its schemas but fails here is as much poison as one that does not parse.
+    pub fn check_bytes(&self, bytes: &[u8]) -> Result<EventEnvelope, ContractViolation> {
+        let envelope = self.validate_bytes(bytes)?;
+        self.check_decodes(&envelope)?;
+        Ok(envelope)
+    }
+
+    /// Decodes a validated envelope's payload into its aggregate's domain event and drops it:
+    /// whether a reader could use it.
+    pub fn check_decodes(&self, envelope: &EventEnvelope) -> Result<(), ContractViolation> {
+        use domain::{
+            booking::BookingEvent, facility::FacilityEvent, payment::PaymentEvent, saga::SagaEvent,
+        };
+        match envelope.aggregate_type {
+            AggregateType::Facility => self.decode::<FacilityEvent>(envelope).map(drop),
+            AggregateType::Booking => self.decode::<BookingEvent>(envelope).map(drop),
+            AggregateType::Payment => self.decode::<PaymentEvent>(envelope).map(drop),
+            AggregateType::Saga => self.decode::<SagaEvent>(envelope).map(drop),
+        }
+    }
+
+    /// The aggregate type whose streams carry `event_type` (at any version this build knows).
+    pub fn aggregate_of(&self, event_type: &str) -> Option<AggregateType> {
+        self.events
+            .iter()
+            .find(|((known, _), _)| *known == event_type)
+            .map(|(_, schema)| schema.aggregate)
     }
 
     /// The (event type, version) pairs this registry knows.

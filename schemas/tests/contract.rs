@@ -6,7 +6,10 @@
 use std::collections::BTreeSet;
 
 use chrono::{TimeZone, Utc};
-use domain::{DomainEvent, booking::BookingEvent, facility::FacilityEvent, payment::PaymentEvent};
+use domain::{
+    DomainEvent, booking::BookingEvent, facility::FacilityEvent, payment::PaymentEvent,
+    saga::SagaEvent,
+};
 use schemas::{
     Actor, AggregateType, ContractViolation, EventEnvelope, EventMetadata, Idempotency, Role,
     SchemaRegistry, registry::EVENT_SCHEMAS,
@@ -79,11 +82,17 @@ fn every_payment_event_validates_and_reads_back_equal() {
 }
 
 #[test]
+fn every_saga_event_validates_and_reads_back_equal() {
+    all_samples_round_trip(AggregateType::Saga, SagaEvent::samples());
+}
+
+#[test]
 fn the_schemas_cover_exactly_the_events_the_domain_can_emit() {
     let emitted: BTreeSet<(&str, u16)> = FacilityEvent::catalogue()
         .iter()
         .chain(BookingEvent::catalogue())
         .chain(PaymentEvent::catalogue())
+        .chain(SagaEvent::catalogue())
         .copied()
         .collect();
     let known: BTreeSet<(&str, u16)> = registry().known_events().collect();
@@ -244,6 +253,82 @@ fn a_broken_envelope_is_refused_naming_the_field() {
         violation(&document),
         ContractViolation::Envelope { .. }
     ));
+}
+
+#[test]
+fn every_event_type_belongs_to_the_aggregate_its_schema_names() {
+    let registry = registry();
+    for (aggregate, catalogue) in [
+        (AggregateType::Facility, FacilityEvent::catalogue()),
+        (AggregateType::Booking, BookingEvent::catalogue()),
+        (AggregateType::Payment, PaymentEvent::catalogue()),
+        (AggregateType::Saga, SagaEvent::catalogue()),
+    ] {
+        for (event_type, _) in catalogue {
+            assert_eq!(
+                registry.aggregate_of(event_type),
+                Some(aggregate),
+                "{event_type}"
+            );
+        }
+    }
+    for file in EVENT_SCHEMAS {
+        let schema: Value = serde_json::from_str(file.text).unwrap();
+        assert_eq!(
+            schema["x-fm-aggregate"],
+            json!(file.aggregate),
+            "{}",
+            file.event_type
+        );
+    }
+}
+
+/// The review's finding (issue 14): a `SlotReleased` with a valid payload in a booking envelope
+/// on the booking topic passed every schema, and the saga runner, unable to decode it into a
+/// booking event, retried its batch for ever.
+#[test]
+fn an_event_type_of_another_aggregate_is_refused_even_when_its_payload_is_valid() {
+    let slot_released = FacilityEvent::samples()
+        .into_iter()
+        .find(|event| event.event_type() == "SlotReleased")
+        .unwrap();
+    let mut document =
+        serde_json::to_value(envelope_of(AggregateType::Facility, &slot_released)).unwrap();
+    assert!(registry().validate(&document).is_ok());
+    document["aggregate_type"] = json!("booking");
+    let refused = violation(&document);
+    assert_eq!(
+        refused,
+        ContractViolation::WrongAggregate {
+            event_type: "SlotReleased".into(),
+            aggregate_type: "booking".into(),
+            belongs_to: "facility".into(),
+        }
+    );
+    assert_eq!(
+        refused.to_string(),
+        "SlotReleased is a facility event, not a booking event"
+    );
+}
+
+/// What passes every schema but no reader can use: a facility in a time zone that does not
+/// exist. `check_bytes` (what a retry would meet) refuses it; `validate_bytes` alone does not.
+#[test]
+fn a_payload_that_passes_its_schema_but_does_not_decode_is_refused_by_the_full_check() {
+    let registered = FacilityEvent::samples().into_iter().next().unwrap();
+    let mut document =
+        serde_json::to_value(envelope_of(AggregateType::Facility, &registered)).unwrap();
+    document["data"]["time_zone"] = json!("Mars/Olympus_Mons");
+    let bytes = serde_json::to_vec(&document).unwrap();
+    let registry = registry();
+    assert!(registry.validate_bytes(&bytes).is_ok());
+    let refused = registry.check_bytes(&bytes).expect_err("refused");
+    assert!(
+        matches!(&refused, ContractViolation::Decode { event_type, .. } if event_type == "FacilityRegistered"),
+        "{refused}"
+    );
+    let valid = serde_json::to_vec(&envelope_of(AggregateType::Facility, &registered)).unwrap();
+    assert!(registry.check_bytes(&valid).is_ok());
 }
 
 #[test]

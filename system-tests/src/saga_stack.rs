@@ -30,6 +30,10 @@ pub struct SagaOptions {
     pub breaker_cool_down: Duration,
     /// `FM_SAGA__CONCURRENCY`.
     pub concurrency: usize,
+    /// `FM_SAGA__SETTLE_WINDOW`: how long after its last capture request a lookup that finds
+    /// nothing is believed; by default the gateway timeout and 2 s more (the runner requires it
+    /// to be longer than the gateway timeout).
+    pub settle_window: Option<Duration>,
 }
 
 impl Default for SagaOptions {
@@ -40,6 +44,7 @@ impl Default for SagaOptions {
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(2),
             concurrency: 16,
+            settle_window: None,
         }
     }
 }
@@ -110,6 +115,14 @@ impl SagaStack {
                 millis(options.capture_deadline),
             )
             .env("FM_SAGA__CONCURRENCY", options.concurrency.to_string())
+            .env(
+                "FM_SAGA__SETTLE_WINDOW",
+                millis(
+                    options
+                        .settle_window
+                        .unwrap_or(options.gateway_timeout + Duration::from_secs(2)),
+                ),
+            )
             .env("FM_SAGA__AWAIT_EVENT", "1500")
             .env("FM_SAGA__POLL_INTERVAL", "200")
             .env("FM_GATEWAY__BASE_URL", self.simulator.url())

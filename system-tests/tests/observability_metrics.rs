@@ -42,7 +42,7 @@ async fn every_service_serves_metrics_that_move_with_requests_commands_and_proje
 
     // The projector samples its lag as soon as it runs: one series per partition of every event
     // topic, whatever happened before.
-    let partitions = usize::try_from(stack.kafka.partitions).unwrap() * 3;
+    let partitions = usize::try_from(stack.kafka.partitions).unwrap() * 4;
     let before = eventually(&stack, "a lag sample of every partition", |s| {
         s.label_sets("projection_lag_records").len() == partitions
     })

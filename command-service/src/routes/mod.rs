@@ -11,6 +11,7 @@ pub(crate) mod bookings;
 pub(crate) mod facilities;
 pub(crate) mod ops;
 pub(crate) mod payments;
+pub(crate) mod sagas;
 mod schema;
 
 use std::{marker::PhantomData, sync::Arc};
@@ -114,6 +115,19 @@ pub(crate) fn router(state: AppState) -> Router {
             "/bookings/{id}/payment/refunded",
             command("record_refund", post(payments::refunded)),
         )
+        .route("/sagas/{id}/park", command("park_saga", post(sagas::park)))
+        .route(
+            "/sagas/{id}/retry",
+            command("retry_saga", post(sagas::retry)),
+        )
+        .route(
+            "/sagas/{id}/skip",
+            command("skip_saga_step", post(sagas::skip)),
+        )
+        .route(
+            "/sagas/{id}/resolve",
+            command("resolve_saga", post(sagas::resolve)),
+        )
         .route("/ready", get(ops::ready))
         .route("/openapi.json", get(ops::openapi))
         .with_state(state)
@@ -148,6 +162,13 @@ impl Roles for Bookers {
 pub(crate) struct Services;
 impl Roles for Services {
     const ALLOWED: &'static [Role] = &[Role::System];
+}
+
+/// Decisions about a saga: operators, and the saga runner (which parks a saga by itself).
+#[derive(Debug)]
+pub(crate) struct Operators;
+impl Roles for Operators {
+    const ALLOWED: &'static [Role] = &[Role::Ops, Role::System];
 }
 
 /// An authenticated, authorised, parsed write.

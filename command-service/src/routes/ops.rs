@@ -87,11 +87,16 @@ const WRITE_ROUTES: Shared = Shared {
         super::payments::captured,
         super::payments::declined,
         super::payments::refunded,
+        super::sagas::park,
+        super::sagas::retry,
+        super::sagas::skip,
+        super::sagas::resolve,
     ),
     tags(
         (name = "facilities", description = "Facilities and their opening hours"),
         (name = "bookings", description = "Requesting and cancelling bookings"),
         (name = "internal", description = "Commands the booking saga sends with a service token"),
+        (name = "sagas", description = "Decisions about a booking's saga (park, retry, skip a step, resolve by hand): operators, and the saga runner itself"),
     ),
     modifiers(&BearerAuth, &WRITE_ROUTES)
 )]

@@ -79,6 +79,13 @@ uuid_id! {
     PaymentId
 }
 
+uuid_id! {
+    /// Identifies the stream of operators' (and the saga runner's own) decisions about one
+    /// booking's saga: parked, retried, a step skipped, resolved by hand. There is one per
+    /// booking: its id is derived from the booking id with [`SagaId::for_booking`].
+    SagaId
+}
+
 /// The UUID v5 namespace of payment ids. Changing it would orphan every recorded payment.
 pub const PAYMENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x1fe7_8e3f_0a75_480c_a77f_1501_6d97_a08c);
 
@@ -89,6 +96,20 @@ impl PaymentId {
     pub fn for_booking(booking: BookingId) -> Self {
         Self(Uuid::new_v5(
             &PAYMENT_ID_NAMESPACE,
+            booking.as_uuid().as_bytes(),
+        ))
+    }
+}
+
+/// The UUID v5 namespace of saga ids. Changing it would orphan every recorded decision.
+pub const SAGA_ID_NAMESPACE: Uuid = Uuid::from_u128(0x7d3c_2b8e_51a4_4c0f_9e62_0b7d_4a1f_8c35);
+
+impl SagaId {
+    /// The saga stream of `booking`: a UUID v5 of the booking id (never the booking id itself,
+    /// so that no table keyed by aggregate id mixes the two streams).
+    pub fn for_booking(booking: BookingId) -> Self {
+        Self(Uuid::new_v5(
+            &SAGA_ID_NAMESPACE,
             booking.as_uuid().as_bytes(),
         ))
     }
@@ -125,6 +146,19 @@ mod tests {
         assert_eq!(
             PAYMENT_ID_NAMESPACE.to_string(),
             "1fe78e3f-0a75-480c-a77f-15016d97a08c"
+        );
+    }
+
+    #[test]
+    fn a_saga_id_is_derived_from_its_booking_id_and_differs_from_its_payment_id() {
+        let booking: BookingId = "6a1f7a52-34b4-4e6b-9d0e-0c1f3a9b2c11".parse().unwrap();
+        let saga = SagaId::for_booking(booking);
+        assert_eq!(saga, SagaId::for_booking(booking));
+        assert_ne!(saga.as_uuid(), booking.as_uuid());
+        assert_ne!(saga.as_uuid(), PaymentId::for_booking(booking).as_uuid());
+        assert_eq!(
+            SAGA_ID_NAMESPACE.to_string(),
+            "7d3c2b8e-51a4-4c0f-9e62-0b7d4a1f8c35"
         );
     }
 

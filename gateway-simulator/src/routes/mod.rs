@@ -76,7 +76,7 @@ impl AppState {
 /// Every route.
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
-        .route("/captures", post(payments::capture))
+        .route("/captures", post(payments::capture).get(payments::captures))
         .route("/refunds", post(payments::refund))
         .route("/payments/{idempotency_key}", get(payments::lookup))
         .route("/ledger", get(payments::ledger))

@@ -16,6 +16,7 @@ pub(crate) async fn ready() -> ReadyReport {
         super::payments::capture,
         super::payments::refund,
         super::payments::lookup,
+        super::payments::captures,
         super::payments::ledger,
         super::control::show,
         super::control::set_global,

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, StatusCode},
 };
+use chrono::{DateTime, Utc};
 use platform::{json::ValidJson, problem::Problem};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use super::{AppState, idempotency_key, money};
 use crate::{
     error::ApiError,
-    ledger::{Amount, Answer, LedgerView, Mode, Operation, PaymentView},
+    ledger::{Amount, Answer, CaptureRow, LedgerView, Mode, Operation, PaymentView, Refusal},
 };
 
 /// `POST /captures`.
@@ -50,7 +51,8 @@ pub(crate) struct Moved {
     responses(
         (status = 201, description = "Captured (or the first answer to this key)", body = Moved),
         (status = 402, description = "Declined; the problem has a `reason`", body = Problem),
-        (status = 422, description = "Invalid, or the key was used for another request", body = Problem),
+        (status = 409, description = "An earlier request with this key is still in progress (detached_capture mode)", body = Problem),
+        (status = 422, description = "Invalid, the key was used for another request, or reject mode", body = Problem),
         (status = 500, description = "error_5xx mode; nothing recorded", body = Problem),
     )
 )]
@@ -75,7 +77,8 @@ pub(crate) async fn capture(
         (status = 201, description = "Refunded (or the first answer to this key)", body = Moved),
         (status = 402, description = "Declined; the problem has a `reason`", body = Problem),
         (status = 404, description = "No capture has this reference", body = Problem),
-        (status = 422, description = "Invalid, more than is left to refund, or the key was used for another request", body = Problem),
+        (status = 409, description = "An earlier request with this key is still in progress (detached_capture mode)", body = Problem),
+        (status = 422, description = "Invalid, more than is left to refund, the key was used for another request, or reject mode", body = Problem),
         (status = 500, description = "error_5xx mode; nothing recorded", body = Problem),
     )
 )]
@@ -144,33 +147,89 @@ async fn decide(state: &AppState, key: &str, operation: Operation) -> Result<Ans
         sim.take_behaviour(booking)
     };
     let settings = &state.settings;
+    let delay = behaviour
+        .delay_ms
+        .map_or(settings.default_delay, Duration::from_millis);
     match behaviour.mode {
-        Mode::Approve => Ok(state.lock().decide(key, operation, None)?),
+        Mode::Approve => Ok(state.lock().decide(key, operation, None, Utc::now())?),
         Mode::Decline => {
             let reason = behaviour
                 .decline_reason
                 .unwrap_or_else(|| "card_declined".to_owned());
-            Ok(state.lock().decide(key, operation, Some(reason))?)
+            Ok(state
+                .lock()
+                .decide(key, operation, Some(reason), Utc::now())?)
         }
         Mode::Slow => {
-            let delay = behaviour
-                .delay_ms
-                .map_or(settings.default_delay, Duration::from_millis);
             state.pause(delay).await?;
-            Ok(state.lock().decide(key, operation, None)?)
+            Ok(state.lock().decide(key, operation, None, Utc::now())?)
         }
+        Mode::DetachedCapture => detached(state, key, operation, delay).await,
+        Mode::Reject => Err(Refusal::Rejected.into()),
         Mode::Error5xx => Err(ApiError::Simulated),
         Mode::Timeout => {
             state.pause(settings.hang).await?;
             Err(ApiError::Unavailable)
         }
         Mode::CaptureThenTimeout => {
-            let answer = state.lock().decide(key, operation, None)?;
+            let answer = state.lock().decide(key, operation, None, Utc::now())?;
             tracing::info!(key, "recorded; now hanging (capture_then_timeout)");
             state.pause(settings.hang).await?;
             Ok(answer)
         }
     }
+}
+
+/// The `detached_capture` mode: the work runs in a task of its own, which records the capture
+/// `delay` later whether or not the client still waits (dropping this request's future, as a
+/// client that gave up does, cancels nothing). Until then the key is in progress.
+async fn detached(
+    state: &AppState,
+    key: &str,
+    operation: Operation,
+    delay: Duration,
+) -> Result<Answer, ApiError> {
+    state.lock().begin_detached(key);
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let (worker, key) = (state.clone(), key.to_owned());
+    tokio::spawn(async move {
+        let outcome = match worker.pause(delay).await {
+            Ok(()) => {
+                let outcome = worker.lock().finish_detached(&key, operation, Utc::now());
+                tracing::info!(key, "detached request completed");
+                outcome.map_err(ApiError::from)
+            }
+            Err(stopping) => {
+                worker.lock().abandon_detached(&key);
+                Err(stopping)
+            }
+        };
+        // The client may be gone; the money moved all the same.
+        let _ = answer.send(outcome);
+    });
+    answered.await.map_err(|_| ApiError::Unavailable)?
+}
+
+/// `GET /captures?since=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CapturesSince {
+    /// Only captures made at or after this instant (RFC 3339); every capture when absent.
+    since: Option<DateTime<Utc>>,
+}
+
+/// `GET /captures`: the captures made since an instant, oldest first, with what has been
+/// refunded of each: the provider's ledger, which a reconciliation compares with its own books.
+#[utoipa::path(
+    get, path = "/captures", tag = "payments", params(CapturesSince),
+    responses((status = 200, description = "The captures", body = [CaptureRow]))
+)]
+pub(crate) async fn captures(
+    State(state): State<AppState>,
+    Query(query): Query<CapturesSince>,
+) -> Json<Vec<CaptureRow>> {
+    let since = query.since.unwrap_or(DateTime::<Utc>::MIN_UTC);
+    Json(state.lock().captures_since(since))
 }
 
 /// `GET /payments/{idempotency_key}`: what happened to a key. Always answers, whatever the mode:

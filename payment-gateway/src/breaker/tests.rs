@@ -251,6 +251,13 @@ impl PaymentGateway for Scripted {
     async fn lookup(&self, _: &str) -> Result<Option<PaymentRecord>, GatewayError> {
         self.answer().await.map(|()| None)
     }
+
+    async fn captures(
+        &self,
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::gateway::LedgerCapture>, GatewayError> {
+        self.answer().await.map(|()| Vec::new())
+    }
 }
 
 fn capture() -> CaptureRequest {

@@ -27,6 +27,8 @@ use sqlx::PgConnection;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Applied {
     Changed,
+    /// A valid event no read model keeps (the operators' decisions about a saga).
+    Ignored,
     /// A redelivery, or the loser of a race: already reflected, or never admitted.
     Stale,
     /// An event is missing before this one; nothing was changed.
@@ -59,6 +61,12 @@ pub(crate) async fn apply(
         }
         AggregateType::Payment => {
             payments::apply(conn, &registry.decode(envelope)?, envelope).await
+        }
+        // Decoded all the same, so that a saga event no reader can use is dead-lettered here
+        // too; the saga's progress the query-api shows comes from the saga runner's tables.
+        AggregateType::Saga => {
+            registry.decode::<domain::saga::SagaEvent>(envelope)?;
+            Ok(Applied::Ignored)
         }
     }
 }

@@ -32,6 +32,7 @@ fn observed<E>(event: E, at: DateTime<Utc>) -> Observed<E> {
         correlation_id: Uuid::from_u128(7),
         occurred_at: at,
         traceparent: None,
+        actor: "byron (family)".to_owned(),
     }
 }
 
@@ -167,9 +168,11 @@ fn rejects_the_booking_when_the_facility_refuses_the_slot() {
 }
 
 #[test]
-fn fails_the_booking_when_the_facility_does_not_answer_before_the_deadline() {
+fn fails_the_booking_only_when_no_answer_came_before_the_bookings_overall_deadline() {
     let saga = given().requested();
-    let late = seconds(31);
+    // Past the reserve deadline: stuck, still asking (an outage is not the family's failure).
+    assert_eq!(saga.decide_at(seconds(31)), step(Step::ReserveSlot));
+    let late = seconds(30 * 60);
     assert_eq!(
         saga.decide_at(late),
         step(Step::Fail {
@@ -292,13 +295,13 @@ fn the_pass_that_sent_a_capture_accounts_for_it() {
     // the booking fails cleanly at the deadline without a lookup the gateway cannot answer.
     let mut saga = given().held();
     saga.saga.capture.attempting = true;
-    saga.saga.performed(&Step::Capture, false);
+    saga.saga.performed(&Step::Capture, false, seconds(10));
     assert!(!saga.saga.capture.in_doubt());
     assert_eq!(saga.decide_at(seconds(121)), step(Step::ReleaseSlot));
     // An earlier lost answer stays in doubt.
     let mut earlier = given().held().learned(Learned::CaptureUncertain);
     earlier.saga.capture.attempting = true;
-    earlier.saga.performed(&Step::Capture, false);
+    earlier.saga.performed(&Step::Capture, false, seconds(10));
     assert_eq!(earlier.decide_at(seconds(121)), step(Step::LookupCapture));
 }
 
@@ -310,7 +313,7 @@ fn a_lost_attempt_stays_in_doubt_when_the_next_one_takes_no_money() {
     let mut saga = given().held();
     saga.saga.capture.attempting = true; // left by the lost pass
     // The next pass marks its own attempt (the mark is already set), the breaker refuses it.
-    saga.saga.performed(&Step::Capture, true);
+    saga.saga.performed(&Step::Capture, true, seconds(10));
     assert!(saga.saga.capture.uncertain);
     assert!(!saga.saga.capture.attempting);
     assert_eq!(saga.decide_at(seconds(121)), step(Step::LookupCapture));
@@ -415,8 +418,17 @@ fn a_deadline_runs_from_the_first_attempt_not_from_the_event() {
     );
     // Arming again does not move the deadline.
     saga.arm_deadlines(later + TimeDelta::seconds(20), &Deadlines::default());
+    // Past the reserve deadline the saga is stuck, but an unanswered reservation is the
+    // system's own trouble: it keeps asking until the booking's overall deadline (issue 14).
+    let reserving = Decision::Do(Step::ReserveSlot);
+    assert_eq!(saga.decide(later + TimeDelta::seconds(30)), reserving);
+    assert!(saga.deadline_of(&reserving) <= Some(later + TimeDelta::seconds(30)));
     assert_eq!(
-        saga.decide(later + TimeDelta::seconds(30)),
+        saga.decide(later + TimeDelta::minutes(30) - TimeDelta::seconds(1)),
+        reserving
+    );
+    assert_eq!(
+        saga.decide(later + TimeDelta::minutes(30)),
         step(Step::Fail {
             reason: "the facility could not confirm the slot in time".to_owned()
         })
