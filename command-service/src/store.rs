@@ -509,6 +509,7 @@ mod tests {
     fn empty_store() -> AggregateStore {
         AggregateStore::new(
             Arc::new(SchemaRegistry::load().expect("the schemas compile")),
+            Topics::new("fm"),
             std::time::Duration::from_mins(1),
             Folded::default(),
         )
