@@ -47,6 +47,17 @@ use uuid::Uuid;
 /// The two releases' read-model versions.
 const CURRENT: i32 = 2;
 const NEXT: i32 = 3;
+
+/// Within one release the query-api reads the version its projection-service builds, and that
+/// is the version this test rolls out from.
+#[test]
+fn the_query_api_reads_the_version_its_release_builds() {
+    assert_eq!(
+        query_api::read_model::VERSION,
+        projection_service::READ_MODEL.version
+    );
+    assert_eq!(projection_service::READ_MODEL.version, CURRENT);
+}
 /// How long version 2 is kept once nothing reads it.
 const GRACE: Duration = Duration::from_secs(6);
 
