@@ -28,7 +28,7 @@ pub(crate) async fn server_version(admin_url: &str) -> anyhow::Result<String> {
 }
 
 /// Waits until `live.projection_offsets` holds `ends` for every non-empty partition; returns
-/// the time since `since`. Fails after `timeout`, or when `alive` says the projector died.
+/// the time since `since`: the time until queries answer from a version built from the log. Fails after `timeout`, or when `alive` says the projector died.
 pub(crate) async fn wait_caught_up(
     pool: &PgPool,
     ends: &BTreeMap<TopicPartition, i64>,
@@ -40,7 +40,7 @@ pub(crate) async fn wait_caught_up(
     let mut last_report = Instant::now();
     loop {
         alive()?;
-        // The view does not exist until the projection-service has migrated the database.
+        // The view does not exist until the first build of the version has switched live.
         let stored: BTreeMap<TopicPartition, i64> =
             sqlx::query("SELECT topic, partition, next_offset FROM live.projection_offsets")
                 .fetch_all(pool)
@@ -85,14 +85,17 @@ pub(crate) struct RowShape {
 }
 
 impl RowShape {
-    /// Reads the shape from the live version's `bookings` table (which must hold a row).
+    /// Reads the shape from the `bookings` table of the newest version's live build (which must
+    /// hold a row).
     pub(crate) async fn of_live_bookings(pool: &PgPool) -> anyhow::Result<Self> {
-        let version: i32 =
-            sqlx::query_scalar("SELECT version FROM projection_versions WHERE state = 'live'")
-                .fetch_one(pool)
-                .await
-                .context("no live read-model version")?;
-        let table = format!("rm_v{version}.bookings");
+        let (version, build): (i32, i32) = sqlx::query_as(
+            "SELECT version, build FROM read_model_builds WHERE state = 'live' \
+             ORDER BY version DESC LIMIT 1",
+        )
+        .fetch_one(pool)
+        .await
+        .context("no live read-model build")?;
+        let table = format!("read_v{version}_b{build}.bookings");
         let columns: Vec<(String, String)> = sqlx::query_as(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
              WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",

@@ -1,7 +1,7 @@
-//! `fmctl lag`: how far each read-model version, and the booking saga, are behind the log.
+//! `fmctl lag`: how far each read-model build, and the booking saga, are behind the log.
 //!
-//! A projector stores, per partition, the next offset to read in its version's
-//! `rm_v<N>.projection_offsets`, in the same transaction as the rows (docs/read-side.md); the
+//! A projector stores, per partition, the next offset to read in its build's
+//! `read_v<V>_b<B>.projection_offsets`, in the same transaction as the rows (docs/read-side.md); the
 //! saga runner stores its own in `saga.offsets`, in the same database, with the saga rows. Lag
 //! is the end of each partition (the offset the next record written will get) minus that stored
 //! offset (0 where none is stored yet). Neither uses a consumer group, so the broker knows
@@ -16,7 +16,7 @@ use event_log::{
     KafkaSettings, LogError, Topics,
     consumer::{self, TopicPartition},
 };
-use projection_service::versions::{self, VersionState};
+use projection_service::versions::{self, Build, BuildState};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -29,11 +29,12 @@ use crate::inspect::{Output, explain};
     fmctl lag\n  \
     fmctl lag --output json\n  \
     fmctl lag --fail-over 1000 || echo 'the read models are more than 1000 records behind'\n\n\
-    Every version that is live or building is listed (a building version replays the log from \
-    the start, so its lag is expected to be large until it switches), then the booking saga. \
-    --fail-over checks the live version's total (the one queries read) and the saga's.")]
+    Every build that is live or building is listed, of every read-model version (a building \
+    build replays the log from the start, so its lag is expected to be large until it \
+    switches), then the booking saga. --fail-over checks every live build (those queries \
+    read) and the saga.")]
 pub(crate) struct LagArgs {
-    /// Exit with status 1 when the live version's or the saga's total lag is above N records.
+    /// Exit with status 1 when a live build's or the saga's total lag is above N records.
     #[arg(long, value_name = "N")]
     fail_over: Option<u64>,
     #[arg(long, value_enum, default_value_t = Output::Pretty)]
@@ -63,15 +64,6 @@ struct Row {
     lag: u64,
 }
 
-fn state_name(state: VersionState) -> &'static str {
-    match state {
-        VersionState::Building => "building",
-        VersionState::Live => "live",
-        VersionState::Retired => "retired",
-        VersionState::Dropped => "dropped",
-    }
-}
-
 pub(crate) async fn lag(args: LagArgs) -> anyhow::Result<()> {
     let settings: Settings =
         platform::settings::load().context("Failed to read the FM_* configuration")?;
@@ -94,27 +86,25 @@ pub(crate) async fn lag(args: LagArgs) -> anyhow::Result<()> {
     })
     .await?
     .map_err(|error| explain(error, &settings.kafka))?;
-    let active: Vec<(i32, VersionState)> = versions::active_versions(&pool)
+    let active: Vec<Build> = versions::active_builds(&pool)
         .await
-        .context("Failed to read projection_versions (has `projection-service migrate` run?)")?
-        .into_iter()
-        .filter(|(_, state)| matches!(state, VersionState::Live | VersionState::Building))
-        .collect();
+        .context("Failed to read read_model_builds (has `projection-service migrate` run?)")?;
     if active.is_empty() {
         bail!(
-            "no read-model version is live or building yet: the projection-service creates version 1 when it first starts"
+            "no read-model build is live or building yet: a projection-service builds its release's version when it starts"
         );
     }
     let saga = saga_offsets(&pool)
         .await?
         .map(|stored| rows(&ends, &stored));
     let mut report = Vec::new();
-    for (version, state) in active {
+    for build in active {
         let mut conn = pool.acquire().await.context("Failed to reach PostgreSQL")?;
-        let stored = versions::stored_offsets(&mut conn, version)
+        // A build whose projector has not created its tables yet has read nothing.
+        let stored = versions::stored_offsets(&mut conn, &build.schema())
             .await
-            .with_context(|| format!("Failed to read the stored offsets of version {version}"))?;
-        report.push((version, state, rows(&ends, &stored)));
+            .unwrap_or_default();
+        report.push((build, rows(&ends, &stored)));
     }
     print_report(&report, saga.as_deref(), &args)
 }
@@ -157,8 +147,8 @@ async fn saga_offsets(pool: &PgPool) -> anyhow::Result<Option<BTreeMap<TopicPart
     ))
 }
 
-/// Rows per version: (version, state, one row per partition).
-type Report = Vec<(i32, VersionState, Vec<Row>)>;
+/// Rows per build: (the build, one row per partition).
+type Report = Vec<(Build, Vec<Row>)>;
 
 fn total(rows: &[Row]) -> u64 {
     rows.iter().map(|r| r.lag).sum()
@@ -174,17 +164,20 @@ fn partitions_json(rows: &[Row]) -> Vec<Value> {
 }
 
 fn print_report(report: &Report, saga: Option<&[Row]>, args: &LagArgs) -> anyhow::Result<()> {
+    // Queries read every live build (one per version in use): the worst is what matters.
     let live_total = report
         .iter()
-        .find(|(_, state, _)| *state == VersionState::Live)
-        .map(|(_, _, rows)| total(rows));
+        .filter(|(build, _)| build.state == BuildState::Live)
+        .map(|(_, rows)| total(rows))
+        .max();
 
     match args.output {
         Output::Json => {
             let versions: Vec<_> = report
                 .iter()
-                .map(|(version, state, rows)| {
-                    json!({"version": version, "state": state_name(*state),
+                .map(|(build, rows)| {
+                    json!({"version": build.version, "build": build.build,
+                           "state": build.state.as_str(),
                            "total_lag": total(rows), "partitions": partitions_json(rows)})
                 })
                 .collect();
@@ -199,14 +192,14 @@ fn print_report(report: &Report, saga: Option<&[Row]>, args: &LagArgs) -> anyhow
         Output::Pretty => {
             println!(
                 "{:<8} {:<9} {:<44} {:>9} {:>10} {:>10} {:>8}",
-                "VERSION", "STATE", "TOPIC", "PARTITION", "END", "NEXT", "LAG"
+                "BUILD", "STATE", "TOPIC", "PARTITION", "END", "NEXT", "LAG"
             );
-            for (version, state, rows) in report {
+            for (build, rows) in report {
                 for r in rows {
                     println!(
                         "{:<8} {:<9} {:<44} {:>9} {:>10} {:>10} {:>8}",
-                        format!("v{version}"),
-                        state_name(*state),
+                        format!("v{}b{}", build.version, build.build),
+                        build.state.as_str(),
                         r.topic,
                         r.partition,
                         r.end,
@@ -221,10 +214,12 @@ fn print_report(report: &Report, saga: Option<&[Row]>, args: &LagArgs) -> anyhow
                     "saga", "-", r.topic, r.partition, r.end, r.next, r.lag
                 );
             }
-            for (version, state, rows) in report {
+            for (build, rows) in report {
                 println!(
-                    "read models v{version} ({}): {} records behind",
-                    state_name(*state),
+                    "read models v{} build {} ({}): {} records behind",
+                    build.version,
+                    build.build,
+                    build.state.as_str(),
                     total(rows)
                 );
             }
@@ -235,7 +230,7 @@ fn print_report(report: &Report, saga: Option<&[Row]>, args: &LagArgs) -> anyhow
         }
     }
     if let Some(limit) = args.fail_over {
-        let live = live_total.context("no live read-model version, so there is no lag to check")?;
+        let live = live_total.context("no live read-model build, so there is no lag to check")?;
         if live > limit {
             bail!("the live read models are {live} records behind, over --fail-over {limit}");
         }

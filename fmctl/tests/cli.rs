@@ -296,8 +296,17 @@ async fn lag_is_the_backlog_of_a_projector_that_is_not_running_and_drops_to_zero
     projection_service::startup::migrate(&settings)
         .await
         .unwrap();
+    // Its version's first build, switched live by hand (as if it had caught up before a pause).
     let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
-    let version = projection_service::versions::ensure_live_version(&pool)
+    let model = projection_service::READ_MODEL;
+    let build = projection_service::versions::declare(&pool, &model, "test")
+        .await
+        .unwrap()[0]
+        .build;
+    projection_service::versions::ensure_build_schema(&pool, &model, build)
+        .await
+        .unwrap();
+    projection_service::versions::try_switch(&pool, &model, build)
         .await
         .unwrap();
 
@@ -305,8 +314,10 @@ async fn lag_is_the_backlog_of_a_projector_that_is_not_running_and_drops_to_zero
     let run = fmctl(&stack.kafka, Some(&database_url), &["lag"]).await;
     assert_eq!(run.status, 0, "{}", run.stderr);
     assert!(
-        run.stdout
-            .contains(&format!("read models v{version} (live): 2 records behind")),
+        run.stdout.contains(&format!(
+            "read models v{} build {build} (live): 2 records behind",
+            model.version
+        )),
         "{}",
         run.stdout
     );
@@ -875,4 +886,156 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
         run.stderr
     );
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+}
+
+/// `fmctl projections status --output json`.
+async fn projections_status(stack: &TestStack) -> Vec<Value> {
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["projections", "status", "--output", "json"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    report["versions"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn projections_rebuild_builds_the_version_in_use_again_beside_itself_and_status_follows() {
+    let stack = TestStack::spawn().await.unwrap();
+    let (facility_id, _) = facility_and_booking(&stack).await;
+    wait_projected(&stack.kafka, &stack.database_url).await;
+    let version = i64::from(projection_service::READ_MODEL.version);
+
+    // One version, its first build live and projected, read by the stack's query-api.
+    let versions = projections_status(&stack).await;
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    let current = &versions[0];
+    assert_eq!(current["version"], version);
+    assert_eq!(current["state"], "live");
+    assert_eq!(current["readers"].as_array().unwrap().len(), 1, "{current}");
+    assert_eq!(current["drop_after"], Value::Null, "{current}");
+    let builds = current["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 1, "{current}");
+    assert_eq!(builds[0]["build"], 1);
+    assert_eq!(builds[0]["state"], "live");
+    assert_eq!(builds[0]["projected"], true);
+    assert_eq!(builds[0]["records_read"], 2);
+    assert_eq!(builds[0]["records_in_log"], 2);
+
+    // A same-shape rebuild: a second build beside the first, switched, the first dropped.
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["projections", "rebuild", "--timeout-secs", "120"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(&format!(
+            "rebuilding read-model version {version} as build 2 (read_v{version}_b2) beside live build 1"
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(&format!(
+            "read-model version {version} answers from build 2"
+        )),
+        "{}",
+        run.stdout
+    );
+    let versions = projections_status(&stack).await;
+    let builds = versions[0]["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 1, "{versions:?}");
+    assert_eq!(builds[0]["build"], 2);
+    assert_eq!(builds[0]["state"], "live");
+    assert_eq!(builds[0]["records_read"], 2);
+    let director = stack.token(Role::Director, "director-1");
+    let answer = stack
+        .http
+        .get(format!("{}/facilities/{facility_id}", stack.query_url))
+        .bearer_auth(&director)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK, "the rebuilt build answers");
+
+    // A version nobody declared is refused with a sentence.
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["projections", "rebuild", "--version", "9"],
+    )
+    .await;
+    assert_eq!(run.status, 1);
+    assert_eq!(
+        run.stderr.trim(),
+        "fmctl: read-model version 9 has never been declared by a projection-service"
+    );
+
+    // While two versions are in use (a rollout), it does not guess which to rebuild.
+    let pool = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    sqlx::query("INSERT INTO read_model_versions (version) VALUES ($1)")
+        .bind(version + 1)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO read_model_builds (version, state, requested_by) VALUES ($1, 'building', 'test')",
+    )
+    .bind(version + 1)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["projections", "rebuild"],
+    )
+    .await;
+    assert_eq!(run.status, 1);
+    assert_eq!(
+        run.stderr.trim(),
+        format!(
+            "fmctl: several read-model versions are in use ({}, {version}): say which to rebuild with --version",
+            version + 1
+        )
+    );
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["projections", "status"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(&format!("v{} building\n", version + 1)),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("projector: none holds its lock"),
+        "nobody projects the other version here: {}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("readers: 1 query-api(s) running"),
+        "{}",
+        run.stdout
+    );
+
+    // No legacy layout on a database that never had one.
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["projections", "drop-legacy"],
+    )
+    .await;
+    assert_eq!(run.status, 1);
+    assert_eq!(
+        run.stderr.trim(),
+        "fmctl: there is no legacy layout (projection_versions) in this database"
+    );
 }

@@ -1,7 +1,7 @@
-//! One read-model version's projector: the read models as a `batch_consumer::BatchApplier`.
+//! One read-model build's projector: the read models as a `batch_consumer::BatchApplier`.
 //!
 //! The loop is the shared batch consumer's: every partition of every event topic is assigned
-//! explicitly, starting at the offsets stored in the version's schema (`projection_offsets`; see
+//! explicitly, starting at the offsets stored in the build's schema (`projection_offsets`; see
 //! docs/read-side.md for why explicit assignment and not a consumer group), and each batch of
 //! ready records, up to `batch_size`, is applied in **one** transaction that also stores the next
 //! offset of every partition the batch touched, so the offsets can never disagree with the read
@@ -15,18 +15,19 @@
 //! `projection_anomalies`. An event at or below the last applied sequence (a duplicate: a
 //! losing writer's record) is counted and logged, never applied.
 //!
-//! A projector of a `building` version also runs a task that tries to switch its version live
+//! A projector of a `building` build also runs a task that tries to switch its build live
 //! once it has reached the end of the log (`crate::versions::try_switch`).
 //!
 //! Each record is handled in a `project_event` span that continues the trace named by the
 //! record's `traceparent` header, so the projection of an event shows up in the trace of the
-//! request that appended it. Metrics (labelled by read-model version):
+//! request that appended it. Metrics (labelled by read-model version and build):
 //!
-//! - `projection_events_total{version, outcome}`: records committed, by outcome (`applied`,
-//!   and the anomalies `duplicate`, `gap`, `dead_lettered`);
-//! - `projection_batches_total{version, result}`: batches `committed` or `failed` (retried);
-//! - `projection_batch_seconds{version}`: time to apply and commit one batch;
-//! - `projection_lag_records{version, topic, partition}`: end of the partition minus the next
+//! - `projection_events_total{version, build, outcome}`: records committed, by outcome
+//!   (`applied`, and the anomalies `duplicate`, `gap`, `dead_lettered`);
+//! - `projection_batches_total{version, build, result}`: batches `committed` or `failed`
+//!   (retried);
+//! - `projection_batch_seconds{version, build}`: time to apply and commit one batch;
+//! - `projection_lag_records{version, build, topic, partition}`: end of the partition minus the next
 //!   offset committed, sampled every `FM_PROJECTOR__LAG_INTERVAL` by a task of its own, so it
 //!   keeps growing while batches fail.
 
@@ -48,14 +49,15 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 
 use crate::{
+    read_model::ReadModel,
     read_models::{self, Applied, ApplyError},
-    versions::{self, SwitchOutcome},
+    versions::{self, Build, BuildState, SwitchOutcome},
 };
 
 /// The projector's name on the dead letters it writes (`fm-dead-letter-reader`).
 const READER: &str = "projection-service";
 
-/// Where a version's projector keeps its offsets (in the version's schema, found through the
+/// Where a build's projector keeps its offsets (in the build's schema, found through the
 /// `search_path` of its connections).
 const OFFSETS: OffsetTable = OffsetTable::new("projection_offsets");
 
@@ -68,27 +70,43 @@ pub(crate) struct ProjectorConfig {
     pub(crate) lag_interval: Duration,
 }
 
-/// Reads the log into one version of the read models until shut down.
+/// Reads the log into one build of the read models until shut down.
 pub(crate) struct Projector {
     consumer: BatchConsumer<ReadModels>,
-    version: i32,
+    build: Build,
     lag: LagSampler,
-    /// For a building version: what switches it live once it has caught up.
+    /// For a building build: what switches it live once it has caught up.
     switch: Option<Switch>,
 }
 
 impl std::fmt::Debug for Projector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Projector")
-            .field("version", &self.version)
-            .field("building", &self.switch.is_some())
+            .field("build", &self.build)
             .finish_non_exhaustive()
     }
 }
 
-/// The read models of one version, as the batch consumer's applier.
+/// The metric labels of one build: its version and its number.
+#[derive(Debug, Clone)]
+struct Labels {
+    version: String,
+    build: String,
+}
+
+impl Labels {
+    fn of(build: Build) -> Self {
+        Self {
+            version: build.version.to_string(),
+            build: build.build.to_string(),
+        }
+    }
+}
+
+/// The read models of one build, as the batch consumer's applier.
 struct ReadModels {
-    version: i32,
+    build: Build,
+    labels: Labels,
     registry: Arc<SchemaRegistry>,
     dead_letters: EventProducer,
     topics: Topics,
@@ -113,10 +131,10 @@ impl From<&ContractViolation> for Reason {
 }
 
 impl Projector {
-    /// Assigns the partitions at the version's stored offsets.
+    /// Assigns the partitions at the build's stored offsets.
     pub(crate) async fn start(
-        version: i32,
-        building: bool,
+        model: ReadModel,
+        build: Build,
         pool: PgPool,
         admin_pool: PgPool,
         registry: Arc<SchemaRegistry>,
@@ -124,7 +142,7 @@ impl Projector {
     ) -> anyhow::Result<Self> {
         let settings = &config.kafka;
         let topics = Topics::new(&settings.topic_prefix);
-        let client_id = format!("projection-service-v{version}");
+        let client_id = format!("projection-service-v{}-b{}", build.version, build.build);
         // A second client for watermark requests, which block; the first one is busy streaming.
         let watermarks = Arc::new(consumer::manual_consumer(
             settings,
@@ -132,7 +150,8 @@ impl Projector {
         )?);
         let committed = Arc::new(Mutex::new(BTreeMap::new()));
         let read_models = ReadModels {
-            version,
+            build,
+            labels: Labels::of(build),
             registry,
             dead_letters: EventProducer::new(settings)?,
             topics: topics.clone(),
@@ -152,13 +171,20 @@ impl Projector {
         )
         .await?;
         let offsets = consumer.starting_offsets().clone();
-        tracing::info!(version, building, "projector assigned");
+        let building = build.state == BuildState::Building;
+        tracing::info!(
+            version = build.version,
+            build = build.build,
+            building,
+            "projector assigned"
+        );
         let partitions: Vec<TopicPartition> = offsets.keys().cloned().collect();
         *committed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = offsets;
         let switch = building.then(|| Switch {
-            version,
+            model,
+            build: build.build,
             pool,
             admin_pool,
             watermarks: watermarks.clone(),
@@ -168,9 +194,9 @@ impl Projector {
         });
         Ok(Self {
             consumer,
-            version,
+            build,
             lag: LagSampler {
-                version,
+                labels: Labels::of(build),
                 watermarks,
                 partitions,
                 committed,
@@ -191,7 +217,11 @@ impl Projector {
         if let Some(switch) = switch {
             switch.abort();
         }
-        tracing::info!(version = self.version, "projector stopped");
+        tracing::info!(
+            version = self.build.version,
+            build = self.build.build,
+            "projector stopped"
+        );
     }
 }
 
@@ -200,7 +230,7 @@ impl Projector {
 /// while batches fail. The watermark requests block, so they run on the blocking pool; a broker
 /// that does not answer leaves the last values in place.
 struct LagSampler {
-    version: i32,
+    labels: Labels,
     watermarks: Arc<StreamConsumer>,
     partitions: Vec<TopicPartition>,
     /// The next offset of each partition as last committed (the applier updates it).
@@ -210,7 +240,6 @@ struct LagSampler {
 
 impl LagSampler {
     async fn run(self, shutdown: CancellationToken) {
-        let version = self.version.to_string();
         let mut tick = tokio::time::interval(self.config.lag_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -244,7 +273,8 @@ impl LagSampler {
                 let lag = (end - next).max(0) as f64;
                 metrics::gauge!(
                     "projection_lag_records",
-                    "version" => version.clone(),
+                    "version" => self.labels.version.clone(),
+                    "build" => self.labels.build.clone(),
                     "topic" => topic,
                     "partition" => partition.to_string(),
                 )
@@ -267,7 +297,8 @@ impl BatchApplier for ReadModels {
         let position = record.position();
         let span = tracing::info_span!(
             "project_event",
-            version = self.version,
+            version = self.build.version,
+            build = self.build.build,
             topic = %position.topic,
             partition = position.partition,
             offset = position.offset,
@@ -284,19 +315,34 @@ impl BatchApplier for ReadModels {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend(next_offsets.iter().map(|(tp, next)| (tp.clone(), *next)));
-        let version = self.version.to_string();
+        let Labels { version, build } = &self.labels;
         for outcome in outcomes {
-            metrics::counter!("projection_events_total", "version" => version.clone(), "outcome" => outcome.label()).increment(1);
+            metrics::counter!(
+                "projection_events_total",
+                "version" => version.clone(),
+                "build" => build.clone(),
+                "outcome" => outcome.label(),
+            )
+            .increment(1);
         }
     }
 
     fn attempted(&self, committed: bool, elapsed: Duration) {
-        let version = self.version.to_string();
-        metrics::histogram!("projection_batch_seconds", "version" => version.clone())
-            .record(elapsed.as_secs_f64());
+        let Labels { version, build } = &self.labels;
+        metrics::histogram!(
+            "projection_batch_seconds",
+            "version" => version.clone(),
+            "build" => build.clone(),
+        )
+        .record(elapsed.as_secs_f64());
         let result = if committed { "committed" } else { "failed" };
-        metrics::counter!("projection_batches_total", "version" => version, "result" => result)
-            .increment(1);
+        metrics::counter!(
+            "projection_batches_total",
+            "version" => version.clone(),
+            "build" => build.clone(),
+            "result" => result,
+        )
+        .increment(1);
     }
 }
 
@@ -337,7 +383,8 @@ impl ReadModels {
             Ok(Applied::Ignored) => Ok(RecordOutcome::Ignored),
             Ok(Applied::Stale) => {
                 tracing::warn!(
-                    version = self.version,
+                    version = self.build.version,
+                    build = self.build.build,
                     aggregate_id = %envelope.aggregate_id,
                     event_id = %envelope.event_id,
                     sequence = envelope.sequence,
@@ -348,7 +395,8 @@ impl ReadModels {
             }
             Ok(Applied::Gap { expected }) => {
                 tracing::error!(
-                    version = self.version,
+                    version = self.build.version,
+                    build = self.build.build,
                     aggregate_id = %envelope.aggregate_id,
                     sequence = envelope.sequence,
                     expected,
@@ -377,18 +425,19 @@ impl ReadModels {
     }
 }
 
-/// A building version's switch: once the version has read up to the end of the log observed at
-/// its first check, it tries to switch it live, every `switch_check_interval` until it has.
+/// A building build's switch: once the build has read up to the end of the log observed at its
+/// first check, it tries to switch it live, every `switch_check_interval` until it has.
 struct Switch {
-    version: i32,
+    model: ReadModel,
+    build: i32,
     pool: PgPool,
     admin_pool: PgPool,
     watermarks: Arc<StreamConsumer>,
     partitions: Vec<TopicPartition>,
     config: ProjectorConfig,
-    /// The end of the log observed when it first looked, which the version must reach before it
+    /// The end of the log observed when it first looked, which the build must reach before it
     /// may switch (the end itself moves on under load; what happens after this point is applied
-    /// to the new version as well, so nothing is missed at the switch).
+    /// to the new build as well, so nothing is missed at the switch).
     target: Option<BTreeMap<TopicPartition, i64>>,
 }
 
@@ -407,23 +456,24 @@ impl Switch {
         }
     }
 
-    /// One check; `true` once the version is no longer building. Failures are logged and
+    /// One check; `true` once the build is no longer building. Failures are logged and
     /// retried at the next check.
     async fn check(&mut self) -> bool {
         match self.reached_target().await {
             Ok(true) => {}
             Ok(false) => return false,
             Err(error) => {
-                tracing::warn!(%error, version = self.version, "could not check the rebuild's progress");
+                tracing::warn!(%error, version = self.model.version, build = self.build, "could not check the build's progress");
                 return false;
             }
         }
-        match versions::try_switch(&self.admin_pool, self.version).await {
+        match versions::try_switch(&self.admin_pool, &self.model, self.build).await {
             Ok(SwitchOutcome::Switched { retired }) => {
                 tracing::info!(
-                    version = self.version,
+                    version = self.model.version,
+                    build = self.build,
                     ?retired,
-                    "read-model version switched live"
+                    "read-model build switched live"
                 );
                 true
             }
@@ -431,7 +481,7 @@ impl Switch {
             Ok(SwitchOutcome::Behind) => false,
             Ok(SwitchOutcome::NotBuilding) => true,
             Err(error) => {
-                tracing::warn!(%error, version = self.version, "could not switch the rebuilt version live");
+                tracing::warn!(%error, version = self.model.version, build = self.build, "could not switch the build live");
                 false
             }
         }
@@ -449,9 +499,10 @@ impl Switch {
             })
             .await??;
             tracing::info!(
-                version = self.version,
+                version = self.model.version,
+                build = self.build,
                 ?ends,
-                "rebuild will switch once it has read this far"
+                "the build will switch live once it has read this far"
             );
             self.target = Some(ends);
         }

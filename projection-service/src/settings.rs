@@ -27,15 +27,20 @@ pub struct Settings {
 pub struct ProjectorSettings {
     /// At most this many records are applied in one transaction.
     pub batch_size: usize,
-    /// How often a building version checks whether it has caught up and can switch live.
+    /// How often a building build checks whether it has caught up and can switch live.
     #[serde(deserialize_with = "millis")]
     pub switch_check_interval: Duration,
-    /// How often `projection_versions` is read for new, retired or stopped versions.
+    /// How often `read_model_builds` is read for new, retired or stopped builds, and versions
+    /// are checked for dropping.
     #[serde(deserialize_with = "millis")]
     pub supervise_interval: Duration,
     /// How often each projector samples its lag behind the log (`projection_lag_records`).
     #[serde(deserialize_with = "millis")]
     pub lag_interval: Duration,
+    /// How long a read-model version that no query-api reads any more (and that a newer version
+    /// has replaced) is kept before it is dropped: a rollback within it needs no rebuild.
+    #[serde(deserialize_with = "millis")]
+    pub drop_grace: Duration,
 }
 
 impl Default for ProjectorSettings {
@@ -45,6 +50,7 @@ impl Default for ProjectorSettings {
             switch_check_interval: Duration::from_millis(250),
             supervise_interval: Duration::from_millis(500),
             lag_interval: Duration::from_secs(5),
+            drop_grace: Duration::from_hours(1),
         }
     }
 }

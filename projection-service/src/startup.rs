@@ -10,10 +10,11 @@ use tokio::task::JoinHandle;
 
 use crate::{
     projector::ProjectorConfig,
+    read_model::READ_MODEL,
     routes::{self, AppState},
     settings::Settings,
     supervisor::Supervisor,
-    versions,
+    versions::{self, BuildState},
 };
 
 /// The read-model migrations, owned by this service.
@@ -53,8 +54,10 @@ impl Service for Application {
         &settings.log
     }
 
-    /// Migrates, makes sure a live read-model version exists, starts its projector at its stored
-    /// offsets (and the supervisor that follows rebuilds), binds the health/metrics listener.
+    /// Migrates, declares this release's read-model version (creating a build of it if it has
+    /// none), starts the projector of its live build (else of its building one) at its stored
+    /// offsets and the supervisor that follows the version's builds, binds the health/metrics
+    /// listener.
     async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let pool = connect(&settings).await?;
         MIGRATOR
@@ -65,9 +68,22 @@ impl Service for Application {
         event_log::topics::verify_partitions(&settings.kafka)
             .await
             .context("Refusing to start on the event topics")?;
-        let live = versions::ensure_live_version(&pool)
+        let builds = versions::declare(&pool, &READ_MODEL, Self::NAME)
             .await
-            .context("Failed to create the first read-model version")?;
+            .context("Failed to declare the read-model version")?;
+        tracing::info!(
+            version = READ_MODEL.version,
+            builds = ?builds,
+            "this release builds and keeps current read-model version {}",
+            READ_MODEL.version
+        );
+        // The live build answers queries now: it comes first. Else the one being built.
+        let first = builds
+            .iter()
+            .find(|b| b.state == BuildState::Live)
+            .or_else(|| builds.iter().find(|b| b.state == BuildState::Building))
+            .copied()
+            .context("the read-model version was declared without a build")?;
         let supervisor = Supervisor {
             admin_pool: pool.clone(),
             database_url: settings.database.url.expose_secret().to_owned(),
@@ -80,17 +96,20 @@ impl Service for Application {
                 lag_interval: settings.projector.lag_interval,
             },
             interval: settings.projector.supervise_interval,
+            model: READ_MODEL,
+            drop_grace: settings.projector.drop_grace,
         };
-        let first = supervisor.projector(live, false).await.context(
+        let claimed = supervisor.projector(first).await.context(
             "Failed to start the projector (do the topics exist? run `fmctl topics ensure`)",
         )?;
-        if first.is_none() {
+        if claimed.is_none() {
             tracing::info!(
-                version = live,
-                "another replica projects the live version; standing by"
+                version = first.version,
+                build = first.build,
+                "another replica projects the build; standing by"
             );
         }
-        let first = first.map(|claimed| (live, claimed));
+        let first = claimed.map(|claimed| (first.build, claimed));
         let projector = tokio::spawn(supervisor.run(first, shutdown.clone()));
         let producer = event_log::EventProducer::new(&settings.kafka)?;
         let router = routes::router(AppState { pool, producer });

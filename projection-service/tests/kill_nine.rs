@@ -56,7 +56,13 @@ fn spawn_projector(database_url: &str, kafka: &KafkaSettings) -> Child {
         .unwrap()
 }
 
-/// Waits until version 1 of `database_url` has stored the end offset of every partition.
+/// The schema of the first build of this release's read-model version: on a fresh database, the
+/// one the projection-service fills.
+fn first_build() -> String {
+    projection_service::versions::build_schema(projection_service::READ_MODEL.version, 1)
+}
+
+/// Waits until the first build of `database_url` has stored the end offset of every partition.
 async fn wait_caught_up(pool: &PgPool, kafka: &KafkaSettings) {
     let reader = consumer::manual_consumer(kafka, "kill-nine-test").unwrap();
     let topics = event_log::Topics::new(&kafka.topic_prefix).event_topics();
@@ -64,15 +70,17 @@ async fn wait_caught_up(pool: &PgPool, kafka: &KafkaSettings) {
     let ends = consumer::end_offsets(&reader, &partitions, kafka).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_mins(4);
     loop {
-        let stored: BTreeMap<(String, i32), i64> = sqlx::query_as::<_, (String, i32, i64)>(
-            "SELECT topic, partition, next_offset FROM rm_v1.projection_offsets",
-        )
-        .fetch_all(pool)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(t, p, o)| ((t, p), o))
-        .collect();
+        let stored: BTreeMap<(String, i32), i64> =
+            sqlx::query_as::<_, (String, i32, i64)>(&format!(
+                "SELECT topic, partition, next_offset FROM {}.projection_offsets",
+                first_build()
+            ))
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, p, o)| ((t, p), o))
+            .collect();
         if ends
             .iter()
             .all(|(tp, end)| *end == 0 || stored.get(tp) == Some(end))
@@ -103,7 +111,10 @@ async fn dump(pool: &PgPool) -> Vec<(String, Vec<Value>)> {
     ];
     let mut all = Vec::new();
     for (table, key, minus) in tables {
-        let sql = format!("SELECT to_jsonb(t){minus} FROM rm_v1.{table} t ORDER BY {key}");
+        let sql = format!(
+            "SELECT to_jsonb(t){minus} FROM {}.{table} t ORDER BY {key}",
+            first_build()
+        );
         all.push((
             table.to_owned(),
             sqlx::query_scalar(&sql).fetch_all(pool).await.unwrap(),
@@ -194,10 +205,12 @@ async fn read_models_after_repeated_kill_nine_equal_a_fresh_rebuild() {
     }
     // Duplicates were reported, never applied: every fifth booking is confirmed or cancelled,
     // not failed.
-    let failed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM rm_v1.bookings WHERE status = 'failed'")
-            .fetch_one(&fresh)
-            .await
-            .unwrap();
+    let failed: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {}.bookings WHERE status = 'failed'",
+        first_build()
+    ))
+    .fetch_one(&fresh)
+    .await
+    .unwrap();
     assert_eq!(failed, 0);
 }

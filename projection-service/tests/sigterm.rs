@@ -32,11 +32,18 @@ fn spawn_projector(database_url: &str, kafka: &KafkaSettings) -> Child {
         .unwrap()
 }
 
-/// Records stored as read by version 1, over every partition.
+/// The schema of the first build of this release's read-model version: on a fresh database, the
+/// one the projection-service fills.
+fn first_build() -> String {
+    projection_service::versions::build_schema(projection_service::READ_MODEL.version, 1)
+}
+
+/// Records stored as read by the first build, over every partition.
 async fn stored(pool: &PgPool) -> i64 {
-    sqlx::query_scalar::<_, Option<i64>>(
-        "SELECT sum(next_offset)::BIGINT FROM rm_v1.projection_offsets",
-    )
+    sqlx::query_scalar::<_, Option<i64>>(&format!(
+        "SELECT sum(next_offset)::BIGINT FROM {}.projection_offsets",
+        first_build()
+    ))
     .fetch_one(pool)
     .await
     .ok()
@@ -127,15 +134,19 @@ async fn sigterm_finishes_the_batch_in_hand_stores_offsets_and_exits_zero() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(at_exit <= end);
-    let bookings: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_v1.bookings")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let bookings: i64 =
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {}.bookings", first_build()))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(bookings, i64::try_from(stories).unwrap());
-    let anomalies: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_v1.projection_anomalies")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let anomalies: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {}.projection_anomalies",
+        first_build()
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(
         anomalies, 0,
         "a replayed or skipped event would show as a gap"

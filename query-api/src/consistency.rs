@@ -15,9 +15,10 @@ pub(crate) const HEADER: &str = "consistency-token";
 /// in `query_consistency_waits_total{result}` (`caught_up`, `timed_out`) and
 /// `query_consistency_wait_seconds{result}`.
 ///
-/// The offsets are read through `live.projection_offsets`, the view onto the live read-model
-/// version, so during a rebuild the wait follows whichever version answers the query; a switch
-/// only ever moves to a version at least as far along every partition.
+/// The offsets are read through the `projection_offsets` view of this release's read-model version
+/// (the connections' `search_path`), so during a rebuild the wait follows whichever build
+/// answers the query; a switch only ever moves to a build at least as far along every
+/// partition. A token is a log position, so it means the same to every version.
 pub(crate) async fn wait_for_token(
     headers: &HeaderMap,
     pool: &PgPool,
@@ -40,7 +41,7 @@ pub(crate) async fn wait_for_token(
     };
     loop {
         let applied: Option<i64> = sqlx::query_scalar(
-            "SELECT next_offset FROM live.projection_offsets WHERE topic = $1 AND partition = $2",
+            "SELECT next_offset FROM projection_offsets WHERE topic = $1 AND partition = $2",
         )
         .bind(&token.topic)
         .bind(token.partition)

@@ -33,9 +33,31 @@ pub(crate) enum ApiError {
     /// 500: a read-model row does not hold what the projector writes; the detail is logged.
     #[error("corrupt read model: {0}")]
     Corrupt(String),
+    /// 503: this release's read-model version has no live build (not built yet, or dropped):
+    /// nothing is answered from a half-built version or another shape.
+    #[error("read-model version {} is not available", crate::read_model::VERSION)]
+    ReadModelUnavailable,
     /// 503: Postgres failed; the detail is logged, not returned.
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    /// A table or schema of the read model that does not exist means the version's views do not
+    /// (yet): its first build has not gone live.
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Database(db) if is_missing_relation(db.code().as_deref()) => {
+                Self::ReadModelUnavailable
+            }
+            _ => Self::Database(error),
+        }
+    }
+}
+
+/// 42P01 `undefined_table`, 3F000 `invalid_schema_name`.
+pub(crate) fn is_missing_relation(code: Option<&str>) -> bool {
+    matches!(code, Some("42P01" | "3F000"))
 }
 
 impl IntoResponse for ApiError {
@@ -71,6 +93,22 @@ impl IntoResponse for ApiError {
             Self::Corrupt(detail) => {
                 tracing::error!(%detail, "a read-model row does not decode");
                 Problem::internal().into_response()
+            }
+            Self::ReadModelUnavailable => {
+                let mut response = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "read-model-unavailable",
+                    "Read model not available",
+                )
+                .with_detail(format!(
+                    "Read-model version {} is not built yet; retry shortly.",
+                    crate::read_model::VERSION
+                ))
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                response
             }
             Self::Database(error) => {
                 tracing::error!(%error, "query failed in the database");

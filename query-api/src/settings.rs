@@ -17,6 +17,8 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub consistency: ConsistencySettings,
+    #[serde(default)]
+    pub read_model: ReadModelSettings,
 }
 
 fn default_http() -> HttpSettings {
@@ -42,6 +44,29 @@ impl Default for ConsistencySettings {
     }
 }
 
+/// How this query-api tells the projection-services it reads its version (`FM_READ_MODEL__*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ReadModelSettings {
+    /// How often it records itself in `read_model_readers`.
+    #[serde(deserialize_with = "millis")]
+    pub heartbeat_interval: Duration,
+    /// How long after its last heartbeat it still counts as running (then its version may be
+    /// dropped once the grace period has passed). Above the heartbeat interval, with room for a
+    /// slow database.
+    #[serde(deserialize_with = "millis")]
+    pub reader_expiry: Duration,
+}
+
+impl Default for ReadModelSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(5),
+            reader_expiry: Duration::from_secs(30),
+        }
+    }
+}
+
 impl Settings {
     /// Defaults everywhere but the secret and the database.
     pub fn new(secret: &str, database: DatabaseSettings) -> Self {
@@ -53,6 +78,7 @@ impl Settings {
             },
             log: LogSettings::default(),
             consistency: ConsistencySettings::default(),
+            read_model: ReadModelSettings::default(),
         }
     }
 }

@@ -1,13 +1,17 @@
 //! Building and running the service.
 
-use std::sync::Arc;
+use std::{str::FromStr, sync::Arc};
 
 use anyhow::Context;
 use platform::{auth::TokenKeys, shutdown::CancellationToken, startup::Service};
 use secrecy::ExposeSecret;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 
 use crate::{
+    read_model::{self, Registration},
     routes::{self, AppState},
     settings::Settings,
 };
@@ -16,6 +20,7 @@ use crate::{
 #[derive(Debug)]
 pub struct Application {
     server: platform::http::HttpServer,
+    registration: Registration,
     shutdown: CancellationToken,
 }
 
@@ -29,14 +34,23 @@ impl Service for Application {
     }
 
     /// Connects to Postgres (lazily, so the API starts and reports not-ready while it is down)
-    /// and binds the listener.
+    /// with its read-model version's views as the only schema on the `search_path`, registers
+    /// as that version's reader, and binds the listener.
     async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let keys = TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?;
+        let options = PgConnectOptions::from_str(settings.database.url.expose_secret())
+            .context("Invalid database URL")?
+            .options([("search_path", read_model::schema())]);
         let pool: PgPool = PgPoolOptions::new()
             .max_connections(settings.database.max_connections)
             .acquire_timeout(settings.database.acquire_timeout)
-            .connect_lazy(settings.database.url.expose_secret())
-            .context("Invalid database URL")?;
+            .connect_lazy_with(options);
+        tracing::info!(
+            version = read_model::VERSION,
+            "this release reads read-model version {}",
+            read_model::VERSION
+        );
+        let registration = Registration::start(pool.clone(), &settings.read_model);
         let state = AppState {
             pool,
             keys: Arc::new(keys),
@@ -44,18 +58,26 @@ impl Service for Application {
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;
-        Ok(Self { server, shutdown })
+        Ok(Self {
+            server,
+            registration,
+            shutdown,
+        })
     }
 
     fn port(&self) -> u16 {
         self.server.port()
     }
 
-    /// Serves until the shutdown token is cancelled, then drains requests.
+    /// Serves until the shutdown token is cancelled, then drains requests and marks this reader
+    /// stopped.
     async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.server
+        let served = self
+            .server
             .serve(self.shutdown)
             .await
-            .context("HTTP server failed")
+            .context("HTTP server failed");
+        self.registration.stop().await;
+        served
     }
 }

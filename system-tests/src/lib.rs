@@ -6,6 +6,11 @@
 //! The broker and database come from `FM_TEST_KAFKA_BROKERS` and `FM_TEST_DATABASE_URL`
 //! (`test_support`, re-exported here: `fresh_kafka`, `fresh_database`); a test run without them
 //! fails at once with a sentence saying how to run it.
+//!
+//! - [`TestStack`]: the three services in this process.
+//! - [`process`]: a service binary as a child process (another build, a signal, a crash).
+//! - [`saga_stack`], [`simulator`], [`smtp_sink`]: the booking flow with the saga runner, the
+//!   payment gateway simulator and an SMTP sink.
 
 use std::time::Duration;
 
@@ -19,6 +24,7 @@ use schemas::Role;
 use secrecy::SecretString;
 use test_support::spawn_app;
 
+pub mod process;
 pub mod saga_stack;
 pub mod simulator;
 pub mod smtp_sink;

@@ -60,10 +60,24 @@ fn harness() -> &'static Harness {
             test_support::spawn_app::<projection_service::Application>(settings, &shutdown)
                 .await
                 .unwrap();
-            (
-                EventProducer::new(&kafka).unwrap(),
-                PgPool::connect(&database_url).await.unwrap(),
+            let pool = PgPool::connect(&database_url).await.unwrap();
+            // The first build of the version switches live at its first check (an empty log);
+            // until then `live.*` does not exist.
+            let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+            while !sqlx::query_scalar::<_, bool>(
+                "SELECT to_regclass('live.projection_offsets') IS NOT NULL",
             )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the read-model version did not go live within a minute"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (EventProducer::new(&kafka).unwrap(), pool)
         });
         Harness {
             runtime,

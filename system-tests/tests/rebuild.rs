@@ -1,7 +1,7 @@
-//! Rebuild without downtime: while the log is replayed into a new read-model version beside the
-//! live one and switched to, clients polling the query-api never get an error or an empty
-//! answer, writes keep landing, and a consistency token taken during the rebuild is honoured
-//! after the switch.
+//! Rebuild without downtime, same shape: while the log is replayed into a new build of the
+//! read-model version beside its live build and switched to, clients polling the query-api never
+//! get an error or an empty answer, writes keep landing, and a consistency token taken during
+//! the rebuild is honoured after the switch. (A change of shape: `read_model_rollout.rs`.)
 
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 #![allow(clippy::too_many_lines)] // One story: seed, poll, write, rebuild, check.
@@ -18,9 +18,7 @@ use std::{
 
 use event_log::EventProducer;
 use projection_service::versions;
-use read_side_support::{
-    append, eventually, facility_registered, live_version, register_facilities,
-};
+use read_side_support::{append, eventually, facility_registered, live_build, register_facilities};
 use reqwest::StatusCode;
 use schemas::{AggregateType, Role};
 use serde_json::Value;
@@ -46,7 +44,7 @@ async fn queries_keep_answering_while_the_read_models_are_rebuilt_and_switched()
         count == 1500
     })
     .await;
-    let before = live_version(&pool).await;
+    let before = live_build(&pool).await;
 
     // Clients poll one facility and the list, and record anything that is not a full answer.
     let stop = Arc::new(AtomicBool::new(false));
@@ -116,22 +114,24 @@ async fn queries_keep_answering_while_the_read_models_are_rebuilt_and_switched()
         })
     };
 
-    let version = versions::request_rebuild(&pool, "rebuild-test")
+    let version = projection_service::READ_MODEL.version;
+    let build = versions::request_rebuild(&pool, version, "rebuild-test")
         .await
-        .unwrap();
-    assert_eq!(version, before + 1);
+        .unwrap()
+        .build();
+    assert!(build > before);
     eventually(
         Duration::from_mins(3),
-        "the new version goes live",
-        || async { live_version(&pool).await == version },
+        "the new build goes live",
+        || async { live_build(&pool).await == build },
     )
     .await;
     eventually(
         Duration::from_mins(1),
-        "the old version is dropped",
+        "the old build is dropped",
         || async {
             let state: String =
-                sqlx::query_scalar("SELECT state FROM projection_versions WHERE version = $1")
+                sqlx::query_scalar("SELECT state FROM read_model_builds WHERE build = $1")
                     .bind(before)
                     .fetch_one(&pool)
                     .await
@@ -139,7 +139,7 @@ async fn queries_keep_answering_while_the_read_models_are_rebuilt_and_switched()
             let schema_left: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM information_schema.schemata WHERE schema_name = $1)",
             )
-            .bind(versions::schema_name(before))
+            .bind(versions::build_schema(version, before))
             .fetch_one(&pool)
             .await
             .unwrap();

@@ -5,7 +5,9 @@
 //! - across services and processes: [`fresh_database`] and [`fresh_kafka`], a database and
 //!   topics of the test's own on the broker and PostgreSQL that `compose/test` started
 //!   (`FM_TEST_DATABASE_URL`, `FM_TEST_KAFKA_BROKERS`);
-//! - and, for every request, a bearer [`token`].
+//! - and, for every request, a bearer [`token`];
+//! - two releases side by side: [`variants::build_variant`], the binaries built once more with
+//!   a test-only feature.
 //!
 //! A test run without the test stack fails at once with a sentence saying how to run it.
 
@@ -16,6 +18,8 @@ use schemas::Role;
 use secrecy::SecretString;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
+
+pub mod variants;
 
 /// The signing secret of test stacks that need no other.
 pub const TEST_SECRET: &str = "system-tests-secret-0123456789abcdef";

@@ -1,4 +1,6 @@
-//! The `bookings` read model, with the saga's progress (today: the lifecycle history).
+//! The `bookings` read model, with the saga's progress (today: the lifecycle history) and, since
+//! read-model version 2, the role of whoever moved the booking to its status
+//! (`status_changed_by`: a cancellation by the `family` or by a `director`, the saga's `system`).
 
 use domain::booking::{BookingEvent, BookingStatus};
 use event_log::resolution::Admission;
@@ -34,8 +36,8 @@ pub(crate) async fn apply(
             sqlx::query(
                 "INSERT INTO bookings (booking_id, facility_id, service_type, status, slot_start, slot_end, slot, \
                  deceased, family_contacts, price_amount_minor, price_currency, requested_by, requested_by_role, \
-                 saga, version, requested_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $16, $14, $15, $15)",
+                 saga, version, requested_at, updated_at, status_changed_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $16, $14, $15, $15, $13)",
             )
             .bind(envelope.aggregate_id)
             .bind(facility_id.as_uuid())
@@ -67,7 +69,8 @@ pub(crate) async fn apply(
     };
     sqlx::query(
         "UPDATE bookings SET status = $2, status_reason = COALESCE($3, status_reason), version = $4, \
-         updated_at = $5, saga = jsonb_set(saga, '{history}', (saga -> 'history') || $6) WHERE booking_id = $1",
+         updated_at = $5, status_changed_by = $7, saga = jsonb_set(saga, '{history}', (saga -> 'history') || $6) \
+         WHERE booking_id = $1",
     )
     .bind(envelope.aggregate_id)
     .bind(wire_text(&status))
@@ -75,6 +78,7 @@ pub(crate) async fn apply(
     .bind(version)
     .bind(envelope.occurred_at)
     .bind(serde_json::json!([step(status, envelope)]))
+    .bind(envelope.actor.role.as_str())
     .execute(&mut *conn)
     .await?;
     Ok(Applied::Changed)

@@ -7,19 +7,21 @@ use schemas::{AggregateType, EventEnvelope, SchemaRegistry, fixtures::booking_st
 use sqlx::{PgConnection, PgPool, pool::PoolConnection, postgres::Postgres};
 
 use super::{Applied, apply};
-use crate::versions;
+use crate::{read_model::READ_MODEL, versions};
 
-/// A connection to the live version's tables, on a database that has just been migrated.
+/// A connection to the tables of this release's first build, on a database that has just been
+/// migrated, as the projector's connections see them.
 async fn live_version(pool: &PgPool) -> PoolConnection<Postgres> {
-    let version = versions::ensure_live_version(pool).await.unwrap();
+    let builds = versions::declare(pool, &READ_MODEL, "test").await.unwrap();
+    let build = builds[0];
+    versions::ensure_build_schema(pool, &READ_MODEL, build.build)
+        .await
+        .unwrap();
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::query(&format!(
-        "SET search_path TO {}",
-        versions::schema_name(version)
-    ))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    sqlx::query(&format!("SET search_path TO {}", build.schema()))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     conn
 }
 
@@ -169,4 +171,32 @@ async fn an_event_that_does_not_decode_is_refused_before_anything_is_written(poo
         "{refused:?}"
     );
     assert_eq!(count(&mut conn, "bookings").await, 0);
+}
+
+#[sqlx::test(migrator = "crate::startup::MIGRATOR")]
+async fn a_booking_remembers_the_role_of_whoever_set_its_status(pool: PgPool) {
+    let mut conn = live_version(&pool).await;
+    let (_, mut story) = booking_story(3);
+    let cancelled = story
+        .iter_mut()
+        .find(|e| e.event_type == "BookingCancelled")
+        .unwrap();
+    cancelled.actor.role = schemas::Role::Family;
+    let (_, confirmed) = booking_story(1);
+
+    apply_all(&mut conn, &story).await;
+    apply_all(&mut conn, &confirmed).await;
+
+    let by_status: Vec<(String, String)> =
+        sqlx::query_as("SELECT status, status_changed_by FROM bookings ORDER BY status")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        by_status,
+        [
+            ("cancelled".to_owned(), "family".to_owned()),
+            ("confirmed".to_owned(), "system".to_owned()),
+        ]
+    );
 }

@@ -32,8 +32,8 @@ const STATUSES: [&str; 6] = [
     "cancelled",
 ];
 
-/// The columns of a [`BookingView`], from `live.bookings b`.
-const COLUMNS: &str = "b.booking_id, b.facility_id, b.service_type, b.status, b.status_reason, b.slot, b.deceased, \
+/// The columns of a [`BookingView`], from `bookings b`.
+const COLUMNS: &str = "b.booking_id, b.facility_id, b.service_type, b.status, b.status_reason, b.status_changed_by, b.slot, b.deceased, \
      b.family_contacts, b.price_amount_minor, b.price_currency, b.saga, b.version, b.requested_at, b.updated_at, \
      b.requested_by, b.slot_start, \
      (SELECT jsonb_build_object('payment_id', p.payment_id, 'status', p.status, \
@@ -41,7 +41,7 @@ const COLUMNS: &str = "b.booking_id, b.facility_id, b.service_type, b.status, b.
         'capture_reference', p.capture_reference, 'decline_reason', p.decline_reason, \
         'refund_reference', p.refund_reference, 'refunded_amount_minor', p.refunded_amount_minor, \
         'version', p.version) \
-      FROM live.payments p WHERE p.booking_id = b.booking_id) AS payment";
+      FROM payments p WHERE p.booking_id = b.booking_id) AS payment";
 
 /// A booking as the read model holds it.
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -53,6 +53,9 @@ pub(crate) struct BookingView {
     status: String,
     /// Why it was rejected, failed or cancelled.
     status_reason: Option<String>,
+    /// The role of whoever moved the booking to its status: `family` or `director` for a
+    /// cancellation, `system` for the saga's steps.
+    status_changed_by: String,
     /// `{"start", "end"}` as requested, RFC 3339 with offsets.
     #[schema(value_type = Object)]
     slot: serde_json::Value,
@@ -171,7 +174,7 @@ pub(crate) async fn get_booking(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     wait_for_token(&headers, &state.pool, &state.consistency).await?;
-    let sql = format!("SELECT {COLUMNS} FROM live.bookings b WHERE b.booking_id = $1");
+    let sql = format!("SELECT {COLUMNS} FROM bookings b WHERE b.booking_id = $1");
     let mut booking: BookingView = sqlx::query_as(&sql)
         .bind(id)
         .fetch_optional(&state.pool)
@@ -270,7 +273,7 @@ pub(crate) async fn list_bookings(
     wait_for_token(&headers, &state.pool, &state.consistency).await?;
 
     let mut query: QueryBuilder<'_, Postgres> =
-        QueryBuilder::new(format!("SELECT {COLUMNS} FROM live.bookings b WHERE true"));
+        QueryBuilder::new(format!("SELECT {COLUMNS} FROM bookings b WHERE true"));
     if caller.role == Role::Family {
         query
             .push(" AND b.requested_by = ")

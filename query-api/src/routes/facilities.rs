@@ -23,8 +23,14 @@ use crate::{
     params::{Cursor, Params},
 };
 
+#[cfg(not(feature = "next-read-model"))]
 const COLUMNS: &str = "facility_id, name, kind, capacity, time_zone, opening_hours, turnaround_minutes, version, \
      registered_at, updated_at";
+
+/// Read-model version 3 (test-only) has a column more.
+#[cfg(feature = "next-read-model")]
+const COLUMNS: &str = "facility_id, name, kind, capacity, time_zone, opening_hours, turnaround_minutes, version, \
+     registered_at, updated_at, name_key";
 
 /// The longest range a calendar query may span.
 pub(crate) const MAX_CALENDAR_RANGE: Duration = Duration::days(31);
@@ -46,6 +52,9 @@ pub(crate) struct FacilityView {
     version: i64,
     registered_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// The name in lower case, for searching (read-model version 3, test-only).
+    #[cfg(feature = "next-read-model")]
+    name_key: String,
 }
 
 /// Read one facility.
@@ -79,7 +88,7 @@ pub(crate) async fn get_facility(
 }
 
 async fn find(state: &AppState, id: Uuid) -> Result<FacilityView, ApiError> {
-    let sql = format!("SELECT {COLUMNS} FROM live.facilities WHERE facility_id = $1");
+    let sql = format!("SELECT {COLUMNS} FROM facilities WHERE facility_id = $1");
     sqlx::query_as(&sql)
         .bind(id)
         .fetch_optional(&state.pool)
@@ -137,7 +146,7 @@ pub(crate) async fn list_facilities(
     params.finish()?;
     wait_for_token(&headers, &state.pool, &state.consistency).await?;
     let mut query: QueryBuilder<'_, Postgres> =
-        QueryBuilder::new(format!("SELECT {COLUMNS} FROM live.facilities WHERE true"));
+        QueryBuilder::new(format!("SELECT {COLUMNS} FROM facilities WHERE true"));
     if let Some(cursor) = cursor {
         query
             .push(" AND (registered_at, facility_id) > (")
@@ -272,10 +281,10 @@ pub(crate) async fn get_calendar(
     let sql = format!(
         "SELECT {COLUMNS}, COALESCE((SELECT jsonb_agg(jsonb_build_object('booking_id', r.booking_id, \
          'start', r.slot_start, 'end', r.slot_end) ORDER BY r.slot_start, r.booking_id) \
-         FROM live.reservations r WHERE r.facility_id = f.facility_id \
+         FROM reservations r WHERE r.facility_id = f.facility_id \
          AND r.slot_start < $3 + make_interval(mins => f.turnaround_minutes) \
          AND r.slot_end > $2 - make_interval(mins => f.turnaround_minutes)), '[]'::jsonb) AS nearby \
-         FROM live.facilities f WHERE f.facility_id = $1"
+         FROM facilities f WHERE f.facility_id = $1"
     );
     let row: CalendarRow = sqlx::query_as(&sql)
         .bind(id)

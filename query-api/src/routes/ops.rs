@@ -10,9 +10,11 @@ use platform::{
 use utoipa::OpenApi;
 
 use super::AppState;
+use crate::{error::is_missing_relation, read_model};
 
-/// `GET /ready`: Postgres answers and a live read-model version exists (the projection-service
-/// creates it when it first starts).
+/// `GET /ready`: Postgres answers and this release's read-model version has a live build (its
+/// views exist; a projection-service of this release builds it from the log and switches it
+/// live once caught up).
 pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
     let postgres = probe(Duration::from_secs(2), async {
         sqlx::query("SELECT 1")
@@ -22,10 +24,20 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
     })
     .await;
     let live = probe(Duration::from_secs(2), async {
-        sqlx::query("SELECT 1 FROM live.projection_offsets LIMIT 1")
+        match sqlx::query("SELECT 1 FROM projection_offsets LIMIT 1")
             .execute(&state.pool)
             .await
-            .map(|_| ())
+        {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(error)) if is_missing_relation(error.code().as_deref()) => {
+                Err(format!(
+                    "read-model version {} has no live build yet: a projection-service of this \
+                     release builds it from the log (`fmctl projections status`)",
+                    read_model::VERSION
+                ))
+            }
+            Err(error) => Err(error.to_string()),
+        }
     })
     .await;
     ReadyReport::new(vec![

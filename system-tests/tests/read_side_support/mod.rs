@@ -58,12 +58,13 @@ pub(crate) async fn dump(pool: &PgPool, schema: &str) -> Vec<(String, Vec<Value>
     all
 }
 
-/// The live version's number.
-pub(crate) async fn live_version(pool: &PgPool) -> i32 {
-    sqlx::query_scalar("SELECT version FROM projection_versions WHERE state = 'live'")
+/// The live build of this release's read-model version.
+pub(crate) async fn live_build(pool: &PgPool) -> i32 {
+    sqlx::query_scalar("SELECT build FROM read_model_builds WHERE version = $1 AND state = 'live'")
+        .bind(projection_service::READ_MODEL.version)
         .fetch_one(pool)
         .await
-        .expect("a live version exists")
+        .expect("a live build exists")
 }
 
 /// Polls `check` every 100 ms until it answers `true`, for at most `within`.
