@@ -281,7 +281,7 @@ impl Reconciler {
                 store::doubt_capture_again(&mut *tx, finding.booking_id).await?;
             }
         }
-        store::save_reconciliation(&mut *tx, &report).await?;
+        save_report(&mut *tx, &report).await?;
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!("payment_reconciliation_discrepancies")
             .set(report.discrepancies.len() as f64);
@@ -291,6 +291,35 @@ impl Reconciler {
         metrics::counter!("payment_reconciliation_runs_total", "result" => "ok").increment(1);
         Ok(report)
     }
+}
+
+/// Stores a run's report (table `reconciliations`), keeping the last hundred.
+pub async fn save_report(conn: &mut PgConnection, report: &Report) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO reconciliations (started_at, discrepancies, report) VALUES ($1, $2, $3)",
+    )
+    .bind(report.started_at.unwrap_or_else(Utc::now))
+    .bind(i32::try_from(report.discrepancies.len()).unwrap_or(i32::MAX))
+    .bind(sqlx::types::Json(report))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "DELETE FROM reconciliations WHERE id NOT IN \
+         (SELECT id FROM reconciliations ORDER BY finished_at DESC LIMIT 100)",
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The last reconciliation's report, if one ran.
+pub async fn last_report(pool: &PgPool) -> anyhow::Result<Option<Report>> {
+    let row: Option<sqlx::types::Json<Report>> = sqlx::query_scalar(
+        "SELECT report FROM reconciliations ORDER BY finished_at DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|report| report.0))
 }
 
 #[cfg(test)]

@@ -418,7 +418,7 @@ pub(crate) async fn last_reconciliation(
     caller: Caller,
 ) -> Result<Json<Report>, ApiError> {
     caller.require(OPS_ROLES)?;
-    store::last_reconciliation(&state.pool)
+    crate::reconcile::last_report(&state.pool)
         .await
         .map_err(|error| ApiError::Upstream(error.to_string()))?
         .map(Json)

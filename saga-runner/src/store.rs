@@ -205,40 +205,6 @@ pub async fn doubt_capture_again(conn: &mut PgConnection, booking_id: Uuid) -> s
     Ok(())
 }
 
-/// Stores a reconciliation's report, keeping the last hundred.
-pub async fn save_reconciliation(
-    conn: &mut PgConnection,
-    report: &crate::reconcile::Report,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO reconciliations (started_at, discrepancies, report) VALUES ($1, $2, $3)",
-    )
-    .bind(report.started_at.unwrap_or_else(Utc::now))
-    .bind(i32::try_from(report.discrepancies.len()).unwrap_or(i32::MAX))
-    .bind(sqlx::types::Json(report))
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "DELETE FROM reconciliations WHERE id NOT IN \
-         (SELECT id FROM reconciliations ORDER BY finished_at DESC LIMIT 100)",
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The last reconciliation's report, if one ran.
-pub async fn last_reconciliation(
-    pool: &PgPool,
-) -> anyhow::Result<Option<crate::reconcile::Report>> {
-    let row: Option<sqlx::types::Json<crate::reconcile::Report>> = sqlx::query_scalar(
-        "SELECT report FROM reconciliations ORDER BY finished_at DESC, id DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|report| report.0))
-}
-
 /// Sagas whose next step is due, soonest first.
 pub async fn due(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
