@@ -13,8 +13,11 @@
 //!    loses the whole transaction, and the batch is read again;
 //! 3. a batch that fails (PostgreSQL or the broker down) is retried whole, after a [`Backoff`]
 //!    that doubles up to a cap, until it commits or the consumer is shut down;
-//! 4. on shutdown it finishes (or abandons, while backing off) the batch in hand and returns;
-//!    whatever did not commit is read again by the next start.
+//! 4. on shutdown it finishes (or abandons, while backing off) the batch in hand and returns
+//!    at once, taking no further batch: whatever did not commit is read again by the next
+//!    start. (A consumer that went on after abandoning a batch would commit offsets past it,
+//!    and the abandoned records would never be read: the saga runner, whose shutdown is the
+//!    loss of its lock, once skipped records so when PostgreSQL restarted mid-batch.)
 //!
 //! What a record means is the applier's business: the projector changes read models, the saga
 //! changes its facts. Each says what a record came to with one [`RecordOutcome`].
@@ -277,27 +280,43 @@ impl<A: BatchApplier> BatchConsumer<A> {
             .stream()
             .ready_chunks(batcher.config.batch_size.max(1));
         loop {
-            tokio::select! {
+            // Biased: once shut down, no further batch is taken, whatever is ready.
+            let batch = tokio::select! {
+                biased;
                 () = shutdown.cancelled() => break,
-                batch = ready.next() => {
-                    let Some(batch) = batch else { break };
-                    let messages: Vec<_> = batch
-                        .into_iter()
-                        .filter_map(|message| {
-                            message
-                                .inspect_err(|error| tracing::warn!(%error, "error reading the log; going on"))
-                                .ok()
-                        })
-                        .collect();
-                    let records: Vec<Record<'_>> = messages.iter().map(Record::new).collect();
-                    if !records.is_empty() {
-                        batcher.apply_until_done(&records, &shutdown).await;
-                    }
-                }
+                batch = ready.next() => batch,
+            };
+            let Some(batch) = batch else { break };
+            let messages: Vec<_> = batch
+                .into_iter()
+                .filter_map(|message| {
+                    message
+                        .inspect_err(
+                            |error| tracing::warn!(%error, "error reading the log; going on"),
+                        )
+                        .ok()
+                })
+                .collect();
+            let records: Vec<Record<'_>> = messages.iter().map(Record::new).collect();
+            if records.is_empty() {
+                continue;
+            }
+            if batcher.apply_until_done(&records, &shutdown).await == Batch::Abandoned {
+                // The records after an abandoned batch must not commit: their offsets would
+                // pass it, and it would never be read again.
+                break;
             }
         }
         tracing::info!(consumer = %batcher.config.client_id, "consumer stopped");
     }
+}
+
+/// What became of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    Committed,
+    /// Shut down while it was failing: not committed, read again by the next start.
+    Abandoned,
 }
 
 /// Everything but the Kafka client, which the record stream borrows while batches are applied.
@@ -310,17 +329,24 @@ struct Batcher<A> {
 
 impl<A: BatchApplier> Batcher<A> {
     /// Applies one batch, retrying with backoff while the database or broker is down.
-    async fn apply_until_done(&self, records: &[Record<'_>], shutdown: &CancellationToken) {
+    async fn apply_until_done(
+        &self,
+        records: &[Record<'_>],
+        shutdown: &CancellationToken,
+    ) -> Batch {
         let mut delays = self.config.backoff.delays();
         loop {
             let started = std::time::Instant::now();
             let result = self.apply_batch(records).await;
             self.applier.attempted(result.is_ok(), started.elapsed());
-            let Err(error) = result else { return };
+            let Err(error) = result else {
+                return Batch::Committed;
+            };
             tracing::error!(%error, consumer = %self.config.client_id, records = records.len(), "could not apply a batch; retrying");
             let delay = delays.next().unwrap_or(self.config.backoff.max);
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                biased;
+                () = shutdown.cancelled() => return Batch::Abandoned,
                 () = tokio::time::sleep(delay) => {}
             }
         }
