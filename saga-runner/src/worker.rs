@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::{
     actions::{Effects, Failure, StepOutcome},
-    saga::{Deadlines, Decision, Saga, Stage, Step},
+    saga::{Deadlines, Decision, Learned, Saga, Stage, Step},
     store::{self, HistoryEntry, Schedule},
 };
 
@@ -219,33 +219,18 @@ impl Worker {
             current.park_for_good(step, error);
         }
         let next = current.decide(now);
-        let same_step = matches!(&next, Decision::Do(next_step) if next_step == step);
-        let (attempts, next_attempt_at) = match (&outcome, &next) {
-            (_, Decision::Wait | Decision::Done | Decision::Parked) => (0, idle_until(now)),
-            _ if facts_moved && !same_step => (0, now),
-            // A lookup that found nothing while the last request may still be in flight: look
-            // again now and then, and once the window has passed (when nothing is believed).
-            (StepOutcome::Performed { .. }, _) if same_step && *step == Step::LookupCapture => {
-                let again = now + to_delta(self.config.backoff.max);
-                let settles = current
-                    .capture
-                    .settles_at(self.config.deadlines.settle)
-                    .unwrap_or(again);
-                (0, again.min(settles.max(now)))
-            }
-            (StepOutcome::Performed { .. }, _) if same_step => {
-                (0, now + to_delta(self.config.await_event))
-            }
-            (StepOutcome::Performed { .. }, _) => (0, now),
-            (StepOutcome::Failed { .. }, _) => {
-                let attempts = if same_step { row.attempts + 1 } else { 1 };
-                let delay = self.config.backoff.delay(
-                    u32::try_from(attempts - 1).unwrap_or(0),
-                    rand::random::<f64>(),
-                );
-                (attempts, now + to_delta(delay))
-            }
-        };
+        let (attempts, next_attempt_at) = next_attempt(
+            &Tried {
+                step,
+                outcome: &outcome,
+                next: &next,
+                facts_moved,
+                attempts_before: row.attempts,
+                settles_at: current.capture.settles_at(self.config.deadlines.settle),
+            },
+            &self.config,
+            now,
+        );
         let performed = matches!(outcome, StepOutcome::Performed { .. });
         if performed && let Some(kind) = step.compensation() {
             metrics::counter!("saga_compensations_total", "kind" => kind).increment(1);
@@ -317,6 +302,62 @@ fn crash(step: &str) -> ! {
     std::process::abort()
 }
 
+/// A step just tried, as far as scheduling the saga's next pass is concerned.
+struct Tried<'a> {
+    step: &'a Step,
+    outcome: &'a StepOutcome,
+    /// What the saga decided after it.
+    next: &'a Decision,
+    /// Whether the consumer changed the facts while the step ran.
+    facts_moved: bool,
+    /// Failed attempts of this step in a row before this one.
+    attempts_before: i32,
+    /// When a lookup that finds nothing will be believed.
+    settles_at: Option<DateTime<Utc>>,
+}
+
+/// When the saga is due again after `tried`, and its failed attempts in a row.
+fn next_attempt(
+    tried: &Tried<'_>,
+    config: &WorkerConfig,
+    now: DateTime<Utc>,
+) -> (i32, DateTime<Utc>) {
+    let same_step = matches!(tried.next, Decision::Do(next_step) if next_step == tried.step);
+    match (tried.outcome, tried.next) {
+        (_, Decision::Wait | Decision::Done | Decision::Parked) => (0, idle_until(now)),
+        _ if tried.facts_moved && !same_step => (0, now),
+        // A lookup that found nothing while the last request may still be in flight: look
+        // again now and then, and once the window has passed (when nothing is believed).
+        (
+            StepOutcome::Performed {
+                learned: Some(Learned::NothingFound),
+            },
+            _,
+        ) if same_step && *tried.step == Step::LookupCapture => {
+            let again = now + to_delta(config.backoff.max);
+            let settles = tried.settles_at.unwrap_or(again);
+            (0, again.min(settles.max(now)))
+        }
+        // Its event is on its way (a lookup that found the capture has recorded it too): wait
+        // for it before doing the step again. Without this wait a recorded capture whose event
+        // did not arrive was looked up again at once, in a loop, for ever.
+        (StepOutcome::Performed { .. }, _) if same_step => (0, now + to_delta(config.await_event)),
+        (StepOutcome::Performed { .. }, _) => (0, now),
+        (StepOutcome::Failed { .. }, _) => {
+            let attempts = if same_step {
+                tried.attempts_before + 1
+            } else {
+                1
+            };
+            let delay = config.backoff.delay(
+                u32::try_from(attempts - 1).unwrap_or(0),
+                rand::random::<f64>(),
+            );
+            (attempts, now + to_delta(delay))
+        }
+    }
+}
+
 fn to_delta(duration: Duration) -> TimeDelta {
     TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
 }
@@ -348,5 +389,79 @@ pub async fn publish_gauges(pool: PgPool, interval: Duration, shutdown: Cancella
             }
             Err(error) => tracing::debug!(%error, "cannot count sagas"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::{TimeDelta, Utc};
+
+    use super::{Tried, WorkerConfig, next_attempt, to_delta};
+    use crate::{
+        actions::StepOutcome,
+        saga::{Deadlines, Decision, Learned, Step},
+    };
+
+    fn config() -> WorkerConfig {
+        WorkerConfig {
+            concurrency: 1,
+            await_event: Duration::from_secs(3),
+            poll_interval: Duration::from_secs(1),
+            backoff: payment_gateway::Backoff::default(),
+            crash_after: None,
+            deadlines: Deadlines::default(),
+            instance: "test".to_owned(),
+        }
+    }
+
+    fn lookup_again_after(learned: Learned, settles_in: TimeDelta) -> TimeDelta {
+        let now = Utc::now();
+        let config = config();
+        let outcome = StepOutcome::Performed {
+            learned: Some(learned),
+        };
+        let (attempts, due) = next_attempt(
+            &Tried {
+                step: &Step::LookupCapture,
+                outcome: &outcome,
+                next: &Decision::Do(Step::LookupCapture),
+                facts_moved: false,
+                attempts_before: 0,
+                settles_at: Some(now + settles_in),
+            },
+            &config,
+            now,
+        );
+        assert_eq!(attempts, 0);
+        due - now
+    }
+
+    #[test]
+    fn a_lookup_that_recorded_the_capture_waits_for_its_event_even_past_the_settle_window() {
+        // The soak's hot loop: the capture was found and recorded, its event had not arrived,
+        // and the lookup ran again at once, ten times a second, for minutes.
+        let wait = lookup_again_after(Learned::CaptureRecorded, TimeDelta::seconds(-60));
+        assert_eq!(wait, to_delta(config().await_event));
+    }
+
+    #[test]
+    fn a_lookup_that_found_nothing_looks_again_when_the_window_settles() {
+        assert_eq!(
+            lookup_again_after(Learned::NothingFound, TimeDelta::seconds(-1)),
+            TimeDelta::zero(),
+            "past the window: at once, when nothing is believed"
+        );
+        assert_eq!(
+            lookup_again_after(Learned::NothingFound, TimeDelta::seconds(2)),
+            TimeDelta::seconds(2),
+            "the window ends before the backoff's longest delay"
+        );
+        assert_eq!(
+            lookup_again_after(Learned::NothingFound, TimeDelta::minutes(5)),
+            to_delta(config().backoff.max),
+            "now and then while the window is long"
+        );
     }
 }
