@@ -7,6 +7,7 @@
 mod dead_letters;
 mod inspect;
 mod lag;
+mod payments;
 mod rebuild;
 mod sagas;
 
@@ -27,7 +28,7 @@ use serde::Deserialize;
     about = "Operate Funeral Manager: topics, events, lag, read models, dead letters, tokens."
 )]
 #[command(
-    after_help = "Examples:\n  fmctl topics ensure\n  fmctl topics list\n  fmctl events tail --topic booking --follow\n  fmctl events history --booking <BOOKING_ID>\n  fmctl lag --fail-over 1000\n  fmctl sagas --filter stuck\n  fmctl dead-letters list\n  fmctl dead-letters show --offset 17\n  fmctl token mint --role director --subject director-1\n  fmctl token mint --role family --subject family-42 --ttl-days 7"
+    after_help = "Examples:\n  fmctl topics ensure\n  fmctl topics list\n  fmctl events tail --topic booking --follow\n  fmctl events history --booking <BOOKING_ID>\n  fmctl lag --fail-over 1000\n  fmctl sagas --filter stuck\n  fmctl payments reconcile --now --fail-if-any\n  fmctl dead-letters list\n  fmctl dead-letters show --offset 17\n  fmctl token mint --role director --subject director-1\n  fmctl token mint --role family --subject family-42 --ttl-days 7"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -55,6 +56,9 @@ enum Command {
     Lag(lag::LagArgs),
     /// The booking sagas: in flight, stuck, compensated, done; one booking's saga in full.
     Sagas(sagas::SagasArgs),
+    /// Payments: the reconciliation of the gateway's captures with the log.
+    #[command(subcommand)]
+    Payments(payments::PaymentsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(command) => inspect::events(command).await?,
         Command::Lag(args) => lag::lag(args).await?,
         Command::Sagas(args) => sagas::sagas(args).await?,
+        Command::Payments(command) => payments::payments(command).await?,
         Command::Topics(TopicsCommand::List(args)) => inspect::topics_list(args).await?,
         Command::Topics(TopicsCommand::Ensure { repair }) => {
             topics_ensure(&settings.kafka, repair).await?;

@@ -143,7 +143,7 @@ struct AuthSection {
 }
 
 /// An `ops` token for `subject`, minted from the deployment's secret.
-fn ops_token(subject: &str) -> anyhow::Result<String> {
+pub(crate) fn ops_token(subject: &str) -> anyhow::Result<String> {
     let settings: Settings =
         platform::settings::load().context("Failed to read the FM_* configuration")?;
     let secret = settings

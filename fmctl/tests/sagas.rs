@@ -42,6 +42,15 @@ async fn start_runner(
     simulator: &Simulator,
     sink: &SmtpSink,
 ) -> (String, CancellationToken) {
+    start_runner_mailing(stack, simulator, sink.settings()).await
+}
+
+/// As [`start_runner`], sending its letters through `smtp`.
+async fn start_runner_mailing(
+    stack: &TestStack,
+    simulator: &Simulator,
+    smtp: notifications::SmtpSettings,
+) -> (String, CancellationToken) {
     let mut settings = saga_runner::Settings::with_secret(TEST_SECRET);
     settings.http = platform::settings::HttpSettings::on_port(0);
     settings.kafka = stack.kafka.clone();
@@ -51,7 +60,7 @@ async fn start_runner(
     };
     settings.saga.command_url.clone_from(&stack.command_url);
     settings.gateway = simulator.gateway_settings();
-    settings.smtp = sink.settings();
+    settings.smtp = smtp;
     let shutdown = CancellationToken::new();
     let saga_url = test_support::spawn_app::<saga_runner::Application>(settings, &shutdown)
         .await
@@ -277,6 +286,232 @@ async fn a_permanent_failure_parks_the_saga_and_an_operator_resolves_it_by_hand(
         run.stderr.contains("refused to retry the saga"),
         "{}",
         run.stderr
+    );
+    shutdown.cancel();
+}
+
+/// Issue 14: `fmctl payments reconcile` shows the runner's payment reconciliation. Before any
+/// run it says so (exit 1); a run over a clean ledger passes `--fail-if-any`; a capture the
+/// provider made for a booking no saga knows is a discrepancy, named with its booking, that
+/// `--fail-if-any` turns into exit 1; without `--now` the last report is shown again.
+#[tokio::test]
+async fn payments_reconcile_names_a_capture_that_no_booking_kept() {
+    use domain::values::{BookingId, Currency, Money};
+    use payment_gateway::{CaptureRequest, HttpGateway, PaymentGateway};
+
+    let stack = TestStack::spawn().await.unwrap();
+    let simulator = Simulator::spawn().await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let (saga_url, shutdown) = start_runner(&stack, &simulator, &sink).await;
+
+    let none = fmctl(&saga_url, &["payments", "reconcile"]).await;
+    assert_eq!(none.status, 1, "{}", none.stdout);
+    assert!(
+        none.stderr.contains("no reconciliation has run yet"),
+        "{}",
+        none.stderr
+    );
+    let clean = fmctl(
+        &saga_url,
+        &["payments", "reconcile", "--now", "--fail-if-any"],
+    )
+    .await;
+    assert_eq!(clean.status, 0, "{}{}", clean.stdout, clean.stderr);
+    assert!(
+        clean.stdout.contains("0 discrepancy(ies)"),
+        "{}",
+        clean.stdout
+    );
+
+    // Money taken at the provider for a booking that nobody asked the system for.
+    let stray = uuid::Uuid::new_v4();
+    HttpGateway::new(&simulator.gateway_settings())
+        .unwrap()
+        .capture(&CaptureRequest {
+            idempotency_key: format!("stray-{stray}"),
+            booking_id: BookingId::from_uuid(stray),
+            amount: Money::new(12_345, Currency::GBP).unwrap(),
+        })
+        .await
+        .unwrap();
+    let found = fmctl(
+        &saga_url,
+        &["payments", "reconcile", "--now", "--fail-if-any"],
+    )
+    .await;
+    assert_eq!(found.status, 1, "{}{}", found.stdout, found.stderr);
+    assert!(found.stdout.contains("unknown_booking"), "{}", found.stdout);
+    assert!(
+        found.stdout.contains(&stray.to_string()),
+        "{}",
+        found.stdout
+    );
+    assert!(found.stdout.contains("12345 GBP"), "{}", found.stdout);
+    assert!(
+        found
+            .stderr
+            .contains("the reconciliation found 1 capture(s) that no booking kept"),
+        "{}",
+        found.stderr
+    );
+
+    let last = fmctl(&saga_url, &["payments", "reconcile", "--output", "json"]).await;
+    assert_eq!(last.status, 0, "{}", last.stderr);
+    let report: Value = serde_json::from_str(&last.stdout).unwrap();
+    assert_eq!(report["discrepancies"][0]["booking_id"], stray.to_string());
+    assert_eq!(report["discrepancies"][0]["kept_minor"], 12_345);
+    shutdown.cancel();
+}
+
+/// Polls `fmctl sagas --booking` until `until` holds of the saga; returns it.
+async fn saga_when(
+    saga_url: &str,
+    booking: &str,
+    what: &str,
+    until: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+    loop {
+        let run = fmctl(
+            saga_url,
+            &["sagas", "--booking", booking, "--output", "json"],
+        )
+        .await;
+        if run.status != 0 && run.stderr.contains("no saga for that booking") {
+            // The runner has not read the request yet.
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: {}",
+                run.stderr
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        assert_eq!(run.status, 0, "{}", run.stderr);
+        let saga: Value = serde_json::from_str(&run.stdout).unwrap();
+        if until(&saga) {
+            return saga;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {saga}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// An operator's action through `fmctl sagas <action>`, as `alice`, which must be recorded.
+async fn act(saga_url: &str, action: &str, booking: &str, extra: &[&str]) {
+    let mut args = vec![
+        "sagas",
+        action,
+        "--booking",
+        booking,
+        "--reason",
+        "the mail server is down for maintenance",
+        "--operator",
+        "alice",
+    ];
+    args.extend_from_slice(extra);
+    let run = fmctl(saga_url, &args).await;
+    assert_eq!(run.status, 0, "{action}: {}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(&format!("{action}: recorded")),
+        "{}",
+        run.stdout
+    );
+}
+
+/// Issue 14, point 4: park, retry and skip end to end. The mail server is unreachable, so the
+/// confirmed booking's letter fails again and again (transiently: it is retried). An operator
+/// parks the saga (it shows in `--filter parked` and nothing more is tried), retries it (it
+/// tries the letter again, and fails again), then skips the letter: the saga is done, the
+/// booking stays confirmed with its money, and each action is kept with who did it and why.
+#[tokio::test]
+async fn an_operator_parks_retries_and_skips_a_letter_that_cannot_be_sent() {
+    let stack = TestStack::spawn().await.unwrap();
+    let simulator = Simulator::spawn().await.unwrap();
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let smtp = notifications::SmtpSettings {
+        timeout: Duration::from_secs(1),
+        ..notifications::SmtpSettings::local(nowhere)
+    };
+    let (saga_url, shutdown) = start_runner_mailing(&stack, &simulator, smtp).await;
+    let booking = book(&stack).await;
+
+    // Confirmed and paid, then stuck on its letter.
+    let failing = saga_when(
+        &saga_url,
+        &booking,
+        "the letter is not being retried",
+        |saga| {
+            saga["facts"]["status"] == "confirmed"
+                && saga["done"] == false
+                && saga["attempts"].as_i64().unwrap_or_default() >= 2
+        },
+    )
+    .await;
+    assert!(
+        failing["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{failing}"
+    );
+
+    act(&saga_url, "park", &booking, &[]).await;
+    let parked = saga_when(&saga_url, &booking, "not parked", |saga| {
+        saga["stage"] == "parked"
+    })
+    .await;
+    let run = fmctl(
+        &saga_url,
+        &["sagas", "--filter", "parked", "--output", "json"],
+    )
+    .await;
+    assert!(run.stdout.contains(&booking), "{}", run.stdout);
+    // Parked: no pass while it stays so.
+    let history_len = parked["history"].as_array().map_or(0, Vec::len);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = saga_when(&saga_url, &booking, "parked", |_| true).await;
+    assert_eq!(still["stage"], "parked", "{still}");
+    assert_eq!(
+        still["history"].as_array().map_or(0, Vec::len),
+        history_len,
+        "a parked saga is left alone: {still}"
+    );
+
+    act(&saga_url, "retry", &booking, &[]).await;
+    let retried = saga_when(&saga_url, &booking, "not retried", |saga| {
+        saga["stage"] != "parked" && saga["history"].as_array().map_or(0, Vec::len) > history_len
+    })
+    .await;
+    assert_eq!(
+        retried["done"], false,
+        "the letter still cannot go: {retried}"
+    );
+
+    act(
+        &saga_url,
+        "skip",
+        &booking,
+        &["--step", "notify_confirmation"],
+    )
+    .await;
+    let done = saga_when(&saga_url, &booking, "not done", |saga| saga["done"] == true).await;
+    assert_eq!(done["facts"]["status"], "confirmed", "{done}");
+    let ledger = simulator.ledger().await.unwrap();
+    let captures = ledger.captures_for(booking.parse().unwrap());
+    assert_eq!(captures.len(), 1, "{done}");
+    assert!(
+        ledger.refunds_for(booking.parse().unwrap()).is_empty(),
+        "{done}"
+    );
+    let control = done["facts"]["control"].to_string();
+    assert!(control.contains("alice"), "who acted is kept: {done}");
+    assert!(
+        control.contains("the mail server is down for maintenance"),
+        "why is kept: {done}"
     );
     shutdown.cancel();
 }
