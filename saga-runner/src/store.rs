@@ -260,7 +260,7 @@ pub async fn scheduled(
 
 /// One entry of a saga's history: one pass that performed a step, by which runner, from when
 /// (`began`, after it took the booking's lock) to when (`at`, before it released it). Two
-/// passes on one booking never overlap (checked by `tests/load.rs` with two runners).
+/// passes on one booking never overlap (checked by `tests/two_runners.rs`).
 #[derive(Debug, Serialize)]
 pub struct HistoryEntry<'a> {
     pub step: &'a str,

@@ -202,6 +202,53 @@ async fn a_capture_whose_answer_times_out_is_looked_up_and_the_booking_confirmed
     );
 }
 
+/// Issue 14: a real provider finishes a capture whose client gave up. The simulator's
+/// `detached_capture` works on it for 4 s, past the runner's 1.5 s request timeout and its 1 s
+/// capture deadline, and meanwhile a lookup finds nothing. Believing that "nothing" at once
+/// would fail the booking and leave the family charged; the runner believes it only after its
+/// settle window (8 s here), so it finds the capture, records it and confirms.
+#[tokio::test]
+async fn a_capture_the_provider_finishes_after_its_client_gave_up_is_found_and_confirmed() {
+    let saga = spawn(SagaOptions {
+        capture_deadline: Duration::from_secs(1),
+        gateway_timeout: Duration::from_millis(1500),
+        settle_window: Some(Duration::from_secs(8)),
+        ..SagaOptions::default()
+    })
+    .await;
+    saga.simulator
+        .set_behaviour(Behaviour {
+            delay_ms: Some(4_000),
+            ..Behaviour::once(Mode::DetachedCapture)
+        })
+        .await
+        .unwrap();
+    let facility = saga.register_facility().await.unwrap();
+    let booking = saga.request_booking(facility, 3, 4, PRICE).await.unwrap();
+
+    let done = saga.wait_done(booking, DONE_WITHIN).await.unwrap();
+    let performed = steps(&done);
+    for compensation in ["release_slot", "fail", "refund"] {
+        assert!(
+            !performed.iter().any(|step| step == compensation),
+            "{compensation} in {performed:?}"
+        );
+    }
+    assert!(
+        performed.contains(&"lookup_capture".to_owned()),
+        "the capture's answer was lost, so the runner had to look it up: {performed:?}"
+    );
+    assert_eq!(performed.last().unwrap(), "notify_confirmation", "{done}");
+    saga.booking_with_status(booking, "confirmed")
+        .await
+        .unwrap();
+    assert_eq!(net_money(&saga, booking).await, (1, 0, PRICE));
+    assert_eq!(
+        saga.mails_for(booking),
+        [message_id("confirmation", booking)]
+    );
+}
+
 #[tokio::test]
 async fn with_the_gateway_down_the_breaker_opens_bookings_fail_cleanly_and_it_closes_again() {
     let saga_options = SagaOptions {

@@ -9,6 +9,7 @@
 //!
 //! - [`TestStack`]: the three services in this process.
 //! - [`process`]: a service binary as a child process (another build, a signal, a crash).
+//! - [`private`]: a PostgreSQL and a Kafka node of the test's own, to stop, stall or restart.
 //! - [`saga_stack`], [`simulator`], [`smtp_sink`]: the booking flow with the saga runner, the
 //!   payment gateway simulator and an SMTP sink.
 
@@ -24,12 +25,13 @@ use schemas::Role;
 use secrecy::SecretString;
 use test_support::spawn_app;
 
+pub mod private;
 pub mod process;
 pub mod saga_stack;
 pub mod simulator;
 pub mod smtp_sink;
 
-pub use test_support::{TEST_SECRET, fresh_database, fresh_kafka, required_env};
+pub use test_support::{TEST_SECRET, fresh_database, fresh_kafka, fresh_kafka_on, required_env};
 
 /// The three services, running in this process.
 #[derive(Debug)]
@@ -46,7 +48,12 @@ pub struct TestStack {
 impl TestStack {
     /// Starts every service on fresh topics and a fresh database and waits until all are ready.
     pub async fn spawn() -> anyhow::Result<Self> {
-        let kafka = fresh_kafka().await?;
+        Self::spawn_on(fresh_kafka().await?).await
+    }
+
+    /// Starts every service on `kafka` (e.g. a broker of the test's own, [`private`]) and a
+    /// fresh database, and waits until all are ready.
+    pub async fn spawn_on(kafka: KafkaSettings) -> anyhow::Result<Self> {
         let database_url = fresh_database().await?;
         let shutdown = CancellationToken::new();
         let http_settings = HttpSettings::on_port(0);

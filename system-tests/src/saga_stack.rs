@@ -1,7 +1,9 @@
 //! [`SagaStack`]: the whole booking flow for a test — the three services in-process
 //! ([`TestStack`]), the gateway [`Simulator`], an [`SmtpSink`], and the saga runner as a real
 //! **process** (its binary path comes from the test, `env!("CARGO_BIN_EXE_saga-runner")`), so a
-//! test can SIGKILL it and start it again on the same database and topics.
+//! test can SIGKILL it and start it again on the same database and topics. A test may add more
+//! runner processes on the same database ([`SagaStack::add_runner`]), as a deployment with
+//! several replicas has.
 
 use std::{
     path::{Path, PathBuf},
@@ -55,21 +57,37 @@ pub struct SagaStack {
     pub stack: TestStack,
     pub simulator: Simulator,
     pub sink: SmtpSink,
-    /// The runner's base URL (its port stays the same across restarts).
+    /// The first runner's base URL (its port stays the same across restarts).
     pub saga_url: String,
     /// What the next `start_runner` uses (a test may change it between restarts).
     pub options: SagaOptions,
     binary: PathBuf,
-    port: u16,
-    runner: Option<Child>,
+    /// Runner 0 is the first; [`Self::add_runner`] adds more. Each keeps its port.
+    runners: Vec<RunnerProcess>,
     log_dir: PathBuf,
     starts: u32,
+}
+
+/// One saga-runner process of the stack: its port, and the process while it runs.
+#[derive(Debug)]
+struct RunnerProcess {
+    port: u16,
+    child: Option<Child>,
 }
 
 impl SagaStack {
     /// Starts everything and waits until the runner is ready.
     pub async fn spawn(binary: &Path, options: SagaOptions) -> anyhow::Result<Self> {
-        let stack = TestStack::spawn().await?;
+        Self::spawn_with(TestStack::spawn().await?, binary, options).await
+    }
+
+    /// As [`Self::spawn`], around services already started (e.g. [`TestStack::spawn_on`] a
+    /// broker of the test's own).
+    pub async fn spawn_with(
+        stack: TestStack,
+        binary: &Path,
+        options: SagaOptions,
+    ) -> anyhow::Result<Self> {
         let simulator = Simulator::spawn().await?;
         let sink = SmtpSink::start().await?;
         let port = free_port()?;
@@ -82,8 +100,7 @@ impl SagaStack {
             saga_url: format!("http://127.0.0.1:{port}"),
             binary: binary.to_owned(),
             options,
-            port,
-            runner: None,
+            runners: vec![RunnerProcess { port, child: None }],
             log_dir,
             starts: 0,
         };
@@ -91,21 +108,57 @@ impl SagaStack {
         Ok(saga)
     }
 
-    /// Starts the runner process (again). With `crash_after`, the process SIGKILLs itself
-    /// right after performing that step's effect, before recording it.
+    /// Starts the (first) runner process (again). With `crash_after`, the process SIGKILLs
+    /// itself right after performing that step's effect, before recording it.
     pub async fn start_runner(&mut self, crash_after: Option<&str>) -> anyhow::Result<()> {
-        if self.runner.is_some() {
-            bail!("the runner is already running");
+        self.start_runner_at(0, crash_after).await
+    }
+
+    /// Starts one more runner process on the same database, topics and services, on a port of
+    /// its own, and waits until it is ready; returns its number for
+    /// [`Self::kill_runner_at`], [`Self::start_runner_at`] and [`Self::runner_url`].
+    pub async fn add_runner(&mut self) -> anyhow::Result<usize> {
+        self.runners.push(RunnerProcess {
+            port: free_port()?,
+            child: None,
+        });
+        let index = self.runners.len() - 1;
+        self.start_runner_at(index, None).await?;
+        Ok(index)
+    }
+
+    /// The base URL of runner `index`.
+    pub fn runner_url(&self, index: usize) -> Option<String> {
+        self.runners
+            .get(index)
+            .map(|runner| format!("http://127.0.0.1:{}", runner.port))
+    }
+
+    /// Starts runner `index` (again); see [`Self::start_runner`].
+    pub async fn start_runner_at(
+        &mut self,
+        index: usize,
+        crash_after: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let Some(runner) = self.runners.get(index) else {
+            bail!("there is no runner {index}");
+        };
+        if runner.child.is_some() {
+            bail!("runner {index} is already running");
         }
+        let port = runner.port;
         self.starts += 1;
-        let log = std::fs::File::create(self.log_dir.join(format!("runner-{}.log", self.starts)))?;
+        let log = std::fs::File::create(
+            self.log_dir
+                .join(format!("runner{index}-{}.log", self.starts)),
+        )?;
         let options = &self.options;
         let mut command = Command::new(&self.binary);
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("FM_AUTH__SECRET", TEST_SECRET)
-            .env("FM_HTTP__PORT", self.port.to_string())
+            .env("FM_HTTP__PORT", port.to_string())
             .env("FM_KAFKA__BROKERS", &self.stack.kafka.brokers)
             .env("FM_KAFKA__TOPIC_PREFIX", &self.stack.kafka.topic_prefix)
             .env("FM_DATABASE__URL", &self.stack.database_url)
@@ -148,24 +201,25 @@ impl SagaStack {
         if let Some(step) = crash_after {
             command.env("FM_SAGA__CRASH_AFTER", step);
         }
-        self.runner = Some(command.spawn().context("Failed to start the saga runner")?);
-        self.wait_runner_ready().await
+        self.runners[index].child =
+            Some(command.spawn().context("Failed to start the saga runner")?);
+        self.wait_runner_ready(index, port).await
     }
 
-    async fn wait_runner_ready(&mut self) -> anyhow::Result<()> {
+    async fn wait_runner_ready(&mut self, index: usize, port: u16) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let ready = self
                 .stack
                 .http
-                .get(format!("{}/ready", self.saga_url))
+                .get(format!("http://127.0.0.1:{port}/ready"))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if ready {
                 return Ok(());
             }
-            if let Some(child) = self.runner.as_mut()
+            if let Some(child) = self.runners[index].child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
                 bail!(
@@ -183,9 +237,14 @@ impl SagaStack {
         }
     }
 
-    /// SIGKILLs the runner and waits until it is gone.
+    /// SIGKILLs the (first) runner and waits until it is gone.
     pub async fn kill_runner(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.runner.take() {
+        self.kill_runner_at(0).await
+    }
+
+    /// SIGKILLs runner `index` and waits until it is gone.
+    pub async fn kill_runner_at(&mut self, index: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.runners.get_mut(index).and_then(|r| r.child.take()) {
             child.kill().await?;
         }
         Ok(())
@@ -196,13 +255,13 @@ impl SagaStack {
         &mut self,
         timeout: Duration,
     ) -> anyhow::Result<std::process::ExitStatus> {
-        let Some(mut child) = self.runner.take() else {
+        let Some(mut child) = self.runners[0].child.take() else {
             bail!("the runner is not running");
         };
         if let Ok(status) = tokio::time::timeout(timeout, child.wait()).await {
             Ok(status?)
         } else {
-            self.runner = Some(child);
+            self.runners[0].child = Some(child);
             bail!("the runner did not exit within {timeout:?}")
         }
     }

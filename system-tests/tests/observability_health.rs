@@ -20,11 +20,11 @@ use schemas::Role;
 use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
-use support::{
+use support::{read_all, scrape};
+use system_tests::{
+    TEST_SECRET, bodies,
     private::{PrivateBroker, PrivatePostgres},
-    read_all, scrape,
 };
-use system_tests::{TEST_SECRET, bodies};
 use uuid::Uuid;
 
 /// The three services on `kafka` and `database_url`, in this process.

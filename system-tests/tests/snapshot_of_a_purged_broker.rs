@@ -5,19 +5,17 @@
 
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 
-mod observability_support;
-
 use platform::startup::Service as _;
 use std::{path::Path, time::Duration};
 
 use command_service::{Application, Settings, startup::StartupReport};
 use event_log::KafkaSettings;
-use observability_support::private::PrivateBroker;
 use platform::shutdown::CancellationToken;
 use reqwest::StatusCode;
 use schemas::Role;
 use serde_json::Value;
 use system_tests::bodies;
+use system_tests::private::PrivateBroker;
 use uuid::Uuid;
 
 const SECRET: &str = "a-test-secret-of-at-least-thirty-two-bytes";

@@ -56,8 +56,14 @@ pub async fn fresh_database() -> anyhow::Result<String> {
 /// Kafka settings for the test broker (`FM_TEST_KAFKA_BROKERS`) with a topic prefix of the
 /// test's own, and those topics created.
 pub async fn fresh_kafka() -> anyhow::Result<KafkaSettings> {
+    fresh_kafka_on(&required_env("FM_TEST_KAFKA_BROKERS")?).await
+}
+
+/// Kafka settings for `brokers` (a broker of the test's own) with a topic prefix of the test's
+/// own, and those topics created.
+pub async fn fresh_kafka_on(brokers: &str) -> anyhow::Result<KafkaSettings> {
     let settings = KafkaSettings {
-        brokers: required_env("FM_TEST_KAFKA_BROKERS")?,
+        brokers: brokers.to_owned(),
         topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
         ..KafkaSettings::default()
     };

@@ -1,10 +1,8 @@
 //! Helpers shared by the observability tests: reading Prometheus text, driving a booking through
-//! the API, reading records back from the log with their headers, and servers of a test's own
-//! that it may stop ([`private`]).
+//! the API, and reading records back from the log with their headers. Servers of a test's own
+//! that it may stop are `system_tests::private`.
 
 #![allow(dead_code)] // Each test binary uses a different subset.
-
-pub(crate) mod private;
 
 use std::{collections::BTreeMap, time::Duration};
 

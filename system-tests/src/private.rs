@@ -1,8 +1,13 @@
 //! A PostgreSQL and an Apache Kafka node of the test's own, on free ports in a temporary directory, so
-//! that a test can stop and restart them without touching the shared test servers.
+//! that a test can stop, stall and restart them without touching the shared test servers.
 //!
 //! PostgreSQL refuses to run as root; as root its commands run as the `postgres` OS user (as in
 //! `compose/lib.sh`). Each server is stopped and its directory removed when dropped.
+//!
+//! These helpers panic on failure instead of returning errors: they only run inside tests, where
+//! a server that cannot start must fail the test at once with its reason.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 use std::{
     net::TcpListener,
@@ -85,15 +90,15 @@ fn pg_bin() -> PathBuf {
 
 /// A throw-away PostgreSQL cluster with a superuser `fm` (no password, loopback only).
 #[derive(Debug)]
-pub(crate) struct PrivatePostgres {
+pub struct PrivatePostgres {
     dir: PathBuf,
     bin: PathBuf,
-    pub(crate) port: u16,
+    pub port: u16,
 }
 
 impl PrivatePostgres {
     /// initdb and start on a free port.
-    pub(crate) fn start() -> Self {
+    pub fn start() -> Self {
         let bin = pg_bin();
         // Short: the Unix socket lives inside it (at most 107 bytes).
         let dir = std::env::temp_dir().join(format!(
@@ -133,12 +138,12 @@ impl PrivatePostgres {
     }
 
     /// The URL of database `name` as `fm`.
-    pub(crate) fn url(&self, name: &str) -> String {
+    pub fn url(&self, name: &str) -> String {
         format!("postgres://fm@127.0.0.1:{}/{name}", self.port)
     }
 
     /// `pg_ctl stop -m fast`: every connection is cut, as in an outage.
-    pub(crate) fn stop(&self) {
+    pub fn stop(&self) {
         pg(
             &self.bin,
             "pg_ctl",
@@ -148,7 +153,7 @@ impl PrivatePostgres {
     }
 
     /// Starts the stopped cluster again on the same port.
-    pub(crate) fn start_again(&self) {
+    pub fn start_again(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
             self.port,
@@ -199,10 +204,10 @@ impl Drop for PrivatePostgres {
 /// A throw-away Apache Kafka node (broker and controller) with durable storage, so that a restart
 /// keeps the log. Started through `compose/kafka/broker`, as every other Kafka of the project.
 #[derive(Debug)]
-pub(crate) struct PrivateBroker {
+pub struct PrivateBroker {
     dir: PathBuf,
     child: Option<Child>,
-    pub(crate) port: u16,
+    pub port: u16,
     controller_port: u16,
 }
 
@@ -214,7 +219,7 @@ fn broker_script() -> PathBuf {
 }
 
 impl PrivateBroker {
-    pub(crate) fn start() -> Self {
+    pub fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("fm-kafka-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut broker = Self {
@@ -227,7 +232,7 @@ impl PrivateBroker {
         broker
     }
 
-    pub(crate) fn address(&self) -> String {
+    pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
@@ -240,7 +245,7 @@ impl PrivateBroker {
     }
 
     /// Stops the broker with SIGTERM (Kafka's controlled shutdown) and waits for it to exit.
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let status = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -263,16 +268,36 @@ impl PrivateBroker {
         });
     }
 
+    /// Stalls the broker (SIGSTOP): its connections stay open and nothing answers, as a broker
+    /// in a long GC pause or on a frozen host; [`Self::resume`] lets it go on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused broker go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the broker is running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {}", child.id());
+    }
+
     /// Stops the broker, deletes its data (the log and its cluster id) and starts a new, empty
     /// cluster on the same ports.
-    pub(crate) fn purge(&mut self) {
+    pub fn purge(&mut self) {
         self.stop();
         std::fs::remove_dir_all(self.dir.join("node")).unwrap();
         self.start_again();
     }
 
     /// Starts the broker (again) on the same ports and storage; returns once it serves clients.
-    pub(crate) fn start_again(&mut self) {
+    pub fn start_again(&mut self) {
         let before = self.starts_logged();
         let log = std::fs::OpenOptions::new()
             .create(true)
