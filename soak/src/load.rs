@@ -58,6 +58,9 @@ pub struct LoadConfig {
     pub give_up_after: Duration,
     /// How long the gateway takes to answer a [`Scenario::LateCapture`] capture.
     pub late_capture_delay: Duration,
+    /// How long the gateway works on a [`Scenario::DetachedCapture`] capture before it takes the
+    /// money, whether or not the saga still waits.
+    pub detached_capture_delay: Duration,
     /// When this file appears, no new scenario starts (as if `duration` had passed): the fault
     /// injector ends the load once it has injected what it meant to.
     pub stop_file: Option<std::path::PathBuf>,
@@ -82,6 +85,11 @@ pub enum Scenario {
     /// timeout: the saga must record the capture and confirm, never fail the paid booking
     /// (docs/reliability.md, soak finding 6).
     LateCapture,
+    /// The gateway works on the capture past the saga's request timeout and then takes the
+    /// money although the saga gave up, as a real provider does; meanwhile a lookup finds
+    /// nothing. The saga must not trust that "nothing" before its settle window, and must end
+    /// up keeping or refunding the money (docs/payments.md, "Captures in doubt").
+    DetachedCapture,
     /// A slot overlapping another booking's: one of them is rejected.
     Contest,
     /// Cancelled right after the request, racing the saga.
@@ -96,9 +104,10 @@ pub enum Scenario {
 
 impl Scenario {
     /// The mix, with weights (out of 100).
-    const MIX: [(Scenario, u32); 12] = [
-        (Self::Approve, 27),
+    const MIX: [(Scenario, u32); 13] = [
+        (Self::Approve, 24),
         (Self::LateCapture, 3),
+        (Self::DetachedCapture, 3),
         (Self::Decline, 9),
         (Self::Slow, 4),
         (Self::Error5xx, 5),
@@ -120,6 +129,7 @@ impl Scenario {
             Self::Timeout => "timeout",
             Self::CaptureThenTimeout => "capture_then_timeout",
             Self::LateCapture => "late_capture",
+            Self::DetachedCapture => "detached_capture",
             Self::Contest => "contest",
             Self::CancelEarly => "cancel_early",
             Self::CancelConfirmed => "cancel_confirmed",
@@ -146,6 +156,11 @@ impl Scenario {
             Self::LateCapture => Some(json!({
                 "mode": "slow",
                 "delay_ms": u64::try_from(config.late_capture_delay.as_millis()).unwrap_or(u64::MAX),
+                "times": 1
+            })),
+            Self::DetachedCapture => Some(json!({
+                "mode": "detached_capture",
+                "delay_ms": u64::try_from(config.detached_capture_delay.as_millis()).unwrap_or(u64::MAX),
                 "times": 1
             })),
             Self::Decline => Some(json!({"mode": "decline", "decline_reason": "soak_decline"})),
@@ -904,19 +919,42 @@ async fn inject_poison(shared: Arc<Shared>, seed: u64) -> anyhow::Result<()> {
         if !shared.loading() {
             break;
         }
+        // Four kinds in turn, over the topics in turn: bytes that are not JSON, JSON that is
+        // not an envelope, an envelope of an event type nobody knows, and a facility that
+        // passes every schema but that the domain refuses (a time zone that does not exist),
+        // which only decoding finds (issue 14).
         let kinds = ["booking", "facility", "payment"];
-        let topic = format!(
-            "{}.{}.events",
-            shared.config.topic_prefix,
+        let variant = n % 4;
+        let kind = if variant == 3 {
+            "facility"
+        } else {
             kinds[n % kinds.len()]
-        );
+        };
+        let topic = format!("{}.{kind}.events", shared.config.topic_prefix);
         let marker = format!("soak-poison-{:x}-{n}", shared.config.seed);
-        let value: Vec<u8> = match n % 3 {
+        let value: Vec<u8> = match variant {
             0 => format!("\u{0}\u{1} {marker}: this is not JSON").into_bytes(),
             1 => serde_json::to_vec(
                 &json!({"soak": marker, "looks_like": "an envelope without its fields"}),
             )
             .context("Failed to build a poison record")?,
+            3 => {
+                let facility = Uuid::new_v4();
+                serde_json::to_vec(&json!({
+                    "event_id": Uuid::new_v4(), "event_type": "FacilityRegistered",
+                    "event_version": 1, "aggregate_type": "facility", "aggregate_id": facility,
+                    "sequence": 1, "occurred_at": Utc::now(), "correlation_id": Uuid::new_v4(),
+                    "causation_id": Uuid::new_v4(),
+                    "actor": {"subject": "soak", "role": "director"},
+                    "data": {
+                        "facility_id": facility, "name": marker, "kind": "chapel",
+                        "capacity": 40, "time_zone": "Mars/Olympus_Mons",
+                        "opening_hours": [{"weekday": "mon", "opens": "09:00", "closes": "17:00"}],
+                        "turnaround_minutes": 30
+                    }
+                }))
+                .context("Failed to build a poison record")?
+            }
             _ => serde_json::to_vec(&json!({
                 "event_id": Uuid::new_v4(), "event_type": "BookingTeleported", "event_version": 1,
                 "aggregate_type": "booking", "aggregate_id": Uuid::new_v4(), "sequence": 1,

@@ -47,8 +47,8 @@ struct Args {
     /// A saga runner drives bookings on: wait for confirmations before cancelling them.
     #[arg(long)]
     saga: bool,
-    /// Poison records to put on the event topics.
-    #[arg(long, default_value_t = 3)]
+    /// Poison records to put on the event topics (four kinds in turn; see `soak::load`).
+    #[arg(long, default_value_t = 4)]
     poison: usize,
     /// How long one write is retried without an answer before it counts as unknown.
     #[arg(long, default_value = "90s", value_parser = soak::parse_duration)]
@@ -58,6 +58,11 @@ struct Args {
     /// three together).
     #[arg(long, default_value = "9500ms", value_parser = soak::parse_duration)]
     late_capture_delay: std::time::Duration,
+    /// How long the gateway works on a `detached_capture` booking's capture before it takes the
+    /// money: past the saga runner's gateway request timeout, inside its settle window
+    /// (compose/soak sets them together).
+    #[arg(long, default_value = "15s", value_parser = soak::parse_duration)]
+    detached_capture_delay: std::time::Duration,
     /// Start no new scenario once this file exists (the drain follows, as after --duration).
     #[arg(long)]
     stop_file: Option<PathBuf>,
@@ -88,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
             poison: args.poison,
             give_up_after: args.give_up_after,
             late_capture_delay: args.late_capture_delay,
+            detached_capture_delay: args.detached_capture_delay,
             stop_file: args.stop_file,
         },
         journal,
