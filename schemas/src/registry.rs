@@ -8,6 +8,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::envelope::{AggregateType, EventEnvelope};
+use crate::upcast;
 
 /// One checked-in schema file: the event type and version it describes, and its text.
 #[derive(Debug, Clone, Copy)]
@@ -40,10 +41,12 @@ macro_rules! event_schema {
 /// The envelope's schema.
 pub const ENVELOPE_SCHEMA: &str = include_str!("../envelope.v1.json");
 
-/// Every event schema this build knows. A test checks this list against the files on disk and
-/// against every event type the domain can emit, so neither can drift from the other.
+/// Every event schema this build knows, every version ever released (a released one is never
+/// removed or edited: `schemas/released.sha256`). A test checks this list against the files on
+/// disk, and its newest versions against every event the domain can emit.
 pub const EVENT_SCHEMAS: &[SchemaFile] = &[
     event_schema!("facility", "FacilityRegistered", 1),
+    event_schema!("facility", "FacilityRegistered", 2),
     event_schema!("facility", "OpeningHoursChanged", 1),
     event_schema!("facility", "SlotReserved", 1),
     event_schema!("facility", "SlotRejected", 1),
@@ -91,6 +94,15 @@ pub enum ContractViolation {
         path: String,
         message: String,
     },
+    /// A record its own version's schema accepts, whose upcast to the newest version is refused
+    /// by the newest schema or has no step: a defect of this build's upcasters (its tests run
+    /// every step on every fixture), kept apart so that it is never mistaken for a bad writer.
+    #[error("{event_type} v{event_version} does not upcast: {message}")]
+    Upcast {
+        event_type: String,
+        event_version: u16,
+        message: String,
+    },
     #[error("{event_type} v{event_version} payload does not decode: {message}")]
     Decode {
         event_type: String,
@@ -116,6 +128,11 @@ impl ContractViolation {
                 path,
                 ..
             } => format!("{event_type} v{event_version} payload invalid at '{path}'"),
+            Self::Upcast {
+                event_type,
+                event_version,
+                ..
+            } => format!("{event_type} v{event_version} does not upcast"),
             Self::Decode {
                 event_type,
                 event_version,
@@ -145,7 +162,12 @@ struct EventSchema {
 #[derive(Debug)]
 pub struct SchemaRegistry {
     envelope: Validator,
+    /// The envelope's top-level fields: the only ones validated, so that a field a later
+    /// release adds is ignored (docs/evolution.md, rule 7).
+    envelope_fields: Vec<String>,
     events: BTreeMap<(&'static str, u16), EventSchema>,
+    /// The newest version of each event type: the one the domain decodes.
+    newest: BTreeMap<&'static str, u16>,
 }
 
 fn compile(name: &str, text: &str) -> Result<Validator, BrokenSchema> {
@@ -182,6 +204,20 @@ fn aggregate_of(name: &str, file: &SchemaFile) -> Result<AggregateType, BrokenSc
         .ok_or_else(|| broken(format!("unknown aggregate type {declared:?}")))
 }
 
+/// The top-level property names the envelope's schema declares.
+fn envelope_fields(text: &str) -> Result<Vec<String>, BrokenSchema> {
+    let broken = |message: &str| BrokenSchema {
+        name: "envelope.v1".to_owned(),
+        message: message.to_owned(),
+    };
+    let schema: Value = serde_json::from_str(text).map_err(|e| broken(&e.to_string()))?;
+    let properties = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .ok_or_else(|| broken("no `properties`"))?;
+    Ok(properties.keys().cloned().collect())
+}
+
 /// The first error of a validator, as (path, message).
 fn first_error(validator: &Validator, instance: &Value) -> Option<(String, String)> {
     validator
@@ -194,7 +230,9 @@ impl SchemaRegistry {
     /// Compiles the embedded schemas.
     pub fn load() -> Result<Self, BrokenSchema> {
         let envelope = compile("envelope.v1", ENVELOPE_SCHEMA)?;
+        let envelope_fields = envelope_fields(ENVELOPE_SCHEMA)?;
         let mut events = BTreeMap::new();
+        let mut newest = BTreeMap::new();
         for file in EVENT_SCHEMAS {
             let name = format!("{}.v{}", file.event_type, file.event_version);
             let aggregate = aggregate_of(&name, file)?;
@@ -205,8 +243,15 @@ impl SchemaRegistry {
                     validator: compile(&name, file.text)?,
                 },
             );
+            let version = newest.entry(file.event_type).or_insert(file.event_version);
+            *version = (*version).max(file.event_version);
         }
-        Ok(Self { envelope, events })
+        Ok(Self {
+            envelope,
+            envelope_fields,
+            events,
+            newest,
+        })
     }
 
     /// Parses and validates a record's value: the envelope against its schema, then the payload
@@ -218,12 +263,26 @@ impl SchemaRegistry {
     }
 
     /// Validates a parsed document and returns the envelope it holds.
+    ///
+    /// The envelope is read tolerantly: top-level fields its schema does not name are dropped
+    /// before it is validated, so a release that adds an optional envelope field can run beside
+    /// this one (docs/evolution.md, rule 7). Everything inside a known field stays strict.
     pub fn validate(&self, document: &Value) -> Result<EventEnvelope, ContractViolation> {
-        if let Some((path, message)) = first_error(&self.envelope, document) {
+        let known = match document {
+            Value::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .filter(|(name, _)| self.envelope_fields.contains(name))
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect(),
+            ),
+            other => other.clone(),
+        };
+        if let Some((path, message)) = first_error(&self.envelope, &known) {
             return Err(ContractViolation::Envelope { path, message });
         }
         let envelope: EventEnvelope =
-            serde_json::from_value(document.clone()).map_err(|e| ContractViolation::Envelope {
+            serde_json::from_value(known).map_err(|e| ContractViolation::Envelope {
                 path: String::new(),
                 message: e.to_string(),
             })?;
@@ -259,13 +318,38 @@ impl SchemaRegistry {
         }
     }
 
-    /// Validates the payload, then rebuilds the typed domain event.
+    /// The record brought up to the newest version of its type (docs/evolution.md): validated
+    /// against its own version's schema, upcast step by step, and checked against the newest
+    /// schema. A record already at the newest version is only validated.
+    pub fn upcast(&self, envelope: &EventEnvelope) -> Result<EventEnvelope, ContractViolation> {
+        self.validate_payload(envelope)?;
+        let newest = self
+            .newest
+            .get(envelope.event_type.as_str())
+            .copied()
+            .unwrap_or(envelope.event_version);
+        if envelope.event_version >= newest {
+            return Ok(envelope.clone());
+        }
+        let failed = |message: String| ContractViolation::Upcast {
+            event_type: envelope.event_type.clone(),
+            event_version: envelope.event_version,
+            message,
+        };
+        let current = upcast::upcast(envelope, newest).map_err(|e| failed(e.to_string()))?;
+        self.validate_payload(&current)
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(current)
+    }
+
+    /// The one way readers turn a record into a domain event: [`Self::upcast`] to the newest
+    /// version, then the typed domain event rebuilt from it.
     pub fn decode<E: domain::aggregate::DomainEvent>(
         &self,
         envelope: &EventEnvelope,
     ) -> Result<E, ContractViolation> {
-        self.validate_payload(envelope)?;
-        envelope.event().map_err(|e| ContractViolation::Decode {
+        let current = self.upcast(envelope)?;
+        current.event().map_err(|e| ContractViolation::Decode {
             event_type: envelope.event_type.clone(),
             event_version: envelope.event_version,
             message: e.to_string(),
@@ -304,8 +388,15 @@ impl SchemaRegistry {
             .map(|(_, schema)| schema.aggregate)
     }
 
-    /// The (event type, version) pairs this registry knows.
+    /// The (event type, version) pairs this registry knows: every version ever released.
     pub fn known_events(&self) -> impl Iterator<Item = (&'static str, u16)> + '_ {
         self.events.keys().copied()
+    }
+
+    /// Each event type with its newest version: what the domain writes and decodes.
+    pub fn newest_events(&self) -> impl Iterator<Item = (&'static str, u16)> + '_ {
+        self.newest
+            .iter()
+            .map(|(event_type, version)| (*event_type, *version))
     }
 }
