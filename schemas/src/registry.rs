@@ -112,6 +112,12 @@ pub enum ContractViolation {
 }
 
 impl ContractViolation {
+    /// Whether the record names an (event type, version) this reader does not know: a record a
+    /// newer release may have written, which a reader parks instead of refusing.
+    pub fn is_unknown_event(&self) -> bool {
+        matches!(self, Self::UnknownEvent { .. })
+    }
+
     /// The violation without the offending values, for logs: where and which kind, never what
     /// (a schema message quotes the value, which may be a name, an e-mail address or a phone
     /// number). The full text stays with the dead letter.
@@ -268,6 +274,25 @@ impl SchemaRegistry {
     /// before it is validated, so a release that adds an optional envelope field can run beside
     /// this one (docs/evolution.md, rule 7). Everything inside a known field stays strict.
     pub fn validate(&self, document: &Value) -> Result<EventEnvelope, ContractViolation> {
+        let envelope = self.validate_envelope(document)?;
+        self.validate_payload(&envelope)?;
+        Ok(envelope)
+    }
+
+    /// Parses a record's value and validates its envelope only, not the payload: what a reader
+    /// needs to park a record whose (type, version) it does not know (docs/evolution.md,
+    /// "Unknown is parked, not skipped"). The payload is checked later by [`Self::upcast`].
+    pub fn validate_envelope_bytes(
+        &self,
+        bytes: &[u8],
+    ) -> Result<EventEnvelope, ContractViolation> {
+        let document: Value =
+            serde_json::from_slice(bytes).map_err(|e| ContractViolation::NotJson(e.to_string()))?;
+        self.validate_envelope(&document)
+    }
+
+    /// The envelope of a parsed document, validated tolerantly (see [`Self::validate`]).
+    fn validate_envelope(&self, document: &Value) -> Result<EventEnvelope, ContractViolation> {
         let known = match document {
             Value::Object(fields) => Value::Object(
                 fields
@@ -286,7 +311,6 @@ impl SchemaRegistry {
                 path: String::new(),
                 message: e.to_string(),
             })?;
-        self.validate_payload(&envelope)?;
         Ok(envelope)
     }
 
@@ -391,6 +415,28 @@ impl SchemaRegistry {
     /// The (event type, version) pairs this registry knows: every version ever released.
     pub fn known_events(&self) -> impl Iterator<Item = (&'static str, u16)> + '_ {
         self.events.keys().copied()
+    }
+
+    /// Whether this registry has a schema for `event_type` at `event_version`.
+    pub fn knows(&self, event_type: &str, event_version: u16) -> bool {
+        self.events
+            .keys()
+            .any(|(known, version)| *known == event_type && *version == event_version)
+    }
+
+    /// This registry without `event_type` at `event_version` and every later version of it: a
+    /// reader of an older release, which never learnt that version (test-only).
+    #[cfg(any(test, feature = "testing"))]
+    #[must_use]
+    pub fn without(mut self, event_type: &str, event_version: u16) -> Self {
+        self.events
+            .retain(|(known, version), _| *known != event_type || *version < event_version);
+        self.newest.clear();
+        for (known, version) in self.events.keys() {
+            let newest = self.newest.entry(*known).or_insert(*version);
+            *newest = (*newest).max(*version);
+        }
+        self
     }
 
     /// Each event type with its newest version: what the domain writes and decodes.
