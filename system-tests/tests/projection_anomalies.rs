@@ -1,6 +1,8 @@
 //! Gaps and duplicates in an aggregate stream are detected and reported (metric, log, and a row
-//! in `projection_anomalies` for gaps), never applied; the stream resumes once the missing event
-//! arrives.
+//! in `projection_anomalies` for gaps), never applied out of order: a gap parks the aggregate
+//! (visible in `/ready`'s detail and `projection_parked_aggregates`) and the event after it
+//! waits; once the missing event arrives, it and everything parked behind it are applied in
+//! order (docs/evolution.md).
 
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 
@@ -16,7 +18,8 @@ use sqlx::PgPool;
 use system_tests::TestStack;
 
 #[tokio::test]
-async fn a_gap_or_a_duplicate_is_reported_and_not_applied() {
+async fn a_gap_parks_the_aggregate_until_the_missing_event_arrives_and_a_duplicate_is_not_applied()
+{
     let stack = TestStack::spawn().await.expect("stack starts");
     let director = stack.token(Role::Director, "director-1");
     let producer = EventProducer::new(&stack.kafka).unwrap();
@@ -77,9 +80,38 @@ async fn a_gap_or_a_duplicate_is_reported_and_not_applied() {
     .await
     .unwrap();
     assert_eq!(anomalies, [("gap".to_owned(), 3, 2)]);
+    // The booking is parked, and `/ready` says so while staying ready.
+    let ready: Value = stack
+        .http
+        .get(format!("{}/ready", stack.projection_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    let detail = ready["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|check| check["name"] == "parked")
+        .and_then(|check| check["detail"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.contains("1 aggregates parked") && detail.contains(&id.to_string()),
+        "{ready}"
+    );
 
-    // The missing event arrives, then a duplicate of it (a losing writer's record), then 3 again.
-    append(&producer, kind, id, 2, &BookingEvent::BookingSlotHeld {}).await;
+    // The missing event arrives: it and the parked 3 are applied, in order. Then a duplicate
+    // of 2 (a losing writer's record) and 3 again, neither applied.
+    let filled = append(&producer, kind, id, 2, &BookingEvent::BookingSlotHeld {}).await;
+    let view = read(filled).await;
+    assert_eq!(
+        (view["status"].as_str(), view["version"].as_i64()),
+        (Some("confirmed"), Some(3))
+    );
     append(
         &producer,
         kind,
@@ -118,5 +150,5 @@ async fn a_gap_or_a_duplicate_is_reported_and_not_applied() {
             .unwrap_or(0)
     };
     assert_eq!(count("gap"), 1, "{metrics}");
-    assert_eq!(count("duplicate"), 1, "{metrics}");
+    assert_eq!(count("duplicate"), 2, "{metrics}");
 }
