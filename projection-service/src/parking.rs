@@ -357,6 +357,9 @@ pub struct ParkedAggregate {
     pub since: DateTime<Utc>,
 }
 
+/// A row of [`parked`]'s query.
+type ParkedRow = (String, Uuid, i64, String, i32, String, i64, DateTime<Utc>);
+
 /// The parked aggregates of the build whose tables are in `schema`, longest parked first.
 /// `schema` is a build's schema name (`read_v<V>_b<B>`, built from integers).
 pub async fn parked(pool: &PgPool, schema: &str) -> Result<Vec<ParkedAggregate>, sqlx::Error> {
@@ -370,8 +373,7 @@ pub async fn parked(pool: &PgPool, schema: &str) -> Result<Vec<ParkedAggregate>,
            ORDER BY aggregate_type, aggregate_id, sequence, id \
          ) first ORDER BY since, aggregate_type, aggregate_id"
     );
-    type Row = (String, Uuid, i64, String, i32, String, i64, DateTime<Utc>);
-    let rows: Vec<Row> = sqlx::query_as(&sql).fetch_all(pool).await?;
+    let rows: Vec<ParkedRow> = sqlx::query_as(&sql).fetch_all(pool).await?;
     Ok(rows
         .into_iter()
         .map(

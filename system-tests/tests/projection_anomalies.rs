@@ -17,6 +17,54 @@ use serde_json::Value;
 use sqlx::PgPool;
 use system_tests::TestStack;
 
+/// The projection-service's metrics, and how many records it committed with each outcome.
+async fn projected(stack: &TestStack) -> (String, impl Fn(&str) -> u64) {
+    let metrics = stack
+        .http
+        .get(format!("{}/metrics", stack.projection_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines = metrics.clone();
+    let count = move |outcome: &str| {
+        lines
+            .lines()
+            .find(|line| {
+                line.starts_with("projection_events_total")
+                    && line.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (metrics, count)
+}
+
+/// The projection-service's `/ready` and the detail of its `parked` check.
+async fn parked_detail(stack: &TestStack) -> (Value, String) {
+    let ready: Value = stack
+        .http
+        .get(format!("{}/ready", stack.projection_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let detail = ready["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|check| check["name"] == "parked")
+        .and_then(|check| check["detail"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    (ready, detail)
+}
+
 #[tokio::test]
 async fn a_gap_parks_the_aggregate_until_the_missing_event_arrives_and_a_duplicate_is_not_applied()
 {
@@ -81,24 +129,8 @@ async fn a_gap_parks_the_aggregate_until_the_missing_event_arrives_and_a_duplica
     .unwrap();
     assert_eq!(anomalies, [("gap".to_owned(), 3, 2)]);
     // The booking is parked, and `/ready` says so while staying ready.
-    let ready: Value = stack
-        .http
-        .get(format!("{}/ready", stack.projection_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (ready, detail) = parked_detail(&stack).await;
     assert_eq!(ready["ready"], true, "{ready}");
-    let detail = ready["checks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|check| check["name"] == "parked")
-        .and_then(|check| check["detail"].as_str())
-        .unwrap_or_default()
-        .to_owned();
     assert!(
         detail.contains("1 aggregates parked") && detail.contains(&id.to_string()),
         "{ready}"
@@ -129,26 +161,7 @@ async fn a_gap_parks_the_aggregate_until_the_missing_event_arrives_and_a_duplica
         (Some("confirmed"), Some(3))
     );
 
-    let metrics = stack
-        .http
-        .get(format!("{}/metrics", stack.projection_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let count = |outcome: &str| {
-        metrics
-            .lines()
-            .find(|line| {
-                line.starts_with("projection_events_total")
-                    && line.contains(&format!("outcome=\"{outcome}\""))
-            })
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let (metrics, count) = projected(&stack).await;
     assert_eq!(count("gap"), 1, "{metrics}");
     assert_eq!(count("duplicate"), 2, "{metrics}");
 }
