@@ -446,3 +446,59 @@ impl SchemaRegistry {
             .map(|(event_type, version)| (*event_type, *version))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
+
+    use domain::facility::FacilityEvent;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::{AggregateType, SchemaRegistry};
+
+    #[test]
+    fn a_registry_without_a_version_finds_it_unknown_but_reads_its_envelope_and_older_versions() {
+        let full = SchemaRegistry::load().unwrap();
+        let old = SchemaRegistry::load()
+            .unwrap()
+            .without("FacilityRegistered", 2);
+        assert!(full.knows("FacilityRegistered", 2));
+        assert!(!old.knows("FacilityRegistered", 2) && old.knows("FacilityRegistered", 1));
+        let envelope = crate::fixtures::envelope(
+            AggregateType::Facility,
+            Uuid::new_v4(),
+            1,
+            &domain::fixtures::facility_registered(),
+        );
+        assert_eq!(envelope.event_version, 2);
+        let bytes = serde_json::to_vec(&envelope).unwrap();
+        full.validate_bytes(&bytes).unwrap();
+        // What a reader parks: an unknown version in a valid envelope.
+        let violation = old.validate_bytes(&bytes).unwrap_err();
+        assert!(violation.is_unknown_event(), "{violation}");
+        assert_eq!(
+            old.validate_envelope_bytes(&bytes).unwrap().event_id,
+            envelope.event_id
+        );
+        // The old reader still reads v1, its newest.
+        let mut v1 = envelope.clone();
+        v1.event_version = 1;
+        v1.data.as_object_mut().unwrap().remove("funeral_home_id");
+        let event: FacilityEvent = old.decode(&v1).unwrap();
+        assert_eq!(event, domain::fixtures::facility_registered());
+        // A payload its own version's schema refuses is not unknown: it is a dead letter.
+        let mut refused = envelope;
+        refused.data["capacity"] = json!("many");
+        assert!(
+            !full
+                .validate_payload(&refused)
+                .unwrap_err()
+                .is_unknown_event()
+        );
+        assert!(
+            old.validate_envelope_bytes(b"{\"not\": \"an envelope\"}")
+                .is_err()
+        );
+    }
+}
