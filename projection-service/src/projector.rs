@@ -237,8 +237,9 @@ impl Projector {
 
 /// Samples the lag of every partition (end offset minus the next offset committed) into
 /// `projection_lag_records`, and the parked aggregates into `projection_parked_aggregates`,
-/// every `lag_interval`, in a task of its own so that it keeps growing while batches fail. The watermark requests block, so they run on the blocking pool; a broker
-/// that does not answer leaves the last values in place.
+/// every `lag_interval`, in a task of its own so that it keeps growing while batches fail. The
+/// watermark requests block, so they run on the blocking pool; a broker that does not answer
+/// leaves the last values in place.
 struct LagSampler {
     labels: Labels,
     /// The build's schema and a pool onto it, for `projection_parked_aggregates`.
