@@ -51,10 +51,14 @@ pub enum RecordOutcome {
     DeadLettered,
     /// It breaks the contract and this reader passes over it (another one dead-letters it).
     Skipped,
+    /// Kept, not applied: its aggregate waits for a release that knows it, or for a missing
+    /// sequence (docs/evolution.md, "Unknown is parked, not skipped").
+    Parked,
 }
 
 impl RecordOutcome {
-    /// The metric label: `applied`, `ignored`, `duplicate`, `gap`, `dead_lettered`, `skipped`.
+    /// The metric label: `applied`, `ignored`, `duplicate`, `gap`, `dead_lettered`, `skipped`,
+    /// `parked`.
     pub fn label(self) -> &'static str {
         match self {
             Self::Applied => "applied",
@@ -63,6 +67,7 @@ impl RecordOutcome {
             Self::Gap => "gap",
             Self::DeadLettered => "dead_lettered",
             Self::Skipped => "skipped",
+            Self::Parked => "parked",
         }
     }
 }

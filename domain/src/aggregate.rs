@@ -56,10 +56,12 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Clone + PartialEq + Debug 
     /// The stable name of this event, e.g. `"BookingRequested"`; equal to the serde tag.
     fn event_type(&self) -> &'static str;
 
-    /// The schema version of this event's payload; it changes when the payload changes
-    /// incompatibly, so that readers can upcast old events. 1 for every event today.
+    /// The schema version of this event's payload: the newest version of its type, the only one
+    /// a writer writes. Any change to a payload's shape is a new version, and readers upcast
+    /// older records to it (docs/evolution.md).
     fn event_version(&self) -> u16;
 
-    /// All `(event_type, event_version)` pairs of the enum, for schema coverage tests.
+    /// Every event type of the enum with its newest version (the one [`Self::event_version`]
+    /// writes), for schema coverage tests.
     fn catalogue() -> &'static [(&'static str, u16)];
 }

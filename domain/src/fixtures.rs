@@ -128,6 +128,7 @@ pub fn facility_registered() -> FacilityEvent {
         time_zone: london(),
         opening_hours: opening_hours(),
         turnaround_minutes: turnaround(),
+        funeral_home_id: None,
     }
 }
 

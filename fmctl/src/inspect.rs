@@ -401,7 +401,11 @@ pub(crate) struct Record {
     /// The broker's timestamp of the record (append time, or the producer's create time).
     pub(crate) timestamp: Option<DateTime<Utc>>,
     pub(crate) key: Option<String>,
+    /// The event upcast to the newest version of its type (docs/evolution.md), as every
+    /// reader sees it.
     pub(crate) envelope: Option<EventEnvelope>,
+    /// The version the record was written at, when older than the one shown.
+    pub(crate) stored_version: Option<u16>,
     pub(crate) violation: Option<String>,
     pub(crate) raw: Option<String>,
     pub(crate) dead_letter: Option<DeadLetterInfo>,
@@ -432,10 +436,17 @@ fn header(message: &BorrowedMessage<'_>, name: &str) -> Option<String> {
 impl Record {
     pub(crate) fn decode(message: &BorrowedMessage<'_>, registry: &SchemaRegistry) -> Self {
         let payload = message.payload().unwrap_or_default();
-        let (envelope, violation) = match registry.validate_bytes(payload) {
-            Ok(envelope) => (Some(envelope), None),
+        let (envelope, violation) = match registry
+            .validate_bytes(payload)
+            .and_then(|stored| Ok((registry.upcast(&stored)?, stored.event_version)))
+        {
+            Ok(read) => (Some(read), None),
             Err(violation) => (None, Some(violation.to_string())),
         };
+        let stored_version = envelope
+            .as_ref()
+            .and_then(|(envelope, stored)| (envelope.event_version != *stored).then_some(*stored));
+        let envelope = envelope.map(|(envelope, _)| envelope);
         let raw = envelope
             .is_none()
             .then(|| String::from_utf8_lossy(payload).into_owned());
@@ -460,6 +471,7 @@ impl Record {
                 .key()
                 .map(|k| String::from_utf8_lossy(k).into_owned()),
             envelope,
+            stored_version,
             violation,
             raw,
             dead_letter,
@@ -507,6 +519,9 @@ impl Record {
         if let Some(envelope) = &self.envelope {
             value["event"] = serde_json::to_value(envelope).unwrap_or(Value::Null);
         }
+        if let Some(stored) = self.stored_version {
+            value["stored_version"] = json!(stored);
+        }
         if let Some(violation) = &self.violation {
             value["violation"] = json!(violation);
         }
@@ -537,9 +552,11 @@ impl Record {
         let position = format!("{}[{}]@{}", self.topic, self.partition, self.offset);
         let mut text = if let Some(e) = &self.envelope {
             format!(
-                "{at}  {position}  {} v{}  {} {}  seq {}\n    correlation {}  causation {}  actor {}:{}  event {}\n    data {}",
+                "{at}  {position}  {} v{}{}  {} {}  seq {}\n    correlation {}  causation {}  actor {}:{}  event {}\n    data {}",
                 e.event_type,
                 e.event_version,
+                self.stored_version
+                    .map_or_else(String::new, |stored| format!(" (stored v{stored})")),
                 e.aggregate_type,
                 e.aggregate_id,
                 e.sequence,

@@ -125,10 +125,15 @@ async fn tail_finds_a_known_event_by_aggregate_id_and_shows_an_invalid_record_wi
     );
     assert_eq!(booking["consistency_token"], token.as_str());
 
-    // Pretty output names the event type; --limit stops early.
+    // Pretty output names the event type and version (the registration is written at v2);
+    // --limit stops early.
     let run = fmctl(&stack.kafka, None, &["events", "tail", "--limit", "1"]).await;
     assert_eq!(run.status, 0, "{}", run.stderr);
-    assert!(run.stdout.contains(" v1 "), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("FacilityRegistered v2 "),
+        "{}",
+        run.stdout
+    );
     assert_eq!(
         run.stdout.lines().filter(|l| !l.starts_with(' ')).count(),
         1
@@ -678,7 +683,7 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
             mars_id.as_str(),
             mars_origin,
             &facility_topic,
-            "FacilityRegistered v1",
+            "FacilityRegistered v2",
         ),
     ] {
         let letter = of(key);
@@ -1037,5 +1042,71 @@ async fn projections_rebuild_builds_the_version_in_use_again_beside_itself_and_s
     assert_eq!(
         run.stderr.trim(),
         "fmctl: there is no legacy layout (projection_versions) in this database"
+    );
+}
+
+#[tokio::test]
+async fn projections_parked_lists_an_aggregate_whose_event_version_this_release_does_not_know() {
+    let stack = TestStack::spawn().await.unwrap();
+    facility_and_booking(&stack).await;
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &["events", "tail", "--topic", "facility", "--output", "json"],
+    )
+    .await;
+    let registered = run.json_lines()[0]["event"].clone();
+    // A registration as a later release would write it: a version this one does not know.
+    let mut later = registered.clone();
+    let id = uuid::Uuid::new_v4().to_string();
+    later["aggregate_id"] = json!(id);
+    later["event_id"] = json!(uuid::Uuid::new_v4());
+    later["data"]["facility_id"] = json!(id);
+    later["event_version"] = json!(9);
+    poison_on(
+        &stack,
+        "facility",
+        &id,
+        &serde_json::to_vec(&later).unwrap(),
+    )
+    .await;
+    // Parked, not holding the projector back: its offset is committed with the batch.
+    wait_projected(&stack.kafka, &stack.database_url).await;
+
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["projections", "parked", "--output", "json"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let builds = report["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 1, "{report}");
+    let parked = builds[0]["parked"].as_array().unwrap();
+    assert_eq!(parked.len(), 1, "{report}");
+    assert_eq!(parked[0]["aggregate_id"], json!(id));
+    assert_eq!(parked[0]["aggregate_type"], "facility");
+    assert_eq!(parked[0]["event_version"], 9);
+    assert_eq!(parked[0]["records"], 1);
+    assert!(
+        parked[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown event FacilityRegistered v9"),
+        "{report}"
+    );
+
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["projections", "parked"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("1 aggregates parked") && run.stdout.contains(&id),
+        "{}",
+        run.stdout
     );
 }

@@ -10,10 +10,13 @@
 //!
 //! A record that breaks the contract goes to the dead-letter topic before the batch commits, so
 //! it is never lost either (a crash between the two may dead-letter it twice; each dead letter
-//! names its origin offset, so duplicates are recognisable). An event whose sequence is beyond
-//! the next one of its aggregate (a gap) is not applied: it is counted, logged and recorded in
-//! `projection_anomalies`. An event at or below the last applied sequence (a duplicate: a
-//! losing writer's record) is counted and logged, never applied.
+//! names its origin offset, so duplicates are recognisable). A record of an (event type,
+//! version) this release does not know, or whose sequence is beyond the next one of its
+//! aggregate (a gap, also recorded in `projection_anomalies`), **parks** its aggregate: it and
+//! the aggregate's later records are kept in `parked_records` in the batch's transaction, and
+//! applied in order once the missing record arrives or a release that knows the record starts
+//! (`crate::parking`, docs/evolution.md). An event at or below the last applied sequence (a
+//! duplicate: a losing writer's record) is counted and logged, never applied.
 //!
 //! A projector of a `building` build also runs a task that tries to switch its build live
 //! once it has reached the end of the log (`crate::versions::try_switch`).
@@ -23,7 +26,8 @@
 //! request that appended it. Metrics (labelled by read-model version and build):
 //!
 //! - `projection_events_total{version, build, outcome}`: records committed, by outcome
-//!   (`applied`, and the anomalies `duplicate`, `gap`, `dead_lettered`);
+//!   (`applied`, `ignored`, `parked`, and the anomalies `duplicate`, `gap`, `dead_lettered`);
+//! - `projection_parked_aggregates{version, build}`: aggregates parked now, sampled with the lag;
 //! - `projection_batches_total{version, build, result}`: batches `committed` or `failed`
 //!   (retried);
 //! - `projection_batch_seconds{version, build}`: time to apply and commit one batch;
@@ -39,18 +43,18 @@ use std::{
 
 use batch_consumer::{BatchApplier, BatchConsumer, ConsumerConfig, OffsetTable, RecordOutcome};
 use event_log::{
-    EventProducer, LogPosition, Record, Topics,
+    EventProducer, Record, Topics,
     consumer::{self, StreamConsumer, TopicPartition},
     dead_letters,
 };
 use platform::shutdown::CancellationToken;
-use schemas::{ContractViolation, EventEnvelope, SchemaRegistry};
+use schemas::SchemaRegistry;
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 
 use crate::{
+    parking::{self, Projected},
     read_model::ReadModel,
-    read_models::{self, Applied, ApplyError},
     versions::{self, Build, BuildState, SwitchOutcome},
 };
 
@@ -121,15 +125,6 @@ struct Reason {
     for_log: String,
 }
 
-impl From<&ContractViolation> for Reason {
-    fn from(violation: &ContractViolation) -> Self {
-        Self {
-            full: violation.to_string(),
-            for_log: violation.without_values(),
-        }
-    }
-}
-
 impl Projector {
     /// Assigns the partitions at the build's stored offsets.
     pub(crate) async fn start(
@@ -148,6 +143,19 @@ impl Projector {
             settings,
             &format!("{client_id}-watermarks"),
         )?);
+        // What an older release parked, this one may know (docs/evolution.md).
+        let mut tx = pool.begin().await?;
+        let (unparked, still_parked) = parking::drain_all(&mut tx, &registry).await?;
+        tx.commit().await?;
+        if unparked > 0 || still_parked > 0 {
+            tracing::info!(
+                version = build.version,
+                build = build.build,
+                unparked,
+                still_parked,
+                "parked aggregates drained at start"
+            );
+        }
         let committed = Arc::new(Mutex::new(BTreeMap::new()));
         let read_models = ReadModels {
             build,
@@ -185,7 +193,7 @@ impl Projector {
         let switch = building.then(|| Switch {
             model,
             build: build.build,
-            pool,
+            pool: pool.clone(),
             admin_pool,
             watermarks: watermarks.clone(),
             partitions: partitions.clone(),
@@ -197,6 +205,8 @@ impl Projector {
             build,
             lag: LagSampler {
                 labels: Labels::of(build),
+                schema: build.schema(),
+                pool: pool.clone(),
                 watermarks,
                 partitions,
                 committed,
@@ -226,11 +236,15 @@ impl Projector {
 }
 
 /// Samples the lag of every partition (end offset minus the next offset committed) into
-/// `projection_lag_records`, every `lag_interval`, in a task of its own so that it keeps growing
-/// while batches fail. The watermark requests block, so they run on the blocking pool; a broker
-/// that does not answer leaves the last values in place.
+/// `projection_lag_records`, and the parked aggregates into `projection_parked_aggregates`,
+/// every `lag_interval`, in a task of its own so that it keeps growing while batches fail. The
+/// watermark requests block, so they run on the blocking pool; a broker that does not answer
+/// leaves the last values in place.
 struct LagSampler {
     labels: Labels,
+    /// The build's schema and a pool onto it, for `projection_parked_aggregates`.
+    schema: String,
+    pool: PgPool,
     watermarks: Arc<StreamConsumer>,
     partitions: Vec<TopicPartition>,
     /// The next offset of each partition as last committed (the applier updates it).
@@ -246,6 +260,16 @@ impl LagSampler {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            match parking::parked_count(&self.pool, &self.schema).await {
+                #[allow(clippy::cast_precision_loss)] // a gauge; exact below 2^53 aggregates
+                Ok(parked) => metrics::gauge!(
+                    "projection_parked_aggregates",
+                    "version" => self.labels.version.clone(),
+                    "build" => self.labels.build.clone(),
+                )
+                .set(parked as f64),
+                Err(error) => tracing::warn!(%error, "could not count the parked aggregates"),
             }
             let (consumer, partitions_now, settings) = (
                 self.watermarks.clone(),
@@ -352,66 +376,20 @@ impl ReadModels {
         tx: &mut PgConnection,
         record: &Record<'_>,
     ) -> anyhow::Result<RecordOutcome> {
-        let position = record.position();
-        let envelope = match self.registry.validate_bytes(record.payload()) {
-            Ok(envelope) => envelope,
-            Err(violation) => {
-                self.dead_letter(record, &Reason::from(&violation)).await?;
-                return Ok(RecordOutcome::DeadLettered);
-            }
-        };
-        let span = tracing::Span::current();
-        span.record("event_type", envelope.event_type.as_str());
-        span.record(
-            "aggregate_id",
-            tracing::field::display(envelope.aggregate_id),
-        );
-        if self.topics.aggregate_of(&position.topic) != Some(envelope.aggregate_type) {
-            let full = format!(
-                "a {} event on topic {}",
-                envelope.aggregate_type, position.topic
-            );
-            let reason = Reason {
-                for_log: full.clone(),
-                full,
-            };
-            self.dead_letter(record, &reason).await?;
-            return Ok(RecordOutcome::DeadLettered);
-        }
-        match read_models::apply(&mut *tx, &self.registry, &envelope).await {
-            Ok(Applied::Changed) => Ok(RecordOutcome::Applied),
-            Ok(Applied::Ignored) => Ok(RecordOutcome::Ignored),
-            Ok(Applied::Stale) => {
-                tracing::warn!(
-                    version = self.build.version,
-                    build = self.build.build,
-                    aggregate_id = %envelope.aggregate_id,
-                    event_id = %envelope.event_id,
-                    sequence = envelope.sequence,
-                    topic = %position.topic, partition = position.partition, offset = position.offset,
-                    "duplicate sequence in an aggregate stream (a losing writer's record); not applied"
-                );
-                Ok(RecordOutcome::Duplicate)
-            }
-            Ok(Applied::Gap { expected }) => {
-                tracing::error!(
-                    version = self.build.version,
-                    build = self.build.build,
-                    aggregate_id = %envelope.aggregate_id,
-                    sequence = envelope.sequence,
-                    expected,
-                    topic = %position.topic, partition = position.partition, offset = position.offset,
-                    "gap in an aggregate stream; event not applied"
-                );
-                record_gap(&mut *tx, &envelope, expected, position).await?;
-                Ok(RecordOutcome::Gap)
-            }
-            // Decoding happens before any write, so nothing of this record is in the transaction.
-            Err(ApplyError::Contract(violation)) => {
-                self.dead_letter(record, &Reason::from(&violation)).await?;
+        let projected = parking::project_record(
+            &mut *tx,
+            &self.registry,
+            &self.topics,
+            record.payload(),
+            record.position(),
+        )
+        .await?;
+        match projected {
+            Projected::Outcome(outcome) => Ok(outcome),
+            Projected::Refused { full, for_log } => {
+                self.dead_letter(record, &Reason { full, for_log }).await?;
                 Ok(RecordOutcome::DeadLettered)
             }
-            Err(ApplyError::Database(error)) => Err(error.into()),
         }
     }
 
@@ -514,27 +492,4 @@ impl Switch {
             .flatten()
             .all(|(tp, end)| stored.get(tp).copied().unwrap_or(0) >= *end))
     }
-}
-
-async fn record_gap(
-    conn: &mut PgConnection,
-    envelope: &EventEnvelope,
-    expected: u64,
-    position: &LogPosition,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO projection_anomalies (kind, aggregate_type, aggregate_id, sequence, expected, event_id, topic, partition, log_offset) \
-         VALUES ('gap', $1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(envelope.aggregate_type.as_str())
-    .bind(envelope.aggregate_id)
-    .bind(i64::try_from(envelope.sequence).unwrap_or(i64::MAX))
-    .bind(i64::try_from(expected).unwrap_or(i64::MAX))
-    .bind(envelope.event_id)
-    .bind(&position.topic)
-    .bind(position.partition)
-    .bind(position.offset)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

@@ -88,6 +88,27 @@ CREATE TABLE IF NOT EXISTS {schema}.projection_anomalies (
     detected_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
+-- Records this build cannot apply yet and the later records of their aggregates, in the order
+-- they arrived, written in the same transaction as the offsets that moved past them
+-- (docs/evolution.md, on parking). Bookkeeping, like the two tables
+-- above: no query-api reads it, and every build of version 2 gets it when its projector starts.
+CREATE TABLE IF NOT EXISTS {schema}.parked_records (
+    id             BIGSERIAL PRIMARY KEY,
+    aggregate_type TEXT        NOT NULL,
+    aggregate_id   UUID        NOT NULL,
+    sequence       BIGINT      NOT NULL,
+    event_type     TEXT        NOT NULL,
+    event_version  INTEGER     NOT NULL,
+    -- Why the first record of the aggregate cannot be applied (never a payload's values).
+    reason         TEXT        NOT NULL,
+    topic          TEXT        NOT NULL,
+    partition      INTEGER     NOT NULL,
+    log_offset     BIGINT      NOT NULL,
+    payload        BYTEA       NOT NULL,
+    parked_at      TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS parked_records_by_aggregate ON {schema}.parked_records (aggregate_type, aggregate_id, sequence, id);
+
 CREATE TABLE IF NOT EXISTS {schema}.facilities (
     facility_id        UUID PRIMARY KEY,
     name               TEXT        NOT NULL,

@@ -112,7 +112,11 @@ impl Service for Application {
         let first = claimed.map(|claimed| (first.build, claimed));
         let projector = tokio::spawn(supervisor.run(first, shutdown.clone()));
         let producer = event_log::EventProducer::new(&settings.kafka)?;
-        let router = routes::router(AppState { pool, producer });
+        let router = routes::router(AppState {
+            pool,
+            producer,
+            version: READ_MODEL.version,
+        });
         let server = platform::http::HttpServer::bind(router, &settings.http).await?;
         Ok(Self {
             server,

@@ -8,6 +8,7 @@
 //! - [`saga`]: the pure state machine (facts in, one next step out). No I/O.
 //! - [`store`]: the saga rows, offsets and per-aggregate sequences in PostgreSQL.
 //! - [`consumer`]: log → facts, offsets in the same transaction as the facts they changed.
+//! - `parking`: the records the consumer cannot take yet, kept in order (docs/evolution.md).
 //! - [`worker`]: picks sagas whose next step is due and performs it, one booking at a time.
 //! - [`actions`]: performing a step: the command-service client, the gateway, the mailer; and
 //!   what a failure means (unavailable, refused for now, permanent).
@@ -19,6 +20,7 @@
 
 pub mod actions;
 pub mod consumer;
+mod parking;
 pub mod reconcile;
 mod routes;
 pub mod saga;

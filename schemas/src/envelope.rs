@@ -122,8 +122,9 @@ impl EventMetadata {
 /// `sequence` is the event's position in its aggregate's stream, starting at 1. Readers admit an
 /// event only if it is the next one after the last admitted event of the aggregate (see
 /// `docs/consistency.md`), which is how racing writers are resolved the same way everywhere.
+///
+/// Unknown top-level fields are ignored, not refused (docs/evolution.md, rule 7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EventEnvelope {
     pub event_id: Uuid,
     pub event_type: String,

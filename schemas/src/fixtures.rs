@@ -67,6 +67,7 @@ pub fn booking_story(i: usize) -> (BookingId, Vec<EventEnvelope>) {
         time_zone,
         opening_hours,
         turnaround_minutes,
+        funeral_home_id: None,
     };
     let requested = BookingEvent::BookingRequested {
         booking_id: booking,

@@ -44,19 +44,19 @@ async fn poison_records_are_dead_lettered_with_a_reason_and_the_projector_goes_o
         "causation_id": Uuid::new_v4(), "actor": {"subject": "d", "role": "director"},
         "data": {"facility_id": Uuid::new_v4(), "name": "Chapel"}
     });
+    // An event type this release does not know is not poison: a later release may have written
+    // it. It parks its aggregate instead (docs/evolution.md) and is never dead-lettered.
     let mut unknown_type = valid_shape.clone();
     unknown_type["event_type"] = json!("FacilityDemolished");
-    let poison: [(Vec<u8>, &str); 3] = [
+    unknown_type["aggregate_id"] = json!(Uuid::new_v4());
+    let unknown = serde_json::to_vec(&unknown_type).unwrap();
+    let poison: [(Vec<u8>, &str); 2] = [
         (b"\xff\xfe not json".to_vec(), "not a JSON document"),
         (serde_json::to_vec(&valid_shape).unwrap(), "payload invalid"),
-        (
-            serde_json::to_vec(&unknown_type).unwrap(),
-            "unknown event type",
-        ),
     ];
     let mut poison_partition = None;
     let mut last_poison_offset = 0;
-    for (payload, _) in &poison {
+    for payload in poison.iter().map(|(payload, _)| payload).chain([&unknown]) {
         let position = producer
             .send(&topic, Some(key.as_bytes()), payload, OwnedHeaders::new())
             .await
@@ -136,6 +136,36 @@ async fn poison_records_are_dead_lettered_with_a_reason_and_the_projector_goes_o
             message.payload().unwrap().to_vec(),
         ));
     }
+    // And nothing more: the unknown event type was parked, not dead-lettered.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), stream.next())
+            .await
+            .is_err(),
+        "only the poison is dead-lettered"
+    );
+    let ready: Value = stack
+        .http
+        .get(format!("{}/ready", stack.projection_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let parked = ready["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|check| check["name"] == "parked")
+        .and_then(|check| check["detail"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        parked.contains("1 aggregates parked")
+            && parked.contains(unknown_type["aggregate_id"].as_str().unwrap())
+            && parked.contains("FacilityDemolished v1"),
+        "{ready}"
+    );
     reasons.sort_by_key(|(offset, _, _)| *offset);
     for ((_, reason, payload), (original, expected)) in reasons.iter().zip(&poison) {
         assert!(

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use chrono::{DateTime, Utc};
 
 use crate::values::{
-    BookingId, Capacity, FacilityId, FacilityKind, FacilityName, OpeningHours, Slot, TimeZone,
-    TurnaroundBuffer,
+    BookingId, Capacity, FacilityId, FacilityKind, FacilityName, FuneralHomeId, OpeningHours, Slot,
+    TimeZone, TurnaroundBuffer,
 };
 use crate::{Aggregate, DomainError, DomainEvent};
 
@@ -165,6 +165,10 @@ pub enum FacilityEvent {
         opening_hours: OpeningHours,
         /// Time needed between two services, in minutes.
         turnaround_minutes: TurnaroundBuffer,
+        /// The funeral home the facility belongs to (v2; issue 16 gives the API a home to name).
+        /// `None` for every facility registered before v2, which the upcaster cannot know
+        /// (docs/evolution.md, rule 5), and for a registration that named none.
+        funeral_home_id: Option<FuneralHomeId>,
     },
     /// The weekly opening hours were replaced.
     #[serde(rename = "OpeningHoursChanged")]
@@ -210,12 +214,15 @@ impl DomainEvent for FacilityEvent {
     }
 
     fn event_version(&self) -> u16 {
-        1
+        match self {
+            Self::FacilityRegistered { .. } => 2,
+            _ => 1,
+        }
     }
 
     fn catalogue() -> &'static [(&'static str, u16)] {
         &[
-            ("FacilityRegistered", 1),
+            ("FacilityRegistered", 2),
             ("OpeningHoursChanged", 1),
             ("SlotReserved", 1),
             ("SlotRejected", 1),
@@ -255,6 +262,7 @@ impl Aggregate for Facility {
                     time_zone,
                     opening_hours,
                     turnaround_minutes: turnaround,
+                    funeral_home_id: None,
                 }])
             }
             FacilityCommand::ChangeOpeningHours { opening_hours } => {
@@ -291,6 +299,7 @@ impl Aggregate for Facility {
                 time_zone,
                 opening_hours,
                 turnaround_minutes,
+                funeral_home_id: _,
             } => {
                 state.registered = Some(FacilityProfile {
                     facility_id: *facility_id,

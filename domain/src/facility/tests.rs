@@ -292,7 +292,8 @@ fn facility_events_have_a_stable_wire_shape() {
                 {"weekday": "fri", "opens": "09:00", "closes": "17:00"},
                 {"weekday": "sat", "opens": "10:00", "closes": "14:00"}
             ],
-            "turnaround_minutes": 30
+            "turnaround_minutes": 30,
+            "funeral_home_id": null
         }})
     );
     assert_eq!(
@@ -430,6 +431,7 @@ proptest! {
             time_zone,
             opening_hours: open_all_week(),
             turnaround_minutes: turnaround,
+            funeral_home_id: None,
         }]);
         for op in &ops {
             match Facility::decide(&state, command_for(op)) {

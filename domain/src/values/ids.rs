@@ -69,6 +69,12 @@ uuid_id! {
 }
 
 uuid_id! {
+    /// Identifies a funeral home: the business a facility belongs to (issue 16). Not an aggregate
+    /// of its own yet; facilities registered before `FacilityRegistered` v2 have none.
+    FuneralHomeId
+}
+
+uuid_id! {
     /// Identifies a booking, and the booking's event stream.
     BookingId
 }

@@ -17,7 +17,10 @@ mod slot;
 mod time_zone;
 
 pub use email::EmailAddress;
-pub use ids::{BookingId, FacilityId, PAYMENT_ID_NAMESPACE, PaymentId, SAGA_ID_NAMESPACE, SagaId};
+pub use ids::{
+    BookingId, FacilityId, FuneralHomeId, PAYMENT_ID_NAMESPACE, PaymentId, SAGA_ID_NAMESPACE,
+    SagaId,
+};
 pub use kinds::{FacilityKind, ServiceType};
 pub use money::{Currency, Money};
 pub use names::{FacilityName, PersonName, Relationship};

@@ -106,6 +106,7 @@ pub(crate) fn facility_registered(id: Uuid) -> domain::facility::FacilityEvent {
         time_zone,
         opening_hours,
         turnaround_minutes,
+        funeral_home_id: None,
     }
 }
 
