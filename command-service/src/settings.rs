@@ -60,9 +60,7 @@ impl Settings {
         Self {
             http: default_http(),
             kafka: KafkaSettings::default(),
-            auth: AuthSettings {
-                secret: secret.to_owned().into(),
-            },
+            auth: AuthSettings::shared_secret(secret.to_owned().into()),
             log: LogSettings::default(),
             commands: CommandSettings::default(),
         }

@@ -73,9 +73,7 @@ impl Settings {
         Self {
             http: default_http(),
             database,
-            auth: AuthSettings {
-                secret: secret.to_owned().into(),
-            },
+            auth: AuthSettings::shared_secret(secret.to_owned().into()),
             log: LogSettings::default(),
             consistency: ConsistencySettings::default(),
             read_model: ReadModelSettings::default(),

@@ -151,9 +151,7 @@ impl Settings {
             http: default_http(),
             kafka: KafkaSettings::default(),
             database: DatabaseSettings::default(),
-            auth: AuthSettings {
-                secret: secret.to_owned().into(),
-            },
+            auth: AuthSettings::shared_secret(secret.to_owned().into()),
             log: LogSettings::default(),
             saga: SagaSettings::default(),
             gateway: GatewaySettings::default(),

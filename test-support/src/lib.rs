@@ -5,7 +5,10 @@
 //! - across services and processes: [`fresh_database`] and [`fresh_kafka`], a database and
 //!   topics of the test's own on the broker and PostgreSQL that `compose/test` started
 //!   (`FM_TEST_DATABASE_URL`, `FM_TEST_KAFKA_BROKERS`);
-//! - and, for every request, a bearer [`token`];
+//! - and, for every request, a bearer token: one the test stack's identity provider issues
+//!   ([`oidc_issuer`], [`provider_token`], [`person_token`]), or, where a suite has not moved to
+//!   the provider yet, one minted with a test secret ([`token`], the test-only path of
+//!   docs/identity.md);
 //! - two releases side by side: [`variants::build_variant`], the binaries built once more with
 //!   a test-only feature.
 //!
@@ -27,7 +30,7 @@ pub const TEST_SECRET: &str = "system-tests-secret-0123456789abcdef";
 /// Reads a variable the test command sets, or explains how to run the tests.
 pub fn required_env(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| {
-        format!("{name} is not set: run the suite with `compose/test`, which starts the broker and PostgreSQL")
+        format!("{name} is not set: run the suite with `compose/test`, which starts the broker, PostgreSQL and the identity provider")
     })
 }
 
@@ -85,7 +88,51 @@ where
     Ok(url)
 }
 
-/// A bearer token for `subject` with `role`, valid for an hour, signed with `secret`.
+/// The issuer of the test stack's identity provider (`FM_TEST_OIDC_ISSUER`): the
+/// `funeral-manager` realm of compose/keycloak/realm.json on the Keycloak compose/test started.
+pub fn oidc_issuer() -> anyhow::Result<String> {
+    required_env("FM_TEST_OIDC_ISSUER")
+}
+
+/// The access token the token endpoint of `issuer` issues for the grant `form`.
+pub async fn provider_token(issuer: &str, form: &[(&str, &str)]) -> anyhow::Result<String> {
+    let url = format!("{issuer}/protocol/openid-connect/token");
+    let response = reqwest::Client::new()
+        .post(&url)
+        .form(form)
+        .send()
+        .await
+        .with_context(|| format!("Failed to reach {url}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .with_context(|| format!("{url} answered no JSON"))?;
+    body["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("{url} issued no token ({status}): {body}"))
+}
+
+/// A person's token from the test provider: the password grant of the local realm's front-end
+/// client `fm-web` (in the local realm every password is the user name).
+pub async fn person_token(username: &str) -> anyhow::Result<String> {
+    let issuer = oidc_issuer()?;
+    provider_token(
+        &issuer,
+        &[
+            ("grant_type", "password"),
+            ("client_id", "fm-web"),
+            ("username", username),
+            ("password", username),
+        ],
+    )
+    .await
+}
+
+/// A bearer token for `subject` with `role`, valid for an hour, signed with `secret`: the
+/// test-only path for suites that still run their services with a shared secret
+/// (docs/identity.md, Status).
 pub fn token(secret: &str, role: Role, subject: &str) -> String {
     TokenKeys::from_secret(&SecretString::from(secret))
         .expect("a test secret has at least 32 bytes")
