@@ -47,7 +47,7 @@ impl Drop for Service {
 
 /// The command-service with the test provider as its only source of trust, a leeway of 1 s.
 async fn start() -> Service {
-    let mut settings = Settings::with_secret(support::SECRET);
+    let mut settings = Settings::with_auth(test_support::auth_settings());
     settings.auth = AuthSettings::oidc(oidc_issuer().unwrap());
     settings.auth.leeway = Duration::from_secs(1);
     settings.http.port = 0;

@@ -12,7 +12,7 @@ use platform::{settings::DatabaseSettings, shutdown::CancellationToken};
 use schemas::Role;
 use secrecy::SecretString;
 use serde_json::Value;
-use system_tests::{TEST_SECRET, TestStack, bodies, simulator::Simulator, smtp_sink::SmtpSink};
+use system_tests::{TestStack, bodies, simulator::Simulator, smtp_sink::SmtpSink};
 
 struct Run {
     status: i32,
@@ -24,7 +24,8 @@ async fn fmctl(saga_url: &str, args: &[&str]) -> Run {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fmctl"))
         .args(args)
         .env("FM_SAGA_URL", saga_url)
-        .env("FM_AUTH__SECRET", TEST_SECRET)
+        .envs(test_support::auth_env())
+        .envs(test_support::client_env(test_support::FMCTL_CLIENT))
         .output()
         .await
         .unwrap();
@@ -42,7 +43,7 @@ async fn start_runner(
     simulator: &Simulator,
     sink: &SmtpSink,
 ) -> (String, CancellationToken) {
-    let mut settings = saga_runner::Settings::with_secret(TEST_SECRET);
+    let mut settings = saga_runner::Settings::with_auth(test_support::saga_runner_auth_settings());
     settings.http = platform::settings::HttpSettings::on_port(0);
     settings.kafka = stack.kafka.clone();
     settings.database = DatabaseSettings {
@@ -61,7 +62,7 @@ async fn start_runner(
 
 /// Registers a facility and requests a booking there; returns the booking id.
 async fn book(stack: &TestStack) -> String {
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
     let facility: Value = stack
         .http
         .post(format!("{}/facilities", stack.command_url))

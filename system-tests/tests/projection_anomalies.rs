@@ -18,7 +18,7 @@ use system_tests::TestStack;
 #[tokio::test]
 async fn a_gap_or_a_duplicate_is_reported_and_not_applied() {
     let stack = TestStack::spawn().await.expect("stack starts");
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
     let producer = EventProducer::new(&stack.kafka).unwrap();
     let pool = PgPool::connect(&stack.database_url).await.unwrap();
     let booking = BookingId::new();
