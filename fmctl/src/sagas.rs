@@ -90,7 +90,8 @@ struct Target {
     /// Why (1-500 characters); kept in the log with the action.
     #[arg(long)]
     reason: String,
-    /// Who acts: the subject of the ops token, kept in the log with the action.
+    /// Who acts, kept in the log with the action: the subject of a minted ops token, or, with
+    /// fmctl's client at the identity provider, named in the recorded reason.
     #[arg(long, env = "USER")]
     operator: String,
     /// The saga runner's base URL.
@@ -137,25 +138,34 @@ struct Settings {
     auth: Option<AuthSettings>,
 }
 
-/// An `ops` token: with a provider (`FM_AUTH__ISSUER`), the client-credentials grant of fmctl's
-/// own client (`FM_AUTH__CLIENT_ID`, `FM_AUTH__CLIENT_SECRET`: `fm-fmctl` locally); without
-/// one, minted for `subject` from the test-only shared secret.
-async fn ops_token(subject: &str) -> anyhow::Result<String> {
+/// An `ops` token, and whether its subject is `subject`: with a provider (`FM_AUTH__ISSUER`), the
+/// client-credentials grant of fmctl's own client (`FM_AUTH__CLIENT_ID`,
+/// `FM_AUTH__CLIENT_SECRET`: `fm-fmctl` locally), whose subject is that client's service account;
+/// without one, minted for `subject` from the test-only shared secret.
+async fn ops_token(subject: &str) -> anyhow::Result<(String, bool)> {
     let settings: Settings =
         platform::settings::load().context("Failed to read the FM_* configuration")?;
     let auth = settings
         .auth
         .context("set FM_AUTH__ISSUER with FM_AUTH__CLIENT_ID and FM_AUTH__CLIENT_SECRET (or FM_AUTH__SECRET)")?;
     let token = ServiceToken::from_settings(&auth, subject, Role::Ops)?;
-    token.token().await.map_err(anyhow::Error::msg)
+    let names_subject = matches!(token, ServiceToken::Minted { .. });
+    let token = token.token().await.map_err(anyhow::Error::msg)?;
+    Ok((token, names_subject))
 }
 
 /// Performs an operator's action through the runner's ops API and says what was recorded.
 async fn act(action: &SagaAction) -> anyhow::Result<()> {
     let (kind, target, step) = action.parts();
-    let token = ops_token(&target.operator).await?;
+    let (token, names_operator) = ops_token(&target.operator).await?;
     let base = target.url.trim_end_matches('/');
-    let mut body = serde_json::json!({ "reason": target.reason });
+    // fmctl's client token names fmctl's service account, not the person: the reason does.
+    let reason = if names_operator {
+        target.reason.clone()
+    } else {
+        format!("{} (operator {})", target.reason, target.operator)
+    };
+    let mut body = serde_json::json!({ "reason": reason });
     if let Some(step) = step {
         body["step"] = Value::String(step.to_owned());
     }
@@ -188,7 +198,7 @@ pub(crate) async fn sagas(args: SagasArgs) -> anyhow::Result<()> {
     if let Some(action) = &args.action {
         return act(action).await;
     }
-    let token = ops_token("fmctl").await?;
+    let (token, _) = ops_token("fmctl").await?;
     let base = args.url.trim_end_matches('/');
     let url = match args.booking {
         Some(booking) => format!("{base}/sagas/{booking}"),
