@@ -5,7 +5,7 @@
 # Map:
 #   logging and timing ... log, warn, die, run_phase, elapsed_since
 #   installing ........... install_build_tools, install_postgres, install_kafka,
-#                          install_rust_tools, ensure_nextest, install_python_venv,
+#                          install_keycloak, install_rust_tools, ensure_nextest, install_python_venv,
 #                          install_smtp_sink
 #   waiting .............. port_in_use, wait_for_port, wait_for_http
 #   processes ............ start_daemon, pid_alive, stop_pidfile
@@ -14,6 +14,9 @@
 #   Apache Kafka ......... kafka_home, kafka_java, start_kafka, wait_for_kafka, kafka_answers,
 #                          kafka_brokers, stop_kafka (the node's settings: compose/kafka/broker;
 #                          the three-broker cluster: compose/kafka/cluster)
+#   Keycloak ............. keycloak_home, keycloak_java, install_keycloak, keycloak_seed,
+#                          start_keycloak, stop_keycloak, keycloak_token (realm:
+#                          compose/keycloak/realm.json)
 #   SMTP sink ............ smtp_sink_python, start_smtp_sink, stop_smtp_sink
 #   services ............. cargo_target_dir, service_binary, start_service, stop_service,
 #                          wait_for_ready
@@ -32,6 +35,9 @@ FM_COMPOSE_DIR="$FM_REPO_ROOT/compose"
 
 # The Apache Kafka release the local stack and the tests run (compose/kafka/pom.xml resolves it).
 FM_KAFKA_VERSION=${FM_KAFKA_VERSION:-4.4.0}
+
+# The Keycloak release of the local OpenID Connect provider (compose/keycloak/pom.xml).
+FM_KEYCLOAK_VERSION=${FM_KEYCLOAK_VERSION:-26.7.3}
 
 # ---------------------------------------------------------------------------------------------
 # Logging and timing
@@ -674,6 +680,184 @@ kafka_brokers() {
 # stop_kafka [TIMEOUT_SECONDS]: SIGTERM (Kafka's controlled shutdown: leadership moves, the log
 # is closed cleanly, so the next start needs no recovery), SIGKILL after TIMEOUT (default 60).
 stop_kafka() { stop_pidfile "$FM_RUN_DIR/kafka.pid" kafka "${1:-60}"; }
+
+# ---------------------------------------------------------------------------------------------
+# Keycloak: the OpenID Connect provider of the local stack and of the tests that need tokens
+# (docs/identity.md). One optimized server per install (kc.sh build, done once), shared by every
+# stack on the machine; each stack gets a home of its own (bin/ and data/ real, lib/, conf/,
+# themes/, providers/ links into the install), a dev-file (H2) database copied from a seed made
+# once per realm file, and a pid file "$FM_RUN_DIR/keycloak.pid". HTTP on PORT, management
+# (health) on PORT+1, both on 127.0.0.1.
+
+# keycloak_home: where install_keycloak puts the built server (FM_KEYCLOAK_HOME overrides).
+keycloak_home() {
+    printf '%s\n' "${FM_KEYCLOAK_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/funeral-manager/keycloak-$FM_KEYCLOAK_VERSION}"
+}
+
+# keycloak_java: prints a java binary of version 21 or newer (Keycloak 26 needs 21+):
+# FM_KEYCLOAK_JAVA, then $JAVA_HOME/bin/java, java on PATH, then the newest JDK under
+# /usr/lib/jvm. Fails when there is none.
+keycloak_java() {
+    local java major
+    for java in ${FM_KEYCLOAK_JAVA:-} ${JAVA_HOME:+$JAVA_HOME/bin/java} java \
+        $(printf '%s\n' /usr/lib/jvm/*/bin/java | sort -rV); do
+        command -v "$java" >/dev/null || continue
+        major=$(java_major "$java")
+        if [[ -n "$major" ]] && ((major >= 21)); then
+            readlink -f "$(command -v "$java")"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The build-time options of the optimized server (kc.sh build); part of the install's stamp.
+FM_KEYCLOAK_BUILD_OPTIONS=(--db=dev-file --health-enabled=true)
+
+# install_keycloak: Keycloak FM_KEYCLOAK_VERSION from Maven Central (mvn dependency:unpack of
+# compose/keycloak/pom.xml) into keycloak_home, built
+# once with FM_KEYCLOAK_BUILD_OPTIONS, unless it is there already (same pom, same options).
+# Java 21+ comes from Debian's packages when the machine has none.
+install_keycloak() {
+    local home pom="$FM_COMPOSE_DIR/keycloak/pom.xml" stamp staging java started=$SECONDS
+    home=$(keycloak_home)
+    stamp="$FM_KEYCLOAK_VERSION ${FM_KEYCLOAK_BUILD_OPTIONS[*]} $(sha256sum "$pom" | cut -d' ' -f1)"
+    if ! java=$(keycloak_java); then
+        log "no Java 21 or newer found: installing it from Debian's packages"
+        apt_install openjdk-21-jre-headless || apt_install openjdk-25-jre-headless ||
+            die "Keycloak $FM_KEYCLOAK_VERSION needs Java 21 or newer, and Debian offers none here;" \
+                "install one and set FM_KEYCLOAK_JAVA to its java binary"
+        java=$(keycloak_java) || die "a JDK was installed, but no java 21+ was found"
+    fi
+    if [[ -f "$home/.installed" && "$(<"$home/.installed")" == "$stamp" ]]; then
+        return 0
+    fi
+    command -v mvn >/dev/null || apt_install maven
+    log "installing Keycloak $FM_KEYCLOAK_VERSION from Maven Central into $home (once)"
+    staging="$home.partial"
+    rm -rf "$staging"
+    mkdir -p "$staging"
+    JAVA_HOME=$(dirname "$(dirname "$java")") \
+        mvn --batch-mode --quiet --no-transfer-progress -Dstyle.color=never -f "$pom" \
+        -Dkeycloak.version="$FM_KEYCLOAK_VERSION" \
+        dependency:unpack -DoutputDirectory="$staging" -DmarkersDirectory="$staging/markers" \
+        </dev/null >&2 || die "mvn could not resolve Keycloak $FM_KEYCLOAK_VERSION (see above)"
+    local unpacked="$staging/keycloak-$FM_KEYCLOAK_VERSION"
+    [[ -x "$unpacked/bin/kc.sh" ]] || die "mvn finished, but $unpacked has no bin/kc.sh"
+    log "building the optimized Keycloak server (kc.sh build ${FM_KEYCLOAK_BUILD_OPTIONS[*]})"
+    JAVA_HOME=$(dirname "$(dirname "$java")") "$unpacked/bin/kc.sh" build \
+        "${FM_KEYCLOAK_BUILD_OPTIONS[@]}" </dev/null >"$staging/build.log" 2>&1 || {
+        show_log_tail "$staging/build.log"
+        die "kc.sh build failed (log $staging/build.log)"
+    }
+    printf '%s\n' "$stamp" >"$unpacked/.installed"
+    rm -rf "$home"
+    mv "$unpacked" "$home"
+    rm -rf "$staging"
+    log "Keycloak $FM_KEYCLOAK_VERSION installed and built in $(elapsed_since "$started")"
+}
+
+# keycloak_stack_home DATA_DIR: makes DATA_DIR a Keycloak home of its own (idempotent): bin/
+# with a copy of kc.sh (kc.sh takes its home from its own resolved path), data/, and links to
+# the install's lib/, conf/, themes/ and providers/.
+keycloak_stack_home() {
+    local data=$1 home dir
+    home=$(keycloak_home)
+    mkdir -p "$data/bin" "$data/data"
+    cp -f "$home/bin/kc.sh" "$data/bin/kc.sh"
+    for dir in lib conf themes providers; do
+        ln -sfn "$home/$dir" "$data/$dir"
+    done
+}
+
+# keycloak_seed: prints the directory of an H2 database that holds compose/keycloak/realm.json
+# imported (kc.sh import, no server), made once per realm file and version and cached beside the
+# install. Creating Keycloak's schema costs most of a first start; a copy of the seed skips it.
+keycloak_seed() {
+    local realm="$FM_COMPOSE_DIR/keycloak/realm.json" home seed work java started=$SECONDS
+    home=$(keycloak_home)
+    seed="$home.seeds/$(sha256sum "$realm" | cut -c1-16)"
+    if [[ -f "$seed/.complete" ]]; then
+        printf '%s\n' "$seed"
+        return 0
+    fi
+    java=$(keycloak_java) || die "no Java 21 or newer for Keycloak (run install_keycloak)"
+    work=$(mktemp -d "$home.seeds.XXXXXX")
+    keycloak_stack_home "$work"
+    log "seeding Keycloak's database with $realm (once per realm file)"
+    JAVA_HOME=$(dirname "$(dirname "$java")") "$work/bin/kc.sh" import --file "$realm" \
+        --db-url="jdbc:h2:file:$work/data/h2/keycloakdb;NON_KEYWORDS=VALUE" \
+        </dev/null >"$work/import.log" 2>&1 || {
+        show_log_tail "$work/import.log"
+        rm -rf "$work"
+        die "kc.sh import of $realm failed"
+    }
+    mkdir -p "$(dirname "$seed")"
+    rm -rf "$seed"
+    mv "$work/data/h2" "$seed"
+    touch "$seed/.complete"
+    rm -rf "$work"
+    log "Keycloak seed $seed made in $(elapsed_since "$started")"
+    printf '%s\n' "$seed"
+}
+
+# start_keycloak DATA_DIR PORT LOG: starts Keycloak on 127.0.0.1:PORT (management and health on
+# PORT+1) with the realm of compose/keycloak/realm.json, its database copied from the seed on the
+# first start; returns when the realm's discovery document answers. Leaves a running one alone.
+# The master realm's administrator is FM_KEYCLOAK_ADMIN / FM_KEYCLOAK_ADMIN_PASSWORD
+# (admin/admin by default: a local stack only).
+start_keycloak() {
+    local data=$1 port=$2 logfile=$3 pidfile="$FM_RUN_DIR/keycloak.pid" java seed pid p
+    local started=$SECONDS
+    if pid_alive "$pidfile" kc.sh; then
+        log "Keycloak already running (pid $(<"$pidfile"))"
+        return 0
+    fi
+    for p in "$port" "$((port + 1))"; do
+        if port_in_use "$p"; then
+            die "port $p is already taken by another process, so Keycloak cannot start there;" \
+                "stop that process or choose another port (FM_KEYCLOAK_PORT)"
+        fi
+    done
+    java=$(keycloak_java) || die "no Java 21 or newer for Keycloak (run install_keycloak)"
+    seed=$(keycloak_seed)
+    keycloak_stack_home "$data"
+    if [[ ! -d "$data/data/h2" ]]; then
+        cp -r "$seed" "$data/data/h2"
+    fi
+    log "starting Keycloak $FM_KEYCLOAK_VERSION on 127.0.0.1:$port (data $data)"
+    start_daemon "$pidfile" "$logfile" env JAVA_HOME="$(dirname "$(dirname "$java")")" \
+        JAVA_OPTS_KC_HEAP="${FM_KEYCLOAK_HEAP:--Xms64m -Xmx512m}" \
+        KC_BOOTSTRAP_ADMIN_USERNAME="${FM_KEYCLOAK_ADMIN:-admin}" \
+        KC_BOOTSTRAP_ADMIN_PASSWORD="${FM_KEYCLOAK_ADMIN_PASSWORD:-admin}" \
+        "$data/bin/kc.sh" start --optimized --cache=local \
+        --http-enabled=true --http-host=127.0.0.1 --http-port="$port" \
+        --http-management-port="$((port + 1))" --hostname-strict=false \
+        --db-url="jdbc:h2:file:$data/data/h2/keycloakdb;NON_KEYWORDS=VALUE"
+    pid=$(<"$pidfile")
+    if ! wait_for_http "http://127.0.0.1:$port/realms/funeral-manager/.well-known/openid-configuration" \
+        "${FM_KEYCLOAK_START_TIMEOUT:-240}" "$pid"; then
+        show_log_tail "$logfile"
+        die "Keycloak did not start (log $logfile)"
+    fi
+    log "Keycloak answers on 127.0.0.1:$port ($(elapsed_since "$started"))"
+}
+
+# stop_keycloak [TIMEOUT_SECONDS]: SIGTERM, SIGKILL after TIMEOUT (default 30).
+stop_keycloak() { stop_pidfile "$FM_RUN_DIR/keycloak.pid" kc.sh "${1:-30}"; }
+
+# keycloak_token ISSUER GRANT_ARGS...: prints the access token the realm's token endpoint issues
+# for a grant (e.g. `-d grant_type=password -d client_id=fm-web -d username=director-a
+# -d password=director-a`). Fails with a sentence when it issues none.
+keycloak_token() {
+    local issuer=$1 reply token
+    shift
+    reply=$(curl -sS --max-time 30 "$@" "$issuer/protocol/openid-connect/token") ||
+        die "the token endpoint of $issuer did not answer"
+    token=$(printf '%s' "$reply" | sed -nE 's/.*"access_token":"([^"]+)".*/\1/p')
+    [[ -n "$token" ]] || die "$issuer issued no token: $reply"
+    printf '%s\n' "$token"
+}
 
 # ---------------------------------------------------------------------------------------------
 # The SMTP sink: compose/smtp-sink.py (aiosmtpd), every accepted message one file in a Maildir.

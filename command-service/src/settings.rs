@@ -55,14 +55,12 @@ impl Default for CommandSettings {
 }
 
 impl Settings {
-    /// Settings for tests and tools: defaults everywhere but the secret.
-    pub fn with_secret(secret: &str) -> Self {
+    /// Settings for tests and tools: defaults everywhere but how tokens are checked.
+    pub fn with_auth(auth: AuthSettings) -> Self {
         Self {
             http: default_http(),
             kafka: KafkaSettings::default(),
-            auth: AuthSettings {
-                secret: secret.to_owned().into(),
-            },
+            auth,
             log: LogSettings::default(),
             commands: CommandSettings::default(),
         }

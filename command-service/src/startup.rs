@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use event_log::EventProducer;
-use platform::{auth::TokenKeys, shutdown::CancellationToken, startup::Service};
+use platform::{auth::Verifier, shutdown::CancellationToken, startup::Service};
 use schemas::SchemaRegistry;
 use tokio::task::JoinHandle;
 
@@ -45,7 +45,7 @@ impl Application {
 impl Service for Application {
     type Settings = Settings;
     const NAME: &'static str = "command-service";
-    const SETTINGS_HINT: &'static str = " (FM_AUTH__SECRET must be set)";
+    const SETTINGS_HINT: &'static str = " (FM_AUTH__ISSUER or FM_AUTH__SECRET must be set)";
 
     fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
         &settings.log
@@ -54,7 +54,8 @@ impl Service for Application {
     /// Connects to the broker, starts reading the log into the aggregate store, and binds the
     /// HTTP listener. `/ready` turns true once the store has caught up.
     async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let keys = TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?;
+        let verifier = Verifier::from_settings(&settings.auth).context("Invalid auth settings")?;
+        verifier.warm_up().await;
         let registry =
             Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
         let producer =
@@ -113,7 +114,7 @@ impl Service for Application {
         let state = AppState {
             commands,
             producer,
-            keys: Arc::new(keys),
+            verifier: Arc::new(verifier),
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;

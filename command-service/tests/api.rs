@@ -26,7 +26,7 @@ impl Drop for Service {
 }
 
 async fn start(kafka: &KafkaSettings) -> Service {
-    let mut settings = Settings::with_secret(support::SECRET);
+    let mut settings = Settings::with_auth(test_support::auth_settings());
     settings.http.port = 0;
     settings.kafka = kafka.clone();
     let shutdown = CancellationToken::new();
@@ -59,7 +59,7 @@ async fn post(url: &str, token: Option<&str>, body: &Value) -> (StatusCode, Valu
 }
 
 async fn register_facility(service: &Service) -> String {
-    let director = token(Role::Director, "director-1");
+    let director = token(Role::Director, "director-1").await;
     let (status, body) = post(
         &format!("{}/facilities", service.url),
         Some(&director),
@@ -82,6 +82,9 @@ struct Case {
     field_rule: Option<(&'static str, &'static str)>,
 }
 
+/// Stands for the director's token in a [`Case`] (the loop puts the provider's token there).
+const DIRECTOR: &str = "<the director's token>";
+
 fn json_case(
     name: &'static str,
     path: &str,
@@ -92,7 +95,7 @@ fn json_case(
     Case {
         name,
         path: path.to_owned(),
-        token: Some(token(Role::Director, "director-1")),
+        token: Some(DIRECTOR.to_owned()),
         content_type: "application/json",
         body: serde_json::to_vec(body).unwrap(),
         status,
@@ -288,11 +291,11 @@ async fn bad_input_gets_the_right_problem_and_writes_nothing() {
             )
         },
         Case {
-            token: Some(token(Role::Ops, "ops-1")),
+            token: Some(token(Role::Ops, "ops-1").await),
             ..json_case("wrong role", &bookings, &good, StatusCode::FORBIDDEN, None)
         },
         Case {
-            token: Some(token(Role::Family, "family-1")),
+            token: Some(token(Role::Family, "family-1").await),
             ..json_case(
                 "family registering a facility",
                 &facilities,
@@ -304,13 +307,14 @@ async fn bad_input_gets_the_right_problem_and_writes_nothing() {
     ];
     let before = log_ends(&kafka).await;
     let client = Client::new();
+    let director = token(Role::Director, "director-1").await;
     for case in cases.drain(..) {
         let mut request = client
             .post(&case.path)
             .header("content-type", case.content_type)
             .body(case.body);
         if let Some(token) = &case.token {
-            request = request.bearer_auth(token);
+            request = request.bearer_auth(if token == DIRECTOR { &director } else { token });
         }
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), case.status, "{}", case.name);
@@ -343,7 +347,7 @@ async fn an_idempotency_key_replays_the_first_answer_even_after_a_restart() {
     let kafka = fresh_kafka().await;
     let service = start(&kafka).await;
     let facility_id = register_facility(&service).await;
-    let family = token(Role::Family, "family-1");
+    let family = token(Role::Family, "family-1").await;
     let client = Client::new();
     let send = |body: Value| {
         client
@@ -396,7 +400,7 @@ async fn cancel_honours_if_match_and_ownership() {
     let kafka = fresh_kafka().await;
     let service = start(&kafka).await;
     let facility_id = register_facility(&service).await;
-    let family = token(Role::Family, "family-1");
+    let family = token(Role::Family, "family-1").await;
     let (status, created) = post(
         &format!("{}/bookings", service.url),
         Some(&family),
@@ -413,7 +417,7 @@ async fn cancel_honours_if_match_and_ownership() {
 
     let stranger = client
         .post(&cancel_url)
-        .bearer_auth(token(Role::Family, "family-2"))
+        .bearer_auth(token(Role::Family, "family-2").await)
         .send()
         .await
         .unwrap();
@@ -545,7 +549,7 @@ async fn with_a_booking(kafka: &KafkaSettings) -> (Service, String, String) {
     let facility_id = register_facility(&service).await;
     let (status, created) = post(
         &format!("{}/bookings", service.url),
-        Some(&token(Role::Family, "family-1")),
+        Some(&token(Role::Family, "family-1").await),
         &booking(&facility_id, 12),
     )
     .await;
@@ -562,9 +566,9 @@ async fn every_answer_the_fuzzer_found_undeclared_is_declared() {
     let client = Client::new();
     let url = |path: String| format!("{}{path}", service.url);
     let (director, family, saga) = (
-        token(Role::Director, "director-1"),
-        token(Role::Family, "family-1"),
-        token(Role::System, "saga"),
+        token(Role::Director, "director-1").await,
+        token(Role::Family, "family-1").await,
+        token(Role::System, "saga").await,
     );
     let confirm = ("post", "/bookings/{id}/confirm");
     let cases = [
@@ -657,7 +661,7 @@ async fn a_path_id_that_is_not_a_uuid_is_a_problem_naming_it() {
         ("post", "/bookings/{id}/cancel"),
         client
             .post(format!("{}/bookings/not-a-uuid/cancel", service.url))
-            .bearer_auth(token(Role::Family, "family-1")),
+            .bearer_auth(token(Role::Family, "family-1").await),
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
@@ -670,7 +674,7 @@ async fn a_path_id_that_is_not_a_uuid_is_a_problem_naming_it() {
                 "{}/facilities/{facility_id}/reservations/%C3%82%C2%BC/release",
                 service.url
             ))
-            .bearer_auth(token(Role::System, "saga")),
+            .bearer_auth(token(Role::System, "saga").await),
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
@@ -686,7 +690,7 @@ async fn a_declined_payment_without_a_reason_is_refused_and_writes_nothing() {
     // once the wait for it to be read back ran out.
     let (status, problem) = post(
         &format!("{}/bookings/{booking_id}/payment/declined", service.url),
-        Some(&token(Role::System, "saga")),
+        Some(&token(Role::System, "saga").await),
         &json!({"amount": {"amount_minor": 125_000, "currency": "GBP"}, "reason": ""}),
     )
     .await;
@@ -705,7 +709,7 @@ async fn if_match_takes_the_booking_etag_the_query_api_gives() {
     let kafka = fresh_kafka().await;
     let (service, _, booking_id) = with_a_booking(&kafka).await;
     let url = format!("{}/bookings/{booking_id}/cancel", service.url);
-    let family = token(Role::Family, "family-1");
+    let family = token(Role::Family, "family-1").await;
     let client = Client::new();
     // The query-api's booking ETag carries the payment's version and the saga's progress after
     // the booking's: "booking-<id>-v<version>-p<payment version>[-s<digest>]". It was refused
@@ -788,7 +792,7 @@ async fn records_no_reader_can_use_are_passed_over_and_take_no_sequence() {
             "{}/facilities/{facility_id}/opening-hours",
             second.url
         ))
-        .bearer_auth(token(Role::Director, "director-1"))
+        .bearer_auth(token(Role::Director, "director-1").await)
         .header("if-match", "\"1\"")
         .json(&json!({ "opening_hours": hours }))
         .send()

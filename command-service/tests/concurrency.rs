@@ -54,7 +54,7 @@ async fn spawn_service(kafka: &KafkaSettings) -> Process {
         .env("FM_HTTP__PORT", port.to_string())
         .env("FM_KAFKA__BROKERS", &kafka.brokers)
         .env("FM_KAFKA__TOPIC_PREFIX", &kafka.topic_prefix)
-        .env("FM_AUTH__SECRET", support::SECRET)
+        .envs(test_support::auth_env())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -128,8 +128,8 @@ async fn racing_writers_on_two_processes_never_double_book_and_every_loser_is_to
     let a = spawn_service(&kafka).await;
     let mut b = spawn_service(&kafka).await;
     let urls = [a.url.clone(), b.url.clone()];
-    let director = token(Role::Director, "director-1");
-    let saga = token(Role::System, "saga");
+    let director = token(Role::Director, "director-1").await;
+    let saga = token(Role::System, "saga").await;
     let client = Client::new();
 
     // Three facilities and twenty bookings, written through A, known to B before the race.

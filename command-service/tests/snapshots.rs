@@ -35,7 +35,7 @@ impl Running {
 }
 
 async fn start(kafka: &KafkaSettings, snapshot: Option<&Path>) -> Running {
-    let mut settings = Settings::with_secret(support::SECRET);
+    let mut settings = Settings::with_auth(test_support::auth_settings());
     settings.http.port = 0;
     settings.kafka = kafka.clone();
     settings.commands.snapshot_path = snapshot.map(Path::to_path_buf);
@@ -79,7 +79,7 @@ async fn a_restart_from_the_snapshot_reads_only_newer_records_and_serves_the_sam
     let kafka = fresh_kafka().await;
     let directory = std::env::temp_dir().join(format!("fm-snapshot-{}", Uuid::new_v4()));
     let snapshot = directory.join("command-store.json");
-    let director = token(Role::Director, "director-1");
+    let director = token(Role::Director, "director-1").await;
 
     // History before the snapshot: a facility and three bookings, one with a retry key.
     let first = start(&kafka, Some(&snapshot)).await;
@@ -201,7 +201,7 @@ async fn a_restart_from_the_snapshot_reads_only_newer_records_and_serves_the_sam
 #[tokio::test]
 async fn the_service_refuses_to_start_on_event_topics_with_another_partition_count() {
     let kafka = fresh_kafka().await;
-    let mut settings = Settings::with_secret(support::SECRET);
+    let mut settings = Settings::with_auth(test_support::auth_settings());
     settings.http.port = 0;
     settings.kafka = KafkaSettings {
         partitions: kafka.partitions + 1,
@@ -225,7 +225,7 @@ async fn a_snapshot_whose_offsets_lie_past_the_end_of_the_log_is_discarded() {
     let kafka = fresh_kafka().await;
     let directory = std::env::temp_dir().join(format!("fm-snapshot-{}", Uuid::new_v4()));
     let snapshot = directory.join("command-store.json");
-    let director = token(Role::Director, "director-1");
+    let director = token(Role::Director, "director-1").await;
     let first = start(&kafka, Some(&snapshot)).await;
     let (status, created) = post(
         format!("{}/facilities", first.url),

@@ -127,7 +127,10 @@ struct Settings {
 
 #[derive(Debug, Deserialize)]
 struct AuthSection {
-    secret: SecretString,
+    /// Only `fmctl token mint` needs it (the test-only shared secret, docs/identity.md); a
+    /// deployment with a provider sets `FM_AUTH__ISSUER` and no secret.
+    #[serde(default)]
+    secret: Option<SecretString>,
 }
 
 #[tokio::main]
@@ -199,8 +202,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             subject,
             ttl_days,
         }) => {
-            let auth = settings.auth.context("FM_AUTH__SECRET is not set")?;
-            let keys = TokenKeys::from_secret(&auth.secret)?;
+            let secret = settings
+                .auth
+                .and_then(|auth| auth.secret)
+                .context("FM_AUTH__SECRET is not set")?;
+            let keys = TokenKeys::from_secret(&secret)?;
             let token = keys.mint(&subject, role.into(), chrono::Duration::days(ttl_days))?;
             println!("{token}");
         }

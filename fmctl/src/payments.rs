@@ -27,9 +27,6 @@ pub(crate) struct ReconcileArgs {
     /// Exit with status 1 when the report has any discrepancy.
     #[arg(long)]
     fail_if_any: bool,
-    /// Who asks: the subject of the ops token.
-    #[arg(long, env = "USER", default_value = "fmctl")]
-    operator: String,
     /// The saga runner's base URL.
     #[arg(long, env = "FM_SAGA_URL", default_value = "http://127.0.0.1:8084")]
     url: String,
@@ -39,7 +36,7 @@ pub(crate) struct ReconcileArgs {
 
 pub(crate) async fn payments(command: PaymentsCommand) -> anyhow::Result<()> {
     let PaymentsCommand::Reconcile(args) = command;
-    let token = ops_token(&args.operator)?;
+    let (token, _) = ops_token("fmctl").await?;
     let base = args.url.trim_end_matches('/');
     let url = format!("{base}/reconciliation");
     let client = reqwest::Client::new();

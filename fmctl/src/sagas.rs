@@ -1,6 +1,7 @@
 //! `fmctl sagas`: the booking sagas in flight, stuck, parked, compensated or done, and one
 //! booking's saga in full — from the saga runner's ops view (`GET /sagas`), with an `ops` token
-//! minted from the deployment's secret. The runner owns its tables; this command only asks it.
+//! of fmctl's own client at the identity provider (or, on a test stack without one, minted from
+//! the test-only shared secret). The runner owns its tables; this command only asks it.
 //!
 //! `fmctl sagas park | retry | skip | resolve` act on one saga through the runner's ops API
 //! (`POST /sagas/{booking_id}/...`), which checks the saga and forwards the request to the
@@ -9,9 +10,8 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use platform::auth::TokenKeys;
+use platform::{auth::ServiceToken, settings::AuthSettings};
 use schemas::Role;
-use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -90,7 +90,8 @@ struct Target {
     /// Why (1-500 characters); kept in the log with the action.
     #[arg(long)]
     reason: String,
-    /// Who acts: the subject of the ops token, kept in the log with the action.
+    /// Who acts, kept in the log with the action: the subject of a minted ops token, or, with
+    /// fmctl's client at the identity provider, named in the recorded reason.
     #[arg(long, env = "USER")]
     operator: String,
     /// The saga runner's base URL.
@@ -134,31 +135,37 @@ impl Filter {
 
 #[derive(Debug, Deserialize)]
 struct Settings {
-    auth: Option<AuthSection>,
+    auth: Option<AuthSettings>,
 }
 
-#[derive(Debug, Deserialize)]
-struct AuthSection {
-    secret: SecretString,
-}
-
-/// An `ops` token for `subject`, minted from the deployment's secret.
-pub(crate) fn ops_token(subject: &str) -> anyhow::Result<String> {
+/// An `ops` token, and whether its subject is `subject`: with a provider (`FM_AUTH__ISSUER`), the
+/// client-credentials grant of fmctl's own client (`FM_AUTH__CLIENT_ID`,
+/// `FM_AUTH__CLIENT_SECRET`: `fm-fmctl` locally), whose subject is that client's service account;
+/// without one, minted for `subject` from the test-only shared secret.
+pub(crate) async fn ops_token(subject: &str) -> anyhow::Result<(String, bool)> {
     let settings: Settings =
         platform::settings::load().context("Failed to read the FM_* configuration")?;
-    let secret = settings
+    let auth = settings
         .auth
-        .context("FM_AUTH__SECRET is not set (fmctl mints an ops token with it)")?
-        .secret;
-    Ok(TokenKeys::from_secret(&secret)?.mint(subject, Role::Ops, chrono::Duration::minutes(5))?)
+        .context("set FM_AUTH__ISSUER with FM_AUTH__CLIENT_ID and FM_AUTH__CLIENT_SECRET (or FM_AUTH__SECRET)")?;
+    let token = ServiceToken::from_settings(&auth, subject, Role::Ops)?;
+    let names_subject = matches!(token, ServiceToken::Minted { .. });
+    let token = token.token().await.map_err(anyhow::Error::msg)?;
+    Ok((token, names_subject))
 }
 
 /// Performs an operator's action through the runner's ops API and says what was recorded.
 async fn act(action: &SagaAction) -> anyhow::Result<()> {
     let (kind, target, step) = action.parts();
-    let token = ops_token(&target.operator)?;
+    let (token, names_operator) = ops_token(&target.operator).await?;
     let base = target.url.trim_end_matches('/');
-    let mut body = serde_json::json!({ "reason": target.reason });
+    // fmctl's client token names fmctl's service account, not the person: the reason does.
+    let reason = if names_operator {
+        target.reason.clone()
+    } else {
+        format!("{} (operator {})", target.reason, target.operator)
+    };
+    let mut body = serde_json::json!({ "reason": reason });
     if let Some(step) = step {
         body["step"] = Value::String(step.to_owned());
     }
@@ -191,7 +198,7 @@ pub(crate) async fn sagas(args: SagasArgs) -> anyhow::Result<()> {
     if let Some(action) = &args.action {
         return act(action).await;
     }
-    let token = ops_token("fmctl")?;
+    let (token, _) = ops_token("fmctl").await?;
     let base = args.url.trim_end_matches('/');
     let url = match args.booking {
         Some(booking) => format!("{base}/sagas/{booking}"),

@@ -61,7 +61,7 @@ async fn fmctl(kafka: &KafkaSettings, database_url: Option<&str>, args: &[&str])
 
 /// Registers a facility and requests a booking there; returns (facility id, booking response).
 async fn facility_and_booking(stack: &TestStack) -> (String, Value) {
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
     let response = stack
         .http
         .post(format!("{}/facilities", stack.command_url))
@@ -194,7 +194,7 @@ async fn history_shows_a_bookings_events_across_topics_in_time_order() {
             "{}/facilities/{facility_id}/reservations",
             stack.command_url
         ))
-        .bearer_auth(stack.token(Role::System, "booking-saga"))
+        .bearer_auth(stack.token(Role::System, "booking-saga").await)
         .json(&json!({"booking_id": booking_id, "slot": slot}))
         .send()
         .await
@@ -957,7 +957,7 @@ async fn projections_rebuild_builds_the_version_in_use_again_beside_itself_and_s
     assert_eq!(builds[0]["build"], 2);
     assert_eq!(builds[0]["state"], "live");
     assert_eq!(builds[0]["records_read"], 2);
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
     let answer = stack
         .http
         .get(format!("{}/facilities/{facility_id}", stack.query_url))

@@ -12,7 +12,7 @@ use platform::{settings::DatabaseSettings, shutdown::CancellationToken};
 use schemas::Role;
 use secrecy::SecretString;
 use serde_json::Value;
-use system_tests::{TEST_SECRET, TestStack, bodies, simulator::Simulator, smtp_sink::SmtpSink};
+use system_tests::{TestStack, bodies, simulator::Simulator, smtp_sink::SmtpSink};
 
 struct Run {
     status: i32,
@@ -24,7 +24,8 @@ async fn fmctl(saga_url: &str, args: &[&str]) -> Run {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_fmctl"))
         .args(args)
         .env("FM_SAGA_URL", saga_url)
-        .env("FM_AUTH__SECRET", TEST_SECRET)
+        .envs(test_support::auth_env())
+        .envs(test_support::client_env(test_support::FMCTL_CLIENT))
         .output()
         .await
         .unwrap();
@@ -51,7 +52,7 @@ async fn start_runner_mailing(
     simulator: &Simulator,
     smtp: notifications::SmtpSettings,
 ) -> (String, CancellationToken) {
-    let mut settings = saga_runner::Settings::with_secret(TEST_SECRET);
+    let mut settings = saga_runner::Settings::with_auth(test_support::saga_runner_auth_settings());
     settings.http = platform::settings::HttpSettings::on_port(0);
     settings.kafka = stack.kafka.clone();
     settings.database = DatabaseSettings {
@@ -70,7 +71,7 @@ async fn start_runner_mailing(
 
 /// Registers a facility and requests a booking there; returns the booking id.
 async fn book(stack: &TestStack) -> String {
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
     let facility: Value = stack
         .http
         .post(format!("{}/facilities", stack.command_url))
@@ -257,12 +258,14 @@ async fn a_permanent_failure_parks_the_saga_and_an_operator_resolves_it_by_hand(
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     let by_hand = &resolved["facts"]["control"]["resolved"];
+    // fmctl acts with its own client's token (an ops service account of the provider); the
+    // person is named in the reason.
     assert_eq!(
-        by_hand["reason"], "refunded outside the system",
+        by_hand["reason"], "refunded outside the system (operator alice)",
         "{resolved}"
     );
     assert!(
-        by_hand["by"].as_str().unwrap().starts_with("alice"),
+        by_hand["by"].as_str().unwrap().ends_with("(ops)"),
         "who resolved it is recorded: {resolved}"
     );
 

@@ -259,14 +259,24 @@ where
     }
 }
 
-/// Declares the `bearer` security scheme (JWT in `Authorization: Bearer`) that every
-/// authenticated route of a service's OpenAPI document refers to: `modifiers(&BearerAuth)`.
+/// Declares the security schemes that every authenticated route of a service's OpenAPI
+/// document refers to (`modifiers(&BearerAuth)`): `bearer` (a JWT in `Authorization: Bearer`)
+/// and, as the alternative every such route also accepts, `oidc`: the same token, issued by the
+/// OpenID Connect provider whose discovery document it names (docs/identity.md). The address is
+/// the local realm's; a deployment's is its `FM_AUTH__ISSUER` followed by
+/// `/.well-known/openid-configuration`.
 #[derive(Debug)]
 pub struct BearerAuth;
 
+/// The discovery document of the local stack's provider (compose/up).
+pub const LOCAL_OIDC_DISCOVERY: &str =
+    "http://127.0.0.1:8180/realms/funeral-manager/.well-known/openid-configuration";
+
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, OpenIdConnect, SecurityRequirement, SecurityScheme,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
@@ -274,8 +284,40 @@ impl utoipa::Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
+                    .description(Some(
+                        "An access token of the OpenID Connect provider (scheme `oidc`)",
+                    ))
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "oidc",
+            SecurityScheme::OpenIdConnect(OpenIdConnect::with_description(
+                LOCAL_OIDC_DISCOVERY,
+                "Staff sign in at the provider; the roles are the token's `roles` claim \
+                 (director, group_admin, ops, family; system for internal clients)",
+            )),
+        );
+        let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
+        let oidc = SecurityRequirement::new("oidc", Vec::<String>::new());
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if let Some(security) = &mut operation.security
+                    && security.contains(&bearer)
+                    && !security.contains(&oidc)
+                {
+                    security.push(oidc.clone());
+                }
+            }
+        }
     }
 }

@@ -82,11 +82,80 @@ impl Default for DatabaseSettings {
     }
 }
 
-/// The key bearer tokens are signed with. There is no default: a service refuses to start
-/// without one, so no deployment runs with a secret that is in the source code.
+/// How bearer tokens are checked (docs/identity.md). There is no default: a service refuses to
+/// start with neither an issuer nor a secret, so no deployment runs with a key that is in the
+/// source code.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
-    pub secret: SecretString,
+    /// The OpenID Connect provider's issuer (`FM_AUTH__ISSUER`); when set, tokens are checked by
+    /// its published keys and `secret` is ignored.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// What a token's `aud` must contain (`FM_AUTH__AUDIENCE`).
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// The provider's JWKS address, when not the discovery document's (`FM_AUTH__JWKS_URL`).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// The shared HS256 secret (`FM_AUTH__SECRET`), the way before the provider.
+    #[serde(default)]
+    pub secret: Option<SecretString>,
+    /// The service's own confidential client at the provider (`FM_AUTH__CLIENT_ID`), for a
+    /// service that calls another one (the saga runner).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Its secret (`FM_AUTH__CLIENT_SECRET`).
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+    /// The provider's token endpoint, when not the discovery document's (`FM_AUTH__TOKEN_URL`,
+    /// e.g. where the services reach the provider by another name than the issuer's).
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// Tolerance on a provider token's `exp` and `nbf` for clocks that disagree
+    /// (`FM_AUTH__LEEWAY`, milliseconds; 30 s by default).
+    #[serde(default = "default_leeway", deserialize_with = "millis")]
+    pub leeway: Duration,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The audience of the local realm (compose/keycloak/realm.json).
+pub const DEFAULT_AUDIENCE: &str = "funeral-manager-api";
+
+fn default_audience() -> String {
+    DEFAULT_AUDIENCE.to_owned()
+}
+
+impl AuthSettings {
+    /// Settings that check tokens with a shared secret.
+    pub fn shared_secret(secret: SecretString) -> Self {
+        Self {
+            issuer: None,
+            audience: default_audience(),
+            jwks_url: None,
+            secret: Some(secret),
+            client_id: None,
+            client_secret: None,
+            token_url: None,
+            leeway: default_leeway(),
+        }
+    }
+
+    /// Settings that check tokens by the provider of `issuer`.
+    pub fn oidc(issuer: impl Into<String>) -> Self {
+        Self {
+            issuer: Some(issuer.into()),
+            audience: default_audience(),
+            jwks_url: None,
+            secret: None,
+            client_id: None,
+            client_secret: None,
+            token_url: None,
+            leeway: default_leeway(),
+        }
+    }
 }
 
 /// Log output.

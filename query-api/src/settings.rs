@@ -68,14 +68,12 @@ impl Default for ReadModelSettings {
 }
 
 impl Settings {
-    /// Defaults everywhere but the secret and the database.
-    pub fn new(secret: &str, database: DatabaseSettings) -> Self {
+    /// Defaults everywhere but how tokens are checked and the database.
+    pub fn new(auth: AuthSettings, database: DatabaseSettings) -> Self {
         Self {
             http: default_http(),
             database,
-            auth: AuthSettings {
-                secret: secret.to_owned().into(),
-            },
+            auth,
             log: LogSettings::default(),
             consistency: ConsistencySettings::default(),
             read_model: ReadModelSettings::default(),

@@ -3,7 +3,7 @@
 use std::{str::FromStr, sync::Arc};
 
 use anyhow::Context;
-use platform::{auth::TokenKeys, shutdown::CancellationToken, startup::Service};
+use platform::{auth::Verifier, shutdown::CancellationToken, startup::Service};
 use secrecy::ExposeSecret;
 use sqlx::{
     PgPool,
@@ -27,7 +27,7 @@ pub struct Application {
 impl Service for Application {
     type Settings = Settings;
     const NAME: &'static str = "query-api";
-    const SETTINGS_HINT: &'static str = " (FM_AUTH__SECRET must be set)";
+    const SETTINGS_HINT: &'static str = " (FM_AUTH__ISSUER or FM_AUTH__SECRET must be set)";
 
     fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
         &settings.log
@@ -37,7 +37,8 @@ impl Service for Application {
     /// with its read-model version's views as the only schema on the `search_path`, registers
     /// as that version's reader, and binds the listener.
     async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let keys = TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?;
+        let verifier = Verifier::from_settings(&settings.auth).context("Invalid auth settings")?;
+        verifier.warm_up().await;
         let options = PgConnectOptions::from_str(settings.database.url.expose_secret())
             .context("Invalid database URL")?
             .options([("search_path", read_model::schema())]);
@@ -53,7 +54,7 @@ impl Service for Application {
         let registration = Registration::start(pool.clone(), &settings.read_model);
         let state = AppState {
             pool,
-            keys: Arc::new(keys),
+            verifier: Arc::new(verifier),
             consistency: settings.consistency.clone(),
         };
         let server =

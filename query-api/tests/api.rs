@@ -13,8 +13,6 @@ use reqwest::{Client, StatusCode};
 use schemas::Role;
 use serde_json::Value;
 
-const SECRET: &str = "query-api-tests-secret-0123456789abcdef";
-
 struct Service {
     url: String,
     token: String,
@@ -33,7 +31,7 @@ async fn start() -> Service {
         url: "postgres://fm:fm@127.0.0.1:9/nowhere".to_owned().into(),
         ..DatabaseSettings::default()
     };
-    let mut settings = Settings::new(SECRET, database);
+    let mut settings = Settings::new(test_support::auth_settings(), database);
     settings.http.port = 0;
     let shutdown = CancellationToken::new();
     let url = test_support::spawn_app::<Application>(settings, &shutdown)
@@ -47,7 +45,7 @@ async fn start() -> Service {
         .json()
         .await
         .unwrap();
-    let token = test_support::token(SECRET, Role::Director, "director-1");
+    let token = test_support::token(Role::Director, "director-1").await;
     Service {
         url,
         token,

@@ -15,9 +15,8 @@ use payment_gateway::{
     BreakingGateway, CaptureRequest, GatewayError, HttpGateway, PaymentGateway, PaymentRecord,
     RefundRequest,
 };
-use platform::auth::TokenKeys;
+use platform::auth::ServiceToken;
 use reqwest::StatusCode;
-use schemas::Role;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -418,21 +417,25 @@ fn command_failure(status: StatusCode, rule: Option<&str>) -> Failure {
 pub struct CommandClient {
     http: reqwest::Client,
     base_url: String,
-    keys: Arc<TokenKeys>,
+    token: Arc<ServiceToken>,
 }
 
 /// The subject of the saga runner's tokens (the `actor` of the events its commands cause).
 pub const SUBJECT: &str = "saga-runner";
 
 impl CommandClient {
-    pub fn new(base_url: &str, keys: Arc<TokenKeys>, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        base_url: &str,
+        token: Arc<ServiceToken>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             http: reqwest::Client::builder()
                 .timeout(timeout)
                 .connect_timeout(timeout.min(Duration::from_secs(2)))
                 .build()?,
             base_url: base_url.trim_end_matches('/').to_owned(),
-            keys,
+            token,
         })
     }
 
@@ -440,12 +443,9 @@ impl CommandClient {
     /// decided again: a 409 or a refused transition means the facts moved on, which the next
     /// decision sees once the event arrives.
     pub async fn send(&self, saga: &Saga, step: &Step, path: String, body: Value) -> StepOutcome {
-        let token = match self
-            .keys
-            .mint(SUBJECT, Role::System, chrono::Duration::minutes(5))
-        {
+        let token = match self.token.token().await {
             Ok(token) => token,
-            Err(error) => return StepOutcome::failed(format!("cannot mint a token: {error}")),
+            Err(error) => return StepOutcome::failed(format!("cannot get a token: {error}")),
         };
         let mut request = self
             .http

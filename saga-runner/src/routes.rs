@@ -19,7 +19,7 @@ use axum::{
 };
 use payment_gateway::{BreakingGateway, HttpGateway};
 use platform::{
-    auth::{AuthRejection, Caller, TokenKeys},
+    auth::{AuthRejection, Caller, Verifier},
     http::{ReadyCheck, ReadyReport, probe},
     json::ValidJson,
     problem::{FieldError, Problem},
@@ -40,7 +40,7 @@ use crate::{
 pub(crate) struct AppState {
     pub(crate) pool: PgPool,
     pub(crate) producer: event_log::EventProducer,
-    pub(crate) keys: Arc<TokenKeys>,
+    pub(crate) verifier: Arc<Verifier>,
     pub(crate) gateway: Arc<BreakingGateway<HttpGateway>>,
     pub(crate) reconciler: Reconciler,
     pub(crate) commands: Forwarder,
@@ -62,9 +62,9 @@ impl Forwarder {
     }
 }
 
-impl FromRef<AppState> for Arc<TokenKeys> {
+impl FromRef<AppState> for Arc<Verifier> {
     fn from_ref(state: &AppState) -> Self {
-        state.keys.clone()
+        state.verifier.clone()
     }
 }
 

@@ -145,15 +145,13 @@ impl SagaSettings {
 }
 
 impl Settings {
-    /// Settings for tests and tools: defaults everywhere but the secret.
-    pub fn with_secret(secret: &str) -> Self {
+    /// Settings for tests and tools: defaults everywhere but how tokens are checked and got.
+    pub fn with_auth(auth: AuthSettings) -> Self {
         Self {
             http: default_http(),
             kafka: KafkaSettings::default(),
             database: DatabaseSettings::default(),
-            auth: AuthSettings {
-                secret: secret.to_owned().into(),
-            },
+            auth,
             log: LogSettings::default(),
             saga: SagaSettings::default(),
             gateway: GatewaySettings::default(),

@@ -5,12 +5,16 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use notifications::Mailer;
 use payment_gateway::{BreakingGateway, HttpGateway};
-use platform::{auth::TokenKeys, shutdown::CancellationToken, startup::Service};
-use schemas::SchemaRegistry;
+use platform::{
+    auth::{ServiceToken, Verifier},
+    shutdown::CancellationToken,
+    startup::Service,
+};
+use schemas::{Role, SchemaRegistry};
 use tokio::task::JoinHandle;
 
 use crate::{
-    actions::{CommandClient, Effects},
+    actions::{self, CommandClient, Effects},
     consumer,
     reconcile::Reconciler,
     routes::{self, AppState},
@@ -30,7 +34,7 @@ pub struct Application {
 impl Service for Application {
     type Settings = Settings;
     const NAME: &'static str = "saga runner";
-    const SETTINGS_HINT: &'static str = " (FM_AUTH__SECRET must be set)";
+    const SETTINGS_HINT: &'static str = " (FM_AUTH__ISSUER or FM_AUTH__SECRET must be set)";
 
     fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
         &settings.log
@@ -40,8 +44,13 @@ impl Service for Application {
     /// it), the worker, the gauges and the payment reconciliation, and binds the HTTP listener.
     #[allow(clippy::too_many_lines)] // One start-up, in the order its parts depend on each other.
     async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let keys =
-            Arc::new(TokenKeys::from_secret(&settings.auth.secret).context("Invalid auth secret")?);
+        let verifier =
+            Arc::new(Verifier::from_settings(&settings.auth).context("Invalid auth settings")?);
+        verifier.warm_up().await;
+        let service_token = Arc::new(
+            ServiceToken::from_settings(&settings.auth, actions::SUBJECT, Role::System)
+                .context("Invalid auth settings for the saga runner's own token")?,
+        );
         if settings.saga.settle_window <= settings.gateway.request_timeout {
             anyhow::bail!(
                 "FM_SAGA__SETTLE_WINDOW ({:?}) must be longer than FM_GATEWAY__REQUEST_TIMEOUT ({:?}): \
@@ -85,7 +94,7 @@ impl Service for Application {
         let mailer = Arc::new(Mailer::new(&settings.smtp).context("Invalid SMTP settings")?);
         let commands = CommandClient::new(
             &settings.saga.command_url,
-            keys.clone(),
+            service_token,
             settings.saga.command_timeout,
         )?;
         let producer = event_log::EventProducer::new(&settings.kafka)
@@ -137,7 +146,7 @@ impl Service for Application {
         let router = routes::router(AppState {
             pool,
             producer,
-            keys,
+            verifier,
             gateway,
             reconciler,
             commands: routes::Forwarder::new(

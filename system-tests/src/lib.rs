@@ -31,7 +31,7 @@ pub mod saga_stack;
 pub mod simulator;
 pub mod smtp_sink;
 
-pub use test_support::{TEST_SECRET, fresh_database, fresh_kafka, fresh_kafka_on, required_env};
+pub use test_support::{fresh_database, fresh_kafka, fresh_kafka_on, required_env};
 
 /// The three services, running in this process.
 #[derive(Debug)]
@@ -71,13 +71,14 @@ impl TestStack {
         let projection_url =
             spawn_app::<projection_service::Application>(projection_settings, &shutdown).await?;
 
-        let mut command_settings = command_service::Settings::with_secret(TEST_SECRET);
+        let mut command_settings =
+            command_service::Settings::with_auth(test_support::auth_settings());
         command_settings.http = http_settings.clone();
         command_settings.kafka = kafka.clone();
         let command_url =
             spawn_app::<command_service::Application>(command_settings, &shutdown).await?;
 
-        let mut query_settings = query_api::Settings::new(TEST_SECRET, database);
+        let mut query_settings = query_api::Settings::new(test_support::auth_settings(), database);
         query_settings.http = http_settings;
         let query_url = spawn_app::<query_api::Application>(query_settings, &shutdown).await?;
 
@@ -114,9 +115,10 @@ impl TestStack {
         }
     }
 
-    /// A bearer token for `subject` with `role`.
-    pub fn token(&self, role: Role, subject: &str) -> String {
-        test_support::token(TEST_SECRET, role, subject)
+    /// A bearer token of the test provider for the person or client standing for `subject` with
+    /// `role` (`test_support::token`).
+    pub async fn token(&self, role: Role, subject: &str) -> String {
+        test_support::token(role, subject).await
     }
 }
 

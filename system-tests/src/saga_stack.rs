@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-use crate::{TEST_SECRET, TestStack, bodies, simulator::Simulator, smtp_sink::SmtpSink};
+use crate::{TestStack, bodies, simulator::Simulator, smtp_sink::SmtpSink};
 
 /// How the runner is configured, beyond where everything is.
 #[derive(Debug, Clone)]
@@ -157,7 +157,8 @@ impl SagaStack {
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("FM_AUTH__SECRET", TEST_SECRET)
+            .envs(test_support::auth_env())
+            .envs(test_support::client_env(test_support::SAGA_RUNNER_CLIENT))
             .env("FM_HTTP__PORT", port.to_string())
             .env("FM_KAFKA__BROKERS", &self.stack.kafka.brokers)
             .env("FM_KAFKA__TOPIC_PREFIX", &self.stack.kafka.topic_prefix)
@@ -272,13 +273,13 @@ impl SagaStack {
     }
 
     /// A director's token.
-    pub fn director(&self) -> String {
-        self.stack.token(Role::Director, "director-1")
+    pub async fn director(&self) -> String {
+        self.stack.token(Role::Director, "director-1").await
     }
 
     /// An ops token.
-    pub fn ops(&self) -> String {
-        self.stack.token(Role::Ops, "ops-1")
+    pub async fn ops(&self) -> String {
+        self.stack.token(Role::Ops, "ops-1").await
     }
 
     /// Registers the standard chapel (open 08:00–20:00 every day, 30-minute turnaround).
@@ -287,7 +288,7 @@ impl SagaStack {
             .stack
             .http
             .post(format!("{}/facilities", self.stack.command_url))
-            .bearer_auth(self.director())
+            .bearer_auth(self.director().await)
             .json(&bodies::facility())
             .send()
             .await?;
@@ -314,7 +315,7 @@ impl SagaStack {
             .stack
             .http
             .post(format!("{}/bookings", self.stack.command_url))
-            .bearer_auth(self.director())
+            .bearer_auth(self.director().await)
             .json(&body)
             .send()
             .await?;
@@ -335,7 +336,7 @@ impl SagaStack {
                 "{}/bookings/{booking}/cancel",
                 self.stack.command_url
             ))
-            .bearer_auth(self.director())
+            .bearer_auth(self.director().await)
             .json(&serde_json::json!({"reason": "The family changed their plans"}))
             .send()
             .await?;
@@ -352,7 +353,7 @@ impl SagaStack {
             .stack
             .http
             .get(format!("{}/sagas/{booking}", self.saga_url))
-            .bearer_auth(self.ops())
+            .bearer_auth(self.ops().await)
             .send()
             .await?;
         match response.status().as_u16() {
@@ -371,7 +372,7 @@ impl SagaStack {
                 "{}/sagas?filter={filter}&limit=1000",
                 self.saga_url
             ))
-            .bearer_auth(self.ops())
+            .bearer_auth(self.ops().await)
             .send()
             .await?;
         if !response.status().is_success() {
@@ -420,7 +421,7 @@ impl SagaStack {
                 .stack
                 .http
                 .get(format!("{}/bookings/{booking}", self.stack.query_url))
-                .bearer_auth(self.director())
+                .bearer_auth(self.director().await)
                 .send()
                 .await?;
             let body: Value = if response.status().is_success() {

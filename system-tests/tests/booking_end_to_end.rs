@@ -11,7 +11,7 @@ use system_tests::{TestStack, bodies};
 #[tokio::test]
 async fn a_booking_travels_from_the_command_api_through_kafka_into_the_query_api() {
     let stack = TestStack::spawn().await.expect("stack starts");
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
 
     let response = stack
         .http
@@ -94,9 +94,9 @@ async fn a_booking_travels_from_the_command_api_through_kafka_into_the_query_api
 #[tokio::test]
 async fn a_family_cannot_see_a_booking_it_did_not_make() {
     let stack = TestStack::spawn().await.expect("stack starts");
-    let director = stack.token(Role::Director, "director-1");
-    let family = stack.token(Role::Family, "family-1");
-    let other_family = stack.token(Role::Family, "family-2");
+    let director = stack.token(Role::Director, "director-1").await;
+    let family = stack.token(Role::Family, "family-1").await;
+    let other_family = stack.token(Role::Family, "family-2").await;
 
     let facility: Value = stack
         .http
@@ -178,7 +178,7 @@ async fn writes_without_a_valid_token_or_role_are_refused_and_nothing_is_written
         .await
         .unwrap();
     assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
-    let family = stack.token(Role::Family, "family-1");
+    let family = stack.token(Role::Family, "family-1").await;
     let wrong_role = stack
         .http
         .post(&url)
@@ -193,7 +193,7 @@ async fn writes_without_a_valid_token_or_role_are_refused_and_nothing_is_written
 #[tokio::test]
 async fn an_invalid_booking_gets_a_problem_naming_every_broken_field() {
     let stack = TestStack::spawn().await.expect("stack starts");
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
     let facility: Value = stack
         .http
         .post(format!("{}/facilities", stack.command_url))

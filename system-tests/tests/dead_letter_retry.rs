@@ -138,7 +138,7 @@ async fn a_retried_dead_letter_is_applied_once_its_cause_is_gone_and_dead_letter
     let (_, landed) = dead_letters::retry(&stack.kafka, dead.partition, dead.offset)
         .await
         .unwrap();
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
     let response = stack
         .http
         .get(format!("{}/facilities/{facility_id}", stack.query_url))

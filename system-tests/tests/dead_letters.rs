@@ -68,7 +68,7 @@ async fn poison_records_are_dead_lettered_with_a_reason_and_the_projector_goes_o
 
     // Register facilities until one lands after the poison on the same partition, and read it
     // back through the query-api: the projector went past the poison.
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
     let mut proved = false;
     for _ in 0..40 {
         let created: Value = stack

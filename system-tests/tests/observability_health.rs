@@ -22,7 +22,7 @@ use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use support::{read_all, scrape};
 use system_tests::{
-    TEST_SECRET, bodies,
+    bodies,
     private::{PrivateBroker, PrivatePostgres},
 };
 use uuid::Uuid;
@@ -43,8 +43,8 @@ impl Drop for Services {
 }
 
 /// A director's token for the stack.
-fn director() -> String {
-    test_support::token(TEST_SECRET, Role::Director, "director-1")
+async fn director() -> String {
+    test_support::token(Role::Director, "director-1").await
 }
 
 impl Services {
@@ -68,14 +68,14 @@ impl Services {
             test_support::spawn_app::<projection_service::Application>(projection, &shutdown)
                 .await
                 .unwrap();
-        let mut command = command_service::Settings::with_secret(TEST_SECRET);
+        let mut command = command_service::Settings::with_auth(test_support::auth_settings());
         command.http = HttpSettings::on_port(0);
         command.kafka = kafka.clone();
         let command_url =
             test_support::spawn_app::<command_service::Application>(command, &shutdown)
                 .await
                 .unwrap();
-        let mut query = query_api::Settings::new(TEST_SECRET, database);
+        let mut query = query_api::Settings::new(test_support::auth_settings(), database);
         query.http = HttpSettings::on_port(0);
         let query_url = test_support::spawn_app::<query_api::Application>(query, &shutdown)
             .await
@@ -128,7 +128,7 @@ impl Services {
         let response = self
             .http
             .post(format!("{}/facilities", self.command))
-            .bearer_auth(director())
+            .bearer_auth(director().await)
             .json(&bodies::facility())
             .send()
             .await
@@ -143,7 +143,7 @@ impl Services {
         let response = self
             .http
             .post(format!("{}/bookings", self.command))
-            .bearer_auth(director())
+            .bearer_auth(director().await)
             .json(&bodies::booking(facility_id, days_ahead))
             .send()
             .await
@@ -163,7 +163,7 @@ impl Services {
             let response = self
                 .http
                 .get(format!("{}/bookings/{booking_id}", self.query))
-                .bearer_auth(director())
+                .bearer_auth(director().await)
                 .header("consistency-token", token)
                 .send()
                 .await

@@ -37,7 +37,7 @@ async fn eventually(stack: &TestStack, what: &str, done: impl Fn(&Scrape) -> boo
 #[tokio::test]
 async fn every_service_serves_metrics_that_move_with_requests_commands_and_projections() {
     let stack = TestStack::spawn().await.unwrap();
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
     let (facility_id, _) = facility(&stack).await;
 
     // The projector samples its lag as soon as it runs: one series per partition of every event

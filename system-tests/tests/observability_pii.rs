@@ -50,7 +50,7 @@ async fn a_booking_with_names_email_and_phone_leaves_none_of_them_in_the_logs() 
     );
     let stack = TestStack::spawn().await.unwrap();
     let (facility_id, _) = facility(&stack).await;
-    let family = stack.token(Role::Family, "family-pii");
+    let family = stack.token(Role::Family, "family-pii").await;
 
     let mut body = bodies::booking(&facility_id, 14);
     body["deceased"]["full_name"] = json!(DECEASED);

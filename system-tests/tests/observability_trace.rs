@@ -100,8 +100,8 @@ async fn one_bookings_events_across_topics_carry_one_trace_id_and_the_right_caus
     );
     let stack = TestStack::spawn().await.unwrap();
     let (facility_id, _) = facility(&stack).await;
-    let family = stack.token(Role::Family, "family-7");
-    let saga = stack.token(Role::System, "booking-saga");
+    let family = stack.token(Role::Family, "family-7").await;
+    let saga = stack.token(Role::System, "booking-saga").await;
 
     let trace = hex(16);
     let correlation = Uuid::new_v4();
@@ -272,7 +272,7 @@ async fn malformed_flow_headers_are_refused_naming_the_header_and_a_malformed_tr
  {
     let stack = TestStack::spawn().await.unwrap();
     let (facility_id, _) = facility(&stack).await;
-    let family = stack.token(Role::Family, "family-8");
+    let family = stack.token(Role::Family, "family-8").await;
     let body = bodies::booking(&facility_id, 14);
     for header in ["Correlation-Id", "Causation-Id"] {
         for bad in ["not-a-uuid", "00000000-0000-0000-0000-000000000000", ""] {

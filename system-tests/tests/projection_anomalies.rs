@@ -69,7 +69,7 @@ async fn parked_detail(stack: &TestStack) -> (Value, String) {
 async fn a_gap_parks_the_aggregate_until_the_missing_event_arrives_and_a_duplicate_is_not_applied()
 {
     let stack = TestStack::spawn().await.expect("stack starts");
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
     let producer = EventProducer::new(&stack.kafka).unwrap();
     let pool = PgPool::connect(&stack.database_url).await.unwrap();
     let booking = BookingId::new();

@@ -41,7 +41,7 @@ use reqwest::StatusCode;
 use schemas::{AggregateType, Role};
 use serde_json::Value;
 use sqlx::PgPool;
-use system_tests::{TEST_SECRET, fresh_database, fresh_kafka, process::ServiceProcess};
+use system_tests::{fresh_database, fresh_kafka, process::ServiceProcess};
 use uuid::Uuid;
 
 /// The two releases' read-model versions.
@@ -106,11 +106,11 @@ impl Pool {
 
 /// Everything a process of either release is started with.
 fn environment(kafka: &KafkaSettings, database_url: &str) -> Vec<(&'static str, String)> {
-    vec![
+    let mut environment = test_support::auth_env();
+    environment.extend([
         ("FM_DATABASE__URL", database_url.to_owned()),
         ("FM_KAFKA__BROKERS", kafka.brokers.clone()),
         ("FM_KAFKA__TOPIC_PREFIX", kafka.topic_prefix.clone()),
-        ("FM_AUTH__SECRET", TEST_SECRET.to_owned()),
         ("FM_PROJECTOR__SUPERVISE_INTERVAL", "200".to_owned()),
         ("FM_PROJECTOR__SWITCH_CHECK_INTERVAL", "100".to_owned()),
         ("FM_PROJECTOR__DROP_GRACE", GRACE.as_millis().to_string()),
@@ -120,7 +120,8 @@ fn environment(kafka: &KafkaSettings, database_url: &str) -> Vec<(&'static str, 
         ("FM_READ_MODEL__READER_EXPIRY", "30000".to_owned()),
         // The clients wait for their tokens; a slow machine needs the room.
         ("FM_CONSISTENCY__MAX_WAIT", "20000".to_owned()),
-    ]
+    ]);
+    environment
 }
 
 /// The binaries of both releases: the current build and the one with `next-read-model`.
@@ -275,7 +276,7 @@ async fn a_new_read_model_version_is_rolled_out_beside_the_old_one_without_a_fai
     let http = reqwest::Client::new();
     let db = PgPool::connect(&database_url).await.unwrap();
     let producer = EventProducer::new(&kafka).unwrap();
-    let token = test_support::token(TEST_SECRET, Role::Director, "director-1");
+    let token = test_support::token(Role::Director, "director-1").await;
 
     // 1. The current release, with history to replay.
     let seeded = register_facilities(&producer, 2000).await;

@@ -96,8 +96,8 @@ fn fields(problem: &Value) -> Vec<(String, String)> {
 #[tokio::test]
 async fn the_calendar_shows_held_slots_and_the_free_windows_around_them() {
     let stack = TestStack::spawn().await.expect("stack starts");
-    let director = stack.token(Role::Director, "director-1");
-    let family = stack.token(Role::Family, "family-1");
+    let director = stack.token(Role::Director, "director-1").await;
+    let family = stack.token(Role::Family, "family-1").await;
     let producer = EventProducer::new(&stack.kafka).unwrap();
     let (facility_id, _) = register_facility(&stack, &director).await;
     let facility_uuid: Uuid = facility_id.parse().unwrap();
@@ -279,9 +279,9 @@ fn urlencode(text: &str) -> String {
 #[tokio::test]
 async fn bookings_are_listed_by_filter_and_page_and_a_family_sees_only_its_own() {
     let stack = TestStack::spawn().await.expect("stack starts");
-    let director = stack.token(Role::Director, "director-1");
-    let family_one = stack.token(Role::Family, "family-1");
-    let family_two = stack.token(Role::Family, "family-2");
+    let director = stack.token(Role::Director, "director-1").await;
+    let family_one = stack.token(Role::Family, "family-1").await;
+    let family_two = stack.token(Role::Family, "family-2").await;
     let (facility_id, _) = register_facility(&stack, &director).await;
     let (other_facility, _) = register_facility(&stack, &director).await;
 
@@ -416,8 +416,8 @@ async fn bookings_are_listed_by_filter_and_page_and_a_family_sees_only_its_own()
 #[tokio::test]
 async fn a_booking_shows_its_payment_and_lifecycle_history_and_facilities_are_listed() {
     let stack = TestStack::spawn().await.expect("stack starts");
-    let director = stack.token(Role::Director, "director-1");
-    let family = stack.token(Role::Family, "family-1");
+    let director = stack.token(Role::Director, "director-1").await;
+    let family = stack.token(Role::Family, "family-1").await;
     let producer = EventProducer::new(&stack.kafka).unwrap();
     let (facility_id, _) = register_facility(&stack, &director).await;
     let (booking_id, token) = request_booking(&stack, &family, &facility_id, 20).await;
@@ -510,7 +510,7 @@ async fn a_booking_shows_its_payment_and_lifecycle_history_and_facilities_are_li
 #[tokio::test]
 async fn list_pages_carry_an_etag_that_moves_when_their_content_does() {
     let stack = TestStack::spawn().await.expect("stack starts");
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
     let (facility_id, _) = register_facility(&stack, &director).await;
     let (_, token) = request_booking(&stack, &director, &facility_id, 10).await;
     let url = format!("{}/bookings?facility_id={facility_id}", stack.query_url);

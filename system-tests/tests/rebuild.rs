@@ -29,7 +29,7 @@ use uuid::Uuid;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queries_keep_answering_while_the_read_models_are_rebuilt_and_switched() {
     let stack = TestStack::spawn().await.expect("stack starts");
-    let director = stack.token(Role::Director, "director-1");
+    let director = stack.token(Role::Director, "director-1").await;
     let producer = EventProducer::new(&stack.kafka).unwrap();
     let pool = PgPool::connect(&stack.database_url).await.unwrap();
 

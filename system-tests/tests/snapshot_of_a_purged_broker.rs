@@ -18,8 +18,6 @@ use system_tests::bodies;
 use system_tests::private::PrivateBroker;
 use uuid::Uuid;
 
-const SECRET: &str = "a-test-secret-of-at-least-thirty-two-bytes";
-
 struct Running {
     url: String,
     startup: StartupReport,
@@ -28,7 +26,7 @@ struct Running {
 }
 
 async fn start(kafka: &KafkaSettings, snapshot: &Path) -> Running {
-    let mut settings = Settings::with_secret(SECRET);
+    let mut settings = Settings::with_auth(test_support::auth_settings());
     settings.http.port = 0;
     settings.kafka = kafka.clone();
     settings.commands.snapshot_path = Some(snapshot.to_path_buf());
@@ -55,10 +53,7 @@ async fn start(kafka: &KafkaSettings, snapshot: &Path) -> Running {
 }
 
 async fn post(url: &str, body: &Value) -> (StatusCode, Value) {
-    let token = platform::auth::TokenKeys::from_secret(&SECRET.to_owned().into())
-        .unwrap()
-        .mint("director-1", Role::Director, chrono::Duration::hours(1))
-        .unwrap();
+    let token = test_support::token(Role::Director, "director-1").await;
     let response = reqwest::Client::new()
         .post(url)
         .bearer_auth(token)

@@ -5,7 +5,9 @@
 //! - across services and processes: [`fresh_database`] and [`fresh_kafka`], a database and
 //!   topics of the test's own on the broker and PostgreSQL that `compose/test` started
 //!   (`FM_TEST_DATABASE_URL`, `FM_TEST_KAFKA_BROKERS`);
-//! - and, for every request, a bearer [`token`];
+//! - and, for every request, a bearer token the test stack's identity provider issues
+//!   ([`token`], [`person_token`], [`client_token`]; `FM_TEST_OIDC_ISSUER`), never one minted:
+//!   the services a test starts trust that provider only ([`auth_settings`], [`auth_env`]);
 //! - two releases side by side: [`variants::build_variant`], the binaries built once more with
 //!   a test-only feature.
 //!
@@ -13,7 +15,9 @@
 
 use anyhow::Context;
 use event_log::KafkaSettings;
-use platform::{auth::TokenKeys, shutdown::CancellationToken, startup::Service};
+use std::{collections::HashMap, sync::Mutex};
+
+use platform::{settings::AuthSettings, shutdown::CancellationToken, startup::Service};
 use schemas::Role;
 use secrecy::SecretString;
 use sqlx::{Connection, PgConnection};
@@ -21,13 +25,10 @@ use uuid::Uuid;
 
 pub mod variants;
 
-/// The signing secret of test stacks that need no other.
-pub const TEST_SECRET: &str = "system-tests-secret-0123456789abcdef";
-
 /// Reads a variable the test command sets, or explains how to run the tests.
 pub fn required_env(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| {
-        format!("{name} is not set: run the suite with `compose/test`, which starts the broker and PostgreSQL")
+        format!("{name} is not set: run the suite with `compose/test`, which starts the broker, PostgreSQL and the identity provider")
     })
 }
 
@@ -91,10 +92,154 @@ where
     Ok(url)
 }
 
-/// A bearer token for `subject` with `role`, valid for an hour, signed with `secret`.
-pub fn token(secret: &str, role: Role, subject: &str) -> String {
-    TokenKeys::from_secret(&SecretString::from(secret))
-        .expect("a test secret has at least 32 bytes")
-        .mint(subject, role, chrono::Duration::hours(1))
-        .expect("minting with a valid key")
+/// The issuer of the test stack's identity provider (`FM_TEST_OIDC_ISSUER`): the
+/// `funeral-manager` realm of compose/keycloak/realm.json on the Keycloak compose/test started.
+pub fn oidc_issuer() -> anyhow::Result<String> {
+    required_env("FM_TEST_OIDC_ISSUER")
+}
+
+/// The access token the token endpoint of `issuer` issues for the grant `form`.
+pub async fn provider_token(issuer: &str, form: &[(&str, &str)]) -> anyhow::Result<String> {
+    let url = format!("{issuer}/protocol/openid-connect/token");
+    let response = reqwest::Client::new()
+        .post(&url)
+        .form(form)
+        .send()
+        .await
+        .with_context(|| format!("Failed to reach {url}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .with_context(|| format!("{url} answered no JSON"))?;
+    body["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("{url} issued no token ({status}): {body}"))
+}
+
+/// A person's token from the test provider: the password grant of the local realm's front-end
+/// client `fm-web` (in the local realm every password is the user name).
+pub async fn person_token(username: &str) -> anyhow::Result<String> {
+    let issuer = oidc_issuer()?;
+    provider_token(
+        &issuer,
+        &[
+            ("grant_type", "password"),
+            ("client_id", "fm-web"),
+            ("username", username),
+            ("password", username),
+        ],
+    )
+    .await
+}
+
+/// The local realm's confidential client of the saga runner (compose/keycloak/realm.json; a
+/// local secret, published with the repository).
+pub const SAGA_RUNNER_CLIENT: (&str, &str) = ("fm-saga-runner", "local-saga-runner-secret");
+
+/// The local realm's confidential client of fmctl (role `ops`).
+pub const FMCTL_CLIENT: (&str, &str) = ("fm-fmctl", "local-fmctl-secret");
+
+/// Auth settings that trust the test provider only (`FM_TEST_OIDC_ISSUER`): what every service a
+/// test starts in-process is given.
+///
+/// # Panics
+/// When the test stack is not running (the message says how to run the tests).
+pub fn auth_settings() -> AuthSettings {
+    match oidc_issuer() {
+        Ok(issuer) => AuthSettings::oidc(issuer),
+        Err(error) => panic!("{error:#}"),
+    }
+}
+
+/// [`auth_settings`] with the saga runner's own client, for a saga runner a test starts.
+pub fn saga_runner_auth_settings() -> AuthSettings {
+    let mut auth = auth_settings();
+    auth.client_id = Some(SAGA_RUNNER_CLIENT.0.to_owned());
+    auth.client_secret = Some(SecretString::from(SAGA_RUNNER_CLIENT.1));
+    auth
+}
+
+/// The environment that makes a service process trust the test provider only
+/// (`FM_AUTH__ISSUER`; for the saga runner and fmctl add [`client_env`]).
+pub fn auth_env() -> Vec<(&'static str, String)> {
+    vec![(
+        "FM_AUTH__ISSUER",
+        auth_settings().issuer.unwrap_or_default(),
+    )]
+}
+
+/// The environment of a confidential client (`FM_AUTH__CLIENT_ID`, `FM_AUTH__CLIENT_SECRET`).
+pub fn client_env((id, secret): (&str, &str)) -> Vec<(&'static str, String)> {
+    vec![
+        ("FM_AUTH__CLIENT_ID", id.to_owned()),
+        ("FM_AUTH__CLIENT_SECRET", secret.to_owned()),
+    ]
+}
+
+/// Tokens already issued in this test process, by user or client (they live 10 hours).
+static ISSUED: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+
+/// A bearer token with `role` from the test provider, for the local realm's person or client
+/// that stands for `subject` (compose/keycloak/realm.json):
+///
+/// | role | subject | issued to |
+/// | --- | --- | --- |
+/// | director | `director-2`, `director-b` | `director-b` (home B) |
+/// | director | any other | `director-a` (home A) |
+/// | family | `family-2` | `family-2` |
+/// | family | any other | `family-demo` |
+/// | ops | any | `operator` |
+/// | system | any | the saga runner's client (`fm-saga-runner`, client credentials) |
+///
+/// The token's `sub` is the provider's id of that person or client, not `subject`. Tokens are
+/// cached for the test process.
+///
+/// # Panics
+/// When the provider issues none (the message says why).
+pub async fn token(role: Role, subject: &str) -> String {
+    let who = match (role, subject) {
+        (Role::Director, "director-2" | "director-b") => "director-b",
+        (Role::Director, _) => "director-a",
+        (Role::Family, "family-2") => "family-2",
+        (Role::Family, _) => "family-demo",
+        (Role::Ops, _) => "operator",
+        (Role::System, _) => SAGA_RUNNER_CLIENT.0,
+    };
+    let cached = ISSUED
+        .lock()
+        .ok()
+        .and_then(|issued| issued.as_ref()?.get(who).cloned());
+    if let Some(token) = cached {
+        return token;
+    }
+    let issued = if role == Role::System {
+        client_token(SAGA_RUNNER_CLIENT).await
+    } else {
+        person_token(who).await
+    };
+    let token = match issued {
+        Ok(token) => token,
+        Err(error) => panic!("the test provider issued no token for {who}: {error:#}"),
+    };
+    if let Ok(mut issued) = ISSUED.lock() {
+        issued
+            .get_or_insert_with(HashMap::new)
+            .insert(who.to_owned(), token.clone());
+    }
+    token
+}
+
+/// A client-credentials token of one of the local realm's confidential clients.
+pub async fn client_token((id, secret): (&str, &str)) -> anyhow::Result<String> {
+    provider_token(
+        &oidc_issuer()?,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", id),
+            ("client_secret", secret),
+        ],
+    )
+    .await
 }

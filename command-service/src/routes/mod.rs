@@ -26,7 +26,7 @@ use axum::{
 use domain::ValueError;
 use event_log::EventProducer;
 use platform::{
-    auth::{Caller, TokenKeys},
+    auth::{Caller, Verifier},
     json,
     problem::FieldError,
     trace,
@@ -47,12 +47,12 @@ use crate::{
 pub(crate) struct AppState {
     pub(crate) commands: CommandHandler,
     pub(crate) producer: EventProducer,
-    pub(crate) keys: Arc<TokenKeys>,
+    pub(crate) verifier: Arc<Verifier>,
 }
 
-impl FromRef<AppState> for Arc<TokenKeys> {
+impl FromRef<AppState> for Arc<Verifier> {
     fn from_ref(state: &AppState) -> Self {
-        state.keys.clone()
+        state.verifier.clone()
     }
 }
 

@@ -14,15 +14,14 @@ use schemas::{EventEnvelope, Role, SchemaRegistry};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-pub(crate) const SECRET: &str = "command-service-tests-secret-0123456789";
-
 /// Kafka settings with topics of this test's own (`test_support::fresh_kafka`).
 pub(crate) async fn fresh_kafka() -> KafkaSettings {
     test_support::fresh_kafka().await.unwrap()
 }
 
-pub(crate) fn token(role: Role, subject: &str) -> String {
-    test_support::token(SECRET, role, subject)
+/// A token of the test provider (`test_support::token`).
+pub(crate) async fn token(role: Role, subject: &str) -> String {
+    test_support::token(role, subject).await
 }
 
 /// A London chapel open 08:00–20:00 every day, 30-minute turnaround.

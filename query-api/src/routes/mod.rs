@@ -13,7 +13,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use platform::auth::TokenKeys;
+use platform::auth::Verifier;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -23,13 +23,13 @@ use crate::settings::ConsistencySettings;
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     pub(crate) pool: PgPool,
-    pub(crate) keys: Arc<TokenKeys>,
+    pub(crate) verifier: Arc<Verifier>,
     pub(crate) consistency: ConsistencySettings,
 }
 
-impl FromRef<AppState> for Arc<TokenKeys> {
+impl FromRef<AppState> for Arc<Verifier> {
     fn from_ref(state: &AppState) -> Self {
-        state.keys.clone()
+        state.verifier.clone()
     }
 }
 

@@ -122,7 +122,7 @@ pub(crate) async fn facility(stack: &TestStack) -> (String, String) {
     let response = stack
         .http
         .post(format!("{}/facilities", stack.command_url))
-        .bearer_auth(stack.token(Role::Director, "director-1"))
+        .bearer_auth(stack.token(Role::Director, "director-1").await)
         .json(&bodies::facility())
         .send()
         .await

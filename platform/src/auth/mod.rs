@@ -1,7 +1,11 @@
 //! Bearer tokens with roles.
 //!
-//! Tokens are HS256 JWTs signed with the deployment's secret (`FM_AUTH__SECRET`). The subject is
-//! an opaque id: for a family it is what ties them to the bookings they made.
+//! A service checks tokens with a [`Verifier`]: the OpenID Connect provider's published keys
+//! ([`oidc`], `FM_AUTH__ISSUER`; docs/identity.md), or, until every caller has moved to the
+//! provider, the deployment's shared HS256 secret ([`TokenKeys`], `FM_AUTH__SECRET`). The subject
+//! is an opaque id: for a family it is what ties them to the bookings they made.
+
+pub mod oidc;
 
 use std::sync::Arc;
 
@@ -17,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::problem::Problem;
+use crate::{problem::Problem, settings::AuthSettings};
 
 /// What a token says.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +94,122 @@ impl TokenKeys {
     }
 }
 
+/// How a service checks bearer tokens.
+#[derive(Debug)]
+pub enum Verifier {
+    /// The OpenID Connect provider's keys: the service can check tokens, never make one.
+    Oidc(oidc::OidcVerifier),
+    /// The shared HS256 secret (the way before issue 16; it can mint as well as check).
+    SharedSecret(TokenKeys),
+}
+
+/// The auth settings name neither an issuer nor a secret, or a secret too short.
+#[derive(Debug, Error)]
+pub enum AuthConfigError {
+    #[error("set FM_AUTH__ISSUER (the OpenID Connect provider's issuer) or FM_AUTH__SECRET")]
+    Missing,
+    #[error(transparent)]
+    WeakSecret(#[from] WeakSecret),
+}
+
+impl Verifier {
+    /// The verifier the settings ask for: the provider when an issuer is set, else the secret.
+    pub fn from_settings(settings: &AuthSettings) -> Result<Self, AuthConfigError> {
+        if let Some(issuer) = &settings.issuer {
+            let mut oidc = oidc::OidcSettings::new(issuer, &settings.audience);
+            oidc.jwks_url.clone_from(&settings.jwks_url);
+            oidc.leeway = settings.leeway;
+            return Ok(Self::Oidc(oidc::OidcVerifier::new(oidc)));
+        }
+        let secret = settings.secret.as_ref().ok_or(AuthConfigError::Missing)?;
+        Ok(Self::SharedSecret(TokenKeys::from_secret(secret)?))
+    }
+
+    /// The caller a valid token speaks for.
+    pub async fn verify(&self, token: &str) -> Result<Caller, AuthRejection> {
+        match self {
+            Self::Oidc(verifier) => verifier.verify(token).await,
+            Self::SharedSecret(keys) => keys.verify(token).map(|claims| Caller {
+                subject: claims.sub,
+                role: claims.role,
+            }),
+        }
+    }
+
+    /// Fetches the provider's keys ahead of the first request; logs, never fails, when the
+    /// provider does not answer yet (the first token then fetches them).
+    pub async fn warm_up(&self) {
+        if let Self::Oidc(verifier) = self
+            && let Err(error) = verifier.prefetch().await
+        {
+            tracing::warn!(%error, "the identity provider's keys are not available yet");
+        }
+    }
+}
+
+/// Where a service gets the token it sends to another service's internal routes.
+#[derive(Debug)]
+pub enum ServiceToken {
+    /// The provider's client-credentials grant of the service's own confidential client.
+    ClientCredentials(oidc::ClientCredentials),
+    /// Minted with the shared secret (the way before issue 16).
+    Minted {
+        keys: TokenKeys,
+        subject: String,
+        role: Role,
+    },
+}
+
+/// The settings do not say how the service gets its own token.
+#[derive(Debug, Error)]
+pub enum ServiceTokenConfigError {
+    #[error(
+        "with FM_AUTH__ISSUER set, FM_AUTH__CLIENT_ID and FM_AUTH__CLIENT_SECRET must be set too"
+    )]
+    MissingClient,
+    #[error(transparent)]
+    Config(#[from] AuthConfigError),
+}
+
+impl ServiceToken {
+    /// The provider's client credentials when an issuer is set, else tokens minted for
+    /// `subject` with `role`.
+    pub fn from_settings(
+        settings: &AuthSettings,
+        subject: &str,
+        role: Role,
+    ) -> Result<Self, ServiceTokenConfigError> {
+        if let Some(issuer) = &settings.issuer {
+            let (Some(id), Some(secret)) = (&settings.client_id, &settings.client_secret) else {
+                return Err(ServiceTokenConfigError::MissingClient);
+            };
+            let mut client = oidc::ClientCredentials::new(issuer, id.clone(), secret.clone());
+            client.token_url.clone_from(&settings.token_url);
+            return Ok(Self::ClientCredentials(client));
+        }
+        let secret = settings.secret.as_ref().ok_or(AuthConfigError::Missing)?;
+        Ok(Self::Minted {
+            keys: TokenKeys::from_secret(secret).map_err(AuthConfigError::from)?,
+            subject: subject.to_owned(),
+            role,
+        })
+    }
+
+    /// A token to send now.
+    pub async fn token(&self) -> Result<String, String> {
+        match self {
+            Self::ClientCredentials(client) => client.token().await.map_err(|e| e.to_string()),
+            Self::Minted {
+                keys,
+                subject,
+                role,
+            } => keys
+                .mint(subject, *role, Duration::minutes(5))
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -125,6 +245,9 @@ pub enum AuthRejection {
     /// 401: a token that is malformed, badly signed or expired.
     #[error("the bearer token is invalid or expired")]
     InvalidToken,
+    /// 403: a valid token that grants none of Funeral Manager's roles.
+    #[error("the token grants no Funeral Manager role")]
+    NoRole,
     /// 403: a valid token whose role may not do this.
     #[error("the role {role} may not do this")]
     Forbidden { role: Role },
@@ -139,7 +262,9 @@ impl IntoResponse for AuthRejection {
                 "unauthenticated",
                 "Unauthenticated",
             ),
-            Self::Forbidden { .. } => Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            Self::Forbidden { .. } | Self::NoRole => {
+                Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            }
         }
         .with_detail(detail)
         .into_response();
@@ -154,13 +279,13 @@ impl IntoResponse for AuthRejection {
 
 impl<S> FromRequestParts<S> for Caller
 where
-    Arc<TokenKeys>: FromRef<S>,
+    Arc<Verifier>: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let keys = Arc::<TokenKeys>::from_ref(state);
+        let verifier = Arc::<Verifier>::from_ref(state);
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -171,11 +296,7 @@ where
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or(AuthRejection::InvalidToken)?;
-        let claims = keys.verify(token.trim())?;
-        Ok(Self {
-            subject: claims.sub,
-            role: claims.role,
-        })
+        verifier.verify(token.trim()).await
     }
 }
 

@@ -1,0 +1,427 @@
+//! Verifying the tokens of an OpenID Connect provider by its published keys (JWKS).
+//!
+//! The verifier holds public keys only: it can check a token, never make one. Keys are cached
+//! by `kid`; a token naming an unknown `kid` makes it fetch the JWKS again (at most once per
+//! [`OidcSettings::min_refresh`], so that a stream of garbage tokens cannot turn it into a load
+//! generator for the provider), and the cache is refreshed anyway once it is older than
+//! [`OidcSettings::refresh`]. A failed fetch keeps the keys already known. This is what makes a
+//! rotation at the provider invisible to callers: the new key is published before it signs.
+//!
+//! Accepted algorithms are RS256 and ES256, and the algorithm is the key's, never the token
+//! header's choice: a token that says HS256 (the "public key as HMAC secret" forgery) or `none`
+//! is refused before any key is looked at. `iss`, `aud`, `exp` and `nbf` are checked with a
+//! small leeway. See docs/identity.md.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    jwk::{AlgorithmParameters, JwkSet},
+};
+use schemas::Role;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use thiserror::Error;
+use tokio::sync::{Mutex, RwLock};
+
+use super::{AuthRejection, Caller};
+
+/// Where the tokens come from and what they must say.
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    /// The provider's issuer, exactly as tokens carry it in `iss`.
+    pub issuer: String,
+    /// What `aud` must contain.
+    pub audience: String,
+    /// The JWKS address; by default the discovery document's `jwks_uri`.
+    pub jwks_url: Option<String>,
+    /// Tolerance on `exp` and `nbf` for clocks that disagree.
+    pub leeway: Duration,
+    /// Fewest time between two fetches of the JWKS caused by unknown key ids.
+    pub min_refresh: Duration,
+    /// Age after which the cached keys are fetched again.
+    pub refresh: Duration,
+}
+
+impl OidcSettings {
+    /// The defaults of docs/identity.md for `issuer` and `audience`.
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into().trim_end_matches('/').to_owned(),
+            audience: audience.into(),
+            jwks_url: None,
+            leeway: Duration::from_secs(30),
+            min_refresh: Duration::from_secs(10),
+            refresh: Duration::from_mins(5),
+        }
+    }
+}
+
+/// The provider could not be reached, or refused.
+#[derive(Debug, Error)]
+pub enum JwksError {
+    /// The provider (discovery document, JWKS or token endpoint) did not answer.
+    #[error("Failed to fetch {url}: {source}")]
+    Fetch {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+}
+
+/// What the verifier reads from an access token beyond the standard claims.
+#[derive(Debug, Deserialize)]
+struct AccessClaims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Discovery {
+    jwks_uri: String,
+}
+
+struct Key {
+    decoding: DecodingKey,
+    algorithm: Algorithm,
+}
+
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, Key>,
+    fetched_at: Option<Instant>,
+}
+
+/// Checks tokens against the provider's published keys.
+pub struct OidcVerifier {
+    settings: OidcSettings,
+    http: reqwest::Client,
+    cache: RwLock<KeyCache>,
+    /// Serialises fetches; holds the resolved JWKS address once known.
+    fetching: Mutex<Option<String>>,
+    /// How many times the JWKS was asked for, successfully or not.
+    fetches: AtomicU64,
+}
+
+impl std::fmt::Debug for OidcVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcVerifier")
+            .field("issuer", &self.settings.issuer)
+            .field("audience", &self.settings.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OidcVerifier {
+    /// A verifier with an empty cache: the first token fetches the keys.
+    pub fn new(settings: OidcSettings) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Self {
+            fetching: Mutex::new(settings.jwks_url.clone()),
+            settings,
+            http,
+            cache: RwLock::new(KeyCache::default()),
+            fetches: AtomicU64::new(0),
+        }
+    }
+
+    /// How many times this verifier has asked the provider for its keys (a gauge of the
+    /// rate limit: tests and metrics read it).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Fetches the keys now (at start-up, so that the first request does not wait).
+    pub async fn prefetch(&self) -> Result<usize, JwksError> {
+        self.fetch(None).await
+    }
+
+    /// The caller a valid token speaks for.
+    pub async fn verify(&self, token: &str) -> Result<Caller, AuthRejection> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthRejection::InvalidToken)?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(AuthRejection::InvalidToken);
+        }
+        let kid = header.kid.ok_or(AuthRejection::InvalidToken)?;
+        let stale = {
+            let cache = self.cache.read().await;
+            cache
+                .fetched_at
+                .is_none_or(|at| at.elapsed() >= self.settings.refresh)
+                || !cache.keys.contains_key(&kid)
+        };
+        if stale {
+            // A failed fetch keeps the keys known; the lookup below decides.
+            if let Err(error) = self.fetch(Some(self.settings.min_refresh)).await {
+                tracing::warn!(%error, "could not refresh the identity provider's keys");
+            }
+        }
+        let cache = self.cache.read().await;
+        let key = cache.keys.get(&kid).ok_or(AuthRejection::InvalidToken)?;
+        if key.algorithm != header.alg {
+            return Err(AuthRejection::InvalidToken);
+        }
+        let mut validation = Validation::new(key.algorithm);
+        validation.leeway = self.settings.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_audience(&[&self.settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &validation)
+            .map_err(|_| AuthRejection::InvalidToken)?
+            .claims;
+        let role = role_of(&claims.roles).ok_or(AuthRejection::NoRole)?;
+        Ok(Caller {
+            subject: claims.sub,
+            role,
+        })
+    }
+
+    /// Fetches the JWKS unless another fetch happened within `unless_within`; returns how many
+    /// usable keys it holds.
+    async fn fetch(&self, unless_within: Option<Duration>) -> Result<usize, JwksError> {
+        let mut jwks_url = self.fetching.lock().await;
+        if let Some(window) = unless_within {
+            let cache = self.cache.read().await;
+            if cache.fetched_at.is_some_and(|at| at.elapsed() < window) {
+                return Ok(cache.keys.len());
+            }
+        }
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let set = match self.fetch_set(&mut jwks_url).await {
+            Ok(set) => set,
+            Err(error) => {
+                // A failing provider is not asked again before the window has passed either.
+                self.cache.write().await.fetched_at = Some(Instant::now());
+                return Err(error);
+            }
+        };
+        let keys: HashMap<String, Key> = set
+            .keys
+            .iter()
+            .filter_map(|jwk| {
+                let kid = jwk.common.key_id.clone()?;
+                let algorithm = match &jwk.algorithm {
+                    AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                    AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                    _ => return None,
+                };
+                // A key published for encryption (use=enc) signs nothing.
+                if jwk.common.public_key_use == Some(jsonwebtoken::jwk::PublicKeyUse::Encryption) {
+                    return None;
+                }
+                let decoding = DecodingKey::from_jwk(jwk).ok()?;
+                Some((
+                    kid,
+                    Key {
+                        decoding,
+                        algorithm,
+                    },
+                ))
+            })
+            .collect();
+        let count = keys.len();
+        *self.cache.write().await = KeyCache {
+            keys,
+            fetched_at: Some(Instant::now()),
+        };
+        tracing::info!(keys = count, "fetched the identity provider's keys");
+        Ok(count)
+    }
+
+    /// The JWKS, found through the discovery document the first time.
+    async fn fetch_set(&self, jwks_url: &mut Option<String>) -> Result<JwkSet, JwksError> {
+        let url = if let Some(url) = jwks_url.as_ref() {
+            url.clone()
+        } else {
+            let url = format!("{}/.well-known/openid-configuration", self.settings.issuer);
+            let discovery: Discovery = get_json(&self.http, &url).await?;
+            jwks_url.insert(discovery.jwks_uri).clone()
+        };
+        get_json(&self.http, &url).await
+    }
+}
+
+/// A service's own access token, by the client-credentials grant of its confidential client:
+/// how the saga runner gets its `system` token without holding a key that could sign one.
+/// The token is cached and renewed a minute before it expires.
+pub struct ClientCredentials {
+    issuer: String,
+    /// The token endpoint; by default the discovery document's `token_endpoint`.
+    pub token_url: Option<String>,
+    client_id: String,
+    client_secret: SecretString,
+    http: reqwest::Client,
+    state: Mutex<ClientState>,
+}
+
+/// The token endpoint once discovered, and the current token with its renewal time.
+#[derive(Default)]
+struct ClientState {
+    endpoint: Option<String>,
+    current: Option<(String, Instant)>,
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenEndpoint {
+    token_endpoint: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+impl ClientCredentials {
+    /// The client `client_id` with its secret at the provider of `issuer`.
+    pub fn new(issuer: &str, client_id: String, client_secret: SecretString) -> Self {
+        Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            token_url: None,
+            client_id,
+            client_secret,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            state: Mutex::new(ClientState::default()),
+        }
+    }
+
+    /// A valid access token: the cached one, or a new one from the provider.
+    pub async fn token(&self) -> Result<String, JwksError> {
+        let mut state = self.state.lock().await;
+        if let Some((token, renew_at)) = &state.current
+            && Instant::now() < *renew_at
+        {
+            return Ok(token.clone());
+        }
+        let endpoint = if let Some(endpoint) = self.token_url.as_ref().or(state.endpoint.as_ref()) {
+            endpoint.clone()
+        } else {
+            let url = format!("{}/.well-known/openid-configuration", self.issuer);
+            let discovery: TokenEndpoint = get_json(&self.http, &url).await?;
+            state.endpoint.insert(discovery.token_endpoint).clone()
+        };
+        let fetch = |source| JwksError::Fetch {
+            url: endpoint.clone(),
+            source,
+        };
+        let response = self
+            .http
+            .post(&endpoint)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", self.client_id.as_str()),
+                ("client_secret", self.client_secret.expose_secret()),
+            ])
+            .send()
+            .await
+            .map_err(fetch)?;
+        if !response.status().is_success() {
+            return Err(JwksError::Status {
+                url: endpoint.clone(),
+                status: response.status(),
+            });
+        }
+        let answer: TokenResponse = response.json().await.map_err(fetch)?;
+        state.current = Some((answer.access_token.clone(), renew_at(answer.expires_in)));
+        Ok(answer.access_token)
+    }
+}
+
+/// When to ask for a new token: a minute before a token of `expires_in` seconds expires, or at
+/// half its life when it lives less than two minutes (a provider that says nothing: a minute).
+fn renew_at(expires_in: Option<u64>) -> Instant {
+    let lifetime = Duration::from_secs(expires_in.unwrap_or(60));
+    Instant::now()
+        + lifetime
+            .saturating_sub(Duration::from_mins(1))
+            .max(lifetime / 2)
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<T, JwksError> {
+    let fetch = |source| JwksError::Fetch {
+        url: url.to_owned(),
+        source,
+    };
+    let response = http.get(url).send().await.map_err(fetch)?;
+    if !response.status().is_success() {
+        return Err(JwksError::Status {
+            url: url.to_owned(),
+            status: response.status(),
+        });
+    }
+    response.json().await.map_err(fetch)
+}
+
+/// The one Funeral Manager role among a token's `roles`: `system` for a service account, else
+/// the widest staff role. `group_admin` acts as `director` until tenancy is built
+/// (docs/identity.md).
+fn role_of(roles: &[String]) -> Option<Role> {
+    let has = |name: &str| roles.iter().any(|role| role == name);
+    if has("system") {
+        Some(Role::System)
+    } else if has("group_admin") || has("director") {
+        Some(Role::Director)
+    } else if has("ops") {
+        Some(Role::Ops)
+    } else if has("family") {
+        Some(Role::Family)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles(names: &[&str]) -> Vec<String> {
+        names.iter().map(|&name| name.to_owned()).collect()
+    }
+
+    #[test]
+    fn a_service_account_is_system_whatever_else_it_has() {
+        assert_eq!(role_of(&roles(&["ops", "system"])), Some(Role::System));
+    }
+
+    #[test]
+    fn a_group_administrator_acts_as_a_director_until_tenancy_exists() {
+        assert_eq!(role_of(&roles(&["group_admin"])), Some(Role::Director));
+        assert_eq!(role_of(&roles(&["ops", "director"])), Some(Role::Director));
+    }
+
+    #[test]
+    fn a_token_with_no_funeral_manager_role_has_none() {
+        assert_eq!(
+            role_of(&roles(&["offline_access", "uma_authorization"])),
+            None
+        );
+    }
+}
