@@ -19,7 +19,7 @@ use sqlx::{Connection, PgConnection};
 use system_tests::{
     TestStack, fresh_kafka_on,
     private::PrivateBroker,
-    saga_stack::{SagaOptions, SagaStack},
+    saga_stack::{FinishedSaga, SagaOptions, SagaStack},
 };
 use uuid::Uuid;
 
@@ -36,31 +36,6 @@ fn reserved_at(history: &Value) -> Option<DateTime<Utc>> {
             .then(|| entry["at"].as_str()?.parse().ok())
             .flatten()
     })
-}
-
-/// Waits until every saga is done; returns each booking's id, history and status.
-async fn all_done(db: &mut PgConnection, saga: &SagaStack) -> Vec<(Uuid, Value, Option<String>)> {
-    let deadline = tokio::time::Instant::now() + Duration::from_mins(4);
-    loop {
-        let rows: Vec<(Uuid, bool, Value, Option<String>)> =
-            sqlx::query_as("SELECT booking_id, done, history, facts ->> 'status' FROM saga.sagas")
-                .fetch_all(&mut *db)
-                .await
-                .unwrap();
-        let finished = rows.iter().filter(|(_, done, ..)| *done).count();
-        if finished == BOOKINGS {
-            return rows
-                .into_iter()
-                .map(|(id, _, history, status)| (id, history, status))
-                .collect();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{finished}/{BOOKINGS} sagas done; runner logs in {}",
-            saga.log_dir().display()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -119,12 +94,20 @@ async fn a_broker_stalled_for_45_s_while_bookings_are_reserved_fails_none_of_the
     broker.resume();
     println!("broker stalled from {stalled_at} for {STALL:?}");
 
-    let rows = all_done(&mut db, &saga).await;
+    let rows = saga
+        .wait_all_done(BOOKINGS, Duration::from_mins(4))
+        .await
+        .unwrap();
 
     // Every booking confirmed, paid once, its family told.
     let ledger = saga.simulator.ledger().await.unwrap();
-    for (booking, history, status) in &rows {
-        assert_eq!(status.as_deref(), Some("confirmed"), "{booking}: {history}");
+    for FinishedSaga {
+        booking_id: booking,
+        history,
+        status,
+    } in &rows
+    {
+        assert_eq!(status, "confirmed", "{booking}: {history}");
         let captures = ledger.captures_for(*booking);
         assert_eq!(captures.len(), 1, "{booking}");
         assert_eq!(captures[0].amount.amount_minor(), PRICE, "{booking}");
@@ -140,8 +123,8 @@ async fn a_broker_stalled_for_45_s_while_bookings_are_reserved_fails_none_of_the
     // deadline of a saga that had begun before it (which used to fail those bookings).
     let late = rows
         .iter()
-        .filter(|(_, history, _)| {
-            reserved_at(history).is_some_and(|at| at > stalled_at + RESERVE_DEADLINE)
+        .filter(|saga| {
+            reserved_at(&saga.history).is_some_and(|at| at > stalled_at + RESERVE_DEADLINE)
         })
         .count();
     assert!(
@@ -152,8 +135,8 @@ async fn a_broker_stalled_for_45_s_while_bookings_are_reserved_fails_none_of_the
     // And the runner knew it for an outage, not a refusal.
     let unavailable = rows
         .iter()
-        .filter(|(_, history, _)| {
-            history
+        .filter(|saga| {
+            saga.history
                 .as_array()
                 .is_some_and(|entries| entries.iter().any(|e| e["outcome"] == "unavailable"))
         })

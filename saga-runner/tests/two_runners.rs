@@ -16,8 +16,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
 use gateway_simulator::{Behaviour, Mode};
 use serde_json::Value;
-use sqlx::{Connection, PgConnection};
-use system_tests::saga_stack::{SagaOptions, SagaStack};
+use system_tests::saga_stack::{FinishedSaga, SagaOptions, SagaStack};
 use uuid::Uuid;
 
 const BOOKINGS: usize = 500;
@@ -124,35 +123,20 @@ async fn two_runners_killed_in_turn_under_load_handle_each_saga_once_at_a_time()
     saga.start_runner_at(second, None).await.unwrap();
     println!("{BOOKINGS} bookings requested in {:?}", started.elapsed());
 
-    let mut db = PgConnection::connect(&saga.stack.database_url)
+    let rows = saga
+        .wait_all_done(BOOKINGS, Duration::from_mins(5))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_mins(5);
-    let rows: Vec<(Uuid, Value, Option<String>)> = loop {
-        let rows: Vec<(Uuid, bool, Value, Option<String>)> =
-            sqlx::query_as("SELECT booking_id, done, history, facts ->> 'status' FROM saga.sagas")
-                .fetch_all(&mut db)
-                .await
-                .unwrap();
-        let finished = rows.iter().filter(|(_, done, ..)| *done).count();
-        if finished == BOOKINGS {
-            break rows
-                .into_iter()
-                .map(|(id, _, history, status)| (id, history, status))
-                .collect();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{finished}/{BOOKINGS} sagas done; runner logs in {}",
-            saga.log_dir().display()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
     println!("every saga done after {:?}", started.elapsed());
 
     // One runner at a time per saga; both runners did work.
     let mut runners = BTreeSet::new();
-    for (booking, history, _) in &rows {
+    for FinishedSaga {
+        booking_id: booking,
+        history,
+        ..
+    } in &rows
+    {
         let passes = passes(history);
         for pair in passes.windows(2) {
             assert!(
@@ -183,7 +167,7 @@ async fn two_runners_killed_in_turn_under_load_handle_each_saga_once_at_a_time()
         .collect();
     let statuses: std::collections::BTreeMap<Uuid, String> = rows
         .into_iter()
-        .map(|(booking, _, status)| (booking, status.unwrap_or_default()))
+        .map(|saga| (saga.booking_id, saga.status))
         .collect();
     let mut confirmed = 0;
     for (booking, price) in &booked {

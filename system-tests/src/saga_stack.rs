@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use chrono::{Duration as Days, NaiveTime, TimeZone, Utc};
 use schemas::Role;
 use serde_json::Value;
+use sqlx::{Connection, PgConnection};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -66,6 +67,16 @@ pub struct SagaStack {
     runners: Vec<RunnerProcess>,
     log_dir: PathBuf,
     starts: u32,
+}
+
+/// A finished saga as [`SagaStack::wait_all_done`] returns it.
+#[derive(Debug, Clone)]
+pub struct FinishedSaga {
+    pub booking_id: Uuid,
+    /// Every pass, as the runner recorded it (`step`, `outcome`, `began`, `at`, `runner`).
+    pub history: Value,
+    /// The booking's final status in the saga's facts.
+    pub status: String,
 }
 
 /// One saga-runner process of the stack: its port, and the process while it runs.
@@ -399,6 +410,42 @@ impl SagaStack {
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until `expected` sagas exist and every one is done, reading the runner's table
+    /// directly; returns each one's booking id, history and final status.
+    pub async fn wait_all_done(
+        &self,
+        expected: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<FinishedSaga>> {
+        let mut db = PgConnection::connect(&self.stack.database_url).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let rows: Vec<(Uuid, bool, Value, Option<String>)> = sqlx::query_as(
+                "SELECT booking_id, done, history, facts ->> 'status' FROM saga.sagas",
+            )
+            .fetch_all(&mut db)
+            .await?;
+            let finished = rows.iter().filter(|(_, done, ..)| *done).count();
+            if finished == expected && rows.len() == expected {
+                return Ok(rows
+                    .into_iter()
+                    .map(|(booking_id, _, history, status)| FinishedSaga {
+                        booking_id,
+                        history,
+                        status: status.unwrap_or_default(),
+                    })
+                    .collect());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{finished}/{expected} sagas done within {timeout:?}; runner logs in {}",
+                    self.log_dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
