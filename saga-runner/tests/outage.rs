@@ -21,7 +21,6 @@ use system_tests::{
     private::PrivateBroker,
     saga_stack::{FinishedSaga, SagaOptions, SagaStack},
 };
-use uuid::Uuid;
 
 const BOOKINGS: usize = 24;
 const PRICE: i64 = 90_000;
