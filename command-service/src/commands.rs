@@ -79,6 +79,11 @@ pub(crate) enum CommandError {
     /// The event was appended but could not be read back in time; it may yet be admitted.
     #[error("the outcome of the append is unknown")]
     OutcomeUnknown,
+    /// The aggregate holds records this release cannot fold yet (a newer release wrote them,
+    /// or one is missing): deciding on what it can fold could contradict the log. Nothing was
+    /// appended, or what was waits behind them, to be decided by a release that can.
+    #[error("aggregate {aggregate_id} is parked at {detail}")]
+    Parked { aggregate_id: Uuid, detail: String },
     /// The broker failed.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -337,6 +342,12 @@ impl CommandHandler {
         context: &CommandContext,
     ) -> Result<Executed<A::Event>, CommandError> {
         let metadata = context.metadata();
+        if let Some(detail) = self.store.parked::<A>(aggregate_id) {
+            return Err(CommandError::Parked {
+                aggregate_id,
+                detail,
+            });
+        }
         let stream = self.store.read::<A>(aggregate_id);
         if let Some(expected) = expected_version.filter(|expected| *expected != stream.version) {
             return Err(CommandError::VersionMismatch {
@@ -381,6 +392,7 @@ impl CommandHandler {
         let admission = match &result {
             Ok(Ok(StoreOutcome::Admitted(_))) => "admitted",
             Ok(Ok(StoreOutcome::Refused)) => "refused",
+            Ok(Ok(StoreOutcome::Parked)) => "parked",
             Ok(Err(_)) | Err(_) => "unknown",
         };
         metrics::histogram!(
@@ -401,6 +413,13 @@ impl CommandHandler {
             Ok(Ok(StoreOutcome::Refused)) => Err(CommandError::Conflict {
                 aggregate_id: envelope.aggregate_id,
                 sequence: envelope.sequence,
+            }),
+            Ok(Ok(StoreOutcome::Parked)) => Err(CommandError::Parked {
+                aggregate_id: envelope.aggregate_id,
+                detail: format!(
+                    "sequence {}, appended behind parked records",
+                    envelope.sequence
+                ),
             }),
             Ok(Err(_)) | Err(_) => {
                 tracing::error!(event_id = %envelope.event_id, offset = position.offset, "appended event was not read back in time");

@@ -63,7 +63,10 @@ impl ApiError {
                 CommandOutcome::Conflict
             }
             Self::Command(
-                CommandError::NotReady | CommandError::OutcomeUnknown | CommandError::Log(_),
+                CommandError::NotReady
+                | CommandError::OutcomeUnknown
+                | CommandError::Parked { .. }
+                | CommandError::Log(_),
             ) => CommandOutcome::Unavailable,
             Self::Command(CommandError::Contract(_)) => CommandOutcome::Error,
         }
@@ -137,6 +140,14 @@ impl ApiError {
             }
             Self::Command(CommandError::NotReady) => Problem::unavailable()
                 .with_detail("The service is still reading the event log. Retry shortly."),
+            Self::Command(error @ CommandError::Parked { .. }) => {
+                tracing::warn!(%error, "a command on a parked aggregate");
+                Problem::unavailable().with_detail(format!(
+                    "{error}: it holds events this release cannot read yet (a newer release \
+                     wrote them, or one is missing). A replica of the newer release can serve \
+                     it; retry with the same Idempotency-Key."
+                ))
+            }
             Self::Command(CommandError::Contract(violation)) => {
                 let violation = violation.without_values();
                 tracing::error!(%violation, "refused to append an event that breaks its schema");

@@ -29,8 +29,9 @@ use serde::{Deserialize, Serialize};
 use crate::store::{AggregateStore, Folded, LogHead, partition_key};
 
 /// Bumped when the snapshot's shape changes; a snapshot of another format is ignored.
-/// 2: the cluster id.
-const FORMAT: u32 = 2;
+/// 2: the cluster id. 3: parked records (a snapshot of a release that skipped the records it
+/// did not know has lost them, so it must not be trusted).
+const FORMAT: u32 = 3;
 
 #[derive(Serialize)]
 struct SnapshotRef<'a> {

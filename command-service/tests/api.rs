@@ -803,3 +803,88 @@ async fn records_no_reader_can_use_are_passed_over_and_take_no_sequence() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["version"], 2, "{body}");
 }
+
+/// docs/evolution.md, "Unknown is parked": a record of a version this release does not know
+/// (a newer release wrote it) parks its facility. A command on that facility answers 503 with a
+/// problem saying why, instead of deciding on a state that misses the record; `/ready` names
+/// the parked facility and stays ready; every other facility takes commands.
+#[tokio::test]
+async fn a_record_of_an_unknown_version_parks_its_aggregate_and_commands_on_it_answer_503() {
+    use event_log::EventProducer;
+    use rdkafka::message::OwnedHeaders;
+    use schemas::AggregateType;
+
+    let kafka = fresh_kafka().await;
+    let service = start(&kafka).await;
+    let facility_id = register_facility(&service).await;
+    let from_a_newer_release = json!({
+        "event_id": uuid::Uuid::new_v4(), "event_type": "OpeningHoursChanged",
+        "event_version": 99, "aggregate_type": "facility", "aggregate_id": facility_id,
+        "sequence": 2, "occurred_at": "2027-01-05T09:30:00Z",
+        "correlation_id": uuid::Uuid::new_v4(), "causation_id": uuid::Uuid::new_v4(),
+        "actor": {"subject": "d", "role": "director"},
+        "data": {"opening_hours": [], "a_field_of_the_future": true}
+    });
+    let producer = EventProducer::new(&kafka).unwrap();
+    producer
+        .send(
+            &producer.topics().events(AggregateType::Facility),
+            Some(facility_id.as_bytes()),
+            &serde_json::to_vec(&from_a_newer_release).unwrap(),
+            OwnedHeaders::new(),
+        )
+        .await
+        .unwrap();
+
+    let client = Client::new();
+    let mut ready = Value::Null;
+    for _ in 0..200 {
+        ready = client
+            .get(format!("{}/ready", service.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["checks"][2]["detail"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["checks"][2]["name"], "parked", "{ready}");
+    let detail = ready["checks"][2]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("1 aggregates parked")
+            && detail.contains(&facility_id)
+            && detail.contains("unknown event OpeningHoursChanged v99"),
+        "{ready}"
+    );
+
+    let hours = json!({"opening_hours": [{"weekday": "mon", "opens": "09:00", "closes": "17:00"}]});
+    let response = client
+        .put(format!(
+            "{}/facilities/{facility_id}/opening-hours",
+            service.url
+        ))
+        .bearer_auth(token(Role::Director, "director-1").await)
+        .header("if-match", "\"1\"")
+        .json(&hours)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], 503, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("parked at sequence 2") && d.contains("newer release")),
+        "{body}"
+    );
+    // Another facility is served as before.
+    let other = register_facility(&service).await;
+    assert_ne!(other, facility_id);
+}
