@@ -20,10 +20,14 @@
 //!    loss of its lock, once skipped records so when PostgreSQL restarted mid-batch.)
 //!
 //! What a record means is the applier's business: the projector changes read models, the saga
-//! changes its facts. Each says what a record came to with one [`RecordOutcome`].
+//! changes its facts. Each says what a record came to with one [`RecordOutcome`]. A record an
+//! applier cannot take yet it parks in a table of its own; [`parking`] lists and describes
+//! those tables the same way for every reader.
 //!
 //! It lives in a crate of its own because it needs sqlx, which the Kafka adapter (`event-log`)
 //! does not.
+
+pub mod parking;
 
 use std::{collections::BTreeMap, future::Future, time::Duration};
 

@@ -25,7 +25,8 @@ use crate::inspect::Output;
     fmctl sagas --filter compensated --output json\n  \
     fmctl sagas --filter parked          # waiting for an operator\n  \
     fmctl sagas --booking <BOOKING_ID>   # facts and every step performed\n  \
-    fmctl sagas retry --booking <BOOKING_ID> --reason 'the provider fixed its record'\n\n\
+    fmctl sagas retry --booking <BOOKING_ID> --reason 'the provider fixed its record'\n  \
+    fmctl sagas parked-records           # records the saga's consumer cannot take yet\n\n\
     A saga is stuck when it is not done and past the deadline of the step it is on (a lookup \
     the gateway cannot answer, a mail the SMTP server keeps refusing); parked when a step \
     failed for good or an operator parked it; see docs/saga.md.")]
@@ -80,6 +81,20 @@ enum SagaAction {
         #[command(flatten)]
         target: Target,
     },
+    /// The aggregates whose records the saga's consumer keeps parked: an event type or version
+    /// this release does not know, or one beyond a gap (docs/evolution.md). Not the sagas an
+    /// operator or a failed step parked (`--filter parked`). A release that knows the records
+    /// takes everything parked, in order, when it starts.
+    ParkedRecords {
+        /// Exit with status 1 when any aggregate is parked (for a check).
+        #[arg(long)]
+        fail_if_any: bool,
+        /// The saga runner's base URL.
+        #[arg(long, env = "FM_SAGA_URL", default_value = "http://127.0.0.1:8084")]
+        url: String,
+        #[arg(long, value_enum, default_value_t = Output::Pretty)]
+        output: Output,
+    },
 }
 
 /// Which saga, why, and who acts.
@@ -100,12 +115,14 @@ struct Target {
 }
 
 impl SagaAction {
-    fn parts(&self) -> (&'static str, &Target, Option<&str>) {
+    /// An action on one saga: its kind, target and step; `None` for a listing.
+    fn parts(&self) -> Option<(&'static str, &Target, Option<&str>)> {
         match self {
-            Self::Park { target, step } => ("park", target, step.as_deref()),
-            Self::Retry { target } => ("retry", target, None),
-            Self::Skip { target, step } => ("skip", target, Some(step.as_str())),
-            Self::Resolve { target } => ("resolve", target, None),
+            Self::Park { target, step } => Some(("park", target, step.as_deref())),
+            Self::Retry { target } => Some(("retry", target, None)),
+            Self::Skip { target, step } => Some(("skip", target, Some(step.as_str()))),
+            Self::Resolve { target } => Some(("resolve", target, None)),
+            Self::ParkedRecords { .. } => None,
         }
     }
 }
@@ -155,8 +172,7 @@ pub(crate) async fn ops_token(subject: &str) -> anyhow::Result<(String, bool)> {
 }
 
 /// Performs an operator's action through the runner's ops API and says what was recorded.
-async fn act(action: &SagaAction) -> anyhow::Result<()> {
-    let (kind, target, step) = action.parts();
+async fn act((kind, target, step): (&'static str, &Target, Option<&str>)) -> anyhow::Result<()> {
     let (token, names_operator) = ops_token(&target.operator).await?;
     let base = target.url.trim_end_matches('/');
     // fmctl's client token names fmctl's service account, not the person: the reason does.
@@ -195,8 +211,18 @@ async fn act(action: &SagaAction) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn sagas(args: SagasArgs) -> anyhow::Result<()> {
-    if let Some(action) = &args.action {
-        return act(action).await;
+    match &args.action {
+        Some(SagaAction::ParkedRecords {
+            fail_if_any,
+            url,
+            output,
+        }) => return parked_records(url, *output, *fail_if_any).await,
+        Some(action) => {
+            if let Some(parts) = action.parts() {
+                return act(parts).await;
+            }
+        }
+        None => {}
     }
     let (token, _) = ops_token("fmctl").await?;
     let base = args.url.trim_end_matches('/');
@@ -265,6 +291,53 @@ pub(crate) async fn sagas(args: SagasArgs) -> anyhow::Result<()> {
             "{} saga(s) match --filter {}",
             listed.len(),
             args.filter.query()
+        );
+    }
+    Ok(())
+}
+
+/// `fmctl sagas parked-records`: the runner's `GET /parked-records`.
+async fn parked_records(url: &str, output: Output, fail_if_any: bool) -> anyhow::Result<()> {
+    let (token, _) = ops_token("fmctl").await?;
+    let base = url.trim_end_matches('/');
+    let response = reqwest::Client::new()
+        .get(format!("{base}/parked-records"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| {
+            format!("Failed to reach the saga runner at {base} (--url or FM_SAGA_URL)")
+        })?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let detail = body["detail"].as_str().unwrap_or("no detail");
+        bail!("the saga runner answered {status}: {detail}");
+    }
+    let parked = body["parked"].as_array().cloned().unwrap_or_default();
+    match output {
+        Output::Json => println!("{body}"),
+        Output::Pretty => {
+            println!("saga consumer: {} aggregates parked", parked.len());
+            for aggregate in &parked {
+                println!(
+                    "  {} {} since {}: {} records wait from sequence {} ({} v{}): {}",
+                    aggregate["aggregate_type"].as_str().unwrap_or("?"),
+                    aggregate["aggregate_id"].as_str().unwrap_or("?"),
+                    aggregate["since"].as_str().unwrap_or("?"),
+                    aggregate["records"],
+                    aggregate["sequence"],
+                    aggregate["event_type"].as_str().unwrap_or("?"),
+                    aggregate["event_version"],
+                    aggregate["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    if fail_if_any && !parked.is_empty() {
+        bail!(
+            "{} aggregate(s) parked in the saga's consumer",
+            parked.len()
         );
     }
     Ok(())

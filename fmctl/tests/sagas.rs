@@ -518,3 +518,75 @@ async fn an_operator_parks_retries_and_skips_a_letter_that_cannot_be_sent() {
     );
     shutdown.cancel();
 }
+
+/// A record of a version this release does not know parks its aggregate in the saga's
+/// consumer; `fmctl sagas parked-records` lists it (with the reason and how many records wait),
+/// `--fail-if-any` fails then, and neither says anything while nothing is parked.
+#[tokio::test]
+async fn parked_records_lists_what_the_saga_consumer_cannot_take_yet() {
+    use event_log::EventProducer;
+    use rdkafka::message::OwnedHeaders;
+    use schemas::AggregateType;
+
+    let stack = TestStack::spawn().await.unwrap();
+    let simulator = Simulator::spawn().await.unwrap();
+    let sink = SmtpSink::start().await.unwrap();
+    let (saga_url, _runner) = start_runner(&stack, &simulator, &sink).await;
+    let clean = fmctl(&saga_url, &["sagas", "parked-records", "--fail-if-any"]).await;
+    assert_eq!(clean.status, 0, "{}", clean.stderr);
+    assert!(
+        clean.stdout.contains("0 aggregates parked"),
+        "{}",
+        clean.stdout
+    );
+
+    let facility = uuid::Uuid::new_v4();
+    let from_a_newer_release = serde_json::json!({
+        "event_id": uuid::Uuid::new_v4(), "event_type": "FacilityRegistered",
+        "event_version": 99, "aggregate_type": "facility", "aggregate_id": facility,
+        "sequence": 1, "occurred_at": "2027-01-05T09:30:00Z",
+        "correlation_id": uuid::Uuid::new_v4(), "causation_id": uuid::Uuid::new_v4(),
+        "actor": {"subject": "d", "role": "director"},
+        "data": {"a_field_of_the_future": true}
+    });
+    let producer = EventProducer::new(&stack.kafka).unwrap();
+    producer
+        .send(
+            &producer.topics().events(AggregateType::Facility),
+            Some(facility.as_bytes()),
+            &serde_json::to_vec(&from_a_newer_release).unwrap(),
+            OwnedHeaders::new(),
+        )
+        .await
+        .unwrap();
+
+    let mut listed = Value::Null;
+    for _ in 0..300 {
+        let run = fmctl(&saga_url, &["sagas", "parked-records", "--output", "json"]).await;
+        assert_eq!(run.status, 0, "{}", run.stderr);
+        listed = serde_json::from_str(&run.stdout).unwrap();
+        if listed["parked"].as_array().is_some_and(|p| !p.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let parked = listed["parked"].as_array().cloned().unwrap_or_default();
+    assert_eq!(parked.len(), 1, "{listed}");
+    assert_eq!(parked[0]["aggregate_id"], facility.to_string(), "{listed}");
+    assert_eq!(parked[0]["event_version"], 99, "{listed}");
+    assert_eq!(parked[0]["records"], 1, "{listed}");
+    assert!(
+        parked[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("FacilityRegistered v99")),
+        "{listed}"
+    );
+    let check = fmctl(&saga_url, &["sagas", "parked-records", "--fail-if-any"]).await;
+    assert_eq!(check.status, 1, "{}", check.stdout);
+    assert!(
+        check.stdout.contains("1 aggregates parked")
+            && check.stdout.contains(&facility.to_string()),
+        "{}",
+        check.stdout
+    );
+}

@@ -17,7 +17,7 @@
 //! letter: a newer release would refuse it too.
 
 use batch_consumer::RecordOutcome;
-use chrono::{DateTime, Utc};
+pub use batch_consumer::parking::ParkedAggregate;
 use event_log::{LogPosition, Topics};
 use schemas::{AggregateType, ContractViolation, EventEnvelope, SchemaRegistry};
 use sqlx::{PgConnection, PgPool};
@@ -340,72 +340,13 @@ async fn record_gap(
     Ok(())
 }
 
-/// One parked aggregate of a build, as `/ready` and `fmctl parked` show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParkedAggregate {
-    pub aggregate_type: String,
-    pub aggregate_id: Uuid,
-    /// The first record that cannot be applied: its sequence, type and version.
-    pub sequence: i64,
-    pub event_type: String,
-    pub event_version: i32,
-    /// Why it cannot be applied (without personal data).
-    pub reason: String,
-    /// How many records of the aggregate wait.
-    pub records: i64,
-    /// When its first record was parked.
-    pub since: DateTime<Utc>,
-}
-
-/// A row of [`parked`]'s query.
-type ParkedRow = (String, Uuid, i64, String, i32, String, i64, DateTime<Utc>);
-
 /// The parked aggregates of the build whose tables are in `schema`, longest parked first.
 /// `schema` is a build's schema name (`read_v<V>_b<B>`, built from integers).
 pub async fn parked(pool: &PgPool, schema: &str) -> Result<Vec<ParkedAggregate>, sqlx::Error> {
-    let sql = format!(
-        "SELECT * FROM ( \
-           SELECT DISTINCT ON (aggregate_type, aggregate_id) aggregate_type, aggregate_id, sequence, \
-                  event_type, event_version, reason, \
-                  count(*) OVER (PARTITION BY aggregate_type, aggregate_id) AS records, \
-                  min(parked_at) OVER (PARTITION BY aggregate_type, aggregate_id) AS since \
-           FROM {schema}.parked_records \
-           ORDER BY aggregate_type, aggregate_id, sequence, id \
-         ) first ORDER BY since, aggregate_type, aggregate_id"
-    );
-    let rows: Vec<ParkedRow> = sqlx::query_as(&sql).fetch_all(pool).await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                aggregate_type,
-                aggregate_id,
-                sequence,
-                event_type,
-                event_version,
-                reason,
-                records,
-                since,
-            )| {
-                ParkedAggregate {
-                    aggregate_type,
-                    aggregate_id,
-                    sequence,
-                    event_type,
-                    event_version,
-                    reason,
-                    records,
-                    since,
-                }
-            },
-        )
-        .collect())
+    batch_consumer::parking::parked(pool, &format!("{schema}.parked_records")).await
 }
 
 /// How many aggregates are parked in the build whose tables are in `schema`.
 pub async fn parked_count(pool: &PgPool, schema: &str) -> Result<i64, sqlx::Error> {
-    let sql = format!(
-        "SELECT count(*) FROM (SELECT DISTINCT aggregate_type, aggregate_id FROM {schema}.parked_records) parked"
-    );
-    sqlx::query_scalar(&sql).fetch_one(pool).await
+    batch_consumer::parking::parked_count(pool, &format!("{schema}.parked_records")).await
 }

@@ -63,17 +63,8 @@ async fn parked(pool: &PgPool, version: i32) -> Result<Option<String>, sqlx::Err
             continue;
         }
         let parked = parking::parked(pool, &build.schema()).await?;
-        if let Some(oldest) = parked.first() {
-            details.push(format!(
-                "build {}: {} aggregates parked; the longest since {}: {} {} at sequence {}: {}",
-                build.build,
-                parked.len(),
-                oldest.since.to_rfc3339(),
-                oldest.aggregate_type,
-                oldest.aggregate_id,
-                oldest.sequence,
-                oldest.reason,
-            ));
+        if let Some(summary) = batch_consumer::parking::summary(&parked) {
+            details.push(format!("build {}: {summary}", build.build));
         }
     }
     Ok((!details.is_empty()).then(|| details.join("; ")))

@@ -4,6 +4,7 @@
 //! be taken in order (docs/evolution.md, "Unknown is parked, not skipped"). The consumer
 //! (`crate::consumer`) decides; this module only stores.
 
+use batch_consumer::parking::ParkedAggregate;
 use event_log::LogPosition;
 use schemas::EventEnvelope;
 use sqlx::{PgConnection, PgPool};
@@ -92,29 +93,16 @@ pub(crate) async fn set_reason(conn: &mut PgConnection, id: i64, reason: &str) -
 
 /// How many aggregates are parked (`saga_parked_aggregates`).
 pub(crate) async fn count(conn: &mut PgConnection) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(DISTINCT aggregate_id) FROM parked_records")
-        .fetch_one(conn)
-        .await
+    batch_consumer::parking::parked_count(conn, "parked_records").await
+}
+
+/// The parked aggregates, longest parked first (`GET /parked`, `fmctl sagas parked-records`).
+pub(crate) async fn parked(pool: &PgPool) -> sqlx::Result<Vec<ParkedAggregate>> {
+    batch_consumer::parking::parked(pool, "parked_records").await
 }
 
 /// `/ready`'s detail: `None` when nothing is parked; else how many aggregates, and the one
 /// parked longest with the reason of its first record.
 pub(crate) async fn summary(pool: &PgPool) -> sqlx::Result<Option<String>> {
-    let mut conn = pool.acquire().await?;
-    let parked = count(&mut conn).await?;
-    if parked == 0 {
-        return Ok(None);
-    }
-    let oldest: Option<(String, Uuid, i64, String)> = sqlx::query_as(
-        "SELECT aggregate_type, aggregate_id, sequence, reason FROM parked_records \
-         ORDER BY parked_at, sequence, id LIMIT 1",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(Some(match oldest {
-        Some((kind, id, sequence, reason)) => format!(
-            "{parked} aggregates parked; the longest: {kind} {id} at sequence {sequence}: {reason}"
-        ),
-        None => format!("{parked} aggregates parked"),
-    }))
+    Ok(batch_consumer::parking::summary(&parked(pool).await?))
 }

@@ -1,6 +1,6 @@
 //! The runner's HTTP surface beside `/health` and `/metrics`: `/ready`, the ops view of sagas
-//! (`ops`, `director` and `system` tokens), operators' actions on a saga (`ops` tokens), and
-//! the payment reconciliation.
+//! and of the consumer's parked records (`ops`, `director` and `system` tokens), operators'
+//! actions on a saga (`ops` tokens), and the payment reconciliation.
 //!
 //! An action (park, retry, skip, resolve) is checked here against what only the runner knows
 //! (the saga exists, is not done, is on the step named), then forwarded to the
@@ -74,6 +74,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/sagas", get(list))
         .route("/sagas/{booking_id}", get(one))
+        .route("/parked-records", get(parked_records))
         .route("/sagas/{booking_id}/park", post(park))
         .route("/sagas/{booking_id}/retry", post(retry))
         .route("/sagas/{booking_id}/skip", post(skip))
@@ -207,6 +208,29 @@ pub(crate) async fn one(
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound)
+}
+
+/// The aggregates whose records the consumer keeps parked.
+#[derive(Debug, Serialize)]
+pub(crate) struct ParkedList {
+    parked: Vec<batch_consumer::parking::ParkedAggregate>,
+}
+
+/// The aggregates whose records the saga's consumer keeps parked (an event type or version
+/// this release does not know, or a gap), longest parked first (docs/evolution.md). Not the
+/// sagas an operator or a failed step parked: those are `GET /sagas?filter=parked`.
+#[utoipa::path(get, path = "/parked-records", security(("bearer" = [])),
+    responses((status = 200, description = "`{\"parked\": [{aggregate_type, aggregate_id, sequence, event_type, event_version, reason, records, since}]}`"),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn parked_records(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<ParkedList>, ApiError> {
+    caller.require(OPS_ROLES)?;
+    Ok(Json(ParkedList {
+        parked: crate::parking::parked(&state.pool).await?,
+    }))
 }
 
 /// `GET /ready`: PostgreSQL and the broker answer. (The gateway and SMTP are not checked: the
