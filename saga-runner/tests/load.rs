@@ -292,14 +292,42 @@ async fn five_hundred_concurrent_bookings_balance_the_books_and_every_saga_finis
     for booking in &cancelled_by_test {
         assert_eq!(statuses[booking], "cancelled", "{booking}");
     }
+    // The one exception is time itself: on a machine so loaded that the winner's capture or
+    // reservation outlived its deadline, the winner fails cleanly ("... in time") after the
+    // other was already turned away. Never both confirmed, never both turned away for another
+    // reason.
+    let mut holders_out_of_time = 0;
     for (i, (contender, _, plan)) in booked_in_order.iter().enumerate() {
         if *plan == Plan::Contend {
             let holder = booked_in_order[i - 17].0;
-            let mut pair = [statuses[contender].as_str(), statuses[&holder].as_str()];
+            let mut pair = [
+                (statuses[contender].as_str(), *contender),
+                (statuses[&holder].as_str(), holder),
+            ];
             pair.sort_unstable();
-            assert_eq!(pair, ["confirmed", "rejected"], "{contender} vs {holder}");
+            if let [("failed", winner), ("rejected", _)] = pair {
+                let reason: Option<String> = sqlx::query_scalar(
+                    "SELECT status_reason FROM live.bookings WHERE booking_id = $1",
+                )
+                .bind(winner)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+                assert!(
+                    reason.as_deref().is_some_and(|r| r.ends_with("in time")),
+                    "{contender} vs {holder}: {winner} failed for {reason:?}"
+                );
+                holders_out_of_time += 1;
+                continue;
+            }
+            assert_eq!(
+                pair.map(|(status, _)| status),
+                ["confirmed", "rejected"],
+                "{contender} vs {holder}"
+            );
         }
     }
+    println!("contended slots whose holder ran out of time: {holders_out_of_time}");
     let total = ledger.totals.get("GBP").unwrap();
     assert_eq!(
         total.captured_minor - total.refunded_minor,
