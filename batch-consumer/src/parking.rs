@@ -8,12 +8,12 @@
 //! counting and describing them is the same for every reader and lives here.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
 /// One parked aggregate, as `/ready`, the ops routes and `fmctl` show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct ParkedAggregate {
     pub aggregate_type: String,
     pub aggregate_id: Uuid,
@@ -55,6 +55,26 @@ pub async fn parked_count(executor: impl PgExecutor<'_>, table: &str) -> Result<
         "SELECT count(*) FROM (SELECT DISTINCT aggregate_type, aggregate_id FROM {table}) parked"
     );
     sqlx::query_scalar(&sql).fetch_one(executor).await
+}
+
+impl std::fmt::Display for ParkedAggregate {
+    /// One line, as `fmctl` lists it: which aggregate, since when, how many records wait
+    /// behind which first one, and why.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} since {}: {} records wait from sequence {} ({} v{}): {}",
+            self.aggregate_type,
+            self.aggregate_id,
+            self.since
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.records,
+            self.sequence,
+            self.event_type,
+            self.event_version,
+            self.reason
+        )
+    }
 }
 
 /// `/ready`'s detail of a `parked` check: `None` when nothing is parked; else how many

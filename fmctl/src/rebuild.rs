@@ -222,17 +222,7 @@ async fn parked(pool: &PgPool, output: Output) -> anyhow::Result<()> {
                     aggregates.len()
                 );
                 for parked in &aggregates {
-                    println!(
-                        "  {} {} since {}: {} records wait from sequence {} ({} v{}): {}",
-                        parked.aggregate_type,
-                        parked.aggregate_id,
-                        parked.since.to_rfc3339_opts(SecondsFormat::Secs, true),
-                        parked.records,
-                        parked.sequence,
-                        parked.event_type,
-                        parked.event_version,
-                        parked.reason
-                    );
+                    println!("  {parked}");
                 }
             }
         }

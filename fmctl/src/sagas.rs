@@ -9,6 +9,7 @@
 //! (`--operator`, the token's subject) and the reason (docs/saga.md, "Operator actions").
 
 use anyhow::{Context, bail};
+use batch_consumer::parking::ParkedAggregate;
 use clap::{Args, Subcommand, ValueEnum};
 use platform::{auth::ServiceToken, settings::AuthSettings};
 use schemas::Role;
@@ -314,23 +315,14 @@ async fn parked_records(url: &str, output: Output, fail_if_any: bool) -> anyhow:
         let detail = body["detail"].as_str().unwrap_or("no detail");
         bail!("the saga runner answered {status}: {detail}");
     }
-    let parked = body["parked"].as_array().cloned().unwrap_or_default();
+    let parked: Vec<ParkedAggregate> = serde_json::from_value(body["parked"].clone())
+        .context("the saga runner's list of parked records is not what fmctl reads")?;
     match output {
         Output::Json => println!("{body}"),
         Output::Pretty => {
             println!("saga consumer: {} aggregates parked", parked.len());
             for aggregate in &parked {
-                println!(
-                    "  {} {} since {}: {} records wait from sequence {} ({} v{}): {}",
-                    aggregate["aggregate_type"].as_str().unwrap_or("?"),
-                    aggregate["aggregate_id"].as_str().unwrap_or("?"),
-                    aggregate["since"].as_str().unwrap_or("?"),
-                    aggregate["records"],
-                    aggregate["sequence"],
-                    aggregate["event_type"].as_str().unwrap_or("?"),
-                    aggregate["event_version"],
-                    aggregate["reason"].as_str().unwrap_or("")
-                );
+                println!("  {aggregate}");
             }
         }
     }
