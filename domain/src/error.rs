@@ -210,9 +210,7 @@ impl DomainError {
             Self::FacilityNotRegistered | Self::FacilityAlreadyRegistered => Some("facility_id"),
             Self::BookingHoldsAnotherSlot { .. } | Self::SlotOutsideOpeningHours => Some("slot"),
             Self::BookingNotFound | Self::BookingAlreadyRequested => Some("booking_id"),
-            Self::NoFamilyContacts | Self::TooManyFamilyContacts { .. } => {
-                Some("family_contacts")
-            }
+            Self::NoFamilyContacts | Self::TooManyFamilyContacts { .. } => Some("family_contacts"),
             Self::ZeroPrice => Some("price.amount_minor"),
             Self::SlotInPast | Self::ServiceBeforeDateOfDeath => Some("slot.start"),
             Self::DateOfDeathInFuture => Some("deceased.date_of_death"),

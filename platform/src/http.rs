@@ -126,7 +126,7 @@ impl HttpServer {
                 .into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
+        .await
     }
 }
 

@@ -268,7 +268,11 @@ mod tests {
         limiter.check("b", address).unwrap();
         let throttled = limiter.check("c", address).unwrap_err();
         assert_eq!(throttled.by, LimitedBy::Address);
-        assert!(limiter.check("c", Some(IpAddr::from([10, 0, 0, 2]))).is_ok());
+        assert!(
+            limiter
+                .check("c", Some(IpAddr::from([10, 0, 0, 2])))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -171,15 +171,16 @@ fn a_booking_of_one_minor_unit_is_still_a_price() {
 fn a_booking_is_open_until_it_is_closed_or_its_service_is_over() {
     let before = now();
     let after_the_service = slot().end_utc();
-    let open = |history: Vec<BookingEvent>, at| {
-        given::<Booking>(history).state().is_open(at)
-    };
+    let open = |history: Vec<BookingEvent>, at| given::<Booking>(history).state().is_open(at);
     assert!(!open(vec![], before), "no booking");
     assert!(open(vec![booking_requested()], before));
     assert!(open(vec![booking_requested(), held()], before));
     assert!(open(vec![booking_requested(), held(), confirmed()], before));
     assert!(
-        !open(vec![booking_requested(), held(), confirmed()], after_the_service),
+        !open(
+            vec![booking_requested(), held(), confirmed()],
+            after_the_service
+        ),
         "a confirmed booking whose service took place is finished"
     );
     let rejected = BookingEvent::BookingRejected {
@@ -203,7 +204,9 @@ fn a_family_may_ask_for_bookings_until_it_holds_its_limit() {
         assert_eq!(OpenBookings { held, limit: 3 }.check_one_more(), Ok(()));
     }
     for held in [3, 4] {
-        let refused = OpenBookings { held, limit: 3 }.check_one_more().unwrap_err();
+        let refused = OpenBookings { held, limit: 3 }
+            .check_one_more()
+            .unwrap_err();
         assert_eq!(refused, DomainError::OpenBookingLimitReached { limit: 3 });
         assert_eq!(refused.kind(), RejectionKind::Conflict);
         assert_eq!(refused.rule(), "booking.open_bookings_limit");
