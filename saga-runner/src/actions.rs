@@ -196,19 +196,6 @@ impl Effects {
                 self.record_decline(saga, &reason, request.price.amount_minor())
                     .await
             }
-            // The provider refused the capture request itself and recorded nothing: no money
-            // moved and no retry can succeed. Parking for an operator would keep the family's
-            // slot held meanwhile; a refusal is compensated like a decline instead (release
-            // the slot, fail the booking, tell the family), at once (docs/payments.md).
-            Err(GatewayError::Rejected { status, detail }) => {
-                tracing::warn!(booking_id = %saga.booking_id, status, %detail, "the gateway refused the capture request; compensating as a decline");
-                self.record_decline(
-                    saga,
-                    "the payment provider refused the payment request",
-                    request.price.amount_minor(),
-                )
-                .await
-            }
             Err(error) => StepOutcome::Failed {
                 learned: error
                     .may_have_moved_money()
