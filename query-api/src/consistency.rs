@@ -1,6 +1,16 @@
 //! Read-your-writes: waiting until the read model has applied a log position.
+//!
+//! A token beyond the end of the log (forged, or from another deployment) is answered at once
+//! with 422 `consistency_token.beyond_log` rather than held for the whole wait: before it waits,
+//! the query-api asks the log ([`LogEnds`]) for the end of the token's partition. A command
+//! answers only once it has read its own record back, so every token a command returned names
+//! an offset below that end.
+
+use std::{sync::Arc, time::Duration};
 
 use axum::http::HeaderMap;
+use event_log::{KafkaSettings, Topics};
+use rdkafka::consumer::StreamConsumer;
 use schemas::ConsistencyToken;
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -23,6 +33,7 @@ pub(crate) async fn wait_for_token(
     headers: &HeaderMap,
     pool: &PgPool,
     settings: &ConsistencySettings,
+    log: &LogEnds,
 ) -> Result<(), ApiError> {
     let Some(value) = headers.get(HEADER) else {
         return Ok(());
@@ -34,6 +45,7 @@ pub(crate) async fn wait_for_token(
         .ok_or(ApiError::MalformedToken)?;
     let started = Instant::now();
     let deadline = started + settings.max_wait;
+    log.refuse_beyond_end(&token, settings.max_wait).await?;
     let record = |result: &'static str| {
         metrics::counter!("query_consistency_waits_total", "result" => result).increment(1);
         metrics::histogram!("query_consistency_wait_seconds", "result" => result)
@@ -58,5 +70,76 @@ pub(crate) async fn wait_for_token(
             });
         }
         tokio::time::sleep(settings.poll_interval).await;
+    }
+}
+
+/// The log's end, asked for once per wait; without Kafka settings, nothing is asked.
+#[derive(Clone)]
+pub(crate) struct LogEnds {
+    log: Option<Arc<(StreamConsumer, KafkaSettings, Vec<String>)>>,
+}
+
+impl std::fmt::Debug for LogEnds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogEnds")
+            .field("asks_the_log", &self.log.is_some())
+            .finish()
+    }
+}
+
+impl LogEnds {
+    /// A reader of the log's ends on `kafka`'s brokers (a consumer that never subscribes); none
+    /// when there are no settings or the client cannot be made (then tokens are only waited
+    /// for, as before).
+    pub(crate) fn new(kafka: Option<&KafkaSettings>) -> Self {
+        let log = kafka.and_then(|kafka| {
+            // One quick question per wait: an unanswered one leaves the token to the wait.
+            let kafka = KafkaSettings {
+                request_timeout: kafka.request_timeout.min(Duration::from_secs(1)),
+                ..kafka.clone()
+            };
+            match event_log::consumer::manual_consumer(&kafka, "query-api-log-ends") {
+                Ok(consumer) => {
+                    let topics = Topics::new(&kafka.topic_prefix).event_topics();
+                    Some(Arc::new((consumer, kafka, topics)))
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot ask the log for its end; tokens beyond it wait the whole wait");
+                    None
+                }
+            }
+        });
+        Self { log }
+    }
+
+    /// Refuses a token that names a topic of no event stream of this deployment, or an offset at
+    /// or past its partition's end. When the log does not answer (within `max_wait`, and its
+    /// client's own 1 s timeouts), the token is waited for as usual.
+    async fn refuse_beyond_end(
+        &self,
+        token: &ConsistencyToken,
+        max_wait: Duration,
+    ) -> Result<(), ApiError> {
+        let Some(log) = self.log.clone() else {
+            return Ok(());
+        };
+        if !log.2.contains(&token.topic) {
+            return Err(ApiError::TokenBeyondLog);
+        }
+        let partition = (token.topic.clone(), token.partition);
+        let asked = tokio::task::spawn_blocking(move || {
+            event_log::consumer::end_offsets(&log.0, &[partition], &log.1)
+        });
+        match tokio::time::timeout(max_wait, asked).await {
+            Ok(Ok(Ok(ends))) => match ends.values().next() {
+                Some(end) if token.offset >= *end => Err(ApiError::TokenBeyondLog),
+                _ => Ok(()),
+            },
+            Ok(Ok(Err(error))) => {
+                tracing::debug!(%error, "the log's end is unknown; waiting for the token");
+                Ok(())
+            }
+            Ok(Err(_)) | Err(_) => Ok(()),
+        }
     }
 }

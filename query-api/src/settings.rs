@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use event_log::KafkaSettings;
 use platform::{
     rate_limit::RateLimitSettings,
     settings::{AuthSettings, DatabaseSettings, HttpSettings, LogSettings, millis},
@@ -26,6 +27,10 @@ pub struct Settings {
     /// (`FM_LIMITS__…`; reads without a token are not limited here).
     #[serde(default = "default_wait_limits")]
     pub limits: RateLimitSettings,
+    /// The log, asked for its end so that a consistency token beyond it is answered at once
+    /// (`FM_KAFKA__BROKERS`, `FM_KAFKA__TOPIC_PREFIX`); none: such a token waits `max_wait`.
+    #[serde(default)]
+    pub kafka: Option<KafkaSettings>,
 }
 
 /// 120 waits a minute per subject with a burst of 30; 1,200 a minute per address with a burst
@@ -97,6 +102,7 @@ impl Settings {
             consistency: ConsistencySettings::default(),
             read_model: ReadModelSettings::default(),
             limits: RateLimitSettings::UNLIMITED,
+            kafka: None,
         }
     }
 }

@@ -59,6 +59,7 @@ impl Service for Application {
             verifier: Arc::new(verifier),
             consistency: settings.consistency.clone(),
             wait_limits: Arc::new(RateLimiter::new("consistency_waits", &settings.limits)),
+            log_ends: crate::consistency::LogEnds::new(settings.kafka.as_ref()),
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;

@@ -162,6 +162,61 @@ async fn a_subject_over_its_rate_of_consistency_waits_gets_429_and_others_do_not
 }
 
 #[tokio::test]
+async fn a_consistency_token_beyond_the_end_of_the_log_is_refused_at_once() {
+    let kafka = test_support::fresh_kafka().await.unwrap();
+    let database = DatabaseSettings {
+        url: "postgres://fm:fm@127.0.0.1:9/nowhere".to_owned().into(),
+        ..DatabaseSettings::default()
+    };
+    let mut settings = Settings::new(test_support::auth_settings(), database);
+    settings.http.port = 0;
+    settings.kafka = Some(kafka.clone());
+    let shutdown = CancellationToken::new();
+    let url = test_support::spawn_app::<Application>(settings, &shutdown)
+        .await
+        .unwrap();
+    let service = Service {
+        document: Client::new()
+            .get(format!("{url}/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+        url,
+        token: test_support::token(Role::Director, "director-1").await,
+        shutdown,
+    };
+    let topic = event_log::Topics::new(&kafka.topic_prefix).event_topics()[0].clone();
+    let template = "/bookings/{id}";
+    let path = template.replace("{id}", &uuid::Uuid::new_v4().to_string());
+    for token in [
+        format!("{topic}:0:0"),
+        format!("{topic}:0:1000000"),
+        "another-deployment.booking.events:0:0".to_owned(),
+    ] {
+        let started = std::time::Instant::now();
+        let problem = get_as_declared(
+            &service,
+            (&path, template),
+            &[("consistency-token", &token)],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(
+            problem["errors"][0]["rule"], "consistency_token.beyond_log",
+            "{token}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "answered at once, not after the 5 s wait: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
 async fn every_read_declares_conditional_answers() {
     let service = start().await;
     for template in [

@@ -35,6 +35,8 @@ pub(crate) struct AppState {
     pub(crate) consistency: ConsistencySettings,
     /// Consistency-token waits, per token subject and per client address.
     pub(crate) wait_limits: Arc<RateLimiter>,
+    /// The log's end, for tokens beyond it.
+    pub(crate) log_ends: consistency::LogEnds,
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
