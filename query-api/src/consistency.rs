@@ -2,7 +2,8 @@
 //!
 //! A token beyond the end of the log (forged, or from another deployment) is answered at once
 //! with 422 `consistency_token.beyond_log` rather than held for the whole wait: before it waits,
-//! the query-api asks the log ([`LogEnds`]) for the end of the token's partition. A command
+//! the query-api asks the log ([`LogEnds`]) for the end of the token's partition (and, if the
+//! token is past it, once more half a second later). A command
 //! answers only once it has read its own record back, so every token a command returned names
 //! an offset below that end.
 
@@ -73,7 +74,10 @@ pub(crate) async fn wait_for_token(
     }
 }
 
-/// The log's end, asked for once per wait; without Kafka settings, nothing is asked.
+/// How long after a first "beyond the end" the log is asked again.
+const RECHECK_AFTER: Duration = Duration::from_millis(500);
+
+/// The log's end, asked for once per wait (twice for a token beyond it); without Kafka settings, nothing is asked.
 #[derive(Clone)]
 pub(crate) struct LogEnds {
     log: Option<Arc<(StreamConsumer, KafkaSettings, Vec<String>)>>,
@@ -113,7 +117,9 @@ impl LogEnds {
     }
 
     /// Refuses a token that names a topic of no event stream of this deployment, or an offset at
-    /// or past its partition's end. When the log does not answer (within `max_wait`, and its
+    /// or past its partition's end twice, [`RECHECK_AFTER`] apart: a partition's new leader
+    /// may report a high watermark a moment behind the old one's, and a token a command
+    /// returned must never be refused. When the log does not answer (within `max_wait`, and its
     /// client's own 1 s timeouts), the token is waited for as usual.
     async fn refuse_beyond_end(
         &self,
@@ -126,20 +132,36 @@ impl LogEnds {
         if !log.2.contains(&token.topic) {
             return Err(ApiError::TokenBeyondLog);
         }
+        if !Self::beyond_end(&log, token, max_wait).await {
+            return Ok(());
+        }
+        tokio::time::sleep(RECHECK_AFTER).await;
+        if Self::beyond_end(&log, token, max_wait).await {
+            Err(ApiError::TokenBeyondLog)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether the log says the token's offset is at or past its partition's end; `false` when
+    /// it does not answer.
+    async fn beyond_end(
+        log: &Arc<(StreamConsumer, KafkaSettings, Vec<String>)>,
+        token: &ConsistencyToken,
+        max_wait: Duration,
+    ) -> bool {
+        let log = log.clone();
         let partition = (token.topic.clone(), token.partition);
         let asked = tokio::task::spawn_blocking(move || {
             event_log::consumer::end_offsets(&log.0, &[partition], &log.1)
         });
         match tokio::time::timeout(max_wait, asked).await {
-            Ok(Ok(Ok(ends))) => match ends.values().next() {
-                Some(end) if token.offset >= *end => Err(ApiError::TokenBeyondLog),
-                _ => Ok(()),
-            },
+            Ok(Ok(Ok(ends))) => ends.values().next().is_some_and(|end| token.offset >= *end),
             Ok(Ok(Err(error))) => {
                 tracing::debug!(%error, "the log's end is unknown; waiting for the token");
-                Ok(())
+                false
             }
-            Ok(Err(_)) | Err(_) => Ok(()),
+            Ok(Err(_)) | Err(_) => false,
         }
     }
 }
