@@ -23,7 +23,7 @@ pub(crate) const HEADER: &str = "consistency-token";
 
 /// Waits until the read models have applied the position in the request's `Consistency-Token`
 /// header, if there is one. Past `max_wait` the answer is a 503 that says so. Each wait counts
-/// in `query_consistency_waits_total{result}` (`caught_up`, `timed_out`) and
+/// in `query_consistency_waits_total{result}` (`caught_up`, `timed_out`, `beyond_log`) and
 /// `query_consistency_wait_seconds{result}`.
 ///
 /// The offsets are read through the `projection_offsets` view of this release's read-model version
@@ -46,12 +46,16 @@ pub(crate) async fn wait_for_token(
         .ok_or(ApiError::MalformedToken)?;
     let started = Instant::now();
     let deadline = started + settings.max_wait;
-    log.refuse_beyond_end(&token, settings.max_wait).await?;
     let record = |result: &'static str| {
         metrics::counter!("query_consistency_waits_total", "result" => result).increment(1);
         metrics::histogram!("query_consistency_wait_seconds", "result" => result)
             .record(started.elapsed().as_secs_f64());
     };
+    // Is it anywhere? A question to the log of at most ASK_TIMEOUT (and half a second more for
+    // a token past the end), so a log in trouble costs the wait little.
+    log.refuse_beyond_end(&token)
+        .await
+        .inspect_err(|_| record("beyond_log"))?;
     loop {
         let applied: Option<i64> = sqlx::query_scalar(
             "SELECT next_offset FROM projection_offsets WHERE topic = $1 AND partition = $2",
@@ -73,6 +77,9 @@ pub(crate) async fn wait_for_token(
         tokio::time::sleep(settings.poll_interval).await;
     }
 }
+
+/// How long one question to the log may take before the token is simply waited for.
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long after a first "beyond the end" the log is asked again.
 const RECHECK_AFTER: Duration = Duration::from_millis(500);
@@ -119,24 +126,20 @@ impl LogEnds {
     /// Refuses a token that names a topic of no event stream of this deployment, or an offset at
     /// or past its partition's end twice, [`RECHECK_AFTER`] apart: a partition's new leader
     /// may report a high watermark a moment behind the old one's, and a token a command
-    /// returned must never be refused. When the log does not answer (within `max_wait`, and its
-    /// client's own 1 s timeouts), the token is waited for as usual.
-    async fn refuse_beyond_end(
-        &self,
-        token: &ConsistencyToken,
-        max_wait: Duration,
-    ) -> Result<(), ApiError> {
+    /// returned must never be refused. When the log does not answer within [`ASK_TIMEOUT`], the
+    /// token is waited for as usual (the question costs the wait at most that).
+    async fn refuse_beyond_end(&self, token: &ConsistencyToken) -> Result<(), ApiError> {
         let Some(log) = self.log.clone() else {
             return Ok(());
         };
         if !log.2.contains(&token.topic) {
             return Err(ApiError::TokenBeyondLog);
         }
-        if !Self::beyond_end(&log, token, max_wait).await {
+        if !Self::beyond_end(&log, token).await {
             return Ok(());
         }
         tokio::time::sleep(RECHECK_AFTER).await;
-        if Self::beyond_end(&log, token, max_wait).await {
+        if Self::beyond_end(&log, token).await {
             Err(ApiError::TokenBeyondLog)
         } else {
             Ok(())
@@ -148,14 +151,13 @@ impl LogEnds {
     async fn beyond_end(
         log: &Arc<(StreamConsumer, KafkaSettings, Vec<String>)>,
         token: &ConsistencyToken,
-        max_wait: Duration,
     ) -> bool {
         let log = log.clone();
         let partition = (token.topic.clone(), token.partition);
         let asked = tokio::task::spawn_blocking(move || {
             event_log::consumer::end_offsets(&log.0, &[partition], &log.1)
         });
-        match tokio::time::timeout(max_wait, asked).await {
+        match tokio::time::timeout(ASK_TIMEOUT, asked).await {
             Ok(Ok(Ok(ends))) => ends.values().next().is_some_and(|end| token.offset >= *end),
             Ok(Ok(Err(error))) => {
                 tracing::debug!(%error, "the log's end is unknown; waiting for the token");
