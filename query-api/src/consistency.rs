@@ -79,7 +79,7 @@ pub(crate) async fn wait_for_token(
 }
 
 /// How long one question to the log may take before the token is simply waited for.
-const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long after a first "beyond the end" the log is asked again.
 const RECHECK_AFTER: Duration = Duration::from_millis(500);
