@@ -21,6 +21,14 @@ pub(crate) fn director_token() -> anyhow::Result<String> {
     Ok(keys.mint(DIRECTOR, Role::Director, chrono::Duration::hours(24))?)
 }
 
+/// The benchmarks measure the stack's throughput with one director token from one address:
+/// the limits on the flow (docs/security.md) are lifted.
+const NO_LIMITS: [(&str, &str); 3] = [
+    ("FM_LIMITS__MAX_OPEN_BOOKINGS_PER_FAMILY", "0"),
+    ("FM_LIMITS__PER_SUBJECT_PER_MINUTE", "0"),
+    ("FM_LIMITS__PER_ADDRESS_PER_MINUTE", "0"),
+];
+
 fn kafka_env(kafka: &event_log::KafkaSettings) -> Vec<(&'static str, String)> {
     vec![
         ("FM_KAFKA__BROKERS", kafka.brokers.clone()),
@@ -37,6 +45,7 @@ pub(crate) fn command_service(
 ) -> anyhow::Result<Process> {
     let mut env = kafka_env(kafka);
     env.push(("FM_AUTH__SECRET", SECRET.to_owned()));
+    env.extend(NO_LIMITS.map(|(key, value)| (key, value.to_owned())));
     if let Some(path) = snapshot {
         env.push(("FM_COMMANDS__SNAPSHOT_PATH", path.display().to_string()));
     }
@@ -79,6 +88,9 @@ pub(crate) fn query_api(bench: &Bench, database_url: &str, tag: &str) -> anyhow:
         &[
             ("FM_DATABASE__URL", database_url.to_owned()),
             ("FM_AUTH__SECRET", SECRET.to_owned()),
+            (NO_LIMITS[0].0, NO_LIMITS[0].1.to_owned()),
+            (NO_LIMITS[1].0, NO_LIMITS[1].1.to_owned()),
+            (NO_LIMITS[2].0, NO_LIMITS[2].1.to_owned()),
         ],
         &bench.log_dir,
     )

@@ -31,6 +31,8 @@ pub(crate) enum CommandOutcome {
     Invalid,
     /// No valid token, or a role that may not send it.
     Denied,
+    /// Over the caller's rate limit (429).
+    Throttled,
     /// The service could not decide or append (broker down, still reading the log).
     Unavailable,
     /// A bug: the service refused its own answer (500).
@@ -47,6 +49,7 @@ impl CommandOutcome {
             Self::Conflict => "conflict",
             Self::Invalid => "invalid",
             Self::Denied => "denied",
+            Self::Throttled => "throttled",
             Self::Unavailable => "unavailable",
             Self::Error => "error",
         }
@@ -201,7 +204,13 @@ pub(crate) struct CommandHandler {
     registry: Arc<SchemaRegistry>,
     outcome_timeout: Duration,
     queues: Arc<AggregateQueues>,
+    /// One queue per family (token subject) with a booking request in flight, so that its
+    /// open bookings are counted after its previous request was read back (`family_turn`).
+    families: Arc<AggregateQueues>,
 }
+
+/// Namespace of the queue keys of families (token subjects).
+const FAMILY_QUEUE_NAMESPACE: Uuid = Uuid::from_u128(0x1b3e_9d2c_4a5f_4c7e_8f60_7d1e_2c3b_4a59);
 
 /// One queue per aggregate with commands in flight in this process.
 ///
@@ -234,7 +243,7 @@ impl AggregateQueues {
 }
 
 /// The right to run a command on one aggregate; the queue is dropped when nobody waits on it.
-struct QueueTurn<'a> {
+pub(crate) struct QueueTurn<'a> {
     queues: &'a AggregateQueues,
     aggregate_id: Uuid,
     queue: Arc<tokio::sync::Mutex<()>>,
@@ -268,7 +277,18 @@ impl CommandHandler {
             registry,
             outcome_timeout,
             queues: Arc::default(),
+            families: Arc::default(),
         }
+    }
+
+    /// The right to count a family's open bookings and append its next request, one request of
+    /// that family at a time in this process: two requests racing cannot both see the count
+    /// below the limit. (Two replicas can: then the family holds at most one more per replica,
+    /// docs/security.md, API6.)
+    pub(crate) async fn family_turn(&self, subject: &str) -> QueueTurn<'_> {
+        self.families
+            .enter(Uuid::new_v5(&FAMILY_QUEUE_NAMESPACE, subject.as_bytes()))
+            .await
     }
 
     pub(crate) fn store(&self) -> &AggregateStore {

@@ -8,6 +8,7 @@ use domain::error::RejectionKind;
 use platform::{
     auth::AuthRejection,
     problem::{FieldError, Problem},
+    rate_limit::Throttled,
 };
 
 use crate::commands::{CommandError, CommandOutcome};
@@ -21,6 +22,8 @@ pub(crate) enum ApiError {
     NotFound { field: &'static str, id: uuid::Uuid },
     /// 401/403.
     Auth(AuthRejection),
+    /// 429 with `Retry-After`: over the caller's rate limit.
+    Throttled(Throttled),
     /// 4xx already shaped by an extractor (malformed JSON, media type, body size).
     Problem(Problem),
     /// 422/404/409 (domain), 409 (lost race), 412 (If-Match), 503 (not ready, broker down,
@@ -31,6 +34,12 @@ pub(crate) enum ApiError {
 impl From<CommandError> for ApiError {
     fn from(error: CommandError) -> Self {
         Self::Command(error)
+    }
+}
+
+impl From<Throttled> for ApiError {
+    fn from(throttled: Throttled) -> Self {
+        Self::Throttled(throttled)
     }
 }
 
@@ -57,6 +66,7 @@ impl ApiError {
                 CommandOutcome::Rejected
             }
             Self::Auth(_) => CommandOutcome::Denied,
+            Self::Throttled(_) => CommandOutcome::Throttled,
             Self::Problem(problem) if problem.status >= 500 => CommandOutcome::Unavailable,
             Self::Problem(_) => CommandOutcome::Invalid,
             Self::Command(CommandError::Conflict { .. } | CommandError::VersionMismatch { .. }) => {
@@ -90,6 +100,7 @@ impl ApiError {
                     .with_errors(vec![FieldError::new(field, "exists", "no such id")])
             }
             Self::Auth(rejection) => return rejection.into_response(),
+            Self::Throttled(throttled) => return throttled.into_response(),
             Self::Problem(problem) => problem,
             Self::Command(CommandError::Rejected(rejection)) => {
                 let (status, slug, title) = match rejection.kind() {

@@ -29,6 +29,7 @@ fn outcome_of_status(status: StatusCode) -> CommandOutcome {
     match status.as_u16() {
         200..=299 => CommandOutcome::Accepted,
         401 | 403 => CommandOutcome::Denied,
+        429 => CommandOutcome::Throttled,
         404 => CommandOutcome::Rejected,
         409 | 412 => CommandOutcome::Conflict,
         400..=499 => CommandOutcome::Invalid,
@@ -67,7 +68,7 @@ async fn track(State(command): State<&'static str>, request: Request, next: Next
 pub(crate) fn describe() {
     metrics::describe_counter!(
         "commands_total",
-        "Command answers by command name and outcome (accepted, no_op, replayed, rejected, conflict, invalid, denied, unavailable, error)"
+        "Command answers by command name and outcome (accepted, no_op, replayed, rejected, conflict, invalid, denied, throttled, unavailable, error)"
     );
     metrics::describe_histogram!(
         "command_append_seconds",

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use event_log::KafkaSettings;
-use platform::settings::{AuthSettings, HttpSettings, LogSettings, millis};
+use platform::{
+    rate_limit::RateLimitSettings,
+    settings::{AuthSettings, HttpSettings, LogSettings, millis},
+};
 use serde::Deserialize;
 
 /// Everything the command-service reads from its configuration layers.
@@ -18,6 +21,8 @@ pub struct Settings {
     pub log: platform::settings::LogSettings,
     #[serde(default)]
     pub commands: CommandSettings,
+    #[serde(default)]
+    pub limits: LimitSettings,
 }
 
 fn default_http() -> HttpSettings {
@@ -54,8 +59,41 @@ impl Default for CommandSettings {
     }
 }
 
+/// Limits on the flow (docs/security.md, API4 and API6), `FM_LIMITS__…`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct LimitSettings {
+    /// The most open bookings (`domain::booking::BookingState::is_open`) one family token
+    /// subject may hold; 0: no limit. Directors are not limited by it.
+    pub max_open_bookings_per_family: usize,
+    /// How fast one token subject and one client address may write (every write route).
+    #[serde(flatten)]
+    pub rate: RateLimitSettings,
+}
+
+impl LimitSettings {
+    /// No limit at all: for tests and load tools that drive many writes with a few tokens
+    /// from one address (`FM_LIMITS__MAX_OPEN_BOOKINGS_PER_FAMILY=0`,
+    /// `FM_LIMITS__PER_SUBJECT_PER_MINUTE=0`, `FM_LIMITS__PER_ADDRESS_PER_MINUTE=0`).
+    pub const UNLIMITED: Self = Self {
+        max_open_bookings_per_family: 0,
+        rate: RateLimitSettings::UNLIMITED,
+    };
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_open_bookings_per_family: 3,
+            rate: RateLimitSettings::default(),
+        }
+    }
+}
+
 impl Settings {
-    /// Settings for tests and tools: defaults everywhere but how tokens are checked.
+    /// Settings for tests and tools: defaults everywhere but how tokens are checked, and no
+    /// limits on the flow ([`LimitSettings::UNLIMITED`]: tests write much with a few tokens;
+    /// a test of a limit sets it).
     pub fn with_auth(auth: AuthSettings) -> Self {
         Self {
             http: default_http(),
@@ -63,6 +101,7 @@ impl Settings {
             auth,
             log: LogSettings::default(),
             commands: CommandSettings::default(),
+            limits: LimitSettings::UNLIMITED,
         }
     }
 }

@@ -115,6 +115,7 @@ impl Service for Application {
             commands,
             producer,
             verifier: Arc::new(verifier),
+            limits: Arc::new(routes::Limits::new(&settings.limits)),
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;

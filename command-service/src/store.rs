@@ -252,6 +252,23 @@ impl AggregateStore {
         A::streams(&folded).get(&id).cloned().unwrap_or_default()
     }
 
+    /// How many of the bookings `subject` created are open as of `now`
+    /// (`BookingState::is_open`): what a family's open-booking limit counts. A scan of every
+    /// booking in memory (a few milliseconds for a hundred thousand), done only for a family's
+    /// request.
+    pub(crate) fn open_bookings_of(
+        &self,
+        subject: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> usize {
+        let folded = self.folded.read().unwrap_or_else(PoisonError::into_inner);
+        folded
+            .bookings
+            .values()
+            .filter(|stream| stream.owner.as_deref() == Some(subject) && stream.state.is_open(now))
+            .count()
+    }
+
     /// The first outcome of the caller's command with this idempotency key, if it is in the log.
     pub(crate) fn recorded(&self, subject: &str, key: &str) -> Option<Recorded> {
         let folded = self.folded.read().unwrap_or_else(PoisonError::into_inner);

@@ -78,6 +78,27 @@ pub enum DomainError {
     #[error("at least one family contact is required")]
     NoFamilyContacts,
 
+    /// The booking names more family contacts than [`crate::booking::MAX_FAMILY_CONTACTS`]
+    /// (each one is mailed from the home's address). Invalid, field `family_contacts`.
+    #[error("a booking has at most {max} family contacts")]
+    TooManyFamilyContacts {
+        /// The most contacts a booking may have.
+        max: usize,
+    },
+
+    /// The price is zero: a booking is paid for, and a capture of nothing is not a payment
+    /// (docs/payments.md, "A zero total"). Invalid, field `price.amount_minor`.
+    #[error("the price must be more than zero")]
+    ZeroPrice,
+
+    /// The family already holds as many open bookings as it may (docs/security.md, API4/API6).
+    /// Conflict, no field.
+    #[error("this family already holds {limit} open bookings, the most it may hold")]
+    OpenBookingLimitReached {
+        /// The most open bookings a family may hold.
+        limit: usize,
+    },
+
     /// The slot starts now or in the past. Invalid, field `slot.start`.
     #[error("the slot must start in the future")]
     SlotInPast,
@@ -189,7 +210,8 @@ impl DomainError {
             Self::FacilityNotRegistered | Self::FacilityAlreadyRegistered => Some("facility_id"),
             Self::BookingHoldsAnotherSlot { .. } | Self::SlotOutsideOpeningHours => Some("slot"),
             Self::BookingNotFound | Self::BookingAlreadyRequested => Some("booking_id"),
-            Self::NoFamilyContacts => Some("family_contacts"),
+            Self::NoFamilyContacts | Self::TooManyFamilyContacts { .. } => Some("family_contacts"),
+            Self::ZeroPrice => Some("price.amount_minor"),
             Self::SlotInPast | Self::ServiceBeforeDateOfDeath => Some("slot.start"),
             Self::DateOfDeathInFuture => Some("deceased.date_of_death"),
             Self::PaymentNotFound | Self::PaymentIdMismatch => Some("payment_id"),
@@ -200,6 +222,7 @@ impl DomainError {
                 Some("amount.amount_minor")
             }
             Self::InvalidTransition { .. }
+            | Self::OpenBookingLimitReached { .. }
             | Self::ServiceAlreadyStarted
             | Self::PaymentAlreadyCaptured
             | Self::PaymentAlreadyDeclined
@@ -218,6 +241,9 @@ impl DomainError {
             Self::BookingNotFound => "booking.not_found",
             Self::BookingAlreadyRequested => "booking.already_requested",
             Self::NoFamilyContacts => "booking.family_contacts_required",
+            Self::TooManyFamilyContacts { .. } => "booking.family_contacts_max",
+            Self::ZeroPrice => "booking.price_positive",
+            Self::OpenBookingLimitReached { .. } => "booking.open_bookings_limit",
             Self::SlotInPast => "slot.in_past",
             Self::DateOfDeathInFuture => "deceased.date_of_death_in_future",
             Self::ServiceBeforeDateOfDeath => "slot.before_date_of_death",
@@ -249,6 +275,7 @@ impl DomainError {
             | Self::BookingHoldsAnotherSlot { .. }
             | Self::BookingAlreadyRequested
             | Self::InvalidTransition { .. }
+            | Self::OpenBookingLimitReached { .. }
             | Self::ServiceAlreadyStarted
             | Self::PaymentAlreadyCaptured
             | Self::PaymentAlreadyDeclined
@@ -256,6 +283,8 @@ impl DomainError {
             | Self::PaymentNotCaptured
             | Self::SagaResolved => RejectionKind::Conflict,
             Self::NoFamilyContacts
+            | Self::TooManyFamilyContacts { .. }
+            | Self::ZeroPrice
             | Self::SlotInPast
             | Self::DateOfDeathInFuture
             | Self::ServiceBeforeDateOfDeath

@@ -4,6 +4,11 @@
 //! The readers have just lost someone. The letters say plainly what happened, what it means for
 //! them (is the service on, was money taken, is it coming back), and who to turn to; they never
 //! blame the family, and they carry the booking reference for whoever helps them.
+//!
+//! The family's own words (the deceased's name, a cancellation's reason) and the facility's name
+//! are quoted only through [`quoted`]: one line, no control characters, at most as long as the
+//! API lets them be. The API refuses such text already; the letter does not rely on it, because
+//! the log also holds what older releases accepted.
 
 use std::fmt::Write as _;
 
@@ -23,11 +28,11 @@ pub struct Letter {
 impl Notification {
     /// The letter for this notification.
     pub fn letter(&self) -> Letter {
-        let name = self.deceased_name.trim();
+        let name = quoted(&self.deceased_name, NAME_MAX_CHARS);
         let reason = self
             .reason
             .as_deref()
-            .map(str::trim)
+            .map(|reason| quoted(reason, REASON_MAX_CHARS))
             .filter(|reason| !reason.is_empty());
         let (subject, opening, closing) = match self.kind {
             NotificationKind::Confirmation => (
@@ -75,7 +80,11 @@ impl Notification {
         let mut text = String::from("Dear family,\n\n");
         text.push_str(&opening);
         text.push_str("\n\n");
-        if let Some(facility) = self.facility_name.as_deref().map(str::trim) {
+        if let Some(facility) = self
+            .facility_name
+            .as_deref()
+            .map(|facility| quoted(facility, NAME_MAX_CHARS))
+        {
             let _ = writeln!(text, "  Where: {facility}");
         }
         let _ = writeln!(text, "  When:  {}", when(&self.slot));
@@ -93,6 +102,32 @@ impl Notification {
         let _ = writeln!(text, "Booking reference: {}", self.booking_id);
         Letter { subject, text }
     }
+}
+
+/// The most characters of a name quoted (the API's limit for names).
+const NAME_MAX_CHARS: usize = 200;
+/// The most characters of a reason quoted (the API's limit for reasons).
+const REASON_MAX_CHARS: usize = 500;
+
+/// `text` as a letter may quote it: every run of whitespace and control characters (line
+/// breaks, tabs, escapes) becomes one space, so the text cannot start a header or a line of its
+/// own; trimmed; cut to `max_chars` characters, with `…` where it was cut.
+fn quoted(text: &str, max_chars: usize) -> String {
+    let mut line = String::with_capacity(text.len().min(max_chars * 4));
+    for word in text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+    {
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if line.chars().count() > max_chars {
+        line = line.chars().take(max_chars - 1).collect();
+        line.push('…');
+    }
+    line
 }
 
 /// "Tuesday 2 March 2027, from 10:00 to 11:00 (UTC)", in the offset the booking was made with
@@ -238,6 +273,61 @@ mod tests {
         assert!(!letter.text.contains("Where:"), "{}", letter.text);
         assert!(!letter.text.contains("Reason:"), "{}", letter.text);
         assert!(letter.text.contains("  When:  Tuesday 2 March 2027"));
+    }
+
+    #[test]
+    fn family_text_is_quoted_on_one_line_without_control_characters() {
+        let mut n = notification(NotificationKind::Cancellation);
+        n.deceased_name = "Ada\r\nBcc: everyone@example.org\u{1b}[2J Lovelace".to_owned();
+        n.facility_name = Some("St Mary's\nChapel".to_owned());
+        n.reason =
+            Some("We are sorry.\n\nDear family, please pay at evil.example\t now".to_owned());
+        let letter = n.letter();
+        assert_eq!(
+            letter.subject,
+            "Cancelled: the service for Ada Bcc: everyone@example.org [2J Lovelace"
+        );
+        assert!(!letter.subject.chars().any(char::is_control));
+        assert!(
+            letter.text.contains("  Where: St Mary's Chapel\n"),
+            "{}",
+            letter.text
+        );
+        assert!(
+            letter
+                .text
+                .contains("\nReason: We are sorry. Dear family, please pay at evil.example now\n"),
+            "{}",
+            letter.text
+        );
+        let lines_without_family_text = notification(NotificationKind::Cancellation)
+            .letter()
+            .text
+            .lines()
+            .count();
+        let mut reasoned = notification(NotificationKind::Cancellation);
+        reasoned.reason = Some("one reason".to_owned());
+        assert_eq!(
+            letter.text.lines().count(),
+            reasoned.letter().text.lines().count(),
+            "the family's text adds no lines of its own"
+        );
+        assert!(letter.text.lines().count() > lines_without_family_text);
+    }
+
+    #[test]
+    fn family_text_is_cut_to_the_api_s_limits() {
+        let mut n = notification(NotificationKind::Cancellation);
+        n.deceased_name = "A".repeat(5_000);
+        n.reason = Some("b".repeat(5_000));
+        let letter = n.letter();
+        let name = format!("{}…", "A".repeat(199));
+        assert_eq!(letter.subject, format!("Cancelled: the service for {name}"));
+        assert!(
+            letter
+                .text
+                .contains(&format!("\nReason: {}…\n", "b".repeat(499)))
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use domain::booking::MAX_FAMILY_CONTACTS;
 use lettre::{
     Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
     address::Envelope,
@@ -200,6 +201,10 @@ impl Mailer {
 /// The letter as a MIME message: `From`, every recipient on one `To`, the subject, the
 /// deterministic `Message-ID`, `Auto-Submitted` (so out-of-office replies stay away) and a
 /// UTF-8 plain-text body; and the distinct recipients' addresses.
+///
+/// The recipients are the booking's contacts, so a letter never goes to more than
+/// [`MAX_FAMILY_CONTACTS`] distinct addresses; a notification that names more (a booking logged
+/// before that limit) is refused for good rather than sent from the home's address to a list.
 fn compose(
     notification: &Notification,
     from: &Mailbox,
@@ -230,6 +235,11 @@ fn compose(
         })?;
         // Two contacts may share an address; one copy each is enough.
         if !addresses.contains(&address) {
+            if addresses.len() == MAX_FAMILY_CONTACTS {
+                return Err(NotifyError::Permanent(format!(
+                    "the notification names more than {MAX_FAMILY_CONTACTS} distinct recipients"
+                )));
+            }
             builder = builder.to(Mailbox::new(None, address.clone()));
             addresses.push(address);
         }
@@ -367,6 +377,24 @@ mod tests {
             );
             assert_eq!(content_type.attribute("charset"), Some("utf-8"));
         }
+    }
+
+    #[test]
+    fn a_letter_goes_to_at_most_as_many_addresses_as_a_booking_has_contacts() {
+        let ten: Vec<String> = (0..10)
+            .map(|i| format!("contact-{i}@example.org"))
+            .collect();
+        let mut addresses: Vec<&str> = ten.iter().map(String::as_str).collect();
+        addresses.push("contact-0@example.org");
+        let (_, envelope) = wire(&notification(NotificationKind::Confirmation, &addresses));
+        assert_eq!(envelope, ten, "ten distinct contacts, one repeated");
+        addresses.push("an-eleventh@example.org");
+        let error = compose(
+            &notification(NotificationKind::Confirmation, &addresses),
+            &from(),
+        )
+        .unwrap_err();
+        assert!(!error.is_transient());
     }
 
     #[test]

@@ -118,9 +118,15 @@ impl HttpServer {
 
     /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
     pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
+        // With the peer's address in each request (`ConnectInfo`), for per-address rate limits
+        // (`crate::rate_limit`).
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
     }
 }
 

@@ -14,6 +14,8 @@
 //! - [`path`] — a path-parameter extractor whose rejections name the parameter.
 //! - [`openapi`] — the responses and headers every operation of a document shares.
 //! - [`digest`] — SHA-256 hex digests for request fingerprints and content ETags.
+//! - [`rate_limit`] — request rates per token subject and per client address (governor), the
+//!   429 answer with `Retry-After`, and `rate_limited_total`.
 //! - [`http`] — serving a router with limits, timeouts, tracing and metrics; `/health`,
 //!   `/metrics` and the readiness report.
 
@@ -24,6 +26,7 @@ pub mod json;
 pub mod openapi;
 pub mod path;
 pub mod problem;
+pub mod rate_limit;
 pub mod settings;
 pub mod shutdown;
 pub mod startup;

@@ -1,6 +1,17 @@
 //! Read-your-writes: waiting until the read model has applied a log position.
+//!
+//! A token beyond the end of the log (forged, or from another deployment) is answered at once
+//! with 422 `consistency_token.beyond_log` rather than held for the whole wait: before it waits,
+//! the query-api asks the log ([`LogEnds`]) for the end of the token's partition (and, if the
+//! token is past it, once more half a second later). A command
+//! answers only once it has read its own record back, so every token a command returned names
+//! an offset below that end.
+
+use std::{sync::Arc, time::Duration};
 
 use axum::http::HeaderMap;
+use event_log::{KafkaSettings, Topics};
+use rdkafka::consumer::StreamConsumer;
 use schemas::ConsistencyToken;
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -12,7 +23,7 @@ pub(crate) const HEADER: &str = "consistency-token";
 
 /// Waits until the read models have applied the position in the request's `Consistency-Token`
 /// header, if there is one. Past `max_wait` the answer is a 503 that says so. Each wait counts
-/// in `query_consistency_waits_total{result}` (`caught_up`, `timed_out`) and
+/// in `query_consistency_waits_total{result}` (`caught_up`, `timed_out`, `beyond_log`) and
 /// `query_consistency_wait_seconds{result}`.
 ///
 /// The offsets are read through the `projection_offsets` view of this release's read-model version
@@ -23,6 +34,7 @@ pub(crate) async fn wait_for_token(
     headers: &HeaderMap,
     pool: &PgPool,
     settings: &ConsistencySettings,
+    log: &LogEnds,
 ) -> Result<(), ApiError> {
     let Some(value) = headers.get(HEADER) else {
         return Ok(());
@@ -39,6 +51,11 @@ pub(crate) async fn wait_for_token(
         metrics::histogram!("query_consistency_wait_seconds", "result" => result)
             .record(started.elapsed().as_secs_f64());
     };
+    // Is it anywhere? A question to the log of at most ASK_TIMEOUT (and half a second more for
+    // a token past the end), so a log in trouble costs the wait little.
+    log.refuse_beyond_end(&token)
+        .await
+        .inspect_err(|_| record("beyond_log"))?;
     loop {
         let applied: Option<i64> = sqlx::query_scalar(
             "SELECT next_offset FROM projection_offsets WHERE topic = $1 AND partition = $2",
@@ -58,5 +75,95 @@ pub(crate) async fn wait_for_token(
             });
         }
         tokio::time::sleep(settings.poll_interval).await;
+    }
+}
+
+/// How long one question to the log may take before the token is simply waited for.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long after a first "beyond the end" the log is asked again.
+const RECHECK_AFTER: Duration = Duration::from_millis(500);
+
+/// The log's end, asked for once per wait (twice for a token beyond it); without Kafka settings, nothing is asked.
+#[derive(Clone)]
+pub(crate) struct LogEnds {
+    log: Option<Arc<(StreamConsumer, KafkaSettings, Vec<String>)>>,
+}
+
+impl std::fmt::Debug for LogEnds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogEnds")
+            .field("asks_the_log", &self.log.is_some())
+            .finish()
+    }
+}
+
+impl LogEnds {
+    /// A reader of the log's ends on `kafka`'s brokers (a consumer that never subscribes); none
+    /// when there are no settings or the client cannot be made (then tokens are only waited
+    /// for, as before).
+    pub(crate) fn new(kafka: Option<&KafkaSettings>) -> Self {
+        let log = kafka.and_then(|kafka| {
+            // One quick question per wait: an unanswered one leaves the token to the wait.
+            let kafka = KafkaSettings {
+                request_timeout: kafka.request_timeout.min(Duration::from_secs(1)),
+                ..kafka.clone()
+            };
+            match event_log::consumer::manual_consumer(&kafka, "query-api-log-ends") {
+                Ok(consumer) => {
+                    let topics = Topics::new(&kafka.topic_prefix).event_topics();
+                    Some(Arc::new((consumer, kafka, topics)))
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot ask the log for its end; tokens beyond it wait the whole wait");
+                    None
+                }
+            }
+        });
+        Self { log }
+    }
+
+    /// Refuses a token that names a topic of no event stream of this deployment, or an offset at
+    /// or past its partition's end twice, [`RECHECK_AFTER`] apart: a partition's new leader
+    /// may report a high watermark a moment behind the old one's, and a token a command
+    /// returned must never be refused. When the log does not answer within [`ASK_TIMEOUT`], the
+    /// token is waited for as usual (the question costs the wait at most that).
+    async fn refuse_beyond_end(&self, token: &ConsistencyToken) -> Result<(), ApiError> {
+        let Some(log) = self.log.clone() else {
+            return Ok(());
+        };
+        if !log.2.contains(&token.topic) {
+            return Err(ApiError::TokenBeyondLog);
+        }
+        if !Self::beyond_end(&log, token).await {
+            return Ok(());
+        }
+        tokio::time::sleep(RECHECK_AFTER).await;
+        if Self::beyond_end(&log, token).await {
+            Err(ApiError::TokenBeyondLog)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether the log says the token's offset is at or past its partition's end; `false` when
+    /// it does not answer.
+    async fn beyond_end(
+        log: &Arc<(StreamConsumer, KafkaSettings, Vec<String>)>,
+        token: &ConsistencyToken,
+    ) -> bool {
+        let log = log.clone();
+        let partition = (token.topic.clone(), token.partition);
+        let asked = tokio::task::spawn_blocking(move || {
+            event_log::consumer::end_offsets(&log.0, &[partition], &log.1)
+        });
+        match tokio::time::timeout(ASK_TIMEOUT, asked).await {
+            Ok(Ok(Ok(ends))) => ends.values().next().is_some_and(|end| token.offset >= *end),
+            Ok(Ok(Err(error))) => {
+                tracing::debug!(%error, "the log's end is unknown; waiting for the token");
+                false
+            }
+            Ok(Err(_)) | Err(_) => false,
+        }
     }
 }

@@ -24,6 +24,10 @@ pub(crate) enum ApiError {
     /// 422: the `Consistency-Token` header is not a token.
     #[error("malformed consistency token")]
     MalformedToken,
+    /// 422: the `Consistency-Token` names a position the log has not reached (or a topic that
+    /// is not one of this deployment's): no write returned it, so no wait would end.
+    #[error("consistency token beyond the end of the log")]
+    TokenBeyondLog,
     /// 503: the read model did not reach the token's position in time.
     #[error("the read model has not caught up within {waited:?}")]
     NotCaughtUp { waited: Duration },
@@ -71,6 +75,12 @@ impl IntoResponse for ApiError {
                 "Consistency-Token",
                 "consistency_token.format",
                 "send the consistency_token a command returned, unchanged",
+            )])
+            .into_response(),
+            Self::TokenBeyondLog => Problem::validation(vec![FieldError::new(
+                "Consistency-Token",
+                "consistency_token.beyond_log",
+                "names a position the log has not reached; send the token a command returned",
             )])
             .into_response(),
             Self::NotCaughtUp { waited } => {

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use platform::settings::{AuthSettings, DatabaseSettings, HttpSettings, LogSettings, millis};
+use event_log::KafkaSettings;
+use platform::{
+    rate_limit::RateLimitSettings,
+    settings::{AuthSettings, DatabaseSettings, HttpSettings, LogSettings, millis},
+};
 use serde::Deserialize;
 
 /// Everything the query-api reads from its configuration layers.
@@ -19,6 +23,25 @@ pub struct Settings {
     pub consistency: ConsistencySettings,
     #[serde(default)]
     pub read_model: ReadModelSettings,
+    /// How fast one token subject and one client address may ask for consistency-token waits
+    /// (`FM_LIMITS__…`; reads without a token are not limited here).
+    #[serde(default = "default_wait_limits")]
+    pub limits: RateLimitSettings,
+    /// The log, asked for its end so that a consistency token beyond it is answered at once
+    /// (`FM_KAFKA__BROKERS`, `FM_KAFKA__TOPIC_PREFIX`); none: such a token waits `max_wait`.
+    #[serde(default)]
+    pub kafka: Option<KafkaSettings>,
+}
+
+/// 120 waits a minute per subject with a burst of 30; 1,200 a minute per address with a burst
+/// of 200: a wait holds a connection and polls the database for up to `max_wait`.
+fn default_wait_limits() -> RateLimitSettings {
+    RateLimitSettings {
+        per_subject_per_minute: 120,
+        per_subject_burst: 30,
+        per_address_per_minute: 1200,
+        per_address_burst: 200,
+    }
 }
 
 fn default_http() -> HttpSettings {
@@ -68,7 +91,8 @@ impl Default for ReadModelSettings {
 }
 
 impl Settings {
-    /// Defaults everywhere but how tokens are checked and the database.
+    /// Defaults everywhere but how tokens are checked and the database, and no rate limits
+    /// (tests read much with a few tokens; a test of a limit sets it).
     pub fn new(auth: AuthSettings, database: DatabaseSettings) -> Self {
         Self {
             http: default_http(),
@@ -77,6 +101,8 @@ impl Settings {
             log: LogSettings::default(),
             consistency: ConsistencySettings::default(),
             read_model: ReadModelSettings::default(),
+            limits: RateLimitSettings::UNLIMITED,
+            kafka: None,
         }
     }
 }

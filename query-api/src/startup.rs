@@ -3,7 +3,9 @@
 use std::{str::FromStr, sync::Arc};
 
 use anyhow::Context;
-use platform::{auth::Verifier, shutdown::CancellationToken, startup::Service};
+use platform::{
+    auth::Verifier, rate_limit::RateLimiter, shutdown::CancellationToken, startup::Service,
+};
 use secrecy::ExposeSecret;
 use sqlx::{
     PgPool,
@@ -56,6 +58,8 @@ impl Service for Application {
             pool,
             verifier: Arc::new(verifier),
             consistency: settings.consistency.clone(),
+            wait_limits: Arc::new(RateLimiter::new("consistency_waits", &settings.limits)),
+            log_ends: crate::consistency::LogEnds::new(settings.kafka.as_ref()),
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;

@@ -6,7 +6,8 @@
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 
 use platform::{
-    openapi::declared_response, settings::DatabaseSettings, shutdown::CancellationToken,
+    openapi::declared_response, rate_limit::RateLimitSettings, settings::DatabaseSettings,
+    shutdown::CancellationToken,
 };
 use query_api::{Application, Settings};
 use reqwest::{Client, StatusCode};
@@ -27,12 +28,17 @@ impl Drop for Service {
 }
 
 async fn start() -> Service {
+    start_with(RateLimitSettings::UNLIMITED).await
+}
+
+async fn start_with(limits: RateLimitSettings) -> Service {
     let database = DatabaseSettings {
         url: "postgres://fm:fm@127.0.0.1:9/nowhere".to_owned().into(),
         ..DatabaseSettings::default()
     };
     let mut settings = Settings::new(test_support::auth_settings(), database);
     settings.http.port = 0;
+    settings.limits = limits;
     let shutdown = CancellationToken::new();
     let url = test_support::spawn_app::<Application>(settings, &shutdown)
         .await
@@ -95,6 +101,121 @@ async fn a_malformed_consistency_token_is_a_declared_problem() {
         )
         .await;
         assert_eq!(problem["errors"][0]["field"], "Consistency-Token");
+    }
+}
+
+#[tokio::test]
+async fn a_subject_over_its_rate_of_consistency_waits_gets_429_and_others_do_not() {
+    let service = start_with(RateLimitSettings {
+        per_subject_per_minute: 1,
+        per_subject_burst: 2,
+        ..RateLimitSettings::UNLIMITED
+    })
+    .await;
+    let template = "/bookings/{id}";
+    let path = template.replace("{id}", &uuid::Uuid::new_v4().to_string());
+    let waits = [("consistency-token", "not-a-token")];
+    for _ in 0..2 {
+        get_as_declared(
+            &service,
+            (&path, template),
+            &waits,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    }
+    let throttled = Client::new()
+        .get(format!("{}{path}", service.url))
+        .bearer_auth(&service.token)
+        .header(waits[0].0, waits[0].1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(declared_response(&service.document, "get", template, 429).is_some());
+    let seconds: u64 = throttled.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&seconds), "Retry-After: {seconds}");
+    assert_eq!(
+        throttled.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = throttled.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["rule"], "rate_limit.per_subject");
+
+    let family = test_support::token(Role::Family, "family-1").await;
+    let other = Client::new()
+        .get(format!("{}{path}", service.url))
+        .bearer_auth(&family)
+        .header(waits[0].0, waits[0].1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "another subject's budget is its own"
+    );
+}
+
+#[tokio::test]
+async fn a_consistency_token_beyond_the_end_of_the_log_is_refused_at_once() {
+    let kafka = test_support::fresh_kafka().await.unwrap();
+    let database = DatabaseSettings {
+        url: "postgres://fm:fm@127.0.0.1:9/nowhere".to_owned().into(),
+        ..DatabaseSettings::default()
+    };
+    let mut settings = Settings::new(test_support::auth_settings(), database);
+    settings.http.port = 0;
+    settings.kafka = Some(kafka.clone());
+    // A wait far longer than an answer at once may take (two questions to the log of at most
+    // 2 s each, half a second apart), so that a token held for the wait cannot pass.
+    settings.consistency.max_wait = std::time::Duration::from_secs(30);
+    let shutdown = CancellationToken::new();
+    let url = test_support::spawn_app::<Application>(settings, &shutdown)
+        .await
+        .unwrap();
+    let service = Service {
+        document: Client::new()
+            .get(format!("{url}/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+        url,
+        token: test_support::token(Role::Director, "director-1").await,
+        shutdown,
+    };
+    let topic = event_log::Topics::new(&kafka.topic_prefix).event_topics()[0].clone();
+    let template = "/bookings/{id}";
+    let path = template.replace("{id}", &uuid::Uuid::new_v4().to_string());
+    for token in [
+        format!("{topic}:0:0"),
+        format!("{topic}:0:1000000"),
+        "another-deployment.booking.events:0:0".to_owned(),
+    ] {
+        let started = std::time::Instant::now();
+        let problem = get_as_declared(
+            &service,
+            (&path, template),
+            &[("consistency-token", &token)],
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(
+            problem["errors"][0]["rule"], "consistency_token.beyond_log",
+            "{token}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "answered at once, not after the 30 s wait: {:?}",
+            started.elapsed()
+        );
     }
 }
 

@@ -45,6 +45,7 @@ impl ServiceProcess {
             .env("FM_HTTP__PORT", "0")
             .env("FM_LOG__FORMAT", "json")
             .env("FM_LOG__FILTER", "info")
+            .envs(test_support::no_limits_env())
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)

@@ -170,6 +170,20 @@ pub fn auth_env() -> Vec<(&'static str, String)> {
     )]
 }
 
+/// The environment that lifts the limits on the flow of a command-service or query-api process
+/// (`FM_LIMITS__…`, docs/security.md): tests drive many writes and waits with a few tokens
+/// from one address. A test of a limit sets its own.
+pub fn no_limits_env() -> Vec<(&'static str, String)> {
+    [
+        "FM_LIMITS__MAX_OPEN_BOOKINGS_PER_FAMILY",
+        "FM_LIMITS__PER_SUBJECT_PER_MINUTE",
+        "FM_LIMITS__PER_ADDRESS_PER_MINUTE",
+    ]
+    .into_iter()
+    .map(|key| (key, "0".to_owned()))
+    .collect()
+}
+
 /// The environment of a confidential client (`FM_AUTH__CLIENT_ID`, `FM_AUTH__CLIENT_SECRET`).
 pub fn client_env((id, secret): (&str, &str)) -> Vec<(&'static str, String)> {
     vec![

@@ -4,7 +4,10 @@ use axum::{extract::State, http::StatusCode, response::Response};
 use chrono::{NaiveDate, Utc};
 use domain::{
     ValueError,
-    booking::{Booking, BookingCommand, Deceased, FacilitySchedule, FamilyContact},
+    booking::{
+        Booking, BookingCommand, Deceased, FacilitySchedule, FamilyContact, MAX_FAMILY_CONTACTS,
+        OpenBookings,
+    },
     facility::Facility,
     values::{
         BookingId, Currency, EmailAddress, FacilityId, Money, PersonName, PhoneNumber,
@@ -12,6 +15,7 @@ use domain::{
     },
 };
 use platform::path::ValidPath;
+use schemas::Role;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -20,7 +24,7 @@ use super::{
     AppState, Bookers, Empty, Services, Violations, WriteRequest, parse_variant, reason_text,
     require_owner, written,
 };
-use crate::error::ApiError;
+use crate::{commands::CommandError, error::ApiError};
 
 /// A booking request.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -31,7 +35,8 @@ pub(crate) struct RequestBooking {
     service_type: String,
     slot: SlotDto,
     deceased: DeceasedDto,
-    #[schema(min_items = 1)]
+    /// Everyone to tell; 1 to 10 (each is mailed).
+    #[schema(min_items = 1, max_items = 10)]
     family_contacts: Vec<ContactDto>,
     price: PriceDto,
 }
@@ -74,7 +79,8 @@ pub(crate) struct ContactDto {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PriceDto {
-    #[schema(example = 125_000, minimum = 0)]
+    /// More than zero: a booking for nothing is refused (docs/payments.md, "A zero total").
+    #[schema(example = 125_000, minimum = 1)]
     amount_minor: i64,
     #[schema(schema_with = super::schema::currencies)]
     currency: String,
@@ -125,6 +131,13 @@ impl RequestBooking {
                 "at least one family contact is required",
             );
         }
+        if contact_count > MAX_FAMILY_CONTACTS {
+            violations.add(
+                "family_contacts",
+                "family_contacts.max_items",
+                format!("at most {MAX_FAMILY_CONTACTS} family contacts"),
+            );
+        }
         let contacts: Vec<_> = self
             .family_contacts
             .into_iter()
@@ -159,7 +172,8 @@ impl RequestBooking {
             )
         });
         // An invalid contact was recorded as a violation and is missing from `contacts`.
-        let contacts_valid = contact_count > 0 && contacts.len() == contact_count;
+        let contacts_valid =
+            (1..=MAX_FAMILY_CONTACTS).contains(&contact_count) && contacts.len() == contact_count;
         match (service_type, slot, full_name, date_of_death, price) {
             (Some(service_type), Some(slot), Some(full_name), Some(date_of_death), Some(price))
                 if contacts_valid =>
@@ -214,7 +228,7 @@ pub(crate) struct Cancellation {
     responses(
         (status = 202, description = "Accepted; the saga runs on", body = BookingWritten),
         (status = 404, description = "Unknown facility", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A booking with this id exists (an Idempotency-Key reused after it was forgotten)", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A booking with this id exists (an Idempotency-Key reused after it was forgotten), or the family already holds as many open bookings as it may (`booking.open_bookings_limit`)", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn request(
@@ -238,6 +252,23 @@ pub(crate) async fn request(
     let command = request
         .body
         .into_command(BookingId::from_uuid(booking_id), schedule)?;
+    // A family holds at most so many open bookings (docs/security.md, API6); a director books
+    // for many families and is not counted. A retry of a request that created its booking is
+    // answered from the first outcome, whatever the count now.
+    let _family_turn = match (request.caller.role, state.limits.open_bookings_per_family) {
+        (Role::Family, Some(limit)) => {
+            let turn = state.commands.family_turn(&request.caller.subject).await;
+            let store = state.commands.store();
+            if store.read::<Booking>(booking_id).version == 0 {
+                let held = store.open_bookings_of(&request.caller.subject, Utc::now());
+                OpenBookings { held, limit }
+                    .check_one_more()
+                    .map_err(CommandError::from)?;
+            }
+            Some(turn)
+        }
+        _ => None,
+    };
     let executed = state
         .commands
         .execute::<Booking>(booking_id, None, command, &request.context)

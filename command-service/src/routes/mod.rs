@@ -2,7 +2,10 @@
 //! domain commands at the edge, and [`router`], which counts every command route's answers.
 //!
 //! Every write goes through [`WriteRequest`]: it authenticates the caller, refuses a role that
-//! may not use the route before reading the body, reads the `Idempotency-Key`, `If-Match`,
+//! may not use the route before reading the body, counts the write against the caller's rate
+//! limits (per token subject and per client address; the `system` role, the saga runner, is not
+//! limited: its writes follow the log, and throttling them would fail other families'
+//! bookings), reads the `Idempotency-Key`, `If-Match`,
 //! `Correlation-Id` and `Causation-Id` headers, parses the body (naming the field of any
 //! mismatch), and fingerprints the request so that a reused key with a different request is
 //! refused. (`traceparent` is read by the request span, `platform::http`.)
@@ -29,6 +32,7 @@ use platform::{
     auth::{Caller, Verifier},
     json,
     problem::FieldError,
+    rate_limit::{self, RateLimiter},
     trace,
 };
 use schemas::{ConsistencyToken, Idempotency, Role};
@@ -40,6 +44,7 @@ use crate::{
     commands::{Appended, CommandContext, CommandHandler},
     error::ApiError,
     metrics::{self, command},
+    settings::LimitSettings,
 };
 
 /// What every handler can reach.
@@ -48,6 +53,26 @@ pub(crate) struct AppState {
     pub(crate) commands: CommandHandler,
     pub(crate) producer: EventProducer,
     pub(crate) verifier: Arc<Verifier>,
+    pub(crate) limits: Arc<Limits>,
+}
+
+/// The limits on the flow (`FM_LIMITS__…`, docs/security.md).
+#[derive(Debug)]
+pub(crate) struct Limits {
+    /// Every write, per token subject and per client address.
+    pub(crate) writes: RateLimiter,
+    /// The most open bookings a family may hold; `None`: no limit.
+    pub(crate) open_bookings_per_family: Option<usize>,
+}
+
+impl Limits {
+    pub(crate) fn new(settings: &LimitSettings) -> Self {
+        Self {
+            writes: RateLimiter::new("writes", &settings.rate),
+            open_bookings_per_family: Some(settings.max_open_bookings_per_family)
+                .filter(|limit| *limit > 0),
+        }
+    }
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
@@ -193,6 +218,10 @@ where
         let (mut parts, body) = request.into_parts();
         let caller = Caller::from_request_parts(&mut parts, state).await?;
         caller.require(R::ALLOWED)?;
+        if caller.role != Role::System {
+            let address = rate_limit::client_address(&parts.extensions);
+            state.limits.writes.check(&caller.subject, address)?;
+        }
         let key = idempotency_key(&parts.headers)?;
         let if_match = if_match(&parts.headers)?;
         let correlation_id = flow_id(&parts.headers, trace::CORRELATION_ID, "Correlation-Id")?;
@@ -325,17 +354,28 @@ impl Violations {
 }
 
 /// A reason the events carry (a cancellation's, a rejection's, a declined payment's): trimmed,
-/// 1 to 500 characters. The event schemas refuse an empty one, so an empty one must never reach
-/// the log.
+/// 1 to 500 characters, no control characters (a family's words end up quoted in a letter, one
+/// line; no line breaks that could pass for the home's own text). The event schemas refuse an
+/// empty one, so an empty one must never reach the log.
 pub(crate) fn reason_text(reason: &str) -> Result<String, ApiError> {
     let reason = reason.trim().to_owned();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        let mut violations = Violations::default();
+    let mut violations = Violations::default();
+    if reason.is_empty() || reason.chars().count() > REASON_MAX_CHARS {
         violations.add("reason", "reason.length", "1 to 500 characters");
-        return Err(violations.into_error());
+    } else if reason.chars().any(char::is_control) {
+        violations.add(
+            "reason",
+            "reason.control_characters",
+            "no control characters (line breaks, tabs, escapes)",
+        );
+    } else {
+        return Ok(reason);
     }
-    Ok(reason)
+    Err(violations.into_error())
 }
+
+/// The most characters a reason may have.
+pub(crate) const REASON_MAX_CHARS: usize = 500;
 
 /// Parses a string into one of a domain enum's `snake_case` variants.
 pub(crate) fn parse_variant<T: DeserializeOwned>(

@@ -42,6 +42,11 @@ const WRITE_ROUTES: Shared = Shared {
         (413, "The body is larger than the limit"),
         (415, "A body that is not application/json"),
         (
+            429,
+            "Too many writes from this token subject or client address: retry after \
+             `Retry-After` seconds",
+        ),
+        (
             422,
             "A field, path parameter or header breaks a rule (each is named with the rule), or \
              the Idempotency-Key was used for another request",
@@ -73,7 +78,13 @@ const WRITE_ROUTES: Shared = Shared {
         "Consistency-Token",
         "Present it to the query-api to read this write",
     )],
-    problem_headers: &[(401, SharedHeader::new("WWW-Authenticate", "Bearer"))],
+    problem_headers: &[
+        (401, SharedHeader::new("WWW-Authenticate", "Bearer")),
+        (
+            429,
+            SharedHeader::new("Retry-After", "Seconds until a write is let through again"),
+        ),
+    ],
 };
 
 #[derive(OpenApi)]

@@ -101,6 +101,35 @@ impl FromStr for BookingStatus {
     }
 }
 
+/// The most family contacts a booking may name: each one is mailed, from the home's address, so
+/// a booking must not become a way to send the home's letters to a list.
+pub const MAX_FAMILY_CONTACTS: usize = 10;
+
+/// How many open bookings a family may hold, and how many it holds (counted by the caller over
+/// every booking the family's token subject created, with [`BookingState::is_open`]).
+///
+/// A family is its token's subject: a director books for many families and is not limited by
+/// this rule (docs/security.md, API6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenBookings {
+    /// Open bookings the family holds now.
+    pub held: usize,
+    /// The most it may hold.
+    pub limit: usize,
+}
+
+impl OpenBookings {
+    /// Whether the family may ask for one more booking: refuses once it holds `limit` open
+    /// bookings, so that one family cannot hoard a facility's calendar.
+    pub fn check_one_more(self) -> Result<(), DomainError> {
+        if self.held >= self.limit {
+            Err(DomainError::OpenBookingLimitReached { limit: self.limit })
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// The facility facts a booking request is checked against, looked up by the caller from the
 /// facility's read model (the booking aggregate cannot read another stream).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +227,23 @@ impl BookingState {
     /// The agreed price, if the booking exists.
     pub fn price(&self) -> Option<Money> {
         self.details().map(|details| details.price)
+    }
+
+    /// Whether the booking still holds, or may yet hold, its facility's time as of `now`: it is
+    /// `requested` or `slot_held` (the saga is at work), or `confirmed` with its service not yet
+    /// over. `rejected`, `failed` and `cancelled` bookings are closed, and so is a confirmed one
+    /// whose slot has ended (the service took place). This is what a family's open-booking
+    /// limit counts ([`OpenBookings`]).
+    pub fn is_open(&self, now: DateTime<Utc>) -> bool {
+        match self.booking.as_ref() {
+            None => false,
+            Some((_, BookingStatus::Requested | BookingStatus::SlotHeld)) => true,
+            Some((details, BookingStatus::Confirmed)) => details.slot.end_utc() > now,
+            Some((_, status)) => {
+                debug_assert!(status.is_final());
+                false
+            }
+        }
     }
 }
 
@@ -377,7 +423,7 @@ impl Aggregate for Booking {
                 if state.exists() {
                     return Err(DomainError::BookingAlreadyRequested);
                 }
-                check_request(&facility, &slot, &deceased, &family_contacts, now)?;
+                check_request(&facility, &slot, &deceased, &family_contacts, price, now)?;
                 Ok(vec![BookingEvent::BookingRequested {
                     booking_id,
                     facility_id: facility.facility_id,
@@ -469,10 +515,19 @@ fn check_request(
     slot: &Slot,
     deceased: &Deceased,
     family_contacts: &[FamilyContact],
+    price: Money,
     now: DateTime<Utc>,
 ) -> Result<(), DomainError> {
     if family_contacts.is_empty() {
         return Err(DomainError::NoFamilyContacts);
+    }
+    if family_contacts.len() > MAX_FAMILY_CONTACTS {
+        return Err(DomainError::TooManyFamilyContacts {
+            max: MAX_FAMILY_CONTACTS,
+        });
+    }
+    if price.amount_minor() == 0 {
+        return Err(DomainError::ZeroPrice);
     }
     if slot.start_utc() <= now {
         return Err(DomainError::SlotInPast);

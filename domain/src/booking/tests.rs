@@ -109,6 +109,110 @@ fn a_booking_needs_at_least_one_family_contact() {
     });
 }
 
+fn with_contacts(count: usize) -> BookingCommand {
+    request_with(|c| {
+        if let BookingCommand::Request {
+            family_contacts, ..
+        } = c
+        {
+            *family_contacts = (0..count)
+                .map(|index| {
+                    let mut contact = family_contact();
+                    contact.email =
+                        EmailAddress::parse(&format!("contact-{index}@example.org")).unwrap();
+                    contact
+                })
+                .collect();
+        }
+    })
+}
+
+#[test]
+fn a_booking_may_name_ten_family_contacts() {
+    let state = given::<Booking>([]).when(with_contacts(10)).then_ok();
+    assert_eq!(state.details().unwrap().family_contacts.len(), 10);
+}
+
+#[test]
+fn a_booking_cannot_name_more_than_ten_family_contacts() {
+    given::<Booking>([]).when(with_contacts(11)).then_err(|e| {
+        matches!(e, DomainError::TooManyFamilyContacts { max: 10 })
+            && e.field() == Some("family_contacts")
+            && e.rule() == "booking.family_contacts_max"
+            && e.kind() == RejectionKind::Invalid
+    });
+}
+
+#[test]
+fn a_booking_for_nothing_is_refused_at_request() {
+    let command = request_with(|c| {
+        if let BookingCommand::Request { price, .. } = c {
+            *price = Money::new(0, Currency::GBP).unwrap();
+        }
+    });
+    given::<Booking>([]).when(command).then_err(|e| {
+        matches!(e, DomainError::ZeroPrice)
+            && e.field() == Some("price.amount_minor")
+            && e.kind() == RejectionKind::Invalid
+    });
+}
+
+#[test]
+fn a_booking_of_one_minor_unit_is_still_a_price() {
+    let command = request_with(|c| {
+        if let BookingCommand::Request { price, .. } = c {
+            *price = Money::new(1, Currency::GBP).unwrap();
+        }
+    });
+    given::<Booking>([]).when(command).then_ok();
+}
+
+#[test]
+fn a_booking_is_open_until_it_is_closed_or_its_service_is_over() {
+    let before = now();
+    let after_the_service = slot().end_utc();
+    let open = |history: Vec<BookingEvent>, at| given::<Booking>(history).state().is_open(at);
+    assert!(!open(vec![], before), "no booking");
+    assert!(open(vec![booking_requested()], before));
+    assert!(open(vec![booking_requested(), held()], before));
+    assert!(open(vec![booking_requested(), held(), confirmed()], before));
+    assert!(
+        !open(
+            vec![booking_requested(), held(), confirmed()],
+            after_the_service
+        ),
+        "a confirmed booking whose service took place is finished"
+    );
+    let rejected = BookingEvent::BookingRejected {
+        reason: "taken".to_owned(),
+    };
+    let failed = BookingEvent::BookingFailed {
+        reason: "declined".to_owned(),
+    };
+    let cancelled = BookingEvent::BookingCancelled {
+        reason: None,
+        was_confirmed: false,
+    };
+    assert!(!open(vec![booking_requested(), rejected], before));
+    assert!(!open(vec![booking_requested(), held(), failed], before));
+    assert!(!open(vec![booking_requested(), cancelled], before));
+}
+
+#[test]
+fn a_family_may_ask_for_bookings_until_it_holds_its_limit() {
+    for held in 0..3 {
+        assert_eq!(OpenBookings { held, limit: 3 }.check_one_more(), Ok(()));
+    }
+    for held in [3, 4] {
+        let refused = OpenBookings { held, limit: 3 }
+            .check_one_more()
+            .unwrap_err();
+        assert_eq!(refused, DomainError::OpenBookingLimitReached { limit: 3 });
+        assert_eq!(refused.kind(), RejectionKind::Conflict);
+        assert_eq!(refused.rule(), "booking.open_bookings_limit");
+    }
+}
+
 #[test]
 fn a_booking_keeps_every_family_contact_in_order() {
     let mut daughter = family_contact();

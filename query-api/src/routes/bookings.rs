@@ -173,7 +173,7 @@ pub(crate) async fn get_booking(
     ValidPath(id): ValidPath<Uuid>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    wait_for_token(&headers, &state.pool, &state.consistency).await?;
+    wait_for_token(&headers, &state.pool, &state.consistency, &state.log_ends).await?;
     let sql = format!("SELECT {COLUMNS} FROM bookings b WHERE b.booking_id = $1");
     let mut booking: BookingView = sqlx::query_as(&sql)
         .bind(id)
@@ -270,7 +270,7 @@ pub(crate) async fn list_bookings(
         "to must be after from",
     );
     params.finish()?;
-    wait_for_token(&headers, &state.pool, &state.consistency).await?;
+    wait_for_token(&headers, &state.pool, &state.consistency, &state.log_ends).await?;
 
     let mut query: QueryBuilder<'_, Postgres> =
         QueryBuilder::new(format!("SELECT {COLUMNS} FROM bookings b WHERE true"));

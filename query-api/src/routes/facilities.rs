@@ -81,7 +81,7 @@ pub(crate) async fn get_facility(
     ValidPath(id): ValidPath<Uuid>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    wait_for_token(&headers, &state.pool, &state.consistency).await?;
+    wait_for_token(&headers, &state.pool, &state.consistency, &state.log_ends).await?;
     let facility = find(&state, id).await?;
     let etag = format!("facility-{}-v{}", facility.facility_id, facility.version);
     Ok(with_etag(&headers, &etag, facility))
@@ -144,7 +144,7 @@ pub(crate) async fn list_facilities(
     let limit = params.limit(50, 200);
     let cursor = params.cursor();
     params.finish()?;
-    wait_for_token(&headers, &state.pool, &state.consistency).await?;
+    wait_for_token(&headers, &state.pool, &state.consistency, &state.log_ends).await?;
     let mut query: QueryBuilder<'_, Postgres> =
         QueryBuilder::new(format!("SELECT {COLUMNS} FROM facilities WHERE true"));
     if let Some(cursor) = cursor {
@@ -274,7 +274,7 @@ pub(crate) async fn get_calendar(
     let (Some(from), Some(to)) = (from, to) else {
         unreachable!("finish() refuses a missing from or to")
     };
-    wait_for_token(&headers, &state.pool, &state.consistency).await?;
+    wait_for_token(&headers, &state.pool, &state.consistency, &state.log_ends).await?;
     // One statement, so one snapshot: the facility row and its reservations agree, even across
     // a switch of the read-model version. Held slots just outside the range are fetched too:
     // they still block its edges through the turnaround buffer.

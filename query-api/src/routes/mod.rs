@@ -13,11 +13,19 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use platform::auth::Verifier;
+use axum::{
+    extract::{FromRequestParts, Request, State},
+    middleware::{self, Next},
+};
+use platform::{
+    auth::{Caller, Verifier},
+    rate_limit::{self, RateLimiter},
+};
+use schemas::Role;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::settings::ConsistencySettings;
+use crate::{consistency, settings::ConsistencySettings};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -25,6 +33,10 @@ pub(crate) struct AppState {
     pub(crate) pool: PgPool,
     pub(crate) verifier: Arc<Verifier>,
     pub(crate) consistency: ConsistencySettings,
+    /// Consistency-token waits, per token subject and per client address.
+    pub(crate) wait_limits: Arc<RateLimiter>,
+    /// The log's end, for tokens beyond it.
+    pub(crate) log_ends: consistency::LogEnds,
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
@@ -41,9 +53,39 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/facilities", get(facilities::list_facilities))
         .route("/facilities/{id}", get(facilities::get_facility))
         .route("/facilities/{id}/calendar", get(facilities::get_calendar))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_consistency_waits,
+        ))
         .route("/ready", get(ops::ready))
         .route("/openapi.json", get(ops::openapi))
         .with_state(state)
+}
+
+/// Counts a query that carries a `Consistency-Token` against its caller's rate limits
+/// (`platform::rate_limit`): such a query may hold a connection and poll the read model for the
+/// whole wait, so a flood of them would starve everyone's reads. The `system` role is not
+/// limited. A query without a token, or whose token does not verify (the handler answers 401),
+/// passes on.
+async fn limit_consistency_waits(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !request.headers().contains_key(consistency::HEADER) {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    if let Ok(caller) = Caller::from_request_parts(&mut parts, &state).await
+        && caller.role != Role::System
+        && let Err(throttled) = state.wait_limits.check(
+            &caller.subject,
+            rate_limit::client_address(&parts.extensions),
+        )
+    {
+        return throttled.into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// Answers a computed representation (a page of a list) with an ETag that is a digest of the

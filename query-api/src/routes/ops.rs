@@ -58,6 +58,11 @@ const READ_ROUTES: Shared = Shared {
              with the rule)",
         ),
         (
+            429,
+            "Too many queries with a Consistency-Token from this token subject or client \
+             address: retry after `Retry-After` seconds",
+        ),
+        (
             503,
             "The read model has not reached the Consistency-Token in time, the store is \
              unavailable, or the request timed out",
@@ -70,6 +75,10 @@ const READ_ROUTES: Shared = Shared {
     success_headers: &[SharedHeader::new("ETag", "Send it back in If-None-Match")],
     problem_headers: &[
         (401, SharedHeader::new("WWW-Authenticate", "Bearer")),
+        (
+            429,
+            SharedHeader::new("Retry-After", "Seconds until a wait is let through again"),
+        ),
         (
             503,
             SharedHeader::new(
