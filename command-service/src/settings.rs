@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use event_log::KafkaSettings;
-use platform::settings::{AuthSettings, HttpSettings, LogSettings, millis};
+use platform::settings::{AuthSettings, DatabaseSettings, HttpSettings, LogSettings, millis};
+use privacy::PrivacySettings;
 use serde::Deserialize;
 
 /// Everything the command-service reads from its configuration layers.
@@ -18,6 +19,12 @@ pub struct Settings {
     pub log: platform::settings::LogSettings,
     #[serde(default)]
     pub commands: CommandSettings,
+    /// The PostgreSQL that holds the data keys (`privacy.data_keys`, docs/privacy.md): the
+    /// command-service's only table, reached through a small pool of its own.
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    /// The master keys and the retention rule (`FM_PRIVACY__*`); no default.
+    pub privacy: PrivacySettings,
 }
 
 fn default_http() -> HttpSettings {
@@ -55,14 +62,21 @@ impl Default for CommandSettings {
 }
 
 impl Settings {
-    /// Settings for tests and tools: defaults everywhere but how tokens are checked.
-    pub fn with_auth(auth: AuthSettings) -> Self {
+    /// Settings for tests and tools: defaults everywhere but how tokens are checked and where
+    /// the data keys live.
+    pub fn with_auth(
+        auth: AuthSettings,
+        database: DatabaseSettings,
+        privacy: PrivacySettings,
+    ) -> Self {
         Self {
             http: default_http(),
             kafka: KafkaSettings::default(),
             auth,
             log: LogSettings::default(),
             commands: CommandSettings::default(),
+            database,
+            privacy,
         }
     }
 }

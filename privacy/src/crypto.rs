@@ -170,7 +170,12 @@ fn encrypt(key: &DataKey, plaintext: &[u8], aad: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (nonce.to_vec(), ciphertext)
 }
 
-fn decrypt(key: &DataKey, nonce: &[u8], ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+fn decrypt(
+    key: &DataKey,
+    nonce: &[u8],
+    ciphertext: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     if nonce.len() != NONCE_LEN {
         return Err(CryptoError::Undecryptable);
     }
@@ -203,7 +208,12 @@ pub fn unwrap(
         return Err(CryptoError::Undecryptable);
     }
     let (nonce, ciphertext) = wrapped.split_at(NONCE_LEN);
-    let bytes = decrypt(&master.key, nonce, ciphertext, &wrap_aad(key_id, booking_id))?;
+    let bytes = decrypt(
+        &master.key,
+        nonce,
+        ciphertext,
+        &wrap_aad(key_id, booking_id),
+    )?;
     let key: [u8; 32] = bytes.try_into().map_err(|_| CryptoError::Undecryptable)?;
     Ok(DataKey(key))
 }
@@ -258,7 +268,13 @@ mod tests {
         let key = DataKey::generate();
         let sealed = seal(&key, Uuid::from_u128(1), booking(), &personal_data());
         let wire = serde_json::to_string(&sealed).unwrap();
-        for plaintext in ["Ada", "Lovelace", "Byron", "byron@example.org", "+447700900123"] {
+        for plaintext in [
+            "Ada",
+            "Lovelace",
+            "Byron",
+            "byron@example.org",
+            "+447700900123",
+        ] {
             assert!(!wire.contains(plaintext), "{wire}");
         }
         assert_eq!(open(&key, booking(), &sealed).unwrap(), personal_data());
@@ -281,7 +297,10 @@ mod tests {
         );
         let mut damaged = sealed.clone();
         damaged.ciphertext.replace_range(0..4, "AAAA");
-        assert_eq!(open(&key, booking(), &damaged), Err(CryptoError::Undecryptable));
+        assert_eq!(
+            open(&key, booking(), &damaged),
+            Err(CryptoError::Undecryptable)
+        );
     }
 
     #[test]
@@ -297,7 +316,10 @@ mod tests {
         let key = DataKey::generate();
         let key_id = Uuid::from_u128(1);
         let wrapped = wrap(masters.current(), key_id, booking(), &key);
-        assert_eq!(unwrap(masters.current(), key_id, booking(), &wrapped).unwrap(), key);
+        assert_eq!(
+            unwrap(masters.current(), key_id, booking(), &wrapped).unwrap(),
+            key
+        );
         let old = masters.get("m1").unwrap();
         assert!(unwrap(old, key_id, booking(), &wrapped).is_err());
         assert!(unwrap(masters.current(), Uuid::from_u128(2), booking(), &wrapped).is_err());
@@ -306,7 +328,14 @@ mod tests {
 
     #[test]
     fn master_keys_refuse_malformed_settings_without_quoting_them() {
-        for bad in ["", "m1", "m1:notbase64!", "m1:AAAA", "bad id:AAAA", "m1:x,m1:y"] {
+        for bad in [
+            "",
+            "m1",
+            "m1:notbase64!",
+            "m1:AAAA",
+            "bad id:AAAA",
+            "m1:x,m1:y",
+        ] {
             let error = MasterKeys::parse(bad).unwrap_err().to_string();
             assert!(!error.contains("AAAA"), "{error}");
         }

@@ -23,6 +23,10 @@ pub struct PrivacySettings {
     /// `FM_PRIVACY__ERASE_AFTER`). Unset (the default): never by itself.
     #[serde(default, deserialize_with = "optional_millis")]
     pub erase_after: Option<Duration>,
+    /// Where the data keys live (`FM_PRIVACY__DATABASE_URL`); unset (the default): the
+    /// service's own database (`FM_DATABASE__URL`). Every service must reach the same table.
+    #[serde(default)]
+    pub database_url: Option<SecretString>,
 }
 
 fn default_key_cache() -> Duration {
@@ -42,6 +46,7 @@ impl PrivacySettings {
             master_keys: SecretString::from(master_keys.into()),
             key_cache: default_key_cache(),
             erase_after: None,
+            database_url: None,
         }
     }
 }

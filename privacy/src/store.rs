@@ -42,7 +42,9 @@ pub enum PrivacyError {
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     /// A data key is wrapped by a master key the settings do not have.
-    #[error("data key {key_id} is wrapped by master key {master_key_id:?}, which the settings lack")]
+    #[error(
+        "data key {key_id} is wrapped by master key {master_key_id:?}, which the settings lack"
+    )]
     UnknownMasterKey { key_id: Uuid, master_key_id: String },
     /// The booking's personal data was erased: no new box may be sealed for it.
     #[error("the personal data of booking {0} has been erased")]
@@ -97,12 +99,14 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    /// Creates the schema if needed, runs its migrations, and opens a small pool of its own.
+    /// Creates the schema if needed, runs its migrations, and opens a small pool of its own, in
+    /// `settings.database_url` if set, else in the service's `database`.
     pub async fn connect(
         database: &DatabaseSettings,
         settings: &PrivacySettings,
     ) -> Result<Self, PrivacyError> {
-        let options = PgConnectOptions::from_str(database.url.expose_secret())?;
+        let url = settings.database_url.as_ref().unwrap_or(&database.url);
+        let options = PgConnectOptions::from_str(url.expose_secret())?;
         Self::connect_with(options, settings).await
     }
 
@@ -119,12 +123,11 @@ impl KeyStore {
             .execute(&mut admin)
             .await;
         if let Err(error) = created {
-            let exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
-            )
-            .bind(SCHEMA)
-            .fetch_one(&mut admin)
-            .await?;
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                    .bind(SCHEMA)
+                    .fetch_one(&mut admin)
+                    .await?;
             if !exists {
                 return Err(error.into());
             }
@@ -146,7 +149,10 @@ impl KeyStore {
 
     /// The booking's data key, made (and stored, wrapped) on first use. A retried request
     /// (same booking id) gets the same key. Refused once the booking's data is erased.
-    pub async fn key_for_new_booking(&self, booking_id: Uuid) -> Result<(Uuid, DataKey), PrivacyError> {
+    pub async fn key_for_new_booking(
+        &self,
+        booking_id: Uuid,
+    ) -> Result<(Uuid, DataKey), PrivacyError> {
         let key_id = Uuid::new_v4();
         let key = DataKey::generate();
         let master = self.masters.current();

@@ -55,8 +55,14 @@ async fn a_sealed_booking_opens_until_its_key_is_erased_and_then_reads_erased(po
         Opened::Personal(personal_data())
     );
     keys.erase(legacy_booking).await.unwrap();
-    assert_eq!(keys.open(legacy_booking, &legacy).await.unwrap(), Opened::Erased);
-    assert_eq!(keys.erased_bookings().await.unwrap(), [booking, legacy_booking]);
+    assert_eq!(
+        keys.open(legacy_booking, &legacy).await.unwrap(),
+        Opened::Erased
+    );
+    assert_eq!(
+        keys.erased_bookings().await.unwrap(),
+        [booking, legacy_booking]
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -93,7 +99,10 @@ async fn rotating_the_master_key_keeps_every_booking_readable(pool: PgPool) {
             Opened::Personal(personal_data())
         );
     }
-    assert_eq!(after.open(bookings[4], &sealed[4]).await.unwrap(), Opened::Erased);
+    assert_eq!(
+        after.open(bookings[4], &sealed[4]).await.unwrap(),
+        Opened::Erased
+    );
     assert_eq!(
         after.open(during, &during_sealed).await.unwrap(),
         Opened::Personal(personal_data())

@@ -68,7 +68,11 @@ impl Services {
             test_support::spawn_app::<projection_service::Application>(projection, &shutdown)
                 .await
                 .unwrap();
-        let mut command = command_service::Settings::with_auth(test_support::auth_settings());
+        let mut command = command_service::Settings::with_auth(
+            test_support::auth_settings(),
+            test_support::key_database(),
+            test_support::privacy_settings(),
+        );
         command.http = HttpSettings::on_port(0);
         command.kafka = kafka.clone();
         let command_url =
