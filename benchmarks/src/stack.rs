@@ -21,6 +21,18 @@ pub(crate) fn director_token() -> anyhow::Result<String> {
     Ok(keys.mint(DIRECTOR, Role::Director, chrono::Duration::hours(24))?)
 }
 
+/// The benchmark's master key (docs/privacy.md): a throw-away stack's, never a deployment's.
+const MASTER_KEYS: &str = "bench-1:YmVuY2gtbWFzdGVyLWtleS1vZi0zMi1ieXRlcyEhISE=";
+
+/// Where the data keys live (the admin database's `privacy` schema) and the master key: what
+/// the command-service and the projection-service must share.
+fn privacy_env(bench: &Bench) -> Vec<(&'static str, String)> {
+    vec![
+        ("FM_PRIVACY__DATABASE_URL", bench.admin_url.clone()),
+        ("FM_PRIVACY__MASTER_KEYS", MASTER_KEYS.to_owned()),
+    ]
+}
+
 fn kafka_env(kafka: &event_log::KafkaSettings) -> Vec<(&'static str, String)> {
     vec![
         ("FM_KAFKA__BROKERS", kafka.brokers.clone()),
@@ -37,6 +49,7 @@ pub(crate) fn command_service(
 ) -> anyhow::Result<Process> {
     let mut env = kafka_env(kafka);
     env.push(("FM_AUTH__SECRET", SECRET.to_owned()));
+    env.extend(privacy_env(bench));
     if let Some(path) = snapshot {
         env.push(("FM_COMMANDS__SNAPSHOT_PATH", path.display().to_string()));
     }
@@ -59,6 +72,7 @@ pub(crate) fn projection_service(
 ) -> anyhow::Result<Process> {
     let mut env = kafka_env(kafka);
     env.push(("FM_DATABASE__URL", database_url.to_owned()));
+    env.extend(privacy_env(bench));
     Process::spawn(
         &format!("projection-service-{tag}"),
         &bench.binary("projection-service"),

@@ -296,6 +296,7 @@ async fn lag_is_the_backlog_of_a_projector_that_is_not_running_and_drops_to_zero
             url: SecretString::from(database_url.clone()),
             ..DatabaseSettings::default()
         },
+        privacy: Some(test_support::privacy_settings()),
         ..projection_service::Settings::default()
     };
     projection_service::startup::migrate(&settings)

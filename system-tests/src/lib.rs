@@ -66,6 +66,7 @@ impl TestStack {
             http: http_settings.clone(),
             kafka: kafka.clone(),
             database: database.clone(),
+            privacy: Some(test_support::privacy_settings()),
             ..projection_service::Settings::default()
         };
         let projection_url =

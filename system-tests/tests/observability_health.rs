@@ -61,6 +61,7 @@ impl Services {
             http: HttpSettings::on_port(0),
             kafka: kafka.clone(),
             database: database.clone(),
+            privacy: Some(test_support::privacy_settings()),
             ..projection_service::Settings::default()
         };
         projection.projector.lag_interval = Duration::from_millis(200);
