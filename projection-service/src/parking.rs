@@ -35,14 +35,15 @@ pub(crate) enum Projected {
     /// Its outcome, with its effect (or its parking) in the transaction.
     Outcome(RecordOutcome),
     /// It breaks the contract: to the dead-letter topic with `full`; `for_log` is the reason
-    /// without the offending values (they may be personal data).
+    /// for the log. A schema violation's reason names the place and the rule, never the value,
+    /// in both (a value may be personal data: docs/privacy.md, "Dead letters").
     Refused { full: String, for_log: String },
 }
 
 impl Projected {
     fn refused(violation: &ContractViolation) -> Self {
         Self::Refused {
-            full: violation.to_string(),
+            full: violation.without_values(),
             for_log: violation.without_values(),
         }
     }
