@@ -72,9 +72,9 @@ impl ApiError {
             }
             Self::Command(
                 CommandError::NotReady | CommandError::OutcomeUnknown | CommandError::Log(_),
-            ) => CommandOutcome::Unavailable,
+            )
+            | Self::Keys(_) => CommandOutcome::Unavailable,
             Self::Command(CommandError::Contract(_)) => CommandOutcome::Error,
-            Self::Keys(_) => CommandOutcome::Unavailable,
         }
     }
 }

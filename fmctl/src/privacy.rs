@@ -24,7 +24,7 @@ pub(crate) enum PrivacyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Re-wrap every data key under the first master key of FM_PRIVACY__MASTER_KEYS, a row at a
+    /// Re-wrap every data key under the first master key of `FM_PRIVACY__MASTER_KEYS`, a row at a
     /// time (idempotent; safe while the services run).
     Rewrap,
 }

@@ -254,6 +254,7 @@ pub fn open(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 mod tests {
     use domain::fixtures::personal_data;
 

@@ -30,7 +30,7 @@ pub struct PrivacySettings {
 }
 
 fn default_key_cache() -> Duration {
-    Duration::from_secs(60)
+    Duration::from_mins(1)
 }
 
 fn optional_millis<'de, D: Deserializer<'de>>(

@@ -27,7 +27,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub const SCHEMA: &str = "privacy";
 
 /// The longest an unwrapped key may be cached: an erasure reaches every reader within it.
-pub const MAX_KEY_CACHE: Duration = Duration::from_secs(60);
+pub const MAX_KEY_CACHE: Duration = Duration::from_mins(1);
 
 /// Why the key store could not answer.
 #[derive(Debug, Error)]

@@ -1,5 +1,7 @@
 //! The key store against a real PostgreSQL (`#[sqlx::test]` gives each test a database).
 
+#![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
+
 use domain::booking::SealedPersonal;
 use domain::fixtures::personal_data;
 use privacy::{KeyStore, MasterKeys, Opened, PrivacyError, PrivacySettings};
