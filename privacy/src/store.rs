@@ -99,20 +99,34 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    /// Creates the schema if needed, runs its migrations, and opens a small pool of its own, in
-    /// `settings.database_url` if set, else in the service's `database`.
+    /// Creates the schema if needed, runs its migrations, and opens a pool of its own (sized by
+    /// `database`), in `settings.database_url` if set, else in the service's `database`.
     pub async fn connect(
         database: &DatabaseSettings,
         settings: &PrivacySettings,
     ) -> Result<Self, PrivacyError> {
         let url = settings.database_url.as_ref().unwrap_or(&database.url);
         let options = PgConnectOptions::from_str(url.expose_secret())?;
-        Self::connect_with(options, settings).await
+        let pool = PgPoolOptions::new()
+            .max_connections(database.max_connections)
+            .acquire_timeout(database.acquire_timeout);
+        Self::start(options, pool, settings).await
     }
 
     /// [`KeyStore::connect`] from connection options (tests use the database `sqlx::test` made).
     pub async fn connect_with(
         options: PgConnectOptions,
+        settings: &PrivacySettings,
+    ) -> Result<Self, PrivacyError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5));
+        Self::start(options, pool, settings).await
+    }
+
+    async fn start(
+        options: PgConnectOptions,
+        pool: PgPoolOptions,
         settings: &PrivacySettings,
     ) -> Result<Self, PrivacyError> {
         let masters = MasterKeys::parse(settings.master_keys.expose_secret())?;
@@ -133,9 +147,7 @@ impl KeyStore {
             }
         }
         admin.close().await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
+        let pool = pool
             .connect_with(options.options([("search_path", SCHEMA)]))
             .await?;
         MIGRATOR.run(&pool).await?;
