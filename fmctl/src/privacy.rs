@@ -23,6 +23,11 @@ pub(crate) enum PrivacyCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also read the booking topic and count the bookings written before this release
+        /// (`BookingRequested` v1, personal data in plaintext in the broker's files), and how
+        /// many of them are erased everywhere but there.
+        #[arg(long)]
+        log: bool,
     },
     /// Re-wrap every data key under the first master key of `FM_PRIVACY__MASTER_KEYS`, a row at a
     /// time (idempotent; safe while the services run).
@@ -55,11 +60,27 @@ pub(crate) async fn privacy(command: PrivacyCommand) -> anyhow::Result<()> {
         .await?
         .context("FM_PRIVACY__MASTER_KEYS is not set")?;
     match command {
-        PrivacyCommand::Status { json } => {
+        PrivacyCommand::Status { json, log } => {
             let status = keys.status().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+            let plaintext = if log {
+                Some(plaintext_in_log(&keys).await?)
             } else {
+                None
+            };
+            if json {
+                let mut value = serde_json::to_value(&status)?;
+                if let Some((bookings, erased)) = plaintext {
+                    value["plaintext_in_log"] =
+                        json!({"bookings": bookings, "erased_elsewhere": erased});
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                if let Some((bookings, erased)) = plaintext {
+                    println!(
+                        "bookings with plaintext in the broker's files (BookingRequested v1): \
+                         {bookings}, of which {erased} erased everywhere else"
+                    );
+                }
                 println!(
                     "new data keys are wrapped by: {}",
                     status.current_master_key
@@ -80,6 +101,35 @@ pub(crate) async fn privacy(command: PrivacyCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How many bookings of the log were requested as `BookingRequested` v1 (plaintext in the
+/// broker's files), and how many of those are erased in the key store.
+async fn plaintext_in_log(keys: &KeyStore) -> anyhow::Result<(usize, usize)> {
+    let kafka = crate::inspect::kafka_settings()?;
+    let topic = event_log::Topics::new(&kafka.topic_prefix).events(schemas::AggregateType::Booking);
+    let mut bookings = Vec::new();
+    crate::inspect::scan(
+        &kafka,
+        vec![topic],
+        crate::inspect::Start::Beginning,
+        false,
+        |record| {
+            if let Some(envelope) = &record.envelope
+                && envelope.event_type == "BookingRequested"
+                && record.stored_version == Some(1)
+            {
+                bookings.push(envelope.aggregate_id);
+            }
+            Ok(true)
+        },
+    )
+    .await?;
+    let mut erased = 0;
+    for booking in &bookings {
+        erased += usize::from(keys.is_erased(*booking).await?);
+    }
+    Ok((bookings.len(), erased))
 }
 
 /// `data` of a `BookingRequested` (v2, as read) with its sealed `personal` opened: the data in
