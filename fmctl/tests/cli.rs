@@ -814,7 +814,7 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("\"not-an-email\""), "{}", run.stdout);
+    assert!(run.stdout.contains("\"not-a-date\""), "{}", run.stdout);
 
     let (partition, offset) = position(&of(&facility_id));
     let run = fmctl(
