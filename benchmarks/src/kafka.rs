@@ -43,8 +43,8 @@ pub(crate) fn booking_requested_record() -> anyhow::Result<Vec<u8>> {
         facility_id,
         service_type,
         slot,
-        deceased,
-        family_contacts,
+        date_of_death,
+        personal,
         price,
         ..
     } = fixtures::booking_requested()
@@ -68,8 +68,8 @@ pub(crate) fn booking_requested_record() -> anyhow::Result<Vec<u8>> {
         facility_id,
         service_type,
         slot,
-        deceased,
-        family_contacts,
+        date_of_death,
+        personal,
         price,
     };
     let envelope = EventEnvelope::wrap(

@@ -28,6 +28,17 @@ const NO_LIMITS: [(&str, &str); 3] = [
     ("FM_LIMITS__PER_SUBJECT_PER_MINUTE", "0"),
     ("FM_LIMITS__PER_ADDRESS_PER_MINUTE", "0"),
 ];
+/// The benchmark's master key (docs/privacy.md): a throw-away stack's, never a deployment's.
+const MASTER_KEYS: &str = "bench-1:YmVuY2gtbWFzdGVyLWtleS1vZi0zMi1ieXRlcyEhISE=";
+
+/// Where the data keys live (the admin database's `privacy` schema) and the master key: what
+/// the command-service and the projection-service must share.
+fn privacy_env(bench: &Bench) -> Vec<(&'static str, String)> {
+    vec![
+        ("FM_PRIVACY__DATABASE_URL", bench.admin_url.clone()),
+        ("FM_PRIVACY__MASTER_KEYS", MASTER_KEYS.to_owned()),
+    ]
+}
 
 fn kafka_env(kafka: &event_log::KafkaSettings) -> Vec<(&'static str, String)> {
     vec![
@@ -46,6 +57,7 @@ pub(crate) fn command_service(
     let mut env = kafka_env(kafka);
     env.push(("FM_AUTH__SECRET", SECRET.to_owned()));
     env.extend(NO_LIMITS.map(|(key, value)| (key, value.to_owned())));
+    env.extend(privacy_env(bench));
     if let Some(path) = snapshot {
         env.push(("FM_COMMANDS__SNAPSHOT_PATH", path.display().to_string()));
     }
@@ -68,6 +80,7 @@ pub(crate) fn projection_service(
 ) -> anyhow::Result<Process> {
     let mut env = kafka_env(kafka);
     env.push(("FM_DATABASE__URL", database_url.to_owned()));
+    env.extend(privacy_env(bench));
     Process::spawn(
         &format!("projection-service-{tag}"),
         &bench.binary("projection-service"),

@@ -29,6 +29,14 @@ pub(crate) enum ApiError {
     /// 422/404/409 (domain), 409 (lost race), 412 (If-Match), 503 (not ready, broker down,
     /// outcome unknown), 500 (a decided event that breaks its schema).
     Command(CommandError),
+    /// 503: the data keys could not be read or written (PostgreSQL down, a master key missing).
+    Keys(privacy::PrivacyError),
+}
+
+impl From<privacy::PrivacyError> for ApiError {
+    fn from(error: privacy::PrivacyError) -> Self {
+        Self::Keys(error)
+    }
 }
 
 impl From<CommandError> for ApiError {
@@ -77,7 +85,8 @@ impl ApiError {
                 | CommandError::OutcomeUnknown
                 | CommandError::Parked { .. }
                 | CommandError::Log(_),
-            ) => CommandOutcome::Unavailable,
+            )
+            | Self::Keys(_) => CommandOutcome::Unavailable,
             Self::Command(CommandError::Contract(_)) => CommandOutcome::Error,
         }
     }
@@ -166,6 +175,10 @@ impl ApiError {
             }
             Self::Command(error @ (CommandError::OutcomeUnknown | CommandError::Log(_))) => {
                 tracing::error!(%error, "command failed in the infrastructure");
+                Problem::unavailable()
+            }
+            Self::Keys(error) => {
+                tracing::error!(%error, "the data keys failed");
                 Problem::unavailable()
             }
         };

@@ -5,8 +5,9 @@ use std::time::Duration;
 use event_log::KafkaSettings;
 use platform::{
     rate_limit::RateLimitSettings,
-    settings::{AuthSettings, HttpSettings, LogSettings, millis},
+    settings::{AuthSettings, DatabaseSettings, HttpSettings, LogSettings, millis},
 };
+use privacy::PrivacySettings;
 use serde::Deserialize;
 
 /// Everything the command-service reads from its configuration layers.
@@ -23,6 +24,12 @@ pub struct Settings {
     pub commands: CommandSettings,
     #[serde(default)]
     pub limits: LimitSettings,
+    /// The PostgreSQL that holds the data keys (`privacy.data_keys`, docs/privacy.md): the
+    /// command-service's only table, reached through a small pool of its own.
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    /// The master keys and the retention rule (`FM_PRIVACY__*`); no default.
+    pub privacy: PrivacySettings,
 }
 
 fn default_http() -> HttpSettings {
@@ -91,10 +98,14 @@ impl Default for LimitSettings {
 }
 
 impl Settings {
-    /// Settings for tests and tools: defaults everywhere but how tokens are checked, and no
-    /// limits on the flow ([`LimitSettings::UNLIMITED`]: tests write much with a few tokens;
-    /// a test of a limit sets it).
-    pub fn with_auth(auth: AuthSettings) -> Self {
+    /// Settings for tests and tools: defaults everywhere but how tokens are checked and where
+    /// the data keys live, and no limits on the flow ([`LimitSettings::UNLIMITED`]: tests
+    /// write much with a few tokens; a test of a limit sets it).
+    pub fn with_auth(
+        auth: AuthSettings,
+        database: DatabaseSettings,
+        privacy: PrivacySettings,
+    ) -> Self {
         Self {
             http: default_http(),
             kafka: KafkaSettings::default(),
@@ -102,6 +113,8 @@ impl Settings {
             log: LogSettings::default(),
             commands: CommandSettings::default(),
             limits: LimitSettings::UNLIMITED,
+            database,
+            privacy,
         }
     }
 }

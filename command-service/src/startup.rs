@@ -45,7 +45,8 @@ impl Application {
 impl Service for Application {
     type Settings = Settings;
     const NAME: &'static str = "command-service";
-    const SETTINGS_HINT: &'static str = " (FM_AUTH__ISSUER or FM_AUTH__SECRET must be set)";
+    const SETTINGS_HINT: &'static str =
+        " (FM_AUTH__ISSUER or FM_AUTH__SECRET, and FM_PRIVACY__MASTER_KEYS, must be set)";
 
     fn log_settings(settings: &Settings) -> &platform::settings::LogSettings {
         &settings.log
@@ -55,6 +56,13 @@ impl Service for Application {
     /// HTTP listener. `/ready` turns true once the store has caught up.
     async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let verifier = Verifier::from_settings(&settings.auth).context("Invalid auth settings")?;
+        let keys = Arc::new(
+            privacy::KeyStore::connect(&settings.database, &settings.privacy)
+                .await
+                .context(
+                    "Failed to open the data keys (FM_DATABASE__URL, FM_PRIVACY__MASTER_KEYS)",
+                )?,
+        );
         verifier.warm_up().await;
         let registry =
             Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
@@ -116,6 +124,7 @@ impl Service for Application {
             producer,
             verifier: Arc::new(verifier),
             limits: Arc::new(routes::Limits::new(&settings.limits)),
+            keys,
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;

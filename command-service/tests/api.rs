@@ -12,7 +12,7 @@ use platform::shutdown::CancellationToken;
 use reqwest::{Client, StatusCode};
 use schemas::Role;
 use serde_json::{Value, json};
-use support::{booking, facility, fresh_kafka, log_ends, slot, token};
+use support::{booking, facility, fresh_kafka, log_ends, read_log, slot, token};
 
 struct Service {
     url: String,
@@ -26,7 +26,11 @@ impl Drop for Service {
 }
 
 async fn start(kafka: &KafkaSettings) -> Service {
-    let mut settings = Settings::with_auth(test_support::auth_settings());
+    let mut settings = Settings::with_auth(
+        test_support::auth_settings(),
+        test_support::key_database(),
+        test_support::privacy_settings(),
+    );
     settings.http.port = 0;
     settings.kafka = kafka.clone();
     let shutdown = CancellationToken::new();
@@ -887,4 +891,80 @@ async fn a_record_of_an_unknown_version_parks_its_aggregate_and_commands_on_it_a
     // Another facility is served as before.
     let other = register_facility(&service).await;
     assert_ne!(other, facility_id);
+}
+
+#[tokio::test]
+async fn a_booking_is_written_sealed_and_its_export_and_erasure_open_and_forget_it() {
+    let kafka = fresh_kafka().await;
+    let service = start(&kafka).await;
+    let facility_id = register_facility(&service).await;
+    let director = token(Role::Director, "director-1").await;
+    let (status, written) = post(
+        &format!("{}/bookings", service.url),
+        Some(&director),
+        &booking(&facility_id, 14),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{written}");
+    let booking_id = written["booking_id"].as_str().unwrap().to_owned();
+
+    let log = read_log(&kafka).await;
+    let (_, requested) = log
+        .iter()
+        .find(|(_, e)| e.event_type == "BookingRequested")
+        .unwrap();
+    assert_eq!(requested.event_version, 2);
+    let data = requested.data.to_string();
+    assert!(
+        requested.data["personal"]["ciphertext"].is_string(),
+        "{data}"
+    );
+    for plaintext in [
+        "Ada Lovelace",
+        "Byron",
+        "byron@example.org",
+        "+447700900123",
+    ] {
+        assert!(!data.contains(plaintext), "{plaintext} in {data}");
+    }
+
+    let export = |token: String| {
+        let url = format!("{}/bookings/{booking_id}/personal-data", service.url);
+        async move {
+            let response = Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, opened) = export(director.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{opened}");
+    assert_eq!(opened["erased"], false);
+    assert_eq!(opened["deceased"]["full_name"], "Ada Lovelace");
+    assert_eq!(opened["family_contacts"][0]["email"], "byron@example.org");
+    let (status, _) = export(token(Role::Family, "family-1").await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let erase = format!("{}/bookings/{booking_id}/erase", service.url);
+    let (status, erased) = post(&erase, Some(&director), &json!({"reason": "asked"})).await;
+    assert_eq!(status, StatusCode::OK, "{erased}");
+    let (status, again) = post(&erase, Some(&director), &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["version"], erased["version"]);
+    let (_, forgotten) = export(director).await;
+    assert_eq!(forgotten["erased"], true, "{forgotten}");
+    assert!(!forgotten.to_string().contains("Lovelace"), "{forgotten}");
+    let erasures = read_log(&kafka)
+        .await
+        .into_iter()
+        .filter(|(_, e)| e.event_type == "PersonalDataErased")
+        .count();
+    assert_eq!(erasures, 1);
 }

@@ -56,6 +56,7 @@ async fn spawn_service(kafka: &KafkaSettings) -> Process {
         .env("FM_KAFKA__TOPIC_PREFIX", &kafka.topic_prefix)
         .envs(test_support::auth_env())
         .envs(test_support::no_limits_env())
+        .envs(test_support::privacy_env())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

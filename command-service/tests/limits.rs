@@ -27,7 +27,11 @@ impl Drop for Service {
 }
 
 async fn start(kafka: &KafkaSettings, limits: LimitSettings) -> Service {
-    let mut settings = Settings::with_auth(test_support::auth_settings());
+    let mut settings = Settings::with_auth(
+        test_support::auth_settings(),
+        test_support::key_database(),
+        test_support::privacy_settings(),
+    );
     settings.http.port = 0;
     settings.kafka = kafka.clone();
     settings.limits = limits;

@@ -47,7 +47,11 @@ impl Drop for Service {
 
 /// The command-service with the test provider as its only source of trust, a leeway of 1 s.
 async fn start() -> Service {
-    let mut settings = Settings::with_auth(test_support::auth_settings());
+    let mut settings = Settings::with_auth(
+        test_support::auth_settings(),
+        test_support::key_database(),
+        test_support::privacy_settings(),
+    );
     settings.auth = AuthSettings::oidc(oidc_issuer().unwrap());
     settings.auth.leeway = Duration::from_secs(1);
     settings.http.port = 0;

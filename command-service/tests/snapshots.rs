@@ -35,7 +35,11 @@ impl Running {
 }
 
 async fn start(kafka: &KafkaSettings, snapshot: Option<&Path>) -> Running {
-    let mut settings = Settings::with_auth(test_support::auth_settings());
+    let mut settings = Settings::with_auth(
+        test_support::auth_settings(),
+        test_support::key_database(),
+        test_support::privacy_settings(),
+    );
     settings.http.port = 0;
     settings.kafka = kafka.clone();
     settings.commands.snapshot_path = snapshot.map(Path::to_path_buf);
@@ -201,7 +205,11 @@ async fn a_restart_from_the_snapshot_reads_only_newer_records_and_serves_the_sam
 #[tokio::test]
 async fn the_service_refuses_to_start_on_event_topics_with_another_partition_count() {
     let kafka = fresh_kafka().await;
-    let mut settings = Settings::with_auth(test_support::auth_settings());
+    let mut settings = Settings::with_auth(
+        test_support::auth_settings(),
+        test_support::key_database(),
+        test_support::privacy_settings(),
+    );
     settings.http.port = 0;
     settings.kafka = KafkaSettings {
         partitions: kafka.partitions + 1,

@@ -13,7 +13,10 @@
 use chrono::{DateTime, NaiveDate, TimeZone as _, Utc};
 use uuid::Uuid;
 
-use crate::booking::{BookingCommand, BookingEvent, Deceased, FacilitySchedule, FamilyContact};
+use crate::booking::{
+    BookingCommand, BookingEvent, Deceased, EncryptedPersonal, FacilitySchedule, FamilyContact,
+    PersonalData, SealedPersonal,
+};
 use crate::facility::{FacilityCommand, FacilityEvent, SlotRejectionReason};
 use crate::payment::{PaymentCommand, PaymentEvent};
 use crate::saga::{SagaEvent, SagaStep};
@@ -100,6 +103,24 @@ pub fn family_contact() -> FamilyContact {
     }
 }
 
+/// What the booking's sealed box holds: Ada Lovelace's name and Byron King.
+pub fn personal_data() -> PersonalData {
+    PersonalData {
+        deceased_full_name: deceased().full_name,
+        family_contacts: vec![family_contact()],
+    }
+}
+
+/// A sealed box of the right shape. Its bytes are not a real encryption (the domain cannot
+/// encrypt: that is the `privacy` crate's); tests that open boxes seal their own.
+pub fn sealed_personal() -> SealedPersonal {
+    SealedPersonal::Encrypted(EncryptedPersonal {
+        key_id: Uuid::from_u128(0x0d1e_2c3b_4a59_4687_9a0b_1c2d_3e4f_5061),
+        nonce: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYX".to_owned(),
+        ciphertext: "c2VhbGVkIHBlcnNvbmFsIGRhdGEgKG5vdCByZWFsKQ==".to_owned(),
+    })
+}
+
 /// £1,250.00.
 pub fn price() -> Money {
     Money::new(125_000, Currency::GBP).expect(VALID)
@@ -150,6 +171,7 @@ pub fn request_booking() -> BookingCommand {
         slot: slot(),
         deceased: deceased(),
         family_contacts: vec![family_contact()],
+        personal: sealed_personal(),
         price: price(),
         now: now(),
     }
@@ -162,8 +184,8 @@ pub fn booking_requested() -> BookingEvent {
         facility_id: facility_id(),
         service_type: ServiceType::Burial,
         slot: slot(),
-        deceased: deceased(),
-        family_contacts: vec![family_contact()],
+        date_of_death: deceased().date_of_death,
+        personal: sealed_personal(),
         price: price(),
     }
 }
@@ -233,6 +255,9 @@ impl BookingEvent {
             BookingEvent::BookingCancelled {
                 reason: Some("the family chose another date".to_owned()),
                 was_confirmed: true,
+            },
+            BookingEvent::PersonalDataErased {
+                reason: Some("retention period ended".to_owned()),
             },
         ]
     }

@@ -808,6 +808,18 @@ async fn history(args: HistoryArgs) -> anyhow::Result<()> {
     found.sort_by(|a, b| {
         (a.at(), &a.topic, a.partition, a.offset).cmp(&(b.at(), &b.topic, b.partition, b.offset))
     });
+    // With the master keys (an operator's), the booking's personal data is shown opened, or
+    // `erased`; without them, sealed as the log holds it.
+    if let Some(keys) = crate::privacy::key_store().await? {
+        for record in &mut found {
+            if let Some(envelope) = record.envelope.as_mut()
+                && envelope.event_type == "BookingRequested"
+            {
+                let id = envelope.aggregate_id;
+                crate::privacy::open_personal(&keys, id, &mut envelope.data).await;
+            }
+        }
+    }
     let mut out = Out::new();
     for record in &found {
         if !out.line(&record.render(args.output))? {

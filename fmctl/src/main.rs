@@ -8,6 +8,7 @@ mod dead_letters;
 mod inspect;
 mod lag;
 mod payments;
+mod privacy;
 mod rebuild;
 mod sagas;
 
@@ -59,6 +60,9 @@ enum Command {
     /// Payments: the reconciliation of the gateway's captures with the log.
     #[command(subcommand)]
     Payments(payments::PaymentsCommand),
+    /// Personal data: the data keys and the master keys that wrap them (status, rewrap).
+    #[command(subcommand)]
+    Privacy(privacy::PrivacyCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lag(args) => lag::lag(args).await?,
         Command::Sagas(args) => sagas::sagas(args).await?,
         Command::Payments(command) => payments::payments(command).await?,
+        Command::Privacy(command) => privacy::privacy(command).await?,
         Command::Topics(TopicsCommand::List(args)) => inspect::topics_list(args).await?,
         Command::Topics(TopicsCommand::Ensure { repair }) => {
             topics_ensure(&settings.kafka, repair).await?;

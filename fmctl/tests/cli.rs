@@ -44,6 +44,7 @@ async fn fmctl(kafka: &KafkaSettings, database_url: Option<&str>, args: &[&str])
         .args(args)
         .env("FM_KAFKA__BROKERS", &kafka.brokers)
         .env("FM_KAFKA__TOPIC_PREFIX", &kafka.topic_prefix)
+        .envs(test_support::privacy_env())
         .env_remove("FM_DATABASE__URL");
     if let Some(url) = database_url {
         command.env("FM_DATABASE__URL", url);
@@ -239,6 +240,14 @@ async fn history_shows_a_bookings_events_across_topics_in_time_order() {
         .map(|r| r["event"]["occurred_at"].as_str().unwrap())
         .collect();
     assert!(times[0] <= times[1]);
+    // fmctl has the master keys (an operator's): the booking's people are shown opened.
+    let opened = &records[0]["event"]["data"]["personal"]["opened"];
+    assert_eq!(
+        opened["deceased_full_name"], "Ada Lovelace",
+        "{}",
+        run.stdout
+    );
+    assert_eq!(opened["family_contacts"][0]["email"], "byron@example.org");
 
     // By correlation id: the booking's own flow.
     let correlation = records[0]["event"]["correlation_id"].as_str().unwrap();
@@ -249,7 +258,45 @@ async fn history_shows_a_bookings_events_across_topics_in_time_order() {
     )
     .await;
     assert_eq!(run.status, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("BookingRequested v1"), "{}", run.stdout);
+    assert!(run.stdout.contains("BookingRequested v2"), "{}", run.stdout);
+
+    // Erased: fmctl shows `erased`, and the erasure as an event of the booking.
+    let response = stack
+        .http
+        .post(format!("{}/bookings/{booking_id}/erase", stack.command_url))
+        .bearer_auth(stack.token(Role::Ops, "ops-1").await)
+        .json(&json!({"reason": "the family asked"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &[
+            "events",
+            "history",
+            "--booking",
+            booking_id,
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    let records = run.json_lines();
+    assert_eq!(
+        records[0]["event"]["data"]["personal"], "erased",
+        "{}",
+        run.stdout
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"]["event_type"] == "PersonalDataErased"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("byron@example.org"), "{}", run.stdout);
 
     // An id nobody wrote: one sentence, non-zero.
     let unknown = uuid::Uuid::new_v4().to_string();
@@ -296,6 +343,7 @@ async fn lag_is_the_backlog_of_a_projector_that_is_not_running_and_drops_to_zero
             url: SecretString::from(database_url.clone()),
             ..DatabaseSettings::default()
         },
+        privacy: Some(test_support::privacy_settings()),
         ..projection_service::Settings::default()
     };
     projection_service::startup::migrate(&settings)
@@ -599,7 +647,7 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
     bad_email["aggregate_id"] = json!(bad_id);
     bad_email["event_id"] = json!(uuid::Uuid::new_v4());
     bad_email["data"]["booking_id"] = json!(bad_id);
-    bad_email["data"]["family_contacts"][0]["email"] = json!("not-an-email");
+    bad_email["data"]["date_of_death"] = json!("not-a-date");
     let bad_origin = poison(&stack, &bad_id, &serde_json::to_vec(&bad_email).unwrap()).await;
     let junk_key = uuid::Uuid::new_v4().to_string();
     let junk_origin = poison(&stack, &junk_key, b"\x00not json at all").await;
@@ -665,7 +713,7 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
             bad_id.as_str(),
             bad_origin,
             &booking_topic,
-            "BookingRequested v1 payload invalid at '/family_contacts/0/email'",
+            "BookingRequested v2 payload invalid at '/date_of_death'",
         ),
         (
             junk_key.as_str(),
@@ -735,16 +783,13 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
     .await;
     assert_eq!(run.status, 0, "{}", run.stderr);
     let shown: Value = serde_json::from_str(run.stdout.trim()).unwrap();
-    assert_eq!(
-        shown["payload"]["data"]["family_contacts"][0]["email"],
-        "not-an-email"
-    );
+    assert_eq!(shown["payload"]["data"]["date_of_death"], "not-a-date");
     assert_eq!(shown["valid_now"], false);
     assert!(
         shown["violation_now"]
             .as_str()
             .unwrap()
-            .contains("family_contacts/0/email"),
+            .contains("date_of_death"),
         "{shown}"
     );
     let run = fmctl(
@@ -769,7 +814,7 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("\"not-an-email\""), "{}", run.stdout);
+    assert!(run.stdout.contains("\"not-a-date\""), "{}", run.stdout);
 
     let (partition, offset) = position(&of(&facility_id));
     let run = fmctl(

@@ -25,6 +25,7 @@ async fn fmctl(saga_url: &str, args: &[&str]) -> Run {
         .args(args)
         .env("FM_SAGA_URL", saga_url)
         .envs(test_support::auth_env())
+        .envs(test_support::privacy_env())
         .envs(test_support::client_env(test_support::FMCTL_CLIENT))
         .output()
         .await
@@ -54,6 +55,7 @@ async fn start_runner_mailing(
 ) -> (String, CancellationToken) {
     let mut settings = saga_runner::Settings::with_auth(test_support::saga_runner_auth_settings());
     settings.http = platform::settings::HttpSettings::on_port(0);
+    settings.privacy = Some(test_support::privacy_settings());
     settings.kafka = stack.kafka.clone();
     settings.database = DatabaseSettings {
         url: SecretString::from(stack.database_url.clone()),

@@ -19,6 +19,7 @@
 use batch_consumer::RecordOutcome;
 pub use batch_consumer::parking::ParkedAggregate;
 use event_log::{LogPosition, Topics};
+use privacy::KeyStore;
 use schemas::{AggregateType, ContractViolation, EventEnvelope, SchemaRegistry};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -34,14 +35,15 @@ pub(crate) enum Projected {
     /// Its outcome, with its effect (or its parking) in the transaction.
     Outcome(RecordOutcome),
     /// It breaks the contract: to the dead-letter topic with `full`; `for_log` is the reason
-    /// without the offending values (they may be personal data).
+    /// for the log. A schema violation's reason names the place and the rule, never the value,
+    /// in both (a value may be personal data: docs/privacy.md, "Dead letters").
     Refused { full: String, for_log: String },
 }
 
 impl Projected {
     fn refused(violation: &ContractViolation) -> Self {
         Self::Refused {
-            full: violation.to_string(),
+            full: violation.without_values(),
             for_log: violation.without_values(),
         }
     }
@@ -52,6 +54,7 @@ impl Projected {
 pub(crate) async fn project_record(
     conn: &mut PgConnection,
     registry: &SchemaRegistry,
+    keys: &KeyStore,
     topics: &Topics,
     payload: &[u8],
     position: &LogPosition,
@@ -89,6 +92,7 @@ pub(crate) async fn project_record(
         let drained = drain(
             conn,
             registry,
+            keys,
             envelope.aggregate_type,
             envelope.aggregate_id,
         )
@@ -99,7 +103,7 @@ pub(crate) async fn project_record(
             RecordOutcome::Applied
         }));
     }
-    match read_models::apply(&mut *conn, registry, &envelope).await {
+    match read_models::apply(&mut *conn, registry, keys, &envelope).await {
         Ok(Applied::Changed) => Ok(Projected::Outcome(RecordOutcome::Applied)),
         Ok(Applied::Ignored) => Ok(Projected::Outcome(RecordOutcome::Ignored)),
         Ok(Applied::Stale) => {
@@ -228,6 +232,7 @@ pub(crate) struct Drained {
 pub(crate) async fn drain(
     conn: &mut PgConnection,
     registry: &SchemaRegistry,
+    keys: &KeyStore,
     aggregate_type: AggregateType,
     aggregate_id: Uuid,
 ) -> Result<Drained, sqlx::Error> {
@@ -244,7 +249,7 @@ pub(crate) async fn drain(
         let reason = match registry.validate_envelope_bytes(&payload) {
             // It was valid when parked; a build that reads envelopes differently keeps it.
             Err(violation) => violation.without_values(),
-            Ok(envelope) => match read_models::apply(&mut *conn, registry, &envelope).await {
+            Ok(envelope) => match read_models::apply(&mut *conn, registry, keys, &envelope).await {
                 Ok(Applied::Changed | Applied::Ignored) => {
                     unpark(conn, id).await?;
                     drained.applied += 1;
@@ -298,6 +303,7 @@ async fn unpark(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
 pub(crate) async fn drain_all(
     conn: &mut PgConnection,
     registry: &SchemaRegistry,
+    keys: &KeyStore,
 ) -> Result<(u64, u64), sqlx::Error> {
     let aggregates: Vec<(String, Uuid)> = sqlx::query_as(
         "SELECT DISTINCT aggregate_type, aggregate_id FROM parked_records ORDER BY 1, 2",
@@ -310,7 +316,7 @@ pub(crate) async fn drain_all(
             still_parked += 1;
             continue;
         };
-        let drained = drain(conn, registry, aggregate_type, aggregate_id).await?;
+        let drained = drain(conn, registry, keys, aggregate_type, aggregate_id).await?;
         applied += drained.applied;
         still_parked += u64::from(drained.still_parked);
     }

@@ -48,6 +48,7 @@ use event_log::{
     dead_letters,
 };
 use platform::shutdown::CancellationToken;
+use privacy::KeyStore;
 use schemas::SchemaRegistry;
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
@@ -112,6 +113,7 @@ struct ReadModels {
     build: Build,
     labels: Labels,
     registry: Arc<SchemaRegistry>,
+    keys: Arc<KeyStore>,
     dead_letters: EventProducer,
     topics: Topics,
     /// Shared with the lag sampler.
@@ -133,6 +135,7 @@ impl Projector {
         pool: PgPool,
         admin_pool: PgPool,
         registry: Arc<SchemaRegistry>,
+        keys: Arc<KeyStore>,
         config: ProjectorConfig,
     ) -> anyhow::Result<Self> {
         let settings = &config.kafka;
@@ -145,7 +148,7 @@ impl Projector {
         )?);
         // What an older release parked, this one may know (docs/evolution.md).
         let mut tx = pool.begin().await?;
-        let (unparked, still_parked) = parking::drain_all(&mut tx, &registry).await?;
+        let (unparked, still_parked) = parking::drain_all(&mut tx, &registry, &keys).await?;
         tx.commit().await?;
         if unparked > 0 || still_parked > 0 {
             tracing::info!(
@@ -161,6 +164,7 @@ impl Projector {
             build,
             labels: Labels::of(build),
             registry,
+            keys,
             dead_letters: EventProducer::new(settings)?,
             topics: topics.clone(),
             committed: committed.clone(),
@@ -379,6 +383,7 @@ impl ReadModels {
         let projected = parking::project_record(
             &mut *tx,
             &self.registry,
+            &self.keys,
             &self.topics,
             record.payload(),
             record.position(),

@@ -19,6 +19,10 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub projector: ProjectorSettings,
+    /// The master keys that open the bookings' personal data (`FM_PRIVACY__MASTER_KEYS`); the
+    /// data keys are in `database` (docs/privacy.md). Only `serve` needs them.
+    #[serde(default)]
+    pub privacy: Option<privacy::PrivacySettings>,
 }
 
 /// How the projectors batch and how often versions are looked at (`FM_PROJECTOR__*`).
@@ -67,6 +71,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             log: LogSettings::default(),
             projector: ProjectorSettings::default(),
+            privacy: None,
         }
     }
 }

@@ -65,6 +65,15 @@ impl Service for Application {
             .await
             .context("Failed to run the read-model migrations")?;
         let registry = SchemaRegistry::load().context("Failed to compile the event schemas")?;
+        let privacy = settings
+            .privacy
+            .as_ref()
+            .context("FM_PRIVACY__MASTER_KEYS must be set: the projector opens personal data")?;
+        let keys = Arc::new(
+            privacy::KeyStore::connect(&settings.database, privacy)
+                .await
+                .context("Failed to open the data keys")?,
+        );
         event_log::topics::verify_partitions(&settings.kafka)
             .await
             .context("Refusing to start on the event topics")?;
@@ -89,6 +98,7 @@ impl Service for Application {
             database_url: settings.database.url.expose_secret().to_owned(),
             acquire_timeout: settings.database.acquire_timeout,
             registry: Arc::new(registry),
+            keys,
             config: ProjectorConfig {
                 kafka: settings.kafka.clone(),
                 batch_size: settings.projector.batch_size.max(1),

@@ -42,6 +42,8 @@ pub(crate) struct Supervisor {
     pub(crate) database_url: String,
     pub(crate) acquire_timeout: Duration,
     pub(crate) registry: Arc<SchemaRegistry>,
+    /// The data keys the personal columns are opened with (docs/privacy.md).
+    pub(crate) keys: Arc<privacy::KeyStore>,
     pub(crate) config: ProjectorConfig,
     pub(crate) interval: Duration,
     /// The version this release builds.
@@ -89,6 +91,7 @@ impl Supervisor {
             pool,
             self.admin_pool.clone(),
             self.registry.clone(),
+            self.keys.clone(),
             self.config.clone(),
         )
         .await?;

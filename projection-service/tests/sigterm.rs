@@ -20,6 +20,7 @@ use sqlx::PgPool;
 fn spawn_projector(database_url: &str, kafka: &KafkaSettings) -> Child {
     Command::new(env!("CARGO_BIN_EXE_projection-service"))
         .env("FM_DATABASE__URL", database_url)
+        .envs(test_support::privacy_env())
         .env("FM_KAFKA__BROKERS", &kafka.brokers)
         .env("FM_KAFKA__TOPIC_PREFIX", &kafka.topic_prefix)
         .env("FM_HTTP__PORT", "0")

@@ -114,6 +114,8 @@ pub struct Effects {
     pub gateway: Arc<BreakingGateway<HttpGateway>>,
     pub mailer: Arc<Mailer>,
     pub pool: PgPool,
+    /// The data keys a letter's recipients are opened with, when it is sent.
+    pub keys: Arc<privacy::KeyStore>,
 }
 
 impl Effects {
@@ -349,6 +351,38 @@ impl Effects {
         let Some(request) = saga.request.as_ref() else {
             return StepOutcome::failed("no booking request");
         };
+        // The recipients are read now, not when the booking was requested: an erasure in between
+        // (or a key destroyed without its event yet) means no letter (docs/privacy.md).
+        let personal = if saga.personal_data_erased {
+            None
+        } else if let Some(sealed) = &request.personal {
+            match self.keys.open(*saga.booking_id.as_uuid(), sealed).await {
+                Ok(opened) => opened.personal(),
+                Err(error) => return StepOutcome::failed(error),
+            }
+        } else {
+            None
+        };
+        let (recipients, deceased_name) = match personal {
+            Some(personal) => (
+                personal
+                    .family_contacts
+                    .into_iter()
+                    .map(|contact| contact.email)
+                    .collect(),
+                personal.deceased_full_name.as_str().to_owned(),
+            ),
+            None => (
+                request.recipients.clone(),
+                request.deceased_name.clone().unwrap_or_default(),
+            ),
+        };
+        if recipients.is_empty() {
+            tracing::info!(booking_id = %saga.booking_id, %kind, "personal data erased: no letter");
+            return StepOutcome::Performed {
+                learned: Some(Learned::NotificationAbandoned(kind)),
+            };
+        }
         let facility_name = store::facility_name(&self.pool, *request.facility_id.as_uuid())
             .await
             .ok()
@@ -356,8 +390,8 @@ impl Effects {
         let notification = Notification {
             kind,
             booking_id: saga.booking_id,
-            recipients: request.recipients.clone(),
-            deceased_name: request.deceased_name.clone(),
+            recipients,
+            deceased_name,
             facility_name,
             slot: request.slot,
             reason: saga.reason.clone(),

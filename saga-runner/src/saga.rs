@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use domain::{
-    booking::{BookingEvent, BookingStatus},
+    booking::{BookingEvent, BookingStatus, SealedPersonal},
     facility::{FacilityEvent, SlotRejectionReason},
     payment::PaymentEvent,
     saga::{SagaEvent, SagaStep},
@@ -65,8 +65,17 @@ pub struct Request {
     pub facility_id: FacilityId,
     pub slot: Slot,
     pub price: Money,
+    /// The deceased's name and the contacts, sealed as the log carries them: opened only at the
+    /// moment a letter is sent, so an erased booking gets no letter (docs/privacy.md).
+    #[serde(default)]
+    pub personal: Option<SealedPersonal>,
+    /// Facts stored by the release before held the recipients in the clear; kept for the letters
+    /// of sagas that were in flight then, never written by this release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<EmailAddress>,
-    pub deceased_name: String,
+    /// As `recipients`: the deceased's name in facts of the release before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deceased_name: Option<String>,
 }
 
 /// Whether the facility holds the booking's slot.
@@ -203,6 +212,9 @@ pub struct Saga {
     /// That event's W3C `traceparent`, so the saga's next step continues the booking's trace.
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// The booking's personal data was erased (`PersonalDataErased`): no letter goes out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub personal_data_erased: bool,
 }
 
 /// One thing the saga does.
@@ -397,6 +409,7 @@ impl Saga {
             correlation_id: None,
             last_event_id: None,
             traceparent: None,
+            personal_data_erased: false,
         }
     }
 
@@ -413,8 +426,7 @@ impl Saga {
             BookingEvent::BookingRequested {
                 facility_id,
                 slot,
-                deceased,
-                family_contacts,
+                personal,
                 price,
                 ..
             } => {
@@ -422,8 +434,9 @@ impl Saga {
                     facility_id: *facility_id,
                     slot: *slot,
                     price: *price,
-                    recipients: family_contacts.iter().map(|c| c.email.clone()).collect(),
-                    deceased_name: deceased.full_name.as_str().to_owned(),
+                    personal: Some(personal.clone()),
+                    recipients: Vec::new(),
+                    deceased_name: None,
                 });
                 // The booking request is the flow's origin: its correlation id wins.
                 self.correlation_id = Some(observed.correlation_id);
@@ -442,6 +455,15 @@ impl Saga {
             BookingEvent::BookingCancelled { reason, .. } => {
                 self.reason.clone_from(reason);
                 BookingStatus::Cancelled
+            }
+            // Nothing else about the booking changes: no new outcome, no new mail.
+            BookingEvent::PersonalDataErased { .. } => {
+                self.personal_data_erased = true;
+                if let Some(request) = self.request.as_mut() {
+                    request.recipients.clear();
+                    request.deceased_name = None;
+                }
+                return;
             }
         };
         if self.status != Some(status) {

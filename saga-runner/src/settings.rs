@@ -37,6 +37,10 @@ pub struct Settings {
     /// Where the family's mail goes (`FM_SMTP__HOST`, `FM_SMTP__PORT`, ...).
     #[serde(default)]
     pub smtp: SmtpSettings,
+    /// The master keys that open a letter's recipients (`FM_PRIVACY__MASTER_KEYS`); the data
+    /// keys are in `database` (docs/privacy.md). Required to serve.
+    #[serde(default)]
+    pub privacy: Option<privacy::PrivacySettings>,
 }
 
 fn default_http() -> HttpSettings {
@@ -158,6 +162,7 @@ impl Settings {
             breaker: BreakerPolicy::default(),
             backoff: Backoff::default(),
             smtp: SmtpSettings::default(),
+            privacy: None,
         }
     }
 }

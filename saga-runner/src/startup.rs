@@ -87,6 +87,15 @@ impl Service for Application {
         let pool = store::connect_and_migrate(&database)
             .await
             .context("Failed to prepare the saga's schema in PostgreSQL")?;
+        let privacy = settings
+            .privacy
+            .as_ref()
+            .context("FM_PRIVACY__MASTER_KEYS must be set: letters open personal data")?;
+        let keys = Arc::new(
+            privacy::KeyStore::connect(&settings.database, privacy)
+                .await
+                .context("Failed to open the data keys")?,
+        );
         let gateway = Arc::new(BreakingGateway::new(
             HttpGateway::new(&settings.gateway).context("Failed to build the gateway client")?,
             settings.breaker,
@@ -115,6 +124,7 @@ impl Service for Application {
                 gateway: gateway.clone(),
                 mailer,
                 pool: pool.clone(),
+                keys,
             },
             config: WorkerConfig {
                 concurrency: settings.saga.concurrency,

@@ -458,3 +458,59 @@ async fn a_record_that_passes_its_schemas_but_does_not_decode_is_dead_lettered_a
         "the reason names the event: {reason}"
     );
 }
+
+#[tokio::test]
+async fn a_booking_erased_mid_saga_is_confirmed_but_no_letter_goes_to_its_erased_contacts() {
+    let saga = spawn(SagaOptions::default()).await;
+    // The capture takes 3 s: time to erase while the saga is under way.
+    saga.simulator
+        .set_behaviour(Behaviour {
+            delay_ms: Some(3_000),
+            ..Behaviour::once(Mode::Slow)
+        })
+        .await
+        .unwrap();
+    let facility = saga.register_facility().await.unwrap();
+    let booking = saga.request_booking(facility, 3, 1, PRICE).await.unwrap();
+    saga.booking_with_status(booking, "slot_held")
+        .await
+        .unwrap();
+    let response = saga
+        .stack
+        .http
+        .post(format!(
+            "{}/bookings/{booking}/erase",
+            saga.stack.command_url
+        ))
+        .bearer_auth(saga.director().await)
+        .json(&serde_json::json!({"reason": "the family asked"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+
+    let done = saga.wait_done(booking, DONE_WITHIN).await.unwrap();
+    assert_eq!(done["compensated"], false, "{done}");
+    // Nothing else about the booking changed: it is paid and confirmed, its personal data gone.
+    let read = saga
+        .booking_with_status(booking, "confirmed")
+        .await
+        .unwrap();
+    assert_eq!(read["deceased"], "erased", "{read}");
+    assert_eq!(read["family_contacts"], "erased", "{read}");
+    assert_eq!(net_money(&saga, booking).await, (1, 0, PRICE));
+
+    // A booking nobody erased gets its letter: the sink would have seen the erased one's.
+    let other = saga.request_booking(facility, 3, 2, PRICE).await.unwrap();
+    saga.wait_done(other, DONE_WITHIN).await.unwrap();
+    saga.sink
+        .wait_for(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(saga.mails_for(other), [message_id("confirmation", other)]);
+    assert!(
+        saga.mails_for(booking).is_empty(),
+        "{:?}",
+        saga.mails_for(booking)
+    );
+}

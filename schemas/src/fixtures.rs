@@ -51,8 +51,8 @@ pub fn booking_story(i: usize) -> (BookingId, Vec<EventEnvelope>) {
     let BookingEvent::BookingRequested {
         service_type,
         slot,
-        deceased,
-        family_contacts,
+        date_of_death,
+        personal,
         price,
         ..
     } = fixtures::booking_requested()
@@ -74,8 +74,8 @@ pub fn booking_story(i: usize) -> (BookingId, Vec<EventEnvelope>) {
         facility_id: FacilityId::from(facility),
         service_type,
         slot,
-        deceased,
-        family_contacts,
+        date_of_death,
+        personal,
         price,
     };
     let captured = PaymentEvent::PaymentCaptured {

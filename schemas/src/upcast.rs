@@ -25,11 +25,18 @@ pub struct Upcaster {
 
 /// Every step ever written, in no particular order. A step is never removed: records of its
 /// version stay on the log for ever.
-pub const UPCASTERS: &[Upcaster] = &[Upcaster {
-    event_type: "FacilityRegistered",
-    from_version: 1,
-    apply: facility_registered_v1_to_v2,
-}];
+pub const UPCASTERS: &[Upcaster] = &[
+    Upcaster {
+        event_type: "FacilityRegistered",
+        from_version: 1,
+        apply: facility_registered_v1_to_v2,
+    },
+    Upcaster {
+        event_type: "BookingRequested",
+        from_version: 1,
+        apply: booking_requested_v1_to_v2,
+    },
+];
 
 /// `FacilityRegistered` v1 → v2: v2 names the funeral home the facility belongs to. A v1 record
 /// cannot know it (the home is not in the record, and rule 5 forbids looking elsewhere), so it
@@ -39,6 +46,36 @@ fn facility_registered_v1_to_v2(
     mut data: Map<String, Value>,
 ) -> Map<String, Value> {
     data.insert("funeral_home_id".to_owned(), Value::Null);
+    data
+}
+
+/// `BookingRequested` v1 → v2: v2 seals the people a booking names in `personal`. A step is pure
+/// and has no key to encrypt with, so a v1 record's plaintext moves into `personal.plaintext`
+/// (the form only upcasts produce), and the date of death, which stays in the clear, moves up
+/// beside the slot. Readers treat that plaintext like an opened box: erased once the booking's
+/// key row is marked erased (docs/privacy.md, "Logs written before this change").
+fn booking_requested_v1_to_v2(
+    _envelope: &EventEnvelope,
+    mut data: Map<String, Value>,
+) -> Map<String, Value> {
+    let mut deceased = match data.remove("deceased") {
+        Some(Value::Object(deceased)) => deceased,
+        _ => Map::new(),
+    };
+    let contacts = data
+        .remove("family_contacts")
+        .unwrap_or(Value::Array(Vec::new()));
+    if let Some(date) = deceased.remove("date_of_death") {
+        data.insert("date_of_death".to_owned(), date);
+    }
+    let mut plaintext = Map::new();
+    if let Some(name) = deceased.remove("full_name") {
+        plaintext.insert("deceased_full_name".to_owned(), name);
+    }
+    plaintext.insert("family_contacts".to_owned(), contacts);
+    let mut personal = Map::new();
+    personal.insert("plaintext".to_owned(), Value::Object(plaintext));
+    data.insert("personal".to_owned(), Value::Object(personal));
     data
 }
 

@@ -173,9 +173,12 @@ fn the_fixture_holds_every_event_type_in_the_first_releases_format() {
             )
         })
         .collect();
+    // Types introduced after the first release cannot be in its log.
+    let introduced_later = ["PersonalDataErased"];
     let newest_types: BTreeSet<String> = registry
         .newest_events()
         .map(|(event_type, _)| event_type.to_owned())
+        .filter(|event_type| !introduced_later.contains(&event_type.as_str()))
         .collect();
     let fixture_types: BTreeSet<String> = types.iter().map(|(t, _)| t.clone()).collect();
     assert_eq!(
@@ -245,9 +248,37 @@ fn fold(registry: &SchemaRegistry, records: &[Value]) -> BTreeMap<String, Value>
         .collect()
 }
 
+/// A booking state as the first release's fold wrote it: `BookingRequested` v2 moved the date of
+/// death up and sealed the people in `personal`; a v1 record's upcast keeps them as plaintext, so
+/// the first release's shape is rebuilt from it and compared whole. Any other change of meaning
+/// (a lost contact, a changed date, a state that is not plaintext) still fails.
+fn as_release_1(mut state: Value) -> Value {
+    let Some(details) = state
+        .pointer_mut("/booking/0")
+        .and_then(Value::as_object_mut)
+    else {
+        return state;
+    };
+    let date = details.remove("date_of_death").unwrap();
+    let personal = details.remove("personal").unwrap();
+    let plaintext = &personal["plaintext"];
+    details.insert(
+        "deceased".to_owned(),
+        json!({"full_name": plaintext["deceased_full_name"], "date_of_death": date}),
+    );
+    details.insert(
+        "family_contacts".to_owned(),
+        plaintext["family_contacts"].clone(),
+    );
+    state
+}
+
 #[test]
 fn the_first_releases_log_folds_into_the_states_that_release_reached() {
-    let states = fold(&registry(), &release_1());
+    let states: BTreeMap<String, Value> = fold(&registry(), &release_1())
+        .into_iter()
+        .map(|(stream, state)| (stream, as_release_1(state)))
+        .collect();
     if std::env::var_os("FM_BLESS_RELEASE_1").is_some() {
         std::fs::write(
             concat!(

@@ -66,13 +66,17 @@ impl TestStack {
             http: http_settings.clone(),
             kafka: kafka.clone(),
             database: database.clone(),
+            privacy: Some(test_support::privacy_settings()),
             ..projection_service::Settings::default()
         };
         let projection_url =
             spawn_app::<projection_service::Application>(projection_settings, &shutdown).await?;
 
-        let mut command_settings =
-            command_service::Settings::with_auth(test_support::auth_settings());
+        let mut command_settings = command_service::Settings::with_auth(
+            test_support::auth_settings(),
+            test_support::key_database(),
+            test_support::privacy_settings(),
+        );
         command_settings.http = http_settings.clone();
         command_settings.kafka = kafka.clone();
         let command_url =

@@ -236,6 +236,11 @@ impl PrivateBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The broker's files: its log segments, indexes and metadata, every byte it keeps.
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.join("kafka.log")
     }

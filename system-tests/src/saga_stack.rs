@@ -169,6 +169,7 @@ impl SagaStack {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(test_support::auth_env())
+            .envs(test_support::privacy_env())
             .envs(test_support::client_env(test_support::SAGA_RUNNER_CLIENT))
             .env("FM_HTTP__PORT", port.to_string())
             .env("FM_KAFKA__BROKERS", &self.stack.kafka.brokers)

@@ -61,6 +61,7 @@ impl Services {
             http: HttpSettings::on_port(0),
             kafka: kafka.clone(),
             database: database.clone(),
+            privacy: Some(test_support::privacy_settings()),
             ..projection_service::Settings::default()
         };
         projection.projector.lag_interval = Duration::from_millis(200);
@@ -68,7 +69,11 @@ impl Services {
             test_support::spawn_app::<projection_service::Application>(projection, &shutdown)
                 .await
                 .unwrap();
-        let mut command = command_service::Settings::with_auth(test_support::auth_settings());
+        let mut command = command_service::Settings::with_auth(
+            test_support::auth_settings(),
+            test_support::key_database(),
+            test_support::privacy_settings(),
+        );
         command.http = HttpSettings::on_port(0);
         command.kafka = kafka.clone();
         let command_url =

@@ -78,8 +78,8 @@ async fn a_gap_parks_the_aggregate_until_the_missing_event_arrives_and_a_duplica
         facility_id,
         service_type,
         slot,
-        deceased,
-        family_contacts,
+        date_of_death,
+        personal,
         price,
         ..
     } = fixtures::booking_requested()
@@ -91,8 +91,8 @@ async fn a_gap_parks_the_aggregate_until_the_missing_event_arrives_and_a_duplica
         facility_id,
         service_type,
         slot,
-        deceased,
-        family_contacts,
+        date_of_death,
+        personal,
         price,
     };
     let kind = AggregateType::Booking;

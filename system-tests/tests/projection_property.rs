@@ -55,6 +55,7 @@ fn harness() -> &'static Harness {
                     url: SecretString::from(database_url.clone()),
                     ..DatabaseSettings::default()
                 },
+                privacy: Some(test_support::privacy_settings()),
                 ..projection_service::Settings::default()
             };
             test_support::spawn_app::<projection_service::Application>(settings, &shutdown)
@@ -245,6 +246,7 @@ async fn run(ops: &[(u8, usize, u8)]) -> (FacilityId, Vec<BookingId>, Fold) {
                             service_type,
                             deceased,
                             family_contacts,
+                            personal,
                             price,
                             ..
                         } = fixtures::request_booking()
@@ -262,6 +264,7 @@ async fn run(ops: &[(u8, usize, u8)]) -> (FacilityId, Vec<BookingId>, Fold) {
                             slot: slot(0),
                             deceased,
                             family_contacts,
+                            personal,
                             price,
                             now: fixtures::now(),
                         }

@@ -27,6 +27,7 @@ async fn replica(kafka: &KafkaSettings, database_url: &str) -> (CancellationToke
             url: SecretString::from(database_url.to_owned()),
             ..DatabaseSettings::default()
         },
+        privacy: Some(test_support::privacy_settings()),
         ..projection_service::Settings::default()
     };
     let app = projection_service::Application::build(settings, stop.clone())

@@ -107,6 +107,7 @@ impl Pool {
 /// Everything a process of either release is started with.
 fn environment(kafka: &KafkaSettings, database_url: &str) -> Vec<(&'static str, String)> {
     let mut environment = test_support::auth_env();
+    environment.extend(test_support::privacy_env());
     environment.extend([
         ("FM_DATABASE__URL", database_url.to_owned()),
         ("FM_KAFKA__BROKERS", kafka.brokers.clone()),

@@ -26,7 +26,11 @@ struct Running {
 }
 
 async fn start(kafka: &KafkaSettings, snapshot: &Path) -> Running {
-    let mut settings = Settings::with_auth(test_support::auth_settings());
+    let mut settings = Settings::with_auth(
+        test_support::auth_settings(),
+        test_support::key_database(),
+        test_support::privacy_settings(),
+    );
     settings.http.port = 0;
     settings.kafka = kafka.clone();
     settings.commands.snapshot_path = Some(snapshot.to_path_buf());

@@ -257,3 +257,46 @@ pub async fn client_token((id, secret): (&str, &str)) -> anyhow::Result<String> 
     )
     .await
 }
+
+/// The master key every service a test starts is given (docs/privacy.md): fixed, so that
+/// services of one test, and `fmctl`, open each other's boxes. A test key, never a deployment's.
+pub const TEST_MASTER_KEYS: &str = "test-1:dGVzdC1tYXN0ZXIta2V5LW9mLTMyLWJ5dGVzLW9rISE=";
+
+/// Privacy settings with [`TEST_MASTER_KEYS`] and the data keys in the test server's database
+/// (`FM_TEST_DATABASE_URL`), whatever database the service itself is given: every service of a
+/// test, and `fmctl`, must reach the same keys.
+///
+/// # Panics
+/// When the test stack is not running (the message says how to run the tests).
+pub fn privacy_settings() -> privacy::PrivacySettings {
+    let mut settings = privacy::PrivacySettings::with_master_keys(TEST_MASTER_KEYS);
+    settings.database_url = Some(key_database().url);
+    settings
+}
+
+/// Where the data keys of the services a test starts live: the test server's database
+/// (`FM_TEST_DATABASE_URL`), shared by every test (booking ids never repeat).
+///
+/// # Panics
+/// When the test stack is not running (the message says how to run the tests).
+pub fn key_database() -> platform::settings::DatabaseSettings {
+    match required_env("FM_TEST_DATABASE_URL") {
+        Ok(url) => platform::settings::DatabaseSettings {
+            url: SecretString::from(url),
+            ..platform::settings::DatabaseSettings::default()
+        },
+        Err(error) => panic!("{error:#}"),
+    }
+}
+
+/// The environment that gives a service process the test's key store and master key
+/// (`FM_PRIVACY__DATABASE_URL`, `FM_PRIVACY__MASTER_KEYS`), as [`privacy_settings`].
+pub fn privacy_env() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "FM_PRIVACY__DATABASE_URL",
+            required_env("FM_TEST_DATABASE_URL").unwrap_or_default(),
+        ),
+        ("FM_PRIVACY__MASTER_KEYS", TEST_MASTER_KEYS.to_owned()),
+    ]
+}

@@ -1,12 +1,14 @@
-//! `POST /bookings`: a family (or a director for them) asks for a service.
+//! `POST /bookings`: a family (or a director for them) asks for a service; its lifecycle; and
+//! the booking's personal data: `POST /bookings/{id}/erase` and `GET /bookings/{id}/personal-data`
+//! (docs/privacy.md).
 
-use axum::{extract::State, http::StatusCode, response::Response};
+use axum::{Json, extract::State, http::StatusCode, response::Response};
 use chrono::{NaiveDate, Utc};
 use domain::{
     ValueError,
     booking::{
         Booking, BookingCommand, Deceased, FacilitySchedule, FamilyContact, MAX_FAMILY_CONTACTS,
-        OpenBookings,
+        OpenBookings, PersonalData, SealedPersonal,
     },
     facility::Facility,
     values::{
@@ -14,15 +16,16 @@ use domain::{
         Relationship, ServiceType, Slot,
     },
 };
-use platform::path::ValidPath;
+use platform::{auth::Caller, path::ValidPath};
+use privacy::Opened;
 use schemas::Role;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    AppState, Bookers, Empty, Services, Violations, WriteRequest, parse_variant, reason_text,
-    require_owner, written,
+    AppState, Bookers, Empty, Erasers, Services, Violations, WriteRequest, parse_variant,
+    reason_text, require_owner, written,
 };
 use crate::{commands::CommandError, error::ApiError};
 
@@ -178,6 +181,14 @@ impl RequestBooking {
             (Some(service_type), Some(slot), Some(full_name), Some(date_of_death), Some(price))
                 if contacts_valid =>
             {
+                // Sealed by the handler (`seal_personal`) before the command is decided: the
+                // plaintext never reaches the log.
+                let personal = SealedPersonal::Legacy {
+                    plaintext: PersonalData {
+                        deceased_full_name: full_name.clone(),
+                        family_contacts: contacts.clone(),
+                    },
+                };
                 Ok(BookingCommand::Request {
                     booking_id,
                     facility,
@@ -188,6 +199,7 @@ impl RequestBooking {
                         date_of_death,
                     },
                     family_contacts: contacts,
+                    personal,
                     price,
                     now: Utc::now(),
                 })
@@ -249,7 +261,7 @@ pub(crate) async fn request(
         opening_hours: profile.opening_hours.clone(),
     };
     let booking_id = request.context.new_aggregate_id("booking");
-    let command = request
+    let mut command = request
         .body
         .into_command(BookingId::from_uuid(booking_id), schedule)?;
     // A family holds at most so many open bookings (docs/security.md, API6); a director books
@@ -269,6 +281,8 @@ pub(crate) async fn request(
         }
         _ => None,
     };
+    // Sealed only once the request may go ahead: a refused one leaves no data key behind.
+    seal_personal(&state, booking_id, &mut command).await?;
     let executed = state
         .commands
         .execute::<Booking>(booking_id, None, command, &request.context)
@@ -278,6 +292,158 @@ pub(crate) async fn request(
         "booking_id",
         &executed.appended,
     ))
+}
+
+/// Seals a request's personal data under the booking's data key (made now, stored wrapped in
+/// `privacy.data_keys` before the event is appended; a retry gets the same key). A request the
+/// domain then refuses leaves a key that no event names, which holds nothing.
+async fn seal_personal(
+    state: &AppState,
+    booking_id: uuid::Uuid,
+    command: &mut BookingCommand,
+) -> Result<(), ApiError> {
+    if let BookingCommand::Request { personal, .. } = command
+        && let SealedPersonal::Legacy { plaintext } = personal
+    {
+        *personal = state.keys.seal(booking_id, plaintext).await?;
+    }
+    Ok(())
+}
+
+/// Why personal data is erased; optional, and so is the body. Never personal data itself.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Erasure {
+    #[serde(default)]
+    #[schema(example = "the family asked", min_length = 1, max_length = 500)]
+    reason: Option<String>,
+}
+
+/// Erase the booking's personal data: the deceased's name and every contact's name,
+/// relationship, e-mail and phone. Its data key is destroyed, then `PersonalDataErased` is
+/// recorded; from then on every reader shows those fields as erased and no letter goes to its
+/// contacts. Nothing else about the booking changes. Erasing again answers 200 and changes
+/// nothing. For directors and ops.
+#[utoipa::path(
+    post,
+    path = "/bookings/{id}/erase",
+    tag = "bookings",
+    request_body(content = Erasure, description = "Optional"),
+    params(("id" = Uuid, Path, description = "The booking id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Erased (or already erased)", body = BookingWritten),
+        (status = 404, description = "No such booking", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The key store or the log is unavailable; retry (an erasure is completed by its retry)", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn erase(
+    State(state): State<AppState>,
+    ValidPath(id): ValidPath<Uuid>,
+    request: WriteRequest<Erasure, Erasers>,
+) -> Result<Response, ApiError> {
+    let stream = state.commands.store().read::<Booking>(id);
+    require_owner(stream.owner.as_deref(), &request.caller, id)?;
+    let reason = request
+        .body
+        .reason
+        .as_deref()
+        .map(reason_text)
+        .transpose()?;
+    // The key first: once it is gone the data is erased, whatever happens next. A crash before
+    // the event is completed by the retry (or by the sweep at start, `crate::erasure`).
+    state.keys.erase(id).await?;
+    let command = BookingCommand::ErasePersonalData { reason };
+    lifecycle(&state, id, None, command, &request.context).await
+}
+
+/// What the system holds about a booking's people (`GET /bookings/{id}/personal-data`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PersonalDataExport {
+    booking_id: Uuid,
+    /// Whether the data was erased; then `deceased.full_name` and `family_contacts` are absent.
+    erased: bool,
+    deceased: DeceasedExport,
+    family_contacts: Option<Vec<ContactExport>>,
+    /// Where copies of this data live (docs/privacy.md).
+    held_in: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeceasedExport {
+    full_name: Option<String>,
+    date_of_death: NaiveDate,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ContactExport {
+    name: String,
+    relationship: String,
+    email: String,
+    phone: Option<String>,
+}
+
+/// Where a booking's personal data is kept, for the export (docs/privacy.md).
+const HELD_IN: &[&str] = &[
+    "event log: BookingRequested, encrypted under the booking's data key",
+    "privacy.data_keys: the booking's data key, wrapped by a master key",
+    "read model: the booking's row (deceased, family_contacts)",
+    "saga: the booking's facts (encrypted, opened when a letter is sent)",
+    "mail: letters sent to the family contacts",
+];
+
+/// Export the booking's personal data, decrypted, with where each copy lives. For directors and
+/// ops.
+#[utoipa::path(
+    get,
+    path = "/bookings/{id}/personal-data",
+    tag = "bookings",
+    params(("id" = Uuid, Path, description = "The booking id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What is held about the booking's people", body = PersonalDataExport),
+        (status = 404, description = "No such booking", body = platform::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn personal_data(
+    State(state): State<AppState>,
+    ValidPath(id): ValidPath<Uuid>,
+    caller: Caller,
+) -> Result<Json<PersonalDataExport>, ApiError> {
+    caller.require(&[Role::Director, Role::Ops])?;
+    let stream = state.commands.store().read::<Booking>(id);
+    require_owner(stream.owner.as_deref(), &caller, id)?;
+    let Some(details) = stream.state.details() else {
+        return Err(ApiError::NotFound { field: "id", id });
+    };
+    let opened = if stream.state.personal_data_erased() {
+        Opened::Erased
+    } else {
+        state.keys.open(id, &details.personal).await?
+    };
+    let personal = opened.personal();
+    Ok(Json(PersonalDataExport {
+        booking_id: id,
+        erased: personal.is_none(),
+        deceased: DeceasedExport {
+            full_name: personal
+                .as_ref()
+                .map(|p| p.deceased_full_name.as_str().to_owned()),
+            date_of_death: details.date_of_death,
+        },
+        family_contacts: personal.map(|p| {
+            p.family_contacts
+                .into_iter()
+                .map(|c| ContactExport {
+                    name: c.name.as_str().to_owned(),
+                    relationship: c.relationship.as_str().to_owned(),
+                    email: c.email.as_str().to_owned(),
+                    phone: c.phone.map(|phone| phone.as_str().to_owned()),
+                })
+                .collect()
+        }),
+        held_in: HELD_IN.to_vec(),
+    }))
 }
 
 /// Cancel a booking before its service starts. A family may cancel only its own bookings.

@@ -54,6 +54,8 @@ pub(crate) struct AppState {
     pub(crate) producer: EventProducer,
     pub(crate) verifier: Arc<Verifier>,
     pub(crate) limits: Arc<Limits>,
+    /// The data keys: sealing a new booking's personal data, erasing and exporting it.
+    pub(crate) keys: Arc<privacy::KeyStore>,
 }
 
 /// The limits on the flow (`FM_LIMITS__…`, docs/security.md).
@@ -129,6 +131,11 @@ pub(crate) fn router(state: AppState) -> Router {
             command("fail_booking", post(bookings::fail)),
         )
         .route(
+            "/bookings/{id}/erase",
+            command("erase_personal_data", post(bookings::erase)),
+        )
+        .route("/bookings/{id}/personal-data", get(bookings::personal_data))
+        .route(
             "/bookings/{id}/payment/captured",
             command("record_capture", post(payments::captured)),
         )
@@ -180,6 +187,13 @@ impl Roles for Directors {
 pub(crate) struct Bookers;
 impl Roles for Bookers {
     const ALLOWED: &'static [Role] = &[Role::Director, Role::Family];
+}
+
+/// Erasing a booking's personal data: directors and ops.
+#[derive(Debug)]
+pub(crate) struct Erasers;
+impl Roles for Erasers {
+    const ALLOWED: &'static [Role] = &[Role::Director, Role::Ops];
 }
 
 /// The saga's internal commands: services only.

@@ -97,6 +97,8 @@ const WRITE_ROUTES: Shared = Shared {
         super::facilities::release_slot,
         super::bookings::request,
         super::bookings::cancel,
+        super::bookings::erase,
+        super::bookings::personal_data,
         super::bookings::mark_slot_held,
         super::bookings::confirm,
         super::bookings::reject,

@@ -24,8 +24,11 @@ use crate::values::{
 };
 use crate::{Aggregate, DomainError, DomainEvent, ValueError};
 
+mod personal;
 #[cfg(test)]
 mod tests;
+
+pub use personal::{EncryptedPersonal, PersonalData, SealedPersonal};
 
 /// The booking aggregate (a type-level marker; the data lives in [`BookingState`]).
 #[derive(Debug)]
@@ -178,10 +181,11 @@ pub struct BookingDetails {
     pub service_type: ServiceType,
     /// When.
     pub slot: Slot,
-    /// For whom.
-    pub deceased: Deceased,
-    /// Whom to tell; never empty.
-    pub family_contacts: Vec<FamilyContact>,
+    /// The deceased's date of death (not personal on its own: docs/privacy.md).
+    pub date_of_death: NaiveDate,
+    /// The deceased's name and whom to tell, sealed: the aggregate never holds them in the
+    /// clear.
+    pub personal: SealedPersonal,
     /// The agreed price.
     pub price: Money,
 }
@@ -191,6 +195,9 @@ pub struct BookingDetails {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BookingState {
     booking: Option<(BookingDetails, BookingStatus)>,
+    /// Whether the booking's personal data was erased (its data key destroyed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    personal_data_erased: bool,
 }
 
 impl BookingState {
@@ -245,9 +252,17 @@ impl BookingState {
             }
         }
     }
+
+    /// Whether the booking's personal data has been erased.
+    pub fn personal_data_erased(&self) -> bool {
+        self.personal_data_erased
+    }
 }
 
 /// What a caller asks a booking to do.
+// A command lives for one request on the stack: a request, with its sealed box beside the
+// plaintext it was sealed from, is larger than the rest, and boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BookingCommand {
     /// A family (or a director for them) asks for a service.
@@ -264,6 +279,9 @@ pub enum BookingCommand {
         deceased: Deceased,
         /// Whom to tell; at least one.
         family_contacts: Vec<FamilyContact>,
+        /// The deceased's name and the contacts above, sealed by the caller under the booking's
+        /// data key: what the event carries instead of them.
+        personal: SealedPersonal,
         /// The agreed price.
         price: Money,
         /// The time now, from the caller's clock.
@@ -290,6 +308,12 @@ pub enum BookingCommand {
         /// The time now, from the caller's clock.
         now: DateTime<Utc>,
     },
+    /// The booking's data key has been destroyed: record the erasure (any status; repeating it
+    /// is accepted with no events).
+    ErasePersonalData {
+        /// Why, if said (never personal data itself).
+        reason: Option<String>,
+    },
 }
 
 impl BookingCommand {
@@ -302,6 +326,7 @@ impl BookingCommand {
             Self::Reject { .. } => "reject",
             Self::Fail { .. } => "fail",
             Self::Cancel { .. } => "cancel",
+            Self::ErasePersonalData { .. } => "erase_personal_data",
         }
     }
 }
@@ -324,10 +349,10 @@ pub enum BookingEvent {
         service_type: ServiceType,
         /// When.
         slot: Slot,
-        /// For whom.
-        deceased: Deceased,
-        /// Whom to tell.
-        family_contacts: Vec<FamilyContact>,
+        /// The deceased's date of death.
+        date_of_death: NaiveDate,
+        /// The deceased's name and whom to tell, sealed ([`SealedPersonal`]).
+        personal: SealedPersonal,
         /// The agreed price.
         price: Money,
     },
@@ -357,6 +382,14 @@ pub enum BookingEvent {
         /// Whether it had been confirmed, i.e. paid: the saga then refunds and releases.
         was_confirmed: bool,
     },
+    /// The booking's personal data was erased: its data key is destroyed, so every reader shows
+    /// those fields as erased. Nothing else about the booking changes. Who erased it is the
+    /// envelope's actor.
+    #[serde(rename = "PersonalDataErased")]
+    PersonalDataErased {
+        /// Why, if said.
+        reason: Option<String>,
+    },
 }
 
 impl DomainEvent for BookingEvent {
@@ -368,21 +401,26 @@ impl DomainEvent for BookingEvent {
             Self::BookingRejected { .. } => "BookingRejected",
             Self::BookingFailed { .. } => "BookingFailed",
             Self::BookingCancelled { .. } => "BookingCancelled",
+            Self::PersonalDataErased { .. } => "PersonalDataErased",
         }
     }
 
     fn event_version(&self) -> u16 {
-        1
+        match self {
+            Self::BookingRequested { .. } => 2,
+            _ => 1,
+        }
     }
 
     fn catalogue() -> &'static [(&'static str, u16)] {
         &[
-            ("BookingRequested", 1),
+            ("BookingRequested", 2),
             ("BookingSlotHeld", 1),
             ("BookingConfirmed", 1),
             ("BookingRejected", 1),
             ("BookingFailed", 1),
             ("BookingCancelled", 1),
+            ("PersonalDataErased", 1),
         ]
     }
 }
@@ -417,6 +455,7 @@ impl Aggregate for Booking {
                 slot,
                 deceased,
                 family_contacts,
+                personal,
                 price,
                 now,
             } => {
@@ -429,10 +468,18 @@ impl Aggregate for Booking {
                     facility_id: facility.facility_id,
                     service_type,
                     slot,
-                    deceased,
-                    family_contacts,
+                    date_of_death: deceased.date_of_death,
+                    personal,
                     price,
                 }])
+            }
+            BookingCommand::ErasePersonalData { reason } => {
+                existing()?;
+                if state.personal_data_erased {
+                    Ok(vec![])
+                } else {
+                    Ok(vec![BookingEvent::PersonalDataErased { reason }])
+                }
             }
             BookingCommand::MarkSlotHeld => match existing()?.1 {
                 SlotHeld => Ok(vec![]),
@@ -478,8 +525,8 @@ impl Aggregate for Booking {
                 facility_id,
                 service_type,
                 slot,
-                deceased,
-                family_contacts,
+                date_of_death,
+                personal,
                 price,
             } => {
                 state.booking = Some((
@@ -488,8 +535,8 @@ impl Aggregate for Booking {
                         facility_id: *facility_id,
                         service_type: *service_type,
                         slot: *slot,
-                        deceased: deceased.clone(),
-                        family_contacts: family_contacts.clone(),
+                        date_of_death: *date_of_death,
+                        personal: personal.clone(),
                         price: *price,
                     },
                     BookingStatus::Requested,
@@ -501,6 +548,10 @@ impl Aggregate for Booking {
             BookingEvent::BookingRejected { .. } => BookingStatus::Rejected,
             BookingEvent::BookingFailed { .. } => BookingStatus::Failed,
             BookingEvent::BookingCancelled { .. } => BookingStatus::Cancelled,
+            BookingEvent::PersonalDataErased { .. } => {
+                state.personal_data_erased = true;
+                return state;
+            }
         };
         if let Some((_, status)) = state.booking.as_mut() {
             *status = next;

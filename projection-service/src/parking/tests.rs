@@ -75,12 +75,14 @@ async fn project(
     registry: &SchemaRegistry,
     records: &[Logged],
 ) -> Vec<RecordOutcome> {
+    let keys = crate::read_models::tests::keys().await;
     let mut outcomes = Vec::new();
     for record in records {
         let mut tx = conn.begin().await.unwrap();
         let projected = project_record(
             &mut tx,
             registry,
+            &keys,
             &topics(),
             &record.bytes,
             &record.position,
@@ -262,14 +264,22 @@ async fn an_unknown_version_parks_its_aggregate_until_a_release_that_knows_it_ap
 
     // The old reader starting again changes nothing: it still does not know v2.
     let mut tx = conn.begin().await.unwrap();
-    assert_eq!(drain_all(&mut tx, &old).await.unwrap(), (0, 2));
+    assert_eq!(
+        drain_all(&mut tx, &old, &crate::read_models::tests::keys().await)
+            .await
+            .unwrap(),
+        (0, 2)
+    );
     tx.commit().await.unwrap();
     assert_eq!(read_models(&mut conn).await, seen);
 
     // A reader of this release starts on the same build: everything parked is applied, in
     // order, and the read models are exactly those of a reader that knew it all along.
     let mut tx = conn.begin().await.unwrap();
-    let (applied, still_parked) = drain_all(&mut tx, &full).await.unwrap();
+    let (applied, still_parked) =
+        drain_all(&mut tx, &full, &crate::read_models::tests::keys().await)
+            .await
+            .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
         (applied, still_parked),

@@ -1,18 +1,48 @@
 //! The `bookings` read model, with the saga's progress (today: the lifecycle history) and, since
 //! read-model version 2, the role of whoever moved the booking to its status
 //! (`status_changed_by`: a cancellation by the `family` or by a `director`, the saga's `system`).
+//!
+//! The personal columns (`deceased`, `family_contacts`) are written in the clear from the sealed
+//! box of `BookingRequested`, opened with the booking's data key; once the key is destroyed
+//! (`PersonalDataErased`, or a rebuild that finds no key) both hold the JSON string `"erased"`
+//! (docs/privacy.md).
 
-use domain::booking::{BookingEvent, BookingStatus};
+use domain::booking::{BookingEvent, BookingStatus, SealedPersonal};
 use event_log::resolution::Admission;
+use privacy::{KeyStore, Opened};
 use schemas::EventEnvelope;
 use sqlx::PgConnection;
 
 use super::{Applied, ApplyError, admission, version_of, wire_json, wire_text};
 
+/// What the personal columns hold once the data is erased.
+pub(crate) const ERASED: &str = "erased";
+
+/// The personal columns of a booking: `deceased` and `family_contacts`, in the clear, or
+/// [`ERASED`] in both.
+async fn personal_columns(
+    keys: &KeyStore,
+    envelope: &EventEnvelope,
+    date_of_death: chrono::NaiveDate,
+    personal: &SealedPersonal,
+) -> Result<(serde_json::Value, serde_json::Value), ApplyError> {
+    match keys.open(envelope.aggregate_id, personal).await? {
+        Opened::Personal(personal) => Ok((
+            serde_json::json!({
+                "full_name": personal.deceased_full_name,
+                "date_of_death": date_of_death,
+            }),
+            wire_json(&personal.family_contacts),
+        )),
+        Opened::Erased => Ok((serde_json::json!(ERASED), serde_json::json!(ERASED))),
+    }
+}
+
 const LOCK: &str = "SELECT version FROM bookings WHERE booking_id = $1 FOR UPDATE";
 
 pub(crate) async fn apply(
     conn: &mut PgConnection,
+    keys: &KeyStore,
     event: &BookingEvent,
     envelope: &EventEnvelope,
 ) -> Result<Applied, ApplyError> {
@@ -27,11 +57,13 @@ pub(crate) async fn apply(
             facility_id,
             service_type,
             slot,
-            deceased,
-            family_contacts,
+            date_of_death,
+            personal,
             price,
             ..
         } => {
+            let (deceased, family_contacts) =
+                personal_columns(keys, envelope, *date_of_death, personal).await?;
             let price = wire_json(price);
             sqlx::query(
                 "INSERT INTO bookings (booking_id, facility_id, service_type, status, slot_start, slot_end, slot, \
@@ -46,8 +78,8 @@ pub(crate) async fn apply(
             .bind(slot.start_utc())
             .bind(slot.end_utc())
             .bind(wire_json(slot))
-            .bind(wire_json(deceased))
-            .bind(wire_json(family_contacts))
+            .bind(deceased)
+            .bind(family_contacts)
             .bind(price["amount_minor"].as_i64().unwrap_or_default())
             .bind(price["currency"].as_str().unwrap_or_default())
             .bind(&envelope.actor.subject)
@@ -66,6 +98,19 @@ pub(crate) async fn apply(
         BookingEvent::BookingRejected { reason } => (BookingStatus::Rejected, Some(reason.clone())),
         BookingEvent::BookingFailed { reason } => (BookingStatus::Failed, Some(reason.clone())),
         BookingEvent::BookingCancelled { reason, .. } => (BookingStatus::Cancelled, reason.clone()),
+        BookingEvent::PersonalDataErased { .. } => {
+            sqlx::query(
+                "UPDATE bookings SET deceased = $2, family_contacts = $2, version = $3, updated_at = $4 \
+                 WHERE booking_id = $1",
+            )
+            .bind(envelope.aggregate_id)
+            .bind(serde_json::json!(ERASED))
+            .bind(version)
+            .bind(envelope.occurred_at)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(Applied::Changed);
+        }
     };
     sqlx::query(
         "UPDATE bookings SET status = $2, status_reason = COALESCE($3, status_reason), version = $4, \

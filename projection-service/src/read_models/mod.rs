@@ -16,7 +16,7 @@ pub(crate) mod bookings;
 pub(crate) mod facilities;
 pub(crate) mod payments;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use event_log::resolution::{Admission, admit};
 use schemas::{AggregateType, ContractViolation, EventEnvelope, SchemaRegistry};
@@ -46,10 +46,22 @@ pub(crate) enum ApplyError {
     Database(#[from] sqlx::Error),
 }
 
+/// The key store failed (PostgreSQL, or a key that does not open): like the database failing, the
+/// batch is retried; nothing is applied without its personal data.
+impl From<privacy::PrivacyError> for ApplyError {
+    fn from(error: privacy::PrivacyError) -> Self {
+        match error {
+            privacy::PrivacyError::Database(error) => Self::Database(error),
+            other => Self::Database(sqlx::Error::Configuration(Box::new(other))),
+        }
+    }
+}
+
 /// Applies one validated envelope inside the caller's transaction.
 pub(crate) async fn apply(
     conn: &mut PgConnection,
     registry: &SchemaRegistry,
+    keys: &privacy::KeyStore,
     envelope: &EventEnvelope,
 ) -> Result<Applied, ApplyError> {
     match envelope.aggregate_type {
@@ -57,7 +69,7 @@ pub(crate) async fn apply(
             facilities::apply(conn, &registry.decode(envelope)?, envelope).await
         }
         AggregateType::Booking => {
-            bookings::apply(conn, &registry.decode(envelope)?, envelope).await
+            bookings::apply(conn, keys, &registry.decode(envelope)?, envelope).await
         }
         AggregateType::Payment => {
             payments::apply(conn, &registry.decode(envelope)?, envelope).await

@@ -25,12 +25,25 @@ async fn live_version(pool: &PgPool) -> PoolConnection<Postgres> {
     conn
 }
 
+/// The key store of the test server (`test_support::privacy_settings`). The fixtures' sealed
+/// boxes have no key there, so their personal columns read `"erased"`; the tests that open a
+/// box seal it with this store.
+pub(crate) async fn keys() -> privacy::KeyStore {
+    privacy::KeyStore::connect(
+        &platform::settings::DatabaseSettings::default(),
+        &test_support::privacy_settings(),
+    )
+    .await
+    .unwrap()
+}
+
 /// Applies every envelope in order and returns what each came to.
 async fn apply_all(conn: &mut PgConnection, envelopes: &[EventEnvelope]) -> Vec<Applied> {
     let registry = SchemaRegistry::load().unwrap();
+    let keys = keys().await;
     let mut applied = Vec::new();
     for envelope in envelopes {
-        applied.push(apply(conn, &registry, envelope).await.unwrap());
+        applied.push(apply(conn, &registry, &keys, envelope).await.unwrap());
     }
     applied
 }
@@ -164,7 +177,7 @@ async fn an_event_that_does_not_decode_is_refused_before_anything_is_written(poo
         .clone();
     request.data = serde_json::json!({"not": "a booking"});
 
-    let refused = apply(&mut conn, &registry, &request).await;
+    let refused = apply(&mut conn, &registry, &keys().await, &request).await;
 
     assert!(
         matches!(refused, Err(super::ApplyError::Contract(_))),
@@ -198,5 +211,81 @@ async fn a_booking_remembers_the_role_of_whoever_set_its_status(pool: PgPool) {
             ("cancelled".to_owned(), "family".to_owned()),
             ("confirmed".to_owned(), "system".to_owned()),
         ]
+    );
+}
+
+#[sqlx::test(migrator = "crate::startup::MIGRATOR")]
+async fn the_personal_columns_are_opened_with_the_bookings_key_and_erased_with_it(pool: PgPool) {
+    let mut conn = live_version(&pool).await;
+    let (_, mut story) = booking_story(1);
+    let keys = keys().await;
+    let request = story
+        .iter_mut()
+        .find(|e| e.event_type == "BookingRequested")
+        .unwrap();
+    let booking_id = request.aggregate_id;
+    let sealed = keys
+        .seal(booking_id, &domain::fixtures::personal_data())
+        .await
+        .unwrap();
+    request.data["personal"] = serde_json::to_value(&sealed).unwrap();
+    apply_all(&mut conn, &story).await;
+    let row = format!("FROM bookings WHERE booking_id = '{booking_id}'");
+    assert_eq!(
+        text(&mut conn, &format!("SELECT deceased->>'full_name' {row}")).await,
+        "Ada Lovelace"
+    );
+    assert_eq!(
+        text(
+            &mut conn,
+            &format!("SELECT family_contacts->0->>'email' {row}")
+        )
+        .await,
+        "byron@example.org"
+    );
+    let status = text(&mut conn, &format!("SELECT status {row}")).await;
+
+    keys.erase(booking_id).await.unwrap();
+    let mut erased = story
+        .iter()
+        .filter(|e| e.aggregate_id == booking_id)
+        .max_by_key(|e| e.sequence)
+        .unwrap()
+        .clone();
+    erased.event_id = uuid::Uuid::new_v4();
+    erased.sequence += 1;
+    erased.event_type = "PersonalDataErased".to_owned();
+    erased.event_version = 1;
+    erased.idempotency = None;
+    erased.data = serde_json::json!({"reason": "the family asked"});
+    assert_eq!(apply_all(&mut conn, &[erased]).await, [Applied::Changed]);
+    assert_eq!(
+        text(
+            &mut conn,
+            &format!("SELECT deceased::text || family_contacts::text {row}")
+        )
+        .await,
+        r#""erased""erased""#
+    );
+    assert_eq!(
+        text(&mut conn, &format!("SELECT status {row}")).await,
+        status
+    );
+
+    // A rebuild finds no key: it writes "erased" from the request itself.
+    let mut rebuilt = live_version(&pool).await;
+    sqlx::query("DELETE FROM bookings")
+        .execute(&mut *rebuilt)
+        .await
+        .unwrap();
+    let requests: Vec<_> = story
+        .iter()
+        .filter(|e| e.event_type == "BookingRequested")
+        .cloned()
+        .collect();
+    apply_all(&mut rebuilt, &requests).await;
+    assert_eq!(
+        text(&mut rebuilt, &format!("SELECT deceased::text {row}")).await,
+        r#""erased""#
     );
 }

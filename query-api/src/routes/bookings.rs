@@ -59,9 +59,12 @@ pub(crate) struct BookingView {
     /// `{"start", "end"}` as requested, RFC 3339 with offsets.
     #[schema(value_type = Object)]
     slot: serde_json::Value,
-    #[schema(value_type = Object)]
+    /// `{"full_name", "date_of_death"}`, or the string `"erased"` once the booking's personal data
+    /// is erased (docs/privacy.md).
+    #[schema(value_type = serde_json::Value)]
     deceased: serde_json::Value,
-    #[schema(value_type = Vec<Object>)]
+    /// `[{"name", "relationship", "email", "phone"}]`, or the string `"erased"`.
+    #[schema(value_type = serde_json::Value)]
     family_contacts: serde_json::Value,
     #[sqlx(flatten)]
     price: Price,

@@ -133,7 +133,10 @@ fn reserves_the_slot_of_a_new_request() {
     let request = saga.saga.request.as_ref().expect("request kept");
     assert_eq!(request.slot, fixtures::slot());
     assert_eq!(request.price, fixtures::price());
-    assert_eq!(request.recipients, vec![fixtures::family_contact().email]);
+    // The recipients stay sealed until a letter is sent.
+    assert_eq!(request.personal, Some(fixtures::sealed_personal()));
+    assert!(request.recipients.is_empty());
+    assert!(!serde_json::to_string(&saga.saga).unwrap().contains("byron"));
     assert_eq!(saga.saga.correlation_id, Some(Uuid::from_u128(7)));
 }
 

@@ -1061,3 +1061,56 @@ fn without_the_saga_no_saga_mail_or_terminal_check_applies() {
     let report = check(&inputs);
     assert!(report.passed(), "{}", report.render(20));
 }
+
+#[test]
+fn a_sealed_booking_is_read_without_its_people_and_its_letter_must_reach_one_family_only() {
+    let booking = id(0xB9);
+    let mut story = Story {
+        version: Some(2),
+        ..Story::default()
+    };
+    story.event_on(
+        0,
+        Kind::Booking,
+        booking,
+        1,
+        "BookingRequested",
+        DIRECTOR,
+        None,
+        json!({
+            "booking_id": booking, "facility_id": id(FACILITY), "service_type": "burial",
+            "slot": slot(9), "date_of_death": "2030-01-01",
+            "personal": {"key_id": id(1), "nonce": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYX", "ciphertext": "c2VhbGVk"},
+            "price": {"amount_minor": 100_000, "currency": "GBP"},
+        }),
+    );
+    story.version = Some(1);
+    story.event_on(
+        0,
+        Kind::Booking,
+        booking,
+        2,
+        "PersonalDataErased",
+        DIRECTOR,
+        None,
+        json!({"reason": null}),
+    );
+    let history = History::build(&story.records, PREFIX);
+    let fold = &history.bookings[&booking];
+    assert_eq!(fold.emails, None);
+    assert_eq!(fold.status, "requested", "an erasure changes no status");
+    assert_eq!(fold.version, 2);
+
+    let to = |addresses: &[&str]| Mail {
+        file: "new/m".into(),
+        message_id: Some("m".into()),
+        to: addresses.iter().map(|a| (*a).to_owned()).collect(),
+    };
+    let mut report = Report::default();
+    let one_family = to(&["family-1@soak.example", "family-1-b@soak.example"]);
+    check_recipients("m", &[&one_family], fold, &mut report);
+    assert!(violated(&report).is_empty(), "{:?}", report.violations);
+    let two_families = to(&["family-1@soak.example", "family-2@soak.example"]);
+    check_recipients("m", &[&two_families], fold, &mut report);
+    assert_only(&report, Invariant::OneMailPerOutcome);
+}

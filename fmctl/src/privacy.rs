@@ -1,0 +1,149 @@
+//! `fmctl privacy status` and `fmctl privacy rewrap`: the bookings' data keys and the master keys
+//! that wrap them (docs/privacy.md, docs/operations.md "Master-key rotation"); and opening a
+//! booking's sealed personal data for `fmctl events history` when the operator has the master
+//! keys.
+//!
+//! Reads `FM_DATABASE__URL` (or `FM_PRIVACY__DATABASE_URL`) and `FM_PRIVACY__MASTER_KEYS`, like
+//! the services.
+
+use anyhow::Context;
+use clap::Subcommand;
+use domain::booking::SealedPersonal;
+use platform::settings::DatabaseSettings;
+use privacy::{KeyStore, Opened, PrivacySettings};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PrivacyCommand {
+    /// How many data keys each master key wraps, how many bookings are erased, and which master
+    /// key wraps new keys. A master key may be removed from the settings once it wraps none.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also read the booking topic and count the bookings written before this release
+        /// (`BookingRequested` v1, personal data in plaintext in the broker's files), and how
+        /// many of them are erased everywhere but there.
+        #[arg(long)]
+        log: bool,
+    },
+    /// Re-wrap every data key under the first master key of `FM_PRIVACY__MASTER_KEYS`, a row at a
+    /// time (idempotent; safe while the services run).
+    Rewrap,
+}
+
+#[derive(Debug, Deserialize)]
+struct Settings {
+    #[serde(default)]
+    database: DatabaseSettings,
+    privacy: Option<PrivacySettings>,
+}
+
+/// The key store of the settings, if they name master keys.
+pub(crate) async fn key_store() -> anyhow::Result<Option<KeyStore>> {
+    let settings: Settings =
+        platform::settings::load().context("Failed to read the FM_* configuration")?;
+    let Some(privacy) = settings.privacy else {
+        return Ok(None);
+    };
+    Ok(Some(
+        KeyStore::connect(&settings.database, &privacy)
+            .await
+            .context("Failed to open the data keys (FM_DATABASE__URL, FM_PRIVACY__MASTER_KEYS)")?,
+    ))
+}
+
+pub(crate) async fn privacy(command: PrivacyCommand) -> anyhow::Result<()> {
+    let keys = key_store()
+        .await?
+        .context("FM_PRIVACY__MASTER_KEYS is not set")?;
+    match command {
+        PrivacyCommand::Status { json, log } => {
+            let status = keys.status().await?;
+            let plaintext = if log {
+                Some(plaintext_in_log(&keys).await?)
+            } else {
+                None
+            };
+            if json {
+                let mut value = serde_json::to_value(&status)?;
+                if let Some((bookings, erased)) = plaintext {
+                    value["plaintext_in_log"] =
+                        json!({"bookings": bookings, "erased_elsewhere": erased});
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                if let Some((bookings, erased)) = plaintext {
+                    println!(
+                        "bookings with plaintext in the broker's files (BookingRequested v1): \
+                         {bookings}, of which {erased} erased everywhere else"
+                    );
+                }
+                println!(
+                    "new data keys are wrapped by: {}",
+                    status.current_master_key
+                );
+                for (master, count) in &status.by_master_key {
+                    println!("  {master}: {count} data keys");
+                }
+                println!("erased bookings: {}", status.erased);
+            }
+        }
+        PrivacyCommand::Rewrap => {
+            let moved = keys.rewrap().await?;
+            let status = keys.status().await?;
+            println!(
+                "re-wrapped {moved} data keys under {}",
+                status.current_master_key
+            );
+        }
+    }
+    Ok(())
+}
+
+/// How many bookings of the log were requested as `BookingRequested` v1 (plaintext in the
+/// broker's files), and how many of those are erased in the key store.
+async fn plaintext_in_log(keys: &KeyStore) -> anyhow::Result<(usize, usize)> {
+    let kafka = crate::inspect::kafka_settings()?;
+    let topic = event_log::Topics::new(&kafka.topic_prefix).events(schemas::AggregateType::Booking);
+    let mut bookings = Vec::new();
+    crate::inspect::scan(
+        &kafka,
+        vec![topic],
+        crate::inspect::Start::Beginning,
+        false,
+        |record| {
+            if let Some(envelope) = &record.envelope
+                && envelope.event_type == "BookingRequested"
+                && record.stored_version == Some(1)
+            {
+                bookings.push(envelope.aggregate_id);
+            }
+            Ok(true)
+        },
+    )
+    .await?;
+    let mut erased = 0;
+    for booking in &bookings {
+        erased += usize::from(keys.is_erased(*booking).await?);
+    }
+    Ok((bookings.len(), erased))
+}
+
+/// `data` of a `BookingRequested` (v2, as read) with its sealed `personal` opened: the data in
+/// the clear, or `"erased"`. Unchanged when it does not decode as a sealed box.
+pub(crate) async fn open_personal(keys: &KeyStore, booking_id: Uuid, data: &mut Value) {
+    let Some(sealed) = data
+        .get("personal")
+        .and_then(|personal| serde_json::from_value::<SealedPersonal>(personal.clone()).ok())
+    else {
+        return;
+    };
+    data["personal"] = match keys.open(booking_id, &sealed).await {
+        Ok(Opened::Personal(personal)) => json!({ "opened": personal }),
+        Ok(Opened::Erased) => json!("erased"),
+        Err(error) => json!({ "unopened": error.to_string() }),
+    };
+}
