@@ -132,7 +132,17 @@ async fn racing_writers_on_two_processes_never_double_book_and_every_loser_is_to
     let urls = [a.url.clone(), b.url.clone()];
     let director = token(Role::Director, "director-1").await;
     let saga = token(Role::System, "saga").await;
-    let client = Client::new();
+    // One connection per request, and a deadline on each: a CI run once hung here for good with
+    // every client task idle and no socket open, after B was killed under 440 concurrent
+    // requests: hyper's pool left a checkout waiting for an idle connection that never came
+    // (hyperium/hyper#2312). Without a pool no request waits on another's connection, and a
+    // request that still hangs ends as an unanswered one, which the checks below allow only
+    // for the killed process.
+    let client = Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
 
     // Three facilities and twenty bookings, written through A, known to B before the race.
     let mut facilities = Vec::new();
@@ -290,9 +300,20 @@ async fn racing_writers_on_two_processes_never_double_book_and_every_loser_is_to
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     b.child.start_kill().unwrap();
-    b.child.wait().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), b.child.wait())
+        .await
+        .expect("the killed process B was not reaped within 30 s")
+        .unwrap();
     for client in clients {
-        client.await.unwrap();
+        tokio::time::timeout(Duration::from_mins(5), client)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "a client was still waiting 5 min after B was killed ({} answers in)",
+                    answered.load(Ordering::SeqCst)
+                )
+            })
+            .unwrap();
     }
     let answers = answers.lock().unwrap().clone();
 
