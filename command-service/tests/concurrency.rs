@@ -140,7 +140,7 @@ async fn racing_writers_on_two_processes_never_double_book_and_every_loser_is_to
     // for the killed process.
     let client = Client::builder()
         .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(60))
+        .timeout(Duration::from_mins(1))
         .build()
         .unwrap();
 
