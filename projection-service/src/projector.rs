@@ -408,8 +408,9 @@ impl ReadModels {
     }
 }
 
-/// A building build's switch: once the build has read up to the end of the log observed at its
-/// first check, it tries to switch it live, every `switch_check_interval` until it has.
+/// A building build's switch: once the build is within one batch of the end of the log (see
+/// [`Switch::reached_target`]), it tries to switch it live, every `switch_check_interval` until
+/// it has.
 struct Switch {
     model: ReadModel,
     build: i32,
@@ -418,9 +419,9 @@ struct Switch {
     watermarks: Arc<StreamConsumer>,
     partitions: Vec<TopicPartition>,
     config: ProjectorConfig,
-    /// The end of the log observed when it first looked, which the build must reach before it
-    /// may switch (the end itself moves on under load; what happens after this point is applied
-    /// to the new build as well, so nothing is missed at the switch).
+    /// The end of the log observed at the last look, which the build must reach before it looks
+    /// again (the end moves on under load; what is written after it is applied to the new build
+    /// as well, so nothing is missed at the switch).
     target: Option<BTreeMap<TopicPartition, i64>>,
 }
 
@@ -470,31 +471,45 @@ impl Switch {
         }
     }
 
-    /// Whether the stored offsets have reached the switch target on every partition (the target
-    /// is observed on the first call).
+    /// Whether the build has caught up with the log: its stored offsets have reached the end
+    /// observed at the last look, and the end observed now is within one batch of them.
+    ///
+    /// One look is not enough: a build takes minutes, writes go on meanwhile, and a build that
+    /// switched on reaching the end seen at its start would go live (and its query-apis ready)
+    /// that many minutes behind, so a read with a fresh consistency token would wait the
+    /// difference out and time out (CI run 15, `read_model_rollout`). So each time the build
+    /// reaches the end it last saw, it looks again; it switches once what is left is no more
+    /// than one batch, and otherwise chases the new end.
     async fn reached_target(&mut self) -> anyhow::Result<bool> {
-        if self.target.is_none() {
-            let watermarks = self.watermarks.clone();
-            let partitions = self.partitions.clone();
-            let settings = self.config.kafka.clone();
-            let ends = tokio::task::spawn_blocking(move || {
-                consumer::end_offsets(&watermarks, &partitions, &settings)
-            })
-            .await??;
-            tracing::info!(
-                version = self.model.version,
-                build = self.build,
-                ?ends,
-                "the build will switch live once it has read this far"
-            );
-            self.target = Some(ends);
-        }
         let mut conn = self.pool.acquire().await?;
         let stored = OFFSETS.stored(&mut conn).await?;
-        Ok(self
-            .target
-            .iter()
-            .flatten()
-            .all(|(tp, end)| stored.get(tp).copied().unwrap_or(0) >= *end))
+        drop(conn);
+        let read = |tp: &TopicPartition| stored.get(tp).copied().unwrap_or(0);
+        if let Some(target) = &self.target
+            && target.iter().any(|(tp, end)| read(tp) < *end)
+        {
+            return Ok(false);
+        }
+        let watermarks = self.watermarks.clone();
+        let partitions = self.partitions.clone();
+        let settings = self.config.kafka.clone();
+        let ends = tokio::task::spawn_blocking(move || {
+            consumer::end_offsets(&watermarks, &partitions, &settings)
+        })
+        .await??;
+        let behind: i64 = ends.iter().map(|(tp, end)| (end - read(tp)).max(0)).sum();
+        let within = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
+        if behind <= within {
+            return Ok(true);
+        }
+        tracing::info!(
+            version = self.model.version,
+            build = self.build,
+            behind,
+            ?ends,
+            "the build will switch live once it has read this far (and is then within one batch of the end)"
+        );
+        self.target = Some(ends);
+        Ok(false)
     }
 }
