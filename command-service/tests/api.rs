@@ -951,6 +951,21 @@ async fn a_booking_is_written_sealed_and_its_export_and_erasure_open_and_forget_
     assert_eq!(opened["family_contacts"][0]["email"], "byron@example.org");
     let (status, _) = export(token(Role::Family, "family-1").await).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // The document declares the flow headers on every route: a malformed one is refused here
+    // as on a write (compose/fuzz).
+    let malformed = Client::new()
+        .get(format!(
+            "{}/bookings/{booking_id}/personal-data",
+            service.url
+        ))
+        .bearer_auth(&director)
+        .header("correlation-id", "not-a-uuid")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = malformed.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "Correlation-Id", "{problem}");
 
     let erase = format!("{}/bookings/{booking_id}/erase", service.url);
     let (status, erased) = post(&erase, Some(&director), &json!({"reason": "asked"})).await;

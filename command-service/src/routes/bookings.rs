@@ -2,7 +2,12 @@
 //! the booking's personal data: `POST /bookings/{id}/erase` and `GET /bookings/{id}/personal-data`
 //! (docs/privacy.md).
 
-use axum::{Json, extract::State, http::StatusCode, response::Response};
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::Response,
+};
 use chrono::{NaiveDate, Utc};
 use domain::{
     ValueError,
@@ -24,8 +29,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    AppState, Bookers, Empty, Erasers, Services, Violations, WriteRequest, parse_variant,
-    reason_text, require_owner, written,
+    AppState, Bookers, Empty, Erasers, Services, Violations, WriteRequest, check_flow_headers,
+    parse_variant, reason_text, require_owner, written,
 };
 use crate::{commands::CommandError, error::ApiError};
 
@@ -409,8 +414,10 @@ pub(crate) async fn personal_data(
     State(state): State<AppState>,
     ValidPath(id): ValidPath<Uuid>,
     caller: Caller,
+    headers: HeaderMap,
 ) -> Result<Json<PersonalDataExport>, ApiError> {
     caller.require(&[Role::Director, Role::Ops])?;
+    check_flow_headers(&headers)?;
     let stream = state.commands.store().read::<Booking>(id);
     require_owner(stream.owner.as_deref(), &caller, id)?;
     let Some(details) = stream.state.details() else {

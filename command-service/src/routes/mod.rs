@@ -292,6 +292,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// Refuses a malformed `Idempotency-Key`, `Correlation-Id` or `Causation-Id` on a route that is
+/// not a write (the export): the API document declares them on every route, so a read refuses
+/// what a write would, though it has no use for their values (`compose/fuzz` found the export
+/// accepting anything).
+pub(crate) fn check_flow_headers(headers: &HeaderMap) -> Result<(), ApiError> {
+    idempotency_key(headers)?;
+    flow_id(headers, trace::CORRELATION_ID, "Correlation-Id")?;
+    flow_id(headers, trace::CAUSATION_ID, "Causation-Id")?;
+    Ok(())
+}
+
 /// Reads a flow header (`Correlation-Id`, `Causation-Id`): a UUID, in any of its usual forms.
 fn flow_id(headers: &HeaderMap, name: &str, field: &str) -> Result<Option<Uuid>, ApiError> {
     let Some(value) = headers.get(name) else {
