@@ -514,3 +514,102 @@ async fn a_booking_erased_mid_saga_is_confirmed_but_no_letter_goes_to_its_erased
         saga.mails_for(booking)
     );
 }
+
+/// The booking's data-key row in the test server's key table, changed by `update` (SQL after
+/// `SET`); returns the key's id.
+async fn change_key_row(booking: Uuid, update: &str) -> Uuid {
+    let url = system_tests::required_env("FM_TEST_DATABASE_URL").unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let key_id = sqlx::query_scalar(&format!(
+        "UPDATE privacy.data_keys SET {update} WHERE booking_id = $1 RETURNING key_id"
+    ))
+    .bind(booking)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    key_id
+}
+
+/// Polls the runner's view of the saga until `until` holds; returns it.
+async fn wait_saga(
+    saga: &SagaStack,
+    booking: Uuid,
+    until: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + DONE_WITHIN;
+    loop {
+        let view = saga.saga(booking).await.unwrap();
+        if let Some(view) = view.filter(|view| until(view)) {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga of {booking} never got there; runner log in {}",
+            saga.log_dir().display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn recipients_that_do_not_open_send_no_letter_a_missing_master_key_waits_a_tampered_key_parks() {
+    let saga = spawn(SagaOptions::default()).await;
+    let facility = saga.register_facility().await.unwrap();
+
+    // The master key that wraps the booking's data key is not in the runner's settings (as if
+    // it were not configured): the letter waits, retried, its error naming the key. (The key
+    // row is changed as soon as the request is accepted, long before the saga opens it.)
+    let waiting = saga.request_booking(facility, 3, 1, PRICE).await.unwrap();
+    let key_id = change_key_row(waiting, "master_key_id = 'absent'").await;
+    let view = wait_saga(&saga, waiting, |view| {
+        view["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("absent"))
+    })
+    .await;
+    let error = view["last_error"].as_str().unwrap();
+    assert!(error.contains(&key_id.to_string()), "{error}");
+    assert_eq!(view["done"], false, "{view}");
+    assert_ne!(view["stage"], "parked", "{view}");
+    assert!(saga.mails_for(waiting).is_empty());
+    // The master key is back: the letter goes, without an operator.
+    change_key_row(waiting, "master_key_id = 'test-1'").await;
+    saga.wait_done(waiting, DONE_WITHIN).await.unwrap();
+    saga.sink
+        .wait_for(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        saga.mails_for(waiting),
+        [message_id("confirmation", waiting)]
+    );
+
+    // A data key that fails authentication (one byte of the wrapped key changed) opens under no
+    // settings: the saga parks for an operator, the reason naming the key and the cause.
+    let tampered = saga.request_booking(facility, 3, 2, PRICE).await.unwrap();
+    let key_id = change_key_row(
+        tampered,
+        "wrapped_key = set_byte(wrapped_key, 30, (get_byte(wrapped_key, 30) + 1) % 256)",
+    )
+    .await;
+    let view = wait_saga(&saga, tampered, |view| view["stage"] == "parked").await;
+    let shown = view.to_string();
+    assert!(
+        shown.contains(&key_id.to_string()) && shown.contains("fails authentication"),
+        "{shown}"
+    );
+    for plaintext in ["Ada", "Lovelace", "byron@example.org", "+447700900123"] {
+        assert!(!shown.contains(plaintext), "{shown}");
+    }
+    assert!(saga.mails_for(tampered).is_empty());
+    // It blocks no other saga.
+    let other = saga.request_booking(facility, 3, 3, PRICE).await.unwrap();
+    saga.wait_done(other, DONE_WITHIN).await.unwrap();
+    saga.sink
+        .wait_for(2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(saga.mails_for(other), [message_id("confirmation", other)]);
+    assert!(saga.mails_for(tampered).is_empty());
+}
