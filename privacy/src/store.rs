@@ -278,6 +278,45 @@ impl KeyStore {
         .await?)
     }
 
+    /// Bookings with a live data key made more than `older_than` ago, oldest first, at most
+    /// `limit`: the candidates of the orphan sweep (a key made for a request the domain then
+    /// refused). Whether a booking reached the log is for the caller to say.
+    pub async fn live_keys_older_than(
+        &self,
+        older_than: Duration,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, PrivacyError> {
+        Ok(sqlx::query_scalar(
+            "SELECT booking_id FROM data_keys \
+             WHERE erased_at IS NULL AND created_at < now() - make_interval(secs => $1) \
+             ORDER BY created_at LIMIT $2",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Removes the booking's data key if it is live and older than `older_than` (an orphan:
+    /// its request never reached the log). Returns whether it removed it. A tombstone is never
+    /// removed: it is what says the booking's data is erased.
+    pub async fn remove_orphan(
+        &self,
+        booking_id: Uuid,
+        older_than: Duration,
+    ) -> Result<bool, PrivacyError> {
+        let done = sqlx::query(
+            "DELETE FROM data_keys WHERE booking_id = $1 AND erased_at IS NULL \
+             AND created_at < now() - make_interval(secs => $2)",
+        )
+        .bind(booking_id)
+        .bind(older_than.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        self.forget(booking_id);
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Re-wraps every live data key not wrapped by the current master key, one row at a time
     /// (idempotent; safe beside running services). Returns how many it moved.
     pub async fn rewrap(&self) -> Result<u64, PrivacyError> {

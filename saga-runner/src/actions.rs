@@ -538,6 +538,35 @@ impl CommandClient {
     }
 }
 
+impl CommandClient {
+    /// Erases a booking's personal data (`POST /bookings/{id}/erase`, the privacy job's
+    /// retention rule); 200 also when it was erased already.
+    pub async fn erase(&self, booking_id: uuid::Uuid, reason: &str) -> Result<(), String> {
+        let token = self
+            .token
+            .token()
+            .await
+            .map_err(|error| format!("cannot get a token: {error}"))?;
+        let path = format!("/bookings/{booking_id}/erase");
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(token)
+            .header("Idempotency-Key", format!("retention:{booking_id}"))
+            .json(&json!({ "reason": reason }))
+            .send()
+            .await
+            .map_err(|error| format!("{path}: {error}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            let status = response.status();
+            let (detail, _) = problem_detail(response).await;
+            Err(format!("{path}: {status}: {detail}"))
+        }
+    }
+}
+
 /// The last part of a command's idempotency key: the step, and for a payment record what is
 /// recorded (a capture step may record a capture or a decline, with different bodies). A park
 /// is keyed by the saga stream's version, so that parking again after a retry is a new request

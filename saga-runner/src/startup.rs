@@ -106,6 +106,14 @@ impl Service for Application {
             service_token,
             settings.saga.command_timeout,
         )?;
+        let privacy_job = crate::retention::PrivacyJob {
+            pool: pool.clone(),
+            keys: keys.clone(),
+            commands: commands.clone(),
+            erase_after: privacy.erase_after,
+            orphan_keys_after: privacy.orphan_keys_after,
+        };
+        let privacy_job = tokio::spawn(privacy_job.run(privacy.sweep_interval, shutdown.clone()));
         let producer = event_log::EventProducer::new(&settings.kafka)
             .context("Failed to create a Kafka client")?;
 
@@ -167,7 +175,7 @@ impl Service for Application {
         let server = platform::http::HttpServer::bind(router, &settings.http).await?;
         Ok(Self {
             server,
-            background: vec![consumer, worker, gauges, reconciliation],
+            background: vec![consumer, worker, gauges, reconciliation, privacy_job],
             shutdown,
         })
     }
