@@ -142,34 +142,18 @@ pub(crate) async fn project_record(
             Ok(Projected::Outcome(RecordOutcome::Gap))
         }
         Err(ApplyError::Contract(violation)) if violation.is_unknown_event() => {
-            tracing::warn!(
-                aggregate_id = %envelope.aggregate_id,
-                event_type = %envelope.event_type,
-                event_version = envelope.event_version,
-                topic = %position.topic, partition = position.partition, offset = position.offset,
-                "an event this release does not know; the aggregate is parked until a release that knows it runs"
-            );
-            park(
+            park_not_applied(conn, &envelope, payload, position, NotApplied::Unknown).await
+        }
+        // Opening happens before any write, so nothing of this record is in the transaction.
+        Err(ApplyError::Unopenable(error)) => {
+            park_not_applied(
                 conn,
                 &envelope,
                 payload,
                 position,
-                &unknown_reason(&envelope),
+                NotApplied::Unopenable(&error),
             )
-            .await?;
-            Ok(Projected::Outcome(RecordOutcome::Parked))
-        }
-        // Opening happens before any write, so nothing of this record is in the transaction.
-        Err(ApplyError::Unopenable(error)) => {
-            tracing::error!(
-                aggregate_id = %envelope.aggregate_id,
-                sequence = envelope.sequence,
-                %error,
-                topic = %position.topic, partition = position.partition, offset = position.offset,
-                "personal data that does not open; the aggregate is parked until it does"
-            );
-            park(conn, &envelope, payload, position, &unopenable_reason(&error)).await?;
-            Ok(Projected::Outcome(RecordOutcome::Parked))
+            .await
         }
         // Decoding happens before any write, so nothing of this record is in the transaction.
         Err(ApplyError::Contract(violation)) => Ok(Projected::refused(&violation)),
@@ -184,10 +168,54 @@ fn gap_reason(envelope: &EventEnvelope, expected: u64) -> String {
     )
 }
 
+/// Why a known-good record is parked rather than applied.
+enum NotApplied<'a> {
+    /// Its event type or version is one this release does not know.
+    Unknown,
+    /// Its personal data does not open.
+    Unopenable(&'a privacy::PrivacyError),
+}
+
+/// Parks a record that was not applied (and so wrote nothing), with its reason.
+async fn park_not_applied(
+    conn: &mut PgConnection,
+    envelope: &EventEnvelope,
+    payload: &[u8],
+    position: &LogPosition,
+    why: NotApplied<'_>,
+) -> Result<Projected, sqlx::Error> {
+    let reason = match why {
+        NotApplied::Unknown => {
+            tracing::warn!(
+                aggregate_id = %envelope.aggregate_id,
+                event_type = %envelope.event_type,
+                event_version = envelope.event_version,
+                topic = %position.topic, partition = position.partition, offset = position.offset,
+                "an event this release does not know; the aggregate is parked until a release that knows it runs"
+            );
+            unknown_reason(envelope)
+        }
+        NotApplied::Unopenable(error) => {
+            tracing::error!(
+                aggregate_id = %envelope.aggregate_id,
+                sequence = envelope.sequence,
+                %error,
+                topic = %position.topic, partition = position.partition, offset = position.offset,
+                "personal data that does not open; the aggregate is parked until it does"
+            );
+            unopenable_reason(error)
+        }
+    };
+    park(conn, envelope, payload, position, &reason).await?;
+    Ok(Projected::Outcome(RecordOutcome::Parked))
+}
+
 /// Why a record whose personal data does not open is parked: the key's id and the cause (a
 /// master key the settings lack, or a box that fails authentication), never a value.
 fn unopenable_reason(error: &privacy::PrivacyError) -> String {
-    format!("{error}; applied once it opens (the right master key configured, the projector restarted)")
+    format!(
+        "{error}; applied once it opens (the right master key configured, the projector restarted)"
+    )
 }
 
 fn unknown_reason(envelope: &EventEnvelope) -> String {

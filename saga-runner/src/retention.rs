@@ -150,8 +150,13 @@ async fn due_for_erasure(pool: &PgPool, erase_after: Duration) -> sqlx::Result<V
 /// `30d`, `12h`, `15m`, `10s` or `500ms`: the largest unit that divides the duration.
 fn describe(duration: Duration) -> String {
     let millis = duration.as_millis();
-    for (unit, per) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if millis > 0 && millis % per == 0 {
+    for (unit, per) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if millis > 0 && millis.is_multiple_of(per) {
             return format!("{}{unit}", millis / per);
         }
     }

@@ -553,7 +553,8 @@ async fn wait_saga(
 }
 
 #[tokio::test]
-async fn recipients_that_do_not_open_send_no_letter_a_missing_master_key_waits_a_tampered_key_parks() {
+async fn recipients_that_do_not_open_send_no_letter_a_missing_master_key_waits_a_tampered_key_parks()
+ {
     let saga = spawn(SagaOptions::default()).await;
     let facility = saga.register_facility().await.unwrap();
 
@@ -628,7 +629,10 @@ async fn booking_records(saga: &SagaStack) -> Vec<serde_json::Value> {
         .filter(|(_, (low, high))| low < high)
         .map(|(tp, (_, high))| (tp.clone(), *high))
         .collect();
-    let starts = marks.iter().map(|(tp, (low, _))| (tp.clone(), *low)).collect();
+    let starts = marks
+        .iter()
+        .map(|(tp, (low, _))| (tp.clone(), *low))
+        .collect();
     event_log::consumer::assign(&reader, &starts).unwrap();
     let mut stream = reader.stream();
     let mut records = Vec::new();
@@ -650,7 +654,9 @@ async fn booking_records(saga: &SagaStack) -> Vec<serde_json::Value> {
 }
 
 #[tokio::test]
-async fn the_retention_rule_erases_a_booking_once_after_its_service_and_the_job_removes_orphan_keys() {
+#[allow(clippy::too_many_lines)] // One story, told in order.
+async fn the_retention_rule_erases_a_booking_once_after_its_service_and_the_job_removes_orphan_keys()
+ {
     let mut saga = spawn(SagaOptions {
         env: vec![
             ("FM_PRIVACY__ERASE_AFTER".to_owned(), "1d".to_owned()),
@@ -697,7 +703,9 @@ async fn the_retention_rule_erases_a_booking_once_after_its_service_and_the_job_
 
     // The old booking's service ended three days ago (its slot moved back in the saga's facts,
     // which is all the job reads).
-    let sagas = sqlx::PgPool::connect(&saga.stack.database_url).await.unwrap();
+    let sagas = sqlx::PgPool::connect(&saga.stack.database_url)
+        .await
+        .unwrap();
     sqlx::query(
         "UPDATE saga.sagas SET facts = jsonb_set(facts, '{request,slot}', \
          jsonb_build_object('start', to_char((now() - interval '3 days') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00:00\"Z\"'), \
@@ -727,7 +735,10 @@ async fn the_retention_rule_erases_a_booking_once_after_its_service_and_the_job_
     // The stale orphan goes; the young one and the bookings' keys stay.
     let deadline = tokio::time::Instant::now() + DONE_WITHIN;
     while key_rows(stale_orphan).await != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the stale orphan key stayed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stale orphan key stayed"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(key_rows(young_orphan).await, 1);
@@ -747,7 +758,10 @@ async fn the_retention_rule_erases_a_booking_once_after_its_service_and_the_job_
         if erased_read == 1 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the saga never read the erasure");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga never read the erasure"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Erasing again (a director, or the job once more) appends nothing: exactly one
@@ -763,7 +777,10 @@ async fn the_retention_rule_erases_a_booking_once_after_its_service_and_the_job_
         .unwrap();
     assert_eq!(response.status(), 200);
     let written: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(written["version"], 4, "requested, held, confirmed, erased: {written}");
+    assert_eq!(
+        written["version"], 4,
+        "requested, held, confirmed, erased: {written}"
+    );
     let records = booking_records(&saga).await;
     let erasures: Vec<_> = records
         .iter()
@@ -772,7 +789,10 @@ async fn the_retention_rule_erases_a_booking_once_after_its_service_and_the_job_
     assert_eq!(erasures.len(), 1, "{erasures:?}");
     assert_eq!(erasures[0]["aggregate_id"], old.to_string());
     let reason = erasures[0]["data"]["reason"].as_str().unwrap();
-    assert!(reason.starts_with("retention: 1d after the service ended"), "{reason}");
+    assert!(
+        reason.starts_with("retention: 1d after the service ended"),
+        "{reason}"
+    );
     let read = saga.booking_with_status(recent, "confirmed").await.unwrap();
     assert_ne!(read["deceased"], "erased", "{read}");
 }

@@ -426,12 +426,19 @@ async fn personal_data_that_does_not_open_parks_its_booking_never_the_projector_
         .iter_mut()
         .find(|e| e.event_type == "BookingRequested")
         .unwrap();
-    let tampered_key = request.data["personal"]["key_id"].as_str().unwrap().to_owned();
+    let tampered_key = request.data["personal"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut ciphertext = request.data["personal"]["ciphertext"]
         .as_str()
         .unwrap()
         .to_owned();
-    let flipped = if ciphertext.starts_with('A') { "B" } else { "A" };
+    let flipped = if ciphertext.starts_with('A') {
+        "B"
+    } else {
+        "A"
+    };
     ciphertext.replace_range(0..1, flipped);
     request.data["personal"]["ciphertext"] = ciphertext.into();
     let unknown_key = stories[0]
@@ -502,7 +509,10 @@ async fn personal_data_that_does_not_open_parks_its_booking_never_the_projector_
     };
     let (sequence, reason) = reason_of(unknown_master);
     assert_eq!(sequence, 1);
-    assert!(reason.contains(&unknown_key) && reason.contains("\"absent\""), "{reason}");
+    assert!(
+        reason.contains(&unknown_key) && reason.contains("\"absent\""),
+        "{reason}"
+    );
     let (sequence, reason) = reason_of(tampered);
     assert_eq!(sequence, 1);
     assert!(
@@ -529,7 +539,10 @@ async fn personal_data_that_does_not_open_parks_its_booking_never_the_projector_
     assert!(deceased.contains("Ada Lovelace"), "{deceased}");
     let parked_now = parked(&pool, &schema).await.unwrap();
     assert_eq!(
-        parked_now.iter().map(|p| p.aggregate_id).collect::<Vec<_>>(),
+        parked_now
+            .iter()
+            .map(|p| p.aggregate_id)
+            .collect::<Vec<_>>(),
         [tampered]
     );
 }
