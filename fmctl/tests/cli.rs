@@ -1465,3 +1465,106 @@ async fn log_migrate_copies_the_first_releases_log_into_generation_2_sealed_in_o
 fn g2_prefix(kafka: &KafkaSettings) -> String {
     format!("{}.g2", kafka.topic_prefix)
 }
+
+#[tokio::test]
+async fn privacy_show_opens_a_bookings_personal_data_for_ops_and_masks_it_once_erased() {
+    let stack = TestStack::spawn().await.unwrap();
+    let (_, booking) = facility_and_booking(&stack).await;
+    let booking_id = booking["booking_id"].as_str().unwrap();
+
+    let run = fmctl(&stack.kafka, None, &["privacy", "show", booking_id]).await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("deceased: Ada Lovelace"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("byron@example.org"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("erasure on the log: no"),
+        "{}",
+        run.stdout
+    );
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &["privacy", "show", booking_id, "--json"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let shown = &run.json_lines()[0];
+    assert_eq!(shown["state"], "opened", "{shown}");
+    assert_eq!(shown["personal"]["deceased_full_name"], "Ada Lovelace");
+    assert_eq!(
+        shown["personal"]["family_contacts"][0]["email"],
+        "byron@example.org"
+    );
+    assert!(shown["key_id"].is_string(), "{shown}");
+
+    // Without the master keys nothing opens, and fmctl says so without a value.
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fmctl"));
+    let output = command
+        .args(["privacy", "show", booking_id])
+        .env("FM_KAFKA__BROKERS", &stack.kafka.brokers)
+        .env("FM_KAFKA__TOPIC_PREFIX", &stack.kafka.topic_prefix)
+        .envs(test_support::privacy_env())
+        .env(
+            "FM_PRIVACY__MASTER_KEYS",
+            privacy::MasterKeys::generate("other"),
+        )
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("\"other\"") || stderr.contains("which the settings lack"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8(output.stdout)
+            .unwrap()
+            .contains("Lovelace")
+    );
+
+    // Erased: masked, and the erasure is on the log.
+    let response = stack
+        .http
+        .post(format!("{}/bookings/{booking_id}/erase", stack.command_url))
+        .bearer_auth(stack.token(Role::Ops, "ops-1").await)
+        .json(&json!({"reason": "the family asked"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let run = fmctl(&stack.kafka, None, &["privacy", "show", booking_id]).await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("deceased: [erased]"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("erasure on the log: yes"),
+        "{}",
+        run.stdout
+    );
+    for plaintext in ["Lovelace", "byron@example.org", "Byron", "+447700900123"] {
+        assert!(!run.stdout.contains(plaintext), "{}", run.stdout);
+    }
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &["privacy", "show", booking_id, "--json"],
+    )
+    .await;
+    let shown = &run.json_lines()[0];
+    assert_eq!(shown["state"], "erased", "{shown}");
+    assert_eq!(shown["personal"], "erased", "{shown}");
+
+    // A booking the log does not have: one sentence, non-zero.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let run = fmctl(&stack.kafka, None, &["privacy", "show", &unknown]).await;
+    assert_ne!(run.status, 0);
+    assert!(
+        run.stderr.contains("has no BookingRequested"),
+        "{}",
+        run.stderr
+    );
+}
