@@ -1568,3 +1568,138 @@ async fn privacy_show_opens_a_bookings_personal_data_for_ops_and_masks_it_once_e
         run.stderr
     );
 }
+
+#[tokio::test]
+async fn a_booking_whose_personal_data_does_not_open_is_parked_with_its_key_and_cause_and_the_projector_goes_on()
+ {
+    let stack = TestStack::spawn().await.unwrap();
+    let (facility_id, _) = facility_and_booking(&stack).await;
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &["events", "tail", "--topic", "booking", "--output", "json"],
+    )
+    .await;
+    let requested = run.json_lines()[0]["event"].clone();
+    assert_eq!(requested["event_type"], "BookingRequested", "{requested}");
+    let request_for = |id: &str, sealed: &domain::booking::SealedPersonal| {
+        let mut record = requested.clone();
+        record["aggregate_id"] = json!(id);
+        record["event_id"] = json!(uuid::Uuid::new_v4());
+        record["data"]["booking_id"] = json!(id);
+        record["data"]["personal"] = serde_json::to_value(sealed).unwrap();
+        serde_json::to_vec(&record).unwrap()
+    };
+    // One sealed under a master key the projector lacks, one whose box was tampered with.
+    let mut elsewhere = test_support::privacy_settings();
+    elsewhere.master_keys = privacy::MasterKeys::generate("absent").into();
+    let elsewhere = privacy::KeyStore::connect(&DatabaseSettings::default(), &elsewhere)
+        .await
+        .unwrap();
+    let ours = privacy::KeyStore::connect(
+        &DatabaseSettings::default(),
+        &test_support::privacy_settings(),
+    )
+    .await
+    .unwrap();
+    // The booking's own personal data, opened.
+    let personal = ours
+        .open(
+            requested["aggregate_id"].as_str().unwrap().parse().unwrap(),
+            &serde_json::from_value(requested["data"]["personal"].clone()).unwrap(),
+        )
+        .await
+        .unwrap()
+        .personal()
+        .unwrap();
+    let (absent, tampered) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let absent_box = elsewhere
+        .seal(absent.parse().unwrap(), &personal)
+        .await
+        .unwrap();
+    let mut tampered_box = ours
+        .seal(tampered.parse().unwrap(), &personal)
+        .await
+        .unwrap();
+    if let domain::booking::SealedPersonal::Encrypted(sealed) = &mut tampered_box {
+        let first = if sealed.ciphertext.starts_with('A') {
+            "B"
+        } else {
+            "A"
+        };
+        sealed.ciphertext.replace_range(0..1, first);
+    }
+    poison_on(
+        &stack,
+        "booking",
+        &absent,
+        &request_for(&absent, &absent_box),
+    )
+    .await;
+    poison_on(
+        &stack,
+        "booking",
+        &tampered,
+        &request_for(&tampered, &tampered_box),
+    )
+    .await;
+    // A booking after them is projected: nothing waits behind the two.
+    let response = stack
+        .http
+        .post(format!("{}/bookings", stack.command_url))
+        .bearer_auth(stack.token(Role::Director, "director-1").await)
+        .json(&bodies::booking(&facility_id, 15))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    wait_projected(&stack.kafka, &stack.database_url).await;
+
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["projections", "parked", "--output", "json"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let parked = report["builds"][0]["parked"].as_array().unwrap();
+    assert_eq!(parked.len(), 2, "{report}");
+    let reason_of = |id: &str| {
+        parked
+            .iter()
+            .find(|p| p["aggregate_id"] == json!(id))
+            .map(|p| p["reason"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let key_of = |sealed: &domain::booking::SealedPersonal| sealed.key_id().unwrap().to_string();
+    let reason = reason_of(&absent);
+    assert!(
+        reason.contains(&key_of(&absent_box)) && reason.contains("\"absent\""),
+        "{reason}"
+    );
+    let reason = reason_of(&tampered);
+    assert!(
+        reason.contains(&key_of(&tampered_box)) && reason.contains("fails authentication"),
+        "{reason}"
+    );
+    // `/ready` says so too, and nothing anywhere shows a value.
+    let ready = stack
+        .http
+        .get(format!("{}/ready", stack.projection_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(ready.contains("2 aggregates parked"), "{ready}");
+    for text in [&ready, &run.stdout] {
+        for plaintext in ["Lovelace", "byron@example.org", "+447700900123"] {
+            assert!(!text.contains(plaintext), "{text}");
+        }
+    }
+}
