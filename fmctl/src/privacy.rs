@@ -126,8 +126,8 @@ struct Found {
     stored_version: u16,
 }
 
-/// `fmctl privacy show`: the booking's request found on the log, its personal data opened.
-async fn show(keys: &KeyStore, booking_id: Uuid, as_json: bool) -> anyhow::Result<()> {
+/// The booking's request on the log, and whether its erasure is there too.
+async fn find_request(booking_id: Uuid) -> anyhow::Result<Found> {
     let kafka = crate::inspect::kafka_settings()?;
     let topic = event_log::Topics::new(&kafka.topic_prefix).events(schemas::AggregateType::Booking);
     let mut found: Option<Found> = None;
@@ -166,6 +166,12 @@ async fn show(keys: &KeyStore, booking_id: Uuid, as_json: bool) -> anyhow::Resul
         )
     })?;
     found.erased_on_log = erased_on_log;
+    Ok(found)
+}
+
+/// `fmctl privacy show`: the booking's request found on the log, its personal data opened.
+async fn show(keys: &KeyStore, booking_id: Uuid, as_json: bool) -> anyhow::Result<()> {
+    let found = find_request(booking_id).await?;
     let sealed = found
         .personal
         .as_ref()
@@ -193,52 +199,64 @@ async fn show(keys: &KeyStore, booking_id: Uuid, as_json: bool) -> anyhow::Resul
             })
         );
     } else {
-        let key = key_id.map_or_else(
-            || "none: written before sealing".to_owned(),
-            |id| id.to_string(),
-        );
-        match &opened {
-            Ok(Opened::Personal(personal)) => {
-                println!("booking {booking_id}: personal data opened (data key {key})");
-                println!(
-                    "deceased: {} (died {})",
-                    personal.deceased_full_name.as_str(),
-                    found.date_of_death.as_str().unwrap_or("?")
-                );
-                for (n, contact) in personal.family_contacts.iter().enumerate() {
-                    let contact = serde_json::to_value(contact)?;
-                    println!(
-                        "contact {}: {} ({}) {} {}",
-                        n + 1,
-                        contact["name"].as_str().unwrap_or_default(),
-                        contact["relationship"].as_str().unwrap_or_default(),
-                        contact["email"].as_str().unwrap_or_default(),
-                        contact["phone"].as_str().unwrap_or("(no phone)"),
-                    );
-                }
-            }
-            Ok(Opened::Erased) => {
-                println!("booking {booking_id}: personal data erased (data key {key} destroyed)");
-                println!(
-                    "deceased: [erased] (died {})",
-                    found.date_of_death.as_str().unwrap_or("?")
-                );
-                println!("contacts: [erased]");
-            }
-            Err(_) => {}
-        }
-        println!(
-            "erasure on the log: {}",
-            if found.erased_on_log { "yes" } else { "no" }
-        );
-        if plaintext_in_log {
-            println!(
-                "written before sealing (BookingRequested v1): plaintext stays in the broker's files until the log is migrated (docs/privacy.md)"
-            );
-        }
+        print_text(booking_id, &found, key_id, &opened)?;
     }
     if let Err(error) = opened {
         anyhow::bail!("booking {booking_id}: {error}");
+    }
+    Ok(())
+}
+
+/// `fmctl privacy show`'s text: the data opened, or `[erased]`.
+fn print_text(
+    booking_id: Uuid,
+    found: &Found,
+    key_id: Option<Uuid>,
+    opened: &Result<Opened, privacy::PrivacyError>,
+) -> anyhow::Result<()> {
+    let plaintext_in_log = found.stored_version == 1;
+    let key = key_id.map_or_else(
+        || "none: written before sealing".to_owned(),
+        |id| id.to_string(),
+    );
+    match opened {
+        Ok(Opened::Personal(personal)) => {
+            println!("booking {booking_id}: personal data opened (data key {key})");
+            println!(
+                "deceased: {} (died {})",
+                personal.deceased_full_name.as_str(),
+                found.date_of_death.as_str().unwrap_or("?")
+            );
+            for (n, contact) in personal.family_contacts.iter().enumerate() {
+                let contact = serde_json::to_value(contact)?;
+                println!(
+                    "contact {}: {} ({}) {} {}",
+                    n + 1,
+                    contact["name"].as_str().unwrap_or_default(),
+                    contact["relationship"].as_str().unwrap_or_default(),
+                    contact["email"].as_str().unwrap_or_default(),
+                    contact["phone"].as_str().unwrap_or("(no phone)"),
+                );
+            }
+        }
+        Ok(Opened::Erased) => {
+            println!("booking {booking_id}: personal data erased (data key {key} destroyed)");
+            println!(
+                "deceased: [erased] (died {})",
+                found.date_of_death.as_str().unwrap_or("?")
+            );
+            println!("contacts: [erased]");
+        }
+        Err(_) => {}
+    }
+    println!(
+        "erasure on the log: {}",
+        if found.erased_on_log { "yes" } else { "no" }
+    );
+    if plaintext_in_log {
+        println!(
+            "written before sealing (BookingRequested v1): plaintext stays in the broker's files until the log is migrated (docs/privacy.md)"
+        );
     }
     Ok(())
 }
