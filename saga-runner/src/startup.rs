@@ -196,8 +196,9 @@ impl Service for Application {
 }
 
 /// Connections the pool needs beside those of the sagas in flight: the worker's listener (it
-/// keeps one for good), the consumer's batch, the due query, the gauges and the reconciliation.
-const POOL_OVERHEAD: u32 = 5;
+/// keeps one for good), the consumer's batch, the due query, the gauges, the reconciliation,
+/// and the privacy job (its lock's transaction and a query beside it).
+const POOL_OVERHEAD: u32 = 7;
 
 /// The pool size the runner uses: at least two connections per saga in flight plus
 /// [`POOL_OVERHEAD`]. A pass's transaction holds one while the step runs (it holds the
@@ -220,7 +221,7 @@ mod tests {
 
     #[test]
     fn the_pool_holds_every_saga_in_flight_and_the_consumer() {
-        assert_eq!(pool_size(10, 16), 37);
+        assert_eq!(pool_size(10, 16), 39);
         assert_eq!(pool_size(10, 1), 10);
         assert_eq!(pool_size(50, 16), 50);
         assert_eq!(pool_size(0, usize::MAX), u32::MAX);
