@@ -11,7 +11,8 @@
 //! - **Orphan keys**: a data key made for a request the domain then refused (its
 //!   `BookingRequested` never reached the log) is removed once it is older than
 //!   `FM_PRIVACY__ORPHAN_KEYS_AFTER` (a day by default). A booking reached the log when the
-//!   saga has a row for it; the age leaves the saga's consumer that long to read it.
+//!   saga has a row for it, or its consumer keeps a record of it parked; the age leaves the
+//!   saga's consumer that long to read it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -111,11 +112,15 @@ impl PrivacyJob {
             .live_keys_older_than(self.orphan_keys_after, PASS_LIMIT)
             .await?;
         if !candidates.is_empty() {
-            let known: Vec<Uuid> =
-                sqlx::query_scalar("SELECT booking_id FROM sagas WHERE booking_id = ANY($1)")
-                    .bind(&candidates)
-                    .fetch_all(&self.pool)
-                    .await?;
+            // Known: a saga, or a record the consumer keeps parked (a request it cannot take
+            // yet is on the log all the same).
+            let known: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT booking_id FROM sagas WHERE booking_id = ANY($1) \
+                 UNION SELECT aggregate_id FROM parked_records WHERE aggregate_id = ANY($1)",
+            )
+            .bind(&candidates)
+            .fetch_all(&self.pool)
+            .await?;
             for booking in candidates.into_iter().filter(|b| !known.contains(b)) {
                 if self
                     .keys
