@@ -515,20 +515,34 @@ async fn a_booking_erased_mid_saga_is_confirmed_but_no_letter_goes_to_its_erased
     );
 }
 
-/// The booking's data-key row in the test server's key table, changed by `update` (SQL after
-/// `SET`); returns the key's id.
-async fn change_key_row(booking: Uuid, update: &str) -> Uuid {
+/// The test server's key table (`privacy.data_keys`), connected before the story starts so a
+/// change lands in milliseconds.
+async fn key_table() -> sqlx::PgPool {
     let url = system_tests::required_env("FM_TEST_DATABASE_URL").unwrap();
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let key_id = sqlx::query_scalar(&format!(
+    sqlx::PgPool::connect(&url).await.unwrap()
+}
+
+/// The booking's data-key row changed by `update` (SQL after `SET`); returns the key's id.
+async fn change_key_row(keys: &sqlx::PgPool, booking: Uuid, update: &str) -> Uuid {
+    sqlx::query_scalar(&format!(
         "UPDATE privacy.data_keys SET {update} WHERE booking_id = $1 RETURNING key_id"
     ))
     .bind(booking)
-    .fetch_one(&pool)
+    .fetch_one(keys)
     .await
-    .unwrap();
-    pool.close().await;
-    key_id
+    .unwrap()
+}
+
+/// The next capture takes 3 s (as in the mid-saga erasure): time to change a key row before the
+/// saga reaches its letter.
+async fn slow_next_capture(saga: &SagaStack) {
+    saga.simulator
+        .set_behaviour(Behaviour {
+            delay_ms: Some(3_000),
+            ..Behaviour::once(Mode::Slow)
+        })
+        .await
+        .unwrap();
 }
 
 /// Polls the runner's view of the saga until `until` holds; returns it.
@@ -557,12 +571,18 @@ async fn recipients_that_do_not_open_send_no_letter_a_missing_master_key_waits_a
  {
     let saga = spawn(SagaOptions::default()).await;
     let facility = saga.register_facility().await.unwrap();
+    let keys = key_table().await;
 
     // The master key that wraps the booking's data key is not in the runner's settings (as if
     // it were not configured): the letter waits, retried, its error naming the key. (The key
-    // row is changed as soon as the request is accepted, long before the saga opens it.)
+    // row is changed while the capture takes its 3 s, before the saga opens it.)
+    slow_next_capture(&saga).await;
     let waiting = saga.request_booking(facility, 3, 1, PRICE).await.unwrap();
-    let key_id = change_key_row(waiting, "master_key_id = 'absent'").await;
+    let key_id = change_key_row(&keys, waiting, "master_key_id = 'absent'").await;
+    assert!(
+        saga.mails_for(waiting).is_empty(),
+        "the letter went before the key changed"
+    );
     let view = wait_saga(&saga, waiting, |view| {
         view["last_error"]
             .as_str()
@@ -575,7 +595,7 @@ async fn recipients_that_do_not_open_send_no_letter_a_missing_master_key_waits_a
     assert_ne!(view["stage"], "parked", "{view}");
     assert!(saga.mails_for(waiting).is_empty());
     // The master key is back: the letter goes, without an operator.
-    change_key_row(waiting, "master_key_id = 'test-1'").await;
+    change_key_row(&keys, waiting, "master_key_id = 'test-1'").await;
     saga.wait_done(waiting, DONE_WITHIN).await.unwrap();
     saga.sink
         .wait_for(1, Duration::from_secs(10))
@@ -588,8 +608,10 @@ async fn recipients_that_do_not_open_send_no_letter_a_missing_master_key_waits_a
 
     // A data key that fails authentication (one byte of the wrapped key changed) opens under no
     // settings: the saga parks for an operator, the reason naming the key and the cause.
+    slow_next_capture(&saga).await;
     let tampered = saga.request_booking(facility, 3, 2, PRICE).await.unwrap();
     let key_id = change_key_row(
+        &keys,
         tampered,
         "wrapped_key = set_byte(wrapped_key, 30, (get_byte(wrapped_key, 30) + 1) % 256)",
     )
