@@ -7,6 +7,7 @@
 mod dead_letters;
 mod inspect;
 mod lag;
+mod migrate;
 mod payments;
 mod privacy;
 mod rebuild;
@@ -63,6 +64,9 @@ enum Command {
     /// Personal data: the data keys and the master keys that wrap them (status, rewrap).
     #[command(subcommand)]
     Privacy(privacy::PrivacyCommand),
+    /// The log as a whole: migrate it into a new generation of topics.
+    #[command(subcommand)]
+    Log(migrate::LogCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sagas(args) => sagas::sagas(args).await?,
         Command::Payments(command) => payments::payments(command).await?,
         Command::Privacy(command) => privacy::privacy(command).await?,
+        Command::Log(command) => migrate::log(command).await?,
         Command::Topics(TopicsCommand::List(args)) => inspect::topics_list(args).await?,
         Command::Topics(TopicsCommand::Ensure { repair }) => {
             topics_ensure(&settings.kafka, repair).await?;

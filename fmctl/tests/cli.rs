@@ -1155,3 +1155,551 @@ async fn projections_parked_lists_an_aggregate_whose_event_version_this_release_
         run.stdout
     );
 }
+
+/// One record as a topic holds it: key, payload, headers.
+type Raw = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+/// Every record of `topics`, by (topic, partition), in order.
+async fn read_raw(
+    kafka: &KafkaSettings,
+    topics: &[String],
+) -> std::collections::BTreeMap<(String, i32), Vec<Raw>> {
+    use futures::StreamExt as _;
+    use rdkafka::message::{Headers as _, Message as _};
+    let reader = event_log::consumer::manual_consumer(kafka, "cli-test-raw").unwrap();
+    let partitions = event_log::consumer::partitions(&reader, topics, kafka).unwrap();
+    let marks = event_log::consumer::watermarks(&reader, &partitions, kafka).unwrap();
+    let mut all: std::collections::BTreeMap<(String, i32), Vec<Raw>> =
+        marks.keys().map(|tp| (tp.clone(), Vec::new())).collect();
+    let mut pending: std::collections::BTreeMap<_, _> = marks
+        .iter()
+        .filter(|(_, (low, high))| low < high)
+        .map(|(tp, (_, high))| (tp.clone(), *high))
+        .collect();
+    let starts = marks
+        .iter()
+        .map(|(tp, (low, _))| (tp.clone(), *low))
+        .collect();
+    event_log::consumer::assign(&reader, &starts).unwrap();
+    let mut stream = reader.stream();
+    while !pending.is_empty() {
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let tp = (message.topic().to_owned(), message.partition());
+        if let Some(end) = pending.get(&tp).copied() {
+            let headers = message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            all.get_mut(&tp).unwrap().push((
+                message.key().map(<[u8]>::to_vec),
+                message.payload().unwrap_or_default().to_vec(),
+                headers,
+            ));
+            if message.offset() + 1 >= end {
+                pending.remove(&tp);
+            }
+        }
+    }
+    all
+}
+
+/// One stream folded into its state, as JSON.
+fn replay<A: domain::Aggregate>(
+    registry: &schemas::SchemaRegistry,
+    stream: &[schemas::EventEnvelope],
+) -> Value
+where
+    A::State: serde::Serialize,
+{
+    let events: Vec<A::Event> = stream.iter().map(|e| registry.decode(e).unwrap()).collect();
+    serde_json::to_value(A::replay(&events)).unwrap()
+}
+
+/// Every stream of `records` folded with today's registry, its sealed personal data opened with
+/// `keys` (the data, or "erased"): what any reader makes of the log.
+async fn fold_opened(
+    keys: &privacy::KeyStore,
+    records: &[Vec<u8>],
+) -> std::collections::BTreeMap<String, Value> {
+    let registry = schemas::SchemaRegistry::load().unwrap();
+    let mut streams: std::collections::BTreeMap<
+        (schemas::AggregateType, uuid::Uuid),
+        Vec<schemas::EventEnvelope>,
+    > = std::collections::BTreeMap::new();
+    for bytes in records {
+        let envelope = registry.validate_bytes(bytes).unwrap();
+        streams
+            .entry((envelope.aggregate_type, envelope.aggregate_id))
+            .or_default()
+            .push(envelope);
+    }
+    let mut states = std::collections::BTreeMap::new();
+    for ((kind, id), stream) in &streams {
+        let mut state = match kind {
+            schemas::AggregateType::Facility => {
+                replay::<domain::facility::Facility>(&registry, stream)
+            }
+            schemas::AggregateType::Booking => {
+                replay::<domain::booking::Booking>(&registry, stream)
+            }
+            schemas::AggregateType::Payment => {
+                replay::<domain::payment::Payment>(&registry, stream)
+            }
+            schemas::AggregateType::Saga => replay::<domain::saga::Saga>(&registry, stream),
+        };
+        if let Some(personal) = state.pointer_mut("/booking/0/personal") {
+            let sealed: domain::booking::SealedPersonal =
+                serde_json::from_value(personal.clone()).unwrap();
+            *personal = match keys.open(*id, &sealed).await.unwrap() {
+                privacy::Opened::Personal(data) => serde_json::to_value(data).unwrap(),
+                privacy::Opened::Erased => json!("erased"),
+            };
+        }
+        states.insert(format!("{kind}/{id}"), state);
+    }
+    states
+}
+
+#[tokio::test]
+async fn log_migrate_copies_the_first_releases_log_into_generation_2_sealed_in_order_and_resumably()
+{
+    let kafka = system_tests::fresh_kafka().await.unwrap();
+    let keys = privacy::KeyStore::connect(
+        &DatabaseSettings::default(),
+        &test_support::privacy_settings(),
+    )
+    .await
+    .unwrap();
+    // The first release's fixture, with aggregate ids of this test's own (the key table is
+    // shared by every test).
+    let mut fixture = include_str!("../../schemas/fixtures/release-1.jsonl").to_owned();
+    let ids: std::collections::BTreeSet<String> = fixture
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["aggregate_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for id in &ids {
+        fixture = fixture.replace(id.as_str(), &uuid::Uuid::new_v4().to_string());
+    }
+    let records: Vec<Value> = fixture
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // What the plaintext was: none of it may reach generation 2.
+    let mut plaintext = Vec::new();
+    let mut requests = Vec::new();
+    for record in records
+        .iter()
+        .filter(|r| r["event_type"] == "BookingRequested")
+    {
+        assert_eq!(record["event_version"], 1);
+        requests.push(uuid::Uuid::parse_str(record["aggregate_id"].as_str().unwrap()).unwrap());
+        plaintext.push(
+            record["data"]["deceased"]["full_name"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        for contact in record["data"]["family_contacts"].as_array().unwrap() {
+            for field in ["name", "email", "phone"] {
+                if let Some(value) = contact[field].as_str() {
+                    plaintext.push(value.to_owned());
+                }
+            }
+        }
+    }
+    assert_eq!(requests.len(), 4);
+    // One of the bookings was erased before the migration (its key row is a tombstone).
+    keys.erase(requests[0]).await.unwrap();
+
+    let producer = EventProducer::new(&kafka).unwrap();
+    let topics = event_log::Topics::new(&kafka.topic_prefix);
+    for record in &records {
+        let aggregate =
+            schemas::AggregateType::from_wire(record["aggregate_type"].as_str().unwrap()).unwrap();
+        let headers = OwnedHeaders::new()
+            .insert(rdkafka::message::Header {
+                key: "fm-event-type",
+                value: Some(record["event_type"].as_str().unwrap()),
+            })
+            .insert(rdkafka::message::Header {
+                key: "fm-event-version",
+                value: Some(&record["event_version"].to_string()),
+            });
+        producer
+            .send(
+                &topics.events(aggregate),
+                Some(record["aggregate_id"].as_str().unwrap().as_bytes()),
+                serde_json::to_vec(record).unwrap().as_slice(),
+                headers,
+            )
+            .await
+            .unwrap();
+    }
+
+    let run = fmctl(
+        &kafka,
+        None,
+        &["log", "migrate", "--generation", "2", "--json"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let reports = run.json_lines();
+    assert_eq!(reports.len(), 4, "{reports:?}");
+    let booking_report = reports
+        .iter()
+        .find(|r| r["source"] == topics.events(schemas::AggregateType::Booking))
+        .unwrap();
+    assert_eq!(booking_report["sealed"], 4, "{booking_report}");
+    assert_eq!(booking_report["sealed_erased"], 1, "{booking_report}");
+    let total: u64 = reports.iter().map(|r| r["copied"].as_u64().unwrap()).sum();
+    assert_eq!(total, u64::try_from(records.len()).unwrap());
+
+    // Run again: refused onto non-empty topics; resumed, nothing more is copied.
+    let again = fmctl(&kafka, None, &["log", "migrate", "--generation", "2"]).await;
+    assert_ne!(again.status, 0);
+    assert!(again.stderr.contains("--resume"), "{}", again.stderr);
+    let resumed = fmctl(
+        &kafka,
+        None,
+        &["log", "migrate", "--generation", "2", "--resume", "--json"],
+    )
+    .await;
+    assert_eq!(resumed.status, 0, "{}", resumed.stderr);
+    for report in resumed.json_lines() {
+        assert_eq!(report["copied"], 0, "{report}");
+        assert_eq!(report["already_copied"], report["records"], "{report}");
+    }
+
+    // Same partitions, keys and order; every record but the requests byte for byte; no
+    // plaintext anywhere in generation 2.
+    let g2 = event_log::Topics::new(&format!("{}.g2", kafka.topic_prefix));
+    let old_topics: Vec<String> = schemas::AggregateType::ALL
+        .into_iter()
+        .map(|a| topics.events(a))
+        .collect();
+    let new_topics: Vec<String> = schemas::AggregateType::ALL
+        .into_iter()
+        .map(|a| g2.events(a))
+        .collect();
+    let old = read_raw(&kafka, &old_topics).await;
+    let new = read_raw(&kafka, &new_topics).await;
+    assert_eq!(old.len(), new.len(), "same partitions");
+    let mut sealed = 0;
+    let (mut old_payloads, mut new_payloads) = (Vec::new(), Vec::new());
+    for ((topic, partition), old_records) in &old {
+        let new_topic = topic.replacen(&kafka.topic_prefix, &g2_prefix(&kafka), 1);
+        let new_records = &new[&(new_topic, *partition)];
+        assert_eq!(old_records.len(), new_records.len(), "{topic}[{partition}]");
+        for ((old_key, old_payload, old_headers), (new_key, new_payload, new_headers)) in
+            old_records.iter().zip(new_records)
+        {
+            assert_eq!(old_key, new_key, "per-key order kept");
+            let text = String::from_utf8_lossy(new_payload);
+            for value in &plaintext {
+                assert!(
+                    !text.contains(value.as_str()),
+                    "{value} in generation 2: {text}"
+                );
+            }
+            let document: Value = serde_json::from_slice(old_payload).unwrap();
+            if document["event_type"] == "BookingRequested" {
+                sealed += 1;
+                let rewritten: Value = serde_json::from_slice(new_payload).unwrap();
+                assert_eq!(rewritten["event_version"], 2);
+                assert_eq!(rewritten["event_id"], document["event_id"]);
+                assert!(
+                    rewritten["data"]["personal"]["ciphertext"].is_string(),
+                    "{rewritten}"
+                );
+                let version = new_headers
+                    .iter()
+                    .find(|(k, _)| k == "fm-event-version")
+                    .unwrap();
+                assert_eq!(version.1, b"2");
+            } else {
+                assert_eq!(old_payload, new_payload, "byte for byte");
+                assert_eq!(old_headers, new_headers);
+            }
+            old_payloads.push(old_payload.clone());
+            new_payloads.push(new_payload.clone());
+        }
+    }
+    assert_eq!(sealed, 4);
+    assert_eq!(old_payloads.len(), records.len());
+
+    // What a reader makes of generation 2 is what it made of the first: the same states, the
+    // same personal data opened (and the erased booking erased in both).
+    let before = fold_opened(&keys, &old_payloads).await;
+    let after = fold_opened(&keys, &new_payloads).await;
+    assert_eq!(before.len(), 10);
+    assert_eq!(before, after);
+    let erased = &after[&format!("booking/{}", requests[0])];
+    assert_eq!(
+        erased.pointer("/booking/0/personal"),
+        Some(&json!("erased")),
+        "{erased}"
+    );
+    let opened = &after[&format!("booking/{}", requests[1])];
+    assert!(
+        opened
+            .pointer("/booking/0/personal/deceased_full_name")
+            .is_some(),
+        "{opened}"
+    );
+}
+
+fn g2_prefix(kafka: &KafkaSettings) -> String {
+    format!("{}.g2", kafka.topic_prefix)
+}
+
+#[tokio::test]
+async fn privacy_show_opens_a_bookings_personal_data_for_ops_and_masks_it_once_erased() {
+    let stack = TestStack::spawn().await.unwrap();
+    let (_, booking) = facility_and_booking(&stack).await;
+    let booking_id = booking["booking_id"].as_str().unwrap();
+
+    let run = fmctl(&stack.kafka, None, &["privacy", "show", booking_id]).await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("deceased: Ada Lovelace"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("byron@example.org"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("erasure on the log: no"),
+        "{}",
+        run.stdout
+    );
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &["privacy", "show", booking_id, "--json"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let shown = &run.json_lines()[0];
+    assert_eq!(shown["state"], "opened", "{shown}");
+    assert_eq!(shown["personal"]["deceased_full_name"], "Ada Lovelace");
+    assert_eq!(
+        shown["personal"]["family_contacts"][0]["email"],
+        "byron@example.org"
+    );
+    assert!(shown["key_id"].is_string(), "{shown}");
+
+    // Without the master keys nothing opens, and fmctl says so without a value.
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fmctl"));
+    let output = command
+        .args(["privacy", "show", booking_id])
+        .env("FM_KAFKA__BROKERS", &stack.kafka.brokers)
+        .env("FM_KAFKA__TOPIC_PREFIX", &stack.kafka.topic_prefix)
+        .envs(test_support::privacy_env())
+        .env(
+            "FM_PRIVACY__MASTER_KEYS",
+            privacy::MasterKeys::generate("other"),
+        )
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("\"other\"") || stderr.contains("which the settings lack"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8(output.stdout)
+            .unwrap()
+            .contains("Lovelace")
+    );
+
+    // Erased: masked, and the erasure is on the log.
+    let response = stack
+        .http
+        .post(format!("{}/bookings/{booking_id}/erase", stack.command_url))
+        .bearer_auth(stack.token(Role::Ops, "ops-1").await)
+        .json(&json!({"reason": "the family asked"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let run = fmctl(&stack.kafka, None, &["privacy", "show", booking_id]).await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("deceased: [erased]"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("erasure on the log: yes"),
+        "{}",
+        run.stdout
+    );
+    for plaintext in ["Lovelace", "byron@example.org", "Byron", "+447700900123"] {
+        assert!(!run.stdout.contains(plaintext), "{}", run.stdout);
+    }
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &["privacy", "show", booking_id, "--json"],
+    )
+    .await;
+    let shown = &run.json_lines()[0];
+    assert_eq!(shown["state"], "erased", "{shown}");
+    assert_eq!(shown["personal"], "erased", "{shown}");
+
+    // A booking the log does not have: one sentence, non-zero.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let run = fmctl(&stack.kafka, None, &["privacy", "show", &unknown]).await;
+    assert_ne!(run.status, 0);
+    assert!(
+        run.stderr.contains("has no BookingRequested"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_booking_whose_personal_data_does_not_open_is_parked_with_its_key_and_cause_and_the_projector_goes_on()
+ {
+    let stack = TestStack::spawn().await.unwrap();
+    let (facility_id, _) = facility_and_booking(&stack).await;
+    let run = fmctl(
+        &stack.kafka,
+        None,
+        &["events", "tail", "--topic", "booking", "--output", "json"],
+    )
+    .await;
+    let requested = run.json_lines()[0]["event"].clone();
+    assert_eq!(requested["event_type"], "BookingRequested", "{requested}");
+    let request_for = |id: &str, sealed: &domain::booking::SealedPersonal| {
+        let mut record = requested.clone();
+        record["aggregate_id"] = json!(id);
+        record["event_id"] = json!(uuid::Uuid::new_v4());
+        record["data"]["booking_id"] = json!(id);
+        record["data"]["personal"] = serde_json::to_value(sealed).unwrap();
+        serde_json::to_vec(&record).unwrap()
+    };
+    // One sealed under a master key the projector lacks, one whose box was tampered with.
+    let mut elsewhere = test_support::privacy_settings();
+    elsewhere.master_keys = privacy::MasterKeys::generate("absent").into();
+    let elsewhere = privacy::KeyStore::connect(&DatabaseSettings::default(), &elsewhere)
+        .await
+        .unwrap();
+    let ours = privacy::KeyStore::connect(
+        &DatabaseSettings::default(),
+        &test_support::privacy_settings(),
+    )
+    .await
+    .unwrap();
+    // The booking's own personal data, opened.
+    let personal = ours
+        .open(
+            requested["aggregate_id"].as_str().unwrap().parse().unwrap(),
+            &serde_json::from_value(requested["data"]["personal"].clone()).unwrap(),
+        )
+        .await
+        .unwrap()
+        .personal()
+        .unwrap();
+    let (absent, tampered) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let absent_box = elsewhere
+        .seal(absent.parse().unwrap(), &personal)
+        .await
+        .unwrap();
+    let mut tampered_box = ours
+        .seal(tampered.parse().unwrap(), &personal)
+        .await
+        .unwrap();
+    if let domain::booking::SealedPersonal::Encrypted(sealed) = &mut tampered_box {
+        let first = if sealed.ciphertext.starts_with('A') {
+            "B"
+        } else {
+            "A"
+        };
+        sealed.ciphertext.replace_range(0..1, first);
+    }
+    poison_on(
+        &stack,
+        "booking",
+        &absent,
+        &request_for(&absent, &absent_box),
+    )
+    .await;
+    poison_on(
+        &stack,
+        "booking",
+        &tampered,
+        &request_for(&tampered, &tampered_box),
+    )
+    .await;
+    // A booking after them is projected: nothing waits behind the two.
+    let response = stack
+        .http
+        .post(format!("{}/bookings", stack.command_url))
+        .bearer_auth(stack.token(Role::Director, "director-1").await)
+        .json(&bodies::booking(&facility_id, 15))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    wait_projected(&stack.kafka, &stack.database_url).await;
+
+    let run = fmctl(
+        &stack.kafka,
+        Some(&stack.database_url),
+        &["projections", "parked", "--output", "json"],
+    )
+    .await;
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let parked = report["builds"][0]["parked"].as_array().unwrap();
+    assert_eq!(parked.len(), 2, "{report}");
+    let reason_of = |id: &str| {
+        parked
+            .iter()
+            .find(|p| p["aggregate_id"] == json!(id))
+            .map(|p| p["reason"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let key_of = |sealed: &domain::booking::SealedPersonal| sealed.key_id().unwrap().to_string();
+    let reason = reason_of(&absent);
+    assert!(
+        reason.contains(&key_of(&absent_box)) && reason.contains("\"absent\""),
+        "{reason}"
+    );
+    let reason = reason_of(&tampered);
+    assert!(
+        reason.contains(&key_of(&tampered_box)) && reason.contains("fails authentication"),
+        "{reason}"
+    );
+    // `/ready` says so too, and nothing anywhere shows a value.
+    let ready = stack
+        .http
+        .get(format!("{}/ready", stack.projection_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(ready.contains("2 aggregates parked"), "{ready}");
+    for text in [&ready, &run.stdout] {
+        for plaintext in ["Lovelace", "byron@example.org", "+447700900123"] {
+            assert!(!text.contains(plaintext), "{text}");
+        }
+    }
+}

@@ -27,7 +27,7 @@ const NONCE_LEN: usize = 24;
 pub enum CryptoError {
     /// The ciphertext is not base64, is too short, or its tag does not verify: another key,
     /// another booking, or damaged bytes.
-    #[error("does not decrypt (wrong key, wrong booking or damaged)")]
+    #[error("it fails authentication (tampered, another booking's, or under another key)")]
     Undecryptable,
     /// It decrypted but is not personal data.
     #[error("decrypted but is not personal data: {0}")]

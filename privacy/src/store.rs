@@ -46,9 +46,27 @@ pub enum PrivacyError {
         "data key {key_id} is wrapped by master key {master_key_id:?}, which the settings lack"
     )]
     UnknownMasterKey { key_id: Uuid, master_key_id: String },
+    /// A sealed box, or the data key it needs, fails authentication: it was tampered with, moved
+    /// from another booking, sealed under another key, or its key was wrapped by another master
+    /// key of the same id. No retry can open it. The text names the key, never a value.
+    #[error("the personal data under data key {key_id} does not open: {cause}")]
+    Unopenable { key_id: Uuid, cause: CryptoError },
     /// The booking's personal data was erased: no new box may be sealed for it.
     #[error("the personal data of booking {0} has been erased")]
     Erased(Uuid),
+}
+
+impl PrivacyError {
+    /// Whether this is a box that does not open with what this process holds (a master key the
+    /// settings lack, or a box or key that fails authentication) rather than the key store
+    /// failing: a reader parks the record, it does not retry it for ever (docs/privacy.md,
+    /// "When personal data does not open").
+    pub fn is_unopenable(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownMasterKey { .. } | Self::Unopenable { .. }
+        )
+    }
 }
 
 /// A sealed box opened: the data, or the fact that it was erased.
@@ -212,10 +230,15 @@ impl KeyStore {
             (SealedPersonal::Encrypted(sealed), KeyState::Live { key_id, key })
                 if key_id == sealed.key_id =>
             {
-                Ok(Opened::Personal(crypto::open(&key, booking_id, sealed)?))
+                crypto::open(&key, booking_id, sealed)
+                    .map(Opened::Personal)
+                    .map_err(|cause| PrivacyError::Unopenable { key_id, cause })
             }
-            (SealedPersonal::Encrypted(_), KeyState::Live { .. }) => {
-                Err(CryptoError::Undecryptable.into())
+            (SealedPersonal::Encrypted(sealed), KeyState::Live { .. }) => {
+                Err(PrivacyError::Unopenable {
+                    key_id: sealed.key_id,
+                    cause: CryptoError::Undecryptable,
+                })
             }
             (_, KeyState::Erased) | (SealedPersonal::Encrypted(_), KeyState::Missing) => {
                 Ok(Opened::Erased)
@@ -253,6 +276,45 @@ impl KeyStore {
         )
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Bookings with a live data key made more than `older_than` ago, oldest first, at most
+    /// `limit`: the candidates of the orphan sweep (a key made for a request the domain then
+    /// refused). Whether a booking reached the log is for the caller to say.
+    pub async fn live_keys_older_than(
+        &self,
+        older_than: Duration,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, PrivacyError> {
+        Ok(sqlx::query_scalar(
+            "SELECT booking_id FROM data_keys \
+             WHERE erased_at IS NULL AND created_at < now() - make_interval(secs => $1) \
+             ORDER BY created_at LIMIT $2",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Removes the booking's data key if it is live and older than `older_than` (an orphan:
+    /// its request never reached the log). Returns whether it removed it. A tombstone is never
+    /// removed: it is what says the booking's data is erased.
+    pub async fn remove_orphan(
+        &self,
+        booking_id: Uuid,
+        older_than: Duration,
+    ) -> Result<bool, PrivacyError> {
+        let done = sqlx::query(
+            "DELETE FROM data_keys WHERE booking_id = $1 AND erased_at IS NULL \
+             AND created_at < now() - make_interval(secs => $2)",
+        )
+        .bind(booking_id)
+        .bind(older_than.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        self.forget(booking_id);
+        Ok(done.rows_affected() > 0)
     }
 
     /// Re-wraps every live data key not wrapped by the current master key, one row at a time
@@ -370,6 +432,7 @@ impl KeyStore {
                     key_id,
                     master_key_id: master_key_id.to_owned(),
                 })?;
-        Ok(crypto::unwrap(master, key_id, booking_id, wrapped)?)
+        crypto::unwrap(master, key_id, booking_id, wrapped)
+            .map_err(|cause| PrivacyError::Unopenable { key_id, cause })
     }
 }

@@ -13,6 +13,12 @@
 //! as the live path drops them, and the first record that still cannot be applied stays parked
 //! with the reason, keeping everything after it.
 //!
+//! A record whose personal data does not open with what this projector holds (its data key is
+//! wrapped by a master key the settings lack, or the box fails authentication) parks its
+//! aggregate too, with the key's id and the cause as the reason: it is never applied without
+//! its personal data, and never blocks another aggregate (docs/privacy.md). An erased key is
+//! not such a case: the record is applied with its personal columns `"erased"`.
+//!
 //! A record whose own version's schema refuses it, or that does not decode, is still a dead
 //! letter: a newer release would refuse it too.
 
@@ -136,22 +142,18 @@ pub(crate) async fn project_record(
             Ok(Projected::Outcome(RecordOutcome::Gap))
         }
         Err(ApplyError::Contract(violation)) if violation.is_unknown_event() => {
-            tracing::warn!(
-                aggregate_id = %envelope.aggregate_id,
-                event_type = %envelope.event_type,
-                event_version = envelope.event_version,
-                topic = %position.topic, partition = position.partition, offset = position.offset,
-                "an event this release does not know; the aggregate is parked until a release that knows it runs"
-            );
-            park(
+            park_not_applied(conn, &envelope, payload, position, NotApplied::Unknown).await
+        }
+        // Opening happens before any write, so nothing of this record is in the transaction.
+        Err(ApplyError::Unopenable(error)) => {
+            park_not_applied(
                 conn,
                 &envelope,
                 payload,
                 position,
-                &unknown_reason(&envelope),
+                NotApplied::Unopenable(&error),
             )
-            .await?;
-            Ok(Projected::Outcome(RecordOutcome::Parked))
+            .await
         }
         // Decoding happens before any write, so nothing of this record is in the transaction.
         Err(ApplyError::Contract(violation)) => Ok(Projected::refused(&violation)),
@@ -163,6 +165,56 @@ fn gap_reason(envelope: &EventEnvelope, expected: u64) -> String {
     format!(
         "gap: sequence {} where {expected} was expected",
         envelope.sequence
+    )
+}
+
+/// Why a known-good record is parked rather than applied.
+enum NotApplied<'a> {
+    /// Its event type or version is one this release does not know.
+    Unknown,
+    /// Its personal data does not open.
+    Unopenable(&'a privacy::PrivacyError),
+}
+
+/// Parks a record that was not applied (and so wrote nothing), with its reason.
+async fn park_not_applied(
+    conn: &mut PgConnection,
+    envelope: &EventEnvelope,
+    payload: &[u8],
+    position: &LogPosition,
+    why: NotApplied<'_>,
+) -> Result<Projected, sqlx::Error> {
+    let reason = match why {
+        NotApplied::Unknown => {
+            tracing::warn!(
+                aggregate_id = %envelope.aggregate_id,
+                event_type = %envelope.event_type,
+                event_version = envelope.event_version,
+                topic = %position.topic, partition = position.partition, offset = position.offset,
+                "an event this release does not know; the aggregate is parked until a release that knows it runs"
+            );
+            unknown_reason(envelope)
+        }
+        NotApplied::Unopenable(error) => {
+            tracing::error!(
+                aggregate_id = %envelope.aggregate_id,
+                sequence = envelope.sequence,
+                %error,
+                topic = %position.topic, partition = position.partition, offset = position.offset,
+                "personal data that does not open; the aggregate is parked until it does"
+            );
+            unopenable_reason(error)
+        }
+    };
+    park(conn, envelope, payload, position, &reason).await?;
+    Ok(Projected::Outcome(RecordOutcome::Parked))
+}
+
+/// Why a record whose personal data does not open is parked: the key's id and the cause (a
+/// master key the settings lack, or a box that fails authentication), never a value.
+fn unopenable_reason(error: &privacy::PrivacyError) -> String {
+    format!(
+        "{error}; applied once it opens (the right master key configured, the projector restarted)"
     )
 }
 
@@ -264,6 +316,7 @@ pub(crate) async fn drain(
                 Err(ApplyError::Contract(violation)) if violation.is_unknown_event() => {
                     unknown_reason(&envelope)
                 }
+                Err(ApplyError::Unopenable(error)) => unopenable_reason(&error),
                 // A known record that does not decode any more: a defect of this build, not of
                 // the writer; it stays parked (and visible) rather than being passed over.
                 Err(ApplyError::Contract(violation)) => violation.without_values(),

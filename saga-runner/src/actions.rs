@@ -358,7 +358,7 @@ impl Effects {
         } else if let Some(sealed) = &request.personal {
             match self.keys.open(*saga.booking_id.as_uuid(), sealed).await {
                 Ok(opened) => opened.personal(),
-                Err(error) => return StepOutcome::failed(error),
+                Err(error) => return StepOutcome::failed_as(opening_failure(&error), error),
             }
         } else {
             None
@@ -417,6 +417,23 @@ impl Effects {
             }
             Err(error) => StepOutcome::failed(error),
         }
+    }
+}
+
+/// What a letter's recipients that do not open mean for the step (docs/privacy.md, "When
+/// personal data does not open"). A box or a data key that fails authentication (tampered, or
+/// another booking's) opens under no settings: the saga parks for an operator at once, the
+/// reason naming the key and the cause, never a value. A data key wrapped by a master key the
+/// settings lack is the runner's own configuration, which fixing (and restarting) must resume
+/// every saga without an operator touching each: retried, like a 401. The key store failing
+/// otherwise (PostgreSQL) is the system not answering. No letter goes without its recipients.
+fn opening_failure(error: &privacy::PrivacyError) -> Failure {
+    match error {
+        privacy::PrivacyError::Unopenable { .. } => Failure::Permanent,
+        privacy::PrivacyError::UnknownMasterKey { .. } | privacy::PrivacyError::Database(_) => {
+            Failure::Unavailable
+        }
+        _ => Failure::Transient,
     }
 }
 
@@ -521,6 +538,35 @@ impl CommandClient {
     }
 }
 
+impl CommandClient {
+    /// Erases a booking's personal data (`POST /bookings/{id}/erase`, the privacy job's
+    /// retention rule); 200 also when it was erased already.
+    pub async fn erase(&self, booking_id: uuid::Uuid, reason: &str) -> Result<(), String> {
+        let token = self
+            .token
+            .token()
+            .await
+            .map_err(|error| format!("cannot get a token: {error}"))?;
+        let path = format!("/bookings/{booking_id}/erase");
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(token)
+            .header("Idempotency-Key", format!("retention:{booking_id}"))
+            .json(&json!({ "reason": reason }))
+            .send()
+            .await
+            .map_err(|error| format!("{path}: {error}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            let status = response.status();
+            let (detail, _) = problem_detail(response).await;
+            Err(format!("{path}: {status}: {detail}"))
+        }
+    }
+}
+
 /// The last part of a command's idempotency key: the step, and for a payment record what is
 /// recorded (a capture step may record a capture or a decline, with different bodies). A park
 /// is keyed by the saga stream's version, so that parking again after a retry is a new request
@@ -553,5 +599,36 @@ async fn problem_detail(response: reqwest::Response) -> (String, Option<String>)
         }
         Err(_) if status == StatusCode::SERVICE_UNAVAILABLE => ("unavailable".to_owned(), None),
         Err(error) => (error.to_string(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use privacy::{CryptoError, PrivacyError};
+    use uuid::Uuid;
+
+    use super::{Failure, opening_failure};
+
+    #[test]
+    fn recipients_that_fail_authentication_park_and_a_missing_master_key_is_retried() {
+        let key_id = Uuid::from_u128(1);
+        assert_eq!(
+            opening_failure(&PrivacyError::Unopenable {
+                key_id,
+                cause: CryptoError::Undecryptable,
+            }),
+            Failure::Permanent
+        );
+        assert_eq!(
+            opening_failure(&PrivacyError::UnknownMasterKey {
+                key_id,
+                master_key_id: "m0".to_owned(),
+            }),
+            Failure::Unavailable
+        );
+        assert_eq!(
+            opening_failure(&PrivacyError::Database(sqlx::Error::PoolTimedOut)),
+            Failure::Unavailable
+        );
     }
 }

@@ -13,6 +13,8 @@
 //! - [`actions`]: performing a step: the command-service client, the gateway, the mailer; and
 //!   what a failure means (unavailable, refused for now, permanent).
 //! - [`reconcile`]: the gateway's captures compared with the log on a schedule.
+//! - [`retention`]: the privacy job: personal data erased past its retention period, data keys
+//!   of requests that never reached the log removed (docs/privacy.md).
 //! - `routes`: `/ready`, the ops view (`GET /sagas`, `GET /sagas/{booking_id}`), operators'
 //!   actions (`POST /sagas/{booking_id}/park | retry | skip | resolve`) and the reconciliation
 //!   (`GET`/`POST /reconciliation`).
@@ -22,6 +24,7 @@ pub mod actions;
 pub mod consumer;
 mod parking;
 pub mod reconcile;
+pub mod retention;
 mod routes;
 pub mod saga;
 pub mod settings;

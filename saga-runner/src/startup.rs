@@ -106,6 +106,14 @@ impl Service for Application {
             service_token,
             settings.saga.command_timeout,
         )?;
+        let privacy_job = crate::retention::PrivacyJob {
+            pool: pool.clone(),
+            keys: keys.clone(),
+            commands: commands.clone(),
+            erase_after: privacy.erase_after,
+            orphan_keys_after: privacy.orphan_keys_after,
+        };
+        let privacy_job = tokio::spawn(privacy_job.run(privacy.sweep_interval, shutdown.clone()));
         let producer = event_log::EventProducer::new(&settings.kafka)
             .context("Failed to create a Kafka client")?;
 
@@ -167,7 +175,7 @@ impl Service for Application {
         let server = platform::http::HttpServer::bind(router, &settings.http).await?;
         Ok(Self {
             server,
-            background: vec![consumer, worker, gauges, reconciliation],
+            background: vec![consumer, worker, gauges, reconciliation, privacy_job],
             shutdown,
         })
     }
@@ -188,8 +196,9 @@ impl Service for Application {
 }
 
 /// Connections the pool needs beside those of the sagas in flight: the worker's listener (it
-/// keeps one for good), the consumer's batch, the due query, the gauges and the reconciliation.
-const POOL_OVERHEAD: u32 = 5;
+/// keeps one for good), the consumer's batch, the due query, the gauges, the reconciliation,
+/// and the privacy job (its lock's transaction and a query beside it).
+const POOL_OVERHEAD: u32 = 7;
 
 /// The pool size the runner uses: at least two connections per saga in flight plus
 /// [`POOL_OVERHEAD`]. A pass's transaction holds one while the step runs (it holds the
@@ -212,7 +221,7 @@ mod tests {
 
     #[test]
     fn the_pool_holds_every_saga_in_flight_and_the_consumer() {
-        assert_eq!(pool_size(10, 16), 37);
+        assert_eq!(pool_size(10, 16), 39);
         assert_eq!(pool_size(10, 1), 10);
         assert_eq!(pool_size(50, 16), 50);
         assert_eq!(pool_size(0, usize::MAX), u32::MAX);

@@ -514,3 +514,307 @@ async fn a_booking_erased_mid_saga_is_confirmed_but_no_letter_goes_to_its_erased
         saga.mails_for(booking)
     );
 }
+
+/// The test server's key table (`privacy.data_keys`), connected before the story starts so a
+/// change lands in milliseconds.
+async fn key_table() -> sqlx::PgPool {
+    let url = system_tests::required_env("FM_TEST_DATABASE_URL").unwrap();
+    sqlx::PgPool::connect(&url).await.unwrap()
+}
+
+/// The booking's data-key row changed by `update` (SQL after `SET`); returns the key's id.
+async fn change_key_row(keys: &sqlx::PgPool, booking: Uuid, update: &str) -> Uuid {
+    sqlx::query_scalar(&format!(
+        "UPDATE privacy.data_keys SET {update} WHERE booking_id = $1 RETURNING key_id"
+    ))
+    .bind(booking)
+    .fetch_one(keys)
+    .await
+    .unwrap()
+}
+
+/// The next capture takes 3 s (as in the mid-saga erasure): time to change a key row before the
+/// saga reaches its letter.
+async fn slow_next_capture(saga: &SagaStack) {
+    saga.simulator
+        .set_behaviour(Behaviour {
+            delay_ms: Some(3_000),
+            ..Behaviour::once(Mode::Slow)
+        })
+        .await
+        .unwrap();
+}
+
+/// Polls the runner's view of the saga until `until` holds; returns it.
+async fn wait_saga(
+    saga: &SagaStack,
+    booking: Uuid,
+    until: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + DONE_WITHIN;
+    loop {
+        let view = saga.saga(booking).await.unwrap();
+        if let Some(view) = view.filter(|view| until(view)) {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga of {booking} never got there; runner log in {}",
+            saga.log_dir().display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn recipients_that_do_not_open_send_no_letter_a_missing_master_key_waits_a_tampered_key_parks()
+ {
+    let saga = spawn(SagaOptions::default()).await;
+    let facility = saga.register_facility().await.unwrap();
+    let keys = key_table().await;
+
+    // The master key that wraps the booking's data key is not in the runner's settings (as if
+    // it were not configured): the letter waits, retried, its error naming the key. (The key
+    // row is changed while the capture takes its 3 s, before the saga opens it.)
+    slow_next_capture(&saga).await;
+    let waiting = saga.request_booking(facility, 3, 1, PRICE).await.unwrap();
+    let key_id = change_key_row(&keys, waiting, "master_key_id = 'absent'").await;
+    assert!(
+        saga.mails_for(waiting).is_empty(),
+        "the letter went before the key changed"
+    );
+    let view = wait_saga(&saga, waiting, |view| {
+        view["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("absent"))
+    })
+    .await;
+    let error = view["last_error"].as_str().unwrap();
+    assert!(error.contains(&key_id.to_string()), "{error}");
+    assert_eq!(view["done"], false, "{view}");
+    assert_ne!(view["stage"], "parked", "{view}");
+    assert!(saga.mails_for(waiting).is_empty());
+    // The master key is back: the letter goes, without an operator.
+    change_key_row(&keys, waiting, "master_key_id = 'test-1'").await;
+    saga.wait_done(waiting, DONE_WITHIN).await.unwrap();
+    saga.sink
+        .wait_for(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        saga.mails_for(waiting),
+        [message_id("confirmation", waiting)]
+    );
+
+    // A data key that fails authentication (one byte of the wrapped key changed) opens under no
+    // settings: the saga parks for an operator, the reason naming the key and the cause.
+    slow_next_capture(&saga).await;
+    let tampered = saga.request_booking(facility, 3, 2, PRICE).await.unwrap();
+    let key_id = change_key_row(
+        &keys,
+        tampered,
+        "wrapped_key = set_byte(wrapped_key, 30, (get_byte(wrapped_key, 30) + 1) % 256)",
+    )
+    .await;
+    let view = wait_saga(&saga, tampered, |view| view["stage"] == "parked").await;
+    let shown = view.to_string();
+    assert!(
+        shown.contains(&key_id.to_string()) && shown.contains("fails authentication"),
+        "{shown}"
+    );
+    for plaintext in ["Ada", "Lovelace", "byron@example.org", "+447700900123"] {
+        assert!(!shown.contains(plaintext), "{shown}");
+    }
+    assert!(saga.mails_for(tampered).is_empty());
+    // It blocks no other saga.
+    let other = saga.request_booking(facility, 3, 3, PRICE).await.unwrap();
+    saga.wait_done(other, DONE_WITHIN).await.unwrap();
+    saga.sink
+        .wait_for(2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(saga.mails_for(other), [message_id("confirmation", other)]);
+    assert!(saga.mails_for(tampered).is_empty());
+}
+
+/// Every record of the booking topic, as JSON envelopes, read from the beginning to its end.
+async fn booking_records(saga: &SagaStack) -> Vec<serde_json::Value> {
+    use futures::StreamExt as _;
+    use rdkafka::Message as _;
+    let kafka = saga.stack.kafka.clone();
+    let topic = event_log::Topics::new(&kafka.topic_prefix).events(schemas::AggregateType::Booking);
+    let reader = event_log::consumer::manual_consumer(&kafka, "flows-test").unwrap();
+    let partitions = event_log::consumer::partitions(&reader, &[topic], &kafka).unwrap();
+    let marks = event_log::consumer::watermarks(&reader, &partitions, &kafka).unwrap();
+    let mut pending: std::collections::BTreeMap<_, _> = marks
+        .iter()
+        .filter(|(_, (low, high))| low < high)
+        .map(|(tp, (_, high))| (tp.clone(), *high))
+        .collect();
+    let starts = marks
+        .iter()
+        .map(|(tp, (low, _))| (tp.clone(), *low))
+        .collect();
+    event_log::consumer::assign(&reader, &starts).unwrap();
+    let mut stream = reader.stream();
+    let mut records = Vec::new();
+    while !pending.is_empty() {
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let tp = (message.topic().to_owned(), message.partition());
+        if let Some(end) = pending.get(&tp).copied() {
+            records.push(serde_json::from_slice(message.payload().unwrap()).unwrap());
+            if message.offset() + 1 >= end {
+                pending.remove(&tp);
+            }
+        }
+    }
+    records
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)] // One story, told in order.
+async fn the_retention_rule_erases_a_booking_once_after_its_service_and_the_job_removes_orphan_keys()
+ {
+    let mut saga = spawn(SagaOptions {
+        env: vec![
+            ("FM_PRIVACY__ERASE_AFTER".to_owned(), "1d".to_owned()),
+            ("FM_PRIVACY__SWEEP_INTERVAL".to_owned(), "200".to_owned()),
+        ],
+        ..SagaOptions::default()
+    })
+    .await;
+    // Two replicas run the job: one erasure all the same.
+    saga.add_runner().await.unwrap();
+    let facility = saga.register_facility().await.unwrap();
+    let old = saga.request_booking(facility, 3, 1, PRICE).await.unwrap();
+    let recent = saga.request_booking(facility, 3, 2, PRICE).await.unwrap();
+    saga.wait_done(old, DONE_WITHIN).await.unwrap();
+    saga.wait_done(recent, DONE_WITHIN).await.unwrap();
+    // Keys for requests that never reached the log: one made two days ago, one an hour ago.
+    let (stale_orphan, young_orphan) = (Uuid::new_v4(), Uuid::new_v4());
+    let keys = sqlx::PgPool::connect(&system_tests::required_env("FM_TEST_DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    for (booking, age) in [(stale_orphan, "2 days"), (young_orphan, "1 hour")] {
+        sqlx::query(&format!(
+            "INSERT INTO privacy.data_keys (booking_id, key_id, wrapped_key, master_key_id, created_at) \
+             VALUES ($1, $2, '\\x00', 'test-1', now() - interval '{age}')"
+        ))
+        .bind(booking)
+        .bind(Uuid::new_v4())
+        .execute(&keys)
+        .await
+        .unwrap();
+    }
+    let key_rows = |booking: Uuid| {
+        let keys = keys.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM privacy.data_keys WHERE booking_id = $1",
+            )
+            .bind(booking)
+            .fetch_one(&keys)
+            .await
+            .unwrap()
+        }
+    };
+
+    // The old booking's service ended three days ago (its slot moved back in the saga's facts,
+    // which is all the job reads).
+    let sagas = sqlx::PgPool::connect(&saga.stack.database_url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE saga.sagas SET facts = jsonb_set(facts, '{request,slot}', \
+         jsonb_build_object('start', to_char((now() - interval '3 days') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00:00\"Z\"'), \
+                            'end', to_char((now() - interval '3 days' + interval '1 hour') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00:00\"Z\"'))) \
+         WHERE booking_id = $1",
+    )
+    .bind(old)
+    .execute(&sagas)
+    .await
+    .unwrap();
+
+    // Erased through the command: the read model says so, the key is a tombstone.
+    let deadline = tokio::time::Instant::now() + DONE_WITHIN;
+    loop {
+        let read = saga.booking_with_status(old, "confirmed").await.unwrap();
+        if read["deceased"] == "erased" {
+            assert_eq!(read["family_contacts"], "erased", "{read}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not erased: {read}; runner logs in {}",
+            saga.log_dir().display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The stale orphan goes; the young one and the bookings' keys stay.
+    let deadline = tokio::time::Instant::now() + DONE_WITHIN;
+    while key_rows(stale_orphan).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stale orphan key stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(key_rows(young_orphan).await, 1);
+    assert_eq!(key_rows(recent).await, 1);
+    assert_eq!(key_rows(old).await, 1, "the tombstone stays");
+
+    // Wait until both runners have read the erasure (then neither job picks the booking again).
+    let deadline = tokio::time::Instant::now() + DONE_WITHIN;
+    loop {
+        let erased_read: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM saga.sagas WHERE booking_id = $1 AND facts->>'personal_data_erased' = 'true'",
+        )
+        .bind(old)
+        .fetch_one(&sagas)
+        .await
+        .unwrap();
+        if erased_read == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga never read the erasure"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Erasing again (a director, or the job once more) appends nothing: exactly one
+    // PersonalDataErased, saying retention; the recent booking is untouched.
+    let response = saga
+        .stack
+        .http
+        .post(format!("{}/bookings/{old}/erase", saga.stack.command_url))
+        .bearer_auth(saga.director().await)
+        .json(&serde_json::json!({"reason": "again"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let written: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        written["version"], 4,
+        "requested, held, confirmed, erased: {written}"
+    );
+    let records = booking_records(&saga).await;
+    let erasures: Vec<_> = records
+        .iter()
+        .filter(|r| r["event_type"] == "PersonalDataErased")
+        .collect();
+    assert_eq!(erasures.len(), 1, "{erasures:?}");
+    assert_eq!(erasures[0]["aggregate_id"], old.to_string());
+    let reason = erasures[0]["data"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("retention: 1d after the service ended"),
+        "{reason}"
+    );
+    let read = saga.booking_with_status(recent, "confirmed").await.unwrap();
+    assert_ne!(read["deceased"], "erased", "{read}");
+}

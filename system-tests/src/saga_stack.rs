@@ -37,6 +37,8 @@ pub struct SagaOptions {
     /// nothing is believed; by default the gateway timeout and 2 s more (the runner requires it
     /// to be longer than the gateway timeout).
     pub settle_window: Option<Duration>,
+    /// More settings for the runner (`FM_PRIVACY__ERASE_AFTER`, ...), set last.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for SagaOptions {
@@ -48,6 +50,7 @@ impl Default for SagaOptions {
             breaker_cool_down: Duration::from_secs(2),
             concurrency: 16,
             settle_window: None,
+            env: Vec::new(),
         }
     }
 }
@@ -211,6 +214,7 @@ impl SagaStack {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
+        command.envs(options.env.iter().cloned());
         if let Some(step) = crash_after {
             command.env("FM_SAGA__CRASH_AFTER", step);
         }

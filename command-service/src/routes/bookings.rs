@@ -328,7 +328,7 @@ pub(crate) struct Erasure {
 /// relationship, e-mail and phone. Its data key is destroyed, then `PersonalDataErased` is
 /// recorded; from then on every reader shows those fields as erased and no letter goes to its
 /// contacts. Nothing else about the booking changes. Erasing again answers 200 and changes
-/// nothing. For directors and ops.
+/// nothing. For directors and ops (and the saga runner's retention rule, with a `system` token).
 #[utoipa::path(
     post,
     path = "/bookings/{id}/erase",

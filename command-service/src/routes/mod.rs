@@ -189,11 +189,12 @@ impl Roles for Bookers {
     const ALLOWED: &'static [Role] = &[Role::Director, Role::Family];
 }
 
-/// Erasing a booking's personal data: directors and ops.
+/// Erasing a booking's personal data: directors and ops, and the saga runner's retention rule.
 #[derive(Debug)]
 pub(crate) struct Erasers;
 impl Roles for Erasers {
-    const ALLOWED: &'static [Role] = &[Role::Director, Role::Ops];
+    /// `system`: the saga runner's retention rule (docs/privacy.md).
+    const ALLOWED: &'static [Role] = &[Role::Director, Role::Ops, Role::System];
 }
 
 /// The saga's internal commands: services only.

@@ -76,13 +76,23 @@ async fn project(
     records: &[Logged],
 ) -> Vec<RecordOutcome> {
     let keys = crate::read_models::tests::keys().await;
+    project_with(conn, registry, &keys, records).await
+}
+
+/// [`project`] with these data keys.
+async fn project_with(
+    conn: &mut PgConnection,
+    registry: &SchemaRegistry,
+    keys: &privacy::KeyStore,
+    records: &[Logged],
+) -> Vec<RecordOutcome> {
     let mut outcomes = Vec::new();
     for record in records {
         let mut tx = conn.begin().await.unwrap();
         let projected = project_record(
             &mut tx,
             registry,
-            &keys,
+            keys,
             &topics(),
             &record.bytes,
             &record.position,
@@ -362,4 +372,177 @@ async fn a_gap_parks_its_aggregate_until_the_missing_record_arrives(pool: PgPool
     let schema = versions::build_schema(READ_MODEL.version, 2);
     assert!(parked(&pool, &schema).await.unwrap().is_empty());
     assert_eq!(read_models(&mut conn).await, expected);
+}
+
+/// A key store on the test server's key table with these master keys.
+async fn key_store(master_keys: &str) -> privacy::KeyStore {
+    let mut settings = test_support::privacy_settings();
+    settings.master_keys = master_keys.to_owned().into();
+    privacy::KeyStore::connect(&platform::settings::DatabaseSettings::default(), &settings)
+        .await
+        .unwrap()
+}
+
+/// Seals the story's `BookingRequested` under `keys` and returns the booking's id.
+async fn seal_request(story: &mut [EventEnvelope], keys: &privacy::KeyStore) -> Uuid {
+    let request = story
+        .iter_mut()
+        .find(|e| e.event_type == "BookingRequested")
+        .unwrap();
+    let sealed = keys
+        .seal(request.aggregate_id, &domain::fixtures::personal_data())
+        .await
+        .unwrap();
+    request.data["personal"] = serde_json::to_value(&sealed).unwrap();
+    request.aggregate_id
+}
+
+async fn booking_row(conn: &mut PgConnection, booking: Uuid) -> Option<(String, String)> {
+    sqlx::query_as("SELECT status, deceased::text FROM bookings WHERE booking_id = $1")
+        .bind(booking)
+        .fetch_optional(conn)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "crate::startup::MIGRATOR")]
+async fn personal_data_that_does_not_open_parks_its_booking_never_the_projector_and_an_erased_key_reads_erased(
+    pool: PgPool,
+) {
+    let registry = SchemaRegistry::load().unwrap();
+    let test_keys = crate::read_models::tests::keys().await;
+    // A master key this projector does not have (another deployment's, or one not configured).
+    let absent = privacy::MasterKeys::generate("absent");
+    let elsewhere = key_store(&absent).await;
+    let mut stories: Vec<Vec<EventEnvelope>> =
+        (1..=4).map(|i| fixtures::booking_story(i).1).collect();
+    let unknown_master = seal_request(&mut stories[0], &elsewhere).await;
+    let tampered = seal_request(&mut stories[1], &test_keys).await;
+    let erased = seal_request(&mut stories[2], &test_keys).await;
+    let fine = seal_request(&mut stories[3], &test_keys).await;
+    test_keys.erase(erased).await.unwrap();
+    // The tampered box: one byte of its ciphertext changed.
+    let request = stories[1]
+        .iter_mut()
+        .find(|e| e.event_type == "BookingRequested")
+        .unwrap();
+    let tampered_key = request.data["personal"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ciphertext = request.data["personal"]["ciphertext"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let flipped = if ciphertext.starts_with('A') {
+        "B"
+    } else {
+        "A"
+    };
+    ciphertext.replace_range(0..1, flipped);
+    request.data["personal"]["ciphertext"] = ciphertext.into();
+    let unknown_key = stories[0]
+        .iter()
+        .find(|e| e.event_type == "BookingRequested")
+        .unwrap()
+        .data["personal"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut envelopes = Vec::new();
+    for i in 0..stories.iter().map(Vec::len).max().unwrap() {
+        for story in &stories {
+            envelopes.extend(story.get(i).cloned());
+        }
+    }
+    let records = log(envelopes);
+
+    let mut conn = build(&pool, 1).await;
+    let schema = versions::build_schema(READ_MODEL.version, 1);
+    let outcomes = project_with(&mut conn, &registry, &test_keys, &records).await;
+    let of = |booking: Uuid| -> Vec<RecordOutcome> {
+        records
+            .iter()
+            .zip(&outcomes)
+            .filter(|(r, _)| r.envelope.aggregate_id == booking)
+            .map(|(_, o)| *o)
+            .collect()
+    };
+    // The two bookings that do not open are parked with every record of theirs, in order;
+    // nothing of them is in the read model, in plaintext or otherwise.
+    for booking in [unknown_master, tampered] {
+        assert!(
+            of(booking).iter().all(|o| *o == RecordOutcome::Parked),
+            "{:?}",
+            of(booking)
+        );
+        assert_eq!(booking_row(&mut conn, booking).await, None);
+    }
+    // Everything else went on: the erased booking reads erased, the other opens.
+    assert!(
+        of(erased)
+            .iter()
+            .chain(&of(fine))
+            .all(|o| *o == RecordOutcome::Applied),
+        "{outcomes:?}"
+    );
+    let (_, deceased) = booking_row(&mut conn, erased).await.unwrap();
+    assert_eq!(deceased, r#""erased""#);
+    let (_, deceased) = booking_row(&mut conn, fine).await.unwrap();
+    assert!(deceased.contains("Ada Lovelace"), "{deceased}");
+    let facilities: i64 = sqlx::query_scalar("SELECT count(*) FROM facilities")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(facilities, 4, "no facility waits for a booking");
+
+    // The reasons name the key and the cause, never a value (what `/ready` and
+    // `fmctl projections parked` show).
+    let parked_now = parked(&pool, &schema).await.unwrap();
+    assert_eq!(parked_now.len(), 2, "{parked_now:?}");
+    let reason_of = |booking: Uuid| {
+        parked_now
+            .iter()
+            .find(|p| p.aggregate_id == booking)
+            .map(|p| (p.sequence, p.reason.clone()))
+            .unwrap()
+    };
+    let (sequence, reason) = reason_of(unknown_master);
+    assert_eq!(sequence, 1);
+    assert!(
+        reason.contains(&unknown_key) && reason.contains("\"absent\""),
+        "{reason}"
+    );
+    let (sequence, reason) = reason_of(tampered);
+    assert_eq!(sequence, 1);
+    assert!(
+        reason.contains(&tampered_key) && reason.contains("fails authentication"),
+        "{reason}"
+    );
+    let shown = format!("{parked_now:?}");
+    for plaintext in ["Ada", "Lovelace", "byron@example.org", "+447700900123"] {
+        assert!(!shown.contains(plaintext), "{shown}");
+    }
+
+    // Restarted with the missing master key beside its own: the parked booking is applied, in
+    // order, with its personal data; the tampered one stays parked.
+    let both = key_store(&format!("{},{absent}", test_support::TEST_MASTER_KEYS)).await;
+    let mut tx = conn.begin().await.unwrap();
+    let (applied, still_parked) = drain_all(&mut tx, &registry, &both).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (applied, still_parked),
+        (u64::try_from(of(unknown_master).len()).unwrap(), 1)
+    );
+    let (status, deceased) = booking_row(&mut conn, unknown_master).await.unwrap();
+    assert_eq!(status, "confirmed");
+    assert!(deceased.contains("Ada Lovelace"), "{deceased}");
+    let parked_now = parked(&pool, &schema).await.unwrap();
+    assert_eq!(
+        parked_now
+            .iter()
+            .map(|p| p.aggregate_id)
+            .collect::<Vec<_>>(),
+        [tampered]
+    );
 }

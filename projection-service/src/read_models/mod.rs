@@ -44,14 +44,21 @@ pub(crate) enum ApplyError {
     Contract(#[from] ContractViolation),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The record's personal data does not open with what this process holds (a master key the
+    /// settings lack, a box that fails authentication): its aggregate is parked, with this as
+    /// the reason (it names the key, never a value), and nothing of it is applied.
+    #[error(transparent)]
+    Unopenable(privacy::PrivacyError),
 }
 
-/// The key store failed (PostgreSQL, or a key that does not open): like the database failing, the
-/// batch is retried; nothing is applied without its personal data.
+/// A box that does not open parks its aggregate ([`ApplyError::Unopenable`]); the key store
+/// failing otherwise (PostgreSQL) is like the database failing: the batch is retried. Nothing is
+/// ever applied without its personal data.
 impl From<privacy::PrivacyError> for ApplyError {
     fn from(error: privacy::PrivacyError) -> Self {
         match error {
             privacy::PrivacyError::Database(error) => Self::Database(error),
+            other if other.is_unopenable() => Self::Unopenable(other),
             other => Self::Database(sqlx::Error::Configuration(Box::new(other))),
         }
     }
