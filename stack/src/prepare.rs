@@ -47,14 +47,16 @@ pub fn steps(facts: &Facts) -> Vec<Step> {
 }
 
 /// Runs [`steps`] with the binaries in `bin_dir`, their output on this process's stderr (a
-/// caller's stdout stays clean), nothing of this process's `FM_*` environment reaching them.
+/// caller's stdout stays clean). They inherit this process's environment minus the
+/// `FM_STACK_*` facts, as the scripts' services do (`start_service` in compose/lib.sh): a
+/// setting the caller exports (`FM_KAFKA__PARTITIONS`, say) reaches them all alike.
 pub fn run(facts: &Facts, bin_dir: &Path) -> anyhow::Result<()> {
     for step in steps(facts) {
         let binary = bin_dir.join(step.service.name());
         let mut command = Command::new(&binary);
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
-            if key.starts_with("FM_") || key.starts_with("OTEL_") || key == "RUST_LOG" {
+            if key.starts_with("FM_STACK_") {
                 command.env_remove(key.as_ref());
             }
         }
