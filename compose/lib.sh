@@ -18,8 +18,9 @@
 #                          start_keycloak, stop_keycloak, keycloak_token (realm:
 #                          compose/keycloak/realm.json)
 #   SMTP sink ............ smtp_sink_python, start_smtp_sink, stop_smtp_sink
-#   services ............. cargo_target_dir, service_binary, start_service, stop_service,
-#                          wait_for_ready
+#   services ............. cargo_target_dir, service_binary, stack_env, stack_prepare,
+#                          start_service, stack_daemon, stop_service, wait_for_ready (each service's
+#                          settings: fm-stack, crate stack/)
 #
 # Conventions: pid files go to "$FM_RUN_DIR", logs to "$FM_LOG_DIR" (the caller sets both).
 # Every server listens on 127.0.0.1 only. Nothing here asks a question: no stdin is needed.
@@ -907,12 +908,30 @@ service_binary() {
     printf '%s/%s/%s\n' "${FM_TARGET_DIR:=$(cargo_target_dir)}" "${FM_SERVICE_PROFILE:-release}" "$1"
 }
 
-# start_service NAME PORT [ARGS...]: starts `service_binary NAME` in the background with
-# FM_HTTP__HOST=127.0.0.1, FM_HTTP__PORT=PORT, FM_LOG__FORMAT=json and the caller's exported
-# FM_* settings. Leaves a running instance alone.
+# stack_env NAME PORT [INSTANCE]: the service's FM_* settings as KEY=VALUE lines, from the one
+# description of the stack (`fm-stack env`, crate stack/) and the stack's facts in the caller's
+# FM_STACK_* variables (docs/local-stack.md, "One description of the stack").
+stack_env() {
+    local name=$1 port=$2 instance=${3:-} bin
+    bin=$(service_binary fm-stack)
+    [[ -x "$bin" ]] || die "$bin not found: build it first (cargo build$([[ "${FM_SERVICE_PROFILE:-release}" == release ]] && echo ' --release') -p stack)"
+    "$bin" env "$name" --port "$port" ${instance:+--instance "$instance"} </dev/null
+}
+
+# stack_prepare: `fm-stack prepare`: fmctl topics ensure, then projection-service migrate, with
+# the stack's settings (the binaries of FM_SERVICE_PROFILE); their output on stderr.
+stack_prepare() {
+    "$(service_binary fm-stack)" prepare --bin-dir "$(dirname "$(service_binary fmctl)")" </dev/null
+}
+
+# start_service NAME PORT [INSTANCE]: starts `service_binary NAME` in the background with the
+# environment `stack_env NAME PORT [INSTANCE]` describes (FM_HTTP__HOST=127.0.0.1,
+# FM_HTTP__PORT=PORT, FM_LOG__FORMAT=json and what it needs of the stack's FM_STACK_* facts), on
+# top of the caller's environment minus the FM_STACK_* variables. Leaves a running instance
+# alone.
 start_service() {
-    local name=$1 port=$2 bin pidfile="$FM_RUN_DIR/$1.pid"
-    shift 2
+    local name=$1 port=$2 instance=${3:-} bin pidfile
+    pidfile="$FM_RUN_DIR/${name}${instance:+-$instance}.pid"
     bin=$(service_binary "$name")
     [[ -x "$bin" ]] || die "$bin not found: build it first (cargo build$([[ "${FM_SERVICE_PROFILE:-release}" == release ]] && echo ' --release') -p $name)"
     if pid_alive "$pidfile" "$name"; then
@@ -927,8 +946,27 @@ start_service() {
             "stop that process or choose another port (docs/local-stack.md, \"Port in use\")"
     fi
     log "starting $name on 127.0.0.1:$port"
-    FM_HTTP__HOST=127.0.0.1 FM_HTTP__PORT=$port FM_LOG__FORMAT=json \
-        start_daemon "$pidfile" "$FM_LOG_DIR/$name.log" "$bin" "$@"
+    stack_daemon "$name" "$port" "$instance" "$pidfile" \
+        "$FM_LOG_DIR/${name}${instance:+-$instance}.log"
+}
+
+# stack_daemon NAME PORT INSTANCE PIDFILE LOG: start_daemon of `service_binary NAME` with the
+# settings `stack_env NAME PORT INSTANCE` prints (INSTANCE may be empty) on top of the caller's
+# environment minus its FM_STACK_* facts; a setting the caller puts before the call
+# (`FM_SIMULATOR__HANG=30000 stack_daemon ...`) reaches the service too.
+stack_daemon() {
+    local name=$1 port=$2 instance=$3 pidfile=$4 logfile=$5 settings
+    settings=$(stack_env "$name" "$port" "$instance") || die "fm-stack env $name failed"
+    (
+        # In a subshell: the settings reach the service's environment (not its command line)
+        # and nothing of them stays in the caller's.
+        local variable
+        for variable in $(compgen -v FM_STACK_ || true); do unset "$variable"; done
+        while IFS= read -r variable; do
+            [[ -n "$variable" ]] && export "$variable"
+        done <<<"$settings"
+        start_daemon "$pidfile" "$logfile" "$(service_binary "$name")"
+    )
 }
 
 stop_service() { stop_pidfile "$FM_RUN_DIR/$1.pid" "$1" "${2:-}"; }

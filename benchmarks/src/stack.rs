@@ -1,5 +1,6 @@
-//! Starting the three services and the bare baseline server as processes, with the settings a
-//! run gives them, and minting the tokens the clients present.
+//! Starting the three services (as the `stack` crate describes them, with the facts of a
+//! benchmark run) and the bare baseline server as processes, and minting the tokens the clients
+//! present.
 
 use std::path::Path;
 
@@ -21,30 +22,40 @@ pub(crate) fn director_token() -> anyhow::Result<String> {
     Ok(keys.mint(DIRECTOR, Role::Director, chrono::Duration::hours(24))?)
 }
 
-/// The benchmarks measure the stack's throughput with one director token from one address:
-/// the limits on the flow (docs/security.md) are lifted.
-const NO_LIMITS: [(&str, &str); 3] = [
-    ("FM_LIMITS__MAX_OPEN_BOOKINGS_PER_FAMILY", "0"),
-    ("FM_LIMITS__PER_SUBJECT_PER_MINUTE", "0"),
-    ("FM_LIMITS__PER_ADDRESS_PER_MINUTE", "0"),
-];
+/// The facts of a benchmark's stack (`stack::Facts`): tokens checked with the run's secret,
+/// the data keys in the admin database under the benchmark's master key, and no limits on the
+/// flow (the benchmarks measure the stack's throughput with one director token from one
+/// address; docs/security.md); `kafka`'s topics when given.
+fn facts(bench: &Bench, kafka: Option<&event_log::KafkaSettings>) -> stack::Facts {
+    stack::Facts {
+        brokers: kafka.map(|kafka| kafka.brokers.clone()),
+        topic_prefix: kafka.map(|kafka| kafka.topic_prefix.clone()),
+        auth: Some(stack::Auth::Secret(SECRET.to_owned())),
+        master_keys: Some(MASTER_KEYS.to_owned()),
+        key_database_url: Some(bench.admin_url.clone()),
+        limits: false,
+        ..stack::Facts::default()
+    }
+}
+
 /// The benchmark's master key (docs/privacy.md): a throw-away stack's, never a deployment's.
 const MASTER_KEYS: &str = "bench-1:YmVuY2gtbWFzdGVyLWtleS1vZi0zMi1ieXRlcyEhISE=";
 
-/// Where the data keys live (the admin database's `privacy` schema) and the master key: what
-/// the command-service and the projection-service must share.
-fn privacy_env(bench: &Bench) -> Vec<(&'static str, String)> {
-    vec![
-        ("FM_PRIVACY__DATABASE_URL", bench.admin_url.clone()),
-        ("FM_PRIVACY__MASTER_KEYS", MASTER_KEYS.to_owned()),
-    ]
-}
-
-fn kafka_env(kafka: &event_log::KafkaSettings) -> Vec<(&'static str, String)> {
-    vec![
-        ("FM_KAFKA__BROKERS", kafka.brokers.clone()),
-        ("FM_KAFKA__TOPIC_PREFIX", kafka.topic_prefix.clone()),
-    ]
+/// Starts `service` of the stack with `facts`, on its benchmark port, as `<service>-<tag>`.
+fn spawn(
+    bench: &Bench,
+    service: stack::Service,
+    port: u16,
+    facts: &stack::Facts,
+    tag: &str,
+) -> anyhow::Result<Process> {
+    Process::spawn(
+        &format!("{service}-{tag}"),
+        &bench.binary(service.name()),
+        &[],
+        &stack::env(facts, &stack::Instance::new(service, port)),
+        &bench.log_dir,
+    )
 }
 
 /// A command-service on `kafka`'s topics; with `snapshot`, it keeps its snapshot there.
@@ -54,20 +65,16 @@ pub(crate) fn command_service(
     tag: &str,
     snapshot: Option<&Path>,
 ) -> anyhow::Result<Process> {
-    let mut env = kafka_env(kafka);
-    env.push(("FM_AUTH__SECRET", SECRET.to_owned()));
-    env.extend(NO_LIMITS.map(|(key, value)| (key, value.to_owned())));
-    env.extend(privacy_env(bench));
-    if let Some(path) = snapshot {
-        env.push(("FM_COMMANDS__SNAPSHOT_PATH", path.display().to_string()));
-    }
-    Process::spawn(
-        &format!("command-service-{tag}"),
-        &bench.binary("command-service"),
-        &[],
+    let facts = stack::Facts {
+        snapshot: snapshot.map(Path::to_owned),
+        ..facts(bench, Some(kafka))
+    };
+    spawn(
+        bench,
+        stack::Service::CommandService,
         bench.ports.command,
-        &env,
-        &bench.log_dir,
+        &facts,
+        tag,
     )
 }
 
@@ -78,46 +85,52 @@ pub(crate) fn projection_service(
     database_url: &str,
     tag: &str,
 ) -> anyhow::Result<Process> {
-    let mut env = kafka_env(kafka);
-    env.push(("FM_DATABASE__URL", database_url.to_owned()));
-    env.extend(privacy_env(bench));
-    Process::spawn(
-        &format!("projection-service-{tag}"),
-        &bench.binary("projection-service"),
-        &[],
+    let facts = stack::Facts {
+        database_url: Some(database_url.to_owned()),
+        ..facts(bench, Some(kafka))
+    };
+    spawn(
+        bench,
+        stack::Service::ProjectionService,
         bench.ports.projection,
-        &env,
-        &bench.log_dir,
+        &facts,
+        tag,
     )
 }
 
 /// A query-api on the read models at `database_url`.
 pub(crate) fn query_api(bench: &Bench, database_url: &str, tag: &str) -> anyhow::Result<Process> {
-    Process::spawn(
-        &format!("query-api-{tag}"),
-        &bench.binary("query-api"),
-        &[],
+    let facts = stack::Facts {
+        database_url: Some(database_url.to_owned()),
+        ..facts(bench, None)
+    };
+    spawn(
+        bench,
+        stack::Service::QueryApi,
         bench.ports.query,
-        &[
-            ("FM_DATABASE__URL", database_url.to_owned()),
-            ("FM_AUTH__SECRET", SECRET.to_owned()),
-            (NO_LIMITS[0].0, NO_LIMITS[0].1.to_owned()),
-            (NO_LIMITS[1].0, NO_LIMITS[1].1.to_owned()),
-            (NO_LIMITS[2].0, NO_LIMITS[2].1.to_owned()),
-        ],
-        &bench.log_dir,
+        &facts,
+        tag,
     )
 }
 
-/// The bare axum + sqlx baseline server (`fm-bench bare-server`) on `database_url`.
+/// The bare axum + sqlx baseline server (`fm-bench bare-server`) on `database_url`: not a
+/// service of the stack, so its few settings are written here.
 pub(crate) fn bare_server(bench: &Bench, database_url: &str, tag: &str) -> anyhow::Result<Process> {
     let me = std::env::current_exe()?;
+    let env: stack::Env = [
+        ("FM_HTTP__HOST", "127.0.0.1".to_owned()),
+        ("FM_HTTP__PORT", bench.ports.bare.to_string()),
+        ("FM_LOG__FORMAT", "json".to_owned()),
+        ("FM_DATABASE__URL", database_url.to_owned()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect();
     Process::spawn(
         &format!("bare-server-{tag}"),
         &me,
         &["bare-server"],
-        bench.ports.bare,
-        &[("FM_DATABASE__URL", database_url.to_owned())],
+        &env,
         &bench.log_dir,
     )
 }

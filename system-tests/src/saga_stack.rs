@@ -7,7 +7,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
     time::Duration,
 };
 
@@ -16,7 +15,7 @@ use chrono::{Duration as Days, NaiveTime, TimeZone, Utc};
 use schemas::Role;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
-use tokio::process::{Child, Command};
+use stack::process::Process;
 use uuid::Uuid;
 
 use crate::{TestStack, bodies, simulator::Simulator, smtp_sink::SmtpSink};
@@ -86,7 +85,7 @@ pub struct FinishedSaga {
 #[derive(Debug)]
 struct RunnerProcess {
     port: u16,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 impl SagaStack {
@@ -114,7 +113,10 @@ impl SagaStack {
             saga_url: format!("http://127.0.0.1:{port}"),
             binary: binary.to_owned(),
             options,
-            runners: vec![RunnerProcess { port, child: None }],
+            runners: vec![RunnerProcess {
+                port,
+                process: None,
+            }],
             log_dir,
             starts: 0,
         };
@@ -134,7 +136,7 @@ impl SagaStack {
     pub async fn add_runner(&mut self) -> anyhow::Result<usize> {
         self.runners.push(RunnerProcess {
             port: free_port()?,
-            child: None,
+            process: None,
         });
         let index = self.runners.len() - 1;
         self.start_runner_at(index, None).await?;
@@ -157,101 +159,75 @@ impl SagaStack {
         let Some(runner) = self.runners.get(index) else {
             bail!("there is no runner {index}");
         };
-        if runner.child.is_some() {
+        if runner.process.is_some() {
             bail!("runner {index} is already running");
         }
         let port = runner.port;
         self.starts += 1;
-        let log = std::fs::File::create(
-            self.log_dir
-                .join(format!("runner{index}-{}.log", self.starts)),
-        )?;
+        let log = self
+            .log_dir
+            .join(format!("runner{index}-{}.log", self.starts));
+        let facts = stack::Facts {
+            database_url: Some(self.stack.database_url.clone()),
+            brokers: Some(self.stack.kafka.brokers.clone()),
+            topic_prefix: Some(self.stack.kafka.topic_prefix.clone()),
+            command_url: Some(self.stack.command_url.clone()),
+            gateway_url: Some(self.simulator.url()),
+            smtp: Some(("127.0.0.1".to_owned(), self.sink.port())),
+            ..test_support::stack_facts()
+        };
+        let mut env = stack::env(
+            &facts,
+            &stack::Instance::new(stack::Service::SagaRunner, port),
+        );
         let options = &self.options;
-        let mut command = Command::new(&self.binary);
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(test_support::auth_env())
-            .envs(test_support::privacy_env())
-            .envs(test_support::client_env(test_support::SAGA_RUNNER_CLIENT))
-            .env("FM_HTTP__PORT", port.to_string())
-            .env("FM_KAFKA__BROKERS", &self.stack.kafka.brokers)
-            .env("FM_KAFKA__TOPIC_PREFIX", &self.stack.kafka.topic_prefix)
-            .env("FM_DATABASE__URL", &self.stack.database_url)
-            .env("FM_SAGA__COMMAND_URL", &self.stack.command_url)
-            .env(
-                "FM_SAGA__CAPTURE_DEADLINE",
-                millis(options.capture_deadline),
-            )
-            .env("FM_SAGA__CONCURRENCY", options.concurrency.to_string())
-            .env(
-                "FM_SAGA__SETTLE_WINDOW",
-                millis(
-                    options
-                        .settle_window
-                        .unwrap_or(options.gateway_timeout + Duration::from_secs(2)),
+        let settle_window = options
+            .settle_window
+            .unwrap_or(options.gateway_timeout + Duration::from_secs(2));
+        env.extend(
+            [
+                (
+                    "FM_SAGA__CAPTURE_DEADLINE",
+                    millis(options.capture_deadline),
                 ),
-            )
-            .env("FM_SAGA__AWAIT_EVENT", "1500")
-            .env("FM_SAGA__POLL_INTERVAL", "200")
-            .env("FM_GATEWAY__BASE_URL", self.simulator.url())
-            .env(
-                "FM_GATEWAY__REQUEST_TIMEOUT",
-                millis(options.gateway_timeout),
-            )
-            .env("FM_GATEWAY__CONNECT_TIMEOUT", "500")
-            .env(
-                "FM_BREAKER__FAILURE_THRESHOLD",
-                options.breaker_threshold.to_string(),
-            )
-            .env("FM_BREAKER__COOL_DOWN", millis(options.breaker_cool_down))
-            .env("FM_BACKOFF__BASE", "100")
-            .env("FM_BACKOFF__MAX", "1000")
-            .env("FM_SMTP__HOST", "127.0.0.1")
-            .env("FM_SMTP__PORT", self.sink.port().to_string())
-            .env("FM_LOG__FILTER", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        command.envs(options.env.iter().cloned());
+                ("FM_SAGA__CONCURRENCY", options.concurrency.to_string()),
+                ("FM_SAGA__SETTLE_WINDOW", millis(settle_window)),
+                ("FM_SAGA__AWAIT_EVENT", "1500".to_owned()),
+                ("FM_SAGA__POLL_INTERVAL", "200".to_owned()),
+                (
+                    "FM_GATEWAY__REQUEST_TIMEOUT",
+                    millis(options.gateway_timeout),
+                ),
+                ("FM_GATEWAY__CONNECT_TIMEOUT", "500".to_owned()),
+                (
+                    "FM_BREAKER__FAILURE_THRESHOLD",
+                    options.breaker_threshold.to_string(),
+                ),
+                ("FM_BREAKER__COOL_DOWN", millis(options.breaker_cool_down)),
+                ("FM_BACKOFF__BASE", "100".to_owned()),
+                ("FM_BACKOFF__MAX", "1000".to_owned()),
+            ]
+            .map(|(key, value)| (key.to_owned(), value)),
+        );
         if let Some(step) = crash_after {
-            command.env("FM_SAGA__CRASH_AFTER", step);
+            env.insert("FM_SAGA__CRASH_AFTER".to_owned(), step.to_owned());
         }
-        self.runners[index].child =
-            Some(command.spawn().context("Failed to start the saga runner")?);
-        self.wait_runner_ready(index, port).await
-    }
-
-    async fn wait_runner_ready(&mut self, index: usize, port: u16) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = self
-                .stack
-                .http
-                .get(format!("http://127.0.0.1:{port}/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return Ok(());
-            }
-            if let Some(child) = self.runners[index].child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!(
-                    "the saga runner exited ({status}) before it was ready; log in {}",
-                    self.log_dir.display()
-                );
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "the saga runner was not ready within 30 s; log in {}",
-                    self.log_dir.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // A test's own settings for the runner (`SagaOptions::env`) come last.
+        env.extend(options.env.iter().cloned());
+        let mut process = Process::spawn(
+            &format!("saga runner {index}"),
+            &self.binary,
+            &[],
+            &env,
+            &log,
+            false,
+        )
+        .context("Failed to start the saga runner")?;
+        let ready = process
+            .wait_ready(&self.stack.http, Duration::from_secs(30))
+            .await;
+        self.runners[index].process = Some(process);
+        ready.map(|_| ())
     }
 
     /// SIGKILLs the (first) runner and waits until it is gone.
@@ -261,8 +237,8 @@ impl SagaStack {
 
     /// SIGKILLs runner `index` and waits until it is gone.
     pub async fn kill_runner_at(&mut self, index: usize) -> anyhow::Result<()> {
-        if let Some(mut child) = self.runners.get_mut(index).and_then(|r| r.child.take()) {
-            child.kill().await?;
+        if let Some(process) = self.runners.get_mut(index).and_then(|r| r.process.take()) {
+            process.kill().await?;
         }
         Ok(())
     }
@@ -272,14 +248,15 @@ impl SagaStack {
         &mut self,
         timeout: Duration,
     ) -> anyhow::Result<std::process::ExitStatus> {
-        let Some(mut child) = self.runners[0].child.take() else {
+        let Some(process) = self.runners[0].process.take() else {
             bail!("the runner is not running");
         };
-        if let Ok(status) = tokio::time::timeout(timeout, child.wait()).await {
-            Ok(status?)
-        } else {
-            self.runners[0].child = Some(child);
-            bail!("the runner did not exit within {timeout:?}")
+        match process.wait_exit(timeout).await {
+            Ok(status) => Ok(status),
+            Err(process) => {
+                self.runners[0].process = Some(process);
+                bail!("the runner did not exit within {timeout:?}")
+            }
         }
     }
 

@@ -104,14 +104,20 @@ impl Pool {
     }
 }
 
-/// Everything a process of either release is started with.
-fn environment(kafka: &KafkaSettings, database_url: &str) -> Vec<(&'static str, String)> {
-    let mut environment = test_support::auth_env();
-    environment.extend(test_support::privacy_env());
-    environment.extend([
-        ("FM_DATABASE__URL", database_url.to_owned()),
-        ("FM_KAFKA__BROKERS", kafka.brokers.clone()),
-        ("FM_KAFKA__TOPIC_PREFIX", kafka.topic_prefix.clone()),
+/// The test stack's facts with this test's topics and database: what a process of either
+/// release is started with (`stack::env` of its service), beside [`tuning`].
+fn environment(kafka: &KafkaSettings, database_url: &str) -> stack::Facts {
+    stack::Facts {
+        database_url: Some(database_url.to_owned()),
+        brokers: Some(kafka.brokers.clone()),
+        topic_prefix: Some(kafka.topic_prefix.clone()),
+        ..test_support::stack_facts()
+    }
+}
+
+/// This test's own timings, on top of the stack's settings.
+fn tuning() -> [(&'static str, String); 6] {
+    [
         ("FM_PROJECTOR__SUPERVISE_INTERVAL", "200".to_owned()),
         ("FM_PROJECTOR__SWITCH_CHECK_INTERVAL", "100".to_owned()),
         ("FM_PROJECTOR__DROP_GRACE", GRACE.as_millis().to_string()),
@@ -121,8 +127,7 @@ fn environment(kafka: &KafkaSettings, database_url: &str) -> Vec<(&'static str, 
         ("FM_READ_MODEL__READER_EXPIRY", "30000".to_owned()),
         // The clients wait for their tokens; a slow machine needs the room.
         ("FM_CONSISTENCY__MAX_WAIT", "20000".to_owned()),
-    ]);
-    environment
+    ]
 }
 
 /// The binaries of both releases: the current build and the one with `next-read-model`.
@@ -154,10 +159,13 @@ async fn start(
     name: &str,
     dir: &Path,
     binary: &str,
-    env: &[(&str, String)],
+    facts: &stack::Facts,
     logs: &Path,
 ) -> ServiceProcess {
-    ServiceProcess::start(name, &dir.join(binary), env, logs)
+    let service = stack::Service::from_name(binary).expect("a service of the stack");
+    let mut env = stack::env(facts, &stack::Instance::new(service, 0));
+    env.extend(tuning().map(|(key, value)| (key.to_owned(), value)));
+    ServiceProcess::start(name, &dir.join(binary), &env, logs)
         .await
         .unwrap()
 }

@@ -134,12 +134,10 @@ pub async fn person_token(username: &str) -> anyhow::Result<String> {
     .await
 }
 
-/// The local realm's confidential client of the saga runner (compose/keycloak/realm.json; a
-/// local secret, published with the repository).
-pub const SAGA_RUNNER_CLIENT: (&str, &str) = ("fm-saga-runner", "local-saga-runner-secret");
-
-/// The local realm's confidential client of fmctl (role `ops`).
-pub const FMCTL_CLIENT: (&str, &str) = ("fm-fmctl", "local-fmctl-secret");
+/// The local realm's confidential clients of the saga runner and of fmctl
+/// (compose/keycloak/realm.json; local secrets, published with the repository), as the stack's
+/// description (`stack`) knows them.
+pub use stack::{FMCTL_CLIENT, SAGA_RUNNER_CLIENT};
 
 /// Auth settings that trust the test provider only (`FM_TEST_OIDC_ISSUER`): what every service a
 /// test starts in-process is given.
@@ -168,6 +166,35 @@ pub fn auth_env() -> Vec<(&'static str, String)> {
         "FM_AUTH__ISSUER",
         auth_settings().issuer.unwrap_or_default(),
     )]
+}
+
+/// The facts of the test stack (`stack::Facts`) that every service process a test starts
+/// shares: tokens from the test provider, [`TEST_MASTER_KEYS`] with the data keys in the test
+/// server's database, no limits on the flow (tests drive many writes and waits with a few
+/// tokens from one address), JSON logs at `info`. A test adds where its data is (database,
+/// brokers, topic prefix) and [`stack::env`] turns the facts into each service's environment.
+///
+/// # Panics
+/// When the test stack is not running (the message says how to run the tests).
+pub fn stack_facts() -> stack::Facts {
+    stack::Facts {
+        auth: Some(stack::Auth::Provider {
+            issuer: auth_settings().issuer.unwrap_or_default(),
+        }),
+        master_keys: Some(TEST_MASTER_KEYS.to_owned()),
+        key_database_url: Some(key_database_url()),
+        limits: false,
+        log_format: Some("json".to_owned()),
+        log_filter: Some("info".to_owned()),
+        ..stack::Facts::default()
+    }
+}
+
+fn key_database_url() -> String {
+    match required_env("FM_TEST_DATABASE_URL") {
+        Ok(url) => url,
+        Err(error) => panic!("{error:#}"),
+    }
 }
 
 /// The environment that lifts the limits on the flow of a command-service or query-api process
