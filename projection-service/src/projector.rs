@@ -66,6 +66,11 @@ const READER: &str = "projection-service";
 /// `search_path` of its connections).
 const OFFSETS: OffsetTable = OffsetTable::new("projection_offsets");
 
+/// Notified in every batch's transaction, so PostgreSQL delivers it once the batch is visible:
+/// the query-api's consistency waits wake on it instead of polling (its `ADVANCED_CHANNEL`,
+/// the same name; `system-tests/tests/consistency_wake.rs` fails when they differ).
+const ADVANCED_CHANNEL: &str = "fm_read_models_advanced";
+
 /// What a projector needs besides its version.
 #[derive(Debug, Clone)]
 pub(crate) struct ProjectorConfig {
@@ -336,6 +341,16 @@ impl BatchApplier for ReadModels {
         );
         platform::trace::continue_trace(&span, record.trace_context());
         self.handle_record(tx, record).instrument(span).await
+    }
+
+    /// One notification per batch, whatever it touched: a wait reads its own partition's offset
+    /// again, so the payload carries nothing.
+    async fn before_commit(&self, tx: &mut PgConnection) -> anyhow::Result<()> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(ADVANCED_CHANNEL)
+            .execute(tx)
+            .await?;
+        Ok(())
     }
 
     fn committed(&self, next_offsets: &BTreeMap<TopicPartition, i64>, outcomes: &[RecordOutcome]) {

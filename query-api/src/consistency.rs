@@ -1,5 +1,12 @@
 //! Read-your-writes: waiting until the read model has applied a log position.
 //!
+//! A wait does not poll on a clock: each projector commits its batch together with
+//! `NOTIFY fm_read_models_advanced` ([`ADVANCED_CHANNEL`]), which PostgreSQL delivers only once
+//! the batch is visible, and [`Progress`] turns every such notification into a wake-up of the
+//! waits in this process, which then read the offsets again. The re-read every `poll_interval`
+//! stays as the fallback for the moments the listening connection is down (notifications sent
+//! meanwhile are lost; a reconnection wakes every wait once).
+//!
 //! A token beyond the end of the log (forged, or from another deployment) is answered at once
 //! with 422 `consistency_token.beyond_log` rather than held for the whole wait: before it waits,
 //! the query-api asks the log ([`LogEnds`]) for the end of the token's partition (and, if the
@@ -11,15 +18,97 @@ use std::{sync::Arc, time::Duration};
 
 use axum::http::HeaderMap;
 use event_log::{KafkaSettings, Topics};
+use platform::shutdown::CancellationToken;
 use rdkafka::consumer::StreamConsumer;
 use schemas::ConsistencyToken;
-use sqlx::PgPool;
-use tokio::time::Instant;
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::{sync::watch, time::Instant};
 
 use crate::{error::ApiError, settings::ConsistencySettings};
 
 /// The header a client presents its token in.
 pub(crate) const HEADER: &str = "consistency-token";
+
+/// The channel a projector notifies in the transaction of each batch it commits; the
+/// projection-service declares the same name (`projection-service/src/projector.rs`), and
+/// `system-tests/tests/consistency_wake.rs` fails when the two differ.
+pub(crate) const ADVANCED_CHANNEL: &str = "fm_read_models_advanced";
+
+/// How long the listener waits before connecting again after losing PostgreSQL, at most.
+const RELISTEN_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// The waits' settings and their wake-ups.
+#[derive(Debug, Clone)]
+pub(crate) struct Consistency {
+    pub(crate) settings: ConsistencySettings,
+    pub(crate) progress: Progress,
+}
+
+/// A counter that moves whenever a projector may have advanced the read models' offsets.
+#[derive(Debug, Clone)]
+pub(crate) struct Progress {
+    advanced: watch::Receiver<u64>,
+}
+
+impl Progress {
+    /// Listens on [`ADVANCED_CHANNEL`] through `pool`'s database until `shutdown`; while it
+    /// cannot connect, it tries again with a growing delay and the waits fall back to their
+    /// re-read every `poll_interval`.
+    pub(crate) fn listen(pool: PgPool, shutdown: CancellationToken) -> Self {
+        let (sender, advanced) = watch::channel(0);
+        tokio::spawn(relay_notifications(pool, sender, shutdown));
+        Self { advanced }
+    }
+}
+
+async fn relay_notifications(
+    pool: PgPool,
+    sender: watch::Sender<u64>,
+    shutdown: CancellationToken,
+) {
+    let wake = || sender.send_modify(|count| *count = count.wrapping_add(1));
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let connect = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(ADVANCED_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let connected = tokio::select! {
+            () = shutdown.cancelled() => return,
+            connected = connect => connected,
+        };
+        let mut listener = match connected {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::debug!(%error, "cannot listen for read-model progress yet; waits poll");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(RELISTEN_MAX_DELAY);
+                continue;
+            }
+        };
+        delay = Duration::from_millis(100);
+        // Whatever was notified while no connection listened is lost: every wait looks again.
+        wake();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => wake(),
+                    // The connection closed; `try_recv` says so once, and the loop reconnects.
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "lost the read-model progress listener; waits poll until it is back");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
 
 /// Waits until the read models have applied the position in the request's `Consistency-Token`
 /// header, if there is one. Past `max_wait` the answer is a 503 that says so. Each wait counts
@@ -33,9 +122,10 @@ pub(crate) const HEADER: &str = "consistency-token";
 pub(crate) async fn wait_for_token(
     headers: &HeaderMap,
     pool: &PgPool,
-    settings: &ConsistencySettings,
+    consistency: &Consistency,
     log: &LogEnds,
 ) -> Result<(), ApiError> {
+    let settings = &consistency.settings;
     let Some(value) = headers.get(HEADER) else {
         return Ok(());
     };
@@ -56,7 +146,11 @@ pub(crate) async fn wait_for_token(
     log.refuse_beyond_end(&token)
         .await
         .inspect_err(|_| record("beyond_log"))?;
+    let mut advanced = consistency.progress.advanced.clone();
+    let mut listening = true;
     loop {
+        // Marked seen before the read, so a batch committed after the read still wakes us.
+        advanced.borrow_and_update();
         let applied: Option<i64> = sqlx::query_scalar(
             "SELECT next_offset FROM projection_offsets WHERE topic = $1 AND partition = $2",
         )
@@ -74,7 +168,11 @@ pub(crate) async fn wait_for_token(
                 waited: settings.max_wait,
             });
         }
-        tokio::time::sleep(settings.poll_interval).await;
+        let recheck = (Instant::now() + settings.poll_interval).min(deadline);
+        tokio::select! {
+            changed = advanced.changed(), if listening => listening = changed.is_ok(),
+            () = tokio::time::sleep_until(recheck) => {}
+        }
     }
 }
 

@@ -52,8 +52,12 @@ fn default_http() -> HttpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct ConsistencySettings {
+    /// The longest wait (`FM_CONSISTENCY__MAX_WAIT`, ms); held a second below the request
+    /// timeout.
     #[serde(deserialize_with = "millis")]
     pub max_wait: Duration,
+    /// How often a wait reads the offsets again when no notification wakes it
+    /// (`FM_CONSISTENCY__POLL_INTERVAL`, ms): the fallback for a lost listening connection.
     #[serde(deserialize_with = "millis")]
     pub poll_interval: Duration,
 }
@@ -62,7 +66,7 @@ impl Default for ConsistencySettings {
     fn default() -> Self {
         Self {
             max_wait: Duration::from_secs(5),
-            poll_interval: Duration::from_millis(20),
+            poll_interval: Duration::from_millis(250),
         }
     }
 }

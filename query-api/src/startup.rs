@@ -1,6 +1,6 @@
 //! Building and running the service.
 
-use std::{str::FromStr, sync::Arc};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use platform::{
@@ -13,9 +13,10 @@ use sqlx::{
 };
 
 use crate::{
+    consistency::{Consistency, Progress},
     read_model::{self, Registration},
     routes::{self, AppState},
-    settings::Settings,
+    settings::{ConsistencySettings, Settings},
 };
 
 /// A built query-api, listening, not yet serving.
@@ -54,10 +55,17 @@ impl Service for Application {
             read_model::VERSION
         );
         let registration = Registration::start(pool.clone(), &settings.read_model);
+        let consistency = Consistency {
+            settings: bounded_by_request_timeout(
+                settings.consistency.clone(),
+                settings.http.request_timeout,
+            ),
+            progress: Progress::listen(pool.clone(), shutdown.clone()),
+        };
         let state = AppState {
             pool,
             verifier: Arc::new(verifier),
-            consistency: settings.consistency.clone(),
+            consistency,
             wait_limits: Arc::new(RateLimiter::new("consistency_waits", &settings.limits)),
             log_ends: crate::consistency::LogEnds::new(settings.kafka.as_ref()),
         };
@@ -84,5 +92,42 @@ impl Service for Application {
             .context("HTTP server failed");
         self.registration.stop().await;
         served
+    }
+}
+
+/// A wait that outlasts the request's own timeout would end as the platform's generic 503 instead
+/// of the consistency problem that says what happened: a wait is held a second below the timeout.
+fn bounded_by_request_timeout(
+    mut settings: ConsistencySettings,
+    request_timeout: Duration,
+) -> ConsistencySettings {
+    let bound = request_timeout.saturating_sub(Duration::from_secs(1));
+    if settings.max_wait > bound {
+        tracing::warn!(
+            max_wait_ms = settings.max_wait.as_millis(),
+            request_timeout_ms = request_timeout.as_millis(),
+            "FM_CONSISTENCY__MAX_WAIT is not below the request timeout; waits end at {} ms",
+            bound.as_millis()
+        );
+        settings.max_wait = bound;
+    }
+    settings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_ends_a_second_before_the_request_times_out() {
+        let long = ConsistencySettings {
+            max_wait: Duration::from_secs(20),
+            ..ConsistencySettings::default()
+        };
+        let bounded = bounded_by_request_timeout(long, Duration::from_secs(15));
+        assert_eq!(bounded.max_wait, Duration::from_secs(14));
+        let short = ConsistencySettings::default();
+        let kept = bounded_by_request_timeout(short.clone(), Duration::from_secs(15));
+        assert_eq!(kept.max_wait, short.max_wait);
     }
 }

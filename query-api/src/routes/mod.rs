@@ -25,14 +25,14 @@ use schemas::Role;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::{consistency, settings::ConsistencySettings};
+use crate::consistency;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     pub(crate) pool: PgPool,
     pub(crate) verifier: Arc<Verifier>,
-    pub(crate) consistency: ConsistencySettings,
+    pub(crate) consistency: consistency::Consistency,
     /// Consistency-token waits, per token subject and per client address.
     pub(crate) wait_limits: Arc<RateLimiter>,
     /// The log's end, for tokens beyond it.
