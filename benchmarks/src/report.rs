@@ -368,9 +368,9 @@ fn reading(out: &mut String, r: &Results) {
         points.push(format!(
             "**Accepted to visible takes {} ms at the median when polling, {} ms with the \
              token**, against {} ms for a bare consume-and-`INSERT` pipeline on the same \
-             broker. The token read costs the client one request, which the query-api holds, \
-             but it re-checks the read model's offsets only every 20 ms \
-             (`FM_CONSISTENCY__POLL_INTERVAL`){grid}.",
+             broker. The token read costs the client one request, which the query-api holds \
+             until the projector's commit wakes it (`NOTIFY fm_read_models_advanced`, \
+             docs/read-side.md){grid}.",
             num(poll),
             num(token),
             num(pipe),
@@ -586,8 +586,8 @@ fn latency_section(out: &mut String, l: &LatencyResults, s: &Sizes) {
          starts when the 202 arrives; then either **polling**: `GET /bookings/{{id}}` on the \
          query-api without the consistency token every {} ms until it answers 200 (404 means not \
          yet), or **token**: one `GET /bookings/{{id}}` with the `Consistency-Token` header of \
-         the 202, which the query-api holds until its read model has applied that offset (it \
-         checks every 20 ms, `FM_CONSISTENCY__POLL_INTERVAL`). {} bookings per mode and \
+         the 202, which the query-api holds until its read model has applied that offset (the \
+         projector's commit notifies it). {} bookings per mode and \
          repetition, after a warm-up. The baseline, **pipeline**: the least any \"log → \
          PostgreSQL → HTTP\" path can take on this broker: the benchmark produces a record of \
          the same size; one consumer with the services' settings reads it and `INSERT`s it \
