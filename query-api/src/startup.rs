@@ -60,6 +60,7 @@ impl Service for Application {
             consistency: settings.consistency.clone(),
             wait_limits: Arc::new(RateLimiter::new("consistency_waits", &settings.limits)),
             log_ends: crate::consistency::LogEnds::new(settings.kafka.as_ref()),
+            tenancy: settings.tenancy,
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;

@@ -136,7 +136,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-const OPS_ROLES: &[Role] = &[Role::Ops, Role::Director, Role::System];
+/// Who may read the saga console: operators and services. Not directors: the saga runner's
+/// tables know no homes, so a director would see every home's sagas (docs/identity.md,
+/// "Tenancy"); a director follows a booking's saga in the query-api's booking view
+/// (`saga_progress`), which is scoped to their homes.
+const OPS_ROLES: &[Role] = &[Role::Ops, Role::System];
 
 /// Who may act on a saga or run a reconciliation: operators.
 const OPERATORS: &[Role] = &[Role::Ops];
