@@ -316,7 +316,11 @@ async fn the_provider_says_which_homes_each_person_acts_for() {
         (admin.role, admin.homes.clone(), admin.group_admin),
         (Role::Director, Homes::Only([a, b].into()), true)
     );
-    assert_eq!(admin.only_home(), None, "a group administrator names the home");
+    assert_eq!(
+        admin.only_home(),
+        None,
+        "a group administrator names the home"
+    );
     assert_eq!(caller("operator").await.homes, Homes::All);
     let family = caller("family-demo").await;
     assert!(!family.acts_for(a) && !family.acts_for(b));

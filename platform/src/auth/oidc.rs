@@ -482,7 +482,10 @@ mod tests {
 
     #[test]
     fn ops_and_services_act_for_every_home_a_family_for_none() {
-        assert_eq!(caller_of(claims(&["ops"], &[A], &[]), Role::Ops).homes, Homes::All);
+        assert_eq!(
+            caller_of(claims(&["ops"], &[A], &[]), Role::Ops).homes,
+            Homes::All
+        );
         assert_eq!(
             caller_of(claims(&["system"], &[], &[]), Role::System).homes,
             Homes::All
