@@ -1,6 +1,7 @@
 //! The runner's HTTP surface beside `/health` and `/metrics`: `/ready`, the ops view of sagas
-//! and of the consumer's parked records (`ops`, `director` and `system` tokens), operators'
-//! actions on a saga (`ops` tokens), and the payment reconciliation.
+//! and of the consumer's parked records (`ops` and `system` tokens; not directors, whose homes
+//! the runner does not know: docs/identity.md, "Tenancy"), operators' actions on a saga (`ops`
+//! tokens), and the payment reconciliation.
 //!
 //! An action (park, retry, skip, resolve) is checked here against what only the runner knows
 //! (the saga exists, is not done, is on the step named), then forwarded to the
