@@ -5,7 +5,9 @@ use std::time::Duration;
 use event_log::KafkaSettings;
 use platform::{
     rate_limit::RateLimitSettings,
-    settings::{AuthSettings, DatabaseSettings, HttpSettings, LogSettings, millis},
+    settings::{
+        AuthSettings, DatabaseSettings, HttpSettings, LogSettings, TenancySettings, millis,
+    },
 };
 use privacy::PrivacySettings;
 use serde::Deserialize;
@@ -30,6 +32,9 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// The master keys and the retention rule (`FM_PRIVACY__*`); no default.
     pub privacy: PrivacySettings,
+    /// The home of facilities registered before homes were named (`FM_TENANCY__DEFAULT_HOME`).
+    #[serde(default)]
+    pub tenancy: TenancySettings,
 }
 
 fn default_http() -> HttpSettings {
@@ -115,6 +120,7 @@ impl Settings {
             limits: LimitSettings::UNLIMITED,
             database,
             privacy,
+            tenancy: TenancySettings::default(),
         }
     }
 }

@@ -125,6 +125,7 @@ impl Service for Application {
             verifier: Arc::new(verifier),
             limits: Arc::new(routes::Limits::new(&settings.limits)),
             keys,
+            tenancy: settings.tenancy,
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;

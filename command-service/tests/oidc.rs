@@ -3,7 +3,8 @@
 //! director's token from the provider is let in; a forged HS256 token, a token of another
 //! issuer and an expired token get 401; a person's token on an internal route gets 403 where the
 //! saga runner's client-credentials token is let in; a token with an unknown `kid` makes the
-//! verifier fetch the keys once, not once per token.
+//! verifier fetch the keys once, not once per token; a token says which homes its person acts
+//! for.
 
 #![allow(clippy::unwrap_used)] // A test fails loudly on any unexpected error; that is the point.
 
@@ -16,10 +17,10 @@ use command_service::{Application, Settings};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use platform::{
     auth::{
-        ServiceToken,
+        Homes, ServiceToken,
         oidc::{ClientCredentials, OidcSettings, OidcVerifier},
     },
-    settings::AuthSettings,
+    settings::{AuthSettings, TenancySettings},
     shutdown::CancellationToken,
 };
 use reqwest::{Client, StatusCode, header};
@@ -286,4 +287,41 @@ async fn an_unknown_kid_makes_the_verifier_fetch_the_keys_once() {
         verifier.verify(&director).await.unwrap().role,
         Role::Director
     );
+}
+
+/// The provider's tokens say which homes each person acts for (docs/identity.md, "Tenancy"):
+/// a director their home only, although the provider also hands them the group's list (a home
+/// inherits it from its parent group); a group administrator every home of the group; the
+/// operator every home; a family none.
+#[tokio::test]
+async fn the_provider_says_which_homes_each_person_acts_for() {
+    let verifier = OidcVerifier::new(OidcSettings::new(
+        oidc_issuer().unwrap(),
+        "funeral-manager-api",
+    ));
+    let (a, b) = (TenancySettings::LOCAL_HOME_A, TenancySettings::LOCAL_HOME_B);
+    let caller = async |who: &str| {
+        verifier
+            .verify(&person_token(who).await.unwrap())
+            .await
+            .unwrap()
+    };
+    let director_a = caller("director-a").await;
+    assert_eq!(director_a.homes, Homes::Only([a].into()));
+    assert!(!director_a.group_admin);
+    assert_eq!(director_a.only_home(), Some(a));
+    assert_eq!(caller("director-b").await.homes, Homes::Only([b].into()));
+    let admin = caller("group-admin").await;
+    assert_eq!(
+        (admin.role, admin.homes.clone(), admin.group_admin),
+        (Role::Director, Homes::Only([a, b].into()), true)
+    );
+    assert_eq!(
+        admin.only_home(),
+        None,
+        "a group administrator names the home"
+    );
+    assert_eq!(caller("operator").await.homes, Homes::All);
+    let family = caller("family-demo").await;
+    assert!(!family.acts_for(a) && !family.acts_for(b));
 }

@@ -136,6 +136,7 @@ pub fn register_facility() -> FacilityCommand {
         time_zone: london(),
         opening_hours: opening_hours(),
         turnaround: turnaround(),
+        funeral_home_id: None,
     }
 }
 

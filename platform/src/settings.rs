@@ -82,6 +82,33 @@ impl Default for DatabaseSettings {
     }
 }
 
+/// Funeral homes as tenants (docs/identity.md, "Tenancy"), `FM_TENANCY__…`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct TenancySettings {
+    /// The home of every facility registered before facilities named one (`FacilityRegistered`
+    /// without `funeral_home_id`, or with `null`): `FM_TENANCY__DEFAULT_HOME`. By default the
+    /// local realm's home A ([`TenancySettings::LOCAL_HOME_A`]), so that a local stack's and the
+    /// tests' older events belong to a home someone works for; a deployment sets its own.
+    pub default_home: uuid::Uuid,
+}
+
+impl TenancySettings {
+    /// Home A of the local realm (compose/keycloak/realm.json, the `fm_home` of
+    /// `/northern-funerals/home-a`).
+    pub const LOCAL_HOME_A: uuid::Uuid = uuid::uuid!("1a27795a-58ce-464e-b3b5-7f8349d9df39");
+    /// Home B of the local realm (`/northern-funerals/home-b`).
+    pub const LOCAL_HOME_B: uuid::Uuid = uuid::uuid!("7cb62965-dda6-4bfe-ad35-d205430f14d7");
+}
+
+impl Default for TenancySettings {
+    fn default() -> Self {
+        Self {
+            default_home: Self::LOCAL_HOME_A,
+        }
+    }
+}
+
 /// How bearer tokens are checked (docs/identity.md). There is no default: a service refuses to
 /// start with neither an issuer nor a secret, so no deployment runs with a key that is in the
 /// source code.

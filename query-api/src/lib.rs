@@ -10,6 +10,7 @@
 //! - `consistency`: waiting for a consistency token.
 //! - `params`: query parameters as 422 problems naming the parameter; the opaque cursor.
 //! - `calendar`: free windows from opening hours, held slots and the turnaround buffer.
+//! - `tenancy`: the caller's reach (homes, own bookings) as SQL beside each query's filters.
 //! - `routes`: one module per route group.
 //! - `error`: the one `ApiError` and its mapping to problem+json.
 //!
@@ -25,6 +26,7 @@ pub mod read_model;
 mod routes;
 pub mod settings;
 pub mod startup;
+mod tenancy;
 
 pub use settings::Settings;
 pub use startup::Application;

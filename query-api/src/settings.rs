@@ -5,7 +5,9 @@ use std::time::Duration;
 use event_log::KafkaSettings;
 use platform::{
     rate_limit::RateLimitSettings,
-    settings::{AuthSettings, DatabaseSettings, HttpSettings, LogSettings, millis},
+    settings::{
+        AuthSettings, DatabaseSettings, HttpSettings, LogSettings, TenancySettings, millis,
+    },
 };
 use serde::Deserialize;
 
@@ -31,6 +33,10 @@ pub struct Settings {
     /// (`FM_KAFKA__BROKERS`, `FM_KAFKA__TOPIC_PREFIX`); none: such a token waits `max_wait`.
     #[serde(default)]
     pub kafka: Option<KafkaSettings>,
+    /// The home of facilities registered without one (`FM_TENANCY__DEFAULT_HOME`; their
+    /// read-model rows hold no home, docs/identity.md).
+    #[serde(default)]
+    pub tenancy: TenancySettings,
 }
 
 /// 120 waits a minute per subject with a burst of 30; 1,200 a minute per address with a burst
@@ -107,6 +113,7 @@ impl Settings {
             read_model: ReadModelSettings::default(),
             limits: RateLimitSettings::UNLIMITED,
             kafka: None,
+            tenancy: TenancySettings::default(),
         }
     }
 }

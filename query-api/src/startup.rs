@@ -68,6 +68,7 @@ impl Service for Application {
             consistency,
             wait_limits: Arc::new(RateLimiter::new("consistency_waits", &settings.limits)),
             log_ends: crate::consistency::LogEnds::new(settings.kafka.as_ref()),
+            tenancy: settings.tenancy,
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;

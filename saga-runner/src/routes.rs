@@ -1,6 +1,7 @@
 //! The runner's HTTP surface beside `/health` and `/metrics`: `/ready`, the ops view of sagas
-//! and of the consumer's parked records (`ops`, `director` and `system` tokens), operators'
-//! actions on a saga (`ops` tokens), and the payment reconciliation.
+//! and of the consumer's parked records (`ops` and `system` tokens; not directors, whose homes
+//! the runner does not know: docs/identity.md, "Tenancy"), operators' actions on a saga (`ops`
+//! tokens), and the payment reconciliation.
 //!
 //! An action (park, retry, skip, resolve) is checked here against what only the runner knows
 //! (the saga exists, is not done, is on the step named), then forwarded to the
@@ -136,7 +137,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-const OPS_ROLES: &[Role] = &[Role::Ops, Role::Director, Role::System];
+/// Who may read the saga console: operators and services. Not directors: the saga runner's
+/// tables know no homes, so a director would see every home's sagas (docs/identity.md,
+/// "Tenancy"); a director follows a booking's saga in the query-api's booking view
+/// (`saga_progress`), which is scoped to their homes.
+const OPS_ROLES: &[Role] = &[Role::Ops, Role::System];
 
 /// Who may act on a saga or run a reconciliation: operators.
 const OPERATORS: &[Role] = &[Role::Ops];

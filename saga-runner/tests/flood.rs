@@ -158,7 +158,9 @@ async fn a_familys_flood_stays_within_its_limits_and_other_families_bookings_are
     // test provider's `family-demo`, the other family `family-2` (test_support::token).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let other_family = test_support::token(Role::Family, "family-2").await;
-    let director = test_support::token(Role::Director, "director-b").await;
+    // The director of the facility's home (home A: the stack registers it as director-a); another
+    // home's director would be told the facility does not exist.
+    let director = test_support::token(Role::Director, "director-a").await;
     let mut others = Vec::new();
     for n in 0..OTHER_BOOKINGS {
         let token = if n < 3 { &other_family } else { &director };

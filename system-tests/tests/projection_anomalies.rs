@@ -95,6 +95,16 @@ async fn a_gap_parks_the_aggregate_until_the_missing_event_arrives_and_a_duplica
         personal,
         price,
     };
+    // The booking's facility first: a director sees a booking through its facility's home (here
+    // the default home, home A, as the fixture names none; docs/identity.md, "Tenancy").
+    append(
+        &producer,
+        AggregateType::Facility,
+        *fixtures::facility_id().as_uuid(),
+        1,
+        &fixtures::facility_registered(),
+    )
+    .await;
     let kind = AggregateType::Booking;
     append(&producer, kind, id, 1, &requested).await;
     // Sequence 2 is missing: 3 is a gap.

@@ -191,6 +191,7 @@ async fn run(ops: &[(u8, usize, u8)]) -> (FacilityId, Vec<BookingId>, Fold) {
         time_zone,
         opening_hours,
         turnaround,
+        funeral_home_id: None,
     };
     let mut ops_with_register = vec![None];
     ops_with_register.extend(ops.iter().copied().map(Some));

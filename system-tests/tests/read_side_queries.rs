@@ -157,7 +157,14 @@ async fn the_calendar_shows_held_slots_and_the_free_windows_around_them() {
     assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
     let reservations = calendar["reservations"].as_array().unwrap();
     assert_eq!(reservations.len(), 1);
-    assert_eq!(reservations[0]["booking_id"], booking.to_string());
+    // A family sees a busy window, never whose it is; the home's director sees the booking.
+    assert_eq!(reservations[0].get("booking_id"), None, "{calendar}");
+    let (_, staff_view) = get(&stack, &director, &path, None).await;
+    assert_eq!(
+        staff_view["reservations"][0]["booking_id"],
+        booking.to_string(),
+        "{staff_view}"
+    );
     let windows: Vec<(String, String)> = calendar["free_windows"]
         .as_array()
         .unwrap()

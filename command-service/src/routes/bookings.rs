@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use super::{
     AppState, Bookers, Empty, Erasers, Services, Violations, WriteRequest, check_flow_headers,
-    parse_variant, reason_text, require_owner, written,
+    parse_variant, reason_text, require_booking, written,
 };
 use crate::{commands::CommandError, error::ApiError};
 
@@ -253,6 +253,8 @@ pub(crate) async fn request(
     request: WriteRequest<RequestBooking, Bookers>,
 ) -> Result<Response, ApiError> {
     let facility_id = request.body.facility_id;
+    // Another home's facility is unknown to a director (docs/identity.md, "Tenancy").
+    super::require_facility(&state, &request.caller, "facility_id", facility_id)?;
     let facility = state.commands.store().read::<Facility>(facility_id);
     let Some(profile) = facility.state.profile() else {
         return Err(ApiError::NotFound {
@@ -347,8 +349,7 @@ pub(crate) async fn erase(
     ValidPath(id): ValidPath<Uuid>,
     request: WriteRequest<Erasure, Erasers>,
 ) -> Result<Response, ApiError> {
-    let stream = state.commands.store().read::<Booking>(id);
-    require_owner(stream.owner.as_deref(), &request.caller, id)?;
+    require_booking(&state, &request.caller, id)?;
     let reason = request
         .body
         .reason
@@ -418,8 +419,8 @@ pub(crate) async fn personal_data(
 ) -> Result<Json<PersonalDataExport>, ApiError> {
     caller.require(&[Role::Director, Role::Ops])?;
     check_flow_headers(&headers)?;
+    require_booking(&state, &caller, id)?;
     let stream = state.commands.store().read::<Booking>(id);
-    require_owner(stream.owner.as_deref(), &caller, id)?;
     let Some(details) = stream.state.details() else {
         return Err(ApiError::NotFound { field: "id", id });
     };
@@ -477,8 +478,7 @@ pub(crate) async fn cancel(
     ValidPath(id): ValidPath<Uuid>,
     request: WriteRequest<Cancellation, Bookers>,
 ) -> Result<Response, ApiError> {
-    let stream = state.commands.store().read::<Booking>(id);
-    require_owner(stream.owner.as_deref(), &request.caller, id)?;
+    require_booking(&state, &request.caller, id)?;
     let reason = request
         .body
         .reason

@@ -6,11 +6,14 @@ use domain::{
     ValueError,
     facility::{Facility, FacilityCommand, FacilityEvent},
     values::{
-        BookingId, Capacity, FacilityId, FacilityKind, FacilityName, OpeningHours, OpeningInterval,
-        Slot, TimeZone, TurnaroundBuffer,
+        BookingId, Capacity, FacilityId, FacilityKind, FacilityName, FuneralHomeId, OpeningHours,
+        OpeningInterval, Slot, TimeZone, TurnaroundBuffer,
     },
 };
-use platform::path::ValidPath;
+use platform::{
+    auth::{Caller, Homes},
+    path::ValidPath,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -38,6 +41,11 @@ pub(crate) struct RegisterFacility {
     /// Minutes needed between two services.
     #[schema(example = 30, minimum = 0, maximum = 480)]
     turnaround_minutes: i64,
+    /// The funeral home it belongs to (an id of the token's `fm_homes`/`fm_group_homes`); the
+    /// caller must act for it. A director of exactly one home may leave it out.
+    #[serde(default)]
+    #[schema(example = "1a27795a-58ce-464e-b3b5-7f8349d9df39")]
+    home: Option<Uuid>,
 }
 
 /// One weekday's opening interval, local to the facility.
@@ -115,8 +123,38 @@ fn parse_hours(dtos: &[OpeningHoursDto], violations: &mut Violations) -> Option<
     }
 }
 
+/// The home a new facility goes to: the one the request names, if the caller acts for it; else a
+/// director's only home; else, for a caller of a deployment without tenants (a shared-secret
+/// token acts for every home), the default home. Anything else is 422 on `home`: a home id is not
+/// a resource of this API, so refusing it reveals nothing.
+fn home_of(named: Option<Uuid>, caller: &Caller, default_home: Uuid) -> Result<Uuid, ApiError> {
+    let mut violations = Violations::default();
+    match named {
+        Some(home) if caller.acts_for(home) => return Ok(home),
+        Some(_) => violations.add("home", "home.not_yours", "you do not work for this home"),
+        None => {
+            if let Some(home) = caller.only_home() {
+                return Ok(home);
+            }
+            if caller.homes == Homes::All {
+                return Ok(default_home);
+            }
+            violations.add(
+                "home",
+                "home.required",
+                "name the home: you work for more than one (or for none)",
+            );
+        }
+    }
+    Err(violations.into_error())
+}
+
 impl RegisterFacility {
-    fn into_command(self, facility_id: FacilityId) -> Result<FacilityCommand, ApiError> {
+    fn into_command(
+        self,
+        facility_id: FacilityId,
+        home: Uuid,
+    ) -> Result<FacilityCommand, ApiError> {
         let mut violations = Violations::default();
         let name = violations.check("name", FacilityName::parse(&self.name));
         let kind = violations.check(
@@ -154,6 +192,7 @@ impl RegisterFacility {
                 time_zone,
                 opening_hours,
                 turnaround,
+                funeral_home_id: Some(FuneralHomeId::from_uuid(home)),
             }),
             _ => Err(violations.into_error()),
         }
@@ -169,6 +208,7 @@ impl RegisterFacility {
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Registered", body = FacilityWritten),
+        (status = 422, description = "A field or header breaks a rule (each is named with the rule), the Idempotency-Key was used for another request, or `home` is missing (you work for several homes) or not yours", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "A facility with this id exists (an Idempotency-Key reused after it was forgotten)", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -176,10 +216,15 @@ pub(crate) async fn register(
     State(state): State<AppState>,
     request: WriteRequest<RegisterFacility, Directors>,
 ) -> Result<Response, ApiError> {
+    let home = home_of(
+        request.body.home,
+        &request.caller,
+        state.tenancy.default_home,
+    )?;
     let facility_id = request.context.new_aggregate_id("facility");
     let command = request
         .body
-        .into_command(FacilityId::from_uuid(facility_id))?;
+        .into_command(FacilityId::from_uuid(facility_id), home)?;
     let executed = state
         .commands
         .execute::<Facility>(facility_id, None, command, &request.context)
@@ -204,7 +249,7 @@ pub(crate) async fn register(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Changed", body = FacilityWritten),
-        (status = 404, description = "No such facility", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such facility, or one of a home you do not work for", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently: re-read and retry", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
@@ -214,6 +259,8 @@ pub(crate) async fn change_opening_hours(
     ValidPath(id): ValidPath<Uuid>,
     request: WriteRequest<ChangeOpeningHours, Directors>,
 ) -> Result<Response, ApiError> {
+    // Another home's facility is unknown to a director (docs/identity.md, "Tenancy").
+    super::require_facility(&state, &request.caller, "id", id)?;
     let mut violations = Violations::default();
     let Some(opening_hours) = parse_hours(&request.body.opening_hours, &mut violations) else {
         return Err(violations.into_error());

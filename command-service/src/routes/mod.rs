@@ -33,6 +33,7 @@ use platform::{
     json,
     problem::FieldError,
     rate_limit::{self, RateLimiter},
+    settings::TenancySettings,
     trace,
 };
 use schemas::{ConsistencyToken, Idempotency, Role};
@@ -56,6 +57,8 @@ pub(crate) struct AppState {
     pub(crate) limits: Arc<Limits>,
     /// The data keys: sealing a new booking's personal data, erasing and exporting it.
     pub(crate) keys: Arc<privacy::KeyStore>,
+    /// The home of facilities registered before homes were named (`FM_TENANCY__DEFAULT_HOME`).
+    pub(crate) tenancy: TenancySettings,
 }
 
 /// The limits on the flow (`FM_LIMITS__…`, docs/security.md).
@@ -449,6 +452,59 @@ pub(crate) fn written(status: StatusCode, id_field: &str, appended: &Appended) -
 #[derive(Debug, serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Empty {}
+
+/// The home of a registered facility (the deployment's default for one registered before homes
+/// were named), or `None` when no such facility is registered.
+pub(crate) fn facility_home(state: &AppState, facility_id: Uuid) -> Option<Uuid> {
+    let facility = state
+        .commands
+        .store()
+        .read::<domain::facility::Facility>(facility_id);
+    let profile = facility.state.profile()?;
+    Some(
+        profile
+            .funeral_home_id
+            .map_or(state.tenancy.default_home, |home| *home.as_uuid()),
+    )
+}
+
+/// Refuses, as 404 on `field`, a facility the caller may not touch: one that does not exist, or,
+/// for staff, one of a home they do not act for (docs/identity.md, "Tenancy": a 403 would
+/// confirm it exists). A family may book at any facility.
+pub(crate) fn require_facility(
+    state: &AppState,
+    caller: &Caller,
+    field: &'static str,
+    id: Uuid,
+) -> Result<(), ApiError> {
+    let visible = facility_home(state, id)
+        .is_some_and(|home| caller.role == Role::Family || caller.acts_for(home));
+    if visible {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound { field, id })
+    }
+}
+
+/// Refuses, as 404, a booking the caller may not touch: one that does not exist, another
+/// family's, or, for staff, one at a facility of a home they do not act for (a booking's home is
+/// its facility's).
+pub(crate) fn require_booking(state: &AppState, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
+    let stream = state.commands.store().read::<domain::booking::Booking>(id);
+    require_owner(stream.owner.as_deref(), caller, id)?;
+    if caller.role == Role::Family {
+        return Ok(());
+    }
+    let home = stream
+        .state
+        .facility_id()
+        .and_then(|facility| facility_home(state, *facility.as_uuid()));
+    if home.is_some_and(|home| caller.acts_for(home)) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound { field: "id", id })
+    }
+}
 
 /// The path id of a stream a family may touch only if it created it: another family's stream
 /// answers 404, exactly like a stream that does not exist.

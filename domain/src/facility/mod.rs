@@ -41,6 +41,10 @@ pub struct FacilityProfile {
     pub opening_hours: OpeningHours,
     /// Time needed between two services.
     pub turnaround: TurnaroundBuffer,
+    /// The funeral home it belongs to; `None` for a facility registered before homes were
+    /// named (read as the deployment's default home, docs/identity.md).
+    #[serde(default)]
+    pub funeral_home_id: Option<FuneralHomeId>,
 }
 
 /// The facility as its decisions need it: its profile once registered, and the slot each
@@ -92,6 +96,9 @@ pub enum FacilityCommand {
         opening_hours: OpeningHours,
         /// Time needed between two services.
         turnaround: TurnaroundBuffer,
+        /// The funeral home it belongs to (the API always names one; `None` only where no
+        /// home exists, as in the fixtures).
+        funeral_home_id: Option<FuneralHomeId>,
     },
     /// Replace the weekly opening hours. Existing reservations are kept, even those that fall
     /// outside the new hours: families who booked are not bumped by a timetable change.
@@ -250,6 +257,7 @@ impl Aggregate for Facility {
                 time_zone,
                 opening_hours,
                 turnaround,
+                funeral_home_id,
             } => {
                 if state.is_registered() {
                     return Err(DomainError::FacilityAlreadyRegistered);
@@ -262,7 +270,7 @@ impl Aggregate for Facility {
                     time_zone,
                     opening_hours,
                     turnaround_minutes: turnaround,
-                    funeral_home_id: None,
+                    funeral_home_id,
                 }])
             }
             FacilityCommand::ChangeOpeningHours { opening_hours } => {
@@ -299,7 +307,7 @@ impl Aggregate for Facility {
                 time_zone,
                 opening_hours,
                 turnaround_minutes,
-                funeral_home_id: _,
+                funeral_home_id,
             } => {
                 state.registered = Some(FacilityProfile {
                     facility_id: *facility_id,
@@ -309,6 +317,7 @@ impl Aggregate for Facility {
                     time_zone: *time_zone,
                     opening_hours: opening_hours.clone(),
                     turnaround: *turnaround_minutes,
+                    funeral_home_id: *funeral_home_id,
                 });
             }
             FacilityEvent::OpeningHoursChanged { opening_hours } => {

@@ -31,6 +31,47 @@ fn rejected(booking_id: BookingId, slot: Slot, reason: SlotRejectionReason) -> F
 }
 
 #[test]
+fn a_facility_registered_for_a_home_belongs_to_it() {
+    let home = FuneralHomeId::new();
+    let FacilityCommand::Register {
+        facility_id,
+        name,
+        kind,
+        capacity,
+        time_zone,
+        opening_hours,
+        turnaround,
+        ..
+    } = register_facility()
+    else {
+        unreachable!()
+    };
+    let events = Facility::decide(
+        &FacilityState::default(),
+        FacilityCommand::Register {
+            facility_id,
+            name,
+            kind,
+            capacity,
+            time_zone,
+            opening_hours,
+            turnaround,
+            funeral_home_id: Some(home),
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        &events[..],
+        [FacilityEvent::FacilityRegistered { funeral_home_id: Some(h), .. }] if *h == home
+    ));
+    let state = Facility::replay(&events);
+    assert_eq!(state.profile().unwrap().funeral_home_id, Some(home));
+    // Registered before homes were named: no home, which readers take as the default one.
+    let old = Facility::replay(&[facility_registered()]);
+    assert_eq!(old.profile().unwrap().funeral_home_id, None);
+}
+
+#[test]
 fn registers_a_new_facility() {
     let state = given::<Facility>([])
         .when(register_facility())

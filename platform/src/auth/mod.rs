@@ -7,7 +7,7 @@
 
 pub mod oidc;
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
 use axum::{
     extract::{FromRef, FromRequestParts},
@@ -20,6 +20,7 @@ use schemas::{Actor, Role};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use uuid::Uuid;
 
 use crate::{problem::Problem, settings::AuthSettings};
 
@@ -129,10 +130,11 @@ impl Verifier {
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthRejection> {
         match self {
             Self::Oidc(verifier) => verifier.verify(token).await,
-            Self::SharedSecret(keys) => keys.verify(token).map(|claims| Caller {
-                subject: claims.sub,
-                role: claims.role,
-            }),
+            // A shared-secret token names no homes: the deployments that still mint them (soak,
+            // fuzz, benchmarks, `FM_KEYCLOAK=0`) have no tenants, so staff act for every home.
+            Self::SharedSecret(keys) => keys
+                .verify(token)
+                .map(|claims| Caller::new(claims.sub, claims.role)),
         }
     }
 
@@ -210,14 +212,80 @@ impl ServiceToken {
     }
 }
 
+/// The funeral homes a caller acts for (docs/identity.md, "Tenancy").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Homes {
+    /// Every home: `ops` (personal data masked), `system`, and every staff token of a deployment
+    /// without a provider (a shared-secret token names no homes).
+    All,
+    /// These homes only: a director's own, a group administrator's group's. Empty for a family,
+    /// whose reach is the bookings it made, not a home.
+    Only(BTreeSet<Uuid>),
+}
+
+impl Homes {
+    /// Whether `home` is one of them.
+    pub fn contains(&self, home: Uuid) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(homes) => homes.contains(&home),
+        }
+    }
+
+    /// The homes to filter a query by (`WHERE home = ANY($1)`), or `None` for every home.
+    pub fn filter(&self) -> Option<Vec<Uuid>> {
+        match self {
+            Self::All => None,
+            Self::Only(homes) => Some(homes.iter().copied().collect()),
+        }
+    }
+}
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub subject: String,
     pub role: Role,
+    /// The homes the caller acts for. A director acts only within them: another home's
+    /// facility or booking answers 404 (docs/identity.md).
+    pub homes: Homes,
+    /// A group administrator (`group_admin` in the token): acts as a director in every home of
+    /// the group, but is not one home's director (so must name the home of a new facility).
+    pub group_admin: bool,
 }
 
 impl Caller {
+    /// A caller with the homes its role has without a provider's `fm_homes` claim: every home for
+    /// staff and services, none for a family.
+    pub fn new(subject: impl Into<String>, role: Role) -> Self {
+        let homes = match role {
+            Role::Family => Homes::Only(BTreeSet::new()),
+            Role::Director | Role::Ops | Role::System => Homes::All,
+        };
+        Self {
+            subject: subject.into(),
+            role,
+            homes,
+            group_admin: false,
+        }
+    }
+
+    /// Whether the caller may see what belongs to `home` as staff: a director or group
+    /// administrator of it, ops or the system. A family never reaches anything by home.
+    pub fn acts_for(&self, home: Uuid) -> bool {
+        self.role != Role::Family && self.homes.contains(home)
+    }
+
+    /// The one home a new facility goes to when the request names none: a director's only home.
+    pub fn only_home(&self) -> Option<Uuid> {
+        match &self.homes {
+            Homes::Only(homes) if homes.len() == 1 && !self.group_admin => {
+                homes.iter().next().copied()
+            }
+            _ => None,
+        }
+    }
+
     /// Refuses the request unless the caller has one of `roles`.
     pub fn require(&self, roles: &[Role]) -> Result<(), AuthRejection> {
         if roles.contains(&self.role) {
@@ -340,6 +408,30 @@ mod tests {
             .mint("d", Role::Director, Duration::hours(-1))
             .expect("mints");
         assert_eq!(keys.verify(&token).err(), Some(AuthRejection::InvalidToken));
+    }
+
+    #[test]
+    fn a_shared_secret_director_acts_for_every_home_and_a_family_for_none() {
+        let home = Uuid::new_v4();
+        assert!(Caller::new("d", Role::Director).acts_for(home));
+        assert!(Caller::new("o", Role::Ops).acts_for(home));
+        assert!(!Caller::new("f", Role::Family).acts_for(home));
+    }
+
+    #[test]
+    fn only_a_director_of_one_home_has_an_only_home() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut director = Caller::new("d", Role::Director);
+        director.homes = Homes::Only([a].into());
+        assert_eq!(director.only_home(), Some(a));
+        assert!(director.acts_for(a) && !director.acts_for(b));
+        director.homes = Homes::Only([a, b].into());
+        assert_eq!(director.only_home(), None);
+        let mut admin = Caller::new("g", Role::Director);
+        admin.homes = Homes::Only([a].into());
+        admin.group_admin = true;
+        assert_eq!(admin.only_home(), None);
+        assert_eq!(Caller::new("o", Role::Ops).only_home(), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! is refused before any key is looked at. `iss`, `aud`, `exp` and `nbf` are checked with a
 //! small leeway. See docs/identity.md.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,9 @@ use serde::Deserialize;
 use thiserror::Error;
 use tokio::sync::{Mutex, RwLock};
 
-use super::{AuthRejection, Caller};
+use uuid::Uuid;
+
+use super::{AuthRejection, Caller, Homes};
 
 /// Where the tokens come from and what they must say.
 #[derive(Debug, Clone)]
@@ -82,6 +84,15 @@ struct AccessClaims {
     sub: String,
     #[serde(default)]
     roles: Vec<String>,
+    /// The ids of the homes the person belongs to (the `fm_home` attribute of each home group
+    /// they are a member of; docs/identity.md, "Tenancy").
+    #[serde(default)]
+    fm_homes: Vec<String>,
+    /// The ids of every home of the group a group administrator administers (the group's
+    /// `fm_group_homes` attribute). Read for `group_admin` only: a home's members inherit it
+    /// from the parent group in the provider, and a director must not get the whole group.
+    #[serde(default)]
+    fm_group_homes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,10 +193,7 @@ impl OidcVerifier {
             .map_err(|_| AuthRejection::InvalidToken)?
             .claims;
         let role = role_of(&claims.roles).ok_or(AuthRejection::NoRole)?;
-        Ok(Caller {
-            subject: claims.sub,
-            role,
-        })
+        Ok(caller_of(claims, role))
     }
 
     /// Fetches the JWKS unless another fetch happened within `unless_within`; returns how many
@@ -380,9 +388,40 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     response.json().await.map_err(fetch)
 }
 
+/// The caller a verified token speaks for, with its homes (docs/identity.md, "Tenancy"): a
+/// director's homes are `fm_homes`; a group administrator's are `fm_group_homes` (and any home
+/// they are also a member of); ops and services act for every home; a family for none.
+/// Home ids that are not UUIDs are dropped: a misconfigured home is reached by nobody.
+fn caller_of(claims: AccessClaims, role: Role) -> Caller {
+    let group_admin = role == Role::Director && claims.roles.iter().any(|r| r == "group_admin");
+    let ids = |values: &[String]| -> BTreeSet<Uuid> {
+        values
+            .iter()
+            .filter_map(|value| Uuid::parse_str(value.trim()).ok())
+            .collect()
+    };
+    let homes = match role {
+        Role::Director if group_admin => Homes::Only(
+            ids(&claims.fm_group_homes)
+                .union(&ids(&claims.fm_homes))
+                .copied()
+                .collect(),
+        ),
+        Role::Director => Homes::Only(ids(&claims.fm_homes)),
+        Role::Family => Homes::Only(BTreeSet::new()),
+        Role::Ops | Role::System => Homes::All,
+    };
+    Caller {
+        subject: claims.sub,
+        role,
+        homes,
+        group_admin,
+    }
+}
+
 /// The one Funeral Manager role among a token's `roles`: `system` for a service account, else
-/// the widest staff role. `group_admin` acts as `director` until tenancy is built
-/// (docs/identity.md).
+/// the widest staff role. `group_admin` is a `director` in every home of the group; the caller
+/// says which it is ([`Caller::group_admin`]).
 fn role_of(roles: &[String]) -> Option<Role> {
     let has = |name: &str| roles.iter().any(|role| role == name);
     if has("system") {
@@ -411,8 +450,60 @@ mod tests {
         assert_eq!(role_of(&roles(&["ops", "system"])), Some(Role::System));
     }
 
+    fn claims(roles_: &[&str], homes: &[&str], group_homes: &[&str]) -> AccessClaims {
+        AccessClaims {
+            sub: "someone".to_owned(),
+            roles: roles(roles_),
+            fm_homes: roles(homes),
+            fm_group_homes: roles(group_homes),
+        }
+    }
+
+    const A: &str = "6f0c5c1e-54a2-4f43-9a42-2a2b3b5e0a01";
+    const B: &str = "6f0c5c1e-54a2-4f43-9a42-2a2b3b5e0b02";
+
+    fn home(id: &str) -> Uuid {
+        Uuid::parse_str(id).unwrap_or_default()
+    }
+
     #[test]
-    fn a_group_administrator_acts_as_a_director_until_tenancy_exists() {
+    fn a_director_acts_for_their_homes_only_not_the_group_they_inherit() {
+        let caller = caller_of(claims(&["director"], &[A], &[A, B]), Role::Director);
+        assert_eq!(caller.homes, Homes::Only([home(A)].into()));
+        assert!(!caller.group_admin);
+    }
+
+    #[test]
+    fn a_group_administrator_acts_for_every_home_of_the_group() {
+        let caller = caller_of(claims(&["group_admin"], &[], &[A, B]), Role::Director);
+        assert_eq!(caller.homes, Homes::Only([home(A), home(B)].into()));
+        assert!(caller.group_admin);
+    }
+
+    #[test]
+    fn ops_and_services_act_for_every_home_a_family_for_none() {
+        assert_eq!(
+            caller_of(claims(&["ops"], &[A], &[]), Role::Ops).homes,
+            Homes::All
+        );
+        assert_eq!(
+            caller_of(claims(&["system"], &[], &[]), Role::System).homes,
+            Homes::All
+        );
+        assert_eq!(
+            caller_of(claims(&["family"], &[A], &[A]), Role::Family).homes,
+            Homes::Only(BTreeSet::new())
+        );
+    }
+
+    #[test]
+    fn a_home_id_that_is_not_a_uuid_reaches_nothing() {
+        let caller = caller_of(claims(&["director"], &["home-a"], &[]), Role::Director);
+        assert_eq!(caller.homes, Homes::Only(BTreeSet::new()));
+    }
+
+    #[test]
+    fn a_group_administrator_is_a_director() {
         assert_eq!(role_of(&roles(&["group_admin"])), Some(Role::Director));
         assert_eq!(role_of(&roles(&["ops", "director"])), Some(Role::Director));
     }

@@ -33,12 +33,15 @@ pub(crate) async fn apply(
             time_zone,
             opening_hours,
             turnaround_minutes,
+            funeral_home_id,
             ..
         } => {
+            // No home (registered before homes were named) stays NULL: the query-api reads it as
+            // its FM_TENANCY__DEFAULT_HOME, so changing that setting needs no rebuild.
             sqlx::query(
                 "INSERT INTO facilities (facility_id, name, kind, capacity, time_zone, opening_hours, \
-                 turnaround_minutes, version, registered_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                 turnaround_minutes, version, registered_at, updated_at, home) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
             )
             .bind(envelope.aggregate_id)
             .bind(name.as_str())
@@ -49,6 +52,7 @@ pub(crate) async fn apply(
             .bind(wire_json(turnaround_minutes).as_i64().unwrap_or_default())
             .bind(version)
             .bind(envelope.occurred_at)
+            .bind(funeral_home_id.map(|home| *home.as_uuid()))
             .execute(&mut *conn)
             .await?;
         }

@@ -20,6 +20,7 @@ use crate::{
     consistency::wait_for_token,
     error::ApiError,
     params::{Cursor, Params},
+    tenancy::booking_scope,
 };
 
 /// The statuses a booking can have.
@@ -35,13 +36,30 @@ const STATUSES: [&str; 6] = [
 /// The columns of a [`BookingView`], from `bookings b`.
 const COLUMNS: &str = "b.booking_id, b.facility_id, b.service_type, b.status, b.status_reason, b.status_changed_by, b.slot, b.deceased, \
      b.family_contacts, b.price_amount_minor, b.price_currency, b.saga, b.version, b.requested_at, b.updated_at, \
-     b.requested_by, b.slot_start, \
+     b.slot_start, \
      (SELECT jsonb_build_object('payment_id', p.payment_id, 'status', p.status, \
         'amount', jsonb_build_object('amount_minor', p.amount_minor, 'currency', p.currency), \
         'capture_reference', p.capture_reference, 'decline_reason', p.decline_reason, \
         'refund_reference', p.refund_reference, 'refunded_amount_minor', p.refunded_amount_minor, \
         'version', p.version) \
       FROM payments p WHERE p.booking_id = b.booking_id) AS payment";
+
+/// [`COLUMNS`], with the personal columns masked for a caller who may not see them (ops): the
+/// string `"masked"`, or `"erased"` where the data is erased (that much is operational).
+fn columns(caller: &Caller) -> String {
+    if !crate::tenancy::masks_personal_data(caller) {
+        return COLUMNS.to_owned();
+    }
+    COLUMNS
+        .replace(
+            "b.deceased, ",
+            "CASE WHEN b.deceased = '\"erased\"'::jsonb THEN b.deceased ELSE '\"masked\"'::jsonb END AS deceased, ",
+        )
+        .replace(
+            "b.family_contacts, ",
+            "CASE WHEN b.family_contacts = '\"erased\"'::jsonb THEN b.family_contacts ELSE '\"masked\"'::jsonb END AS family_contacts, ",
+        )
+}
 
 /// A booking as the read model holds it.
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -60,10 +78,11 @@ pub(crate) struct BookingView {
     #[schema(value_type = Object)]
     slot: serde_json::Value,
     /// `{"full_name", "date_of_death"}`, or the string `"erased"` once the booking's personal data
-    /// is erased (docs/privacy.md).
+    /// is erased (docs/privacy.md); `"masked"` for ops.
     #[schema(value_type = serde_json::Value)]
     deceased: serde_json::Value,
-    /// `[{"name", "relationship", "email", "phone"}]`, or the string `"erased"`.
+    /// `[{"name", "relationship", "email", "phone"}]`, or the string `"erased"`; `"masked"` for
+    /// ops.
     #[schema(value_type = serde_json::Value)]
     family_contacts: serde_json::Value,
     #[sqlx(flatten)]
@@ -86,8 +105,6 @@ pub(crate) struct BookingView {
     version: i64,
     requested_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
-    #[serde(skip)]
-    requested_by: String,
     #[serde(skip)]
     slot_start: DateTime<Utc>,
 }
@@ -152,7 +169,9 @@ pub(crate) struct Price {
     currency: String,
 }
 
-/// Read one booking. A family sees only the bookings it requested.
+/// Read one booking. A family sees only the bookings it requested, a director only those at a
+/// facility of their homes (another home's answers 404); ops sees every home's with the personal
+/// data masked.
 #[utoipa::path(
     get,
     path = "/bookings/{id}",
@@ -166,7 +185,7 @@ pub(crate) struct Price {
         (status = 200, description = "The booking", body = BookingView),
         (status = 304, description = "Not modified since the ETag sent"),
         (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such booking, or not yours", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such booking, or not yours (another family's, another home's)", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Read model behind the token, or store down", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -177,21 +196,23 @@ pub(crate) async fn get_booking(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     wait_for_token(&headers, &state.pool, &state.consistency, &state.log_ends).await?;
-    let sql = format!("SELECT {COLUMNS} FROM bookings b WHERE b.booking_id = $1");
-    let mut booking: BookingView = sqlx::query_as(&sql)
-        .bind(id)
+    let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(format!(
+        "SELECT {} FROM bookings b WHERE b.booking_id = ",
+        columns(&caller)
+    ));
+    query.push_bind(id);
+    booking_scope(&mut query, &caller, state.tenancy.default_home);
+    let mut booking: BookingView = query
+        .build_query_as()
         .fetch_optional(&state.pool)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let visible = match caller.role {
-        Role::Director | Role::Ops | Role::System => true,
-        Role::Family => booking.requested_by == caller.subject,
-    };
-    if !visible {
-        return Err(ApiError::NotFound);
-    }
     booking.saga_progress = saga_progress(&state.pool, id, caller.role != Role::Family).await?;
-    let etag = booking.etag();
+    let mut etag = booking.etag();
+    // Ops sees another representation: the personal data masked.
+    if crate::tenancy::masks_personal_data(&caller) {
+        etag.push_str("-masked");
+    }
     Ok(with_etag(&headers, &etag, booking))
 }
 
@@ -232,7 +253,9 @@ pub(crate) struct BookingPage {
     next_cursor: Option<String>,
 }
 
-/// List bookings, by service start time. A family sees only the bookings it requested.
+/// List bookings, by service start time. A family sees only the bookings it requested, a
+/// director only those at the facilities of their homes; ops sees every home's with the personal
+/// data masked.
 #[utoipa::path(
     get,
     path = "/bookings",
@@ -275,13 +298,11 @@ pub(crate) async fn list_bookings(
     params.finish()?;
     wait_for_token(&headers, &state.pool, &state.consistency, &state.log_ends).await?;
 
-    let mut query: QueryBuilder<'_, Postgres> =
-        QueryBuilder::new(format!("SELECT {COLUMNS} FROM bookings b WHERE true"));
-    if caller.role == Role::Family {
-        query
-            .push(" AND b.requested_by = ")
-            .push_bind(caller.subject);
-    }
+    let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(format!(
+        "SELECT {} FROM bookings b WHERE true",
+        columns(&caller)
+    ));
+    booking_scope(&mut query, &caller, state.tenancy.default_home);
     if let Some(facility_id) = facility_id {
         query.push(" AND b.facility_id = ").push_bind(facility_id);
     }

@@ -21,16 +21,18 @@ use crate::{
     consistency::wait_for_token,
     error::ApiError,
     params::{Cursor, Params},
+    tenancy::{facility_scope, sees_booking_ids},
 };
 
+/// The columns of a [`FacilityView`], from `facilities f`.
 #[cfg(not(feature = "next-read-model"))]
-const COLUMNS: &str = "facility_id, name, kind, capacity, time_zone, opening_hours, turnaround_minutes, version, \
-     registered_at, updated_at";
+const COLUMNS: &str = "f.facility_id, f.name, f.kind, f.capacity, f.time_zone, f.opening_hours, f.turnaround_minutes, f.version, \
+     f.registered_at, f.updated_at, f.home";
 
-/// Read-model version 3 (test-only) has a column more.
+/// Read-model version 4 (test-only) has a column more.
 #[cfg(feature = "next-read-model")]
-const COLUMNS: &str = "facility_id, name, kind, capacity, time_zone, opening_hours, turnaround_minutes, version, \
-     registered_at, updated_at, name_key";
+const COLUMNS: &str = "f.facility_id, f.name, f.kind, f.capacity, f.time_zone, f.opening_hours, f.turnaround_minutes, f.version, \
+     f.registered_at, f.updated_at, f.home, f.name_key";
 
 /// The longest range a calendar query may span.
 pub(crate) const MAX_CALENDAR_RANGE: Duration = Duration::days(31);
@@ -52,12 +54,24 @@ pub(crate) struct FacilityView {
     version: i64,
     registered_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
-    /// The name in lower case, for searching (read-model version 3, test-only).
+    /// The funeral home it belongs to (the deployment's default home for a facility registered
+    /// before homes were named).
+    home: Option<Uuid>,
+    /// The name in lower case, for searching (read-model version 4, test-only).
     #[cfg(feature = "next-read-model")]
     name_key: String,
 }
 
-/// Read one facility.
+impl FacilityView {
+    /// Names the default home where the read model holds none.
+    fn with_home(mut self, default_home: Uuid) -> Self {
+        self.home = Some(self.home.unwrap_or(default_home));
+        self
+    }
+}
+
+/// Read one facility. A director sees only the facilities of their homes (another home's answers
+/// 404); families, ops and services see every facility.
 #[utoipa::path(
     get,
     path = "/facilities/{id}",
@@ -71,29 +85,34 @@ pub(crate) struct FacilityView {
         (status = 200, description = "The facility", body = FacilityView),
         (status = 304, description = "Not modified since the ETag sent"),
         (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such facility", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such facility, or one of a home you do not work for", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Read model behind the token, or store down", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn get_facility(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ValidPath(id): ValidPath<Uuid>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     wait_for_token(&headers, &state.pool, &state.consistency, &state.log_ends).await?;
-    let facility = find(&state, id).await?;
+    let facility = find(&state, &caller, id).await?;
     let etag = format!("facility-{}-v{}", facility.facility_id, facility.version);
     Ok(with_etag(&headers, &etag, facility))
 }
 
-async fn find(state: &AppState, id: Uuid) -> Result<FacilityView, ApiError> {
-    let sql = format!("SELECT {COLUMNS} FROM facilities WHERE facility_id = $1");
-    sqlx::query_as(&sql)
-        .bind(id)
+async fn find(state: &AppState, caller: &Caller, id: Uuid) -> Result<FacilityView, ApiError> {
+    let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM facilities f WHERE f.facility_id = "
+    ));
+    query.push_bind(id);
+    facility_scope(&mut query, caller, state.tenancy.default_home);
+    let facility: FacilityView = query
+        .build_query_as()
         .fetch_optional(&state.pool)
         .await?
-        .ok_or(ApiError::NotFound)
+        .ok_or(ApiError::NotFound)?;
+    Ok(facility.with_home(state.tenancy.default_home))
 }
 
 /// The page of `GET /facilities` (documentation; parsed by [`Params`]).
@@ -116,7 +135,8 @@ pub(crate) struct FacilityPage {
     next_cursor: Option<String>,
 }
 
-/// List facilities, in registration order.
+/// List facilities, in registration order: a director's homes' only; every facility for
+/// families, ops and services.
 #[utoipa::path(
     get,
     path = "/facilities",
@@ -136,7 +156,7 @@ pub(crate) struct FacilityPage {
 )]
 pub(crate) async fn list_facilities(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -146,19 +166,24 @@ pub(crate) async fn list_facilities(
     params.finish()?;
     wait_for_token(&headers, &state.pool, &state.consistency, &state.log_ends).await?;
     let mut query: QueryBuilder<'_, Postgres> =
-        QueryBuilder::new(format!("SELECT {COLUMNS} FROM facilities WHERE true"));
+        QueryBuilder::new(format!("SELECT {COLUMNS} FROM facilities f WHERE true"));
+    facility_scope(&mut query, &caller, state.tenancy.default_home);
     if let Some(cursor) = cursor {
         query
-            .push(" AND (registered_at, facility_id) > (")
+            .push(" AND (f.registered_at, f.facility_id) > (")
             .push_bind(cursor.at)
             .push(", ")
             .push_bind(cursor.id)
             .push(")");
     }
     query
-        .push(" ORDER BY registered_at, facility_id LIMIT ")
+        .push(" ORDER BY f.registered_at, f.facility_id LIMIT ")
         .push_bind(limit + 1);
     let mut items: Vec<FacilityView> = query.build_query_as().fetch_all(&state.pool).await?;
+    items = items
+        .into_iter()
+        .map(|item| item.with_home(state.tenancy.default_home))
+        .collect();
     let page = usize::try_from(limit).unwrap_or(usize::MAX);
     let more = items.len() > page;
     items.truncate(page);
@@ -194,10 +219,12 @@ struct CalendarRow {
     nearby: sqlx::types::Json<Vec<Reservation>>,
 }
 
-/// A slot held at the facility.
+/// A slot held at the facility: a busy window, with the booking holding it for staff of the
+/// facility's home, ops and services (a family never sees another family's booking ids).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct Reservation {
-    booking_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    booking_id: Option<Uuid>,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 }
@@ -226,7 +253,9 @@ pub(crate) struct CalendarView {
     version: i64,
 }
 
-/// A facility's reservations and free windows over a range of at most 31 days.
+/// A facility's reservations and free windows over a range of at most 31 days. A director sees
+/// only the calendars of their homes' facilities (another home's answers 404); a family sees the
+/// reservations as busy windows, without booking ids.
 #[utoipa::path(
     get,
     path = "/facilities/{id}/calendar",
@@ -241,14 +270,14 @@ pub(crate) struct CalendarView {
         (status = 200, description = "The calendar", body = CalendarView),
         (status = 304, description = "Not modified since the ETag sent"),
         (status = 401, description = "No valid bearer token", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such facility", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such facility, or one of a home you do not work for", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "from/to missing, malformed, reversed or more than 31 days apart", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Read model behind the token, or store down", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn get_calendar(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ValidPath(id): ValidPath<Uuid>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
@@ -278,22 +307,33 @@ pub(crate) async fn get_calendar(
     // One statement, so one snapshot: the facility row and its reservations agree, even across
     // a switch of the read-model version. Held slots just outside the range are fetched too:
     // they still block its edges through the turnaround buffer.
-    let sql = format!(
+    let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(format!(
         "SELECT {COLUMNS}, COALESCE((SELECT jsonb_agg(jsonb_build_object('booking_id', r.booking_id, \
          'start', r.slot_start, 'end', r.slot_end) ORDER BY r.slot_start, r.booking_id) \
          FROM reservations r WHERE r.facility_id = f.facility_id \
-         AND r.slot_start < $3 + make_interval(mins => f.turnaround_minutes) \
-         AND r.slot_end > $2 - make_interval(mins => f.turnaround_minutes)), '[]'::jsonb) AS nearby \
-         FROM facilities f WHERE f.facility_id = $1"
-    );
-    let row: CalendarRow = sqlx::query_as(&sql)
-        .bind(id)
-        .bind(from)
-        .bind(to)
+         AND r.slot_start < "
+    ));
+    query
+        .push_bind(to)
+        .push(" + make_interval(mins => f.turnaround_minutes) AND r.slot_end > ")
+        .push_bind(from)
+        .push(
+            " - make_interval(mins => f.turnaround_minutes)), '[]'::jsonb) AS nearby \
+             FROM facilities f WHERE f.facility_id = ",
+        )
+        .push_bind(id);
+    facility_scope(&mut query, &caller, state.tenancy.default_home);
+    let row: CalendarRow = query
+        .build_query_as()
         .fetch_optional(&state.pool)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let (facility, nearby) = (row.facility, row.nearby.0);
+    let (facility, mut nearby) = (row.facility, row.nearby.0);
+    if !sees_booking_ids(&caller) {
+        for reservation in &mut nearby {
+            reservation.booking_id = None;
+        }
+    }
     let buffer = Duration::minutes(i64::from(facility.turnaround_minutes));
     let hours: OpeningHours = serde_json::from_value(facility.opening_hours.clone())
         .map_err(|error| ApiError::Corrupt(format!("opening hours of {id}: {error}")))?;
@@ -319,11 +359,17 @@ pub(crate) async fn get_calendar(
             end: w.end,
         })
         .collect();
+    // A family's calendar (busy windows without booking ids) is another representation.
     let etag = format!(
-        "calendar-{id}-v{}-{}-{}",
+        "calendar-{id}-v{}-{}-{}{}",
         facility.version,
         from.timestamp(),
-        to.timestamp()
+        to.timestamp(),
+        if sees_booking_ids(&caller) {
+            ""
+        } else {
+            "-busy"
+        }
     );
     let view = CalendarView {
         facility_id: facility.facility_id,

@@ -20,6 +20,7 @@ use axum::{
 use platform::{
     auth::{Caller, Verifier},
     rate_limit::{self, RateLimiter},
+    settings::TenancySettings,
 };
 use schemas::Role;
 use serde::Serialize;
@@ -37,6 +38,8 @@ pub(crate) struct AppState {
     pub(crate) wait_limits: Arc<RateLimiter>,
     /// The log's end, for tokens beyond it.
     pub(crate) log_ends: consistency::LogEnds,
+    /// The home of facilities registered before homes were named (`FM_TENANCY__DEFAULT_HOME`).
+    pub(crate) tenancy: TenancySettings,
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
