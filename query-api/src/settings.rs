@@ -31,6 +31,18 @@ pub struct Settings {
     /// (`FM_KAFKA__BROKERS`, `FM_KAFKA__TOPIC_PREFIX`); none: such a token waits `max_wait`.
     #[serde(default)]
     pub kafka: Option<KafkaSettings>,
+    /// Families by invitation (`FM_FAMILY_SESSIONS__*`, docs/identity.md).
+    #[serde(default)]
+    pub family_sessions: FamilySessionSettings,
+}
+
+/// Where the query-api finds the keys of family sessions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct FamilySessionSettings {
+    /// The command-service's `GET /family-sessions/jwks.json` (`FM_FAMILY_SESSIONS__JWKS_URL`);
+    /// unset: this query-api accepts no family session.
+    pub jwks_url: Option<String>,
 }
 
 /// 120 waits a minute per subject with a burst of 30; 1,200 a minute per address with a burst
@@ -103,6 +115,7 @@ impl Settings {
             read_model: ReadModelSettings::default(),
             limits: RateLimitSettings::UNLIMITED,
             kafka: None,
+            family_sessions: FamilySessionSettings::default(),
         }
     }
 }

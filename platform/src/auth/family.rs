@@ -76,7 +76,7 @@ pub enum FamilySessions {
     /// The signer's own public keys, by `kid` (the command-service).
     Keys(HashMap<String, DecodingKey>),
     /// The signer's published JWKS, fetched and cached like the provider's (the query-api).
-    Jwks(oidc::OidcVerifier),
+    Jwks(Box<oidc::OidcVerifier>),
 }
 
 impl std::fmt::Debug for FamilySessions {
@@ -98,7 +98,7 @@ impl FamilySessions {
                 let mut settings = oidc::OidcSettings::new(ISSUER, AUDIENCE);
                 settings.jwks_url = Some(url.to_owned());
                 settings.leeway = std::time::Duration::from_secs(LEEWAY_SECONDS);
-                Self::Jwks(oidc::OidcVerifier::new(settings))
+                Self::Jwks(Box::new(oidc::OidcVerifier::new(settings)))
             }
         }
     }

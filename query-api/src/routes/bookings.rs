@@ -8,7 +8,10 @@ use axum::{
     response::Response,
 };
 use chrono::{DateTime, Utc};
-use platform::{auth::Caller, path::ValidPath};
+use platform::{
+    auth::{Caller, family::Principal},
+    path::ValidPath,
+};
 use schemas::Role;
 use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder};
@@ -152,7 +155,8 @@ pub(crate) struct Price {
     currency: String,
 }
 
-/// Read one booking. A family sees only the bookings it requested.
+/// Read one booking. A family sees only the bookings it requested, or, with a family session
+/// (`POST /family-sessions` at the command-service), the booking the session names.
 #[utoipa::path(
     get,
     path = "/bookings/{id}",
@@ -161,7 +165,7 @@ pub(crate) struct Price {
         ("id" = Uuid, Path, description = "The booking id"),
         ("Consistency-Token" = Option<String>, Header, description = "Wait until this write is visible"),
     ),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("family_session" = [])),
     responses(
         (status = 200, description = "The booking", body = BookingView),
         (status = 304, description = "Not modified since the ETag sent"),
@@ -172,7 +176,7 @@ pub(crate) struct Price {
 )]
 pub(crate) async fn get_booking(
     State(state): State<AppState>,
-    caller: Caller,
+    principal: Principal,
     ValidPath(id): ValidPath<Uuid>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -183,14 +187,19 @@ pub(crate) async fn get_booking(
         .fetch_optional(&state.pool)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let visible = match caller.role {
-        Role::Director | Role::Ops | Role::System => true,
-        Role::Family => booking.requested_by == caller.subject,
+    let visible = match &principal {
+        // A family session opens the bookings it names, nothing else.
+        Principal::Family(session) => session.may_see(id),
+        Principal::Staff(caller) => match caller.role {
+            Role::Director | Role::Ops | Role::System => true,
+            Role::Family => booking.requested_by == caller.subject,
+        },
     };
     if !visible {
         return Err(ApiError::NotFound);
     }
-    booking.saga_progress = saga_progress(&state.pool, id, caller.role != Role::Family).await?;
+    let staff = principal.caller().role != Role::Family;
+    booking.saga_progress = saga_progress(&state.pool, id, staff).await?;
     let etag = booking.etag();
     Ok(with_etag(&headers, &etag, booking))
 }

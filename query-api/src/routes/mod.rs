@@ -18,7 +18,10 @@ use axum::{
     middleware::{self, Next},
 };
 use platform::{
-    auth::{Caller, Verifier},
+    auth::{
+        Verifier,
+        family::{FamilySessions, Principal},
+    },
     rate_limit::{self, RateLimiter},
 };
 use schemas::Role;
@@ -32,11 +35,19 @@ use crate::{consistency, settings::ConsistencySettings};
 pub(crate) struct AppState {
     pub(crate) pool: PgPool,
     pub(crate) verifier: Arc<Verifier>,
+    /// Family sessions, checked by the command-service's JWKS (docs/identity.md).
+    pub(crate) family_sessions: Arc<FamilySessions>,
     pub(crate) consistency: ConsistencySettings,
     /// Consistency-token waits, per token subject and per client address.
     pub(crate) wait_limits: Arc<RateLimiter>,
     /// The log's end, for tokens beyond it.
     pub(crate) log_ends: consistency::LogEnds,
+}
+
+impl FromRef<AppState> for Arc<FamilySessions> {
+    fn from_ref(state: &AppState) -> Self {
+        state.family_sessions.clone()
+    }
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
@@ -76,7 +87,10 @@ async fn limit_consistency_waits(
         return next.run(request).await;
     }
     let (mut parts, body) = request.into_parts();
-    if let Ok(caller) = Caller::from_request_parts(&mut parts, &state).await
+    // A family session counts too (it may read its booking with a token).
+    if let Ok(caller) = Principal::from_request_parts(&mut parts, &state)
+        .await
+        .map(|principal| principal.caller())
         && caller.role != Role::System
         && let Err(throttled) = state.wait_limits.check(
             &caller.subject,
