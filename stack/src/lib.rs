@@ -458,11 +458,13 @@ mod tests {
             ),
             (
                 Service::CommandService,
-                &[Http, Log, Database, Kafka, Auth, Privacy, Limits, Snapshot],
+                &[
+                    Http, Log, Database, Kafka, Auth, Privacy, Limits, Snapshot, Smtp,
+                ],
             ),
             (
                 Service::QueryApi,
-                &[Http, Log, Database, Kafka, Auth, Limits],
+                &[Http, Log, Database, Kafka, Auth, Limits, FamilySessions],
             ),
             (
                 Service::SagaRunner,

@@ -412,3 +412,26 @@ pub(crate) async fn refresh(
 pub(crate) async fn jwks(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(state.invitations.jwks().clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(named: Vec<usize>, count: usize) -> Vec<String> {
+        match chosen_contacts(Some(named), count) {
+            Err(ApiError::Invalid(errors)) => {
+                errors.iter().map(|error| format!("{error:?}")).collect()
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_contacts_are_all_or_the_named_positions_of_the_booking() {
+        assert_eq!(chosen_contacts(None, 3).ok(), Some(vec![0, 1, 2]));
+        assert_eq!(chosen_contacts(Some(vec![2, 0]), 3).ok(), Some(vec![2, 0]));
+        assert!(refused(vec![3], 3)[0].contains("contacts.position"));
+        assert!(refused(vec![1, 1], 3)[0].contains("contacts.unique"));
+        assert!(refused(vec![], 3)[0].contains("contacts.non_empty"));
+    }
+}
