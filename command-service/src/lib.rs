@@ -13,11 +13,14 @@
 //!   of a command (`CommandOutcome`).
 //! - `routes`: the router and the state its handlers share; one module per route group, where
 //!   DTOs become domain commands.
+//! - `invitations`: families by invitation (docs/identity.md): invitations by the hash of their
+//!   code in PostgreSQL, the family-session signing key, exchange, refresh and revocation.
 //! - `error`: the one `ApiError` and its mapping to problem+json.
 //! - `metrics`: command outcomes by command name, append latency.
 
 mod commands;
 mod error;
+mod invitations;
 mod metrics;
 mod routes;
 pub mod settings;

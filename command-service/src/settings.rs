@@ -35,6 +35,43 @@ pub struct Settings {
     /// The home of facilities registered before homes were named (`FM_TENANCY__DEFAULT_HOME`).
     #[serde(default)]
     pub tenancy: TenancySettings,
+    /// Families by invitation (`FM_INVITATIONS__*`, docs/identity.md).
+    #[serde(default)]
+    pub invitations: InvitationSettings,
+    /// The SMTP server invitation letters go through (`FM_SMTP__*`, the saga runner's too).
+    #[serde(default)]
+    pub smtp: notifications::SmtpSettings,
+}
+
+/// Families by invitation (docs/identity.md), `FM_INVITATIONS__…`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct InvitationSettings {
+    /// How long a code can be exchanged, and a session refreshed (milliseconds; 7 days).
+    #[serde(deserialize_with = "millis")]
+    pub ttl: Duration,
+    /// How long a family session lives: the bound on a revocation reaching the query-api's reads
+    /// (milliseconds; 10 minutes).
+    #[serde(deserialize_with = "millis")]
+    pub session_ttl: Duration,
+    /// The front end's page the letter links to; the code follows as `#code=…`.
+    pub link_base: String,
+    /// Exchanges per minute from one client address (and the burst); 0: no limit.
+    pub exchanges_per_address_per_minute: u32,
+    /// Exchanges per minute of one code (and the burst); 0: no limit.
+    pub exchanges_per_code_per_minute: u32,
+}
+
+impl Default for InvitationSettings {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_hours(24 * 7),
+            session_ttl: Duration::from_mins(10),
+            link_base: "http://127.0.0.1:8080/family".to_owned(),
+            exchanges_per_address_per_minute: 10,
+            exchanges_per_code_per_minute: 5,
+        }
+    }
 }
 
 fn default_http() -> HttpSettings {
@@ -121,6 +158,8 @@ impl Settings {
             database,
             privacy,
             tenancy: TenancySettings::default(),
+            invitations: InvitationSettings::default(),
+            smtp: notifications::SmtpSettings::default(),
         }
     }
 }

@@ -63,6 +63,19 @@ impl Service for Application {
                     "Failed to open the data keys (FM_DATABASE__URL, FM_PRIVACY__MASTER_KEYS)",
                 )?,
         );
+        let invitations = Arc::new(
+            crate::invitations::Invitations::connect(
+                &settings.database,
+                &settings.privacy,
+                settings.invitations.session_ttl,
+            )
+            .await
+            .context(
+                "Failed to open the invitations (FM_DATABASE__URL, FM_PRIVACY__MASTER_KEYS)",
+            )?,
+        );
+        let mailer = notifications::Mailer::new(&settings.smtp)
+            .map_err(|error| anyhow::anyhow!("Invalid SMTP settings (FM_SMTP__*): {error}"))?;
         verifier.warm_up().await;
         let registry =
             Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
@@ -126,6 +139,11 @@ impl Service for Application {
             limits: Arc::new(routes::Limits::new(&settings.limits)),
             keys,
             tenancy: settings.tenancy,
+            family_sessions: Arc::new(invitations.verifier()),
+            invitations,
+            exchange_limits: Arc::new(routes::ExchangeLimits::new(&settings.invitations)),
+            invitation_settings: Arc::new(settings.invitations.clone()),
+            mailer,
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;

@@ -20,6 +20,7 @@ use secrecy::ExposeSecret;
 use thiserror::Error;
 
 use crate::{
+    invitation::Invitation,
     notification::{Notification, message_id},
     settings::{SmtpSettings, SmtpTls},
 };
@@ -145,6 +146,49 @@ impl Mailer {
             }
             Err(error) => {
                 tracing::warn!(%message_id, %error, "notification not sent");
+                Err(error)
+            }
+        }
+    }
+
+    /// One attempt to hand an invitation letter to the SMTP server: one recipient, the
+    /// booking's contact. Logs name the invitation and the booking, never the address or code.
+    #[tracing::instrument(
+        name = "invitation.send",
+        skip_all,
+        fields(booking_id = %invitation.booking_id, invitation_id = %invitation.invitation_id)
+    )]
+    pub async fn send_invitation(&self, invitation: &Invitation) -> Result<SentMail, NotifyError> {
+        let message_id = invitation.message_id();
+        let address: Address = invitation.recipient.as_str().parse().map_err(|_| {
+            NotifyError::Permanent("the recipient is not an address SMTP can deliver to".to_owned())
+        })?;
+        let letter = invitation.letter();
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(Mailbox::new(None, address))
+            .subject(letter.subject)
+            .message_id(Some(message_id.clone()))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("Auto-Submitted"),
+                "auto-generated".to_owned(),
+            ))
+            .header(ContentType::TEXT_PLAIN)
+            .body(letter.text)
+            .map_err(|error| {
+                NotifyError::Permanent(format!("the letter cannot be built: {error}"))
+            })?;
+        let bytes = message.formatted();
+        match self.transaction(message.envelope(), &bytes).await {
+            Ok(()) => {
+                tracing::info!(%message_id, "invitation accepted by the SMTP server");
+                Ok(SentMail {
+                    message_id,
+                    refused: Vec::new(),
+                })
+            }
+            Err(error) => {
+                tracing::warn!(%message_id, %error, "invitation not sent");
                 Err(error)
             }
         }

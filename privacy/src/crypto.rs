@@ -218,6 +218,29 @@ pub fn unwrap(
     Ok(DataKey(key))
 }
 
+/// What a sealed service secret's associated data starts with (then its label).
+const SERVICE_SECRET: &[u8] = b"fm-service-secret";
+
+/// A service's own secret (the command-service's family-session signing key,
+/// docs/identity.md) sealed under `master` for the place `label` names: nonce then ciphertext.
+/// The label is the associated data, so a sealed secret cannot be moved to another row.
+pub fn seal_secret(master: &MasterKey, label: &str, secret: &[u8]) -> Vec<u8> {
+    let aad = [SERVICE_SECRET, label.as_bytes()].concat();
+    let (mut nonce, ciphertext) = encrypt(&master.key, secret, &aad);
+    nonce.extend(ciphertext);
+    nonce
+}
+
+/// The secret [`seal_secret`] sealed for `label`.
+pub fn open_secret(master: &MasterKey, label: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < NONCE_LEN {
+        return Err(CryptoError::Undecryptable);
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    let aad = [SERVICE_SECRET, label.as_bytes()].concat();
+    decrypt(&master.key, nonce, ciphertext, &aad)
+}
+
 /// `personal` sealed under the booking's data key.
 pub fn seal(
     key: &DataKey,
@@ -325,6 +348,24 @@ mod tests {
         assert!(unwrap(old, key_id, booking(), &wrapped).is_err());
         assert!(unwrap(masters.current(), Uuid::from_u128(2), booking(), &wrapped).is_err());
         assert!(unwrap(masters.current(), key_id, Uuid::from_u128(8), &wrapped).is_err());
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_only_under_its_master_and_for_its_label() {
+        let masters = MasterKeys::parse(&format!(
+            "{},{}",
+            MasterKeys::generate("m2"),
+            MasterKeys::generate("m1")
+        ))
+        .unwrap();
+        let sealed = seal_secret(masters.current(), "family-1", b"signing key");
+        assert!(!sealed.windows(11).any(|w| w == b"signing key"));
+        assert_eq!(
+            open_secret(masters.current(), "family-1", &sealed).unwrap(),
+            b"signing key"
+        );
+        assert!(open_secret(masters.current(), "family-2", &sealed).is_err());
+        assert!(open_secret(masters.get("m1").unwrap(), "family-1", &sealed).is_err());
     }
 
     #[test]

@@ -37,6 +37,18 @@ pub struct Settings {
     /// read-model rows hold no home, docs/identity.md).
     #[serde(default)]
     pub tenancy: TenancySettings,
+    /// Families by invitation (`FM_FAMILY_SESSIONS__*`, docs/identity.md).
+    #[serde(default)]
+    pub family_sessions: FamilySessionSettings,
+}
+
+/// Where the query-api finds the keys of family sessions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct FamilySessionSettings {
+    /// The command-service's `GET /family-sessions/jwks.json` (`FM_FAMILY_SESSIONS__JWKS_URL`);
+    /// unset: this query-api accepts no family session.
+    pub jwks_url: Option<String>,
 }
 
 /// 120 waits a minute per subject with a burst of 30; 1,200 a minute per address with a burst
@@ -114,6 +126,7 @@ impl Settings {
             limits: RateLimitSettings::UNLIMITED,
             kafka: None,
             tenancy: TenancySettings::default(),
+            family_sessions: FamilySessionSettings::default(),
         }
     }
 }

@@ -4,7 +4,10 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use platform::{
-    auth::Verifier, rate_limit::RateLimiter, shutdown::CancellationToken, startup::Service,
+    auth::{Verifier, family::FamilySessions},
+    rate_limit::RateLimiter,
+    shutdown::CancellationToken,
+    startup::Service,
 };
 use secrecy::ExposeSecret;
 use sqlx::{
@@ -65,6 +68,9 @@ impl Service for Application {
         let state = AppState {
             pool,
             verifier: Arc::new(verifier),
+            family_sessions: Arc::new(FamilySessions::from_jwks_url(
+                settings.family_sessions.jwks_url.as_deref(),
+            )),
             consistency,
             wait_limits: Arc::new(RateLimiter::new("consistency_waits", &settings.limits)),
             log_ends: crate::consistency::LogEnds::new(settings.kafka.as_ref()),

@@ -144,11 +144,13 @@ pub struct Facts {
     pub master_keys: Option<String>,
     /// Where the data keys live when not in `database_url`.
     pub key_database_url: Option<String>,
-    /// The SMTP server the saga runner sends the families' mail to.
+    /// The SMTP server the saga runner sends the families' mail to (and the command-service the
+    /// invitation letters, docs/identity.md).
     pub smtp: Option<(String, u16)>,
     /// The payment gateway's base URL.
     pub gateway_url: Option<String>,
-    /// The command-service the saga runner sends its commands to.
+    /// The command-service the saga runner sends its commands to (and whose family-session
+    /// keys the query-api trusts, `FM_FAMILY_SESSIONS__JWKS_URL`).
     pub command_url: Option<String>,
     /// The command-service's snapshot file.
     pub snapshot: Option<PathBuf>,
@@ -196,11 +198,12 @@ pub enum Setting {
     Smtp,
     Gateway,
     SagaCommandUrl,
+    FamilySessions,
 }
 
 impl Setting {
     /// Every setting.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Http,
         Self::Log,
         Self::Database,
@@ -212,6 +215,7 @@ impl Setting {
         Self::Smtp,
         Self::Gateway,
         Self::SagaCommandUrl,
+        Self::FamilySessions,
     ];
 
     /// Whether `service` reads this setting (its `Settings` has the section).
@@ -230,7 +234,9 @@ impl Setting {
             ),
             Self::Limits => matches!(service, CommandService | QueryApi),
             Self::Snapshot => service == CommandService,
-            Self::Smtp | Self::Gateway | Self::SagaCommandUrl => service == SagaRunner,
+            Self::Smtp => matches!(service, SagaRunner | CommandService),
+            Self::Gateway | Self::SagaCommandUrl => service == SagaRunner,
+            Self::FamilySessions => service == QueryApi,
         }
     }
 }
@@ -356,6 +362,14 @@ pub fn env(facts: &Facts, instance: &Instance) -> Env {
                     set("FM_SAGA__COMMAND_URL", url);
                 }
             }
+            Setting::FamilySessions => {
+                if let Some(url) = &facts.command_url {
+                    set(
+                        "FM_FAMILY_SESSIONS__JWKS_URL",
+                        &format!("{}/family-sessions/jwks.json", url.trim_end_matches('/')),
+                    );
+                }
+            }
         }
     }
     env
@@ -410,6 +424,7 @@ mod tests {
             Setting::Smtp => vec!["FM_SMTP__HOST", "FM_SMTP__PORT"],
             Setting::Gateway => vec!["FM_GATEWAY__BASE_URL"],
             Setting::SagaCommandUrl => vec!["FM_SAGA__COMMAND_URL"],
+            Setting::FamilySessions => vec!["FM_FAMILY_SESSIONS__JWKS_URL"],
         }
     }
 
@@ -443,11 +458,13 @@ mod tests {
             ),
             (
                 Service::CommandService,
-                &[Http, Log, Database, Kafka, Auth, Privacy, Limits, Snapshot],
+                &[
+                    Http, Log, Database, Kafka, Auth, Privacy, Limits, Snapshot, Smtp,
+                ],
             ),
             (
                 Service::QueryApi,
-                &[Http, Log, Database, Kafka, Auth, Limits],
+                &[Http, Log, Database, Kafka, Auth, Limits, FamilySessions],
             ),
             (
                 Service::SagaRunner,

@@ -54,6 +54,16 @@ impl TestStack {
     /// Starts every service on `kafka` (e.g. a broker of the test's own, [`private`]) and a
     /// fresh database, and waits until all are ready.
     pub async fn spawn_on(kafka: KafkaSettings) -> anyhow::Result<Self> {
+        Self::spawn_configured(kafka, |_| {}).await
+    }
+
+    /// [`TestStack::spawn_on`] with the command-service's settings changed by `configure` first
+    /// (its SMTP server, its invitation settings). The query-api trusts the command-service's
+    /// family sessions (`FM_FAMILY_SESSIONS__JWKS_URL`).
+    pub async fn spawn_configured(
+        kafka: KafkaSettings,
+        configure: impl FnOnce(&mut command_service::Settings),
+    ) -> anyhow::Result<Self> {
         let database_url = fresh_database().await?;
         let shutdown = CancellationToken::new();
         let http_settings = HttpSettings::on_port(0);
@@ -79,11 +89,14 @@ impl TestStack {
         );
         command_settings.http = http_settings.clone();
         command_settings.kafka = kafka.clone();
+        configure(&mut command_settings);
         let command_url =
             spawn_app::<command_service::Application>(command_settings, &shutdown).await?;
 
         let mut query_settings = query_api::Settings::new(test_support::auth_settings(), database);
         query_settings.http = http_settings;
+        query_settings.family_sessions.jwks_url =
+            Some(format!("{command_url}/family-sessions/jwks.json"));
         let query_url = spawn_app::<query_api::Application>(query_settings, &shutdown).await?;
 
         let stack = Self {

@@ -29,8 +29,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    AppState, Bookers, Empty, Erasers, Services, Violations, WriteRequest, check_flow_headers,
-    parse_variant, reason_text, require_booking, written,
+    AppState, Bookers, Cancellers, Empty, Erasers, Services, Violations, WriteRequest,
+    check_flow_headers, parse_variant, reason_text, require_booking, written,
 };
 use crate::{commands::CommandError, error::ApiError};
 
@@ -454,7 +454,9 @@ pub(crate) async fn personal_data(
     }))
 }
 
-/// Cancel a booking before its service starts. A family may cancel only its own bookings.
+/// Cancel a booking before its service starts. A family may cancel only its own bookings: those
+/// it requested, or the one its family session (`POST /family-sessions`) names, while the
+/// invitation is not revoked.
 /// After confirmation the saga then refunds and releases the slot.
 #[utoipa::path(
     post,
@@ -465,10 +467,10 @@ pub(crate) async fn personal_data(
         ("id" = Uuid, Path, description = "The booking id"),
         ("If-Match" = Option<String>, Header, description = "The version (or ETag) you read: 412 if it is not the current one"),
     ),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("family_session" = [])),
     responses(
         (status = 200, description = "Cancelled (or already cancelled)", body = BookingWritten),
-        (status = 404, description = "No such booking, or not yours", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such booking, or not yours (another booking than the session's, or a revoked invitation)", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not cancellable in its state, the service has started, or changed concurrently", body = platform::problem::Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match is not the current version", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
@@ -476,9 +478,22 @@ pub(crate) async fn personal_data(
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     ValidPath(id): ValidPath<Uuid>,
-    request: WriteRequest<Cancellation, Bookers>,
+    request: WriteRequest<Cancellation, Cancellers>,
 ) -> Result<Response, ApiError> {
-    require_booking(&state, &request.caller, id)?;
+    match &request.session {
+        // A family session: only its booking, and only while its invitation is live (read at
+        // every write, so a revocation stops it at once).
+        Some(session) => {
+            let stream = state.commands.store().read::<Booking>(id);
+            let live = session.may_see(id)
+                && stream.owner.is_some()
+                && state.invitations.is_live(session.invitation_id, id).await?;
+            if !live {
+                return Err(ApiError::NotFound { field: "id", id });
+            }
+        }
+        None => require_booking(&state, &request.caller, id)?,
+    }
     let reason = request
         .body
         .reason

@@ -12,6 +12,7 @@
 
 pub(crate) mod bookings;
 pub(crate) mod facilities;
+pub(crate) mod invitations;
 pub(crate) mod ops;
 pub(crate) mod payments;
 pub(crate) mod sagas;
@@ -29,7 +30,10 @@ use axum::{
 use domain::ValueError;
 use event_log::EventProducer;
 use platform::{
-    auth::{Caller, Verifier},
+    auth::{
+        Caller, Verifier,
+        family::{FamilySession, FamilySessions, Principal},
+    },
     json,
     problem::FieldError,
     rate_limit::{self, RateLimiter},
@@ -59,6 +63,69 @@ pub(crate) struct AppState {
     pub(crate) keys: Arc<privacy::KeyStore>,
     /// The home of facilities registered before homes were named (`FM_TENANCY__DEFAULT_HOME`).
     pub(crate) tenancy: TenancySettings,
+    /// Families by invitation: the invitations, the family-session key.
+    pub(crate) invitations: Arc<crate::invitations::Invitations>,
+    /// This service's verifier of family sessions (its own keys).
+    pub(crate) family_sessions: Arc<FamilySessions>,
+    pub(crate) invitation_settings: Arc<crate::settings::InvitationSettings>,
+    /// Sends invitation letters.
+    pub(crate) mailer: notifications::Mailer,
+    /// Exchanges of invitation codes, per client address and per code.
+    pub(crate) exchange_limits: Arc<ExchangeLimits>,
+}
+
+/// The limits on exchanging invitation codes (docs/identity.md): per client address, counted
+/// before the body is read, and per code (its hash), so that neither one address nor many
+/// addresses can try codes fast. In this replica's memory, like the write limits.
+#[derive(Debug)]
+pub(crate) struct ExchangeLimits {
+    per_address: RateLimiter,
+    per_code: RateLimiter,
+}
+
+impl ExchangeLimits {
+    pub(crate) fn new(settings: &crate::settings::InvitationSettings) -> Self {
+        let per_address = settings.exchanges_per_address_per_minute;
+        let per_code = settings.exchanges_per_code_per_minute;
+        Self {
+            per_address: RateLimiter::new(
+                "family_session_exchanges",
+                &rate_limit::RateLimitSettings {
+                    per_address_per_minute: per_address,
+                    per_address_burst: per_address.max(1),
+                    ..rate_limit::RateLimitSettings::UNLIMITED
+                },
+            ),
+            per_code: RateLimiter::new(
+                "family_session_codes",
+                &rate_limit::RateLimitSettings {
+                    per_subject_per_minute: per_code,
+                    per_subject_burst: per_code.max(1),
+                    ..rate_limit::RateLimitSettings::UNLIMITED
+                },
+            ),
+        }
+    }
+
+    /// Counts an attempt from `address` (none: a test calling the router directly).
+    pub(crate) fn check_address(
+        &self,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<(), rate_limit::Throttled> {
+        self.per_address.check("", address)
+    }
+
+    /// Counts an attempt with `code` (by its hash: the code itself is kept nowhere).
+    pub(crate) fn check_code(&self, code: &str) -> Result<(), rate_limit::Throttled> {
+        let key = platform::digest::sha256_hex(&[code.as_bytes()]);
+        self.per_code.check(&key, None)
+    }
+}
+
+impl FromRef<AppState> for Arc<FamilySessions> {
+    fn from_ref(state: &AppState) -> Self {
+        state.family_sessions.clone()
+    }
 }
 
 /// The limits on the flow (`FM_LIMITS__…`, docs/security.md).
@@ -139,6 +206,17 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/bookings/{id}/personal-data", get(bookings::personal_data))
         .route(
+            "/bookings/{id}/invitations",
+            command("invite_family", post(invitations::invite)),
+        )
+        .route(
+            "/bookings/{id}/invitations/{invitation_id}/revoke",
+            command("revoke_invitation", post(invitations::revoke)),
+        )
+        .route("/family-sessions", post(invitations::exchange))
+        .route("/family-sessions/refresh", post(invitations::refresh))
+        .route("/family-sessions/jwks.json", get(invitations::jwks))
+        .route(
             "/bookings/{id}/payment/captured",
             command("record_capture", post(payments::captured)),
         )
@@ -176,6 +254,9 @@ pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The roles a route admits, as a type, so that the extractor can refuse before parsing.
 pub(crate) trait Roles {
     const ALLOWED: &'static [Role];
+    /// Whether a family session may call the route too (as role `family`; the handler must
+    /// check the session names the booking: `WriteRequest::session`).
+    const FAMILY_SESSIONS: bool = false;
 }
 
 /// Routes for funeral directors only.
@@ -190,6 +271,14 @@ impl Roles for Directors {
 pub(crate) struct Bookers;
 impl Roles for Bookers {
     const ALLOWED: &'static [Role] = &[Role::Director, Role::Family];
+}
+
+/// Cancelling: whoever may book, and a family with a session for the booking.
+#[derive(Debug)]
+pub(crate) struct Cancellers;
+impl Roles for Cancellers {
+    const ALLOWED: &'static [Role] = &[Role::Director, Role::Family];
+    const FAMILY_SESSIONS: bool = true;
 }
 
 /// Erasing a booking's personal data: directors and ops, and the saga runner's retention rule.
@@ -218,6 +307,8 @@ impl Roles for Operators {
 #[derive(Debug)]
 pub(crate) struct WriteRequest<T, R> {
     pub(crate) caller: Caller,
+    /// The family session the caller presented, on a route that admits them.
+    pub(crate) session: Option<FamilySession>,
     pub(crate) body: T,
     /// The aggregate version the client expects (`If-Match`), if it sent one.
     pub(crate) if_match: Option<u64>,
@@ -234,7 +325,14 @@ where
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = request.into_parts();
-        let caller = Caller::from_request_parts(&mut parts, state).await?;
+        let (caller, session) = if R::FAMILY_SESSIONS {
+            match Principal::from_request_parts(&mut parts, state).await? {
+                Principal::Staff(caller) => (caller, None),
+                Principal::Family(session) => (session.caller(), Some(session)),
+            }
+        } else {
+            (Caller::from_request_parts(&mut parts, state).await?, None)
+        };
         caller.require(R::ALLOWED)?;
         if caller.role != Role::System {
             let address = rate_limit::client_address(&parts.extensions);
@@ -262,6 +360,7 @@ where
             .within_flow(correlation_id, causation_id);
         Ok(Self {
             caller,
+            session,
             body,
             if_match,
             context,
@@ -373,6 +472,11 @@ impl Violations {
     /// Records a violation found without a value object.
     pub(crate) fn add(&mut self, field: impl Into<String>, rule: &str, message: impl Into<String>) {
         self.0.push(FieldError::new(field, rule, message));
+    }
+
+    /// Whether none was recorded.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// The request's violations as an error (`Invalid` with an empty list never happens: call

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use axum::{Json, extract::State};
 use platform::{
+    auth::family::FamilySessionAuth,
     http::{BearerAuth, ReadyCheck, ReadyReport, probe},
     openapi::{Shared, SharedHeader},
 };
@@ -110,14 +111,20 @@ const WRITE_ROUTES: Shared = Shared {
         super::sagas::retry,
         super::sagas::skip,
         super::sagas::resolve,
+        super::invitations::invite,
+        super::invitations::revoke,
+        super::invitations::exchange,
+        super::invitations::refresh,
+        super::invitations::jwks,
     ),
     tags(
         (name = "facilities", description = "Facilities and their opening hours"),
         (name = "bookings", description = "Requesting and cancelling bookings"),
+        (name = "invitations", description = "Families by invitation: a director invites a booking's contacts, a family exchanges its code for a session scoped to the booking (docs/identity.md)"),
         (name = "internal", description = "Commands the booking saga sends with a service token"),
         (name = "sagas", description = "Decisions about a booking's saga (park, retry, skip a step, resolve by hand): operators, and the saga runner itself"),
     ),
-    modifiers(&BearerAuth, &WRITE_ROUTES)
+    modifiers(&BearerAuth, &FamilySessionAuth, &WRITE_ROUTES)
 )]
 pub(crate) struct ApiDoc;
 

@@ -5,6 +5,7 @@
 //! provider, the deployment's shared HS256 secret ([`TokenKeys`], `FM_AUTH__SECRET`). The subject
 //! is an opaque id: for a family it is what ties them to the bookings they made.
 
+pub mod family;
 pub mod oidc;
 
 use std::{collections::BTreeSet, sync::Arc};

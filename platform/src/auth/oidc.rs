@@ -160,6 +160,18 @@ impl OidcVerifier {
 
     /// The caller a valid token speaks for.
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthRejection> {
+        let claims: AccessClaims = self.verify_claims(token).await?;
+        let role = role_of(&claims.roles).ok_or(AuthRejection::NoRole)?;
+        Ok(caller_of(claims, role))
+    }
+
+    /// The claims of a token signed by one of the published keys, with issuer, audience,
+    /// expiry and not-before checked: what [`verify`](Self::verify) reads for the provider,
+    /// and the family sessions' verifier (`super::family`) for its own claims.
+    pub async fn verify_claims<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+    ) -> Result<T, AuthRejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthRejection::InvalidToken)?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(AuthRejection::InvalidToken);
@@ -189,11 +201,9 @@ impl OidcVerifier {
         validation.set_issuer(&[&self.settings.issuer]);
         validation.set_audience(&[&self.settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let claims = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &validation)
-            .map_err(|_| AuthRejection::InvalidToken)?
-            .claims;
-        let role = role_of(&claims.roles).ok_or(AuthRejection::NoRole)?;
-        Ok(caller_of(claims, role))
+        jsonwebtoken::decode::<T>(token, &key.decoding, &validation)
+            .map(|data| data.claims)
+            .map_err(|_| AuthRejection::InvalidToken)
     }
 
     /// Fetches the JWKS unless another fetch happened within `unless_within`; returns how many

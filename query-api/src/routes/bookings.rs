@@ -8,7 +8,10 @@ use axum::{
     response::Response,
 };
 use chrono::{DateTime, Utc};
-use platform::{auth::Caller, path::ValidPath};
+use platform::{
+    auth::{Caller, family::Principal},
+    path::ValidPath,
+};
 use schemas::Role;
 use serde::Serialize;
 use sqlx::{Postgres, QueryBuilder};
@@ -169,9 +172,10 @@ pub(crate) struct Price {
     currency: String,
 }
 
-/// Read one booking. A family sees only the bookings it requested, a director only those at a
-/// facility of their homes (another home's answers 404); ops sees every home's with the personal
-/// data masked.
+/// Read one booking. A family sees only the bookings it requested, or, with a family session
+/// (`POST /family-sessions` at the command-service), the booking the session names; a director
+/// only those at a facility of their homes (another home's answers 404); ops sees every home's
+/// with the personal data masked.
 #[utoipa::path(
     get,
     path = "/bookings/{id}",
@@ -180,7 +184,7 @@ pub(crate) struct Price {
         ("id" = Uuid, Path, description = "The booking id"),
         ("Consistency-Token" = Option<String>, Header, description = "Wait until this write is visible"),
     ),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("family_session" = [])),
     responses(
         (status = 200, description = "The booking", body = BookingView),
         (status = 304, description = "Not modified since the ETag sent"),
@@ -191,17 +195,28 @@ pub(crate) struct Price {
 )]
 pub(crate) async fn get_booking(
     State(state): State<AppState>,
-    caller: Caller,
+    principal: Principal,
     ValidPath(id): ValidPath<Uuid>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // A family session opens the bookings it names, nothing else; its booking needs no other
+    // scope. Everyone else is scoped in the query.
+    if principal
+        .session()
+        .is_some_and(|session| !session.may_see(id))
+    {
+        return Err(ApiError::NotFound);
+    }
+    let caller = principal.caller();
     wait_for_token(&headers, &state.pool, &state.consistency, &state.log_ends).await?;
     let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(format!(
         "SELECT {} FROM bookings b WHERE b.booking_id = ",
         columns(&caller)
     ));
     query.push_bind(id);
-    booking_scope(&mut query, &caller, state.tenancy.default_home);
+    if principal.session().is_none() {
+        booking_scope(&mut query, &caller, state.tenancy.default_home);
+    }
     let mut booking: BookingView = query
         .build_query_as()
         .fetch_optional(&state.pool)

@@ -18,7 +18,10 @@ use axum::{
     middleware::{self, Next},
 };
 use platform::{
-    auth::{Caller, Verifier},
+    auth::{
+        Verifier,
+        family::{FamilySessions, Principal},
+    },
     rate_limit::{self, RateLimiter},
     settings::TenancySettings,
 };
@@ -33,6 +36,8 @@ use crate::consistency;
 pub(crate) struct AppState {
     pub(crate) pool: PgPool,
     pub(crate) verifier: Arc<Verifier>,
+    /// Family sessions, checked by the command-service's JWKS (docs/identity.md).
+    pub(crate) family_sessions: Arc<FamilySessions>,
     pub(crate) consistency: consistency::Consistency,
     /// Consistency-token waits, per token subject and per client address.
     pub(crate) wait_limits: Arc<RateLimiter>,
@@ -40,6 +45,12 @@ pub(crate) struct AppState {
     pub(crate) log_ends: consistency::LogEnds,
     /// The home of facilities registered before homes were named (`FM_TENANCY__DEFAULT_HOME`).
     pub(crate) tenancy: TenancySettings,
+}
+
+impl FromRef<AppState> for Arc<FamilySessions> {
+    fn from_ref(state: &AppState) -> Self {
+        state.family_sessions.clone()
+    }
 }
 
 impl FromRef<AppState> for Arc<Verifier> {
@@ -79,7 +90,10 @@ async fn limit_consistency_waits(
         return next.run(request).await;
     }
     let (mut parts, body) = request.into_parts();
-    if let Ok(caller) = Caller::from_request_parts(&mut parts, &state).await
+    // A family session counts too (it may read its booking with a token).
+    if let Ok(caller) = Principal::from_request_parts(&mut parts, &state)
+        .await
+        .map(|principal| principal.caller())
         && caller.role != Role::System
         && let Err(throttled) = state.wait_limits.check(
             &caller.subject,

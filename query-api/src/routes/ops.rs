@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use axum::{Json, extract::State};
 use platform::{
+    auth::family::FamilySessionAuth,
     http::{BearerAuth, ReadyCheck, ReadyReport, probe},
     openapi::{Shared, SharedHeader},
 };
@@ -99,7 +100,7 @@ const READ_ROUTES: Shared = Shared {
         super::facilities::list_facilities,
         super::facilities::get_calendar,
     ),
-    modifiers(&BearerAuth, &READ_ROUTES)
+    modifiers(&BearerAuth, &FamilySessionAuth, &READ_ROUTES)
 )]
 pub(crate) struct ApiDoc;
 

@@ -110,7 +110,8 @@ struct FactArgs {
     /// The payment gateway's base URL.
     #[arg(long, global = true, env = "FM_STACK_GATEWAY_URL")]
     gateway_url: Option<String>,
-    /// The command-service the saga runner calls.
+    /// The command-service the saga runner calls (and whose family-session keys the query-api
+    /// trusts).
     #[arg(long, global = true, env = "FM_STACK_COMMAND_URL")]
     command_url: Option<String>,
     /// The stack's state directory: the command-service keeps its snapshot in
