@@ -51,6 +51,13 @@ enum Reach {
     /// No director may use it (the saga's internal commands, the operators' decisions): 403 for
     /// every director, whatever the id, so it tells nothing about another home.
     NotForDirectors,
+    /// `{id}` is a booking and the route mails its family or ends their sessions: another home's
+    /// director gets 404 (that the booking's own home may is `invitations.rs`'s to show: it has
+    /// the SMTP sink the letters need).
+    Invitations,
+    /// A family-session route (exchange, refresh, the session keys): no home's facility or
+    /// booking in its path, and a director's token opens nothing there.
+    FamilySessions,
 }
 
 /// Every route of the two documents and what it reaches. A route missing here fails the walk.
@@ -169,6 +176,36 @@ const ROUTES: &[(Service, &str, &str, Reach)] = &[
         "/facilities/{id}/calendar",
         Reach::Facility,
     ),
+    (
+        Service::Command,
+        "post",
+        "/bookings/{id}/invitations",
+        Reach::Invitations,
+    ),
+    (
+        Service::Command,
+        "post",
+        "/bookings/{id}/invitations/{invitation_id}/revoke",
+        Reach::Invitations,
+    ),
+    (
+        Service::Command,
+        "post",
+        "/family-sessions",
+        Reach::FamilySessions,
+    ),
+    (
+        Service::Command,
+        "post",
+        "/family-sessions/refresh",
+        Reach::FamilySessions,
+    ),
+    (
+        Service::Command,
+        "get",
+        "/family-sessions/jwks.json",
+        Reach::FamilySessions,
+    ),
 ];
 
 /// Every (method, path) of an OpenAPI document.
@@ -255,6 +292,7 @@ fn ids_in(page: &Value) -> BTreeSet<String> {
 fn concrete(template: &str, id: &str, booking: &str) -> String {
     let path = template
         .replace("{booking_id}", booking)
+        .replace("{invitation_id}", &Uuid::new_v4().to_string())
         .replace("{id}", id);
     if template.ends_with("/calendar") {
         let from = Utc::now().date_naive();
@@ -607,6 +645,50 @@ async fn another_homes_director_gets_404_on_every_route_and_lists_never_leak_its
                     .await;
                     assert_eq!(status, StatusCode::OK, "{page}");
                     assert_eq!(page["items"], json!([]), "{page}");
+                }
+            }
+            Reach::Invitations => {
+                for (caller, booking) in [(&director_b, &booking_a), (&director_a, &booking_b)] {
+                    let path = concrete(template, booking, booking);
+                    let (status, answer) = send(
+                        &stack,
+                        service,
+                        method,
+                        &path,
+                        &caller.token,
+                        Some(&json!({})),
+                    )
+                    .await;
+                    assert_eq!(
+                        status,
+                        StatusCode::NOT_FOUND,
+                        "{route} as {} on the other home's booking: {answer}",
+                        caller.name
+                    );
+                }
+            }
+            Reach::FamilySessions => {
+                let body = (method == "post").then(|| json!({}));
+                let (status, answer) = send(
+                    &stack,
+                    service,
+                    method,
+                    template,
+                    &director_b.token,
+                    body.as_ref(),
+                )
+                .await;
+                if method == "get" {
+                    assert_eq!(status, StatusCode::OK, "{route}: {answer}");
+                } else {
+                    assert!(
+                        status.is_client_error(),
+                        "{route} as director-b: {status} {answer}"
+                    );
+                }
+                let text = answer.to_string();
+                for id in [&facility_a, &facility_b, &booking_a, &booking_b] {
+                    assert!(!text.contains(id.as_str()), "{route} named {id}: {text}");
                 }
             }
             Reach::NotForDirectors => {
