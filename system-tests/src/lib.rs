@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::bail;
 use event_log::KafkaSettings;
 use platform::{
-    settings::{DatabaseSettings, HttpSettings},
+    settings::{AuthSettings, DatabaseSettings, HttpSettings},
     shutdown::CancellationToken,
 };
 use schemas::Role;
@@ -54,6 +54,13 @@ impl TestStack {
     /// Starts every service on `kafka` (e.g. a broker of the test's own, [`private`]) and a
     /// fresh database, and waits until all are ready.
     pub async fn spawn_on(kafka: KafkaSettings) -> anyhow::Result<Self> {
+        Self::spawn_with_auth(kafka, test_support::auth_settings()).await
+    }
+
+    /// Starts every service on `kafka` and a fresh database, the command-service and the
+    /// query-api checking tokens by `auth` (e.g. a realm of the test's own), and waits until
+    /// all are ready.
+    pub async fn spawn_with_auth(kafka: KafkaSettings, auth: AuthSettings) -> anyhow::Result<Self> {
         let database_url = fresh_database().await?;
         let shutdown = CancellationToken::new();
         let http_settings = HttpSettings::on_port(0);
@@ -73,7 +80,7 @@ impl TestStack {
             spawn_app::<projection_service::Application>(projection_settings, &shutdown).await?;
 
         let mut command_settings = command_service::Settings::with_auth(
-            test_support::auth_settings(),
+            auth.clone(),
             test_support::key_database(),
             test_support::privacy_settings(),
         );
@@ -82,7 +89,7 @@ impl TestStack {
         let command_url =
             spawn_app::<command_service::Application>(command_settings, &shutdown).await?;
 
-        let mut query_settings = query_api::Settings::new(test_support::auth_settings(), database);
+        let mut query_settings = query_api::Settings::new(auth, database);
         query_settings.http = http_settings;
         let query_url = spawn_app::<query_api::Application>(query_settings, &shutdown).await?;
 
