@@ -13,6 +13,7 @@ use crate::{
     routes::{self, AppState},
     settings::Settings,
     snapshot,
+    lag::LagMonitor,
     store::{AggregateStore, LogHead, Tailer},
 };
 
@@ -90,9 +91,16 @@ impl Service for Application {
             settings.commands.idempotency_retention,
             restored.unwrap_or_default(),
         ));
-        let tailer = Tailer::start(head, &store).context(
+        #[allow(unused_mut)] // Only debug builds set the test hook.
+        let mut tailer = Tailer::start(head, &store).context(
             "Failed to read the event topics (do they exist? run `fmctl topics ensure`)",
         )?;
+        #[cfg(debug_assertions)]
+        {
+            tailer.pause.clone_from(&settings.commands.pause_tailer);
+        }
+        let lag_monitor = LagMonitor::new(&settings.kafka, tailer.partitions())
+            .context("Failed to create the lag monitor's Kafka client")?;
         let startup = StartupReport {
             restored_from_snapshot,
             backlog: tailer.backlog(),
@@ -102,7 +110,14 @@ impl Service for Application {
             backlog = startup.backlog,
             "reading the log into the aggregate store"
         );
-        let mut background = vec![tokio::spawn(tailer.run(store.clone(), shutdown.clone()))];
+        let mut background = vec![
+            tokio::spawn(tailer.run(store.clone(), shutdown.clone())),
+            tokio::spawn(lag_monitor.run(
+                store.clone(),
+                settings.commands.lag_check_interval,
+                shutdown.clone(),
+            )),
+        ];
         if let Some(path) = snapshot_path {
             background.push(tokio::spawn(snapshot::run_writer(
                 store.clone(),
@@ -125,6 +140,7 @@ impl Service for Application {
             verifier: Arc::new(verifier),
             limits: Arc::new(routes::Limits::new(&settings.limits)),
             keys,
+            max_tailer_lag: settings.commands.max_tailer_lag,
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;

@@ -56,6 +56,8 @@ pub(crate) struct AppState {
     pub(crate) limits: Arc<Limits>,
     /// The data keys: sealing a new booking's personal data, erasing and exporting it.
     pub(crate) keys: Arc<privacy::KeyStore>,
+    /// `/ready` is false while the tailer is more records than this behind (0: never).
+    pub(crate) max_tailer_lag: u64,
 }
 
 /// The limits on the flow (`FM_LIMITS__…`, docs/security.md).

@@ -11,7 +11,8 @@ use utoipa::OpenApi;
 
 use super::AppState;
 
-/// `GET /ready`: the broker answers and the aggregate store has read the log.
+/// `GET /ready`: the broker answers, the aggregate store has read the log, and its tailer is
+/// not more than `max_tailer_lag` records behind the log's end (`crate::lag`).
 pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
     let broker = probe(Duration::from_secs(2), state.producer.ping()).await;
     let caught_up = if state.commands.store().is_caught_up() {
@@ -22,6 +23,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
     ReadyReport::new(vec![
         ReadyCheck::from_result("kafka", broker),
         ReadyCheck::from_result("event_log_caught_up", caught_up),
+        tailer_lag(state.commands.store().lag(), state.max_tailer_lag),
         // Always ok: every other aggregate takes commands (docs/evolution.md).
         ReadyCheck {
             name: "parked",
@@ -29,6 +31,28 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
             detail: state.commands.store().parked_summary(),
         },
     ])
+}
+
+/// The tailer's lag as a check: failed while more than `max` records behind (never when `max`
+/// is 0); the detail says by how much, whenever it has been measured.
+fn tailer_lag(lag: Option<i64>, max: u64) -> ReadyCheck {
+    let Some(lag) = lag else {
+        return ReadyCheck {
+            name: "tailer_lag",
+            ok: true,
+            detail: Some("not measured yet".to_owned()),
+        };
+    };
+    let lagging = max > 0 && u64::try_from(lag).is_ok_and(|lag| lag > max);
+    ReadyCheck {
+        name: "tailer_lag",
+        ok: !lagging,
+        detail: Some(if lagging {
+            format!("{lag} records behind the end of the log (more than the {max} allowed)")
+        } else {
+            format!("{lag} records behind the end of the log")
+        }),
+    }
 }
 
 /// What every write route answers because it goes through `WriteRequest`, `written` and the
