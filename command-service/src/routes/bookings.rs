@@ -416,7 +416,7 @@ pub(crate) async fn personal_data(
     caller: Caller,
     headers: HeaderMap,
 ) -> Result<Json<PersonalDataExport>, ApiError> {
-    caller.require(&[Role::Director, Role::Ops])?;
+    caller.require(super::Exporters::ALLOWED)?;
     check_flow_headers(&headers)?;
     let stream = state.commands.store().read::<Booking>(id);
     require_owner(stream.owner.as_deref(), &caller, id)?;

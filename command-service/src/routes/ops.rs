@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::{Json, extract::State};
 use platform::{
     http::{BearerAuth, ReadyCheck, ReadyReport, probe},
-    openapi::{Shared, SharedHeader},
+    openapi::{RouteRoles, Shared, SharedHeader},
 };
 use utoipa::OpenApi;
 
@@ -86,7 +86,8 @@ const WRITE_ROUTES: Shared = Shared {
             "Idempotency-Key",
             "Retry token (1 to 200 printable ASCII characters): a replay returns the first answer",
         )
-        .matching("^[!-~]{1,200}$"),
+        .matching("^[!-~]{1,200}$")
+        .writes_only(),
         SharedHeader::uuid(
             "Correlation-Id",
             "The flow this command belongs to (the saga passes its booking's); recorded on its \
@@ -109,6 +110,11 @@ const WRITE_ROUTES: Shared = Shared {
             SharedHeader::new("Retry-After", "Seconds until a write is let through again"),
         ),
     ],
+};
+
+/// Each operation's roles, from the constants the handlers enforce.
+const ROLES: RouteRoles = RouteRoles {
+    routes: super::ROUTE_ROLES,
 };
 
 #[derive(OpenApi)]
@@ -141,7 +147,7 @@ const WRITE_ROUTES: Shared = Shared {
         (name = "internal", description = "Commands the booking saga sends with a service token"),
         (name = "sagas", description = "Decisions about a booking's saga (park, retry, skip a step, resolve by hand): operators, and the saga runner itself"),
     ),
-    modifiers(&BearerAuth, &WRITE_ROUTES)
+    modifiers(&BearerAuth, &WRITE_ROUTES, &ROLES)
 )]
 pub(crate) struct ApiDoc;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::{Json, extract::State};
 use platform::{
     http::{BearerAuth, ReadyCheck, ReadyReport, probe},
-    openapi::{Shared, SharedHeader},
+    openapi::{RouteRoles, Shared, SharedHeader},
 };
 use utoipa::OpenApi;
 
@@ -89,6 +89,11 @@ const READ_ROUTES: Shared = Shared {
     ],
 };
 
+/// Each operation's roles.
+const ROLES: RouteRoles = RouteRoles {
+    routes: super::ROUTE_ROLES,
+};
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Funeral Manager query-api", description = "Reads over the read models, with read-your-writes on request."),
@@ -99,7 +104,7 @@ const READ_ROUTES: Shared = Shared {
         super::facilities::list_facilities,
         super::facilities::get_calendar,
     ),
-    modifiers(&BearerAuth, &READ_ROUTES)
+    modifiers(&BearerAuth, &READ_ROUTES, &ROLES)
 )]
 pub(crate) struct ApiDoc;
 
