@@ -10,10 +10,10 @@ use tokio::task::JoinHandle;
 
 use crate::{
     commands::CommandHandler,
+    lag::LagMonitor,
     routes::{self, AppState},
     settings::Settings,
     snapshot,
-    lag::LagMonitor,
     store::{AggregateStore, LogHead, Tailer},
 };
 

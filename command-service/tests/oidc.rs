@@ -290,6 +290,11 @@ async fn an_unknown_kid_makes_the_verifier_fetch_the_keys_once() {
     );
     // Once the window has passed, an unknown kid is looked for again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert!(verifier.verify(&with_kid(&director, "garbage-late")).await.is_err());
+    assert!(
+        verifier
+            .verify(&with_kid(&director, "garbage-late"))
+            .await
+            .is_err()
+    );
     assert_eq!(verifier.jwks_fetches(), 3, "the window has passed");
 }

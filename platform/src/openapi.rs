@@ -392,7 +392,10 @@ mod tests {
         .modify(&mut openapi);
         let document = serde_json::to_value(&openapi).expect("serialises");
         let operation = &document["paths"]["/things/{id}"]["get"];
-        assert_eq!(operation[ROLES_EXTENSION], serde_json::json!(["director", "ops"]));
+        assert_eq!(
+            operation[ROLES_EXTENSION],
+            serde_json::json!(["director", "ops"])
+        );
         assert_eq!(
             operation["security"][1]["oidc"],
             serde_json::json!(["director", "ops"])

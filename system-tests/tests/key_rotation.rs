@@ -43,7 +43,8 @@ const HELD_FOR: Duration = Duration::from_secs(8);
 const JWKS_REFRESH: Duration = Duration::from_secs(3);
 
 /// Keycloak's admin API, as the master realm's administrator of the test stack
-/// (compose/lib.sh start_keycloak: `FM_KEYCLOAK_ADMIN`, admin/admin by default).
+/// (`start_keycloak` and `keycloak_seed` in compose/lib.sh: `FM_KEYCLOAK_ADMIN`, admin/admin by
+/// default).
 struct Admin {
     http: Client,
     base: String,
@@ -73,7 +74,11 @@ impl Admin {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Response {
-        let response = request.bearer_auth(self.token().await).send().await.unwrap();
+        let response = request
+            .bearer_auth(self.token().await)
+            .send()
+            .await
+            .unwrap();
         assert!(
             response.status().is_success(),
             "the admin API answered {}",
@@ -159,7 +164,10 @@ impl Admin {
 /// A realm of the test's own: compose/keycloak/realm.json under another name, tokens living
 /// [`TOKEN_LIFETIME`]. Returns its issuer.
 async fn own_realm(admin: &Admin) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../compose/keycloak/realm.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../compose/keycloak/realm.json"
+    );
     let mut realm: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     realm["realm"] = json!(admin.realm);
     realm["displayName"] = json!("Funeral Manager (key rotation test)");
@@ -172,7 +180,11 @@ async fn own_realm(admin: &Admin) -> String {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED, "the realm is created");
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "the realm is created"
+    );
     format!("{}/realms/{}", admin.base, admin.realm)
 }
 
@@ -263,7 +275,7 @@ impl Flow {
             .await
             .unwrap();
         record("read facility", response.status());
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             let response = stack
                 .http
                 .post(format!("{}/bookings", stack.command_url))
@@ -312,7 +324,7 @@ impl Flow {
     /// Waits until each stream has made `more` further requests.
     async fn let_run(&self, more: usize) {
         let start = (self.count("fresh"), self.count("held"));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         while self.count("fresh") < start.0 + more || self.count("held") < start.1 + more {
             assert!(Instant::now() < deadline, "the streams stalled");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -345,14 +357,83 @@ async fn statuses(stack: &TestStack, token: &str) -> (StatusCode, StatusCode) {
 /// Accepted: the write is created, the read of an unknown facility is a 404 (not a 401).
 const ACCEPTED: (StatusCode, StatusCode) = (StatusCode::CREATED, StatusCode::NOT_FOUND);
 
+/// No request of either stream got 401 or failed otherwise; tokens of the old and the newest
+/// key were used, and the held stream used one of the old key after the new keys signed.
+fn check_outcomes(outcomes: &[Outcome], old_kid: &str, second_kid: &str, first_seen: Instant) {
+    let refused: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.status == StatusCode::UNAUTHORIZED)
+        .collect();
+    assert!(refused.is_empty(), "valid tokens got 401: {refused:?}");
+    let unexpected: Vec<_> = outcomes
+        .iter()
+        .filter(|o| !(o.status.is_success() || o.status == StatusCode::ACCEPTED))
+        .collect();
+    assert!(unexpected.is_empty(), "requests failed: {unexpected:?}");
+    for kid in [old_kid, second_kid] {
+        assert!(
+            outcomes.iter().any(|o| o.kid == kid),
+            "the streams used a token of {kid}"
+        );
+    }
+    // The held stream kept using a token of the old key after the new keys were signing.
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o.stream == "held" && o.kid == old_kid && o.at > first_seen),
+        "a token of the old key was used, and let in, after the rotation"
+    );
+    eprintln!(
+        "{} requests during the rotation, none refused ({} writes, {} reads)",
+        outcomes.len(),
+        outcomes
+            .iter()
+            .filter(|o| o.what.starts_with("write"))
+            .count(),
+        outcomes
+            .iter()
+            .filter(|o| o.what.starts_with("read"))
+            .count(),
+    );
+}
+
+/// A key removed before its tokens expired (what the runbook's wait prevents): once the
+/// services fetch the keys again, its tokens are refused, and the new key's are let in.
+async fn a_key_removed_early_is_refused(
+    admin: &Admin,
+    stack: &TestStack,
+    issuer: &str,
+    second_kid: &str,
+    second_component: &str,
+) {
+    let early = Flow::director_token(issuer).await;
+    assert_eq!(kid_of(&early), second_kid);
+    admin.add_key("rotated-3", 400).await;
+    admin.remove(second_component).await;
+    let newest = Flow::director_token(issuer).await;
+    assert_eq!(statuses(stack, &newest).await, ACCEPTED);
+    let deadline = Instant::now() + JWKS_REFRESH + Duration::from_secs(10);
+    loop {
+        let (write, read) = statuses(stack, &early).await;
+        if (write, read) == (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a removed key's token is still let in: {write} {read}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        expires_at(&early) > chrono::Utc::now().timestamp(),
+        "refused for its key, not for its age"
+    );
+}
+
 #[tokio::test]
 async fn the_signing_key_rotates_while_bookings_flow_and_no_valid_token_gets_401() {
     let test_issuer = test_support::oidc_issuer().unwrap();
-    let base = test_issuer
-        .split("/realms/")
-        .next()
-        .unwrap()
-        .to_owned();
+    let base = test_issuer.split("/realms/").next().unwrap().to_owned();
     let admin = Admin {
         http: Client::new(),
         base,
@@ -427,61 +508,13 @@ async fn the_signing_key_rotates_while_bookings_flow_and_no_valid_token_gets_401
         stream.await.unwrap();
     }
 
-    let outcomes = flow.outcomes.lock().unwrap().clone();
-    let refused: Vec<_> = outcomes
-        .iter()
-        .filter(|o| o.status == StatusCode::UNAUTHORIZED)
-        .collect();
-    assert!(refused.is_empty(), "valid tokens got 401: {refused:?}");
-    let unexpected: Vec<_> = outcomes
-        .iter()
-        .filter(|o| !(o.status.is_success() || o.status == StatusCode::ACCEPTED))
-        .collect();
-    assert!(unexpected.is_empty(), "requests failed: {unexpected:?}");
-    for kid in [&old_kid, &second_kid] {
-        assert!(
-            outcomes.iter().any(|o| o.kid == *kid),
-            "the streams used a token of {kid}"
-        );
-    }
-    // The held stream kept using a token of the old key after the new keys were signing.
-    assert!(
-        outcomes
-            .iter()
-            .any(|o| o.stream == "held" && o.kid == old_kid && o.at > first_seen),
-        "a token of the old key was used, and let in, after the rotation"
+    check_outcomes(
+        &flow.outcomes.lock().unwrap(),
+        &old_kid,
+        &second_kid,
+        first_seen,
     );
-    eprintln!(
-        "{} requests during the rotation, none refused ({} writes, {} reads)",
-        outcomes.len(),
-        outcomes.iter().filter(|o| o.what.starts_with("write")).count(),
-        outcomes.iter().filter(|o| o.what.starts_with("read")).count(),
-    );
-
-    // A key removed before its tokens expired (what the runbook's wait prevents): once the
-    // services fetch the keys again, its tokens are refused, and the new key's are let in.
-    let early = Flow::director_token(&issuer).await;
-    assert_eq!(kid_of(&early), second_kid);
-    admin.add_key("rotated-3", 400).await;
-    admin.remove(&second_component).await;
-    let newest = Flow::director_token(&issuer).await;
-    assert_eq!(statuses(&stack, &newest).await, ACCEPTED);
-    let deadline = Instant::now() + JWKS_REFRESH + Duration::from_secs(10);
-    loop {
-        let (write, read) = statuses(&stack, &early).await;
-        if (write, read) == (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a removed key's token is still let in: {write} {read}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(
-        expires_at(&early) > chrono::Utc::now().timestamp(),
-        "refused for its key, not for its age"
-    );
+    a_key_removed_early_is_refused(&admin, &stack, &issuer, &second_kid, &second_component).await;
 
     let response = admin
         .http

@@ -416,7 +416,7 @@ pub(crate) async fn personal_data(
     caller: Caller,
     headers: HeaderMap,
 ) -> Result<Json<PersonalDataExport>, ApiError> {
-    caller.require(super::Exporters::ALLOWED)?;
+    caller.require(<super::Exporters as super::Roles>::ALLOWED)?;
     check_flow_headers(&headers)?;
     let stream = state.commands.store().read::<Booking>(id);
     require_owner(stream.owner.as_deref(), &caller, id)?;

@@ -222,7 +222,7 @@ impl Roles for Exporters {
 
 /// Which roles each operation admits, for the OpenAPI document (`platform::openapi::RouteRoles`):
 /// the `ALLOWED` of the role type its handler's extractor or check uses, so the document says
-/// what the code enforces. tests/route_roles.rs calls every route with every role's token and
+/// what the code enforces. `tests/route_roles.rs` calls every route with every role's token and
 /// compares.
 pub(crate) const ROUTE_ROLES: &[(&str, &str, &[Role])] = &[
     ("post", "/facilities", Directors::ALLOWED),

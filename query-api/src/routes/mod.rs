@@ -68,7 +68,7 @@ pub(crate) fn router(state: AppState) -> Router {
 pub(crate) const READERS: &[Role] = &[Role::Director, Role::Family, Role::Ops, Role::System];
 
 /// Which roles each operation admits, for the OpenAPI document (`platform::openapi::RouteRoles`).
-/// tests/route_roles.rs calls every route with every role's token and compares.
+/// `tests/route_roles.rs` calls every route with every role's token and compares.
 pub(crate) const ROUTE_ROLES: &[(&str, &str, &[Role])] = &[
     ("get", "/bookings", READERS),
     ("get", "/bookings/{id}", READERS),
