@@ -226,7 +226,7 @@ impl Roles for Exporters {
 /// compares.
 pub(crate) const ROUTE_ROLES: &[(&str, &str, &[Role])] = &[
     ("post", "/facilities", Directors::ALLOWED),
-    ("post", "/facilities/{id}/opening-hours", Directors::ALLOWED),
+    ("put", "/facilities/{id}/opening-hours", Directors::ALLOWED),
     ("post", "/facilities/{id}/reservations", Services::ALLOWED),
     (
         "post",

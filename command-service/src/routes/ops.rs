@@ -23,13 +23,13 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
     ReadyReport::new(vec![
         ReadyCheck::from_result("kafka", broker),
         ReadyCheck::from_result("event_log_caught_up", caught_up),
-        tailer_lag(state.commands.store().lag(), state.max_tailer_lag),
         // Always ok: every other aggregate takes commands (docs/evolution.md).
         ReadyCheck {
             name: "parked",
             ok: true,
             detail: state.commands.store().parked_summary(),
         },
+        tailer_lag(state.commands.store().lag(), state.max_tailer_lag),
     ])
 }
 
