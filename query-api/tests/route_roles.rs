@@ -11,9 +11,10 @@ use serde_json::Value;
 
 #[tokio::test]
 async fn every_operation_declares_the_roles_it_lets_in() {
-    // No database: the roles are decided before any query (a read then fails, but not 403).
+    // An empty database: the roles are decided before any query (a read then fails at once,
+    // with no read model, but not with 403).
     let database = DatabaseSettings {
-        url: "postgres://fm:fm@127.0.0.1:9/nowhere".to_owned().into(),
+        url: test_support::fresh_database().await.unwrap().into(),
         ..DatabaseSettings::default()
     };
     let mut settings = Settings::new(test_support::auth_settings(), database);
