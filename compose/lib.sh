@@ -772,12 +772,20 @@ keycloak_stack_home() {
 }
 
 # keycloak_seed: prints the directory of an H2 database that holds compose/keycloak/realm.json
-# imported (kc.sh import, no server), made once per realm file and version and cached beside the
-# install. Creating Keycloak's schema costs most of a first start; a copy of the seed skips it.
+# imported (kc.sh import, no server) and the master realm's administrator FM_KEYCLOAK_ADMIN /
+# FM_KEYCLOAK_ADMIN_PASSWORD (kc.sh bootstrap-admin: Keycloak creates its bootstrap administrator
+# only when it creates the master realm itself, which the import already did, so without this
+# the administrator start_keycloak names never existed), made once per realm file, administrator
+# and version and cached beside the install. Creating Keycloak's schema costs most of a first
+# start; a copy of the seed skips it.
 keycloak_seed() {
     local realm="$FM_COMPOSE_DIR/keycloak/realm.json" home seed work java started=$SECONDS
+    local admin=${FM_KEYCLOAK_ADMIN:-admin} admin_password=${FM_KEYCLOAK_ADMIN_PASSWORD:-admin}
     home=$(keycloak_home)
-    seed="$home.seeds/$(sha256sum "$realm" | cut -c1-16)"
+    seed="$home.seeds/$({
+        cat "$realm"
+        printf 'bootstrap-admin %s %s\n' "$admin" "$admin_password"
+    } | sha256sum | cut -c1-16)"
     if [[ -f "$seed/.complete" ]]; then
         printf '%s\n' "$seed"
         return 0
@@ -792,6 +800,15 @@ keycloak_seed() {
         show_log_tail "$work/import.log"
         rm -rf "$work"
         die "kc.sh import of $realm failed"
+    }
+    FM_SEED_ADMIN=$admin FM_SEED_ADMIN_PASSWORD=$admin_password \
+        JAVA_HOME=$(dirname "$(dirname "$java")") "$work/bin/kc.sh" bootstrap-admin user \
+        --username:env FM_SEED_ADMIN --password:env FM_SEED_ADMIN_PASSWORD --no-prompt \
+        --db-url="jdbc:h2:file:$work/data/h2/keycloakdb;NON_KEYWORDS=VALUE" \
+        </dev/null >"$work/admin.log" 2>&1 || {
+        show_log_tail "$work/admin.log"
+        rm -rf "$work"
+        die "kc.sh bootstrap-admin (the master realm's administrator $admin) failed"
     }
     mkdir -p "$(dirname "$seed")"
     rm -rf "$seed"

@@ -7,6 +7,7 @@
 //! - [`startup`] — `Application::build` and `run_until_stopped`.
 //! - [`settings`] — configuration.
 //! - `store`: the aggregate store and the tailer that feeds it from the log.
+//! - `lag`: how far the tailer is behind the end of the log (`/ready` and a gauge).
 //! - `snapshot`: the store's snapshot on the replica's disk, so that start-up does not replay
 //!   all history.
 //! - `commands`: the write path (check the contract, decide, append, confirm) and what became
@@ -21,6 +22,7 @@
 mod commands;
 mod error;
 mod invitations;
+mod lag;
 mod metrics;
 mod routes;
 pub mod settings;

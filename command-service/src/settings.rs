@@ -95,6 +95,19 @@ pub struct CommandSettings {
     /// How often the snapshot is rewritten while the log moves.
     #[serde(deserialize_with = "millis")]
     pub snapshot_interval: Duration,
+    /// How many records the tailer may be behind the end of the log before `/ready` turns
+    /// false (`FM_COMMANDS__MAX_TAILER_LAG`; 0: never for lag). 10 000 by default: a few
+    /// seconds of the heaviest load measured (docs/benchmarks.md), far above what a healthy
+    /// replica shows between two measures, while a replica that stalls crosses it quickly.
+    pub max_tailer_lag: u64,
+    /// How often the lag is measured (`FM_COMMANDS__LAG_CHECK_INTERVAL`, milliseconds; 1 s).
+    #[serde(deserialize_with = "millis")]
+    pub lag_check_interval: Duration,
+    /// Test hook, debug builds only: while set, the tailer reads nothing (a replica made to
+    /// lag on purpose). Never in configuration.
+    #[cfg(debug_assertions)]
+    #[serde(skip)]
+    pub pause_tailer: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for CommandSettings {
@@ -104,6 +117,10 @@ impl Default for CommandSettings {
             idempotency_retention: Duration::from_hours(24),
             snapshot_path: None,
             snapshot_interval: Duration::from_secs(30),
+            max_tailer_lag: 10_000,
+            lag_check_interval: Duration::from_secs(1),
+            #[cfg(debug_assertions)]
+            pause_tailer: None,
         }
     }
 }

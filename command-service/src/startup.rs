@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     commands::CommandHandler,
+    lag::LagMonitor,
     routes::{self, AppState},
     settings::Settings,
     snapshot,
@@ -56,26 +57,7 @@ impl Service for Application {
     /// HTTP listener. `/ready` turns true once the store has caught up.
     async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let verifier = Verifier::from_settings(&settings.auth).context("Invalid auth settings")?;
-        let keys = Arc::new(
-            privacy::KeyStore::connect(&settings.database, &settings.privacy)
-                .await
-                .context(
-                    "Failed to open the data keys (FM_DATABASE__URL, FM_PRIVACY__MASTER_KEYS)",
-                )?,
-        );
-        let invitations = Arc::new(
-            crate::invitations::Invitations::connect(
-                &settings.database,
-                &settings.privacy,
-                settings.invitations.session_ttl,
-            )
-            .await
-            .context(
-                "Failed to open the invitations (FM_DATABASE__URL, FM_PRIVACY__MASTER_KEYS)",
-            )?,
-        );
-        let mailer = notifications::Mailer::new(&settings.smtp)
-            .map_err(|error| anyhow::anyhow!("Invalid SMTP settings (FM_SMTP__*): {error}"))?;
+        let (keys, invitations, mailer) = open_personal_data_stores(&settings).await?;
         verifier.warm_up().await;
         let registry =
             Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
@@ -103,9 +85,16 @@ impl Service for Application {
             settings.commands.idempotency_retention,
             restored.unwrap_or_default(),
         ));
-        let tailer = Tailer::start(head, &store).context(
+        #[allow(unused_mut)] // Only debug builds set the test hook.
+        let mut tailer = Tailer::start(head, &store).context(
             "Failed to read the event topics (do they exist? run `fmctl topics ensure`)",
         )?;
+        #[cfg(debug_assertions)]
+        {
+            tailer.pause.clone_from(&settings.commands.pause_tailer);
+        }
+        let lag_monitor = LagMonitor::new(&settings.kafka, tailer.partitions())
+            .context("Failed to create the lag monitor's Kafka client")?;
         let startup = StartupReport {
             restored_from_snapshot,
             backlog: tailer.backlog(),
@@ -115,7 +104,14 @@ impl Service for Application {
             backlog = startup.backlog,
             "reading the log into the aggregate store"
         );
-        let mut background = vec![tokio::spawn(tailer.run(store.clone(), shutdown.clone()))];
+        let mut background = vec![
+            tokio::spawn(tailer.run(store.clone(), shutdown.clone())),
+            tokio::spawn(lag_monitor.run(
+                store.clone(),
+                settings.commands.lag_check_interval,
+                shutdown.clone(),
+            )),
+        ];
         if let Some(path) = snapshot_path {
             background.push(tokio::spawn(snapshot::run_writer(
                 store.clone(),
@@ -144,6 +140,7 @@ impl Service for Application {
             exchange_limits: Arc::new(routes::ExchangeLimits::new(&settings.invitations)),
             invitation_settings: Arc::new(settings.invitations.clone()),
             mailer,
+            max_tailer_lag: settings.commands.max_tailer_lag,
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;
@@ -173,4 +170,32 @@ impl Service for Application {
         }
         Ok(())
     }
+}
+
+/// The data keys, the invitations (both in PostgreSQL, under the privacy master keys) and the
+/// mailer of invitation letters.
+async fn open_personal_data_stores(
+    settings: &Settings,
+) -> anyhow::Result<(
+    Arc<privacy::KeyStore>,
+    Arc<crate::invitations::Invitations>,
+    notifications::Mailer,
+)> {
+    let keys = Arc::new(
+        privacy::KeyStore::connect(&settings.database, &settings.privacy)
+            .await
+            .context("Failed to open the data keys (FM_DATABASE__URL, FM_PRIVACY__MASTER_KEYS)")?,
+    );
+    let invitations = Arc::new(
+        crate::invitations::Invitations::connect(
+            &settings.database,
+            &settings.privacy,
+            settings.invitations.session_ttl,
+        )
+        .await
+        .context("Failed to open the invitations (FM_DATABASE__URL, FM_PRIVACY__MASTER_KEYS)")?,
+    );
+    let mailer = notifications::Mailer::new(&settings.smtp)
+        .map_err(|error| anyhow::anyhow!("Invalid SMTP settings (FM_SMTP__*): {error}"))?;
+    Ok((keys, invitations, mailer))
 }

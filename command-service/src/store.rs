@@ -22,7 +22,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex, PoisonError, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
 };
 
@@ -207,6 +207,9 @@ pub(crate) struct AggregateStore {
     folded: RwLock<Folded>,
     waiting: Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>,
     caught_up: AtomicBool,
+    /// How many records the tailer is behind the end of the log, as the lag monitor last
+    /// measured it (`crate::lag`); -1 before the first measure.
+    lag: AtomicI64,
     registry: Arc<SchemaRegistry>,
     /// Which aggregate type each event topic may carry.
     topics: Topics,
@@ -233,6 +236,7 @@ impl AggregateStore {
             folded: RwLock::new(Folded::default()),
             waiting: Mutex::default(),
             caught_up: AtomicBool::new(false),
+            lag: AtomicI64::new(-1),
             registry,
             topics,
             idempotency_retention,
@@ -315,6 +319,33 @@ impl AggregateStore {
     /// Where the tailer is to resume: the next offset of every partition folded so far.
     fn positions(&self) -> BTreeMap<String, i64> {
         self.with_folded(|folded| folded.positions.clone())
+    }
+
+    /// How many records stand between what the store has folded and `ends` (the next offset
+    /// of each partition, as the broker reports it now).
+    pub(crate) fn records_behind(&self, ends: &BTreeMap<TopicPartition, i64>) -> i64 {
+        let positions = self.positions();
+        ends.iter()
+            .map(|((topic, partition), end)| {
+                end - positions
+                    .get(&partition_key(topic, *partition))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .filter(|behind| *behind > 0)
+            .sum()
+    }
+
+    /// Records the lag the monitor measured.
+    pub(crate) fn set_lag(&self, records: i64) {
+        self.lag.store(records, Ordering::Release);
+    }
+
+    /// How many records the tailer was behind the end of the log when last measured (`None`
+    /// before the first measure).
+    pub(crate) fn lag(&self) -> Option<i64> {
+        let records = self.lag.load(Ordering::Acquire);
+        (records >= 0).then_some(records)
     }
 
     /// Whether the store had read the whole log as it stood at start-up.
@@ -596,6 +627,10 @@ pub(crate) struct Tailer {
     targets: BTreeMap<TopicPartition, i64>,
     /// Where reading starts: 0, or the snapshot's offsets.
     starts: BTreeMap<TopicPartition, i64>,
+    /// A test's switch that holds the tailer still while set (debug builds only: a replica
+    /// made to lag on purpose; `CommandSettings::pause_tailer`).
+    #[cfg(debug_assertions)]
+    pub(crate) pause: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for Tailer {
@@ -671,7 +706,14 @@ impl Tailer {
             consumer,
             targets,
             starts,
+            #[cfg(debug_assertions)]
+            pause: None,
         })
+    }
+
+    /// Every partition the tailer reads.
+    pub(crate) fn partitions(&self) -> Vec<TopicPartition> {
+        self.targets.keys().cloned().collect()
     }
 
     /// How many records stand between the store and the end of the log as it was at start-up.
@@ -694,6 +736,8 @@ impl Tailer {
         if remaining.is_empty() {
             store.caught_up.store(true, Ordering::Release);
         }
+        #[cfg(debug_assertions)]
+        let pause = self.pause.clone();
         let mut stream = self.consumer.stream();
         loop {
             let message = tokio::select! {
@@ -708,6 +752,17 @@ impl Tailer {
                     continue;
                 }
             };
+            // Held here, after the read and before the fold, so that no record the tailer
+            // was already waiting for slips through once the switch is set.
+            #[cfg(debug_assertions)]
+            if let Some(pause) = &pause {
+                while pause.load(Ordering::Acquire) {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+                    }
+                }
+            }
             let position = LogPosition {
                 topic: message.topic().to_owned(),
                 partition: message.partition(),

@@ -13,6 +13,9 @@ use utoipa::{
     },
 };
 
+use schemas::Role;
+use utoipa::openapi::security::SecurityRequirement;
+
 use crate::problem::{FieldError, PROBLEM_JSON, Problem};
 
 /// A header every operation takes or every answer of a kind carries.
@@ -24,6 +27,8 @@ pub struct SharedHeader {
     format: Option<&'static str>,
     /// A regular expression the whole value matches, when there is one.
     pattern: Option<&'static str>,
+    /// Only writes read it (`Idempotency-Key`): not declared on GET, HEAD or OPTIONS.
+    writes_only: bool,
 }
 
 impl SharedHeader {
@@ -34,6 +39,7 @@ impl SharedHeader {
             description,
             format: None,
             pattern: None,
+            writes_only: false,
         }
     }
 
@@ -44,7 +50,16 @@ impl SharedHeader {
             description,
             format: Some("uuid"),
             pattern: None,
+            writes_only: false,
         }
+    }
+
+    /// The same header, read by writes only: a request header of the [`Shared`] part of a
+    /// document is then declared on every operation but GET, HEAD and OPTIONS.
+    #[must_use]
+    pub const fn writes_only(mut self) -> Self {
+        self.writes_only = true;
+        self
     }
 
     /// The same header, whose value matches `pattern`.
@@ -115,7 +130,8 @@ pub fn operations_mut(openapi: &mut OpenApi) -> impl Iterator<Item = &mut Operat
 }
 
 impl Shared {
-    fn apply(&self, operation: &mut Operation) {
+    /// Adds the shared parts to `operation`; `write`: it is not a GET, HEAD or OPTIONS.
+    fn apply(&self, operation: &mut Operation, write: bool) {
         let responses = &mut operation.responses.responses;
         for (status, description) in self.problems {
             responses
@@ -143,6 +159,9 @@ impl Shared {
         }
         let parameters = operation.parameters.get_or_insert_with(Vec::new);
         for header in self.request_headers {
+            if header.writes_only && !write {
+                continue;
+            }
             let declared = parameters.iter().any(|parameter| {
                 parameter.parameter_in == ParameterIn::Header
                     && parameter.name.eq_ignore_ascii_case(header.name)
@@ -164,8 +183,21 @@ impl Shared {
 
 impl Modify for Shared {
     fn modify(&self, openapi: &mut OpenApi) {
-        for operation in operations_mut(openapi) {
-            self.apply(operation);
+        for item in openapi.paths.paths.values_mut() {
+            for (operation, write) in [
+                (&mut item.get, false),
+                (&mut item.head, false),
+                (&mut item.options, false),
+                (&mut item.put, true),
+                (&mut item.post, true),
+                (&mut item.delete, true),
+                (&mut item.patch, true),
+                (&mut item.trace, false),
+            ] {
+                if let Some(operation) = operation {
+                    self.apply(operation, write);
+                }
+            }
         }
         if !self.problems.is_empty() {
             let components = openapi.components.get_or_insert_with(Default::default);
@@ -177,6 +209,91 @@ impl Modify for Shared {
             }
         }
     }
+}
+
+/// The roles each operation admits: `(method, path template, roles)`, the roles being the
+/// constant the route's handler checks (e.g. `Bookers::ALLOWED`), so that the document cannot
+/// say other than the code enforces. The name of the security scheme whose requirement
+/// carries the roles as scopes is `oidc` (`crate::http::BearerAuth`).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRoles {
+    pub routes: &'static [(&'static str, &'static str, &'static [Role])],
+}
+
+/// The extension that lists an operation's roles.
+pub const ROLES_EXTENSION: &str = "x-fm-roles";
+
+impl Modify for RouteRoles {
+    fn modify(&self, openapi: &mut OpenApi) {
+        for (method, path, roles) in self.routes {
+            let Some(item) = openapi.paths.paths.get_mut(*path) else {
+                continue;
+            };
+            let operation = match *method {
+                "get" => &mut item.get,
+                "put" => &mut item.put,
+                "post" => &mut item.post,
+                "delete" => &mut item.delete,
+                "patch" => &mut item.patch,
+                _ => continue,
+            };
+            let Some(operation) = operation.as_mut() else {
+                continue;
+            };
+            let names: Vec<&str> = roles.iter().map(|role| role.as_str()).collect();
+            operation
+                .extensions
+                .get_or_insert_with(Default::default)
+                .insert(ROLES_EXTENSION.to_owned(), serde_json::json!(names));
+            if let Some(security) = &mut operation.security {
+                let anyone = SecurityRequirement::new("oidc", Vec::<String>::new());
+                if let Some(oidc) = security.iter_mut().find(|r| **r == anyone) {
+                    *oidc = SecurityRequirement::new("oidc", names.clone());
+                }
+            }
+            let sentence = format!(
+                "Roles: {} (a token of another role gets 403).",
+                names.join(", ")
+            );
+            operation.description = Some(match operation.description.take() {
+                Some(description) if !description.is_empty() => {
+                    format!("{description}\n\n{sentence}")
+                }
+                _ => sentence,
+            });
+        }
+    }
+}
+
+/// The roles `document` (a served `/openapi.json`) declares for each operation:
+/// `((method, path), roles)`; an operation that declares none has an empty list. Tests compare
+/// it with what the service enforces.
+pub fn declared_roles(document: &serde_json::Value) -> Vec<((String, String), Vec<String>)> {
+    let mut found = Vec::new();
+    let Some(paths) = document["paths"].as_object() else {
+        return found;
+    };
+    for (path, item) in paths {
+        let Some(item) = item.as_object() else {
+            continue;
+        };
+        for (method, operation) in item {
+            if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                continue;
+            }
+            let roles = operation[ROLES_EXTENSION]
+                .as_array()
+                .map(|roles| {
+                    roles
+                        .iter()
+                        .filter_map(|role| role.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.push(((method.clone(), path.clone()), roles));
+        }
+    }
+    found
 }
 
 /// The response `document` (a served `/openapi.json`) declares for `status` of the operation
@@ -217,6 +334,7 @@ mod tests {
             SharedHeader::new("Consistency-Token", "Wait for this write"),
             SharedHeader::uuid("Correlation-Id", "The flow"),
             SharedHeader::new("Idempotency-Key", "A retry token").matching("^[!-~]{1,200}$"),
+            SharedHeader::new("Write-Only", "Read by writes only").writes_only(),
         ],
         success_headers: &[SharedHeader::new("ETag", "The version")],
         problem_headers: &[(401, SharedHeader::new("WWW-Authenticate", "Bearer"))],
@@ -243,10 +361,57 @@ mod tests {
             operation["parameters"][3]["schema"]["pattern"],
             "^[!-~]{1,200}$"
         );
+        assert!(
+            operation["parameters"].get(4).is_none(),
+            "a writes-only header is not declared on a GET"
+        );
         assert!(document["components"]["schemas"]["Problem"].is_object());
         assert!(document["components"]["schemas"]["FieldError"].is_object());
         assert!(declared_response(&document, "get", "/things/{id}", 401).is_some());
         assert!(declared_response(&document, "get", "/things/{id}", 403).is_none());
         assert!(declared_response(&document, "post", "/things/{id}", 401).is_none());
+    }
+
+    #[test]
+    fn route_roles_are_declared_as_extension_scopes_and_sentence() {
+        let mut openapi = Doc::openapi();
+        crate::http::BearerAuth.modify(&mut openapi);
+        let operation = openapi
+            .paths
+            .paths
+            .get_mut("/things/{id}")
+            .and_then(|item| item.get.as_mut())
+            .expect("the operation");
+        operation.security = Some(vec![
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+            SecurityRequirement::new("oidc", Vec::<String>::new()),
+        ]);
+        RouteRoles {
+            routes: &[("get", "/things/{id}", &[Role::Director, Role::Ops])],
+        }
+        .modify(&mut openapi);
+        let document = serde_json::to_value(&openapi).expect("serialises");
+        let operation = &document["paths"]["/things/{id}"]["get"];
+        assert_eq!(
+            operation[ROLES_EXTENSION],
+            serde_json::json!(["director", "ops"])
+        );
+        assert_eq!(
+            operation["security"][1]["oidc"],
+            serde_json::json!(["director", "ops"])
+        );
+        assert!(
+            operation["description"]
+                .as_str()
+                .expect("a description")
+                .ends_with("Roles: director, ops (a token of another role gets 403).")
+        );
+        assert_eq!(
+            declared_roles(&document),
+            vec![(
+                ("get".to_owned(), "/things/{id}".to_owned()),
+                vec!["director".to_owned(), "ops".to_owned()]
+            )]
+        );
     }
 }

@@ -142,10 +142,28 @@ pub struct AuthSettings {
     /// (`FM_AUTH__LEEWAY`, milliseconds; 30 s by default).
     #[serde(default = "default_leeway", deserialize_with = "millis")]
     pub leeway: Duration,
+    /// Age after which the provider's keys are fetched again even when every token names a
+    /// known key (`FM_AUTH__JWKS_REFRESH`, milliseconds; 5 min by default): how soon a key the
+    /// provider removed stops being trusted (docs/operations.md, key rotation).
+    #[serde(default = "default_jwks_refresh", deserialize_with = "millis")]
+    pub jwks_refresh: Duration,
+    /// How long a fetch of the keys that did not help (it failed, or lacked the key id it was
+    /// made for) keeps the provider from being asked again (`FM_AUTH__JWKS_MIN_REFRESH`,
+    /// milliseconds; 10 s by default): the bound on what garbage tokens can make it fetch.
+    #[serde(default = "default_jwks_min_refresh", deserialize_with = "millis")]
+    pub jwks_min_refresh: Duration,
 }
 
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_mins(5)
+}
+
+fn default_jwks_min_refresh() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// The audience of the local realm (compose/keycloak/realm.json).
@@ -167,6 +185,8 @@ impl AuthSettings {
             client_secret: None,
             token_url: None,
             leeway: default_leeway(),
+            jwks_refresh: default_jwks_refresh(),
+            jwks_min_refresh: default_jwks_min_refresh(),
         }
     }
 
@@ -181,6 +201,8 @@ impl AuthSettings {
             client_secret: None,
             token_url: None,
             leeway: default_leeway(),
+            jwks_refresh: default_jwks_refresh(),
+            jwks_min_refresh: default_jwks_min_refresh(),
         }
     }
 }

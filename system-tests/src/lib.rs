@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::bail;
 use event_log::KafkaSettings;
 use platform::{
-    settings::{DatabaseSettings, HttpSettings},
+    settings::{AuthSettings, DatabaseSettings, HttpSettings},
     shutdown::CancellationToken,
 };
 use schemas::Role;
@@ -54,14 +54,31 @@ impl TestStack {
     /// Starts every service on `kafka` (e.g. a broker of the test's own, [`private`]) and a
     /// fresh database, and waits until all are ready.
     pub async fn spawn_on(kafka: KafkaSettings) -> anyhow::Result<Self> {
-        Self::spawn_configured(kafka, |_| {}).await
+        Self::spawn_with(kafka, test_support::auth_settings(), |_| {}).await
     }
 
     /// [`TestStack::spawn_on`] with the command-service's settings changed by `configure` first
-    /// (its SMTP server, its invitation settings). The query-api trusts the command-service's
-    /// family sessions (`FM_FAMILY_SESSIONS__JWKS_URL`).
+    /// (its SMTP server, its invitation settings).
     pub async fn spawn_configured(
         kafka: KafkaSettings,
+        configure: impl FnOnce(&mut command_service::Settings),
+    ) -> anyhow::Result<Self> {
+        Self::spawn_with(kafka, test_support::auth_settings(), configure).await
+    }
+
+    /// Starts every service on `kafka` and a fresh database, the command-service and the
+    /// query-api checking tokens by `auth` (e.g. a realm of the test's own), and waits until
+    /// all are ready.
+    pub async fn spawn_with_auth(kafka: KafkaSettings, auth: AuthSettings) -> anyhow::Result<Self> {
+        Self::spawn_with(kafka, auth, |_| {}).await
+    }
+
+    /// The services on `kafka` and a fresh database, checking tokens by `auth`, the
+    /// command-service's settings changed by `configure`; the query-api trusts the
+    /// command-service's family sessions (`FM_FAMILY_SESSIONS__JWKS_URL`).
+    async fn spawn_with(
+        kafka: KafkaSettings,
+        auth: AuthSettings,
         configure: impl FnOnce(&mut command_service::Settings),
     ) -> anyhow::Result<Self> {
         let database_url = fresh_database().await?;
@@ -83,7 +100,7 @@ impl TestStack {
             spawn_app::<projection_service::Application>(projection_settings, &shutdown).await?;
 
         let mut command_settings = command_service::Settings::with_auth(
-            test_support::auth_settings(),
+            auth.clone(),
             test_support::key_database(),
             test_support::privacy_settings(),
         );
@@ -93,7 +110,7 @@ impl TestStack {
         let command_url =
             spawn_app::<command_service::Application>(command_settings, &shutdown).await?;
 
-        let mut query_settings = query_api::Settings::new(test_support::auth_settings(), database);
+        let mut query_settings = query_api::Settings::new(auth, database);
         query_settings.http = http_settings;
         query_settings.family_sessions.jwks_url =
             Some(format!("{command_url}/family-sessions/jwks.json"));

@@ -327,3 +327,68 @@ pub fn privacy_env() -> Vec<(&'static str, String)> {
         ("FM_PRIVACY__MASTER_KEYS", TEST_MASTER_KEYS.to_owned()),
     ]
 }
+
+/// Calls every operation of a service's OpenAPI `document` on `base` with a real token of each
+/// role ([`token`]; path parameters a fresh UUID, a POST's body `{}`) and returns where the
+/// answer and the document disagree: a 403 for a role the operation's `x-fm-roles` lists, or
+/// anything else for a role it does not list, or an operation that lists no roles
+/// (`platform::openapi::RouteRoles`; issue 16 item 7).
+///
+/// # Panics
+/// When a request cannot be sent or the provider issues no token.
+pub async fn route_role_mismatches(base: &str, document: &serde_json::Value) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut mismatches = Vec::new();
+    for ((method, template), declared) in platform::openapi::declared_roles(document) {
+        // Routes that take no staff token (the family-session exchange, its refresh and keys:
+        // their security names no `bearer` scheme) have no roles to declare; who they let in is
+        // system-tests/tests/invitations.rs's to show.
+        let staff_token = document["paths"][&template][&method]["security"]
+            .as_array()
+            .is_none_or(|requirements| {
+                requirements
+                    .iter()
+                    .any(|requirement| requirement.get("bearer").is_some())
+            });
+        if !staff_token {
+            continue;
+        }
+        if declared.is_empty() {
+            mismatches.push(format!("{method} {template} declares no roles"));
+            continue;
+        }
+        let path: Vec<String> = template
+            .split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    Uuid::new_v4().to_string()
+                } else {
+                    segment.to_owned()
+                }
+            })
+            .collect();
+        let url = format!("{base}{}", path.join("/"));
+        for role in [Role::Director, Role::Family, Role::Ops, Role::System] {
+            let bearer = token(role, "route-roles").await;
+            let request = match method.as_str() {
+                "get" => client.get(&url),
+                "post" => client.post(&url).json(&serde_json::json!({})),
+                "put" => client.put(&url).json(&serde_json::json!({})),
+                "patch" => client.patch(&url).json(&serde_json::json!({})),
+                "delete" => client.delete(&url),
+                other => panic!("no request for the method {other}"),
+            };
+            let status = match request.bearer_auth(&bearer).send().await {
+                Ok(response) => response.status(),
+                Err(error) => panic!("{method} {url}: {error}"),
+            };
+            let allowed = declared.iter().any(|name| name == role.as_str());
+            if allowed == (status == reqwest::StatusCode::FORBIDDEN) {
+                mismatches.push(format!(
+                    "{method} {template}: {role} got {status}, the document says {declared:?}"
+                ));
+            }
+        }
+    }
+    mismatches
+}

@@ -417,7 +417,7 @@ pub(crate) async fn personal_data(
     caller: Caller,
     headers: HeaderMap,
 ) -> Result<Json<PersonalDataExport>, ApiError> {
-    caller.require(&[Role::Director, Role::Ops])?;
+    caller.require(<super::Exporters as super::Roles>::ALLOWED)?;
     check_flow_headers(&headers)?;
     require_booking(&state, &caller, id)?;
     let stream = state.commands.store().read::<Booking>(id);

@@ -61,6 +61,8 @@ pub(crate) struct AppState {
     pub(crate) limits: Arc<Limits>,
     /// The data keys: sealing a new booking's personal data, erasing and exporting it.
     pub(crate) keys: Arc<privacy::KeyStore>,
+    /// `/ready` is false while the tailer is more records than this behind (0: never).
+    pub(crate) max_tailer_lag: u64,
     /// The home of facilities registered before homes were named (`FM_TENANCY__DEFAULT_HOME`).
     pub(crate) tenancy: TenancySettings,
     /// Families by invitation: the invitations, the family-session key.
@@ -302,6 +304,49 @@ pub(crate) struct Operators;
 impl Roles for Operators {
     const ALLOWED: &'static [Role] = &[Role::Ops, Role::System];
 }
+
+/// Exporting a booking's personal data: directors and ops.
+#[derive(Debug)]
+pub(crate) struct Exporters;
+impl Roles for Exporters {
+    const ALLOWED: &'static [Role] = &[Role::Director, Role::Ops];
+}
+
+/// Which roles each operation admits, for the OpenAPI document (`platform::openapi::RouteRoles`):
+/// the `ALLOWED` of the role type its handler's extractor or check uses, so the document says
+/// what the code enforces. `tests/route_roles.rs` calls every route with every role's token and
+/// compares.
+pub(crate) const ROUTE_ROLES: &[(&str, &str, &[Role])] = &[
+    ("post", "/facilities", Directors::ALLOWED),
+    ("put", "/facilities/{id}/opening-hours", Directors::ALLOWED),
+    ("post", "/facilities/{id}/reservations", Services::ALLOWED),
+    (
+        "post",
+        "/facilities/{id}/reservations/{booking_id}/release",
+        Services::ALLOWED,
+    ),
+    ("post", "/bookings", Bookers::ALLOWED),
+    ("post", "/bookings/{id}/cancel", Cancellers::ALLOWED),
+    ("post", "/bookings/{id}/invitations", Directors::ALLOWED),
+    (
+        "post",
+        "/bookings/{id}/invitations/{invitation_id}/revoke",
+        Directors::ALLOWED,
+    ),
+    ("post", "/bookings/{id}/erase", Erasers::ALLOWED),
+    ("get", "/bookings/{id}/personal-data", Exporters::ALLOWED),
+    ("post", "/bookings/{id}/slot-held", Services::ALLOWED),
+    ("post", "/bookings/{id}/confirm", Services::ALLOWED),
+    ("post", "/bookings/{id}/reject", Services::ALLOWED),
+    ("post", "/bookings/{id}/fail", Services::ALLOWED),
+    ("post", "/bookings/{id}/payment/captured", Services::ALLOWED),
+    ("post", "/bookings/{id}/payment/declined", Services::ALLOWED),
+    ("post", "/bookings/{id}/payment/refunded", Services::ALLOWED),
+    ("post", "/sagas/{id}/park", Operators::ALLOWED),
+    ("post", "/sagas/{id}/retry", Operators::ALLOWED),
+    ("post", "/sagas/{id}/skip", Operators::ALLOWED),
+    ("post", "/sagas/{id}/resolve", Operators::ALLOWED),
+];
 
 /// An authenticated, authorised, parsed write.
 #[derive(Debug)]

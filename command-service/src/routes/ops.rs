@@ -6,13 +6,14 @@ use axum::{Json, extract::State};
 use platform::{
     auth::family::FamilySessionAuth,
     http::{BearerAuth, ReadyCheck, ReadyReport, probe},
-    openapi::{Shared, SharedHeader},
+    openapi::{RouteRoles, Shared, SharedHeader},
 };
 use utoipa::OpenApi;
 
 use super::AppState;
 
-/// `GET /ready`: the broker answers and the aggregate store has read the log.
+/// `GET /ready`: the broker answers, the aggregate store has read the log, and its tailer is
+/// not more than `max_tailer_lag` records behind the log's end (`crate::lag`).
 pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
     let broker = probe(Duration::from_secs(2), state.producer.ping()).await;
     let caught_up = if state.commands.store().is_caught_up() {
@@ -29,7 +30,30 @@ pub(crate) async fn ready(State(state): State<AppState>) -> ReadyReport {
             ok: true,
             detail: state.commands.store().parked_summary(),
         },
+        tailer_lag(state.commands.store().lag(), state.max_tailer_lag),
     ])
+}
+
+/// The tailer's lag as a check: failed while more than `max` records behind (never when `max`
+/// is 0); the detail says by how much, whenever it has been measured.
+fn tailer_lag(lag: Option<i64>, max: u64) -> ReadyCheck {
+    let Some(lag) = lag else {
+        return ReadyCheck {
+            name: "tailer_lag",
+            ok: true,
+            detail: Some("not measured yet".to_owned()),
+        };
+    };
+    let lagging = max > 0 && u64::try_from(lag).is_ok_and(|lag| lag > max);
+    ReadyCheck {
+        name: "tailer_lag",
+        ok: !lagging,
+        detail: Some(if lagging {
+            format!("{lag} records behind the end of the log (more than the {max} allowed)")
+        } else {
+            format!("{lag} records behind the end of the log")
+        }),
+    }
 }
 
 /// What every write route answers because it goes through `WriteRequest`, `written` and the
@@ -63,7 +87,8 @@ const WRITE_ROUTES: Shared = Shared {
             "Idempotency-Key",
             "Retry token (1 to 200 printable ASCII characters): a replay returns the first answer",
         )
-        .matching("^[!-~]{1,200}$"),
+        .matching("^[!-~]{1,200}$")
+        .writes_only(),
         SharedHeader::uuid(
             "Correlation-Id",
             "The flow this command belongs to (the saga passes its booking's); recorded on its \
@@ -86,6 +111,11 @@ const WRITE_ROUTES: Shared = Shared {
             SharedHeader::new("Retry-After", "Seconds until a write is let through again"),
         ),
     ],
+};
+
+/// Each operation's roles, from the constants the handlers enforce.
+const ROLES: RouteRoles = RouteRoles {
+    routes: super::ROUTE_ROLES,
 };
 
 #[derive(OpenApi)]
@@ -124,7 +154,7 @@ const WRITE_ROUTES: Shared = Shared {
         (name = "internal", description = "Commands the booking saga sends with a service token"),
         (name = "sagas", description = "Decisions about a booking's saga (park, retry, skip a step, resolve by hand): operators, and the saga runner itself"),
     ),
-    modifiers(&BearerAuth, &FamilySessionAuth, &WRITE_ROUTES)
+    modifiers(&BearerAuth, &FamilySessionAuth, &WRITE_ROUTES, &ROLES)
 )]
 pub(crate) struct ApiDoc;
 

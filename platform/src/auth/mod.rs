@@ -121,6 +121,8 @@ impl Verifier {
             let mut oidc = oidc::OidcSettings::new(issuer, &settings.audience);
             oidc.jwks_url.clone_from(&settings.jwks_url);
             oidc.leeway = settings.leeway;
+            oidc.refresh = settings.jwks_refresh;
+            oidc.min_refresh = settings.jwks_min_refresh;
             return Ok(Self::Oidc(oidc::OidcVerifier::new(oidc)));
         }
         let secret = settings.secret.as_ref().ok_or(AuthConfigError::Missing)?;

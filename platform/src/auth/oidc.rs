@@ -1,11 +1,22 @@
 //! Verifying the tokens of an OpenID Connect provider by its published keys (JWKS).
 //!
 //! The verifier holds public keys only: it can check a token, never make one. Keys are cached
-//! by `kid`; a token naming an unknown `kid` makes it fetch the JWKS again (at most once per
-//! [`OidcSettings::min_refresh`], so that a stream of garbage tokens cannot turn it into a load
-//! generator for the provider), and the cache is refreshed anyway once it is older than
-//! [`OidcSettings::refresh`]. A failed fetch keeps the keys already known. This is what makes a
-//! rotation at the provider invisible to callers: the new key is published before it signs.
+//! by `kid`; a token naming an unknown `kid` makes it fetch the JWKS again at once, and the
+//! cache is refreshed anyway once it is older than [`OidcSettings::refresh`] (which is how a key
+//! the provider removed stops being trusted). A failed fetch keeps the keys already known.
+//! This is what makes a rotation at the provider invisible to callers: the provider publishes a
+//! new key before it signs with it, so the first token of the new key finds it in a fresh JWKS.
+//!
+//! Only a fetch that did not help holds the next one back: after a fetch that failed, or that
+//! did not hold the `kid` it was made for, the provider is not asked again for
+//! [`OidcSettings::min_refresh`], so that a stream of garbage tokens cannot turn the verifier
+//! into a load generator for the provider. A fetch that found its key (or a start-up or age
+//! refresh) throttles nothing: two rotations in quick succession, or a rotation just after a
+//! refresh, never turn a valid token away. (Throttling every fetch, as the first version did,
+//! refused a new key's tokens for up to 10 s after any earlier fetch; the rotation test in
+//! system-tests/tests/key_rotation.rs caught it.) The one window left: a valid token of a new
+//! key arriving within `min_refresh` after a garbage `kid` is refused; a retry after the window
+//! is let in (docs/identity.md, Rotation).
 //!
 //! Accepted algorithms are RS256 and ES256, and the algorithm is the key's, never the token
 //! header's choice: a token that says HS256 (the "public key as HMAC secret" forgery) or `none`
@@ -41,7 +52,8 @@ pub struct OidcSettings {
     pub jwks_url: Option<String>,
     /// Tolerance on `exp` and `nbf` for clocks that disagree.
     pub leeway: Duration,
-    /// Fewest time between two fetches of the JWKS caused by unknown key ids.
+    /// How long a fetch that did not help (it failed, or lacked the key id it was made for)
+    /// keeps the provider from being asked again.
     pub min_refresh: Duration,
     /// Age after which the cached keys are fetched again.
     pub refresh: Duration,
@@ -108,7 +120,27 @@ struct Key {
 #[derive(Default)]
 struct KeyCache {
     keys: HashMap<String, Key>,
+    /// When the keys were last fetched successfully.
     fetched_at: Option<Instant>,
+    /// When a fetch last did not help: it failed, or lacked the key id it was made for.
+    fruitless_at: Option<Instant>,
+}
+
+impl KeyCache {
+    /// Whether a fetch that did not help happened within `window`.
+    fn held_back(&self, window: Duration) -> bool {
+        self.fruitless_at.is_some_and(|at| at.elapsed() < window)
+    }
+}
+
+/// Why the keys are fetched, which decides whether the fetch is still needed once it may run.
+enum Reason<'a> {
+    /// At start-up: always.
+    Prefetch,
+    /// A token names this key id, which the cache lacks.
+    UnknownKid(&'a str),
+    /// The cache is older than [`OidcSettings::refresh`].
+    Age,
 }
 
 /// Checks tokens against the provider's published keys.
@@ -155,7 +187,7 @@ impl OidcVerifier {
 
     /// Fetches the keys now (at start-up, so that the first request does not wait).
     pub async fn prefetch(&self) -> Result<usize, JwksError> {
-        self.fetch(None).await
+        self.fetch(Reason::Prefetch).await
     }
 
     /// The caller a valid token speaks for.
@@ -177,16 +209,22 @@ impl OidcVerifier {
             return Err(AuthRejection::InvalidToken);
         }
         let kid = header.kid.ok_or(AuthRejection::InvalidToken)?;
-        let stale = {
+        let reason = {
             let cache = self.cache.read().await;
-            cache
+            if !cache.keys.contains_key(&kid) {
+                Some(Reason::UnknownKid(&kid))
+            } else if cache
                 .fetched_at
                 .is_none_or(|at| at.elapsed() >= self.settings.refresh)
-                || !cache.keys.contains_key(&kid)
+            {
+                Some(Reason::Age)
+            } else {
+                None
+            }
         };
-        if stale {
+        if let Some(reason) = reason {
             // A failed fetch keeps the keys known; the lookup below decides.
-            if let Err(error) = self.fetch(Some(self.settings.min_refresh)).await {
+            if let Err(error) = self.fetch(reason).await {
                 tracing::warn!(%error, "could not refresh the identity provider's keys");
             }
         }
@@ -206,13 +244,26 @@ impl OidcVerifier {
             .map_err(|_| AuthRejection::InvalidToken)
     }
 
-    /// Fetches the JWKS unless another fetch happened within `unless_within`; returns how many
-    /// usable keys it holds.
-    async fn fetch(&self, unless_within: Option<Duration>) -> Result<usize, JwksError> {
+    /// Fetches the JWKS for `reason`, unless a fetch that did not help happened within
+    /// [`OidcSettings::min_refresh`] or another caller's fetch already did the work while this
+    /// one waited; returns how many usable keys the cache holds.
+    async fn fetch(&self, reason: Reason<'_>) -> Result<usize, JwksError> {
         let mut jwks_url = self.fetching.lock().await;
-        if let Some(window) = unless_within {
+        {
             let cache = self.cache.read().await;
-            if cache.fetched_at.is_some_and(|at| at.elapsed() < window) {
+            let done = match reason {
+                Reason::Prefetch => false,
+                Reason::UnknownKid(kid) => {
+                    cache.keys.contains_key(kid) || cache.held_back(self.settings.min_refresh)
+                }
+                Reason::Age => {
+                    cache
+                        .fetched_at
+                        .is_some_and(|at| at.elapsed() < self.settings.refresh)
+                        || cache.held_back(self.settings.min_refresh)
+                }
+            };
+            if done {
                 return Ok(cache.keys.len());
             }
         }
@@ -220,8 +271,8 @@ impl OidcVerifier {
         let set = match self.fetch_set(&mut jwks_url).await {
             Ok(set) => set,
             Err(error) => {
-                // A failing provider is not asked again before the window has passed either.
-                self.cache.write().await.fetched_at = Some(Instant::now());
+                // A failing provider is not asked again before the window has passed.
+                self.cache.write().await.fruitless_at = Some(Instant::now());
                 return Err(error);
             }
         };
@@ -250,11 +301,19 @@ impl OidcVerifier {
             })
             .collect();
         let count = keys.len();
-        *self.cache.write().await = KeyCache {
-            keys,
-            fetched_at: Some(Instant::now()),
+        let now = Instant::now();
+        let helped = match reason {
+            Reason::UnknownKid(kid) => keys.contains_key(kid),
+            Reason::Prefetch | Reason::Age => true,
         };
-        tracing::info!(keys = count, "fetched the identity provider's keys");
+        let mut cache = self.cache.write().await;
+        cache.keys = keys;
+        cache.fetched_at = Some(now);
+        if !helped {
+            cache.fruitless_at = Some(now);
+        }
+        drop(cache);
+        tracing::info!(keys = count, helped, "fetched the identity provider's keys");
         Ok(count)
     }
 

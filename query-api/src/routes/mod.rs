@@ -76,6 +76,21 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Every role reads: each handler takes the `Caller` extractor, which admits any verified token
+/// with a Funeral Manager role; what a family sees is narrowed by the data (its own bookings),
+/// not by the route.
+pub(crate) const READERS: &[Role] = &[Role::Director, Role::Family, Role::Ops, Role::System];
+
+/// Which roles each operation admits, for the OpenAPI document (`platform::openapi::RouteRoles`).
+/// `tests/route_roles.rs` calls every route with every role's token and compares.
+pub(crate) const ROUTE_ROLES: &[(&str, &str, &[Role])] = &[
+    ("get", "/bookings", READERS),
+    ("get", "/bookings/{id}", READERS),
+    ("get", "/facilities", READERS),
+    ("get", "/facilities/{id}", READERS),
+    ("get", "/facilities/{id}/calendar", READERS),
+];
+
 /// Counts a query that carries a `Consistency-Token` against its caller's rate limits
 /// (`platform::rate_limit`): such a query may hold a connection and poll the read model for the
 /// whole wait, so a flood of them would starve everyone's reads. The `system` role is not

@@ -6,7 +6,7 @@ use axum::{Json, extract::State};
 use platform::{
     auth::family::FamilySessionAuth,
     http::{BearerAuth, ReadyCheck, ReadyReport, probe},
-    openapi::{Shared, SharedHeader},
+    openapi::{RouteRoles, Shared, SharedHeader},
 };
 use utoipa::OpenApi;
 
@@ -90,6 +90,11 @@ const READ_ROUTES: Shared = Shared {
     ],
 };
 
+/// Each operation's roles.
+const ROLES: RouteRoles = RouteRoles {
+    routes: super::ROUTE_ROLES,
+};
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Funeral Manager query-api", description = "Reads over the read models, with read-your-writes on request."),
@@ -100,7 +105,7 @@ const READ_ROUTES: Shared = Shared {
         super::facilities::list_facilities,
         super::facilities::get_calendar,
     ),
-    modifiers(&BearerAuth, &FamilySessionAuth, &READ_ROUTES)
+    modifiers(&BearerAuth, &FamilySessionAuth, &READ_ROUTES, &ROLES)
 )]
 pub(crate) struct ApiDoc;
 
