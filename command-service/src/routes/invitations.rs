@@ -410,8 +410,13 @@ pub(crate) async fn refresh(
     security(()),
     responses((status = 200, description = "A JSON Web Key Set", body = Object)),
 )]
-pub(crate) async fn jwks(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(state.invitations.jwks().clone())
+pub(crate) async fn jwks(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    // The document declares the flow headers on every route; a read refuses what a write would.
+    check_flow_headers(&headers)?;
+    Ok(Json(state.invitations.jwks().clone()))
 }
 
 #[cfg(test)]
