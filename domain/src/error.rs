@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use crate::booking::BookingStatus;
 use crate::saga::SagaStep;
-use crate::values::{BookingId, Currency, Money};
+use crate::values::{BookingId, Currency, FacilityKind, Money, ServiceType};
 
 /// A raw value that failed to parse into a value object.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -86,10 +86,60 @@ pub enum DomainError {
         max: usize,
     },
 
-    /// The price is zero: a booking is paid for, and a capture of nothing is not a payment
-    /// (docs/payments.md, "A zero total"). Invalid, field `price.amount_minor`.
-    #[error("the price must be more than zero")]
+    /// The statement's total is not more than zero: a booking is paid for, and a capture of
+    /// nothing is not a payment (docs/payments.md, "A zero total"). Invalid, field
+    /// `statement.total`.
+    #[error("the total must be more than zero")]
     ZeroPrice,
+
+    /// The home's price list has no item for this service type (docs/pricing.md). Invalid,
+    /// field `service_type`.
+    #[error("the funeral home's price list does not offer a {service_type} service")]
+    ServiceNotOffered {
+        /// The service asked for.
+        service_type: ServiceType,
+    },
+
+    /// The home's price list has no hourly item for this kind of facility. Invalid, field
+    /// `facility_id`.
+    #[error("the funeral home's price list does not price the hours of a {facility_kind}")]
+    FacilityKindNotOffered {
+        /// The kind of the facility asked for.
+        facility_kind: FacilityKind,
+    },
+
+    /// An add-on is not an add-on item of the home's price list. Invalid, field `add_ons`.
+    #[error("add_ons[{index}] is not an add-on of the funeral home's price list")]
+    UnknownAddOn {
+        /// Its position in the request.
+        index: usize,
+    },
+
+    /// An add-on is asked for twice. Invalid, field `add_ons`.
+    #[error("add_ons[{index}] repeats an earlier add-on")]
+    AddOnRepeated {
+        /// Its position in the request.
+        index: usize,
+    },
+
+    /// More add-ons than [`crate::pricing::MAX_ADD_ONS`]. Invalid, field `add_ons`.
+    #[error("a booking has at most {max} add-ons")]
+    TooManyAddOns {
+        /// The most add-ons a booking may have.
+        max: usize,
+    },
+
+    /// More adjustments than [`crate::pricing::MAX_ADJUSTMENTS`]. Invalid, field `adjustments`.
+    #[error("a booking has at most {max} adjustments")]
+    TooManyAdjustments {
+        /// The most adjustments a booking may have.
+        max: usize,
+    },
+
+    /// The statement is not in the currency of its total, or its lines and adjustments do not
+    /// add up to it (a caller built it by hand). Invalid, field `statement`.
+    #[error("the statement does not add up to its total")]
+    StatementDoesNotAddUp,
 
     /// The family already holds as many open bookings as it may (docs/security.md, API4/API6).
     /// Conflict, no field.
@@ -211,7 +261,14 @@ impl DomainError {
             Self::BookingHoldsAnotherSlot { .. } | Self::SlotOutsideOpeningHours => Some("slot"),
             Self::BookingNotFound | Self::BookingAlreadyRequested => Some("booking_id"),
             Self::NoFamilyContacts | Self::TooManyFamilyContacts { .. } => Some("family_contacts"),
-            Self::ZeroPrice => Some("price.amount_minor"),
+            Self::ZeroPrice => Some("statement.total"),
+            Self::ServiceNotOffered { .. } => Some("service_type"),
+            Self::FacilityKindNotOffered { .. } => Some("facility_id"),
+            Self::UnknownAddOn { .. } | Self::AddOnRepeated { .. } | Self::TooManyAddOns { .. } => {
+                Some("add_ons")
+            }
+            Self::TooManyAdjustments { .. } => Some("adjustments"),
+            Self::StatementDoesNotAddUp => Some("statement"),
             Self::SlotInPast | Self::ServiceBeforeDateOfDeath => Some("slot.start"),
             Self::DateOfDeathInFuture => Some("deceased.date_of_death"),
             Self::PaymentNotFound | Self::PaymentIdMismatch => Some("payment_id"),
@@ -243,6 +300,14 @@ impl DomainError {
             Self::NoFamilyContacts => "booking.family_contacts_required",
             Self::TooManyFamilyContacts { .. } => "booking.family_contacts_max",
             Self::ZeroPrice => "booking.price_positive",
+            Self::ServiceNotOffered { .. } | Self::FacilityKindNotOffered { .. } => {
+                "price_list.not_offered"
+            }
+            Self::UnknownAddOn { .. } => "price_list.unknown_item",
+            Self::AddOnRepeated { .. } => "add_ons.unique",
+            Self::TooManyAddOns { .. } => "add_ons.max_items",
+            Self::TooManyAdjustments { .. } => "adjustments.max_items",
+            Self::StatementDoesNotAddUp => "statement.adds_up",
             Self::OpenBookingLimitReached { .. } => "booking.open_bookings_limit",
             Self::SlotInPast => "slot.in_past",
             Self::DateOfDeathInFuture => "deceased.date_of_death_in_future",
@@ -285,6 +350,13 @@ impl DomainError {
             Self::NoFamilyContacts
             | Self::TooManyFamilyContacts { .. }
             | Self::ZeroPrice
+            | Self::ServiceNotOffered { .. }
+            | Self::FacilityKindNotOffered { .. }
+            | Self::UnknownAddOn { .. }
+            | Self::AddOnRepeated { .. }
+            | Self::TooManyAddOns { .. }
+            | Self::TooManyAdjustments { .. }
+            | Self::StatementDoesNotAddUp
             | Self::SlotInPast
             | Self::DateOfDeathInFuture
             | Self::ServiceBeforeDateOfDeath

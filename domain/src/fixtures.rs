@@ -19,9 +19,11 @@ use crate::booking::{
 };
 use crate::facility::{FacilityCommand, FacilityEvent, SlotRejectionReason};
 use crate::payment::{PaymentCommand, PaymentEvent};
+use crate::pricing::{ItemCode, PriceItem, PriceList, PriceListRef, PricingRequest, Statement};
 use crate::saga::{SagaEvent, SagaStep};
 use crate::values::{
-    BookingId, Capacity, Currency, EmailAddress, FacilityId, FacilityKind, FacilityName, Money,
+    BookingId, Capacity, Currency, EmailAddress, FacilityId, FacilityKind, FacilityName,
+    ItemDescription, Money,
     OpeningHours, OpeningInterval, PaymentId, PersonName, PhoneNumber, Relationship, ServiceType,
     Slot, TimeZone, TurnaroundBuffer,
 };
@@ -126,6 +128,61 @@ pub fn price() -> Money {
     Money::new(125_000, Currency::GBP).expect(VALID)
 }
 
+/// The funeral home whose price list [`price_list`] is.
+pub fn home_id() -> Uuid {
+    Uuid::from_u128(0x4e0a_9f1b_2c3d_4e5f_8a6b_7c8d_9e0f_1a2b)
+}
+
+/// A home's price list: a burial at £950.00, a chapel at £300.00 an hour, a celebrant at
+/// £180.00 as an add-on.
+pub fn price_list() -> PriceList {
+    let code = |code: &str| ItemCode::parse(code).expect(VALID);
+    let text = |text: &str| ItemDescription::parse(text).expect(VALID);
+    PriceList::new(
+        Currency::GBP,
+        vec![
+            PriceItem::Service {
+                code: code("burial"),
+                description: text("Burial service"),
+                service_type: ServiceType::Burial,
+                amount_minor: 95_000,
+            },
+            PriceItem::FacilityHour {
+                code: code("chapel.hour"),
+                description: text("Chapel, per hour"),
+                facility_kind: FacilityKind::Chapel,
+                amount_minor: 30_000,
+            },
+            PriceItem::AddOn {
+                code: code("celebrant"),
+                description: text("Celebrant"),
+                amount_minor: 18_000,
+            },
+        ],
+    )
+    .expect(VALID)
+}
+
+/// [`price_list`] priced for [`request_booking`]'s burial in the chapel for an hour: £1,250.00,
+/// which is [`price`].
+pub fn statement() -> Statement {
+    price_list()
+        .price(
+            PriceListRef {
+                home_id: home_id(),
+                version: 1,
+            },
+            PricingRequest {
+                service_type: ServiceType::Burial,
+                facility_kind: FacilityKind::Chapel,
+                slot: &slot(),
+                add_ons: &[],
+                adjustments: Vec::new(),
+            },
+        )
+        .expect(VALID)
+}
+
 /// Registers St Mary's Chapel.
 pub fn register_facility() -> FacilityCommand {
     FacilityCommand::Register {
@@ -173,7 +230,7 @@ pub fn request_booking() -> BookingCommand {
         deceased: deceased(),
         family_contacts: vec![family_contact()],
         personal: sealed_personal(),
-        price: price(),
+        statement: statement(),
         now: now(),
     }
 }
@@ -188,6 +245,7 @@ pub fn booking_requested() -> BookingEvent {
         date_of_death: deceased().date_of_death,
         personal: sealed_personal(),
         price: price(),
+        statement: statement(),
     }
 }
 

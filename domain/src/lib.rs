@@ -15,6 +15,8 @@
 //!   deserialised.
 //! - [`facility`] — a chapel, crematorium, graveside or reception hall and its reservations.
 //! - [`booking`] — the service a family asks for and its lifecycle.
+//! - [`pricing`] — a funeral home's price list and the itemised statement a booking is priced
+//!   with (docs/pricing.md).
 //! - [`payment`] — the money side of one booking: captured, declined, refunded.
 //! - [`saga`] — what operators (and the saga runner) decided about a booking's saga: parked,
 //!   retried, a step skipped, resolved by hand.
@@ -31,6 +33,7 @@ pub mod facility;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod payment;
+pub mod pricing;
 pub mod saga;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

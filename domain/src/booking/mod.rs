@@ -22,6 +22,7 @@ use crate::values::{
     BookingId, EmailAddress, FacilityId, Money, OpeningHours, PersonName, PhoneNumber,
     Relationship, ServiceType, Slot, TimeZone,
 };
+use crate::pricing::Statement;
 use crate::{Aggregate, DomainError, DomainEvent, ValueError};
 
 mod personal;
@@ -282,8 +283,9 @@ pub enum BookingCommand {
         /// The deceased's name and the contacts above, sealed by the caller under the booking's
         /// data key: what the event carries instead of them.
         personal: SealedPersonal,
-        /// The agreed price.
-        price: Money,
+        /// The itemised statement the server priced the request with, from the home's price list
+        /// (`domain::pricing`); its total is what the family pays.
+        statement: Statement,
         /// The time now, from the caller's clock.
         now: DateTime<Utc>,
     },
@@ -353,8 +355,13 @@ pub enum BookingEvent {
         date_of_death: NaiveDate,
         /// The deceased's name and whom to tell, sealed ([`SealedPersonal`]).
         personal: SealedPersonal,
-        /// The agreed price.
+        /// What the family pays: the statement's total, in its currency (version 3 keeps it
+        /// beside the statement, so that every reader of the amount reads it as before).
         price: Money,
+        /// The itemised statement: each item of the home's price list charged, the director's
+        /// adjustments, the total (version 3; older versions are upcast to a statement of one
+        /// line, their agreed price).
+        statement: Statement,
     },
     /// The facility holds the slot.
     #[serde(rename = "BookingSlotHeld")]
@@ -407,14 +414,14 @@ impl DomainEvent for BookingEvent {
 
     fn event_version(&self) -> u16 {
         match self {
-            Self::BookingRequested { .. } => 2,
+            Self::BookingRequested { .. } => 3,
             _ => 1,
         }
     }
 
     fn catalogue() -> &'static [(&'static str, u16)] {
         &[
-            ("BookingRequested", 2),
+            ("BookingRequested", 3),
             ("BookingSlotHeld", 1),
             ("BookingConfirmed", 1),
             ("BookingRejected", 1),
@@ -456,13 +463,13 @@ impl Aggregate for Booking {
                 deceased,
                 family_contacts,
                 personal,
-                price,
+                statement,
                 now,
             } => {
                 if state.exists() {
                     return Err(DomainError::BookingAlreadyRequested);
                 }
-                check_request(&facility, &slot, &deceased, &family_contacts, price, now)?;
+                check_request(&facility, &slot, &deceased, &family_contacts, &statement, now)?;
                 Ok(vec![BookingEvent::BookingRequested {
                     booking_id,
                     facility_id: facility.facility_id,
@@ -470,7 +477,8 @@ impl Aggregate for Booking {
                     slot,
                     date_of_death: deceased.date_of_death,
                     personal,
-                    price,
+                    price: statement.total(),
+                    statement,
                 }])
             }
             BookingCommand::ErasePersonalData { reason } => {
@@ -528,6 +536,7 @@ impl Aggregate for Booking {
                 date_of_death,
                 personal,
                 price,
+                statement: _,
             } => {
                 state.booking = Some((
                     BookingDetails {
@@ -566,7 +575,7 @@ fn check_request(
     slot: &Slot,
     deceased: &Deceased,
     family_contacts: &[FamilyContact],
-    price: Money,
+    statement: &Statement,
     now: DateTime<Utc>,
 ) -> Result<(), DomainError> {
     if family_contacts.is_empty() {
@@ -577,7 +586,10 @@ fn check_request(
             max: MAX_FAMILY_CONTACTS,
         });
     }
-    if price.amount_minor() == 0 {
+    if !statement.adds_up() {
+        return Err(DomainError::StatementDoesNotAddUp);
+    }
+    if statement.total_minor <= 0 {
         return Err(DomainError::ZeroPrice);
     }
     if slot.start_utc() <= now {

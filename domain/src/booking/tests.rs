@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::*;
 use crate::RejectionKind;
+use crate::pricing::Adjustment;
 use crate::fixtures::{
     booking_id, booking_requested, deceased, family_contact, now, price, request_booking,
     sealed_personal, slot, slot_at,
@@ -148,25 +149,51 @@ fn a_booking_cannot_name_more_than_ten_family_contacts() {
 #[test]
 fn a_booking_for_nothing_is_refused_at_request() {
     let command = request_with(|c| {
-        if let BookingCommand::Request { price, .. } = c {
-            *price = Money::new(0, Currency::GBP).unwrap();
+        if let BookingCommand::Request { statement, .. } = c {
+            statement.adjustments = vec![Adjustment::new(-125_000, "Waived").unwrap()];
+            statement.total_minor = 0;
         }
     });
     given::<Booking>([]).when(command).then_err(|e| {
         matches!(e, DomainError::ZeroPrice)
-            && e.field() == Some("price.amount_minor")
+            && e.field() == Some("statement.total")
             && e.kind() == RejectionKind::Invalid
     });
 }
 
 #[test]
-fn a_booking_of_one_minor_unit_is_still_a_price() {
+fn a_statement_that_does_not_add_up_is_refused() {
     let command = request_with(|c| {
-        if let BookingCommand::Request { price, .. } = c {
-            *price = Money::new(1, Currency::GBP).unwrap();
+        if let BookingCommand::Request { statement, .. } = c {
+            statement.total_minor = 1;
         }
     });
-    given::<Booking>([]).when(command).then_ok();
+    given::<Booking>([]).when(command).then_err(|e| {
+        matches!(e, DomainError::StatementDoesNotAddUp) && e.field() == Some("statement")
+    });
+}
+
+#[test]
+fn the_event_charges_the_statement_s_total() {
+    let command = request_with(|c| {
+        if let BookingCommand::Request { statement, .. } = c {
+            statement.adjustments = vec![Adjustment::new(-124_999, "Nearly all").unwrap()];
+            statement.total_minor = 1;
+        }
+    });
+    let outcome = given::<Booking>([]).when(command);
+    let Ok(events) = outcome.result() else {
+        panic!("refused: {outcome:?}");
+    };
+    assert!(
+        matches!(
+            &events[..],
+            [BookingEvent::BookingRequested { price, statement, .. }]
+                if price.amount_minor() == 1 && statement.total_minor == 1
+                    && statement.adjustments[0].reason == "Nearly all"
+        ),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -595,7 +622,17 @@ fn booking_events_have_a_stable_wire_shape() {
                 "nonce": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYX",
                 "ciphertext": "c2VhbGVkIHBlcnNvbmFsIGRhdGEgKG5vdCByZWFsKQ=="
             },
-            "price": {"amount_minor": 125_000, "currency": "GBP"}
+            "price": {"amount_minor": 125_000, "currency": "GBP"},
+            "statement": {
+                "price_list": {"home_id": "4e0a9f1b-2c3d-4e5f-8a6b-7c8d9e0f1a2b", "version": 1},
+                "currency": "GBP",
+                "lines": [
+                    {"code": "burial", "description": "Burial service", "unit_amount_minor": 95_000, "amount_minor": 95_000},
+                    {"code": "chapel.hour", "description": "Chapel, per hour", "unit_amount_minor": 30_000, "minutes": 60, "amount_minor": 30_000}
+                ],
+                "adjustments": [],
+                "total_minor": 125_000
+            }
         }}),
         json!({"event_type": "BookingSlotHeld", "data": {}}),
         json!({"event_type": "BookingConfirmed", "data": {}}),

@@ -23,7 +23,7 @@ pub use ids::{
 };
 pub use kinds::{FacilityKind, ServiceType};
 pub use money::{Currency, Money};
-pub use names::{FacilityName, PersonName, Relationship};
+pub use names::{FacilityName, ItemDescription, PersonName, Relationship};
 pub use opening_hours::{OpeningHours, OpeningInterval};
 pub use phone::PhoneNumber;
 pub use quantities::{Capacity, TurnaroundBuffer};

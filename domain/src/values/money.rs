@@ -180,6 +180,14 @@ impl Money {
         })
     }
 
+    /// `amount_minor` of `currency`, or zero of it when `amount_minor` is negative.
+    pub const fn saturating(amount_minor: i64, currency: Currency) -> Self {
+        Self {
+            amount_minor: if amount_minor < 0 { 0 } else { amount_minor },
+            currency,
+        }
+    }
+
     /// The amount in minor units.
     pub const fn amount_minor(self) -> i64 {
         self.amount_minor

@@ -101,6 +101,11 @@ short_text! {
 }
 
 short_text! {
+    /// What a price-list item is, as the family's statement prints it ("Celebrant").
+    ItemDescription, "description", "description"
+}
+
+short_text! {
     /// How a family contact is related to the deceased, in their own words ("son", "friend").
     Relationship, "relationship", "relationship"
 }
