@@ -54,6 +54,7 @@ pub fn booking_story(i: usize) -> (BookingId, Vec<EventEnvelope>) {
         date_of_death,
         personal,
         price,
+        statement,
         ..
     } = fixtures::booking_requested()
     else {
@@ -77,6 +78,7 @@ pub fn booking_story(i: usize) -> (BookingId, Vec<EventEnvelope>) {
         date_of_death,
         personal,
         price,
+        statement,
     };
     let captured = PaymentEvent::PaymentCaptured {
         payment_id: payment,

@@ -53,6 +53,7 @@ pub const EVENT_SCHEMAS: &[SchemaFile] = &[
     event_schema!("facility", "SlotReleased", 1),
     event_schema!("booking", "BookingRequested", 1),
     event_schema!("booking", "BookingRequested", 2),
+    event_schema!("booking", "BookingRequested", 3),
     event_schema!("booking", "BookingSlotHeld", 1),
     event_schema!("booking", "BookingConfirmed", 1),
     event_schema!("booking", "BookingRejected", 1),

@@ -7,6 +7,8 @@
 //! newest schema and decodes it. A step sees the record's payload and envelope, nothing else:
 //! no database, no other event, no clock.
 
+use domain::pricing::Statement;
+use domain::values::Money;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -36,6 +38,11 @@ pub const UPCASTERS: &[Upcaster] = &[
         from_version: 1,
         apply: booking_requested_v1_to_v2,
     },
+    Upcaster {
+        event_type: "BookingRequested",
+        from_version: 2,
+        apply: booking_requested_v2_to_v3,
+    },
 ];
 
 /// `FacilityRegistered` v1 → v2: v2 names the funeral home the facility belongs to. A v1 record
@@ -46,6 +53,27 @@ fn facility_registered_v1_to_v2(
     mut data: Map<String, Value>,
 ) -> Map<String, Value> {
     data.insert("funeral_home_id".to_owned(), Value::Null);
+    data
+}
+
+/// `BookingRequested` v2 → v3: v3 carries the itemised statement the server priced the booking
+/// with (docs/pricing.md). A v2 booking was priced by its request, so its statement is one line,
+/// `agreed_price`, for the price it carries, priced by no list. A price that is not money is left
+/// as it is, without a statement: the record then fails to decode and is dead-lettered with that
+/// reason, as it would have as v2.
+fn booking_requested_v2_to_v3(
+    _envelope: &EventEnvelope,
+    mut data: Map<String, Value>,
+) -> Map<String, Value> {
+    let agreed = data
+        .get("price")
+        .cloned()
+        .and_then(|price| serde_json::from_value::<Money>(price).ok())
+        .map(Statement::agreed)
+        .and_then(|statement| serde_json::to_value(statement).ok());
+    if let Some(statement) = agreed {
+        data.insert("statement".to_owned(), statement);
+    }
     data
 }
 

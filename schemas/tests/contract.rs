@@ -193,7 +193,7 @@ fn a_violation_for_logs_names_the_place_but_not_the_value() {
     let redacted = violation.without_values();
     assert!(!redacted.contains("byron"), "{redacted}");
     assert!(
-        redacted.starts_with("BookingRequested v2 payload invalid at '/date_of_death'"),
+        redacted.starts_with("BookingRequested v3 payload invalid at '/date_of_death'"),
         "{redacted}"
     );
 
@@ -219,7 +219,7 @@ fn a_violation_for_logs_names_the_place_but_not_the_value() {
 #[test]
 fn an_unknown_event_type_or_version_is_refused() {
     let mut document = booking_requested_document();
-    document["event_version"] = json!(3);
+    document["event_version"] = json!(4);
     assert!(matches!(
         violation(&document),
         ContractViolation::UnknownEvent { .. }

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use domain::{
-    Aggregate, booking::Booking, facility::Facility, facility::FacilityEvent, payment::Payment,
+    Aggregate, booking::Booking, booking::BookingEvent, facility::Facility, facility::FacilityEvent,
+    payment::Payment,
     saga::Saga,
 };
 use schemas::{
@@ -352,6 +353,53 @@ fn a_v1_registration_reads_as_v2_with_no_funeral_home_and_a_v2_one_keeps_its_hom
             Err(ContractViolation::Payload { .. })
         ));
     }
+}
+
+#[test]
+fn a_booking_priced_before_price_lists_reads_as_a_statement_of_its_agreed_price() {
+    let registry = registry();
+    let v1 = release_1()
+        .into_iter()
+        .find(|record| record["event_type"] == "BookingRequested")
+        .unwrap();
+    let agreed = v1["data"]["price"].clone();
+    let envelope = registry.validate(&v1).unwrap();
+    let upcast = registry.upcast(&envelope).unwrap();
+    assert_eq!(upcast.event_version, 3);
+    let statement = &upcast.data["statement"];
+    assert_eq!(statement["price_list"], Value::Null);
+    assert_eq!(statement["lines"].as_array().map(Vec::len), Some(1));
+    assert_eq!(statement["lines"][0]["code"], "agreed_price");
+    assert_eq!(statement["lines"][0]["amount_minor"], agreed["amount_minor"]);
+    assert_eq!(statement["total_minor"], agreed["amount_minor"]);
+    assert_eq!(statement["currency"], agreed["currency"]);
+    let BookingEvent::BookingRequested {
+        price, statement, ..
+    } = registry.decode(&envelope).unwrap()
+    else {
+        panic!("a booking request")
+    };
+    assert_eq!(statement.total(), price);
+    assert!(statement.adds_up());
+
+    // A v3 record must carry its statement; a v2 one must not.
+    let mut v3_without = upcast.clone();
+    v3_without
+        .data
+        .as_object_mut()
+        .unwrap()
+        .remove("statement");
+    let v3_without = serde_json::to_value(&v3_without).unwrap();
+    assert!(matches!(
+        registry.validate(&v3_without),
+        Err(ContractViolation::Payload { .. })
+    ));
+    let mut v2_with = serde_json::to_value(&upcast).unwrap();
+    v2_with["event_version"] = json!(2);
+    assert!(matches!(
+        registry.validate(&v2_with),
+        Err(ContractViolation::Payload { .. })
+    ));
 }
 
 #[test]
