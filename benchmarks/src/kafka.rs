@@ -46,6 +46,7 @@ pub(crate) fn booking_requested_record() -> anyhow::Result<Vec<u8>> {
         date_of_death,
         personal,
         price,
+        statement,
         ..
     } = fixtures::booking_requested()
     else {
@@ -71,6 +72,7 @@ pub(crate) fn booking_requested_record() -> anyhow::Result<Vec<u8>> {
         date_of_death,
         personal,
         price,
+        statement,
     };
     let envelope = EventEnvelope::wrap(
         AggregateType::Booking,

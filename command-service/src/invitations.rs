@@ -113,20 +113,7 @@ impl Invitations {
         let url = privacy.database_url.as_ref().unwrap_or(&database.url);
         let options = PgConnectOptions::from_str(url.expose_secret())?;
         let mut admin = PgConnection::connect_with(&options).await?;
-        // Replicas start together and may race to create it; IF NOT EXISTS is not atomic.
-        if let Err(error) = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
-            .execute(&mut admin)
-            .await
-        {
-            let exists: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-                    .bind(SCHEMA)
-                    .fetch_one(&mut admin)
-                    .await?;
-            if !exists {
-                return Err(error.into());
-            }
-        }
+        platform::database::create_schema(&mut admin, SCHEMA).await?;
         admin.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(database.max_connections.min(4))

@@ -16,6 +16,8 @@
 //!   DTOs become domain commands.
 //! - `invitations`: families by invitation (docs/identity.md): invitations by the hash of their
 //!   code in PostgreSQL, the family-session signing key, exchange, refresh and revocation.
+//! - `pricing`: the funeral homes' price lists in PostgreSQL (docs/pricing.md), which price
+//!   every booking request.
 //! - `error`: the one `ApiError` and its mapping to problem+json.
 //! - `metrics`: command outcomes by command name, append latency.
 
@@ -24,6 +26,7 @@ mod error;
 mod invitations;
 mod lag;
 mod metrics;
+mod pricing;
 mod routes;
 pub mod settings;
 mod snapshot;

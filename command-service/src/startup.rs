@@ -57,7 +57,7 @@ impl Service for Application {
     /// HTTP listener. `/ready` turns true once the store has caught up.
     async fn build(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let verifier = Verifier::from_settings(&settings.auth).context("Invalid auth settings")?;
-        let (keys, invitations, mailer) = open_personal_data_stores(&settings).await?;
+        let (keys, invitations, mailer, price_lists) = open_stores(&settings).await?;
         verifier.warm_up().await;
         let registry =
             Arc::new(SchemaRegistry::load().context("Failed to compile the event schemas")?);
@@ -140,6 +140,7 @@ impl Service for Application {
             exchange_limits: Arc::new(routes::ExchangeLimits::new(&settings.invitations)),
             invitation_settings: Arc::new(settings.invitations.clone()),
             mailer,
+            price_lists,
             max_tailer_lag: settings.commands.max_tailer_lag,
         };
         let server =
@@ -172,14 +173,15 @@ impl Service for Application {
     }
 }
 
-/// The data keys, the invitations (both in PostgreSQL, under the privacy master keys) and the
-/// mailer of invitation letters.
-async fn open_personal_data_stores(
+/// The data keys, the invitations (both in PostgreSQL, under the privacy master keys), the
+/// mailer of invitation letters and the homes' price lists.
+async fn open_stores(
     settings: &Settings,
 ) -> anyhow::Result<(
     Arc<privacy::KeyStore>,
     Arc<crate::invitations::Invitations>,
     notifications::Mailer,
+    Arc<crate::pricing::PriceLists>,
 )> {
     let keys = Arc::new(
         privacy::KeyStore::connect(&settings.database, &settings.privacy)
@@ -197,5 +199,10 @@ async fn open_personal_data_stores(
     );
     let mailer = notifications::Mailer::new(&settings.smtp)
         .map_err(|error| anyhow::anyhow!("Invalid SMTP settings (FM_SMTP__*): {error}"))?;
-    Ok((keys, invitations, mailer))
+    let price_lists = Arc::new(
+        crate::pricing::PriceLists::connect(&settings.database, &settings.privacy)
+            .await
+            .context("Failed to open the price lists (FM_DATABASE__URL)")?,
+    );
+    Ok((keys, invitations, mailer, price_lists))
 }

@@ -46,6 +46,7 @@ async fn start(kafka: &KafkaSettings, limits: LimitSettings) -> Service {
             .await
             .is_ok_and(|r| r.status().is_success())
         {
+            test_support::publish_price_lists(&url).await.unwrap();
             return Service { url, shutdown };
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

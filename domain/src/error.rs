@@ -257,13 +257,14 @@ impl DomainError {
     /// The contract field this refusal concerns, as a dotted path (`"slot.start"`), if any.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            Self::FacilityNotRegistered | Self::FacilityAlreadyRegistered => Some("facility_id"),
+            Self::FacilityNotRegistered
+            | Self::FacilityAlreadyRegistered
+            | Self::FacilityKindNotOffered { .. } => Some("facility_id"),
             Self::BookingHoldsAnotherSlot { .. } | Self::SlotOutsideOpeningHours => Some("slot"),
             Self::BookingNotFound | Self::BookingAlreadyRequested => Some("booking_id"),
             Self::NoFamilyContacts | Self::TooManyFamilyContacts { .. } => Some("family_contacts"),
             Self::ZeroPrice => Some("statement.total"),
             Self::ServiceNotOffered { .. } => Some("service_type"),
-            Self::FacilityKindNotOffered { .. } => Some("facility_id"),
             Self::UnknownAddOn { .. } | Self::AddOnRepeated { .. } | Self::TooManyAddOns { .. } => {
                 Some("add_ons")
             }

@@ -23,9 +23,8 @@ use crate::pricing::{ItemCode, PriceItem, PriceList, PriceListRef, PricingReques
 use crate::saga::{SagaEvent, SagaStep};
 use crate::values::{
     BookingId, Capacity, Currency, EmailAddress, FacilityId, FacilityKind, FacilityName,
-    ItemDescription, Money,
-    OpeningHours, OpeningInterval, PaymentId, PersonName, PhoneNumber, Relationship, ServiceType,
-    Slot, TimeZone, TurnaroundBuffer,
+    ItemDescription, Money, OpeningHours, OpeningInterval, PaymentId, PersonName, PhoneNumber,
+    Relationship, ServiceType, Slot, TimeZone, TurnaroundBuffer,
 };
 
 const VALID: &str = "fixture literals are valid";

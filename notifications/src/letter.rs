@@ -13,7 +13,8 @@
 use std::fmt::Write as _;
 
 use chrono::{DateTime, FixedOffset};
-use domain::values::Slot;
+use domain::pricing::Statement;
+use domain::values::{Currency, Money, Slot};
 
 use crate::notification::{Notification, NotificationKind};
 
@@ -89,6 +90,9 @@ impl Notification {
         }
         let _ = writeln!(text, "  When:  {}", when(&self.slot));
         text.push('\n');
+        if let (NotificationKind::Confirmation, Some(statement)) = (self.kind, &self.statement) {
+            write_statement(&mut text, statement);
+        }
         if let Some(reason) = reason {
             let _ = writeln!(text, "Reason: {reason}\n");
         }
@@ -102,6 +106,44 @@ impl Notification {
         let _ = writeln!(text, "Booking reference: {}", self.booking_id);
         Letter { subject, text }
     }
+}
+
+/// The itemised statement, one line per item and adjustment, then the total paid: what the
+/// family was charged and why (docs/pricing.md). Descriptions and reasons are the home's words,
+/// quoted like any text the letter did not write.
+fn write_statement(text: &mut String, statement: &Statement) {
+    let amount = |minor: i64| signed_amount(minor, statement.currency);
+    text.push_str("Your statement:\n");
+    for line in &statement.lines {
+        let description = quoted(&line.description, NAME_MAX_CHARS);
+        match line.minutes {
+            Some(minutes) => {
+                let _ = writeln!(
+                    text,
+                    "  {description}, {minutes} minutes at {} an hour: {}",
+                    amount(line.unit_amount_minor),
+                    amount(line.amount_minor)
+                );
+            }
+            None => {
+                let _ = writeln!(text, "  {description}: {}", amount(line.amount_minor));
+            }
+        }
+    }
+    for adjustment in &statement.adjustments {
+        let reason = quoted(&adjustment.reason, REASON_MAX_CHARS);
+        let _ = writeln!(text, "  {reason}: {}", amount(adjustment.amount_minor));
+    }
+    let _ = writeln!(text, "  Total paid: {}\n", amount(statement.total_minor));
+}
+
+/// `minor` units of `currency` as the letter shows money: `1250.00 GBP`, `-250.00 GBP`.
+fn signed_amount(minor: i64, currency: Currency) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    format!(
+        "{sign}{}",
+        Money::saturating(minor.saturating_abs(), currency)
+    )
 }
 
 /// The most characters of a name quoted (the API's limit for names).
@@ -177,7 +219,44 @@ mod tests {
             facility_name: Some("St Mary's Chapel".to_owned()),
             slot: Slot::parse("2027-03-02T10:00:00+00:00", "2027-03-02T11:00:00+00:00").unwrap(),
             reason: None,
+            statement: None,
         }
+    }
+
+    #[test]
+    fn a_confirmation_lists_the_statement_and_only_a_confirmation_does() {
+        let mut statement =
+            domain::pricing::Statement::agreed(Money::new(125_000, Currency::GBP).unwrap());
+        statement.lines[0].description = "Burial service".to_owned();
+        statement.lines.push(domain::pricing::StatementLine {
+            code: "chapel.hour".to_owned(),
+            description: "Chapel, per hour".to_owned(),
+            unit_amount_minor: 30_000,
+            minutes: Some(90),
+            amount_minor: 45_000,
+        });
+        statement.adjustments.push(domain::pricing::Adjustment {
+            amount_minor: -20_050,
+            // A reason stored by a release that let a line break through is still one line.
+            reason: "Hardship\ndiscount".to_owned(),
+        });
+        statement.total_minor = 149_950;
+        let mut confirmation = notification(NotificationKind::Confirmation);
+        confirmation.statement = Some(statement.clone());
+        let text = confirmation.letter().text;
+        assert!(
+            text.contains(
+                "Your statement:\n  \
+                 Burial service: 1250.00 GBP\n  \
+                 Chapel, per hour, 90 minutes at 300.00 GBP an hour: 450.00 GBP\n  \
+                 Hardship discount: -200.50 GBP\n  \
+                 Total paid: 1499.50 GBP\n\n"
+            ),
+            "{text}"
+        );
+        let mut cancellation = notification(NotificationKind::Cancellation);
+        cancellation.statement = Some(statement);
+        assert!(!cancellation.letter().text.contains("statement"));
     }
 
     #[test]

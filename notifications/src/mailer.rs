@@ -345,6 +345,7 @@ mod tests {
             facility_name: Some("St Mary's Chapel".to_owned()),
             slot: Slot::parse("2027-03-02T10:00:00+00:00", "2027-03-02T11:00:00+00:00").unwrap(),
             reason: None,
+            statement: None,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use domain::pricing::Statement;
 use domain::values::{BookingId, EmailAddress, Slot};
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,10 @@ pub struct Notification {
     pub slot: Slot,
     /// Why it was rejected, failed or cancelled, in plain words for the family.
     pub reason: Option<String>,
+    /// The itemised statement the booking was priced with: the confirmation letter lists it
+    /// (docs/pricing.md). `None` for a booking whose saga facts predate price lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<Statement>,
 }
 
 impl fmt::Debug for Notification {
@@ -79,6 +84,7 @@ impl fmt::Debug for Notification {
             .field("facility_name", &self.facility_name)
             .field("slot", &self.slot)
             .field("reason", &self.reason)
+            .field("statement", &self.statement)
             .finish()
     }
 }
@@ -135,6 +141,7 @@ mod tests {
             facility_name: Some("St Mary's Chapel".to_owned()),
             slot: Slot::parse("2027-03-02T10:00:00+00:00", "2027-03-02T11:00:00+00:00").unwrap(),
             reason: None,
+            statement: None,
         };
         let debug = format!("{notification:?}");
         assert!(!debug.contains("byron"), "{debug}");

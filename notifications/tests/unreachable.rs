@@ -18,6 +18,7 @@ fn notification() -> Notification {
         facility_name: None,
         slot: Slot::parse("2027-03-02T10:00:00+00:00", "2027-03-02T11:00:00+00:00").unwrap(),
         reason: None,
+        statement: None,
     }
 }
 

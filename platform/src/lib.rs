@@ -20,6 +20,7 @@
 //!   `/metrics` and the readiness report.
 
 pub mod auth;
+pub mod database;
 pub mod digest;
 pub mod http;
 pub mod json;

@@ -150,20 +150,7 @@ impl KeyStore {
         let masters = MasterKeys::parse(settings.master_keys.expose_secret())?;
         let mut admin = PgConnection::connect_with(&options).await?;
         // Several services start together and may race to create it; IF NOT EXISTS is not
-        // atomic.
-        let created = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
-            .execute(&mut admin)
-            .await;
-        if let Err(error) = created {
-            let exists: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-                    .bind(SCHEMA)
-                    .fetch_one(&mut admin)
-                    .await?;
-            if !exists {
-                return Err(error.into());
-            }
-        }
+        platform::database::create_schema(&mut admin, SCHEMA).await?;
         admin.close().await?;
         let pool = pool
             .connect_with(options.options([("search_path", SCHEMA)]))

@@ -11,7 +11,8 @@
 //! | 1 | the releases before versions were declared (the legacy layout, `rm_v<N>` and `live`) |
 //! | 2 | adds `bookings.status_changed_by` and the index `bookings_by_status` |
 //! | 3 | adds `facilities.home` (the funeral home; `NULL` for a facility registered before homes were named, read as `FM_TENANCY__DEFAULT_HOME`) and the index `facilities_by_home`, which every director's query filters through (docs/identity.md, "Tenancy") |
-//! | 4 | only with the test-only feature `next-read-model`: adds `facilities.name_key` and the index `facilities_by_name_key`, so that a test can run two builds side by side through a shape change |
+//! | 4 | adds `bookings.statement`: the itemised statement the booking was priced with (docs/pricing.md; a booking upcast from before price lists has a one-line statement of its agreed price) |
+//! | 5 | only with the test-only feature `next-read-model`: adds `facilities.name_key` and the index `facilities_by_name_key`, so that a test can run two builds side by side through a shape change |
 
 /// A read-model version: its number, the statements that create its tables in a build's schema,
 /// and the tables its views show.
@@ -39,20 +40,20 @@ impl ReadModel {
 /// The version this build of the projection-service builds and keeps current.
 #[cfg(not(feature = "next-read-model"))]
 pub const READ_MODEL: ReadModel = ReadModel {
-    version: 3,
-    ddl: &[VERSION_2, VERSION_3_ADDS],
-    tables: &TABLES,
-};
-
-/// Test-only (`next-read-model`): version 4, version 3 with a column and an index more.
-#[cfg(feature = "next-read-model")]
-pub const READ_MODEL: ReadModel = ReadModel {
     version: 4,
     ddl: &[VERSION_2, VERSION_3_ADDS, VERSION_4_ADDS],
     tables: &TABLES,
 };
 
-/// The tables of versions 2 to 4.
+/// Test-only (`next-read-model`): version 5, version 4 with a column and an index more.
+#[cfg(feature = "next-read-model")]
+pub const READ_MODEL: ReadModel = ReadModel {
+    version: 5,
+    ddl: &[VERSION_2, VERSION_3_ADDS, VERSION_4_ADDS, VERSION_5_ADDS],
+    tables: &TABLES,
+};
+
+/// The tables of versions 2 to 5.
 const TABLES: [&str; 6] = [
     "projection_offsets",
     "projection_anomalies",
@@ -191,10 +192,16 @@ ALTER TABLE {schema}.facilities ADD COLUMN IF NOT EXISTS home UUID;
 CREATE INDEX IF NOT EXISTS facilities_by_home ON {schema}.facilities (home, registered_at, facility_id);
 ";
 
-/// What version 4 adds to version 3 (test-only): a column computed from the facility's name
+/// What version 4 adds to version 3: the booking's itemised statement, as the event carries it
+/// (`GET /bookings/{id}` shows it; docs/pricing.md).
+const VERSION_4_ADDS: &str = r"
+ALTER TABLE {schema}.bookings ADD COLUMN IF NOT EXISTS statement JSONB;
+";
+
+/// What version 5 adds to version 4 (test-only): a column computed from the facility's name
 /// and an index on it, the kind of change a search route of a later release would need.
 #[cfg(feature = "next-read-model")]
-const VERSION_4_ADDS: &str = r"
+const VERSION_5_ADDS: &str = r"
 ALTER TABLE {schema}.facilities
     ADD COLUMN IF NOT EXISTS name_key TEXT GENERATED ALWAYS AS (lower(name)) STORED;
 CREATE INDEX IF NOT EXISTS facilities_by_name_key ON {schema}.facilities (name_key, facility_id);

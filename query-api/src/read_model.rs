@@ -23,11 +23,11 @@ use crate::settings::ReadModelSettings;
 
 /// The read-model version this release's queries are written for.
 #[cfg(not(feature = "next-read-model"))]
-pub const VERSION: i32 = 3;
-
-/// Test-only (`next-read-model`): version 4, which adds `facilities.name_key`.
-#[cfg(feature = "next-read-model")]
 pub const VERSION: i32 = 4;
+
+/// Test-only (`next-read-model`): version 5, which adds `facilities.name_key`.
+#[cfg(feature = "next-read-model")]
+pub const VERSION: i32 = 5;
 
 /// The schema of views onto [`VERSION`]'s live build: the only one this service reads.
 pub fn schema() -> String {

@@ -395,6 +395,7 @@ impl Effects {
             facility_name,
             slot: request.slot,
             reason: saga.reason.clone(),
+            statement: request.statement.clone(),
         };
         match self.mailer.send(&notification).await {
             Ok(sent) => {

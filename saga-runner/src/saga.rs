@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use domain::pricing::Statement;
 use domain::{
     booking::{BookingEvent, BookingStatus, SealedPersonal},
     facility::{FacilityEvent, SlotRejectionReason},
@@ -76,6 +77,10 @@ pub struct Request {
     /// As `recipients`: the deceased's name in facts of the release before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deceased_name: Option<String>,
+    /// The itemised statement, for the confirmation letter (docs/pricing.md). Absent in facts
+    /// stored before price lists: their letters then show no statement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<Statement>,
 }
 
 /// Whether the facility holds the booking's slot.
@@ -428,6 +433,7 @@ impl Saga {
                 slot,
                 personal,
                 price,
+                statement,
                 ..
             } => {
                 self.request = Some(Request {
@@ -437,6 +443,7 @@ impl Saga {
                     personal: Some(personal.clone()),
                     recipients: Vec::new(),
                     deceased_name: None,
+                    statement: Some(statement.clone()),
                 });
                 // The booking request is the flow's origin: its correlation id wins.
                 self.correlation_id = Some(observed.correlation_id);

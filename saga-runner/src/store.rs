@@ -32,20 +32,7 @@ pub const WAKE_CHANNEL: &str = "saga_due";
 pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(settings.url.expose_secret())?;
     let mut admin = PgConnection::connect_with(&options).await?;
-    // Two runners starting together may race to create it; IF NOT EXISTS is not atomic.
-    let created = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
-        .execute(&mut admin)
-        .await;
-    if let Err(error) = created {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-                .bind(SCHEMA)
-                .fetch_one(&mut admin)
-                .await?;
-        if !exists {
-            return Err(error.into());
-        }
-    }
+    platform::database::create_schema(&mut admin, SCHEMA).await?;
     admin.close().await?;
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)

@@ -8,9 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use domain::{
-    Aggregate, booking::Booking, booking::BookingEvent, facility::Facility, facility::FacilityEvent,
-    payment::Payment,
-    saga::Saga,
+    Aggregate, booking::Booking, booking::BookingEvent, facility::Facility,
+    facility::FacilityEvent, payment::Payment, saga::Saga,
 };
 use schemas::{
     AggregateType, ContractViolation, EventEnvelope, SchemaRegistry,
@@ -370,7 +369,10 @@ fn a_booking_priced_before_price_lists_reads_as_a_statement_of_its_agreed_price(
     assert_eq!(statement["price_list"], Value::Null);
     assert_eq!(statement["lines"].as_array().map(Vec::len), Some(1));
     assert_eq!(statement["lines"][0]["code"], "agreed_price");
-    assert_eq!(statement["lines"][0]["amount_minor"], agreed["amount_minor"]);
+    assert_eq!(
+        statement["lines"][0]["amount_minor"],
+        agreed["amount_minor"]
+    );
     assert_eq!(statement["total_minor"], agreed["amount_minor"]);
     assert_eq!(statement["currency"], agreed["currency"]);
     let BookingEvent::BookingRequested {
@@ -384,11 +386,7 @@ fn a_booking_priced_before_price_lists_reads_as_a_statement_of_its_agreed_price(
 
     // A v3 record must carry its statement; a v2 one must not.
     let mut v3_without = upcast.clone();
-    v3_without
-        .data
-        .as_object_mut()
-        .unwrap()
-        .remove("statement");
+    v3_without.data.as_object_mut().unwrap().remove("statement");
     let v3_without = serde_json::to_value(&v3_without).unwrap();
     assert!(matches!(
         registry.validate(&v3_without),

@@ -523,13 +523,18 @@ fn booking_body(shared: &Shared, rng: &mut fastrand::Rng, slot: GridSlot) -> Val
         }));
     }
     let service = ["burial", "cremation", "memorial", "viewing"][rng.usize(0..4)];
+    // The home's list prices each booking (docs/pricing.md); add-ons vary the totals.
+    let add_ons: Vec<&str> = ["celebrant", "transport"]
+        .into_iter()
+        .filter(|_| rng.bool())
+        .collect();
     json!({
         "facility_id": shared.facilities[slot.facility % shared.facilities.len()],
         "service_type": service,
         "slot": {"start": start.to_rfc3339(), "end": end.to_rfc3339()},
         "deceased": {"full_name": format!("Soak Person {person}"), "date_of_death": death.format("%Y-%m-%d").to_string()},
         "family_contacts": contacts,
-        "price": {"amount_minor": rng.i64(50_000..300_000), "currency": "GBP"},
+        "add_ons": add_ons,
     })
 }
 
@@ -676,8 +681,9 @@ async fn bad_request(shared: &Shared, rng: &mut fastrand::Rng, who: &Caller) {
             body["family_contacts"] = json!([]);
             ("/bookings".to_owned(), body)
         }
+        // A price in the request: the home's list sets it, so the field is refused (422).
         1 => {
-            body["price"]["amount_minor"] = json!(12.5);
+            body["price"] = json!({"amount_minor": 1, "currency": "GBP"});
             ("/bookings".to_owned(), body)
         }
         // An unknown facility: 404.
@@ -832,11 +838,54 @@ async fn client_loop(shared: Arc<Shared>, client: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The price list of the home the soak's facilities belong to (the deployment's default home:
+/// its directors' shared-secret tokens name no home), published once on the first replica: the
+/// replicas share the database it lives in.
+async fn publish_price_list(shared: &Shared, token: &str) -> anyhow::Result<()> {
+    let home = platform::settings::TenancySettings::LOCAL_HOME_A;
+    let url = shared
+        .config
+        .command_urls
+        .first()
+        .context("no command-service to publish the price list on")?;
+    let body = json!({
+        "currency": "GBP",
+        "items": [
+            {"kind": "service", "code": "burial", "description": "Burial service", "service_type": "burial", "amount_minor": 95_000},
+            {"kind": "service", "code": "cremation", "description": "Cremation service", "service_type": "cremation", "amount_minor": 85_000},
+            {"kind": "service", "code": "memorial", "description": "Memorial service", "service_type": "memorial", "amount_minor": 60_000},
+            {"kind": "service", "code": "viewing", "description": "Viewing", "service_type": "viewing", "amount_minor": 30_000},
+            {"kind": "facility_hour", "code": "chapel.hour", "description": "Chapel, per hour", "facility_kind": "chapel", "amount_minor": 30_000},
+            {"kind": "add_on", "code": "celebrant", "description": "Celebrant", "amount_minor": 18_000},
+            {"kind": "add_on", "code": "transport", "description": "Transport of the deceased", "amount_minor": 12_000},
+        ],
+    });
+    // The stack may still be settling (a replica restarting): retry for a while.
+    let mut last = String::new();
+    for _ in 0..60 {
+        let answer = shared
+            .http
+            .put(format!("{url}/homes/{home}/price-list"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await;
+        match answer {
+            Ok(response) if response.status().is_success() => return Ok(()),
+            Ok(response) => last = format!("{}", response.status()),
+            Err(error) => last = error.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("publishing the soak's price list failed: {last}")
+}
+
 async fn register_facilities(
     shared: &Shared,
     rng: &mut fastrand::Rng,
 ) -> anyhow::Result<Vec<Uuid>> {
     let token = shared.token(Role::Director, "soak-director-0")?;
+    publish_price_list(shared, &token).await?;
     let mut facilities = Vec::new();
     for index in 0..shared.config.facilities {
         let key = shared.key();

@@ -128,6 +128,7 @@ impl TestStack {
         for url in [&stack.command_url, &stack.query_url, &stack.projection_url] {
             stack.wait_ready(url).await?;
         }
+        test_support::publish_price_lists(&stack.command_url).await?;
         Ok(stack)
     }
 
@@ -167,6 +168,11 @@ pub mod bodies {
     use chrono::{Datelike, Duration, NaiveTime, TimeZone, Utc};
     use serde_json::{Value, json};
 
+    /// The price list the test stacks publish for their homes (`test_support::price_list`).
+    pub fn price_list() -> Value {
+        test_support::price_list()
+    }
+
     /// A chapel in London open 08:00–20:00 every day, with a 30-minute turnaround.
     pub fn facility() -> Value {
         let hours: Vec<Value> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -183,7 +189,8 @@ pub mod bodies {
         })
     }
 
-    /// A one-hour burial at 10:00 London time `days_ahead` days from now.
+    /// A one-hour burial at 10:00 London time `days_ahead` days from now: priced by the home's
+    /// list at `test_support::ONE_HOUR_BURIAL_IN_A_CHAPEL` in a chapel.
     pub fn booking(facility_id: &str, days_ahead: i64) -> Value {
         let day = (Utc::now() + Duration::days(days_ahead)).date_naive();
         let start = chrono_tz::Europe::London
@@ -200,7 +207,6 @@ pub mod bodies {
             "slot": {"start": start.to_rfc3339(), "end": end.to_rfc3339()},
             "deceased": {"full_name": "Ada Lovelace", "date_of_death": format!("{:04}-{:02}-{:02}", death.year(), death.month(), death.day())},
             "family_contacts": [{"name": "Byron King", "relationship": "son", "email": "byron@example.org", "phone": "+447700900123"}],
-            "price": {"amount_minor": 125_000, "currency": "GBP"},
         })
     }
 }

@@ -294,8 +294,8 @@ impl SagaStack {
     }
 
     /// Requests a one-hour booking `days_ahead` days from now in slot `index` of that day
-    /// (0..8: 08:00, 09:30, ... 18:30 London time, so no two indexes overlap), priced
-    /// `amount_minor` pence.
+    /// (0..8: 08:00, 09:30, ... 18:30 London time, so no two indexes overlap), for a total of
+    /// `amount_minor` pence (the home's list, and a director's adjustment to that total).
     pub async fn request_booking(
         &self,
         facility: Uuid,
@@ -504,7 +504,7 @@ pub fn performed_steps(saga: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A booking body for [`SagaStack::request_booking`].
+/// A booking body for [`SagaStack::request_booking`]: a director's (it may carry an adjustment).
 pub fn booking_body(facility: Uuid, days_ahead: i64, index: u32, amount_minor: i64) -> Value {
     let mut body = bodies::booking(&facility.to_string(), days_ahead);
     let day = (Utc::now() + Days::days(days_ahead)).date_naive();
@@ -516,7 +516,13 @@ pub fn booking_body(facility: Uuid, days_ahead: i64, index: u32, amount_minor: i
         .expect("the time exists on that London day");
     let end = start + Days::hours(1);
     body["slot"] = serde_json::json!({"start": start.to_rfc3339(), "end": end.to_rfc3339()});
-    body["price"]["amount_minor"] = amount_minor.into();
+    // The home's list prices the booking; a director's adjustment brings it to the amount the
+    // test counts money by.
+    let adjustment = amount_minor - test_support::ONE_HOUR_BURIAL_IN_A_CHAPEL;
+    if adjustment != 0 {
+        body["adjustments"] =
+            serde_json::json!([{"amount_minor": adjustment, "reason": "Test amount"}]);
+    }
     body
 }
 

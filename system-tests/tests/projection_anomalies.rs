@@ -81,6 +81,7 @@ async fn a_gap_parks_the_aggregate_until_the_missing_event_arrives_and_a_duplica
         date_of_death,
         personal,
         price,
+        statement,
         ..
     } = fixtures::booking_requested()
     else {
@@ -94,6 +95,7 @@ async fn a_gap_parks_the_aggregate_until_the_missing_event_arrives_and_a_duplica
         date_of_death,
         personal,
         price,
+        statement,
     };
     // The booking's facility first: a director sees a booking through its facility's home (here
     // the default home, home A, as the fixture names none; docs/identity.md, "Tenancy").

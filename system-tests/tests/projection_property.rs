@@ -248,7 +248,7 @@ async fn run(ops: &[(u8, usize, u8)]) -> (FacilityId, Vec<BookingId>, Fold) {
                             deceased,
                             family_contacts,
                             personal,
-                            price,
+                            statement,
                             ..
                         } = fixtures::request_booking()
                         else {
@@ -266,7 +266,7 @@ async fn run(ops: &[(u8, usize, u8)]) -> (FacilityId, Vec<BookingId>, Fold) {
                             deceased,
                             family_contacts,
                             personal,
-                            price,
+                            statement,
                             now: fixtures::now(),
                         }
                     }

@@ -1,16 +1,16 @@
 //! A release that changes the shape of the read models, rolled out without downtime: two builds
-//! side by side, as separate processes. The **current** build (read-model version 3) and a
-//! **next** build (the test-only feature `next-read-model`: version 4, a column and an index
+//! side by side, as separate processes. The **current** build (read-model version 4) and a
+//! **next** build (the test-only feature `next-read-model`: version 5, a column and an index
 //! more) of the projection-service and the query-api, on one log and one database:
 //!
 //! 1. the current projection-service and query-api answer;
 //! 2. the next query-api starts first: not ready, and a query is refused (503), never answered
 //!    from a version that is not built;
-//! 3. the next projection-service starts beside the current one and builds version 4 from
-//!    offset 0, while the current one keeps version 3 current;
-//! 4. version 4 goes live, the next query-api turns ready and joins the clients' pool;
+//! 3. the next projection-service starts beside the current one and builds version 5 from
+//!    offset 0, while the current one keeps version 4 current;
+//! 4. version 5 goes live, the next query-api turns ready and joins the clients' pool;
 //! 5. the current query-api leaves the pool and stops, then the current projection-service;
-//! 6. version 3 is dropped once no query-api reads it and the grace period has passed, not
+//! 6. version 4 is dropped once no query-api reads it and the grace period has passed, not
 //!    before.
 //!
 //! Clients poll throughout, each writing its own facility to the log and reading it back with
@@ -45,8 +45,8 @@ use system_tests::{fresh_database, fresh_kafka, process::ServiceProcess};
 use uuid::Uuid;
 
 /// The two releases' read-model versions.
-const CURRENT: i32 = 3;
-const NEXT: i32 = 4;
+const CURRENT: i32 = 4;
+const NEXT: i32 = 5;
 
 /// Within one release the query-api reads the version its projection-service builds, and that
 /// is the version this test rolls out from.
@@ -58,7 +58,7 @@ fn the_query_api_reads_the_version_its_release_builds() {
     );
     assert_eq!(projection_service::READ_MODEL.version, CURRENT);
 }
-/// How long version 3 is kept once nothing reads it.
+/// How long version 4 is kept once nothing reads it.
 const GRACE: Duration = Duration::from_secs(6);
 
 /// One query-api the clients may be sent to, as a load balancer knows it.
@@ -339,7 +339,7 @@ async fn a_new_read_model_version_is_rolled_out_beside_the_old_one_without_a_fai
     assert!(
         ready
             .to_string()
-            .contains("read-model version 4 has no live build yet"),
+            .contains("read-model version 5 has no live build yet"),
         "{ready}"
     );
     let refused = http
@@ -356,7 +356,7 @@ async fn a_new_read_model_version_is_rolled_out_beside_the_old_one_without_a_fai
         "urn:funeral-manager:problem:read-model-unavailable"
     );
 
-    // 3. The next projection-service beside the current one: it builds version 4 from offset 0.
+    // 3. The next projection-service beside the current one: it builds version 5 from offset 0.
     let mut projector_next = start(
         "projection-service next",
         &next,
@@ -396,7 +396,7 @@ async fn a_new_read_model_version_is_rolled_out_beside_the_old_one_without_a_fai
     assert_eq!(status.dropped_at, None);
     assert_eq!(
         status.drop_after, None,
-        "version 3 is kept while a query-api reads it"
+        "version 4 is kept while a query-api reads it"
     );
     assert_eq!(status.readers.len(), 1, "{status:?}");
 
@@ -416,7 +416,7 @@ async fn a_new_read_model_version_is_rolled_out_beside_the_old_one_without_a_fai
 
     // 6. Version 2 is dropped, not before the grace period after its last reader stopped.
     let announced = Arc::new(Mutex::new(None));
-    eventually(Duration::from_mins(2), "version 3 is dropped", || {
+    eventually(Duration::from_mins(2), "version 4 is dropped", || {
         let (db, announced) = (db.clone(), announced.clone());
         async move {
             let status = version_status(&db, CURRENT).await;
@@ -432,7 +432,7 @@ async fn a_new_read_model_version_is_rolled_out_beside_the_old_one_without_a_fai
     let (dropped_at, last_read_at) = (status.dropped_at.unwrap(), status.last_read_at.unwrap());
     assert!(
         announced.is_some(),
-        "`fmctl projections status` showed when version 3 would drop before it did"
+        "`fmctl projections status` showed when version 4 would drop before it did"
     );
     assert!(
         dropped_at >= last_read_at + chrono::Duration::from_std(GRACE).unwrap(),

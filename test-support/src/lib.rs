@@ -392,3 +392,52 @@ pub async fn route_role_mismatches(base: &str, document: &serde_json::Value) -> 
     }
     mismatches
 }
+
+/// The price list every test stack publishes for the local realm's homes: every service type,
+/// every facility kind by the hour, three add-ons. A one-hour burial in a chapel costs
+/// [`ONE_HOUR_BURIAL_IN_A_CHAPEL`].
+pub fn price_list() -> serde_json::Value {
+    serde_json::json!({
+        "currency": "GBP",
+        "items": [
+            {"kind": "service", "code": "burial", "description": "Burial service", "service_type": "burial", "amount_minor": 95_000},
+            {"kind": "service", "code": "cremation", "description": "Cremation service", "service_type": "cremation", "amount_minor": 85_000},
+            {"kind": "service", "code": "memorial", "description": "Memorial service", "service_type": "memorial", "amount_minor": 60_000},
+            {"kind": "service", "code": "viewing", "description": "Viewing", "service_type": "viewing", "amount_minor": 30_000},
+            {"kind": "facility_hour", "code": "chapel.hour", "description": "Chapel, per hour", "facility_kind": "chapel", "amount_minor": 30_000},
+            {"kind": "facility_hour", "code": "crematorium.hour", "description": "Crematorium, per hour", "facility_kind": "crematorium", "amount_minor": 40_000},
+            {"kind": "facility_hour", "code": "graveside.hour", "description": "Graveside, per hour", "facility_kind": "graveside", "amount_minor": 20_000},
+            {"kind": "facility_hour", "code": "reception_hall.hour", "description": "Reception hall, per hour", "facility_kind": "reception_hall", "amount_minor": 15_000},
+            {"kind": "add_on", "code": "cremation_fee", "description": "Cremation fee", "amount_minor": 25_000},
+            {"kind": "add_on", "code": "celebrant", "description": "Celebrant", "amount_minor": 18_000},
+            {"kind": "add_on", "code": "transport", "description": "Transport of the deceased", "amount_minor": 12_000},
+        ],
+    })
+}
+
+/// What [`price_list`] charges for a one-hour burial in a chapel: £1,250.00.
+pub const ONE_HOUR_BURIAL_IN_A_CHAPEL: i64 = 125_000;
+
+/// Publishes [`price_list`] for both homes of the local realm (`LOCAL_HOME_A`, the default home
+/// of facilities registered without one, and `LOCAL_HOME_B`) on the command-service at
+/// `command_url`, as the realm's group administrator: a stack cannot take bookings before its
+/// homes have price lists (docs/pricing.md).
+pub async fn publish_price_lists(command_url: &str) -> anyhow::Result<()> {
+    use platform::settings::TenancySettings;
+    let token = person_token("group-admin").await?;
+    let http = reqwest::Client::new();
+    for home in [TenancySettings::LOCAL_HOME_A, TenancySettings::LOCAL_HOME_B] {
+        let response = http
+            .put(format!("{command_url}/homes/{home}/price-list"))
+            .bearer_auth(&token)
+            .json(&price_list())
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            anyhow::bail!("publishing the price list of home {home} answered {status}: {body}");
+        }
+    }
+    Ok(())
+}

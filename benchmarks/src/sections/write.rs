@@ -38,13 +38,24 @@ pub(crate) struct WriteResults {
     pub reps: Vec<WriteRep>,
 }
 
-/// Registers `count` facilities; returns their ids.
+/// Publishes the price list of the facilities' home (the deployment's default home: the
+/// benchmark's shared-secret director names none), then registers `count` facilities; returns
+/// their ids.
 pub(crate) async fn register_facilities(
     http: &reqwest::Client,
     base: &str,
     token: &str,
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
+    let home = platform::settings::TenancySettings::LOCAL_HOME_A;
+    expect(
+        http.put(format!("{base}/homes/{home}/price-list"))
+            .bearer_auth(token)
+            .json(&system_tests::bodies::price_list()),
+        StatusCode::OK,
+    )
+    .await
+    .map_err(|(status, detail)| anyhow::anyhow!("PUT the price list: {status} {detail}"))?;
     let mut ids = Vec::with_capacity(count);
     for _ in 0..count {
         let body = expect(

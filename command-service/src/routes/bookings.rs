@@ -16,12 +16,17 @@ use domain::{
         OpenBookings, PersonalData, SealedPersonal,
     },
     facility::Facility,
+    pricing::{Adjustment, ItemCode, PriceListRef, PricingRequest, Statement},
     values::{
-        BookingId, Currency, EmailAddress, FacilityId, Money, PersonName, PhoneNumber,
-        Relationship, ServiceType, Slot,
+        BookingId, EmailAddress, FacilityId, FacilityKind, PersonName, PhoneNumber, Relationship,
+        ServiceType, Slot,
     },
 };
-use platform::{auth::Caller, path::ValidPath};
+use platform::{
+    auth::Caller,
+    path::ValidPath,
+    problem::{FieldError, Problem},
+};
 use privacy::Opened;
 use schemas::Role;
 use serde::{Deserialize, Serialize};
@@ -32,7 +37,7 @@ use super::{
     AppState, Bookers, Cancellers, Empty, Erasers, Services, Violations, WriteRequest,
     check_flow_headers, parse_variant, reason_text, require_booking, written,
 };
-use crate::{commands::CommandError, error::ApiError};
+use crate::{commands::CommandError, error::ApiError, pricing::ListVersion};
 
 /// A booking request.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -46,7 +51,27 @@ pub(crate) struct RequestBooking {
     /// Everyone to tell; 1 to 10 (each is mailed).
     #[schema(min_items = 1, max_items = 10)]
     family_contacts: Vec<ContactDto>,
-    price: PriceDto,
+    /// Codes of the home's `add_on` items (its price list): at most 10, no repeats. There is no
+    /// price to send: the server prices the booking from the home's list (docs/pricing.md).
+    #[serde(default)]
+    #[schema(max_items = 10, example = json!(["celebrant"]))]
+    add_ons: Vec<String>,
+    /// A director's discounts (negative) and other adjustments, each with its reason; at most 5.
+    /// A family's request with adjustments is refused (403).
+    #[serde(default)]
+    #[schema(max_items = 5)]
+    adjustments: Vec<AdjustmentDto>,
+}
+
+/// A director's adjustment of a booking's price.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdjustmentDto {
+    /// Minor units, signed: a discount is negative; not zero.
+    #[schema(example = -10_000, minimum = -10_000_000_000_i64, maximum = 10_000_000_000_i64)]
+    amount_minor: i64,
+    #[schema(example = "Hardship discount", min_length = 1, max_length = 500)]
+    reason: String,
 }
 
 /// Start and end, RFC 3339 with an offset.
@@ -83,17 +108,6 @@ pub(crate) struct ContactDto {
     phone: Option<String>,
 }
 
-/// Integer minor units and an ISO 4217 code; never a float.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PriceDto {
-    /// More than zero: a booking for nothing is refused (docs/payments.md, "A zero total").
-    #[schema(example = 125_000, minimum = 1)]
-    amount_minor: i64,
-    #[schema(schema_with = super::schema::currencies)]
-    currency: String,
-}
-
 /// Answer to booking writes (`202` to `POST /bookings`: the saga goes on asynchronously).
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct BookingWritten {
@@ -107,6 +121,7 @@ impl RequestBooking {
         self,
         booking_id: BookingId,
         facility: FacilitySchedule,
+        pricing: &Pricing,
     ) -> Result<BookingCommand, ApiError> {
         let mut violations = Violations::default();
         let service_type = violations.check(
@@ -172,20 +187,16 @@ impl RequestBooking {
                 })
             })
             .collect();
-        let currency = violations.check("price.currency", Currency::parse(&self.price.currency));
-        let price = currency.and_then(|currency| {
-            violations.check(
-                "price.amount_minor",
-                Money::new(self.price.amount_minor, currency),
-            )
-        });
+        let (add_ons, adjustments, priced_parts_valid) =
+            priced_parts(&self.add_ons, &self.adjustments, &mut violations);
         // An invalid contact was recorded as a violation and is missing from `contacts`.
         let contacts_valid =
             (1..=MAX_FAMILY_CONTACTS).contains(&contact_count) && contacts.len() == contact_count;
-        match (service_type, slot, full_name, date_of_death, price) {
-            (Some(service_type), Some(slot), Some(full_name), Some(date_of_death), Some(price))
-                if contacts_valid =>
+        match (service_type, slot, full_name, date_of_death) {
+            (Some(service_type), Some(slot), Some(full_name), Some(date_of_death))
+                if contacts_valid && priced_parts_valid =>
             {
+                let statement = pricing.statement(service_type, &slot, &add_ons, adjustments)?;
                 // Sealed by the handler (`seal_personal`) before the command is decided: the
                 // plaintext never reaches the log.
                 let personal = SealedPersonal::Legacy {
@@ -205,13 +216,48 @@ impl RequestBooking {
                     },
                     family_contacts: contacts,
                     personal,
-                    price,
+                    statement,
                     now: Utc::now(),
                 })
             }
             _ => Err(violations.into_error()),
         }
     }
+}
+
+/// The add-ons' codes and the adjustments of a request, and whether every one was valid (each
+/// invalid one is recorded in `violations`, named by its index).
+fn priced_parts(
+    add_ons: &[String],
+    adjustments: &[AdjustmentDto],
+    violations: &mut Violations,
+) -> (Vec<ItemCode>, Vec<Adjustment>, bool) {
+    let codes: Vec<ItemCode> = add_ons
+        .iter()
+        .enumerate()
+        .filter_map(|(index, code)| {
+            violations.check(format!("add_ons[{index}]"), ItemCode::parse(code))
+        })
+        .collect();
+    let parsed: Vec<Adjustment> = adjustments
+        .iter()
+        .enumerate()
+        .filter_map(|(index, adjustment)| {
+            match Adjustment::new(adjustment.amount_minor, &adjustment.reason) {
+                Ok(adjustment) => Some(adjustment),
+                Err((field, error)) => {
+                    violations.add(
+                        format!("adjustments[{index}].{field}"),
+                        error.rule,
+                        error.message,
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
+    let valid = codes.len() == add_ons.len() && parsed.len() == adjustments.len();
+    (codes, parsed, valid)
 }
 
 /// Why a booking is cancelled, rejected or failed.
@@ -245,7 +291,8 @@ pub(crate) struct Cancellation {
     responses(
         (status = 202, description = "Accepted; the saga runs on", body = BookingWritten),
         (status = 404, description = "Unknown facility", body = platform::problem::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A booking with this id exists (an Idempotency-Key reused after it was forgotten), or the family already holds as many open bookings as it may (`booking.open_bookings_limit`)", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A family sent `adjustments` (`adjustments.director_only`): only a director adjusts a price", body = platform::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A booking with this id exists (an Idempotency-Key reused after it was forgotten), the family already holds as many open bookings as it may (`booking.open_bookings_limit`), or the facility's home has published no price list (`price_list.not_published`)", body = platform::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn request(
@@ -267,10 +314,30 @@ pub(crate) async fn request(
         time_zone: profile.time_zone,
         opening_hours: profile.opening_hours.clone(),
     };
+    // The price is the home's to set, never the family's (docs/pricing.md, docs/security.md API3).
+    if request.caller.role == Role::Family && !request.body.adjustments.is_empty() {
+        return Err(ApiError::Problem(
+            Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+                .with_detail("only a funeral director may adjust a booking's price")
+                .with_errors(vec![FieldError::new(
+                    "adjustments",
+                    "adjustments.director_only",
+                    "only a funeral director may adjust a booking's price",
+                )]),
+        ));
+    }
+    let home = profile
+        .funeral_home_id
+        .map_or(state.tenancy.default_home, |home| *home.as_uuid());
+    let pricing = Pricing {
+        list: current_price_list(&state, home).await?,
+        facility_kind: profile.kind,
+    };
     let booking_id = request.context.new_aggregate_id("booking");
-    let mut command = request
-        .body
-        .into_command(BookingId::from_uuid(booking_id), schedule)?;
+    let mut command =
+        request
+            .body
+            .into_command(BookingId::from_uuid(booking_id), schedule, &pricing)?;
     // A family holds at most so many open bookings (docs/security.md, API6); a director books
     // for many families and is not counted. A retry of a request that created its booking is
     // answered from the first outcome, whatever the count now.
@@ -299,6 +366,71 @@ pub(crate) async fn request(
         "booking_id",
         &executed.appended,
     ))
+}
+
+/// What a request is priced with: the home's current list and the kind of facility booked.
+struct Pricing {
+    list: ListVersion,
+    facility_kind: FacilityKind,
+}
+
+impl Pricing {
+    /// The request's statement, from the list (a refusal names the field it concerns).
+    fn statement(
+        &self,
+        service_type: ServiceType,
+        slot: &Slot,
+        add_ons: &[ItemCode],
+        adjustments: Vec<Adjustment>,
+    ) -> Result<Statement, ApiError> {
+        let reference = PriceListRef {
+            home_id: self.list.home,
+            version: self.list.version,
+        };
+        let request = PricingRequest {
+            service_type,
+            facility_kind: self.facility_kind,
+            slot,
+            add_ons,
+            adjustments,
+        };
+        Ok(self
+            .list
+            .list
+            .price(reference, request)
+            .map_err(CommandError::from)?)
+    }
+}
+
+/// The home's current price list; a home that has published none cannot be booked (409 on
+/// `facility_id`: the facility exists, its home is not ready to take bookings).
+async fn current_price_list(state: &AppState, home: Uuid) -> Result<ListVersion, ApiError> {
+    let current = state.price_lists.current(home).await.map_err(|error| {
+        tracing::error!(%error, "the price lists are unavailable");
+        ApiError::Problem(
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            )
+            .with_detail("the home's price list cannot be read now; retry"),
+        )
+    })?;
+    current.ok_or_else(|| {
+        ApiError::Problem(
+            Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "Not allowed in the current state",
+            )
+            .with_detail("the facility's funeral home has not published a price list")
+            .with_errors(vec![FieldError::new(
+                "facility_id",
+                "price_list.not_published",
+                "the facility's funeral home has not published a price list",
+            )]),
+        )
+    })
 }
 
 /// Seals a request's personal data under the booking's data key (made now, stored wrapped in

@@ -15,6 +15,7 @@ pub(crate) mod facilities;
 pub(crate) mod invitations;
 pub(crate) mod ops;
 pub(crate) mod payments;
+pub(crate) mod price_lists;
 pub(crate) mod sagas;
 mod schema;
 
@@ -72,6 +73,8 @@ pub(crate) struct AppState {
     pub(crate) invitation_settings: Arc<crate::settings::InvitationSettings>,
     /// Sends invitation letters.
     pub(crate) mailer: notifications::Mailer,
+    /// The homes' price lists (docs/pricing.md).
+    pub(crate) price_lists: Arc<crate::pricing::PriceLists>,
     /// Exchanges of invitation codes, per client address and per code.
     pub(crate) exchange_limits: Arc<ExchangeLimits>,
 }
@@ -243,6 +246,10 @@ pub(crate) fn router(state: AppState) -> Router {
             "/sagas/{id}/resolve",
             command("resolve_saga", post(sagas::resolve)),
         )
+        .route(
+            "/homes/{home_id}/price-list",
+            command("publish_price_list", put(price_lists::publish)).get(price_lists::current),
+        )
         .route("/ready", get(ops::ready))
         .route("/openapi.json", get(ops::openapi))
         .with_state(state)
@@ -346,6 +353,12 @@ pub(crate) const ROUTE_ROLES: &[(&str, &str, &[Role])] = &[
     ("post", "/sagas/{id}/retry", Operators::ALLOWED),
     ("post", "/sagas/{id}/skip", Operators::ALLOWED),
     ("post", "/sagas/{id}/resolve", Operators::ALLOWED),
+    ("put", "/homes/{home_id}/price-list", Directors::ALLOWED),
+    (
+        "get",
+        "/homes/{home_id}/price-list",
+        price_lists::Readers::ALLOWED,
+    ),
 ];
 
 /// An authenticated, authorised, parsed write.

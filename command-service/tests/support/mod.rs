@@ -55,7 +55,6 @@ pub(crate) fn booking(facility_id: &str, days_ahead: i64) -> Value {
         "deceased": {"full_name": "Ada Lovelace", "date_of_death": death.to_string()},
         "family_contacts": [{"name": "Byron King", "relationship": "son",
                              "email": "byron@example.org", "phone": "+447700900123"}],
-        "price": {"amount_minor": 125_000, "currency": "GBP"},
     })
 }
 

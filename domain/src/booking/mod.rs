@@ -18,11 +18,11 @@ use std::str::FromStr;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::pricing::Statement;
 use crate::values::{
     BookingId, EmailAddress, FacilityId, Money, OpeningHours, PersonName, PhoneNumber,
     Relationship, ServiceType, Slot, TimeZone,
 };
-use crate::pricing::Statement;
 use crate::{Aggregate, DomainError, DomainEvent, ValueError};
 
 mod personal;
@@ -337,6 +337,9 @@ impl BookingCommand {
 ///
 /// Events without data are struct variants with no fields, so that their payload is the empty
 /// object `{}` like every other payload, never `null`.
+// An event is decoded, decided or applied one at a time: a request, with its statement, is larger
+// than the rest, and boxing it would only add an allocation to every read of the log.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "data", deny_unknown_fields)]
 pub enum BookingEvent {
@@ -469,7 +472,14 @@ impl Aggregate for Booking {
                 if state.exists() {
                     return Err(DomainError::BookingAlreadyRequested);
                 }
-                check_request(&facility, &slot, &deceased, &family_contacts, &statement, now)?;
+                check_request(
+                    &facility,
+                    &slot,
+                    &deceased,
+                    &family_contacts,
+                    &statement,
+                    now,
+                )?;
                 Ok(vec![BookingEvent::BookingRequested {
                     booking_id,
                     facility_id: facility.facility_id,

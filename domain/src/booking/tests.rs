@@ -4,11 +4,11 @@ use serde_json::json;
 
 use super::*;
 use crate::RejectionKind;
-use crate::pricing::Adjustment;
 use crate::fixtures::{
     booking_id, booking_requested, deceased, family_contact, now, price, request_booking,
     sealed_personal, slot, slot_at,
 };
+use crate::pricing::Adjustment;
 use crate::testing::given;
 use crate::values::Currency;
 

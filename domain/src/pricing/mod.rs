@@ -117,9 +117,9 @@ impl PriceItem {
     /// The item's code.
     pub fn code(&self) -> &ItemCode {
         match self {
-            Self::Service { code, .. } | Self::FacilityHour { code, .. } | Self::AddOn { code, .. } => {
-                code
-            }
+            Self::Service { code, .. }
+            | Self::FacilityHour { code, .. }
+            | Self::AddOn { code, .. } => code,
         }
     }
 
@@ -201,7 +201,10 @@ impl PriceList {
                 violation(
                     format!("items[{index}].code"),
                     "price_list.duplicate_code",
-                    format!("the code {:?} is used by an earlier item", item.code().as_str()),
+                    format!(
+                        "the code {:?} is used by an earlier item",
+                        item.code().as_str()
+                    ),
                 );
             }
             if !(0..=MAX_AMOUNT_MINOR).contains(&item.amount_minor()) {
@@ -249,7 +252,11 @@ impl PriceList {
     /// Prices a booking: the service's line, the facility's hours, each add-on, then the
     /// adjustments; refused when the list does not offer what is asked for or the total is not
     /// more than zero.
-    pub fn price(&self, reference: PriceListRef, request: PricingRequest<'_>) -> Result<Statement, DomainError> {
+    pub fn price(
+        &self,
+        reference: PriceListRef,
+        request: PricingRequest<'_>,
+    ) -> Result<Statement, DomainError> {
         let mut lines = Vec::with_capacity(2 + request.add_ons.len());
         let service = self
             .items

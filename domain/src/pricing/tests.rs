@@ -140,7 +140,9 @@ fn adjustments_are_recorded_with_their_reason_and_cannot_make_the_total_zero() {
         Err(DomainError::ZeroPrice)
     );
     request.adjustments = vec![Adjustment::new(-200_000, "More than the price").unwrap()];
-    let refused = price_list().price(reference(), request.clone()).unwrap_err();
+    let refused = price_list()
+        .price(reference(), request.clone())
+        .unwrap_err();
     assert_eq!(
         (refused.field(), refused.rule()),
         (Some("statement.total"), "booking.price_positive")
@@ -160,7 +162,9 @@ fn adjustments_are_recorded_with_their_reason_and_cannot_make_the_total_zero() {
 fn an_adjustment_needs_an_amount_and_a_plain_reason() {
     assert_eq!(Adjustment::new(0, "Nothing").unwrap_err().0, "amount_minor");
     assert_eq!(
-        Adjustment::new(MAX_AMOUNT_MINOR + 1, "Too much").unwrap_err().0,
+        Adjustment::new(MAX_AMOUNT_MINOR + 1, "Too much")
+            .unwrap_err()
+            .0,
         "amount_minor"
     );
     let (field, error) = Adjustment::new(-5, "  ").unwrap_err();
@@ -195,7 +199,10 @@ fn a_list_is_checked_and_every_broken_rule_named_by_its_field() {
             ("items[1].amount_minor", "price_list.amount_range"),
             ("items[1].service_type", "price_list.duplicate_service"),
             ("items[3].amount_minor", "price_list.amount_range"),
-            ("items[3].facility_kind", "price_list.duplicate_facility_kind"),
+            (
+                "items[3].facility_kind",
+                "price_list.duplicate_facility_kind"
+            ),
         ]
     );
     let empty = PriceList::new(Currency::GBP, Vec::new()).unwrap_err();
@@ -224,14 +231,18 @@ fn a_list_and_a_statement_round_trip_and_a_broken_list_does_not_deserialise() {
     assert_eq!(serde_json::from_value::<PriceList>(json).unwrap(), list);
     let statement = statement();
     let json = serde_json::to_value(&statement).unwrap();
-    assert_eq!(serde_json::from_value::<Statement>(json).unwrap(), statement);
+    assert_eq!(
+        serde_json::from_value::<Statement>(json).unwrap(),
+        statement
+    );
 
     let duplicate = json!({"currency": "GBP", "items": [
         {"kind": "add_on", "code": "x", "description": "X", "amount_minor": 1},
         {"kind": "add_on", "code": "x", "description": "Y", "amount_minor": 1},
     ]});
     assert!(serde_json::from_value::<PriceList>(duplicate).is_err());
-    let unknown_field = json!({"kind": "add_on", "code": "x", "description": "X", "amount_minor": 1, "price": 2});
+    let unknown_field =
+        json!({"kind": "add_on", "code": "x", "description": "X", "amount_minor": 1, "price": 2});
     assert!(serde_json::from_value::<PriceItem>(unknown_field).is_err());
 }
 

@@ -1,6 +1,7 @@
 //! The `bookings` read model, with the saga's progress (today: the lifecycle history) and, since
 //! read-model version 2, the role of whoever moved the booking to its status
-//! (`status_changed_by`: a cancellation by the `family` or by a `director`, the saga's `system`).
+//! (`status_changed_by`: a cancellation by the `family` or by a `director`, the saga's `system`),
+//! and, since version 4, the itemised `statement` the booking was priced with (docs/pricing.md).
 //!
 //! The personal columns (`deceased`, `family_contacts`) are written in the clear from the sealed
 //! box of `BookingRequested`, opened with the booking's data key; once the key is destroyed
@@ -60,6 +61,7 @@ pub(crate) async fn apply(
             date_of_death,
             personal,
             price,
+            statement,
             ..
         } => {
             let (deceased, family_contacts) =
@@ -68,8 +70,8 @@ pub(crate) async fn apply(
             sqlx::query(
                 "INSERT INTO bookings (booking_id, facility_id, service_type, status, slot_start, slot_end, slot, \
                  deceased, family_contacts, price_amount_minor, price_currency, requested_by, requested_by_role, \
-                 saga, version, requested_at, updated_at, status_changed_by) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $16, $14, $15, $15, $13)",
+                 saga, version, requested_at, updated_at, status_changed_by, statement) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $16, $14, $15, $15, $13, $17)",
             )
             .bind(envelope.aggregate_id)
             .bind(facility_id.as_uuid())
@@ -89,6 +91,7 @@ pub(crate) async fn apply(
             .bind(serde_json::json!({
                 "history": [step(BookingStatus::Requested, envelope)]
             }))
+            .bind(wire_json(statement))
             .execute(&mut *conn)
             .await?;
             return Ok(Applied::Changed);

@@ -38,7 +38,7 @@ const STATUSES: [&str; 6] = [
 
 /// The columns of a [`BookingView`], from `bookings b`.
 const COLUMNS: &str = "b.booking_id, b.facility_id, b.service_type, b.status, b.status_reason, b.status_changed_by, b.slot, b.deceased, \
-     b.family_contacts, b.price_amount_minor, b.price_currency, b.saga, b.version, b.requested_at, b.updated_at, \
+     b.family_contacts, b.price_amount_minor, b.price_currency, b.statement, b.saga, b.version, b.requested_at, b.updated_at, \
      b.slot_start, \
      (SELECT jsonb_build_object('payment_id', p.payment_id, 'status', p.status, \
         'amount', jsonb_build_object('amount_minor', p.amount_minor, 'currency', p.currency), \
@@ -88,8 +88,16 @@ pub(crate) struct BookingView {
     /// ops.
     #[schema(value_type = serde_json::Value)]
     family_contacts: serde_json::Value,
+    /// What the family pays (the statement's total).
     #[sqlx(flatten)]
     price: Price,
+    /// The itemised statement the server priced the booking with from its home's price list:
+    /// `{price_list: {home_id, version} | null, currency, lines: [{code, description,
+    /// unit_amount_minor, minutes?, amount_minor}], adjustments: [{amount_minor, reason}],
+    /// total_minor}` (docs/pricing.md). A booking from before price lists has one line,
+    /// `agreed_price`.
+    #[schema(value_type = Object)]
+    statement: serde_json::Value,
     /// The saga's progress: today the lifecycle history, `{"history": [{status, event_type,
     /// sequence, at}]}`.
     #[schema(value_type = Object)]
