@@ -58,6 +58,9 @@ enum Reach {
     /// A family-session route (exchange, refresh, the session keys): no home's facility or
     /// booking in its path, and a director's token opens nothing there.
     FamilySessions,
+    /// `{home_id}` is a home (its price list): another home's director gets 404; the home's
+    /// director and the group administrator are let in.
+    Home,
 }
 
 /// Every route of the two documents and what it reaches. A route missing here fails the walk.
@@ -165,6 +168,18 @@ const ROUTES: &[(Service, &str, &str, Reach)] = &[
         "post",
         "/sagas/{id}/resolve",
         Reach::NotForDirectors,
+    ),
+    (
+        Service::Command,
+        "put",
+        "/homes/{home_id}/price-list",
+        Reach::Home,
+    ),
+    (
+        Service::Command,
+        "get",
+        "/homes/{home_id}/price-list",
+        Reach::Home,
     ),
     (Service::Query, "get", "/bookings", Reach::List),
     (Service::Query, "get", "/bookings/{id}", Reach::Booking),
@@ -663,6 +678,34 @@ async fn another_homes_director_gets_404_on_every_route_and_lists_never_leak_its
                         status,
                         StatusCode::NOT_FOUND,
                         "{route} as {} on the other home's booking: {answer}",
+                        caller.name
+                    );
+                }
+            }
+            Reach::Home => {
+                let body = (method == "put").then(bodies::price_list);
+                let home = |home: Uuid| template.replace("{home_id}", &home.to_string());
+                let (home_a, home_b) = (
+                    home(TenancySettings::LOCAL_HOME_A),
+                    home(TenancySettings::LOCAL_HOME_B),
+                );
+                for (caller, path) in [(&director_b, &home_a), (&director_a, &home_b)] {
+                    let (status, answer) =
+                        send(&stack, service, method, path, &caller.token, body.as_ref()).await;
+                    assert_eq!(
+                        status,
+                        StatusCode::NOT_FOUND,
+                        "{route} as {} on the other home: {answer}",
+                        caller.name
+                    );
+                }
+                for (caller, path) in [(&director_a, &home_a), (&admin, &home_b)] {
+                    let (status, answer) =
+                        send(&stack, service, method, path, &caller.token, body.as_ref()).await;
+                    assert_eq!(
+                        status,
+                        StatusCode::OK,
+                        "{route} as {}: {answer}",
                         caller.name
                     );
                 }
