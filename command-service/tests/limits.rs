@@ -1,5 +1,6 @@
 //! Limits on the flow (docs/security.md, API4 and API6), on the real broker: a family's open
-//! bookings, the contacts of a booking, free text, zero prices, and write rates per token
+//! bookings, the contacts of a booking, free text, a price in the request, add-ons, and write
+//! rates per token
 //! subject and per client address, each answered with the status and problem+json the API
 //! contract names.
 
@@ -245,14 +246,17 @@ async fn contacts_free_text_and_price_are_refused_naming_the_field_and_the_rule(
         ("deceased.full_name", "person_name.too_long")
     );
 
+    // A family cannot price its own booking, not even at a penny (docs/pricing.md).
     let mut body = booking(&facility_id, 10);
-    body["price"]["amount_minor"] = json!(0);
+    body["price"] = json!({"amount_minor": 1, "currency": "GBP"});
     let answer = post(&bookings, &family, None, &body).await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        only_error(&answer),
-        ("price.amount_minor", "booking.price_positive")
-    );
+    assert_eq!(only_error(&answer), ("price", "unknown_field"));
+    let mut body = booking(&facility_id, 10);
+    body["add_ons"] = json!(["celebrant"; 11]);
+    let answer = post(&bookings, &family, None, &body).await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(only_error(&answer), ("add_ons", "add_ons.max_items"));
     assert_eq!(log_ends(&kafka).await, ends, "nothing refused was written");
 
     let booked = post(&bookings, &family, None, &booking(&facility_id, 10)).await;
