@@ -253,7 +253,7 @@ async fn contacts_free_text_and_price_are_refused_naming_the_field_and_the_rule(
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(only_error(&answer), ("price", "unknown_field"));
     let mut body = booking(&facility_id, 10);
-    body["add_ons"] = json!(["celebrant"; 11]);
+    body["add_ons"] = json!(vec!["celebrant"; 11]);
     let answer = post(&bookings, &family, None, &body).await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(only_error(&answer), ("add_ons", "add_ons.max_items"));

@@ -59,6 +59,16 @@ async fn a_booking_travels_from_the_command_api_through_kafka_into_the_query_api
     assert_eq!(booking["facility_id"], facility_id.as_str());
     assert_eq!(booking["price"]["amount_minor"], 125_000);
     assert_eq!(booking["price"]["currency"], "GBP");
+    // The server priced it from home A's list: the itemised statement, as the log keeps it.
+    let statement = &booking["statement"];
+    assert_eq!(
+        statement["price_list"]["home_id"],
+        platform::settings::TenancySettings::LOCAL_HOME_A.to_string()
+    );
+    assert_eq!(statement["lines"][0]["code"], "burial");
+    assert_eq!(statement["lines"][1]["code"], "chapel.hour");
+    assert_eq!(statement["lines"][1]["minutes"], 60);
+    assert_eq!(statement["total_minor"], 125_000);
     assert_eq!(booking["deceased"]["full_name"], "Ada Lovelace");
     assert_eq!(booking["family_contacts"][0]["email"], "byron@example.org");
     assert_eq!(booking["version"], 1);
@@ -207,7 +217,7 @@ async fn an_invalid_booking_gets_a_problem_naming_every_broken_field() {
         .unwrap();
     let mut body = bodies::booking(facility["facility_id"].as_str().unwrap(), 14);
     body["family_contacts"][0]["email"] = "not-an-email".into();
-    body["price"]["amount_minor"] = (-5).into();
+    body["add_ons"] = serde_json::json!(["Not A Code"]);
     let response = stack
         .http
         .post(format!("{}/bookings", stack.command_url))
@@ -228,7 +238,7 @@ async fn an_invalid_booking_gets_a_problem_naming_every_broken_field() {
         .iter()
         .map(|e| e["field"].as_str().unwrap())
         .collect();
-    assert_eq!(fields, ["family_contacts[0].email", "price.amount_minor"]);
+    assert_eq!(fields, ["family_contacts[0].email", "add_ons[0]"]);
 
     let unknown_facility = bodies::booking("7f1c1a8e-0000-4000-8000-000000000000", 14);
     let response = stack

@@ -83,7 +83,7 @@ async fn every_service_serves_metrics_that_move_with_requests_commands_and_proje
     let booking: Value = response.json().await.unwrap();
     let booking_id = booking["booking_id"].as_str().unwrap().to_owned();
     let mut invalid = bodies::booking(&facility_id, 15);
-    invalid["price"]["amount_minor"] = serde_json::json!(-5);
+    invalid["add_ons"] = serde_json::json!(["Not A Code"]);
     let response = stack
         .http
         .post(format!("{}/bookings", stack.command_url))
