@@ -108,6 +108,11 @@ fn json_case(
     }
 }
 
+fn adding(mut body: Value, key: &str, value: Value) -> Value {
+    body[key] = value;
+    body
+}
+
 fn with(mut body: Value, pointer: &str, value: Value) -> Value {
     *body.pointer_mut(pointer).unwrap() = value;
     body
@@ -193,25 +198,40 @@ async fn bad_input_gets_the_right_problem_and_writes_nothing() {
             Some(("opening_hours", "opening_hours.overlap")),
         ),
         json_case(
-            "negative money",
+            "a price in the request (the home's list sets it)",
             &bookings,
-            &with(good.clone(), "/price/amount_minor", json!(-5)),
+            &adding(good.clone(), "price", json!({"amount_minor": 1, "currency": "GBP"})),
             unprocessable,
-            Some(("price.amount_minor", "money.non_negative")),
+            Some(("price", "unknown_field")),
         ),
         json_case(
-            "float money",
+            "float adjustment",
             &bookings,
-            &with(good.clone(), "/price/amount_minor", json!(1250.5)),
+            &adding(
+                good.clone(),
+                "adjustments",
+                json!([{"amount_minor": -1250.5, "reason": "Goodwill"}]),
+            ),
             unprocessable,
-            Some(("price.amount_minor", "type")),
+            Some(("adjustments[0].amount_minor", "type")),
         ),
         json_case(
-            "unknown currency",
+            "zero adjustment",
             &bookings,
-            &with(good.clone(), "/price/currency", json!("XYZ")),
+            &adding(
+                good.clone(),
+                "adjustments",
+                json!([{"amount_minor": 0, "reason": "Nothing"}]),
+            ),
             unprocessable,
-            Some(("price.currency", "currency.iso4217")),
+            Some(("adjustments[0].amount_minor", "adjustment.amount_range")),
+        ),
+        json_case(
+            "malformed add-on code",
+            &bookings,
+            &adding(good.clone(), "add_ons", json!(["Celebrant!"])),
+            unprocessable,
+            Some(("add_ons[0]", "item_code.format")),
         ),
         json_case(
             "bad email",
@@ -914,7 +934,7 @@ async fn a_booking_is_written_sealed_and_its_export_and_erasure_open_and_forget_
         .iter()
         .find(|(_, e)| e.event_type == "BookingRequested")
         .unwrap();
-    assert_eq!(requested.event_version, 2);
+    assert_eq!(requested.event_version, 3);
     let data = requested.data.to_string();
     assert!(
         requested.data["personal"]["ciphertext"].is_string(),
