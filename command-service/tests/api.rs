@@ -200,7 +200,11 @@ async fn bad_input_gets_the_right_problem_and_writes_nothing() {
         json_case(
             "a price in the request (the home's list sets it)",
             &bookings,
-            &adding(good.clone(), "price", json!({"amount_minor": 1, "currency": "GBP"})),
+            &adding(
+                good.clone(),
+                "price",
+                json!({"amount_minor": 1, "currency": "GBP"}),
+            ),
             unprocessable,
             Some(("price", "unknown_field")),
         ),

@@ -114,7 +114,9 @@ async fn a_family_holds_at_most_its_limit_of_open_bookings() {
         ..LimitSettings::UNLIMITED
     };
     let service = start(&kafka, limits).await;
-    test_support::publish_price_lists(&service.url).await.unwrap();
+    test_support::publish_price_lists(&service.url)
+        .await
+        .unwrap();
     let facility_id = register_facility(&service).await;
     let bookings = format!("{}/bookings", service.url);
     let family = token(Role::Family, "family-1").await;
@@ -205,7 +207,9 @@ async fn a_family_holds_at_most_its_limit_of_open_bookings() {
 async fn contacts_free_text_and_price_are_refused_naming_the_field_and_the_rule() {
     let kafka = fresh_kafka().await;
     let service = start(&kafka, LimitSettings::UNLIMITED).await;
-    test_support::publish_price_lists(&service.url).await.unwrap();
+    test_support::publish_price_lists(&service.url)
+        .await
+        .unwrap();
     let facility_id = register_facility(&service).await;
     let bookings = format!("{}/bookings", service.url);
     let family = token(Role::Family, "family-1").await;

@@ -36,7 +36,9 @@ use system_tests::{TestStack, bodies, fresh_kafka};
 use uuid::Uuid;
 
 /// The realm copy's access token lifetime: the "longest token lifetime" of the runbook.
-const TOKEN_LIFETIME: Duration = Duration::from_secs(15);
+// Long enough for steps 1 and 2 to check the first token while it is valid on a loaded machine
+// (four Keycloak admin calls and six requests; 15 s was too short at load average 15).
+const TOKEN_LIFETIME: Duration = Duration::from_secs(30);
 /// How long the held stream keeps one token.
 const HELD_FOR: Duration = Duration::from_secs(8);
 /// The services' age refresh of the keys in this test (5 min by default).
@@ -439,6 +441,13 @@ async fn the_signing_key_rotates_while_bookings_flow_and_no_valid_token_gets_401
             .await
             .unwrap(),
     );
+    test_support::publish_price_list_as(
+        &stack.command_url,
+        &Flow::director_token(&issuer).await,
+        platform::settings::TenancySettings::LOCAL_HOME_A,
+    )
+    .await
+    .unwrap();
     let keys = admin.rs256_keys().await;
     assert_eq!(keys.len(), 1, "a new realm has one RS256 key: {keys:?}");
     let (old_component, old_kid, _) = keys[0].clone();
