@@ -113,7 +113,15 @@ pub struct KeyStore {
     pool: PgPool,
     masters: MasterKeys,
     cache_for: Duration,
-    cache: Mutex<HashMap<Uuid, (Instant, KeyState)>>,
+    cache: Mutex<KeyCache>,
+}
+
+/// Unwrapped keys by booking, each with when it was loaded, and when expired ones were last
+/// swept out.
+#[derive(Debug)]
+struct KeyCache {
+    entries: HashMap<Uuid, (Instant, KeyState)>,
+    swept: Instant,
 }
 
 impl KeyStore {
@@ -160,7 +168,10 @@ impl KeyStore {
             pool,
             masters,
             cache_for: settings.key_cache.min(MAX_KEY_CACHE),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(KeyCache {
+                entries: HashMap::new(),
+                swept: Instant::now(),
+            }),
         })
     }
 
@@ -360,6 +371,7 @@ impl KeyStore {
         self.cache
             .lock()
             .expect("the key cache's lock is never poisoned")
+            .entries
             .remove(&booking_id);
     }
 
@@ -368,18 +380,29 @@ impl KeyStore {
             .cache
             .lock()
             .expect("the key cache's lock is never poisoned")
+            .entries
             .get(&booking_id)
             && at.elapsed() < self.cache_for
         {
             return Ok(state.clone());
         }
         let state = self.load(booking_id).await?;
+        let now = Instant::now();
         let mut cache = self
             .cache
             .lock()
             .expect("the key cache's lock is never poisoned");
-        cache.retain(|_, (at, _)| at.elapsed() < self.cache_for);
-        cache.insert(booking_id, (Instant::now(), state.clone()));
+        // Expired entries are swept once per cache period, not on every miss: a rebuild misses
+        // once per booking, and a sweep per miss made it quadratic in the bookings cached (a
+        // third of a replay's CPU was reading the clock for it). An expired entry is never
+        // served (the check above), so sweeping later only keeps it in memory a little longer.
+        if now.duration_since(cache.swept) >= self.cache_for {
+            cache
+                .entries
+                .retain(|_, (at, _)| now.duration_since(*at) < self.cache_for);
+            cache.swept = now;
+        }
+        cache.entries.insert(booking_id, (now, state.clone()));
         Ok(state)
     }
 
