@@ -51,7 +51,7 @@ pub(crate) struct Input<'a> {
 enum Checked {
     Refused(Projected),
     Valid {
-        envelope: EventEnvelope,
+        envelope: Box<EventEnvelope>,
         /// An unknown (type, version) is parked, other violations refused; decided in order,
         /// since a parked aggregate parks even a record that does not decode.
         decoded: Result<Decoded, schemas::ContractViolation>,
@@ -74,7 +74,7 @@ pub(crate) async fn project_batch(
                 match parking::check(registry, topics, input.payload, input.position) {
                     Ok(envelope) => Checked::Valid {
                         decoded: Decoded::of(registry, &envelope),
-                        envelope,
+                        envelope: Box::new(envelope),
                     },
                     Err(refused) => Checked::Refused(refused),
                 }
@@ -116,36 +116,7 @@ pub(crate) async fn project_batch(
         let folded = if one_by_one.contains(&aggregate) {
             None
         } else {
-            match decoded {
-                Err(violation) if violation.is_unknown_event() => None,
-                Err(violation) => Some(Projected::Refused {
-                    full: violation.without_values(),
-                    for_log: violation.without_values(),
-                }),
-                Ok(Decoded::Saga) => Some(Projected::Outcome(RecordOutcome::Ignored)),
-                Ok(event) => match fold.admission(&envelope) {
-                    Admission::Stale => {
-                        input
-                            .span
-                            .in_scope(|| parking::duplicate(&envelope, input.position));
-                        Some(Projected::Outcome(RecordOutcome::Duplicate))
-                    }
-                    Admission::Gap { .. } => None,
-                    Admission::Next => match opened.take() {
-                        Some(Err(ApplyError::Database(error))) => return Err(error),
-                        // Parked, with its reason, by the one-record path.
-                        Some(Err(_)) => None,
-                        Some(Ok(personal)) => {
-                            fold.fold(&event, &envelope, personal);
-                            Some(Projected::Outcome(RecordOutcome::Applied))
-                        }
-                        None => {
-                            fold.fold(&event, &envelope, None);
-                            Some(Projected::Outcome(RecordOutcome::Applied))
-                        }
-                    },
-                },
-            }
+            fold_one(&mut fold, input, &envelope, decoded, opened.take())?
         };
         if let Some(folded) = folded {
             projected.push(folded);
@@ -171,6 +142,48 @@ pub(crate) async fn project_batch(
     }
     fold.flush(conn).await?;
     Ok(projected)
+}
+
+/// Folds one record of an aggregate that is not parked into `fold`; `None` when it must take
+/// the one-record path (a gap, an unknown event, personal data that does not open).
+fn fold_one(
+    fold: &mut Fold,
+    input: &Input<'_>,
+    envelope: &EventEnvelope,
+    decoded: Result<Decoded, schemas::ContractViolation>,
+    opened: Option<Result<Option<bookings::Personal>, ApplyError>>,
+) -> Result<Option<Projected>, sqlx::Error> {
+    let event = match decoded {
+        Err(violation) if violation.is_unknown_event() => return Ok(None),
+        Err(violation) => {
+            return Ok(Some(Projected::Refused {
+                full: violation.without_values(),
+                for_log: violation.without_values(),
+            }));
+        }
+        Ok(Decoded::Saga) => return Ok(Some(Projected::Outcome(RecordOutcome::Ignored))),
+        Ok(event) => event,
+    };
+    match fold.admission(envelope) {
+        Admission::Stale => {
+            input
+                .span
+                .in_scope(|| parking::duplicate(envelope, input.position));
+            Ok(Some(Projected::Outcome(RecordOutcome::Duplicate)))
+        }
+        Admission::Gap { .. } => Ok(None),
+        Admission::Next => {
+            let personal = match opened {
+                Some(Err(ApplyError::Database(error))) => return Err(error),
+                // Parked, with its reason, by the one-record path.
+                Some(Err(_)) => return Ok(None),
+                Some(Ok(personal)) => personal,
+                None => None,
+            };
+            fold.fold(&event, envelope, personal);
+            Ok(Some(Projected::Outcome(RecordOutcome::Applied)))
+        }
+    }
 }
 
 /// Opens the personal data of every booking request among `checked` (`None` for every other

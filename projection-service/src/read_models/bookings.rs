@@ -154,7 +154,11 @@ pub(crate) fn fold(
     }
     row.version = version;
     row.updated_at = at(envelope.occurred_at);
-    row.status_changed_by = envelope.actor.role.as_str().to_owned();
+    envelope
+        .actor
+        .role
+        .as_str()
+        .clone_into(&mut row.status_changed_by);
     let step = step(status, envelope);
     match row.saga.get_mut("history").and_then(Value::as_array_mut) {
         Some(history) => history.push(step),

@@ -85,7 +85,7 @@ pub(crate) fn fold(row: &mut Option<PaymentRow>, event: &PaymentEvent, envelope:
             gateway_reference,
         } => {
             if let Some(row) = row {
-                row.status = PaymentStatus::Refunded.as_str().to_owned();
+                PaymentStatus::Refunded.as_str().clone_into(&mut row.status);
                 row.refund_reference = Some(gateway_reference.clone());
                 row.refunded_amount_minor = Some(amount.amount_minor());
                 row.version = version;

@@ -184,12 +184,11 @@ impl<R: Serialize> Children<R> {
     ) -> Result<(), sqlx::Error> {
         let (mut parents, mut children, mut rows) = (Vec::new(), Vec::new(), Vec::new());
         for ((a, b), change) in std::mem::take(&mut self.changes) {
-            match change {
-                Some(row) => rows.push(super::wire_json(&row)),
-                None => {
-                    parents.push(a);
-                    children.push(b);
-                }
+            if let Some(row) = change {
+                rows.push(super::wire_json(&row));
+            } else {
+                parents.push(a);
+                children.push(b);
             }
         }
         if !parents.is_empty() {
