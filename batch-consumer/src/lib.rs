@@ -7,8 +7,9 @@
 //! 1. it assigns itself every partition of the given topics explicitly, each at the next offset
 //!    stored in its [`OffsetTable`] (0 for a partition never read): no consumer group, no offset
 //!    kept at the broker, so the position can never run ahead of the effect;
-//! 2. it takes the records that are ready, up to `batch_size`, and hands each to its
-//!    [`BatchApplier`] inside one transaction, then stores the next offset of every partition
+//! 2. it takes the records that are ready, up to `batch_size`, and hands them to its
+//!    [`BatchApplier`] inside one transaction (one by one, or the whole batch at once when the
+//!    applier folds it: [`BatchApplier::apply_batch`]), then stores the next offset of every partition
 //!    the batch touched in that transaction and commits it: a crash (even `kill -9` mid-batch)
 //!    loses the whole transaction, and the batch is read again;
 //! 3. a batch that fails (PostgreSQL or the broker down) is retried whole, after a [`Backoff`]
@@ -89,6 +90,25 @@ pub trait BatchApplier: Send + Sync {
         record: &Record<'_>,
     ) -> impl Future<Output = Result<RecordOutcome, Self::Error>> + Send;
 
+    /// Applies a whole batch in its transaction and says what each record came to, in order.
+    /// By default each record through [`BatchApplier::apply`], one after the other; an applier
+    /// that can do better (fold the batch in memory, write set-based) overrides it, and must
+    /// leave the transaction exactly as applying the records one by one in order would. An
+    /// `Err` rolls the whole batch back.
+    fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        records: &[Record<'_>],
+    ) -> impl Future<Output = Result<Vec<RecordOutcome>, Self::Error>> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(records.len());
+            for record in records {
+                outcomes.push(self.apply(&mut *tx, record).await?);
+            }
+            Ok(outcomes)
+        }
+    }
+
     /// Runs in the batch's transaction after its offsets are stored, just before the commit.
     fn before_commit(
         &self,
@@ -130,6 +150,38 @@ impl OffsetTable {
             .into_iter()
             .map(|(topic, partition, next)| ((topic, partition), next))
             .collect())
+    }
+
+    /// Stores the next offset of every partition given, with one statement; never moves one
+    /// backwards.
+    pub async fn store_all(
+        self,
+        conn: &mut PgConnection,
+        next_offsets: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<(), sqlx::Error> {
+        if next_offsets.is_empty() {
+            return Ok(());
+        }
+        let (mut topics, mut partitions, mut nexts) = (Vec::new(), Vec::new(), Vec::new());
+        for ((topic, partition), next) in next_offsets {
+            topics.push(topic.as_str());
+            partitions.push(*partition);
+            nexts.push(*next);
+        }
+        let sql = format!(
+            "INSERT INTO {table} (topic, partition, next_offset) \
+             SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[]) \
+             ON CONFLICT (topic, partition) DO UPDATE \
+             SET next_offset = GREATEST({table}.next_offset, EXCLUDED.next_offset), updated_at = now()",
+            table = self.0
+        );
+        sqlx::query(&sql)
+            .bind(&topics)
+            .bind(&partitions)
+            .bind(&nexts)
+            .execute(conn)
+            .await?;
+        Ok(())
     }
 
     /// Stores the next offset of a partition; never moves it backwards.
@@ -363,19 +415,16 @@ impl<A: BatchApplier> Batcher<A> {
 
     async fn apply_batch(&self, records: &[Record<'_>]) -> Result<(), A::Error> {
         let mut tx = self.pool.begin().await?;
+        let outcomes = self.applier.apply_batch(&mut tx, records).await?;
         let mut next_offsets: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-        let mut outcomes = Vec::with_capacity(records.len());
         for record in records {
-            outcomes.push(self.applier.apply(&mut tx, record).await?);
             let position = record.position();
             let next = next_offsets
                 .entry((position.topic.clone(), position.partition))
                 .or_insert(0);
             *next = (*next).max(position.offset + 1);
         }
-        for (tp, next) in &next_offsets {
-            self.offsets.store(&mut tx, tp, *next).await?;
-        }
+        self.offsets.store_all(&mut tx, &next_offsets).await?;
         self.applier.before_commit(&mut tx).await?;
         tx.commit().await?;
         self.applier.committed(&next_offsets, &outcomes);

@@ -386,9 +386,11 @@ fn reading(out: &mut String, r: &Results) {
         };
         points.push(format!(
             "{bound}: a replay runs at {} × the raw consume rate of the same log and {} × the \
-             rate of plain single-row `INSERT`s in batches of 500. Per event it decodes and \
-             checks the record against its schema, applies the admission rule (reads the row's \
-             version), writes one or more rows and stores offsets in the same transaction.",
+             rate of plain single-row `INSERT`s in batches of 500. Per batch it decodes and \
+             checks every record against its schema, loads and locks the rows the batch touches \
+             (one `SELECT … FOR UPDATE` per table), folds the events into them in memory under \
+             the admission rule, and writes them back with one upsert per table and the offsets \
+             in the same transaction (docs/read-side.md, \"Batch folding\").",
             num(consume),
             num(insert)
         ));
@@ -632,10 +634,12 @@ fn replay_section(out: &mut String, p: &ReplayResults) {
          offset; then in that database, as many rows shaped like its `bookings` rows (same \
          table definition and indexes) as there are events, by **`INSERT`** (one statement per \
          row, values bound, 500 rows per transaction: the projector's batch) and by one \
-         **`COPY`**. A replay does more per event than one `INSERT`: it locks and reads the \
-         row's version (`SELECT … FOR UPDATE`, the admission rule), inserts or updates one or \
-         two rows, and stores the offsets with each batch; so `COPY` is a floor no projector \
-         reaches.\n\n\
+         **`COPY`**. A replay folds each batch in memory and writes it set-based (one locking \
+         read and one upsert per table per batch, the offsets in the same transaction: \
+         docs/read-side.md, \"Batch folding\"), but it also decodes and checks every record \
+         against its schema, reads each row it updates and writes it back whole as JSON \
+         (`jsonb_populate_recordset`), and its rows carry the history and the payments besides \
+         the `bookings` row; so `COPY` of bare rows is a floor it does not reach.\n\n\
          | Repetition | Raw consume | Replay | `INSERT` | `COPY` | Replay ÷ raw consume | Order, load average |\n\
          |---|---|---|---|---|---|---|\n",
         int(u64_f(p.events)),

@@ -21,9 +21,11 @@
 //!   they can (docs/evolution.md); what `/ready` and `fmctl parked` show of them.
 //! - `projector`: the read models as the shared batch consumer's applier (`batch_consumer`),
 //!   dead-lettering, the lag gauge and the build's switch.
+//! - `batch`: a batch folded in memory and written with one statement per table.
 //! - `read_models`: one module per read model, each applying events to its tables.
 //! - `routes`: `/ready` and the state it reads.
 
+mod batch;
 pub mod parking;
 mod projector;
 pub mod read_model;

@@ -33,7 +33,7 @@ use uuid::Uuid;
 use crate::read_models::{self, Applied, ApplyError};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// What projecting one record came to.
 #[derive(Debug)]
@@ -56,7 +56,9 @@ impl Projected {
 }
 
 /// Projects one record inside the batch's transaction, on a connection whose `search_path` is
-/// the build's schema: applies it, parks it, or says why it is refused.
+/// the build's schema: applies it, parks it, or says why it is refused. (A batch folds its
+/// records in memory instead, `crate::batch`, and comes here for the records of a parked
+/// aggregate.)
 pub(crate) async fn project_record(
     conn: &mut PgConnection,
     registry: &SchemaRegistry,
@@ -65,10 +67,24 @@ pub(crate) async fn project_record(
     payload: &[u8],
     position: &LogPosition,
 ) -> Result<Projected, sqlx::Error> {
-    let envelope = match registry.validate_envelope_bytes(payload) {
-        Ok(envelope) => envelope,
-        Err(violation) => return Ok(Projected::refused(&violation)),
-    };
+    match check(registry, topics, payload, position) {
+        Ok(envelope) => project_checked(conn, registry, keys, &envelope, payload, position).await,
+        Err(refused) => Ok(refused),
+    }
+}
+
+/// What can be said of a record without the database: its envelope, valid and on its topic,
+/// with a payload its own version's schema accepts (or a version this release does not know),
+/// or why it is refused. Records the event type and aggregate on the current span.
+pub(crate) fn check(
+    registry: &SchemaRegistry,
+    topics: &Topics,
+    payload: &[u8],
+    position: &LogPosition,
+) -> Result<EventEnvelope, Projected> {
+    let envelope = registry
+        .validate_envelope_bytes(payload)
+        .map_err(|violation| Projected::refused(&violation))?;
     let span = tracing::Span::current();
     span.record("event_type", envelope.event_type.as_str());
     span.record(
@@ -80,21 +96,31 @@ pub(crate) async fn project_record(
             "a {} event on topic {}",
             envelope.aggregate_type, position.topic
         );
-        return Ok(Projected::Refused {
+        return Err(Projected::Refused {
             for_log: full.clone(),
             full,
         });
     }
     // A record its own version's schema refuses is refused by every release: parked or not.
     match registry.validate_payload(&envelope) {
-        Err(violation) if !violation.is_unknown_event() => {
-            return Ok(Projected::refused(&violation));
-        }
-        _ => {}
+        Err(violation) if !violation.is_unknown_event() => Err(Projected::refused(&violation)),
+        _ => Ok(envelope),
     }
-    if let Some(first) = first_parked(conn, &envelope).await? {
+}
+
+/// Projects a [`check`]ed record, one record at a time against the database: parked behind its
+/// aggregate's parked records, applied, or parked itself.
+pub(crate) async fn project_checked(
+    conn: &mut PgConnection,
+    registry: &SchemaRegistry,
+    keys: &KeyStore,
+    envelope: &EventEnvelope,
+    payload: &[u8],
+    position: &LogPosition,
+) -> Result<Projected, sqlx::Error> {
+    if let Some(first) = first_parked(conn, envelope).await? {
         let reason = format!("waits behind sequence {first}, parked");
-        park(conn, &envelope, payload, position, &reason).await?;
+        park(conn, envelope, payload, position, &reason).await?;
         let drained = drain(
             conn,
             registry,
@@ -109,17 +135,11 @@ pub(crate) async fn project_record(
             RecordOutcome::Applied
         }));
     }
-    match read_models::apply(&mut *conn, registry, keys, &envelope).await {
+    match read_models::apply(&mut *conn, registry, keys, envelope).await {
         Ok(Applied::Changed) => Ok(Projected::Outcome(RecordOutcome::Applied)),
         Ok(Applied::Ignored) => Ok(Projected::Outcome(RecordOutcome::Ignored)),
         Ok(Applied::Stale) => {
-            tracing::warn!(
-                aggregate_id = %envelope.aggregate_id,
-                event_id = %envelope.event_id,
-                sequence = envelope.sequence,
-                topic = %position.topic, partition = position.partition, offset = position.offset,
-                "duplicate sequence in an aggregate stream (a losing writer's record); not applied"
-            );
+            duplicate(envelope, position);
             Ok(Projected::Outcome(RecordOutcome::Duplicate))
         }
         Ok(Applied::Gap { expected }) => {
@@ -130,25 +150,25 @@ pub(crate) async fn project_record(
                 topic = %position.topic, partition = position.partition, offset = position.offset,
                 "gap in an aggregate stream; the aggregate is parked until the missing event arrives"
             );
-            record_gap(&mut *conn, &envelope, expected, position).await?;
+            record_gap(&mut *conn, envelope, expected, position).await?;
             park(
                 conn,
-                &envelope,
+                envelope,
                 payload,
                 position,
-                &gap_reason(&envelope, expected),
+                &gap_reason(envelope, expected),
             )
             .await?;
             Ok(Projected::Outcome(RecordOutcome::Gap))
         }
         Err(ApplyError::Contract(violation)) if violation.is_unknown_event() => {
-            park_not_applied(conn, &envelope, payload, position, NotApplied::Unknown).await
+            park_not_applied(conn, envelope, payload, position, NotApplied::Unknown).await
         }
         // Opening happens before any write, so nothing of this record is in the transaction.
         Err(ApplyError::Unopenable(error)) => {
             park_not_applied(
                 conn,
-                &envelope,
+                envelope,
                 payload,
                 position,
                 NotApplied::Unopenable(&error),
@@ -159,6 +179,18 @@ pub(crate) async fn project_record(
         Err(ApplyError::Contract(violation)) => Ok(Projected::refused(&violation)),
         Err(ApplyError::Database(error)) => Err(error),
     }
+}
+
+/// Logs a duplicate (a sequence at or below the last one applied), which is counted, never
+/// applied.
+pub(crate) fn duplicate(envelope: &EventEnvelope, position: &LogPosition) {
+    tracing::warn!(
+        aggregate_id = %envelope.aggregate_id,
+        event_id = %envelope.event_id,
+        sequence = envelope.sequence,
+        topic = %position.topic, partition = position.partition, offset = position.offset,
+        "duplicate sequence in an aggregate stream (a losing writer's record); not applied"
+    );
 }
 
 fn gap_reason(envelope: &EventEnvelope, expected: u64) -> String {
@@ -223,6 +255,25 @@ fn unknown_reason(envelope: &EventEnvelope) -> String {
         "unknown event {} v{}: a release that knows it applies it",
         envelope.event_type, envelope.event_version
     )
+}
+
+/// Which of these aggregates are parked, with one query.
+pub(crate) async fn parked_among(
+    conn: &mut PgConnection,
+    aggregates: &[(AggregateType, Uuid)],
+) -> Result<std::collections::HashSet<(AggregateType, Uuid)>, sqlx::Error> {
+    let ids: Vec<Uuid> = aggregates.iter().map(|(_, id)| *id).collect();
+    let rows: Vec<(String, Uuid)> = sqlx::query_as(
+        "SELECT DISTINCT aggregate_type, aggregate_id FROM parked_records WHERE aggregate_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(kind, id)| Some((AggregateType::from_wire(&kind)?, id)))
+        .filter(|aggregate| aggregates.contains(aggregate))
+        .collect())
 }
 
 /// The lowest parked sequence of the envelope's aggregate, if it is parked.

@@ -54,6 +54,7 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 
 use crate::{
+    batch,
     parking::{self, Projected},
     read_model::ReadModel,
     versions::{self, Build, BuildState, SwitchOutcome},
@@ -327,20 +328,40 @@ impl BatchApplier for ReadModels {
         tx: &mut PgConnection,
         record: &Record<'_>,
     ) -> anyhow::Result<RecordOutcome> {
-        let position = record.position();
-        let span = tracing::info_span!(
-            "project_event",
-            version = self.build.version,
-            build = self.build.build,
-            topic = %position.topic,
-            partition = position.partition,
-            offset = position.offset,
-            event_type = tracing::field::Empty,
-            aggregate_id = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-        );
-        platform::trace::continue_trace(&span, record.trace_context());
+        let span = self.span(record);
         self.handle_record(tx, record).instrument(span).await
+    }
+
+    /// The whole batch folded in memory (`crate::batch`), each record in its `project_event`
+    /// span; refused records are dead-lettered before the batch commits.
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        records: &[Record<'_>],
+    ) -> anyhow::Result<Vec<RecordOutcome>> {
+        let inputs: Vec<batch::Input<'_>> = records
+            .iter()
+            .map(|record| batch::Input {
+                payload: record.payload(),
+                position: record.position(),
+                span: self.span(record),
+            })
+            .collect();
+        let projected =
+            batch::project_batch(tx, &self.registry, &self.keys, &self.topics, &inputs).await?;
+        let mut outcomes = Vec::with_capacity(projected.len());
+        for ((record, input), projected) in records.iter().zip(&inputs).zip(projected) {
+            outcomes.push(match projected {
+                Projected::Outcome(outcome) => outcome,
+                Projected::Refused { full, for_log } => {
+                    self.dead_letter(record, &Reason { full, for_log })
+                        .instrument(input.span.clone())
+                        .await?;
+                    RecordOutcome::DeadLettered
+                }
+            });
+        }
+        Ok(outcomes)
     }
 
     /// One notification per batch, whatever it touched: a wait reads its own partition's offset
@@ -390,6 +411,25 @@ impl BatchApplier for ReadModels {
 }
 
 impl ReadModels {
+    /// The `project_event` span of a record, continuing the trace of the request that appended
+    /// it.
+    fn span(&self, record: &Record<'_>) -> tracing::Span {
+        let position = record.position();
+        let span = tracing::info_span!(
+            "project_event",
+            version = self.build.version,
+            build = self.build.build,
+            topic = %position.topic,
+            partition = position.partition,
+            offset = position.offset,
+            event_type = tracing::field::Empty,
+            aggregate_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        platform::trace::continue_trace(&span, record.trace_context());
+        span
+    }
+
     async fn handle_record(
         &self,
         tx: &mut PgConnection,

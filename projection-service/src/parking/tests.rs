@@ -19,7 +19,7 @@ use super::{Projected, drain_all, parked, parked_count, project_record};
 use crate::{read_model::READ_MODEL, versions};
 
 /// A connection onto the tables of a fresh build `build`, as a projector's connections see them.
-async fn build(pool: &PgPool, build: i32) -> PoolConnection<Postgres> {
+pub(crate) async fn build(pool: &PgPool, build: i32) -> PoolConnection<Postgres> {
     versions::ensure_build_schema(pool, &READ_MODEL, build)
         .await
         .unwrap();
@@ -35,18 +35,18 @@ async fn build(pool: &PgPool, build: i32) -> PoolConnection<Postgres> {
 }
 
 /// A record as the log holds it: the envelope's bytes at a position on its aggregate's topic.
-struct Logged {
-    envelope: EventEnvelope,
-    bytes: Vec<u8>,
-    position: LogPosition,
+pub(crate) struct Logged {
+    pub(crate) envelope: EventEnvelope,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) position: LogPosition,
 }
 
-fn topics() -> Topics {
+pub(crate) fn topics() -> Topics {
     Topics::new("fm")
 }
 
 /// `envelopes` in log order, each at the next offset of its topic (one partition each).
-fn log(envelopes: Vec<EventEnvelope>) -> Vec<Logged> {
+pub(crate) fn log(envelopes: Vec<EventEnvelope>) -> Vec<Logged> {
     let mut offsets = std::collections::BTreeMap::<String, i64>::new();
     envelopes
         .into_iter()
@@ -109,7 +109,7 @@ async fn project_with(
 }
 
 /// Every read-model row of the build, as JSON text ordered by key: what a query-api could see.
-async fn read_models(conn: &mut PgConnection) -> Vec<String> {
+pub(crate) async fn read_models(conn: &mut PgConnection) -> Vec<String> {
     let mut dump = Vec::new();
     for (table, key) in [
         ("facilities", "facility_id"),
@@ -140,7 +140,7 @@ fn hours(opens: &str) -> OpeningHours {
 /// release (v1, without a funeral home). The first story's facility then changes its opening
 /// hours twice (so that applying them out of order shows), and the third booking's stream
 /// arrives with a gap (its sequence 3 before its sequence 2).
-fn the_log() -> (Vec<EventEnvelope>, Uuid, Uuid) {
+pub(crate) fn the_log() -> (Vec<EventEnvelope>, Uuid, Uuid) {
     let mut stories: Vec<Vec<EventEnvelope>> =
         (1..=3).map(|i| fixtures::booking_story(i).1).collect();
     // Story 2's facility as the first release registered it.

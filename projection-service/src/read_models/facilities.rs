@@ -4,27 +4,74 @@
 //! the query-api at query time from the opening hours, the turnaround buffer and these rows,
 //! because they depend on the range asked for and would otherwise have to be materialised for
 //! an unbounded future and recomputed whenever the opening hours change.
+//!
+//! A new column is a field of [`FacilityRow`] (named as the column) and its value in the fold.
 
+use chrono::{DateTime, Utc};
 use domain::facility::FacilityEvent;
-use event_log::resolution::Admission;
 use schemas::EventEnvelope;
-use sqlx::PgConnection;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
 
-use super::{Applied, ApplyError, admission, version_of, wire_json, wire_text};
+use super::{
+    at,
+    rows::{Children, Table},
+    version_of, wire_json, wire_text,
+};
 
-const LOCK: &str = "SELECT version FROM facilities WHERE facility_id = $1 FOR UPDATE";
+/// One row of `facilities`; the field names are the columns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FacilityRow {
+    facility_id: Uuid,
+    name: String,
+    kind: String,
+    capacity: i64,
+    time_zone: String,
+    opening_hours: Value,
+    turnaround_minutes: i64,
+    version: i64,
+    registered_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// No home (registered before homes were named) stays NULL: the query-api reads it as its
+    /// `FM_TENANCY__DEFAULT_HOME`, so changing that setting needs no rebuild.
+    home: Option<Uuid>,
+}
 
-pub(crate) async fn apply(
-    conn: &mut PgConnection,
+impl Table for FacilityRow {
+    const NAME: &'static str = "facilities";
+    const KEY: &'static str = "facility_id";
+    fn key(&self) -> Uuid {
+        self.facility_id
+    }
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// One row of `reservations` (the slots held now), guarded by its facility's version.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ReservationRow {
+    facility_id: Uuid,
+    booking_id: Uuid,
+    slot_start: DateTime<Utc>,
+    slot_end: DateTime<Utc>,
+    reserved_at: DateTime<Utc>,
+}
+
+/// The table and key columns of the reservations, for [`Children::flush`].
+pub(crate) const RESERVATIONS: (&str, (&str, &str)) =
+    ("reservations", ("facility_id", "booking_id"));
+
+/// Folds the next event of the facility's stream (admitted by the caller) into its row and the
+/// calendar. An event other than the registration with no row yet changes the calendar only.
+pub(crate) fn fold(
+    row: &mut Option<FacilityRow>,
+    reservations: &mut Children<ReservationRow>,
     event: &FacilityEvent,
     envelope: &EventEnvelope,
-) -> Result<Applied, ApplyError> {
-    match admission(conn, LOCK, envelope).await? {
-        Admission::Next => {}
-        Admission::Stale => return Ok(Applied::Stale),
-        Admission::Gap { expected } => return Ok(Applied::Gap { expected }),
-    }
-    let version = version_of(envelope);
+) {
+    let facility = envelope.aggregate_id;
     match event {
         FacilityEvent::FacilityRegistered {
             name,
@@ -36,75 +83,45 @@ pub(crate) async fn apply(
             funeral_home_id,
             ..
         } => {
-            // No home (registered before homes were named) stays NULL: the query-api reads it as
-            // its FM_TENANCY__DEFAULT_HOME, so changing that setting needs no rebuild.
-            sqlx::query(
-                "INSERT INTO facilities (facility_id, name, kind, capacity, time_zone, opening_hours, \
-                 turnaround_minutes, version, registered_at, updated_at, home) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
-            )
-            .bind(envelope.aggregate_id)
-            .bind(name.as_str())
-            .bind(wire_text(kind))
-            .bind(wire_json(capacity).as_i64().unwrap_or_default())
-            .bind(wire_text(time_zone))
-            .bind(wire_json(opening_hours))
-            .bind(wire_json(turnaround_minutes).as_i64().unwrap_or_default())
-            .bind(version)
-            .bind(envelope.occurred_at)
-            .bind(funeral_home_id.map(|home| *home.as_uuid()))
-            .execute(&mut *conn)
-            .await?;
+            *row = Some(FacilityRow {
+                facility_id: facility,
+                name: name.as_str().to_owned(),
+                kind: wire_text(kind),
+                capacity: wire_json(capacity).as_i64().unwrap_or_default(),
+                time_zone: wire_text(time_zone),
+                opening_hours: wire_json(opening_hours),
+                turnaround_minutes: wire_json(turnaround_minutes).as_i64().unwrap_or_default(),
+                version: version_of(envelope),
+                registered_at: at(envelope.occurred_at),
+                updated_at: at(envelope.occurred_at),
+                home: funeral_home_id.map(|home| *home.as_uuid()),
+            });
+            return;
         }
         FacilityEvent::OpeningHoursChanged { opening_hours } => {
-            sqlx::query("UPDATE facilities SET opening_hours = $2, version = $3, updated_at = $4 WHERE facility_id = $1")
-                .bind(envelope.aggregate_id)
-                .bind(wire_json(opening_hours))
-                .bind(version)
-                .bind(envelope.occurred_at)
-                .execute(&mut *conn)
-                .await?;
+            if let Some(row) = row {
+                row.opening_hours = wire_json(opening_hours);
+            }
         }
-        FacilityEvent::SlotReserved { booking_id, slot } => {
-            sqlx::query(
-                "INSERT INTO reservations (facility_id, booking_id, slot_start, slot_end, reserved_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (facility_id, booking_id) DO UPDATE \
-                 SET slot_start = EXCLUDED.slot_start, slot_end = EXCLUDED.slot_end, reserved_at = EXCLUDED.reserved_at",
-            )
-            .bind(envelope.aggregate_id)
-            .bind(booking_id.as_uuid())
-            .bind(slot.start_utc())
-            .bind(slot.end_utc())
-            .bind(envelope.occurred_at)
-            .execute(&mut *conn)
-            .await?;
-            touch(conn, envelope, version).await?;
-        }
+        FacilityEvent::SlotReserved { booking_id, slot } => reservations.put(
+            (facility, *booking_id.as_uuid()),
+            ReservationRow {
+                facility_id: facility,
+                booking_id: *booking_id.as_uuid(),
+                slot_start: at(slot.start_utc()),
+                slot_end: at(slot.end_utc()),
+                reserved_at: at(envelope.occurred_at),
+            },
+        ),
         FacilityEvent::SlotReleased { booking_id } => {
-            sqlx::query("DELETE FROM reservations WHERE facility_id = $1 AND booking_id = $2")
-                .bind(envelope.aggregate_id)
-                .bind(booking_id.as_uuid())
-                .execute(&mut *conn)
-                .await?;
-            touch(conn, envelope, version).await?;
+            reservations.delete((facility, *booking_id.as_uuid()));
         }
-        // A refusal changes no reservation, but it is in the facility's stream: its version moves.
-        FacilityEvent::SlotRejected { .. } => touch(conn, envelope, version).await?,
+        // A refusal changes no reservation, but it is in the facility's stream: its version moves
+        // (and so its ETag).
+        FacilityEvent::SlotRejected { .. } => {}
     }
-    Ok(Applied::Changed)
-}
-
-/// Moves the facility row's version (and so its ETag) to this event.
-async fn touch(
-    conn: &mut PgConnection,
-    envelope: &EventEnvelope,
-    version: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE facilities SET version = $2, updated_at = $3 WHERE facility_id = $1")
-        .bind(envelope.aggregate_id)
-        .bind(version)
-        .bind(envelope.occurred_at)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    if let Some(row) = row {
+        row.version = version_of(envelope);
+        row.updated_at = at(envelope.occurred_at);
+    }
 }

@@ -1,25 +1,62 @@
 //! The `payments` read model: one row per payment (one payment per booking).
+//!
+//! A new column is a field of [`PaymentRow`] (named as the column) and its value in the fold.
 
+use chrono::{DateTime, Utc};
 use domain::payment::{PaymentEvent, PaymentStatus};
-use event_log::resolution::Admission;
 use schemas::EventEnvelope;
-use sqlx::PgConnection;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-use super::{Applied, ApplyError, admission, version_of};
+use super::{at, rows::Table, version_of};
 
-const LOCK: &str = "SELECT version FROM payments WHERE payment_id = $1 FOR UPDATE";
+/// One row of `payments`; the field names are the columns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PaymentRow {
+    payment_id: Uuid,
+    booking_id: Uuid,
+    status: String,
+    amount_minor: i64,
+    currency: String,
+    capture_reference: Option<String>,
+    decline_reason: Option<String>,
+    refund_reference: Option<String>,
+    refunded_amount_minor: Option<i64>,
+    version: i64,
+    updated_at: DateTime<Utc>,
+}
 
-pub(crate) async fn apply(
-    conn: &mut PgConnection,
-    event: &PaymentEvent,
-    envelope: &EventEnvelope,
-) -> Result<Applied, ApplyError> {
-    match admission(conn, LOCK, envelope).await? {
-        Admission::Next => {}
-        Admission::Stale => return Ok(Applied::Stale),
-        Admission::Gap { expected } => return Ok(Applied::Gap { expected }),
+impl Table for PaymentRow {
+    const NAME: &'static str = "payments";
+    const KEY: &'static str = "payment_id";
+    fn key(&self) -> Uuid {
+        self.payment_id
     }
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// Folds the next event of the payment's stream (admitted by the caller) into its row. A refund
+/// with no row yet changes nothing.
+pub(crate) fn fold(row: &mut Option<PaymentRow>, event: &PaymentEvent, envelope: &EventEnvelope) {
     let version = version_of(envelope);
+    let updated_at = at(envelope.occurred_at);
+    let new = |booking_id: &domain::values::BookingId,
+               status: PaymentStatus,
+               amount: &domain::values::Money| PaymentRow {
+        payment_id: envelope.aggregate_id,
+        booking_id: *booking_id.as_uuid(),
+        status: status.as_str().to_owned(),
+        amount_minor: amount.amount_minor(),
+        currency: amount.currency().code().to_owned(),
+        capture_reference: None,
+        decline_reason: None,
+        refund_reference: None,
+        refunded_amount_minor: None,
+        version,
+        updated_at,
+    };
     match event {
         PaymentEvent::PaymentCaptured {
             booking_id,
@@ -27,19 +64,10 @@ pub(crate) async fn apply(
             gateway_reference,
             ..
         } => {
-            insert(
-                conn,
-                envelope,
-                *booking_id.as_uuid(),
-                PaymentStatus::Captured,
-                *amount,
-            )
-            .await?;
-            sqlx::query("UPDATE payments SET capture_reference = $2 WHERE payment_id = $1")
-                .bind(envelope.aggregate_id)
-                .bind(gateway_reference)
-                .execute(&mut *conn)
-                .await?;
+            *row = Some(PaymentRow {
+                capture_reference: Some(gateway_reference.clone()),
+                ..new(booking_id, PaymentStatus::Captured, amount)
+            });
         }
         PaymentEvent::PaymentDeclined {
             booking_id,
@@ -47,60 +75,22 @@ pub(crate) async fn apply(
             reason,
             ..
         } => {
-            insert(
-                conn,
-                envelope,
-                *booking_id.as_uuid(),
-                PaymentStatus::Declined,
-                *amount,
-            )
-            .await?;
-            sqlx::query("UPDATE payments SET decline_reason = $2 WHERE payment_id = $1")
-                .bind(envelope.aggregate_id)
-                .bind(reason)
-                .execute(&mut *conn)
-                .await?;
+            *row = Some(PaymentRow {
+                decline_reason: Some(reason.clone()),
+                ..new(booking_id, PaymentStatus::Declined, amount)
+            });
         }
         PaymentEvent::PaymentRefunded {
             amount,
             gateway_reference,
         } => {
-            sqlx::query(
-                "UPDATE payments SET status = $2, refund_reference = $3, refunded_amount_minor = $4, \
-                 version = $5, updated_at = $6 WHERE payment_id = $1",
-            )
-            .bind(envelope.aggregate_id)
-            .bind(PaymentStatus::Refunded.as_str())
-            .bind(gateway_reference)
-            .bind(amount.amount_minor())
-            .bind(version)
-            .bind(envelope.occurred_at)
-            .execute(&mut *conn)
-            .await?;
+            if let Some(row) = row {
+                PaymentStatus::Refunded.as_str().clone_into(&mut row.status);
+                row.refund_reference = Some(gateway_reference.clone());
+                row.refunded_amount_minor = Some(amount.amount_minor());
+                row.version = version;
+                row.updated_at = updated_at;
+            }
         }
     }
-    Ok(Applied::Changed)
-}
-
-async fn insert(
-    conn: &mut PgConnection,
-    envelope: &EventEnvelope,
-    booking_id: uuid::Uuid,
-    status: PaymentStatus,
-    amount: domain::values::Money,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO payments (payment_id, booking_id, status, amount_minor, currency, version, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(envelope.aggregate_id)
-    .bind(booking_id)
-    .bind(status.as_str())
-    .bind(amount.amount_minor())
-    .bind(amount.currency().code())
-    .bind(version_of(envelope))
-    .bind(envelope.occurred_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
