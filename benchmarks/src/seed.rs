@@ -100,10 +100,7 @@ pub(crate) async fn stories(kafka: &KafkaSettings, events: u64) -> anyhow::Resul
 /// done with (issue 18): every third one cancelled, and of the others all but one in twenty
 /// confirmed for a service held a year before the fixture's (in the past), so only one
 /// booking in twenty can still change.
-pub(crate) async fn finished_stories(
-    kafka: &KafkaSettings,
-    events: u64,
-) -> anyhow::Result<Seeded> {
+pub(crate) async fn finished_stories(kafka: &KafkaSettings, events: u64) -> anyhow::Result<Seeded> {
     seed(kafka, events, Services::MostlyOver).await
 }
 

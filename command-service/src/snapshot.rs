@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use platform::shutdown::CancellationToken;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{AggregateStore, Folded, LogHead, Live, partition_key};
+use crate::store::{AggregateStore, Folded, Live, LogHead, partition_key};
 
 /// Bumped when the snapshot's shape changes; a snapshot of a format not in [`READS`] is
 /// ignored (the log is replayed). 2: the cluster id. 3: parked records (a snapshot of a release

@@ -262,10 +262,14 @@ pub(crate) trait Stored: Aggregate {
     const KIND: AggregateType;
     fn streams(folded: &Folded) -> &HashMap<Uuid, Kept<Self::State>>;
     fn streams_mut(folded: &mut Folded) -> &mut HashMap<Uuid, Kept<Self::State>>;
+    /// Forgets, once an event is folded, what no command can reach any more (docs/memory.md):
+    /// a facility's reservations that ended, so a replay of years of history never holds
+    /// them. Nothing for the other aggregates.
+    fn forget_unreachable(_state: &mut Self::State, _now: chrono::DateTime<chrono::Utc>) {}
 }
 
 macro_rules! stored {
-    ($aggregate:ty, $kind:expr, $field:ident) => {
+    ($aggregate:ty, $kind:expr, $field:ident $(, $forget:expr)?) => {
         impl Stored for $aggregate {
             const KIND: AggregateType = $kind;
             fn streams(folded: &Folded) -> &HashMap<Uuid, Kept<Self::State>> {
@@ -274,11 +278,23 @@ macro_rules! stored {
             fn streams_mut(folded: &mut Folded) -> &mut HashMap<Uuid, Kept<Self::State>> {
                 &mut folded.$field
             }
+            $(
+                fn forget_unreachable(state: &mut Self::State, now: chrono::DateTime<chrono::Utc>) {
+                    $forget(state, now);
+                }
+            )?
         }
     };
 }
 
-stored!(Facility, AggregateType::Facility, facilities);
+stored!(
+    Facility,
+    AggregateType::Facility,
+    facilities,
+    |state: &mut domain::facility::FacilityState, now| {
+        state.forget_ended_reservations(now - RESERVATION_MARGIN);
+    }
+);
 stored!(Booking, AggregateType::Booking, bookings);
 stored!(Payment, AggregateType::Payment, payments);
 stored!(Saga, AggregateType::Saga, sagas);
@@ -684,6 +700,7 @@ impl AggregateStore {
         match admit(stream.version, envelope.sequence) {
             Admission::Next => {
                 stream.state = A::evolve(std::mem::take(&mut stream.state), &event);
+                A::forget_unreachable(&mut stream.state, chrono::Utc::now());
                 stream.version = envelope.sequence;
                 stream.owner.get_or_insert(owner);
                 stream.last_position = Some(At {
@@ -1438,7 +1455,11 @@ mod tests {
         let snapshot = serde_json::to_vec(&Live(&whole)).expect("a store serialises");
         let restored = empty_store_from(serde_json::from_slice(&snapshot).expect("reads back"));
         assert_eq!(distinct(&restored), (1, 1));
-        restored.folded.write().map(|mut f| f.owners.insert(Arc::from("gone"))).ok();
+        restored
+            .folded
+            .write()
+            .map(|mut f| f.owners.insert(Arc::from("gone")))
+            .ok();
         restored.sweep(chrono::Utc::now());
         assert_eq!(distinct(&restored), (1, 1));
     }
@@ -1519,7 +1540,10 @@ mod tests {
         };
         serde_json::to_writer(&mut writer, &Live(&store)).expect("a store serialises");
         let folded_meanwhile = late.len() - writer.late.len();
-        assert!(folded_meanwhile > 0, "the tailer waited for the whole snapshot");
+        assert!(
+            folded_meanwhile > 0,
+            "the tailer waited for the whole snapshot"
+        );
         for (position, bytes) in writer.late.iter().rev() {
             store.apply_record(position.clone(), Some(bytes));
         }

@@ -258,10 +258,7 @@ async fn one_point(
         kafka,
         &format!("{tag}-snapshot"),
         Some(&snapshot),
-        &[(
-            "FM_COMMANDS__SNAPSHOT_INTERVAL",
-            STALL_SNAPSHOT_INTERVAL_MS,
-        )],
+        &[("FM_COMMANDS__SNAPSHOT_INTERVAL", STALL_SNAPSHOT_INTERVAL_MS)],
     )?;
     let ready = restored.wait_ready(http, catch_up_timeout()).await?;
     let command_snapshot = ServiceMemory {
