@@ -1110,6 +1110,7 @@ mod tests {
             query_api: service(10_000, None),
             bare: service(9_000, None),
             load_average: "1 1 1".into(),
+            snapshot_stall: None,
         }
     }
 

@@ -128,7 +128,7 @@ fn a_year_before(envelope: &mut EventEnvelope) {
                     }
                 }
             }
-            Some(serde_json::Value::String(date)) => *date = date.replacen("2027-", "2026-", 1),
+            Some(serde_json::Value::String(day)) => *day = day.replacen("2027-", "2026-", 1),
             _ => {}
         }
     }

@@ -6,8 +6,11 @@
 //! whether their event was admitted or lost a race (`docs/consistency.md`).
 //!
 //! Everything the tailer folds — streams, the idempotency index, the parked records, and the
-//! next offset of every partition — sits behind one lock and changes together per record, so a
-//! snapshot taken under that lock is a consistent cut of the log (see `snapshot`).
+//! next offset of every partition — sits behind one lock and changes together per record. A
+//! snapshot is written a chunk at a time, the offsets first ([`Live`]). What no command can
+//! reach any more is forgotten (docs/memory.md): a facility's ended reservations, idempotency
+//! keys past their retention ([`run_sweeper`]); every stream names its topic by its type and
+//! shares its owner's name ([`Kept`]).
 //!
 //! A record this release cannot fold yet parks its aggregate, as in every other reader
 //! (docs/evolution.md, "Unknown is parked, not skipped"): one of an event type or version this
@@ -152,15 +155,19 @@ impl Drop for Awaited<'_> {
     }
 }
 
+/// Every stream of one aggregate type. Each stream is boxed: a table keeps a share of its slots
+/// empty, and a slot is then a key and a pointer rather than a whole stream (docs/memory.md).
+pub(crate) type Streams<S> = HashMap<Uuid, Box<Kept<S>>>;
+
 /// Everything folded from the log, as of `positions`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Folded {
-    facilities: HashMap<Uuid, Kept<<Facility as Aggregate>::State>>,
-    bookings: HashMap<Uuid, Kept<<Booking as Aggregate>::State>>,
-    payments: HashMap<Uuid, Kept<<Payment as Aggregate>::State>>,
+    facilities: Streams<<Facility as Aggregate>::State>,
+    bookings: Streams<<Booking as Aggregate>::State>,
+    payments: Streams<<Payment as Aggregate>::State>,
     /// The sagas' decision streams (absent from snapshots written before they existed).
     #[serde(default)]
-    sagas: HashMap<Uuid, Kept<<Saga as Aggregate>::State>>,
+    sagas: Streams<<Saga as Aggregate>::State>,
     /// `"subject\nkey"` → the admitted event of the first command with that key.
     idempotency: HashMap<String, Recorded>,
     /// `"type\nid"` → the records of an aggregate this release cannot fold yet, in sequence
@@ -188,7 +195,7 @@ impl Folded {
 
     /// Shares the owners of streams read from a snapshot (each was read as its own string).
     fn share_owners(&mut self) {
-        fn share<S>(owners: &mut HashSet<Arc<str>>, streams: &mut HashMap<Uuid, Kept<S>>) {
+        fn share<S>(owners: &mut HashSet<Arc<str>>, streams: &mut Streams<S>) {
             for kept in streams.values_mut() {
                 if let Some(owner) = kept.owner.as_mut() {
                     match owners.get(&**owner) {
@@ -260,8 +267,8 @@ impl NotFolded {
 /// An aggregate kept in the store: which map holds it and which topic carries it.
 pub(crate) trait Stored: Aggregate {
     const KIND: AggregateType;
-    fn streams(folded: &Folded) -> &HashMap<Uuid, Kept<Self::State>>;
-    fn streams_mut(folded: &mut Folded) -> &mut HashMap<Uuid, Kept<Self::State>>;
+    fn streams(folded: &Folded) -> &Streams<Self::State>;
+    fn streams_mut(folded: &mut Folded) -> &mut Streams<Self::State>;
     /// Forgets, once an event is folded, what no command can reach any more (docs/memory.md):
     /// a facility's reservations that ended, so a replay of years of history never holds
     /// them. Nothing for the other aggregates.
@@ -272,10 +279,10 @@ macro_rules! stored {
     ($aggregate:ty, $kind:expr, $field:ident $(, $forget:expr)?) => {
         impl Stored for $aggregate {
             const KIND: AggregateType = $kind;
-            fn streams(folded: &Folded) -> &HashMap<Uuid, Kept<Self::State>> {
+            fn streams(folded: &Folded) -> &Streams<Self::State> {
                 &folded.$field
             }
-            fn streams_mut(folded: &mut Folded) -> &mut HashMap<Uuid, Kept<Self::State>> {
+            fn streams_mut(folded: &mut Folded) -> &mut Streams<Self::State> {
                 &mut folded.$field
             }
             $(
@@ -842,7 +849,7 @@ impl Serialize for LiveIdempotency<'_> {
 pub(crate) const RESERVATION_MARGIN: chrono::Duration = chrono::Duration::hours(1);
 
 /// How often [`run_sweeper`] sweeps the store.
-pub(crate) const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_mins(1);
 
 /// What one sweep forgot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1284,7 +1291,7 @@ mod tests {
 
     /// Every command a caller could send to the aggregates of `story` (its booking `i`), with
     /// the answer a store gives to each: what compaction must leave as it was.
-    fn answers(store: &AggregateStore, i: usize, story: &[EventEnvelope]) -> Vec<String> {
+    fn answers(store: &AggregateStore, i: usize, history: &[EventEnvelope]) -> Vec<String> {
         use domain::{
             booking::BookingCommand,
             facility::FacilityCommand,
@@ -1293,8 +1300,8 @@ mod tests {
             values::{BookingId, PaymentId},
         };
         let now = the_day_after();
-        let facility = story[0].aggregate_id;
-        let booking = BookingId::from(story[1].aggregate_id);
+        let facility = history[0].aggregate_id;
+        let booking = BookingId::from(history[1].aggregate_id);
         let payment = PaymentId::for_booking(booking);
         let price = fixtures::price();
         let mut answers = Vec::new();
@@ -1379,11 +1386,9 @@ mod tests {
             .map(|i| schemas::fixtures::booking_story(i).1)
             .collect();
         let whole = empty_store();
-        let mut offset = 0;
-        for envelope in stories.iter().flatten() {
-            let (position, bytes) = logged(envelope, offset);
+        for (offset, envelope) in stories.iter().flatten().enumerate() {
+            let (position, bytes) = logged(envelope, i64::try_from(offset).unwrap_or_default());
             whole.apply_record(position, Some(&bytes));
-            offset += 1;
         }
         let snapshot = serde_json::to_vec(&Live(&whole)).expect("a store serialises");
         let restored: Folded = serde_json::from_slice(&snapshot).expect("a snapshot reads back");

@@ -111,8 +111,8 @@ async fn snapshot_stall(
         if modified() != before {
             break since.elapsed();
         }
-        if since.elapsed() > Duration::from_secs(300) {
-            anyhow::bail!("no snapshot within 300 s of a new record");
+        if since.elapsed() > Duration::from_mins(5) {
+            anyhow::bail!("no snapshot within 5 minutes of a new record");
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
