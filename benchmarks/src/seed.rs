@@ -90,8 +90,51 @@ fn bulk_producer(kafka: &KafkaSettings) -> anyhow::Result<FutureProducer> {
 }
 
 /// Appends booking stories until at least `events` events are written: 6 or 9 events per
-/// story (7 on average), over the facility, booking and payment topics.
+/// story (7 on average), over the facility, booking and payment topics. A third of the
+/// bookings are cancelled; the others are confirmed for a service ahead.
 pub(crate) async fn stories(kafka: &KafkaSettings, events: u64) -> anyhow::Result<Seeded> {
+    seed(kafka, events, Services::Ahead).await
+}
+
+/// As [`stories`], with 95 % of the bookings finished, as a store sees them once they are
+/// done with (issue 18): every third one cancelled, and of the others all but one in twenty
+/// confirmed for a service held a year before the fixture's (in the past), so only one
+/// booking in twenty can still change.
+pub(crate) async fn finished_stories(kafka: &KafkaSettings, events: u64) -> anyhow::Result<Seeded> {
+    seed(kafka, events, Services::MostlyOver).await
+}
+
+/// When the stories' services are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Services {
+    /// The fixture's slot, ahead.
+    Ahead,
+    /// A year earlier for all but every twentieth story.
+    MostlyOver,
+}
+
+/// The fixture's slot and date of death, a year earlier (the same weekday and hours do not
+/// matter to a reader: a record is folded, not decided).
+fn a_year_before(envelope: &mut EventEnvelope) {
+    let Some(data) = envelope.data.as_object_mut() else {
+        return;
+    };
+    for field in ["slot", "date_of_death"] {
+        match data.get_mut(field) {
+            Some(serde_json::Value::Object(slot)) => {
+                for end in ["start", "end"] {
+                    if let Some(serde_json::Value::String(at)) = slot.get_mut(end) {
+                        *at = at.replacen("2027-", "2026-", 1);
+                    }
+                }
+            }
+            Some(serde_json::Value::String(day)) => *day = day.replacen("2027-", "2026-", 1),
+            _ => {}
+        }
+    }
+}
+
+async fn seed(kafka: &KafkaSettings, events: u64, services: Services) -> anyhow::Result<Seeded> {
     let producer = bulk_producer(kafka)?;
     let topics = Topics::new(&kafka.topic_prefix);
     let mut bookings = Vec::new();
@@ -101,7 +144,10 @@ pub(crate) async fn stories(kafka: &KafkaSettings, events: u64) -> anyhow::Resul
     let mut last_report = Instant::now();
     let mut story = 0_usize;
     while written < events {
-        let (booking, envelopes) = schemas::fixtures::booking_story(story);
+        let (booking, mut envelopes) = schemas::fixtures::booking_story(story);
+        if services == Services::MostlyOver && !story.is_multiple_of(20) {
+            envelopes.iter_mut().for_each(a_year_before);
+        }
         story += 1;
         bookings.push(booking);
         for envelope in &envelopes {

@@ -65,16 +65,32 @@ pub(crate) fn command_service(
     tag: &str,
     snapshot: Option<&Path>,
 ) -> anyhow::Result<Process> {
+    command_service_with(bench, kafka, tag, snapshot, &[])
+}
+
+/// As [`command_service`], with more settings (`FM_*` variables) on top of the stack's.
+pub(crate) fn command_service_with(
+    bench: &Bench,
+    kafka: &event_log::KafkaSettings,
+    tag: &str,
+    snapshot: Option<&Path>,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<Process> {
     let facts = stack::Facts {
         snapshot: snapshot.map(Path::to_owned),
         ..facts(bench, Some(kafka))
     };
-    spawn(
-        bench,
-        stack::Service::CommandService,
-        bench.ports.command,
-        &facts,
-        tag,
+    let service = stack::Service::CommandService;
+    let mut env = stack::env(&facts, &stack::Instance::new(service, bench.ports.command));
+    for (key, value) in settings {
+        env.insert((*key).to_owned(), (*value).to_owned());
+    }
+    Process::spawn(
+        &format!("{service}-{tag}"),
+        &bench.binary(service.name()),
+        &[],
+        &env,
+        &bench.log_dir,
     )
 }
 

@@ -1,9 +1,12 @@
 //! Snapshots of the aggregate store, so that start-up time does not grow with all history.
 //!
 //! A snapshot is a cache of the log on the replica's own disk (`FM_COMMANDS__SNAPSHOT_PATH`):
-//! every folded stream, the idempotency index, and the next offset of every partition, taken
-//! under the store's one lock, so it is a consistent cut of the log. On start the service
-//! restores it and reads the log only from those offsets. Losing or refusing a snapshot costs
+//! every folded stream, the idempotency index, and the next offset of every partition. It is
+//! written as it is serialised, a chunk of entries per hold of the store's lock, so neither a
+//! buffer of the whole store nor a lock held for the whole write stands between the tailer, the
+//! readers and the disk; the offsets are taken first, so every part is at least as new as they
+//! are (`crate::store::Live`, docs/memory.md). On start the service restores it, read as a
+//! stream from the file, and reads the log only from those offsets. Losing or refusing a snapshot costs
 //! start-up time, never correctness: the service then replays the whole log. Re-reading events
 //! a snapshot already holds is harmless too, because the admission rule ignores them as stale.
 //!
@@ -16,7 +19,7 @@
 //! The file holds family contact details, so it is written readable by its owner only.
 
 use std::{
-    io::Write,
+    io::{BufReader, BufWriter, Write},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -26,12 +29,19 @@ use chrono::{DateTime, Utc};
 use platform::shutdown::CancellationToken;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{AggregateStore, Folded, LogHead, partition_key};
+use crate::store::{AggregateStore, Folded, Live, LogHead, partition_key};
 
-/// Bumped when the snapshot's shape changes; a snapshot of another format is ignored.
-/// 2: the cluster id. 3: parked records (a snapshot of a release that skipped the records it
-/// did not know has lost them, so it must not be trusted).
-const FORMAT: u32 = 3;
+/// Bumped when the snapshot's shape changes; a snapshot of a format not in [`READS`] is
+/// ignored (the log is replayed). 2: the cluster id. 3: parked records (a snapshot of a release
+/// that skipped the records it did not know has lost them, so it must not be trusted). 4: a
+/// stream's last position without its topic, written in parts (docs/memory.md); it holds what
+/// format 3 held.
+const FORMAT: u32 = 4;
+
+/// The formats this release restores: 3 reads as 4 (the topic of a position is ignored, the
+/// aggregate's type names it), and every piece of 3 was one cut of the log, which is stricter
+/// than 4 needs.
+const READS: [u32; 2] = [3, FORMAT];
 
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
@@ -39,7 +49,7 @@ struct SnapshotRef<'a> {
     topic_prefix: &'a str,
     cluster_id: Option<&'a str>,
     taken_at: DateTime<Utc>,
-    folded: &'a Folded,
+    folded: Live<'a>,
 }
 
 #[derive(Deserialize)]
@@ -53,8 +63,11 @@ struct SnapshotFile {
 
 /// Why a snapshot that parses is still not used.
 fn refusal(file: &SnapshotFile, topic_prefix: &str, head: &LogHead) -> Option<String> {
-    if file.format != FORMAT {
-        return Some(format!("it is of format {}, not {FORMAT}", file.format));
+    if !READS.contains(&file.format) {
+        return Some(format!(
+            "it is of format {}, and this release reads {READS:?}",
+            file.format
+        ));
     }
     if file.topic_prefix != topic_prefix {
         return Some(format!(
@@ -99,15 +112,17 @@ fn refusal(file: &SnapshotFile, topic_prefix: &str, head: &LogHead) -> Option<St
 /// Reads the snapshot at `path` if there is a usable one for this deployment's topics and for
 /// the log as `head` found it.
 pub(crate) fn load(path: &Path, topic_prefix: &str, head: &LogHead) -> Option<Folded> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+    // Read as a stream: a buffer of the whole file beside the store it becomes was the peak of
+    // a restart (docs/benchmarks.md).
+    let file = match std::fs::File::open(path) {
+        Ok(file) => BufReader::with_capacity(1 << 16, file),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
         Err(error) => {
             tracing::warn!(%error, path = %path.display(), "cannot read the snapshot; replaying the log");
             return None;
         }
     };
-    match serde_json::from_slice::<SnapshotFile>(&bytes) {
+    match serde_json::from_reader::<_, SnapshotFile>(file) {
         Ok(file) => {
             if let Some(reason) = refusal(&file, topic_prefix, head) {
                 tracing::warn!(path = %path.display(), %reason, "discarding the snapshot: it does not belong to this log; replaying the log");
@@ -132,15 +147,6 @@ pub(crate) fn save(
     cluster_id: Option<&str>,
     store: &AggregateStore,
 ) -> std::io::Result<()> {
-    let bytes = store.with_folded(|folded| {
-        serde_json::to_vec(&SnapshotRef {
-            format: FORMAT,
-            topic_prefix,
-            cluster_id,
-            taken_at: Utc::now(),
-            folded,
-        })
-    })?;
     if let Some(parent) = path
         .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
@@ -152,9 +158,22 @@ pub(crate) fn save(
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&temporary)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
+    let mut writer = BufWriter::with_capacity(1 << 16, options.open(&temporary)?);
+    serde_json::to_writer(
+        &mut writer,
+        &SnapshotRef {
+            format: FORMAT,
+            topic_prefix,
+            cluster_id,
+            taken_at: Utc::now(),
+            folded: Live(store),
+        },
+    )?;
+    writer.flush()?;
+    writer
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?
+        .sync_all()?;
     std::fs::rename(&temporary, path)
 }
 

@@ -21,7 +21,7 @@ use crate::{
 #[derive(Debug)]
 pub struct Application {
     server: platform::http::HttpServer,
-    /// The tailer and the snapshot writer.
+    /// The tailer, the lag monitor, the store's sweeper and the snapshot writer.
     background: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
     startup: StartupReport,
@@ -106,6 +106,7 @@ impl Service for Application {
         );
         let mut background = vec![
             tokio::spawn(tailer.run(store.clone(), shutdown.clone())),
+            tokio::spawn(crate::store::run_sweeper(store.clone(), shutdown.clone())),
             tokio::spawn(lag_monitor.run(
                 store.clone(),
                 settings.commands.lag_check_interval,
@@ -167,7 +168,7 @@ impl Service for Application {
         self.shutdown.cancel();
         for task in self.background {
             task.await
-                .context("A background task (tailer, snapshot writer) panicked")?;
+                .context("A background task (tailer, sweeper, snapshot writer) panicked")?;
         }
         Ok(())
     }

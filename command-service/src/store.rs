@@ -6,8 +6,11 @@
 //! whether their event was admitted or lost a race (`docs/consistency.md`).
 //!
 //! Everything the tailer folds — streams, the idempotency index, the parked records, and the
-//! next offset of every partition — sits behind one lock and changes together per record, so a
-//! snapshot taken under that lock is a consistent cut of the log (see `snapshot`).
+//! next offset of every partition — sits behind one lock and changes together per record. A
+//! snapshot is written a chunk at a time, the offsets first ([`Live`]). What no command can
+//! reach any more is forgotten (docs/memory.md): a facility's ended reservations, idempotency
+//! keys past their retention ([`run_sweeper`]); every stream names its topic by its type and
+//! shares its owner's name ([`Kept`]).
 //!
 //! A record this release cannot fold yet parks its aggregate, as in every other reader
 //! (docs/evolution.md, "Unknown is parked, not skipped"): one of an event type or version this
@@ -19,7 +22,7 @@
 //! and when a store starts (a newer release may know what an older one parked).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicBool, AtomicI64, Ordering},
@@ -45,8 +48,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-/// One aggregate's folded stream.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// One aggregate's folded stream, as a command decides on it (a copy of what the store keeps).
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Stream<S> {
     /// The sequence of the last admitted event; 0 for a stream with no events.
     pub(crate) version: u64,
@@ -56,6 +59,52 @@ pub(crate) struct Stream<S> {
     /// The token subject whose command created the stream (a family may act only on the
     /// bookings it created).
     pub(crate) owner: Option<String>,
+}
+
+/// One aggregate's folded stream as the store keeps it (docs/memory.md): where its last event
+/// sits without the topic's name (the aggregate's type names it), and its owner shared with
+/// every other stream of the same subject, because a name repeated per stream cost more than
+/// most states.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Kept<S> {
+    version: u64,
+    state: S,
+    /// A snapshot of format 3 also names the topic here; it is not read.
+    #[serde(default)]
+    last_position: Option<At>,
+    #[serde(default, with = "shared_name")]
+    owner: Option<Arc<str>>,
+}
+
+/// Where in its aggregate's topic an event sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct At {
+    partition: i32,
+    offset: i64,
+}
+
+/// (De)serialises a shared name as a plain string (serde's `rc` feature is not enabled).
+mod shared_name {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[expect(clippy::ref_option, reason = "the signature serde's `with` calls")]
+    pub(super) fn serialize<S: Serializer>(
+        name: &Option<Arc<str>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match name {
+            Some(name) => serializer.serialize_some(&**name),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Arc<str>>, D::Error> {
+        Ok(Option::<String>::deserialize(deserializer)?.map(Arc::from))
+    }
 }
 
 /// The first outcome of a command that carried an `Idempotency-Key`, as found in the log.
@@ -106,15 +155,19 @@ impl Drop for Awaited<'_> {
     }
 }
 
+/// Every stream of one aggregate type. Each stream is boxed: a table keeps a share of its slots
+/// empty, and a slot is then a key and a pointer rather than a whole stream (docs/memory.md).
+pub(crate) type Streams<S> = HashMap<Uuid, Box<Kept<S>>>;
+
 /// Everything folded from the log, as of `positions`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Folded {
-    facilities: HashMap<Uuid, Stream<<Facility as Aggregate>::State>>,
-    bookings: HashMap<Uuid, Stream<<Booking as Aggregate>::State>>,
-    payments: HashMap<Uuid, Stream<<Payment as Aggregate>::State>>,
+    facilities: Streams<<Facility as Aggregate>::State>,
+    bookings: Streams<<Booking as Aggregate>::State>,
+    payments: Streams<<Payment as Aggregate>::State>,
     /// The sagas' decision streams (absent from snapshots written before they existed).
     #[serde(default)]
-    sagas: HashMap<Uuid, Stream<<Saga as Aggregate>::State>>,
+    sagas: Streams<<Saga as Aggregate>::State>,
     /// `"subject\nkey"` → the admitted event of the first command with that key.
     idempotency: HashMap<String, Recorded>,
     /// `"type\nid"` → the records of an aggregate this release cannot fold yet, in sequence
@@ -123,6 +176,42 @@ pub(crate) struct Folded {
     parked: BTreeMap<String, Vec<ParkedRecord>>,
     /// The next offset to read of every partition (`"topic\npartition"`), for a snapshot.
     pub(crate) positions: BTreeMap<String, i64>,
+    /// Every stream's owner, once: streams share these (see [`Kept`]); the sweep drops the
+    /// names no stream holds any more.
+    #[serde(skip)]
+    owners: HashSet<Arc<str>>,
+}
+
+impl Folded {
+    /// The shared copy of `subject`.
+    fn owner(&mut self, subject: &str) -> Arc<str> {
+        if let Some(owner) = self.owners.get(subject) {
+            return owner.clone();
+        }
+        let owner: Arc<str> = Arc::from(subject);
+        self.owners.insert(owner.clone());
+        owner
+    }
+
+    /// Shares the owners of streams read from a snapshot (each was read as its own string).
+    fn share_owners(&mut self) {
+        fn share<S>(owners: &mut HashSet<Arc<str>>, streams: &mut Streams<S>) {
+            for kept in streams.values_mut() {
+                if let Some(owner) = kept.owner.as_mut() {
+                    match owners.get(&**owner) {
+                        Some(shared) => *owner = shared.clone(),
+                        None => {
+                            owners.insert(owner.clone());
+                        }
+                    }
+                }
+            }
+        }
+        share(&mut self.owners, &mut self.facilities);
+        share(&mut self.owners, &mut self.bookings);
+        share(&mut self.owners, &mut self.payments);
+        share(&mut self.owners, &mut self.sagas);
+    }
 }
 
 /// The key of a partition in [`Folded::positions`] (JSON object keys must be strings).
@@ -178,25 +267,41 @@ impl NotFolded {
 /// An aggregate kept in the store: which map holds it and which topic carries it.
 pub(crate) trait Stored: Aggregate {
     const KIND: AggregateType;
-    fn streams(folded: &Folded) -> &HashMap<Uuid, Stream<Self::State>>;
-    fn streams_mut(folded: &mut Folded) -> &mut HashMap<Uuid, Stream<Self::State>>;
+    fn streams(folded: &Folded) -> &Streams<Self::State>;
+    fn streams_mut(folded: &mut Folded) -> &mut Streams<Self::State>;
+    /// Forgets, once an event is folded, what no command can reach any more (docs/memory.md):
+    /// a facility's reservations that ended, so a replay of years of history never holds
+    /// them. Nothing for the other aggregates.
+    fn forget_unreachable(_state: &mut Self::State, _now: chrono::DateTime<chrono::Utc>) {}
 }
 
 macro_rules! stored {
-    ($aggregate:ty, $kind:expr, $field:ident) => {
+    ($aggregate:ty, $kind:expr, $field:ident $(, $forget:expr)?) => {
         impl Stored for $aggregate {
             const KIND: AggregateType = $kind;
-            fn streams(folded: &Folded) -> &HashMap<Uuid, Stream<Self::State>> {
+            fn streams(folded: &Folded) -> &Streams<Self::State> {
                 &folded.$field
             }
-            fn streams_mut(folded: &mut Folded) -> &mut HashMap<Uuid, Stream<Self::State>> {
+            fn streams_mut(folded: &mut Folded) -> &mut Streams<Self::State> {
                 &mut folded.$field
             }
+            $(
+                fn forget_unreachable(state: &mut Self::State, now: chrono::DateTime<chrono::Utc>) {
+                    $forget(state, now);
+                }
+            )?
         }
     };
 }
 
-stored!(Facility, AggregateType::Facility, facilities);
+stored!(
+    Facility,
+    AggregateType::Facility,
+    facilities,
+    |state: &mut domain::facility::FacilityState, now| {
+        state.forget_ended_reservations(now - RESERVATION_MARGIN);
+    }
+);
 stored!(Booking, AggregateType::Booking, bookings);
 stored!(Payment, AggregateType::Payment, payments);
 stored!(Saga, AggregateType::Saga, sagas);
@@ -241,10 +346,12 @@ impl AggregateStore {
             topics,
             idempotency_retention,
         };
+        folded.share_owners();
         let keys: Vec<String> = folded.parked.keys().cloned().collect();
         for key in keys {
             store.drain(&mut folded, &key);
         }
+        forget_ended_reservations(&mut folded, chrono::Utc::now());
         set_parked_gauge(&folded);
         *store.folded.write().unwrap_or_else(PoisonError::into_inner) = folded;
         store
@@ -253,7 +360,40 @@ impl AggregateStore {
     /// A copy of one stream (a fresh empty one if it has no events).
     pub(crate) fn read<A: Stored>(&self, id: Uuid) -> Stream<A::State> {
         let folded = self.folded.read().unwrap_or_else(PoisonError::into_inner);
-        A::streams(&folded).get(&id).cloned().unwrap_or_default()
+        let Some(kept) = A::streams(&folded).get(&id) else {
+            return Stream::default();
+        };
+        Stream {
+            version: kept.version,
+            state: kept.state.clone(),
+            last_position: kept.last_position.map(|at| LogPosition {
+                topic: self.topics.events(A::KIND),
+                partition: at.partition,
+                offset: at.offset,
+            }),
+            owner: kept.owner.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// Forgets what no command can need any more (docs/memory.md): idempotency keys past
+    /// their retention, and facility reservations that ended, turnaround included, more than
+    /// [`RESERVATION_MARGIN`] before `now`; and the owners' names no stream holds. Under the
+    /// store's lock, as every change is; one pass over the facilities and the keys, run every
+    /// [`SWEEP_EVERY`] by [`run_sweeper`].
+    pub(crate) fn sweep(&self, now: chrono::DateTime<chrono::Utc>) -> Swept {
+        let horizon = now - self.idempotency_retention;
+        let mut folded = self.folded.write().unwrap_or_else(PoisonError::into_inner);
+        let keys = folded.idempotency.len();
+        folded
+            .idempotency
+            .retain(|_, recorded| recorded.occurred_at >= horizon);
+        let idempotency_keys = keys - folded.idempotency.len();
+        let reservations = forget_ended_reservations(&mut folded, now);
+        folded.owners.retain(|owner| Arc::strong_count(owner) > 1);
+        Swept {
+            idempotency_keys,
+            reservations,
+        }
     }
 
     /// How many of the bookings `subject` created are open as of `now`
@@ -269,7 +409,7 @@ impl AggregateStore {
         folded
             .bookings
             .values()
-            .filter(|stream| stream.owner.as_deref() == Some(subject) && stream.state.is_open(now))
+            .filter(|kept| kept.owner.as_deref() == Some(subject) && kept.state.is_open(now))
             .count()
     }
 
@@ -560,17 +700,20 @@ impl AggregateStore {
                 NotFolded::Undecodable
             }
         })?;
+        let owner = folded.owner(&envelope.actor.subject);
         let stream = A::streams_mut(folded)
             .entry(envelope.aggregate_id)
             .or_default();
         match admit(stream.version, envelope.sequence) {
             Admission::Next => {
                 stream.state = A::evolve(std::mem::take(&mut stream.state), &event);
+                A::forget_unreachable(&mut stream.state, chrono::Utc::now());
                 stream.version = envelope.sequence;
-                stream
-                    .owner
-                    .get_or_insert_with(|| envelope.actor.subject.clone());
-                stream.last_position = Some(position.clone());
+                stream.owner.get_or_insert(owner);
+                stream.last_position = Some(At {
+                    partition: position.partition,
+                    offset: position.offset,
+                });
                 self.remember_idempotency(folded, envelope, position.clone());
                 Ok(Outcome::Admitted(position.clone()))
             }
@@ -604,6 +747,142 @@ impl AggregateStore {
             .idempotency
             .entry(idempotency_key(&envelope.actor.subject, &idempotency.key))
             .or_insert(recorded);
+    }
+}
+
+/// How many entries a snapshot writes under one hold of the store's read lock: between two
+/// holds the tailer folds what it has read, and readers never wait behind a whole snapshot.
+const SNAPSHOT_CHUNK: usize = 1024;
+
+/// The store as a snapshot writes it: [`Folded`]'s fields, each map written a chunk of entries
+/// per hold of the lock (docs/memory.md, "Snapshots"). The pieces are not one cut of the log,
+/// but each is at least as new as the positions, which are taken first: restoring reads the
+/// log again from there, and every record the pieces already hold is stale to its stream. The
+/// parked records go before the streams (a parked record drained into its stream in between
+/// is then in both, and the copy is refused as stale at restore, where the other order could
+/// lose it) and the idempotency keys after them (a key written before its event's stream
+/// would be missing once the stream holds the event and the log is read again from the
+/// positions).
+pub(crate) struct Live<'a>(pub(crate) &'a AggregateStore);
+
+impl Serialize for Live<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let store = self.0;
+        let (positions, parked) =
+            store.with_folded(|folded| (folded.positions.clone(), folded.parked.clone()));
+        let mut fields = serializer.serialize_struct("Folded", 7)?;
+        fields.serialize_field("positions", &positions)?;
+        fields.serialize_field("parked", &parked)?;
+        drop(parked);
+        fields.serialize_field("facilities", &LiveStreams::<Facility>::new(store))?;
+        fields.serialize_field("bookings", &LiveStreams::<Booking>::new(store))?;
+        fields.serialize_field("payments", &LiveStreams::<Payment>::new(store))?;
+        fields.serialize_field("sagas", &LiveStreams::<Saga>::new(store))?;
+        fields.serialize_field("idempotency", &LiveIdempotency(store))?;
+        fields.end()
+    }
+}
+
+struct LiveStreams<'a, A> {
+    store: &'a AggregateStore,
+    aggregate: std::marker::PhantomData<A>,
+}
+
+impl<'a, A> LiveStreams<'a, A> {
+    fn new(store: &'a AggregateStore) -> Self {
+        Self {
+            store,
+            aggregate: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<A: Stored<State: Serialize>> Serialize for LiveStreams<'_, A> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // The ids, not the streams: 16 bytes each, and a stream added after this is read
+        // again from the log.
+        let ids: Vec<Uuid> = self
+            .store
+            .with_folded(|folded| A::streams(folded).keys().copied().collect());
+        let mut map = serializer.serialize_map(None)?;
+        for chunk in ids.chunks(SNAPSHOT_CHUNK) {
+            self.store.with_folded(|folded| {
+                let streams = A::streams(folded);
+                chunk.iter().try_for_each(|id| match streams.get(id) {
+                    Some(kept) => map.serialize_entry(id, kept),
+                    None => Ok(()),
+                })
+            })?;
+        }
+        map.end()
+    }
+}
+
+struct LiveIdempotency<'a>(&'a AggregateStore);
+
+impl Serialize for LiveIdempotency<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let keys: Vec<String> = self
+            .0
+            .with_folded(|folded| folded.idempotency.keys().cloned().collect());
+        let mut map = serializer.serialize_map(None)?;
+        for chunk in keys.chunks(SNAPSHOT_CHUNK) {
+            self.0.with_folded(|folded| {
+                chunk
+                    .iter()
+                    .try_for_each(|key| match folded.idempotency.get(key) {
+                        Some(recorded) => map.serialize_entry(key, recorded),
+                        None => Ok(()),
+                    })
+            })?;
+        }
+        map.end()
+    }
+}
+
+/// How long after a reservation's end and turnaround the store still keeps it: a command's
+/// `now` comes from a clock that may stand behind this one, and a reservation kept a little
+/// longer costs nothing.
+pub(crate) const RESERVATION_MARGIN: chrono::Duration = chrono::Duration::hours(1);
+
+/// How often [`run_sweeper`] sweeps the store.
+pub(crate) const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_mins(1);
+
+/// What one sweep forgot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Swept {
+    pub(crate) idempotency_keys: usize,
+    pub(crate) reservations: usize,
+}
+
+fn forget_ended_reservations(folded: &mut Folded, now: chrono::DateTime<chrono::Utc>) -> usize {
+    let horizon = now - RESERVATION_MARGIN;
+    folded
+        .facilities
+        .values_mut()
+        .map(|kept| kept.state.forget_ended_reservations(horizon))
+        .sum()
+}
+
+/// Sweeps the store every [`SWEEP_EVERY`] until `shutdown`, so that idempotency keys and ended
+/// reservations go while the service runs, not only at its next start.
+pub(crate) async fn run_sweeper(store: Arc<AggregateStore>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+        let swept = store.sweep(chrono::Utc::now());
+        if swept.idempotency_keys + swept.reservations > 0 {
+            tracing::debug!(
+                idempotency_keys = swept.idempotency_keys,
+                reservations = swept.reservations,
+                "swept the aggregate store"
+            );
+        }
     }
 }
 
@@ -1001,5 +1280,293 @@ mod tests {
         assert_eq!(store.waiting.lock().map(|w| w.len()).unwrap_or_default(), 1);
         drop(awaited);
         assert_eq!(store.waiting.lock().map(|w| w.len()).unwrap_or_default(), 0);
+    }
+
+    /// A day after every fixture story's slot (2027-03-02, 10:00 to 11:00 GMT).
+    fn the_day_after() -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::parse_from_rfc3339("2027-03-03T09:00:00+00:00")
+            .map(|at| at.with_timezone(&chrono::Utc))
+            .unwrap_or_default()
+    }
+
+    /// Every command a caller could send to the aggregates of `story` (its booking `i`), with
+    /// the answer a store gives to each: what compaction must leave as it was.
+    fn answers(store: &AggregateStore, i: usize, history: &[EventEnvelope]) -> Vec<String> {
+        use domain::{
+            booking::BookingCommand,
+            facility::FacilityCommand,
+            fixtures,
+            payment::PaymentCommand,
+            values::{BookingId, PaymentId},
+        };
+        let now = the_day_after();
+        let facility = history[0].aggregate_id;
+        let booking = BookingId::from(history[1].aggregate_id);
+        let payment = PaymentId::for_booking(booking);
+        let price = fixtures::price();
+        let mut answers = Vec::new();
+        let stream = store.read::<Facility>(facility);
+        answers.push(format!("facility {:?} {:?}", stream.version, stream.owner));
+        let next_day = fixtures::slot_at("2027-03-04T10:00:00+00:00", "2027-03-04T11:00:00+00:00");
+        for command in [
+            fixtures::register_facility(),
+            FacilityCommand::ChangeOpeningHours {
+                opening_hours: fixtures::opening_hours(),
+            },
+            FacilityCommand::ReserveSlot {
+                booking_id: BookingId::from(Uuid::from_u128(7)),
+                slot: next_day,
+                now,
+            },
+            FacilityCommand::ReserveSlot {
+                booking_id: BookingId::from(Uuid::from_u128(7)),
+                slot: fixtures::slot(),
+                now,
+            },
+            FacilityCommand::ReleaseSlot {
+                booking_id: BookingId::from(Uuid::from_u128(7)),
+            },
+        ] {
+            answers.push(format!("{:?}", Facility::decide(&stream.state, command)));
+        }
+        let stream = store.read::<Booking>(*booking.as_uuid());
+        answers.push(format!("booking {:?} {:?}", stream.version, stream.owner));
+        answers.push(format!("{:?}", stream.last_position));
+        for command in [
+            fixtures::request_booking(),
+            BookingCommand::MarkSlotHeld,
+            BookingCommand::Confirm,
+            BookingCommand::Reject {
+                reason: "late".into(),
+            },
+            BookingCommand::Fail {
+                reason: "late".into(),
+            },
+            BookingCommand::Cancel { reason: None, now },
+            BookingCommand::ErasePersonalData { reason: None },
+        ] {
+            answers.push(format!("{:?}", Booking::decide(&stream.state, command)));
+        }
+        let stream = store.read::<Payment>(*payment.as_uuid());
+        answers.push(format!("payment {:?} {:?}", stream.version, stream.owner));
+        for reference in [format!("cap-{i}"), format!("ref-{i}"), "other".to_owned()] {
+            for command in [
+                PaymentCommand::RecordCapture {
+                    payment_id: payment,
+                    booking_id: booking,
+                    amount: price,
+                    gateway_reference: reference.clone(),
+                },
+                PaymentCommand::RecordDecline {
+                    payment_id: payment,
+                    booking_id: booking,
+                    amount: price,
+                    reason: reference.clone(),
+                },
+                PaymentCommand::RecordRefund {
+                    amount: price,
+                    gateway_reference: reference.clone(),
+                },
+            ] {
+                answers.push(format!("{:?}", Payment::decide(&stream.state, command)));
+            }
+        }
+        answers
+    }
+
+    /// docs/memory.md: a store that folded a history, was snapshotted, restored and swept a
+    /// day after every service answers every command on every aggregate as the store that
+    /// folded the whole history and forgot nothing, though its facilities no longer hold the
+    /// reservations that ended. The two commands a forgotten reservation changes, a release
+    /// or a repeated reservation by the booking that held it, are checked on their own.
+    #[test]
+    fn a_swept_and_restored_store_answers_every_command_as_the_whole_history_does() {
+        use domain::{facility::FacilityCommand, values::BookingId};
+        let stories: Vec<Vec<EventEnvelope>> = (0..6)
+            .map(|i| schemas::fixtures::booking_story(i).1)
+            .collect();
+        let whole = empty_store();
+        for (offset, envelope) in stories.iter().flatten().enumerate() {
+            let (position, bytes) = logged(envelope, i64::try_from(offset).unwrap_or_default());
+            whole.apply_record(position, Some(&bytes));
+        }
+        let snapshot = serde_json::to_vec(&Live(&whole)).expect("a store serialises");
+        let restored: Folded = serde_json::from_slice(&snapshot).expect("a snapshot reads back");
+        let compact = store_with(
+            SchemaRegistry::load().expect("the schemas compile"),
+            restored,
+        );
+        let swept = compact.sweep(the_day_after());
+        // Every third story was cancelled and gave its slot back; the others held theirs.
+        assert_eq!(swept.reservations, 4);
+        for (i, story) in stories.iter().enumerate() {
+            assert_eq!(
+                answers(&compact, i, story),
+                answers(&whole, i, story),
+                "story {i}"
+            );
+            let facility = story[0].aggregate_id;
+            let booking = BookingId::from(story[1].aggregate_id);
+            let held = whole.read::<Facility>(facility).state;
+            let kept = compact.read::<Facility>(facility).state;
+            assert!(kept.reservations().is_empty());
+            if let Some(slot) = held.reservation(booking).copied() {
+                let release = FacilityCommand::ReleaseSlot {
+                    booking_id: booking,
+                };
+                assert_eq!(
+                    Facility::decide(&held, release.clone()).map(|events| events.len()),
+                    Ok(1)
+                );
+                assert_eq!(Facility::decide(&kept, release), Ok(vec![]));
+                let again = FacilityCommand::ReserveSlot {
+                    booking_id: booking,
+                    slot,
+                    now: the_day_after(),
+                };
+                assert_eq!(Facility::decide(&held, again.clone()), Ok(vec![]));
+                assert!(matches!(
+                    Facility::decide(&kept, again).as_deref(),
+                    Ok([domain::facility::FacilityEvent::SlotRejected { .. }])
+                ));
+            }
+        }
+    }
+
+    /// The owners are shared (one name per subject, not one per stream), also once restored
+    /// from a snapshot, and the sweep lets go of a name no stream holds.
+    #[test]
+    fn owners_are_shared_between_streams_and_after_a_restore() {
+        let whole = empty_store();
+        for (offset, envelope) in schemas::fixtures::booking_story(1).1.iter().enumerate() {
+            let (position, bytes) = logged(envelope, i64::try_from(offset).unwrap_or_default());
+            whole.apply_record(position, Some(&bytes));
+        }
+        let distinct = |store: &AggregateStore| {
+            store.with_folded(|folded| {
+                let mut names: Vec<*const u8> = folded
+                    .facilities
+                    .values()
+                    .filter_map(|kept| kept.owner.as_deref())
+                    .chain(folded.bookings.values().filter_map(|k| k.owner.as_deref()))
+                    .chain(folded.payments.values().filter_map(|k| k.owner.as_deref()))
+                    .map(str::as_ptr)
+                    .collect();
+                names.dedup();
+                (names.len(), folded.owners.len())
+            })
+        };
+        assert_eq!(distinct(&whole), (1, 1));
+        let snapshot = serde_json::to_vec(&Live(&whole)).expect("a store serialises");
+        let restored = empty_store_from(serde_json::from_slice(&snapshot).expect("reads back"));
+        assert_eq!(distinct(&restored), (1, 1));
+        restored
+            .folded
+            .write()
+            .map(|mut f| f.owners.insert(Arc::from("gone")))
+            .ok();
+        restored.sweep(chrono::Utc::now());
+        assert_eq!(distinct(&restored), (1, 1));
+    }
+
+    fn empty_store_from(folded: Folded) -> AggregateStore {
+        store_with(SchemaRegistry::load().expect("the schemas compile"), folded)
+    }
+
+    /// Idempotency keys expire while the store runs: a sweep forgets those past their
+    /// retention and keeps the rest.
+    #[test]
+    fn a_sweep_forgets_the_idempotency_keys_past_their_retention() {
+        let store = empty_store();
+        let recorded = |minutes_ago: i64| Recorded {
+            fingerprint: "f".into(),
+            aggregate_id: Uuid::nil(),
+            sequence: 1,
+            position: LogPosition {
+                topic: "fm.booking.events".into(),
+                partition: 0,
+                offset: 0,
+            },
+            occurred_at: chrono::Utc::now() - chrono::Duration::minutes(minutes_ago),
+        };
+        store
+            .folded
+            .write()
+            .map(|mut folded| {
+                folded.idempotency.insert("a\nold".into(), recorded(2));
+                folded.idempotency.insert("a\nnew".into(), recorded(0));
+            })
+            .ok();
+        // The store keeps keys for a minute.
+        let swept = store.sweep(chrono::Utc::now());
+        assert_eq!(swept.idempotency_keys, 1);
+        assert!(store.recorded("a", "old").is_none());
+        assert!(store.recorded("a", "new").is_some());
+    }
+
+    /// A snapshot is written a chunk at a time: the tailer folds between two chunks, and the
+    /// snapshot, restored and read again from its positions, is the store that folded it all.
+    #[test]
+    fn the_tailer_folds_while_a_snapshot_is_written_and_the_snapshot_stays_whole() {
+        struct Folding<'a> {
+            store: &'a AggregateStore,
+            late: Vec<(LogPosition, Vec<u8>)>,
+            bytes: Vec<u8>,
+        }
+        impl std::io::Write for Folding<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                // Only possible if the snapshot does not hold the lock now.
+                let free = self.store.folded.try_write().is_ok();
+                if free && let Some((position, bytes)) = self.late.pop() {
+                    self.store.apply_record(position, Some(&bytes));
+                }
+                self.bytes.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let stories = (0..SNAPSHOT_CHUNK / 2).map(|i| schemas::fixtures::booking_story(i).1);
+        let log: Vec<(LogPosition, Vec<u8>)> = stories
+            .flatten()
+            .enumerate()
+            .map(|(offset, envelope)| logged(&envelope, i64::try_from(offset).unwrap_or_default()))
+            .collect();
+        let (early, late) = log.split_at(log.len() - 20);
+        let store = empty_store();
+        for (position, bytes) in early {
+            store.apply_record(position.clone(), Some(bytes));
+        }
+        let mut writer = Folding {
+            store: &store,
+            late: late.iter().rev().cloned().collect(),
+            bytes: Vec::new(),
+        };
+        serde_json::to_writer(&mut writer, &Live(&store)).expect("a store serialises");
+        let folded_meanwhile = late.len() - writer.late.len();
+        assert!(
+            folded_meanwhile > 0,
+            "the tailer waited for the whole snapshot"
+        );
+        for (position, bytes) in writer.late.iter().rev() {
+            store.apply_record(position.clone(), Some(bytes));
+        }
+        let restored = empty_store_from(serde_json::from_slice(&writer.bytes).expect("reads"));
+        let from = restored.with_folded(|folded| folded.positions.clone());
+        for (position, bytes) in &log {
+            let next = from
+                .get(&partition_key(&position.topic, position.partition))
+                .copied()
+                .unwrap_or(0);
+            if position.offset >= next {
+                restored.apply_record(position.clone(), Some(bytes));
+            }
+        }
+        assert_eq!(states(&restored), states(&store));
+        assert_eq!(
+            restored.with_folded(|f| f.positions.clone()),
+            store.with_folded(|f| f.positions.clone())
+        );
     }
 }

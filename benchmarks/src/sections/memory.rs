@@ -59,6 +59,72 @@ pub(crate) struct MemoryPoint {
     pub query_api: ServiceMemory,
     pub bare: ServiceMemory,
     pub load_average: String,
+    /// `/health` probed while the restored command-service writes a snapshot of the whole log
+    /// (none in results of runs before it was measured).
+    #[serde(default)]
+    pub snapshot_stall: Option<SnapshotStall>,
+}
+
+/// How a command-service answered `/health` while it wrote a snapshot: from the record that
+/// sets the snapshot off until the snapshot file is replaced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SnapshotStall {
+    pub probes: usize,
+    pub longest_ms: f64,
+    pub median_ms: f64,
+    /// From the record's append until the new snapshot was in place.
+    pub written_after_s: f64,
+    /// The events of the story appended to set the snapshot off (they stay in the log).
+    pub appended_events: u64,
+    pub appended_bytes: u64,
+}
+
+/// How often the restored command-service of a point looks for new records to snapshot:
+/// short, so the stall probe waits little for its snapshot. It writes none while nothing is new,
+/// so its memory reading is that of the restore.
+const STALL_SNAPSHOT_INTERVAL_MS: &str = "1000";
+
+/// Appends one booking story so that `process` writes a snapshot, and probes its `/health`
+/// until the snapshot file at `snapshot` is replaced. The probes are sequential, a few
+/// milliseconds apart: the longest answer is the longest a load balancer's health check would
+/// have waited.
+async fn snapshot_stall(
+    http: &reqwest::Client,
+    process: &Process,
+    kafka: &event_log::KafkaSettings,
+    snapshot: &std::path::Path,
+) -> anyhow::Result<SnapshotStall> {
+    let modified = || std::fs::metadata(snapshot).and_then(|m| m.modified()).ok();
+    let before = modified();
+    let appended = seed::finished_stories(kafka, 1).await?;
+    let since = Instant::now();
+    let url = format!("{}/health", process.base());
+    let mut latencies = Vec::new();
+    let written_after = loop {
+        let sent = Instant::now();
+        http.get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .context("/health failed while the snapshot was written")?;
+        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+        if modified() != before {
+            break since.elapsed();
+        }
+        if since.elapsed() > Duration::from_mins(5) {
+            anyhow::bail!("no snapshot within 5 minutes of a new record");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    latencies.sort_by(f64::total_cmp);
+    Ok(SnapshotStall {
+        probes: latencies.len(),
+        longest_ms: latencies.last().copied().unwrap_or_default(),
+        median_ms: latencies[latencies.len() / 2],
+        written_after_s: written_after.as_secs_f64(),
+        appended_events: appended.events,
+        appended_bytes: appended.bytes,
+    })
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -187,12 +253,27 @@ async fn one_point(
             .with_context(|| format!("no snapshot at {}", snapshot.display()))?
             .len()
     };
-    let mut restored =
-        stack::command_service(bench, kafka, &format!("{tag}-snapshot"), Some(&snapshot))?;
+    let mut restored = stack::command_service_with(
+        bench,
+        kafka,
+        &format!("{tag}-snapshot"),
+        Some(&snapshot),
+        &[("FM_COMMANDS__SNAPSHOT_INTERVAL", STALL_SNAPSHOT_INTERVAL_MS)],
+    )?;
     let ready = restored.wait_ready(http, catch_up_timeout()).await?;
     let command_snapshot = ServiceMemory {
         memory: restored.memory()?,
         catch_up_s: Some(ready.as_secs_f64()),
+    };
+    let snapshot_stall = if events == 0 {
+        None
+    } else {
+        let stall = snapshot_stall(http, &restored, kafka, &snapshot).await?;
+        eprintln!(
+            "    /health while a snapshot was written: longest {:.1} ms, median {:.1} ms ({} probes)",
+            stall.longest_ms, stall.median_ms, stall.probes
+        );
+        Some(stall)
     };
     restored.stop().await?;
     let _ = std::fs::remove_file(&snapshot);
@@ -231,6 +312,7 @@ async fn one_point(
         query_api,
         bare,
         load_average: format!("{load_before} → {}", load_average()),
+        snapshot_stall,
     })
 }
 
@@ -247,7 +329,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<MemoryResults> {
         let seeding = Instant::now();
         let mut new = 0;
         if target > written {
-            let seeded = seed::stories(&kafka, target - written).await?;
+            let seeded = seed::finished_stories(&kafka, target - written).await?;
             new = seeded.events;
             written += seeded.events;
             bytes += seeded.bytes;
@@ -265,7 +347,14 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<MemoryResults> {
         )
         .await
         {
-            Ok(point) => results.points.push(point),
+            Ok(point) => {
+                // The stall probe's story stays in the log: the next size counts it.
+                if let Some(stall) = &point.snapshot_stall {
+                    written += stall.appended_events;
+                    bytes += stall.appended_bytes;
+                }
+                results.points.push(point);
+            }
             Err(error) => {
                 // A larger log would only take longer: say what was not measured, and why.
                 eprintln!("    not measured at {target} events: {error:#}");

@@ -75,6 +75,27 @@ impl FacilityState {
     pub fn reservation(&self, booking_id: BookingId) -> Option<&Slot> {
         self.reservations.get(&booking_id)
     }
+
+    /// Forgets the reservations that ended, turnaround included, at or before `horizon`, and
+    /// returns how many. A holder of the state calls it with a horizon some margin before its
+    /// clock (docs/memory.md): a new slot must start after the caller's `now`, so a
+    /// reservation whose end and turnaround lie before it can no longer overlap anything, and
+    /// keeping it would let a facility's state grow with every service it ever held.
+    pub fn forget_ended_reservations(&mut self, horizon: DateTime<Utc>) -> usize {
+        let Some(profile) = self.registered.as_ref() else {
+            return 0;
+        };
+        let buffer = profile.turnaround.as_duration();
+        let before = self.reservations.len();
+        self.reservations
+            .retain(|_, slot| slot.end_utc() + buffer > horizon);
+        let forgotten = before - self.reservations.len();
+        if self.reservations.is_empty() && forgotten > 0 {
+            // An emptied map may keep its node; a new one holds no allocation.
+            self.reservations = BTreeMap::new();
+        }
+        forgotten
+    }
 }
 
 /// What a caller asks a facility to do.

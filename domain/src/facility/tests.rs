@@ -496,3 +496,38 @@ proptest! {
         }
     }
 }
+
+/// docs/memory.md: a reservation is forgotten only once its end and the turnaround after it
+/// lie at or before the horizon; the one still inside its turnaround is kept, and a slot that
+/// overlapped it is still refused.
+#[test]
+fn only_reservations_ended_turnaround_included_are_forgotten() {
+    let late = slot_at("2027-03-02T14:00:00+00:00", "2027-03-02T15:00:00+00:00");
+    let mut state = Facility::replay(&[
+        facility_registered(),
+        reserved(booking_id(), slot()),
+        reserved(other_booking_id(), late),
+    ]);
+    let at = |s: &str| -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
+    };
+    // 11:00 end + 30 minutes of turnaround: still held at 11:29.
+    assert_eq!(
+        state.forget_ended_reservations(at("2027-03-02T11:29:00+00:00")),
+        0
+    );
+    assert_eq!(
+        state.forget_ended_reservations(at("2027-03-02T11:30:00+00:00")),
+        1
+    );
+    assert_eq!(state.reservation(booking_id()), None);
+    assert_eq!(state.reservation(other_booking_id()), Some(&late));
+    assert_eq!(
+        state.forget_ended_reservations(at("2027-03-02T16:00:00+00:00")),
+        1
+    );
+    assert!(state.reservations().is_empty());
+    assert_eq!(FacilityState::default().forget_ended_reservations(now()), 0);
+}
