@@ -114,7 +114,13 @@ async fn commands(bench: &Bench, replicas: usize, tag: &str) -> anyhow::Result<L
             .map(|i| booking_body(&facilities, i))
             .collect::<anyhow::Result<Vec<_>>>()
     };
-    let warm_up = post_bookings_to(http, &urls, &token, bodies(0..sizes.clients)?, sizes.clients);
+    let warm_up = post_bookings_to(
+        http,
+        &urls,
+        &token,
+        bodies(0..sizes.clients)?,
+        sizes.clients,
+    );
     let warm_up = warm_up.await?;
     if warm_up.failed() > 0 {
         eprintln!("    warm-up failures: {:?}", warm_up.first_failure);
@@ -201,7 +207,13 @@ async fn sagas(
             .collect::<anyhow::Result<Vec<_>>>()
     };
     let mut database = PgConnection::connect(&database_url).await?;
-    let warm_up = post_bookings_to(http, &urls, &token, bodies(0..sizes.clients)?, sizes.clients);
+    let warm_up = post_bookings_to(
+        http,
+        &urls,
+        &token,
+        bodies(0..sizes.clients)?,
+        sizes.clients,
+    );
     let warm_up = warm_up.await?;
     wait_sagas(&mut database, warm_up.ok, &mut processes).await?;
     let measured = bodies(sizes.clients..sizes.clients + saga_bookings)?;

@@ -94,7 +94,10 @@ pub(crate) async fn post_bookings_to(
     bodies: Vec<Vec<u8>>,
     clients: usize,
 ) -> anyhow::Result<Load> {
-    anyhow::ensure!(!urls.is_empty(), "no command-service to post the bookings to");
+    anyhow::ensure!(
+        !urls.is_empty(),
+        "no command-service to post the bookings to"
+    );
     let (http, urls, token, bodies) = (
         http.clone(),
         Arc::new(urls.to_vec()),

@@ -133,7 +133,10 @@ pub(crate) fn with_content_etag<T: Serialize>(request: &HeaderMap, body: &T) -> 
     // The bytes digested are the body sent: serialised once.
     answer(request, &format!("page-{}", &digest[..32]), || {
         (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             bytes,
         )
             .into_response()
