@@ -8,8 +8,10 @@
 //! - [`load`], [`stats`] — closed-loop HTTP clients; percentiles, medians and ranges.
 //! - [`kafka`], [`pg`], [`bare`] — the raw baselines.
 //! - [`seed`] — a large valid history written straight to the topics.
-//! - [`sections`] — one module per measurement: write, settings, latency, replay, query, memory.
-//! - [`report`] — the results as Markdown; [`machine`] — what they were measured on.
+//! - [`sections`] — one module per measurement: write, settings, latency, replay, query, memory,
+//!   scale (one and two command-service replicas and saga runners).
+//! - [`report`] — the results as Markdown (keeping the page's hand-written tail, the profiles);
+//!   [`machine`] — what they were measured on.
 //!
 //! `fm-bench seed` and `fm-bench consume` write a large history and read it back with chosen
 //! consumer settings: the probe to reach for when a broker's read path is in question.
