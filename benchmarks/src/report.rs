@@ -1299,28 +1299,32 @@ mod tests {
                 ],
                 not_measured: vec![(1_000_000, "did not catch up within 2 h".into())],
             }),
-            scale: Some(ScaleResults {
-                saga_bookings: 100,
-                reps: reps(2)
-                    .map(|_| ScaleRep {
-                        commands_one: load(500.0, 60.0, 200.0),
-                        commands_two: load(550.0, 55.0, 190.0),
-                        sagas_one: SagaLoad {
-                            posted: load(400.0, 70.0, 200.0),
-                            done: 100,
-                            elapsed_s: 2.0,
-                        },
-                        sagas_two: SagaLoad {
-                            posted: load(400.0, 70.0, 200.0),
-                            done: 100,
-                            elapsed_s: 1.6,
-                        },
-                        order: "one, then two".into(),
-                        load_average: "1 → 1".into(),
-                    })
-                    .collect(),
-            }),
+            scale: Some(scale_results()),
             failures: Vec::new(),
+        }
+    }
+
+    fn scale_results() -> ScaleResults {
+        ScaleResults {
+            saga_bookings: 100,
+            reps: (0..2)
+                .map(|_| ScaleRep {
+                    commands_one: load(500.0, 60.0, 200.0),
+                    commands_two: load(550.0, 55.0, 190.0),
+                    sagas_one: SagaLoad {
+                        posted: load(400.0, 70.0, 200.0),
+                        done: 100,
+                        elapsed_s: 2.0,
+                    },
+                    sagas_two: SagaLoad {
+                        posted: load(400.0, 70.0, 200.0),
+                        done: 100,
+                        elapsed_s: 1.6,
+                    },
+                    order: "one, then two".into(),
+                    load_average: "1 → 1".into(),
+                })
+                .collect(),
         }
     }
 

@@ -190,7 +190,7 @@ impl SagaProgress {
     }
 }
 
-/// 42P01 undefined_table, 3F000 invalid_schema_name: the saga's view is not in this database.
+/// 42P01 `undefined_table`, 3F000 `invalid_schema_name`: the saga's view is not in this database.
 fn no_saga_view(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(error)
         if matches!(error.code().as_deref(), Some("42P01" | "3F000")))
