@@ -8,8 +8,10 @@
 //! - [`load`], [`stats`] — closed-loop HTTP clients; percentiles, medians and ranges.
 //! - [`kafka`], [`pg`], [`bare`] — the raw baselines.
 //! - [`seed`] — a large valid history written straight to the topics.
-//! - [`sections`] — one module per measurement: write, settings, latency, replay, query, memory.
-//! - [`report`] — the results as Markdown; [`machine`] — what they were measured on.
+//! - [`sections`] — one module per measurement: write, settings, latency, replay, query, memory,
+//!   scale (one and two command-service replicas and saga runners).
+//! - [`report`] — the results as Markdown (keeping the page's hand-written tail, the profiles);
+//!   [`machine`] — what they were measured on.
 //!
 //! `fm-bench seed` and `fm-bench consume` write a large history and read it back with chosen
 //! consumer settings: the probe to reach for when a broker's read path is in question.
@@ -59,6 +61,7 @@ enum Section {
     Replay,
     Query,
     Memory,
+    Scale,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +148,16 @@ fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("Failed to write {}", path.display()))
 }
 
+/// Writes the page to `path`, keeping what the page there had written by hand
+/// (`report::KEPT`).
+fn write_page(path: &Path, page: String) -> anyhow::Result<()> {
+    let previous = std::fs::read_to_string(path).ok();
+    write_file(
+        path,
+        &report::keeping_hand_written(page, previous.as_deref()),
+    )
+}
+
 fn save(results: &Results, path: &Path) -> anyhow::Result<()> {
     write_file(path, &serde_json::to_string_pretty(results)?)
 }
@@ -212,6 +225,7 @@ async fn run(
         replay: None,
         query: None,
         memory: None,
+        scale: None,
         failures: Vec::new(),
     };
     let results_path = run_dir.join("results.json");
@@ -261,6 +275,10 @@ async fn run(
             }
         }
     }
+    if wanted(Section::Scale) {
+        results.scale = attempt(&mut results, "scale-out", sections::scale::run(&bench)).await;
+        save(&results, &results_path)?;
+    }
     if wanted(Section::Memory) {
         results.memory = attempt(&mut results, "memory", sections::memory::run(&bench)).await;
     }
@@ -274,7 +292,7 @@ async fn run(
     } else {
         run_dir.join("benchmarks.md")
     };
-    write_file(&target, &page)?;
+    write_page(&target, page)?;
     println!("results: {}", results_path.display());
     println!("report:  {}", target.display());
     if !complete {
@@ -389,7 +407,7 @@ async fn main() -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&results)
                 .with_context(|| format!("Failed to read {}", results.display()))?;
             let results: Results = serde_json::from_str(&text)?;
-            write_file(&report, &report::render(&results))?;
+            write_page(&report, report::render(&results))?;
             println!("report: {}", report.display());
         }
         Command::BareServer => bare::serve().await?,

@@ -13,6 +13,7 @@ use crate::{
         memory::{MemoryPoint, MemoryResults, ServiceMemory},
         query::QueryResults,
         replay::{ReplayResults, rate},
+        scale::ScaleResults,
         settings::{SettingsResults, Variant},
         write::WriteResults,
     },
@@ -37,6 +38,9 @@ pub(crate) struct Results {
     pub replay: Option<ReplayResults>,
     pub query: Option<QueryResults>,
     pub memory: Option<MemoryResults>,
+    /// Absent in results of runs before the section existed.
+    #[serde(default)]
+    pub scale: Option<ScaleResults>,
     /// Sections that failed, and why.
     pub failures: Vec<(String, String)>,
 }
@@ -122,6 +126,21 @@ fn failures_of(loads: &[&Load]) -> String {
     }
 }
 
+/// The line after which the page is written by hand (the profiles, what bounds each figure):
+/// a new run keeps what follows it in the page it replaces.
+pub(crate) const KEPT: &str =
+    "<!-- Written by hand from here on: compose/bench keeps it when it rewrites the page. -->";
+
+/// `page`, followed by what `previous` (the page it replaces, if any) holds from [`KEPT`] on.
+pub(crate) fn keeping_hand_written(mut page: String, previous: Option<&str>) -> String {
+    if let Some(kept) = previous.and_then(|previous| previous.find(KEPT).map(|at| &previous[at..]))
+    {
+        page.push('\n');
+        page.push_str(kept);
+    }
+    page
+}
+
 /// Renders the whole page.
 pub(crate) fn render(results: &Results) -> String {
     let mut out = String::new();
@@ -147,6 +166,9 @@ pub(crate) fn render(results: &Results) -> String {
     }
     if let Some(memory) = &results.memory {
         memory_section(&mut out, memory);
+    }
+    if let Some(scale) = &results.scale {
+        scale_section(&mut out, scale, &results.sizes);
     }
     if !results.failures.is_empty() {
         out.push_str("\n## Sections that failed in this run\n\n");
@@ -282,6 +304,31 @@ fn summary(out: &mut String, r: &Results) {
                 ratio(api.iter().zip(&bare).map(|(a, b)| a.rate() / b.rate())),
             );
         }
+    }
+    if let Some(x) = &r.scale {
+        let _ = writeln!(
+            out,
+            "| Scale-out, `POST /bookings` spread over two command-service replicas, {} clients | {} commands/s | one replica, same run: {} commands/s | {} |",
+            r.sizes.clients,
+            spread(x.reps.iter().map(|x| x.commands_two.rate()), ""),
+            spread(x.reps.iter().map(|x| x.commands_one.rate()), ""),
+            ratio(
+                x.reps
+                    .iter()
+                    .map(|x| x.commands_two.rate() / x.commands_one.rate())
+            ),
+        );
+        let _ = writeln!(
+            out,
+            "| Scale-out, whole bookings (request to finished saga) with two saga runners | {} bookings/s | one saga runner, same run: {} bookings/s | {} |",
+            spread(x.reps.iter().map(|x| x.sagas_two.rate()), ""),
+            spread(x.reps.iter().map(|x| x.sagas_one.rate()), ""),
+            ratio(
+                x.reps
+                    .iter()
+                    .map(|x| x.sagas_two.rate() / x.sagas_one.rate())
+            ),
+        );
     }
     if let Some(m) = &r.memory
         && let Some(largest) = m.points.last()
@@ -476,6 +523,10 @@ fn reproduce(out: &mut String, r: &Results) {
          ```sh\n\
          compose/bench            # the full run (25-60 minutes on 2 busy cores), rewrites this page\n\
          compose/bench --quick    # a smoke run of every measurement in a few minutes\n\
+         compose/bench --profile query-api,command-service --quick --only write,query\n\
+         \x20                        # where the time goes: callgrind and pg_stat_statements\n\
+         compose/bench --bin-dir DIR --only write,query\n\
+         \x20                        # another build's binaries (copied aside), to compare two builds\n\
          ```\n\n\
          `compose/bench` installs what is missing, starts its own throw-away PostgreSQL \
          (127.0.0.1:25472) and Apache Kafka (127.0.0.1:29132, one KRaft node) in a temporary directory, \
@@ -693,6 +744,82 @@ fn query_section(out: &mut String, q: &QueryResults, s: &Sizes) {
         load_row(out, &format!("{n}: query-api, list"), &rep.list_api);
         load_row(out, &format!("{n}: bare, list"), &rep.list_bare);
     }
+}
+
+fn scale_section(out: &mut String, x: &ScaleResults, s: &Sizes) {
+    let _ = write!(
+        out,
+        "\n## Scale-out\n\n\
+         **Method.** Commands: on fresh topics, one command-service process, {} facilities \
+         registered, then (for two) a second replica started and ready; {} keep-alive clients \
+         send {} `POST /bookings` after a warm-up of one per client, the requests alternating \
+         between the replicas. Whole bookings: on fresh topics and a fresh database, one \
+         command-service, the gateway simulator and an SMTP sink (in the benchmark's process), \
+         and one or two saga-runner processes with their default settings; after a warm-up of \
+         one booking per client has finished, {} bookings are requested by {} clients and the \
+         clock runs until the last saga is `done` in `saga.progress` (slot held, payment \
+         captured, booking confirmed, family mailed). Each replica folds the whole log and \
+         answers a write only once its own consumer has read the record back \
+         (`docs/consistency.md`); two runners split the bookings' partitions as one consumer \
+         group. Every process of both set-ups shares the machine's cores (see Machine), so a \
+         second instance can only add what the first leaves idle.\n\n\
+         | Repetition, measure | Rate | p50 | p99 | max | Count | Failures |\n|---|---|---|---|---|---|---|\n",
+        s.facilities,
+        s.clients,
+        int(usize_f(s.booking_requests)),
+        int(usize_f(x.saga_bookings)),
+        s.clients,
+    );
+    for (i, rep) in x.reps.iter().enumerate() {
+        let n = i + 1;
+        load_row(
+            out,
+            &format!("{n}: `POST /bookings`, one command-service"),
+            &rep.commands_one,
+        );
+        load_row(
+            out,
+            &format!("{n}: `POST /bookings`, two command-services"),
+            &rep.commands_two,
+        );
+        for (runners, sagas) in [("one saga runner", &rep.sagas_one), ("two", &rep.sagas_two)] {
+            let _ = writeln!(
+                out,
+                "| {n}: whole bookings, {runners} | {} /s done ({} /s accepted) | {} ms (request) | {} ms (request) | {} ms (request) | {} in {:.1} s | {} |",
+                num(sagas.rate()),
+                num(sagas.posted.rate()),
+                num(sagas.posted.p50_ms),
+                num(sagas.posted.p99_ms),
+                num(sagas.posted.max_ms),
+                int(usize_f(sagas.done)),
+                sagas.elapsed_s,
+                failures_of(&[&sagas.posted]),
+            );
+        }
+    }
+    out.push_str("\nOrder and load average per repetition: ");
+    let notes: Vec<String> = x
+        .reps
+        .iter()
+        .enumerate()
+        .map(|(i, rep)| format!("{}: {} (load {})", i + 1, rep.order, rep.load_average))
+        .collect();
+    out.push_str(&notes.join("; "));
+    let _ = write!(
+        out,
+        ".\n\nRatios per repetition, then their median: two command-services ÷ one {}; two saga \
+         runners ÷ one {}.\n",
+        ratio(
+            x.reps
+                .iter()
+                .map(|x| x.commands_two.rate() / x.commands_one.rate())
+        ),
+        ratio(
+            x.reps
+                .iter()
+                .map(|x| x.sagas_two.rate() / x.sagas_one.rate())
+        ),
+    );
 }
 
 fn memory_section(out: &mut String, m: &MemoryResults) {
@@ -1061,6 +1188,20 @@ fn settings_section(out: &mut String, settings: &SettingsResults, s: &Sizes) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sections::scale::{SagaLoad, ScaleRep};
+
+    #[test]
+    fn a_new_page_keeps_what_the_old_one_had_by_hand_and_nothing_else() {
+        let old = format!("# Benchmarks\n\nold figures\n\n{KEPT}\n\n## Profiles\n\nby hand\n");
+        let page = keeping_hand_written("# Benchmarks\n\nnew figures\n".into(), Some(&old));
+        assert_eq!(
+            page,
+            format!("# Benchmarks\n\nnew figures\n\n{KEPT}\n\n## Profiles\n\nby hand\n")
+        );
+        let without = keeping_hand_written("new\n".into(), Some("old, nothing by hand\n"));
+        assert_eq!(without, "new\n");
+        assert_eq!(keeping_hand_written("new\n".into(), None), "new\n");
+    }
 
     #[test]
     fn integers_have_spaces_between_thousands() {
@@ -1208,7 +1349,32 @@ mod tests {
                 ],
                 not_measured: vec![(1_000_000, "did not catch up within 2 h".into())],
             }),
+            scale: Some(scale_results()),
             failures: Vec::new(),
+        }
+    }
+
+    fn scale_results() -> ScaleResults {
+        ScaleResults {
+            saga_bookings: 100,
+            reps: (0..2)
+                .map(|_| ScaleRep {
+                    commands_one: load(500.0, 60.0, 200.0),
+                    commands_two: load(550.0, 55.0, 190.0),
+                    sagas_one: SagaLoad {
+                        posted: load(400.0, 70.0, 200.0),
+                        done: 100,
+                        elapsed_s: 2.0,
+                    },
+                    sagas_two: SagaLoad {
+                        posted: load(400.0, 70.0, 200.0),
+                        done: 100,
+                        elapsed_s: 1.6,
+                    },
+                    order: "one, then two".into(),
+                    load_average: "1 → 1".into(),
+                })
+                .collect(),
         }
     }
 
@@ -1226,9 +1392,15 @@ mod tests {
             "## Queries",
             "## Memory",
             "## Client settings on this broker",
+            "## Scale-out",
         ] {
             assert!(page.contains(heading), "no {heading}");
         }
+        // 550 against 500 commands/s; 100 sagas in 1.6 s against 2.0 s.
+        assert!(
+            page.contains("two command-services ÷ one 1.10 ×; two saga runners ÷ one 1.25 ×"),
+            "{page}"
+        );
         // 500 and 600 commands/s against 1 000 records/s produced and read back.
         assert!(
             page.contains("0.55 × (0.50–0.60) produce + read back"),

@@ -94,6 +94,50 @@ pub(crate) fn command_service_with(
     )
 }
 
+/// One more command-service replica on `kafka`'s topics, on `port` (the scale-out section runs
+/// two side by side).
+pub(crate) fn command_replica(
+    bench: &Bench,
+    kafka: &event_log::KafkaSettings,
+    port: u16,
+    tag: &str,
+) -> anyhow::Result<Process> {
+    spawn(
+        bench,
+        stack::Service::CommandService,
+        port,
+        &facts(bench, Some(kafka)),
+        tag,
+    )
+}
+
+/// Where a saga runner finds the rest of the booking flow.
+pub(crate) struct SagaPeers<'a> {
+    pub kafka: &'a event_log::KafkaSettings,
+    /// Its own database (the `saga` schema, which it migrates).
+    pub database_url: &'a str,
+    pub command_url: String,
+    pub gateway_url: String,
+    pub smtp_port: u16,
+}
+
+/// A saga runner with the services' defaults, on `port`.
+pub(crate) fn saga_runner(
+    bench: &Bench,
+    peers: &SagaPeers<'_>,
+    port: u16,
+    tag: &str,
+) -> anyhow::Result<Process> {
+    let facts = stack::Facts {
+        database_url: Some(peers.database_url.to_owned()),
+        command_url: Some(peers.command_url.clone()),
+        gateway_url: Some(peers.gateway_url.clone()),
+        smtp: Some(("127.0.0.1".to_owned(), peers.smtp_port)),
+        ..facts(bench, Some(peers.kafka))
+    };
+    spawn(bench, stack::Service::SagaRunner, port, &facts, tag)
+}
+
 /// A projection-service projecting `kafka`'s topics into the database at `database_url`.
 pub(crate) fn projection_service(
     bench: &Bench,

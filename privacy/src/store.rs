@@ -184,17 +184,36 @@ impl KeyStore {
         let key_id = Uuid::new_v4();
         let key = DataKey::generate();
         let master = self.masters.current();
-        sqlx::query(
-            "INSERT INTO data_keys (booking_id, key_id, wrapped_key, master_key_id) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (booking_id) DO NOTHING",
+        // One round trip: the new key if this request made it, else the row a retry (or a
+        // concurrent twin) made first, which may be an erasure's tombstone.
+        let row = sqlx::query(
+            "WITH inserted AS ( \
+                 INSERT INTO data_keys (booking_id, key_id, wrapped_key, master_key_id) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (booking_id) DO NOTHING RETURNING key_id) \
+             SELECT true AS made, key_id, NULL::bytea AS wrapped_key, NULL::text AS master_key_id \
+             FROM inserted \
+             UNION ALL \
+             SELECT false, key_id, wrapped_key, master_key_id FROM data_keys \
+             WHERE booking_id = $1 AND NOT EXISTS (SELECT 1 FROM inserted)",
         )
         .bind(booking_id)
         .bind(key_id)
         .bind(crypto::wrap(master, key_id, booking_id, &key))
         .bind(master.id())
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        match self.load(booking_id).await? {
+        let state = match row {
+            Some(row) => {
+                if row.try_get::<bool, _>("made")? {
+                    return Ok((key_id, key));
+                }
+                self.key_state(booking_id, &row)?
+            }
+            // The statement's snapshot misses a row a concurrent twin committed while this
+            // insert waited on it: read it again, in a new snapshot.
+            None => self.load(booking_id).await?,
+        };
+        match state {
             KeyState::Live { key_id, key } => Ok((key_id, key)),
             KeyState::Erased | KeyState::Missing => Err(PrivacyError::Erased(booking_id)),
         }
@@ -416,6 +435,15 @@ impl KeyStore {
         let Some(row) = row else {
             return Ok(KeyState::Missing);
         };
+        self.key_state(booking_id, &row)
+    }
+
+    /// What a `data_keys` row (`key_id`, `wrapped_key`, `master_key_id`) holds.
+    fn key_state(
+        &self,
+        booking_id: Uuid,
+        row: &sqlx::postgres::PgRow,
+    ) -> Result<KeyState, PrivacyError> {
         let key_id: Uuid = row.try_get("key_id")?;
         let wrapped: Option<Vec<u8>> = row.try_get("wrapped_key")?;
         let master_key_id: Option<String> = row.try_get("master_key_id")?;

@@ -18,6 +18,26 @@ async fn store(pool: &PgPool, master_keys: &str) -> KeyStore {
 }
 
 #[sqlx::test(migrations = false)]
+async fn twin_requests_sealing_at_once_share_one_key(pool: PgPool) {
+    let keys = std::sync::Arc::new(store(&pool, &MasterKeys::generate("m1")).await);
+    let booking = Uuid::new_v4();
+    // The twins race to insert the booking's key: the losers' statement cannot see the winner's
+    // row in its snapshot and must read it again, not call the booking erased.
+    let twins: Vec<_> = (0..8)
+        .map(|_| {
+            let keys = keys.clone();
+            tokio::spawn(async move { keys.seal(booking, &personal_data()).await })
+        })
+        .collect();
+    let mut key_ids = Vec::new();
+    for twin in twins {
+        key_ids.push(twin.await.unwrap().unwrap().key_id());
+    }
+    key_ids.dedup();
+    assert_eq!(key_ids.len(), 1, "{key_ids:?}");
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_sealed_booking_opens_until_its_key_is_erased_and_then_reads_erased(pool: PgPool) {
     let keys = store(&pool, &MasterKeys::generate("m1")).await;
     let booking = Uuid::new_v4();

@@ -75,6 +75,7 @@ impl Service for Application {
             wait_limits: Arc::new(RateLimiter::new("consistency_waits", &settings.limits)),
             log_ends: crate::consistency::LogEnds::new(settings.kafka.as_ref()),
             tenancy: settings.tenancy,
+            saga_progress: Arc::default(),
         };
         let server =
             platform::http::HttpServer::bind(routes::router(state), &settings.http).await?;

@@ -515,6 +515,72 @@ async fn a_booking_shows_its_payment_and_lifecycle_history_and_facilities_are_li
 }
 
 #[tokio::test]
+async fn a_booking_shows_its_sagas_progress_once_a_saga_runner_writes_to_the_database() {
+    let stack = TestStack::spawn().await.expect("stack starts");
+    let director = stack.token(Role::Director, "director-1").await;
+    let family = stack.token(Role::Family, "family-1").await;
+    let (facility_id, _) = register_facility(&stack, &director).await;
+    let (booking_id, token) = request_booking(&stack, &family, &facility_id, 21).await;
+    let path = format!("/bookings/{booking_id}");
+    // No saga runner here: the booking is read without its saga's progress.
+    let (status, booking) = get(&stack, &family, &path, Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{booking}");
+    assert!(booking.get("saga_progress").is_none(), "{booking}");
+
+    // A saga runner's view (the columns saga-runner/migrations gives it) appears, with this
+    // booking's saga in it.
+    let pool = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    for statement in [
+        "CREATE SCHEMA saga",
+        "CREATE TABLE saga.sagas (booking_id UUID PRIMARY KEY, stage TEXT NOT NULL, \
+         step TEXT NOT NULL, done BOOLEAN NOT NULL, attempts INTEGER NOT NULL, \
+         next_attempt_at TIMESTAMPTZ, deadline TIMESTAMPTZ, last_error TEXT, \
+         compensated BOOLEAN NOT NULL, history JSONB NOT NULL, updated_at TIMESTAMPTZ NOT NULL)",
+        "CREATE VIEW saga.progress AS SELECT booking_id, stage, step, done, attempts, \
+         next_attempt_at, deadline, last_error, compensated, history, updated_at FROM saga.sagas",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO saga.sagas VALUES ($1, 'paying', 'capture', false, 2, NULL, NULL, \
+         'gateway timed out', false, '[{\"step\": \"reserve_slot\"}]', now())",
+    )
+    .bind(booking_id.parse::<Uuid>().unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // The query-api looks for the view again within a second of finding it missing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let progress = loop {
+        let (status, booking) = get(&stack, &family, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{booking}");
+        if let Some(progress) = booking.get("saga_progress") {
+            break progress.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no saga_progress 10 s after the view appeared: {booking}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(progress["stage"], "paying", "{progress}");
+    assert_eq!(progress["attempts"], 2, "{progress}");
+    // A family sees where its booking stands, not the saga's errors or history; staff do.
+    assert!(progress.get("last_error").is_none(), "{progress}");
+    assert!(progress.get("history").is_none(), "{progress}");
+    let (_, booking) = get(&stack, &director, &path, None).await;
+    assert_eq!(
+        booking["saga_progress"]["last_error"], "gateway timed out",
+        "{booking}"
+    );
+    assert_eq!(
+        booking["saga_progress"]["history"][0]["step"], "reserve_slot",
+        "{booking}"
+    );
+}
+
+#[tokio::test]
 async fn list_pages_carry_an_etag_that_moves_when_their_content_does() {
     let stack = TestStack::spawn().await.expect("stack starts");
     let director = stack.token(Role::Director, "director-1").await;

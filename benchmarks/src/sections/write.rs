@@ -94,18 +94,34 @@ pub(crate) async fn post_bookings(
     bodies: Vec<Vec<u8>>,
     clients: usize,
 ) -> anyhow::Result<Load> {
-    let (http, url, token, bodies) = (
+    post_bookings_to(http, &[url.to_owned()], token, bodies, clients).await
+}
+
+/// [`post_bookings`], the `i`-th request to `urls[i % urls.len()]` (replicas in turn).
+pub(crate) async fn post_bookings_to(
+    http: &reqwest::Client,
+    urls: &[String],
+    token: &str,
+    bodies: Vec<Vec<u8>>,
+    clients: usize,
+) -> anyhow::Result<Load> {
+    anyhow::ensure!(
+        !urls.is_empty(),
+        "no command-service to post the bookings to"
+    );
+    let (http, urls, token, bodies) = (
         http.clone(),
-        Arc::new(url.to_owned()),
+        Arc::new(urls.to_vec()),
         Arc::new(token.to_owned()),
         Arc::new(bodies),
     );
     let count = bodies.len();
     closed_loop(clients, Until::Count(count), move |i| {
-        let (http, url, token, bodies) = (http.clone(), url.clone(), token.clone(), bodies.clone());
+        let (http, urls, token, bodies) =
+            (http.clone(), urls.clone(), token.clone(), bodies.clone());
         async move {
             let request = http
-                .post(url.as_str())
+                .post(urls[i % urls.len()].as_str())
                 .bearer_auth(token.as_str())
                 .header("content-type", "application/json")
                 .body(bodies[i].clone());

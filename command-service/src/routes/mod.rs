@@ -400,7 +400,10 @@ where
         let if_match = if_match(&parts.headers)?;
         let correlation_id = flow_id(&parts.headers, trace::CORRELATION_ID, "Correlation-Id")?;
         let causation_id = flow_id(&parts.headers, trace::CAUSATION_ID, "Causation-Id")?;
-        let route = format!("{} {}", parts.method, parts.uri.path());
+        // Only a request with a key is ever compared with another: the digest is made for those.
+        let route = key
+            .is_some()
+            .then(|| format!("{} {}", parts.method, parts.uri.path()));
         let has_body = parts.headers.contains_key(header::CONTENT_TYPE);
         let request = Request::from_parts(parts, body);
         // A write without a body (a cancel without a reason) is an empty object.
@@ -411,9 +414,11 @@ where
         } else {
             serde_json::Value::Object(serde_json::Map::new())
         };
-        let fingerprint = fingerprint(&route, &value);
+        let fingerprint = route.map(|route| fingerprint(&route, &value));
         let body = json::from_value(value)?;
-        let idempotency = key.map(|key| Idempotency { key, fingerprint });
+        let idempotency = key
+            .zip(fingerprint)
+            .map(|(key, fingerprint)| Idempotency { key, fingerprint });
         let context = CommandContext::new(caller.actor(), idempotency)
             .within_flow(correlation_id, causation_id);
         Ok(Self {

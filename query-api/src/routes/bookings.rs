@@ -13,7 +13,8 @@ use platform::{
     path::ValidPath,
 };
 use schemas::Role;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sqlx::{Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -64,7 +65,9 @@ fn columns(caller: &Caller) -> String {
         )
 }
 
-/// A booking as the read model holds it.
+/// A booking as the read model holds it. The JSON columns stay the text PostgreSQL sent
+/// (`RawValue`), written into the answer as they are: parsing them into trees only to write
+/// them out again was a third of the query-api's work (docs/benchmarks.md, "Profiles").
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub(crate) struct BookingView {
     booking_id: Uuid,
@@ -79,15 +82,18 @@ pub(crate) struct BookingView {
     status_changed_by: String,
     /// `{"start", "end"}` as requested, RFC 3339 with offsets.
     #[schema(value_type = Object)]
-    slot: serde_json::Value,
+    #[sqlx(json)]
+    slot: Box<RawValue>,
     /// `{"full_name", "date_of_death"}`, or the string `"erased"` once the booking's personal data
     /// is erased (docs/privacy.md); `"masked"` for ops.
     #[schema(value_type = serde_json::Value)]
-    deceased: serde_json::Value,
+    #[sqlx(json)]
+    deceased: Box<RawValue>,
     /// `[{"name", "relationship", "email", "phone"}]`, or the string `"erased"`; `"masked"` for
     /// ops.
     #[schema(value_type = serde_json::Value)]
-    family_contacts: serde_json::Value,
+    #[sqlx(json)]
+    family_contacts: Box<RawValue>,
     /// What the family pays (the statement's total).
     #[sqlx(flatten)]
     price: Price,
@@ -97,19 +103,22 @@ pub(crate) struct BookingView {
     /// total_minor}` (docs/pricing.md). A booking from before price lists has one line,
     /// `agreed_price`.
     #[schema(value_type = Object)]
-    statement: serde_json::Value,
+    #[sqlx(json)]
+    statement: Box<RawValue>,
     /// The saga's progress: today the lifecycle history, `{"history": [{status, event_type,
     /// sequence, at}]}`.
     #[schema(value_type = Object)]
-    saga: serde_json::Value,
+    #[sqlx(json)]
+    saga: Box<RawValue>,
     /// The booking's payment, once the gateway has answered: status, amount, references.
     #[schema(value_type = Option<Object>)]
-    payment: Option<serde_json::Value>,
+    #[sqlx(json(nullable))]
+    payment: Option<Box<RawValue>>,
     /// Where the booking saga stands, from the saga runner's `saga.progress` view:
     /// `{stage, step, done, attempts, deadline, compensated, updated_at}` (plus `last_error`
     /// and the performed `history` for staff). Absent until the saga has seen the booking, or
-    /// when no saga runner is deployed.
-    #[sqlx(skip)]
+    /// when no saga runner is deployed. Read by id only ([`SagaProgress::column`]).
+    #[sqlx(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     saga_progress: Option<serde_json::Value>,
@@ -126,8 +135,8 @@ impl BookingView {
         let payment_version = self
             .payment
             .as_ref()
-            .and_then(|payment| payment["version"].as_i64())
-            .unwrap_or(0);
+            .and_then(|payment| serde_json::from_str::<Versioned>(payment.get()).ok())
+            .map_or(0, |payment| payment.version);
         let progress = self
             .saga_progress
             .as_ref()
@@ -140,35 +149,66 @@ impl BookingView {
     }
 }
 
-/// The saga's progress for one booking, or `None` when the saga has not seen it or no saga
-/// runner writes to this database (its schema does not exist).
-async fn saga_progress(
-    pool: &sqlx::PgPool,
-    booking_id: Uuid,
-    staff: bool,
-) -> Result<Option<serde_json::Value>, sqlx::Error> {
-    let columns = if staff {
-        "stage, step, done, attempts, deadline, compensated, updated_at, last_error, history"
-    } else {
-        "stage, step, done, attempts, deadline, compensated, updated_at"
-    };
-    let sql = format!(
-        "SELECT to_jsonb(p) FROM (SELECT {columns} FROM saga.progress WHERE booking_id = $1) p"
-    );
-    match sqlx::query_scalar(&sql)
-        .bind(booking_id)
-        .fetch_optional(pool)
-        .await
-    {
-        Ok(progress) => Ok(progress),
-        // 42P01 undefined_table, 3F000 invalid_schema_name: no saga runner here.
-        Err(sqlx::Error::Database(error))
-            if matches!(error.code().as_deref(), Some("42P01" | "3F000")) =>
-        {
-            Ok(None)
-        }
-        Err(error) => Err(error),
+/// Whether the saga runner's `saga.progress` view is in this database, as last seen: the
+/// booking read by id takes the saga's progress in the same statement (one round trip), which
+/// PostgreSQL refuses as a whole while the view does not exist (no saga runner deployed, or not
+/// yet migrated). After such a refusal the booking is read without it, and the view is looked
+/// for again at most every [`SagaProgress::RECHECK`].
+#[derive(Debug, Default)]
+pub(crate) struct SagaProgress {
+    /// When a read last found the view missing; `None` while it is there.
+    missing_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl SagaProgress {
+    /// How long a missing view is believed missing: a saga runner deployed later shows its
+    /// progress after at most this long.
+    const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// Whether the next read should take the saga's progress.
+    fn worth_reading(&self) -> bool {
+        self.missing_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none_or(|since| since.elapsed() >= Self::RECHECK)
     }
+
+    fn seen(&self, present: bool) {
+        let mut missing_since = self
+            .missing_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *missing_since = if present {
+            None
+        } else {
+            Some(std::time::Instant::now())
+        };
+    }
+
+    /// The `saga_progress` column of booking row `b`: what the caller may see of its saga
+    /// (staff also see the last error and the history).
+    fn column(staff: bool) -> &'static str {
+        if staff {
+            ", (SELECT to_jsonb(p) FROM (SELECT stage, step, done, attempts, deadline, compensated, \
+             updated_at, last_error, history FROM saga.progress s WHERE s.booking_id = b.booking_id) p) \
+             AS saga_progress"
+        } else {
+            ", (SELECT to_jsonb(p) FROM (SELECT stage, step, done, attempts, deadline, compensated, \
+             updated_at FROM saga.progress s WHERE s.booking_id = b.booking_id) p) AS saga_progress"
+        }
+    }
+}
+
+/// 42P01 `undefined_table`, 3F000 `invalid_schema_name`: the saga's view is not in this database.
+fn no_saga_view(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(error)
+        if matches!(error.code().as_deref(), Some("42P01" | "3F000")))
+}
+
+/// The one field of a payment the ETag needs.
+#[derive(Deserialize)]
+struct Versioned {
+    version: i64,
 }
 
 /// Integer minor units and an ISO 4217 code.
@@ -217,20 +257,42 @@ pub(crate) async fn get_booking(
     }
     let caller = principal.caller();
     wait_for_token(&headers, &state.pool, &state.consistency, &state.log_ends).await?;
-    let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(format!(
-        "SELECT {} FROM bookings b WHERE b.booking_id = ",
-        columns(&caller)
-    ));
-    query.push_bind(id);
-    if principal.session().is_none() {
-        booking_scope(&mut query, &caller, state.tenancy.default_home);
-    }
-    let mut booking: BookingView = query
-        .build_query_as()
-        .fetch_optional(&state.pool)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    booking.saga_progress = saga_progress(&state.pool, id, caller.role != Role::Family).await?;
+    let read = |with_progress: bool| {
+        let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(format!(
+            "SELECT {}{} FROM bookings b WHERE b.booking_id = ",
+            columns(&caller),
+            if with_progress {
+                SagaProgress::column(caller.role != Role::Family)
+            } else {
+                ""
+            },
+        ));
+        query.push_bind(id);
+        if principal.session().is_none() {
+            booking_scope(&mut query, &caller, state.tenancy.default_home);
+        }
+        let pool = state.pool.clone();
+        async move {
+            query
+                .build_query_as::<BookingView>()
+                .fetch_optional(&pool)
+                .await
+        }
+    };
+    let with_progress = state.saga_progress.worth_reading();
+    let booking = match read(with_progress).await {
+        Err(error) if with_progress && no_saga_view(&error) => {
+            state.saga_progress.seen(false);
+            read(false).await
+        }
+        read => {
+            if with_progress && read.is_ok() {
+                state.saga_progress.seen(true);
+            }
+            read
+        }
+    };
+    let booking = booking?.ok_or(ApiError::NotFound)?;
     let mut etag = booking.etag();
     // Ops sees another representation: the personal data masked.
     if crate::tenancy::masks_personal_data(&caller) {

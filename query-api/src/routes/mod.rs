@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     pub(crate) log_ends: consistency::LogEnds,
     /// The home of facilities registered before homes were named (`FM_TENANCY__DEFAULT_HOME`).
     pub(crate) tenancy: TenancySettings,
+    /// Whether the saga runner's progress view is there to read with a booking.
+    pub(crate) saga_progress: Arc<bookings::SagaProgress>,
 }
 
 impl FromRef<AppState> for Arc<FamilySessions> {
@@ -128,11 +130,26 @@ pub(crate) fn with_content_etag<T: Serialize>(request: &HeaderMap, body: &T) -> 
         return Json(body).into_response();
     };
     let digest = platform::digest::sha256_hex(&[&bytes]);
-    with_etag(request, &format!("page-{}", &digest[..32]), body)
+    // The bytes digested are the body sent: serialised once.
+    answer(request, &format!("page-{}", &digest[..32]), || {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response()
+    })
 }
 
 /// Answers a representation with its ETag, or `304` if the client's `If-None-Match` has it.
 pub(crate) fn with_etag<T: Serialize>(request: &HeaderMap, etag: &str, body: T) -> Response {
+    answer(request, etag, || Json(body).into_response())
+}
+
+/// `304` with `etag` if the client's `If-None-Match` has it, else `body()`, with the ETag.
+fn answer(request: &HeaderMap, etag: &str, body: impl FnOnce() -> Response) -> Response {
     let tag = format!("\"{etag}\"");
     let matches = request
         .get(header::IF_NONE_MATCH)
@@ -147,7 +164,7 @@ pub(crate) fn with_etag<T: Serialize>(request: &HeaderMap, etag: &str, body: T) 
     let mut response = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        Json(body).into_response()
+        body()
     };
     if let Some(value) = etag_header {
         response.headers_mut().insert(header::ETAG, value);
