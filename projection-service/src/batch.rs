@@ -48,6 +48,9 @@ pub(crate) struct Input<'a> {
 }
 
 /// A record after step 1.
+// One per record of one batch, for that batch only: boxing the decoded event (a booking request
+// with its statement is the large one) would add an allocation per record for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Checked {
     Refused(Projected),
     Valid {
