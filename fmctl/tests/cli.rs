@@ -258,7 +258,7 @@ async fn history_shows_a_bookings_events_across_topics_in_time_order() {
     )
     .await;
     assert_eq!(run.status, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("BookingRequested v2"), "{}", run.stdout);
+    assert!(run.stdout.contains("BookingRequested v3"), "{}", run.stdout);
 
     // Erased: fmctl shows `erased`, and the erasure as an event of the booking.
     let response = stack
@@ -713,7 +713,7 @@ async fn dead_letters_are_listed_with_origin_and_reason_and_shown_with_the_paylo
             bad_id.as_str(),
             bad_origin,
             &booking_topic,
-            "BookingRequested v2 payload invalid at '/date_of_death'",
+            "BookingRequested v3 payload invalid at '/date_of_death'",
         ),
         (
             junk_key.as_str(),

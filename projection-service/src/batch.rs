@@ -122,6 +122,14 @@ pub(crate) async fn project_batch(
             fold_one(&mut fold, input, &envelope, decoded, opened.take())?
         };
         if let Some(folded) = folded {
+            // One line per record at `debug`, in the record's span (its topic, offset, event
+            // type and aggregate id): what the one-by-one path's statements logged in it, so a
+            // record stays traceable in the logs when it is folded with its batch.
+            if let Projected::Outcome(outcome) = &folded {
+                input
+                    .span
+                    .in_scope(|| tracing::debug!(?outcome, "folded with its batch"));
+            }
             projected.push(folded);
             continue;
         }

@@ -19,6 +19,7 @@ use platform::{rate_limit::RateLimitSettings, shutdown::CancellationToken};
 use schemas::Role;
 use serde_json::Value;
 use system_tests::saga_stack::{SagaOptions, SagaStack, booking_body};
+use test_support::ONE_HOUR_BURIAL_IN_A_CHAPEL;
 use uuid::Uuid;
 
 /// Booking requests the flooding family sends, 16 at a time.
@@ -146,7 +147,7 @@ async fn a_familys_flood_stays_within_its_limits_and_other_families_bookings_are
                     async move {
                         let days = 30 + i64::try_from(i / 8).unwrap();
                         let index = u32::try_from(i % 8).unwrap();
-                        let body = booking_body(facility, days, index, 90_000);
+                        let body = booking_body(facility, days, index, ONE_HOUR_BURIAL_IN_A_CHAPEL);
                         request(&http, &url, &flooder, &body).await
                     }
                 })
@@ -168,7 +169,7 @@ async fn a_familys_flood_stays_within_its_limits_and_other_families_bookings_are
     for n in 0..OTHER_BOOKINGS {
         let token = if n < 3 { &other_family } else { &director };
         let index = u32::try_from(n).unwrap();
-        let body = booking_body(facility, 20, index, 120_000);
+        let body = booking_body(facility, 20, index, ONE_HOUR_BURIAL_IN_A_CHAPEL);
         let (status, booking, answer) = request(&http, &url, token, &body).await;
         assert_eq!(status, 202, "booking {n} of the others: {answer}");
         others.push(booking.unwrap());
