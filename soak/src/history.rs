@@ -519,8 +519,8 @@ impl History {
                     "nothing (BookingRequested without facility, slot or price)",
                 );
             };
-            // v1: the contacts in the clear; v2: sealed in `personal`, which only the services
-            // open. A version this checker has not learnt is a fault, not a guess.
+            // v1: the contacts in the clear; v2 and v3: sealed in `personal`, which only the
+            // services open. A version this checker has not learnt is a fault, not a guess.
             let emails = match event.version {
                 1 => Some(
                     data.get("family_contacts")
@@ -532,6 +532,17 @@ impl History {
                         .collect(),
                 ),
                 2 if data.get("personal").is_some_and(Value::is_object) => None,
+                // v3: v2 with the itemised statement the server priced it with; its lines and
+                // adjustments must add up to its total, and the total must be the price.
+                3 if data.get("personal").is_some_and(Value::is_object) => {
+                    if !statement_adds_up_to(data.get("statement"), &price) {
+                        return self.illegal(
+                            event,
+                            "nothing (a BookingRequested whose statement is not its price)",
+                        );
+                    }
+                    None
+                }
                 _ => {
                     return self.illegal(
                         event,
@@ -636,5 +647,29 @@ impl History {
             }
         }
         by_key
+    }
+}
+
+/// Whether a `BookingRequested` v3 statement's lines and adjustments add up to its total, in the
+/// price's currency, and the total is the price (read in the checker's own words).
+fn statement_adds_up_to(statement: Option<&Value>, price: &Money) -> bool {
+    let Some(statement) = statement else {
+        return false;
+    };
+    let sum = |field: &str| -> Option<i64> {
+        statement
+            .get(field)?
+            .as_array()?
+            .iter()
+            .map(|item| item.get("amount_minor").and_then(Value::as_i64))
+            .sum()
+    };
+    let total = statement.get("total_minor").and_then(Value::as_i64);
+    let currency = statement.get("currency").and_then(Value::as_str);
+    match (sum("lines"), sum("adjustments"), total, currency) {
+        (Some(lines), Some(adjustments), Some(total), Some(currency)) => {
+            lines + adjustments == total && total == price.minor && currency == price.currency
+        }
+        _ => false,
     }
 }

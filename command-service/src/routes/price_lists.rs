@@ -57,13 +57,13 @@ pub(crate) struct ItemDto {
     code: String,
     #[schema(example = "Burial service", min_length = 1, max_length = 200)]
     description: String,
-    /// For `service` items only.
+    /// For `service` items only (absent or `null` for the others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = super::schema::service_types, required = false)]
+    #[schema(schema_with = super::schema::service_types_or_null, required = false)]
     service_type: Option<String>,
-    /// For `facility_hour` items only.
+    /// For `facility_hour` items only (absent or `null` for the others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = super::schema::facility_kinds, required = false)]
+    #[schema(schema_with = super::schema::facility_kinds_or_null, required = false)]
     facility_kind: Option<String>,
     /// Minor units: once, or per hour for `facility_hour`.
     #[schema(example = 95_000, minimum = 0, maximum = 10_000_000_000_i64)]

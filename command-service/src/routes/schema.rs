@@ -26,6 +26,29 @@ pub(crate) fn service_types() -> Object {
     one_of(ServiceType::ALL.iter().map(|kind| kind.as_str()), "burial")
 }
 
+/// One of `values`, or `null` (an optional field that serde reads `null` as absent for).
+fn one_of_or_null<S: Into<String>>(values: impl IntoIterator<Item = S>, example: &str) -> Object {
+    let values = values
+        .into_iter()
+        .map(|value| serde_json::Value::String(value.into()))
+        .chain([serde_json::Value::Null]);
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(values))
+        .examples([example])
+        .build()
+}
+
+/// `chapel`, `crematorium`, ... or `null`.
+pub(crate) fn facility_kinds_or_null() -> Object {
+    one_of_or_null(FacilityKind::ALL.iter().map(|kind| kind.as_str()), "chapel")
+}
+
+/// `burial`, `cremation`, ... or `null`.
+pub(crate) fn service_types_or_null() -> Object {
+    one_of_or_null(ServiceType::ALL.iter().map(|kind| kind.as_str()), "burial")
+}
+
 /// The ISO 4217 codes the domain knows.
 pub(crate) fn currencies() -> Object {
     one_of(Currency::all().map(Currency::code), "GBP")
