@@ -133,7 +133,14 @@ impl PriceLists {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
-            return Ok(Publication::Raced);
+            // Another publish took this version first. Publishing the same list is still done
+            // (two retries of one PUT, or replicas seeding alike): answer the version that holds
+            // it; a different list lost the race and is told so.
+            drop(tx);
+            return Ok(match self.current(home).await? {
+                Some(current) if current.list == *list => Publication::Unchanged(current),
+                _ => Publication::Raced,
+            });
         };
         tx.commit().await?;
         Ok(Publication::New(ListVersion {
