@@ -240,6 +240,7 @@ pub(crate) async fn produce_load(
     read_back: Option<&Arc<ReadBack>>,
 ) -> anyhow::Result<Load> {
     let next = Arc::new(AtomicUsize::new(0));
+    let census = crate::cpu::Census::take();
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
@@ -278,7 +279,7 @@ pub(crate) async fn produce_load(
         ok.extend(o);
         failed.extend(f);
     }
-    Ok(Load::from_samples(ok, started.elapsed(), failed))
+    Ok(Load::from_samples(ok, started.elapsed(), failed).with_cpu(census.as_ref()))
 }
 
 /// The end offset of every partition of `kafka`'s event topics.

@@ -45,6 +45,7 @@ where
     Fut: Future<Output = Result<Option<Duration>, Failure>> + Send,
 {
     let next = Arc::new(AtomicUsize::new(0));
+    let census = crate::cpu::Census::take();
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients.max(1))
         .map(|_| {
@@ -76,7 +77,7 @@ where
         ok.extend(o);
         failed.extend(f);
     }
-    Ok(Load::from_samples(ok, started.elapsed(), failed))
+    Ok(Load::from_samples(ok, started.elapsed(), failed).with_cpu(census.as_ref()))
 }
 
 /// Sends `request` and reads the whole body; a failure unless the status is `expected`.

@@ -18,6 +18,7 @@
 
 mod bare;
 mod config;
+mod cpu;
 mod kafka;
 mod load;
 mod machine;

@@ -41,7 +41,8 @@ pub(crate) async fn wait_caught_up(
     loop {
         alive()?;
         // The view does not exist until the first build of the version has switched live.
-        let stored: BTreeMap<TopicPartition, i64> =
+        // So an empty log is caught up only once the build is live (the query succeeds).
+        let live: Option<BTreeMap<TopicPartition, i64>> =
             sqlx::query("SELECT topic, partition, next_offset FROM live.projection_offsets")
                 .fetch_all(pool)
                 .await
@@ -50,10 +51,13 @@ pub(crate) async fn wait_caught_up(
                         .map(|row| ((row.get(0), row.get(1)), row.get(2)))
                         .collect()
                 })
-                .unwrap_or_default();
-        if ends
-            .iter()
-            .all(|(tp, end)| *end == 0 || stored.get(tp).is_some_and(|at| at >= end))
+                .ok();
+        let is_live = live.is_some();
+        let stored = live.unwrap_or_default();
+        if is_live
+            && ends
+                .iter()
+                .all(|(tp, end)| *end == 0 || stored.get(tp).is_some_and(|at| at >= end))
         {
             return Ok(since.elapsed());
         }

@@ -13,7 +13,7 @@ use crate::{
         memory::{MemoryPoint, MemoryResults, ServiceMemory},
         query::QueryResults,
         replay::{ReplayResults, rate},
-        scale::ScaleResults,
+        scale::{SagaLoad, ScaleResults},
         settings::{SettingsResults, Variant},
         write::WriteResults,
     },
@@ -570,6 +570,63 @@ fn load_row(out: &mut String, what: &str, l: &Load) {
     );
 }
 
+/// "Where the CPU went" for `measures` (a label and its repetitions): the machine's busy share
+/// and each kind of process's CPU per operation, medians over the repetitions. Only kinds that
+/// used at least 2 % of some measure's CPU get a column.
+fn cpu_table(out: &mut String, measures: &[(&str, Vec<&Load>)]) {
+    let per_op = |load: &Load, kind: &str| -> Option<f64> {
+        let cpu = load.cpu.as_ref()?;
+        let seconds = if kind.is_empty() {
+            cpu.seconds.values().sum()
+        } else {
+            cpu.seconds.get(kind).copied().unwrap_or(0.0)
+        };
+        (load.ok > 0).then(|| seconds / usize_f(load.ok) * 1e6)
+    };
+    let kinds: Vec<&str> = crate::cpu::KINDS
+        .into_iter()
+        .filter(|kind| {
+            measures.iter().flat_map(|(_, loads)| loads).any(|load| {
+                per_op(load, kind)
+                    .zip(per_op(load, ""))
+                    .is_some_and(|(part, all)| all > 0.0 && part / all >= 0.02)
+            })
+        })
+        .collect();
+    if kinds.is_empty() {
+        return;
+    }
+    let _ = write!(
+        out,
+        "\n**Where the CPU went** (every process on the machine, from `/proc` before and after \
+         each load; medians over the repetitions): how busy all cores were, and CPU time per \
+         operation in µs, in all and by process.\n\n| Measure | Cores busy | All |"
+    );
+    for kind in &kinds {
+        let _ = write!(out, " {kind} |");
+    }
+    out.push_str("\n|---|---|---|");
+    out.push_str(&"---|".repeat(kinds.len()));
+    out.push('\n');
+    for (label, loads) in measures {
+        let median_of = |kind: &str| {
+            Spread::of(loads.iter().filter_map(|load| per_op(load, kind)))
+                .map_or_else(|| "–".to_owned(), |s| int(s.median))
+        };
+        let busy = Spread::of(
+            loads
+                .iter()
+                .filter_map(|load| load.cpu.as_ref().map(|cpu| cpu.machine_busy * 100.0)),
+        )
+        .map_or_else(|| "–".to_owned(), |s| format!("{:.0} %", s.median));
+        let _ = write!(out, "| {label} | {busy} | {} |", median_of(""));
+        for kind in &kinds {
+            let _ = write!(out, " {} |", median_of(kind));
+        }
+        out.push('\n');
+    }
+}
+
 const LOAD_HEAD: &str = "| Repetition, measure | Rate | p50 | p99 | max | Count | Failures |\n|---|---|---|---|---|---|---|\n";
 
 fn write_section(out: &mut String, w: &WriteResults, s: &Sizes) {
@@ -627,6 +684,20 @@ fn write_section(out: &mut String, w: &WriteResults, s: &Sizes) {
                 .iter()
                 .map(|x| x.http.p99_ms / x.produce_read_back.p99_ms)
         ),
+    );
+    cpu_table(
+        out,
+        &[
+            ("`POST /bookings`", w.reps.iter().map(|x| &x.http).collect()),
+            (
+                "raw produce",
+                w.reps.iter().map(|x| &x.raw_produce).collect(),
+            ),
+            (
+                "produce + read back",
+                w.reps.iter().map(|x| &x.produce_read_back).collect(),
+            ),
+        ],
     );
 }
 
@@ -716,7 +787,30 @@ fn replay_section(out: &mut String, p: &ReplayResults) {
             rep.order,
             rep.load_average,
         );
-    }
+    } // Per event: each repetition's CPU as a load of the log's events.
+    let per_event = |cpu: &Option<crate::cpu::CpuUse>, seconds: f64| Load {
+        ok: usize::try_from(p.events).unwrap_or(usize::MAX),
+        elapsed_s: seconds,
+        cpu: cpu.clone(),
+        ..Load::default()
+    };
+    let (consumes, replays): (Vec<Load>, Vec<Load>) = p
+        .reps
+        .iter()
+        .map(|rep| {
+            (
+                per_event(&rep.raw_consume_cpu, rep.raw_consume_s),
+                per_event(&rep.replay_cpu, rep.replay_s),
+            )
+        })
+        .unzip();
+    cpu_table(
+        out,
+        &[
+            ("raw consume, per event", consumes.iter().collect()),
+            ("replay, per event", replays.iter().collect()),
+        ],
+    );
 }
 
 fn query_section(out: &mut String, q: &QueryResults, s: &Sizes) {
@@ -744,6 +838,24 @@ fn query_section(out: &mut String, q: &QueryResults, s: &Sizes) {
         load_row(out, &format!("{n}: query-api, list"), &rep.list_api);
         load_row(out, &format!("{n}: bare, list"), &rep.list_bare);
     }
+    cpu_table(
+        out,
+        &[
+            (
+                "query-api, by id",
+                q.reps.iter().map(|x| &x.by_id_api).collect(),
+            ),
+            (
+                "bare, by id",
+                q.reps.iter().map(|x| &x.by_id_bare).collect(),
+            ),
+            (
+                "query-api, list",
+                q.reps.iter().map(|x| &x.list_api).collect(),
+            ),
+            ("bare, list", q.reps.iter().map(|x| &x.list_bare).collect()),
+        ],
+    );
 }
 
 fn scale_section(out: &mut String, x: &ScaleResults, s: &Sizes) {
@@ -819,6 +931,38 @@ fn scale_section(out: &mut String, x: &ScaleResults, s: &Sizes) {
                 .iter()
                 .map(|x| x.sagas_two.rate() / x.sagas_one.rate())
         ),
+    ); // A whole booking's CPU, as a load of its finished sagas.
+    let whole = |sagas: &SagaLoad| Load {
+        ok: sagas.done,
+        elapsed_s: sagas.elapsed_s,
+        cpu: sagas.cpu.clone(),
+        ..Load::default()
+    };
+    let (sagas_one, sagas_two): (Vec<Load>, Vec<Load>) = x
+        .reps
+        .iter()
+        .map(|x| (whole(&x.sagas_one), whole(&x.sagas_two)))
+        .unzip();
+    cpu_table(
+        out,
+        &[
+            (
+                "`POST /bookings`, one command-service",
+                x.reps.iter().map(|x| &x.commands_one).collect(),
+            ),
+            (
+                "`POST /bookings`, two command-services",
+                x.reps.iter().map(|x| &x.commands_two).collect(),
+            ),
+            (
+                "whole bookings, one saga runner",
+                sagas_one.iter().collect(),
+            ),
+            (
+                "whole bookings, two saga runners",
+                sagas_two.iter().collect(),
+            ),
+        ],
     );
 }
 
@@ -1325,6 +1469,8 @@ mod tests {
                         copy_s: 0.25,
                         order: "raw consume first".into(),
                         load_average: "1 → 1".into(),
+                        raw_consume_cpu: None,
+                        replay_cpu: None,
                     })
                     .collect(),
             }),
@@ -1365,11 +1511,13 @@ mod tests {
                         posted: load(400.0, 70.0, 200.0),
                         done: 100,
                         elapsed_s: 2.0,
+                        cpu: None,
                     },
                     sagas_two: SagaLoad {
                         posted: load(400.0, 70.0, 200.0),
                         done: 100,
                         elapsed_s: 1.6,
+                        cpu: None,
                     },
                     order: "one, then two".into(),
                     load_average: "1 → 1".into(),
@@ -1474,6 +1622,50 @@ mod tests {
         assert!(page.contains("## Sections that failed in this run"));
         assert!(page.contains("- **replay**: the broker went away"));
         assert!(!page.contains("## Replay\n"));
+    }
+
+    #[test]
+    fn the_cpu_table_gives_each_busy_process_its_time_per_operation() {
+        let with_cpu = |ok: usize, busy: f64, seconds: &[(&str, f64)]| Load {
+            ok,
+            elapsed_s: 1.0,
+            cpu: Some(crate::cpu::CpuUse {
+                machine_busy: busy,
+                seconds: seconds.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            }),
+            ..Load::default()
+        };
+        let http = with_cpu(
+            1000,
+            0.97,
+            &[
+                ("command-service", 0.5),
+                ("PostgreSQL", 0.8),
+                ("fm-bench", 0.2),
+                ("other", 0.001),
+            ],
+        );
+        let raw = with_cpu(10_000, 0.5, &[("Kafka broker", 0.6), ("fm-bench", 0.4)]);
+        let mut out = String::new();
+        cpu_table(
+            &mut out,
+            &[("HTTP", vec![&http]), ("raw", vec![&raw, &raw])],
+        );
+        assert!(
+            out.contains("| Measure | Cores busy | All | command-service | PostgreSQL | Kafka broker | fm-bench |\n"),
+            "only the kinds that used 2 % of a measure get a column: {out}"
+        );
+        assert!(
+            out.contains("| HTTP | 97 % | 1 501 | 500 | 800 | 0 | 200 |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| raw | 50 % | 100 | 0 | 0 | 60 | 40 |"),
+            "{out}"
+        );
+        let mut none = String::new();
+        cpu_table(&mut none, &[("HTTP", vec![&load(1.0, 1.0, 1.0)])]);
+        assert!(none.is_empty(), "no census, no table: {none}");
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub(crate) struct Load {
     pub failures: BTreeMap<String, usize>,
     /// The first failure's detail, to tell what went wrong.
     pub first_failure: Option<String>,
+    /// Where the machine's CPU went while the load ran (`None` without `/proc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<crate::cpu::CpuUse>,
 }
 
 impl Load {
@@ -42,6 +45,7 @@ impl Load {
             max_ms: millis(latencies.last().copied().unwrap_or_default()),
             failures: by_kind,
             first_failure,
+            cpu: None,
         }
     }
 
@@ -54,6 +58,12 @@ impl Load {
         } else {
             0.0
         }
+    }
+
+    /// With the CPU used since `census` (taken as the load started).
+    pub(crate) fn with_cpu(mut self, census: Option<&crate::cpu::Census>) -> Self {
+        self.cpu = census.and_then(crate::cpu::Census::since);
+        self
     }
 
     pub(crate) fn failed(&self) -> usize {

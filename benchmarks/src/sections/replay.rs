@@ -9,7 +9,13 @@ use domain::values::BookingId;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-use crate::{config::Bench, kafka, machine::load_average, pg, seed, stack};
+use crate::{
+    config::Bench,
+    cpu::{Census, CpuUse},
+    kafka,
+    machine::load_average,
+    pg, seed, stack,
+};
 
 /// The projector's default batch size (`FM_PROJECTOR__BATCH_SIZE`).
 const PROJECTOR_BATCH: u64 = 500;
@@ -23,6 +29,11 @@ pub(crate) struct ReplayRep {
     pub copy_s: f64,
     pub order: String,
     pub load_average: String,
+    /// Where the machine's CPU went during the raw consume, and during the replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_consume_cpu: Option<CpuUse>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_cpu: Option<CpuUse>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,9 +59,10 @@ async fn replay_once(
     kafka: &event_log::KafkaSettings,
     ends: &std::collections::BTreeMap<event_log::consumer::TopicPartition, i64>,
     rep: usize,
-) -> anyhow::Result<(Duration, String)> {
+) -> anyhow::Result<(Timed, String)> {
     let database_url = pg::fresh_database(&bench.admin_url, "replay").await?;
     let pool = PgPool::connect(&database_url).await?;
+    let census = Census::take();
     let mut projector =
         stack::projection_service(bench, kafka, &database_url, &format!("replay-{rep}"))?;
     let started = projector.started;
@@ -58,8 +70,19 @@ async fn replay_once(
         projector.check_alive()
     })
     .await?;
+    let cpu = census.as_ref().and_then(Census::since);
     projector.stop().await?;
-    Ok((took, database_url))
+    Ok(((took, cpu), database_url))
+}
+
+/// How long something took, and the CPU it took.
+type Timed = (Duration, Option<CpuUse>);
+
+/// [`kafka::consume_all`], with its CPU.
+async fn raw_consume(kafka: &event_log::KafkaSettings, total: i64) -> anyhow::Result<Timed> {
+    let census = Census::take();
+    let took = kafka::consume_all(kafka, total).await?;
+    Ok((took, census.as_ref().and_then(Census::since)))
 }
 
 pub(crate) async fn run(bench: &Bench) -> anyhow::Result<(ReplayResults, Replayed)> {
@@ -79,12 +102,13 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<(ReplayResults, Replaye
         );
         let load_before = load_average();
         let consume_first = rep % 2 == 0;
-        let (consumed, (replayed, database_url)) = if consume_first {
-            let c = kafka::consume_all(&kafka, total).await?;
+        let ((consumed, raw_consume_cpu), ((replayed, replay_cpu), database_url)) = if consume_first
+        {
+            let c = raw_consume(&kafka, total).await?;
             (c, replay_once(bench, &kafka, &ends, rep).await?)
         } else {
             let r = replay_once(bench, &kafka, &ends, rep).await?;
-            (kafka::consume_all(&kafka, total).await?, r)
+            (raw_consume(&kafka, total).await?, r)
         };
         let pool = PgPool::connect(&database_url).await?;
         let shape = pg::RowShape::of_live_bookings(&pool).await?;
@@ -109,6 +133,8 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<(ReplayResults, Replaye
                 "replay, raw consume, INSERT, COPY".into()
             },
             load_average: format!("{load_before} → {}", load_average()),
+            raw_consume_cpu,
+            replay_cpu,
         });
         last_database = database_url;
     }

@@ -37,6 +37,9 @@ pub(crate) struct SagaLoad {
     pub done: usize,
     /// From the first request until the last saga was done.
     pub elapsed_s: f64,
+    /// Where the machine's CPU went over that time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<crate::cpu::CpuUse>,
 }
 
 impl SagaLoad {
@@ -217,17 +220,20 @@ async fn sagas(
     let warm_up = warm_up.await?;
     wait_sagas(&mut database, warm_up.ok, &mut processes).await?;
     let measured = bodies(sizes.clients..sizes.clients + saga_bookings)?;
+    let census = crate::cpu::Census::take();
     let started = Instant::now();
     let posted = post_bookings_to(http, &urls, &token, measured, sizes.clients).await?;
     let target = warm_up.ok + posted.ok;
     let waited = wait_sagas(&mut database, target, &mut processes).await;
     let elapsed_s = started.elapsed().as_secs_f64();
+    let cpu = census.as_ref().and_then(crate::cpu::Census::since);
     stop_all(processes).await?;
     waited?;
     Ok(SagaLoad {
         done: posted.ok,
         posted,
         elapsed_s,
+        cpu,
     })
 }
 
