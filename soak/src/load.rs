@@ -838,7 +838,11 @@ async fn client_loop(shared: Arc<Shared>, client: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The price list of the home the soak's facilities belong to (the deployment's default home:
+/// The price list the test stacks publish too (every service type, every facility kind by the
+/// hour, the add-ons the soak's requests pick from).
+const PRICE_LIST: &str = include_str!("../../compose/price-list.json");
+
+/// [`PRICE_LIST`] for the home the soak's facilities belong to (the deployment's default home:
 /// its directors' shared-secret tokens name no home), published once on the first replica: the
 /// replicas share the database it lives in.
 async fn publish_price_list(shared: &Shared, token: &str) -> anyhow::Result<()> {
@@ -848,18 +852,8 @@ async fn publish_price_list(shared: &Shared, token: &str) -> anyhow::Result<()> 
         .command_urls
         .first()
         .context("no command-service to publish the price list on")?;
-    let body = json!({
-        "currency": "GBP",
-        "items": [
-            {"kind": "service", "code": "burial", "description": "Burial service", "service_type": "burial", "amount_minor": 95_000},
-            {"kind": "service", "code": "cremation", "description": "Cremation service", "service_type": "cremation", "amount_minor": 85_000},
-            {"kind": "service", "code": "memorial", "description": "Memorial service", "service_type": "memorial", "amount_minor": 60_000},
-            {"kind": "service", "code": "viewing", "description": "Viewing", "service_type": "viewing", "amount_minor": 30_000},
-            {"kind": "facility_hour", "code": "chapel.hour", "description": "Chapel, per hour", "facility_kind": "chapel", "amount_minor": 30_000},
-            {"kind": "add_on", "code": "celebrant", "description": "Celebrant", "amount_minor": 18_000},
-            {"kind": "add_on", "code": "transport", "description": "Transport of the deceased", "amount_minor": 12_000},
-        ],
-    });
+    let body: serde_json::Value = serde_json::from_str(PRICE_LIST)
+        .context("compose/price-list.json is not JSON: the soak was built from a broken tree")?;
     // The stack may still be settling (a replica restarting): retry for a while.
     let mut last = String::new();
     for _ in 0..60 {

@@ -393,27 +393,16 @@ pub async fn route_role_mismatches(base: &str, document: &serde_json::Value) -> 
     mismatches
 }
 
-/// The price list every test stack publishes for the local realm's homes: every service type,
-/// every facility kind by the hour, three add-ons. A one-hour burial in a chapel costs
+/// The price list every test stack publishes for the local realm's homes
+/// (`compose/price-list.json`, which the soak publishes too): every service type, every
+/// facility kind by the hour, three add-ons. A one-hour burial in a chapel costs
 /// [`ONE_HOUR_BURIAL_IN_A_CHAPEL`].
 pub fn price_list() -> serde_json::Value {
-    serde_json::json!({
-        "currency": "GBP",
-        "items": [
-            {"kind": "service", "code": "burial", "description": "Burial service", "service_type": "burial", "amount_minor": 95_000},
-            {"kind": "service", "code": "cremation", "description": "Cremation service", "service_type": "cremation", "amount_minor": 85_000},
-            {"kind": "service", "code": "memorial", "description": "Memorial service", "service_type": "memorial", "amount_minor": 60_000},
-            {"kind": "service", "code": "viewing", "description": "Viewing", "service_type": "viewing", "amount_minor": 30_000},
-            {"kind": "facility_hour", "code": "chapel.hour", "description": "Chapel, per hour", "facility_kind": "chapel", "amount_minor": 30_000},
-            {"kind": "facility_hour", "code": "crematorium.hour", "description": "Crematorium, per hour", "facility_kind": "crematorium", "amount_minor": 40_000},
-            {"kind": "facility_hour", "code": "graveside.hour", "description": "Graveside, per hour", "facility_kind": "graveside", "amount_minor": 20_000},
-            {"kind": "facility_hour", "code": "reception_hall.hour", "description": "Reception hall, per hour", "facility_kind": "reception_hall", "amount_minor": 15_000},
-            {"kind": "add_on", "code": "cremation_fee", "description": "Cremation fee", "amount_minor": 25_000},
-            {"kind": "add_on", "code": "celebrant", "description": "Celebrant", "amount_minor": 18_000},
-            {"kind": "add_on", "code": "transport", "description": "Transport of the deceased", "amount_minor": 12_000},
-        ],
-    })
+    serde_json::from_str(PRICE_LIST).expect("compose/price-list.json is JSON (a test checks it)")
 }
+
+/// `compose/price-list.json`, as the test stacks and the soak publish it.
+pub const PRICE_LIST: &str = include_str!("../../compose/price-list.json");
 
 /// What [`price_list`] charges for a one-hour burial in a chapel: £1,250.00.
 pub const ONE_HOUR_BURIAL_IN_A_CHAPEL: i64 = 125_000;
@@ -450,4 +439,25 @@ pub async fn publish_price_list_as(
         anyhow::bail!("publishing the price list of home {home} answered {status}: {body}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_price_list_prices_a_one_hour_burial_in_a_chapel_as_the_tests_expect() {
+        let list = price_list();
+        let amount_of = |code: &str| {
+            list["items"]
+                .as_array()
+                .and_then(|items| items.iter().find(|item| item["code"] == code))
+                .and_then(|item| item["amount_minor"].as_i64())
+                .unwrap_or_else(|| panic!("compose/price-list.json has no {code}"))
+        };
+        assert_eq!(
+            amount_of("burial") + amount_of("chapel.hour"),
+            ONE_HOUR_BURIAL_IN_A_CHAPEL
+        );
+    }
 }
