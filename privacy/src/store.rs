@@ -406,6 +406,12 @@ impl KeyStore {
             return Ok(state.clone());
         }
         let state = self.load(booking_id).await?;
+        self.remember([(booking_id, state.clone())]);
+        Ok(state)
+    }
+
+    /// Caches freshly loaded keys.
+    fn remember(&self, loaded: impl IntoIterator<Item = (Uuid, KeyState)>) {
         let now = Instant::now();
         let mut cache = self
             .cache
@@ -414,15 +420,68 @@ impl KeyStore {
         // Expired entries are swept once per cache period, not on every miss: a rebuild misses
         // once per booking, and a sweep per miss made it quadratic in the bookings cached (a
         // third of a replay's CPU was reading the clock for it). An expired entry is never
-        // served (the check above), so sweeping later only keeps it in memory a little longer.
+        // served (the check in `cached`), so sweeping later only keeps it in memory a little
+        // longer.
         if now.duration_since(cache.swept) >= self.cache_for {
             cache
                 .entries
                 .retain(|_, (at, _)| now.duration_since(*at) < self.cache_for);
             cache.swept = now;
         }
-        cache.entries.insert(booking_id, (now, state.clone()));
-        Ok(state)
+        cache
+            .entries
+            .extend(loaded.into_iter().map(|(id, state)| (id, (now, state))));
+    }
+
+    /// Loads into the cache, with one query, the keys of those of `booking_ids` it does not
+    /// hold: a batch of records (a replay) then opens each booking's data without a round trip
+    /// of its own. A key that cannot be unwrapped is left out, so that opening it fails on its
+    /// own record, as without the prefetch.
+    pub async fn prefetch(&self, booking_ids: &[Uuid]) -> Result<(), PrivacyError> {
+        if self.cache_for.is_zero() {
+            return Ok(());
+        }
+        let missing: Vec<Uuid> = {
+            let cache = self
+                .cache
+                .lock()
+                .expect("the key cache's lock is never poisoned");
+            booking_ids
+                .iter()
+                .filter(|id| {
+                    cache
+                        .entries
+                        .get(id)
+                        .is_none_or(|(at, _)| at.elapsed() >= self.cache_for)
+                })
+                .copied()
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let rows = sqlx::query(
+            "SELECT booking_id, key_id, wrapped_key, master_key_id FROM data_keys \
+             WHERE booking_id = ANY($1)",
+        )
+        .bind(&missing)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut states: HashMap<Uuid, KeyState> =
+            missing.iter().map(|id| (*id, KeyState::Missing)).collect();
+        for row in &rows {
+            let booking_id: Uuid = row.try_get("booking_id")?;
+            match self.key_state(booking_id, row) {
+                Ok(state) => {
+                    states.insert(booking_id, state);
+                }
+                Err(_) => {
+                    states.remove(&booking_id);
+                }
+            }
+        }
+        self.remember(states);
+        Ok(())
     }
 
     async fn load(&self, booking_id: Uuid) -> Result<KeyState, PrivacyError> {

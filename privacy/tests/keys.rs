@@ -136,3 +136,52 @@ async fn rotating_the_master_key_keeps_every_booking_readable(pool: PgPool) {
         Err(PrivacyError::UnknownMasterKey { .. })
     ));
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_prefetch_loads_a_batch_of_keys_in_one_go_and_opens_them_from_the_cache(pool: PgPool) {
+    let master = MasterKeys::generate("m1");
+    let writer = store(&pool, &master).await;
+    let mut sealed = Vec::new();
+    for _ in 0..20 {
+        let booking = Uuid::new_v4();
+        sealed.push((
+            booking,
+            writer.seal(booking, &personal_data()).await.unwrap(),
+        ));
+    }
+    let (erased, _) = &sealed[0];
+    writer.erase(*erased).await.unwrap();
+
+    // A reader with a cold cache, as a projector replaying the log.
+    let reader = store(&pool, &master).await;
+    let ids: Vec<Uuid> = sealed.iter().map(|(id, _)| *id).collect();
+    reader.prefetch(&ids).await.unwrap();
+    // From here the table is gone: whatever opens, opened from what the prefetch cached.
+    sqlx::query("DELETE FROM privacy.data_keys")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for (booking, box_) in &sealed[1..] {
+        assert_eq!(
+            reader.open(*booking, box_).await.unwrap(),
+            Opened::Personal(personal_data()),
+            "booking {booking} was prefetched"
+        );
+    }
+    assert_eq!(
+        reader.open(*erased, &sealed[0].1).await.unwrap(),
+        Opened::Erased,
+        "an erased key is prefetched as erased"
+    );
+    // Not prefetched: read now, from the emptied table.
+    let other = Uuid::new_v4();
+    let other_box = writer.seal(other, &personal_data()).await.unwrap();
+    sqlx::query("DELETE FROM privacy.data_keys")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.open(other, &other_box).await.unwrap(),
+        Opened::Erased
+    );
+}
