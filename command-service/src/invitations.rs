@@ -24,7 +24,7 @@ use ring::{
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use sqlx::{
-    Connection, PgConnection, PgPool, Row,
+    PgPool, Row,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 use uuid::Uuid;
@@ -112,15 +112,10 @@ impl Invitations {
     ) -> Result<Self, InvitationError> {
         let url = privacy.database_url.as_ref().unwrap_or(&database.url);
         let options = PgConnectOptions::from_str(url.expose_secret())?;
-        let mut admin = PgConnection::connect_with(&options).await?;
-        platform::database::create_schema(&mut admin, SCHEMA).await?;
-        admin.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(database.max_connections.min(4))
-            .acquire_timeout(database.acquire_timeout)
-            .connect_with(options.options([("search_path", SCHEMA)]))
-            .await?;
-        MIGRATOR.run(&pool).await?;
+            .acquire_timeout(database.acquire_timeout);
+        let pool = platform::database::connect_schema(&options, SCHEMA, pool, &MIGRATOR).await?;
         let masters = MasterKeys::parse(privacy.master_keys.expose_secret())?;
         let random = SystemRandom::new();
         let (signing, jwks, decoding) = load_or_make_key(&pool, &masters, &random).await?;

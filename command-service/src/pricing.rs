@@ -14,7 +14,7 @@ use platform::settings::DatabaseSettings;
 use privacy::PrivacySettings;
 use secrecy::ExposeSecret;
 use sqlx::{
-    Connection, PgConnection, PgPool, Row,
+    PgConnection, PgPool, Row,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 use uuid::Uuid;
@@ -79,15 +79,10 @@ impl PriceLists {
     ) -> Result<Self, PricingError> {
         let url = privacy.database_url.as_ref().unwrap_or(&database.url);
         let options = PgConnectOptions::from_str(url.expose_secret())?;
-        let mut admin = PgConnection::connect_with(&options).await?;
-        platform::database::create_schema(&mut admin, SCHEMA).await?;
-        admin.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(database.max_connections.min(4))
-            .acquire_timeout(database.acquire_timeout)
-            .connect_with(options.options([("search_path", SCHEMA)]))
-            .await?;
-        MIGRATOR.run(&pool).await?;
+            .acquire_timeout(database.acquire_timeout);
+        let pool = platform::database::connect_schema(&options, SCHEMA, pool, &MIGRATOR).await?;
         Ok(Self { pool })
     }
 

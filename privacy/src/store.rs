@@ -11,7 +11,7 @@ use domain::booking::{PersonalData, SealedPersonal};
 use platform::settings::DatabaseSettings;
 use secrecy::ExposeSecret;
 use sqlx::{
-    Connection, PgConnection, PgPool, Row,
+    PgPool, Row,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 use thiserror::Error;
@@ -156,14 +156,7 @@ impl KeyStore {
         settings: &PrivacySettings,
     ) -> Result<Self, PrivacyError> {
         let masters = MasterKeys::parse(settings.master_keys.expose_secret())?;
-        let mut admin = PgConnection::connect_with(&options).await?;
-        // Several services start together and may race to create it; IF NOT EXISTS is not
-        platform::database::create_schema(&mut admin, SCHEMA).await?;
-        admin.close().await?;
-        let pool = pool
-            .connect_with(options.options([("search_path", SCHEMA)]))
-            .await?;
-        MIGRATOR.run(&pool).await?;
+        let pool = platform::database::connect_schema(&options, SCHEMA, pool, &MIGRATOR).await?;
         Ok(Self {
             pool,
             masters,

@@ -12,7 +12,7 @@ use platform::settings::DatabaseSettings;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use sqlx::{
-    Connection, FromRow, PgConnection, PgPool,
+    FromRow, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 use uuid::Uuid;
@@ -31,16 +31,10 @@ pub const WAKE_CHANNEL: &str = "saga_due";
 /// Creates the schema if needed, runs the migrations, and opens the pool.
 pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(settings.url.expose_secret())?;
-    let mut admin = PgConnection::connect_with(&options).await?;
-    platform::database::create_schema(&mut admin, SCHEMA).await?;
-    admin.close().await?;
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
-        .acquire_timeout(settings.acquire_timeout)
-        .connect_with(options.options([("search_path", SCHEMA)]))
-        .await?;
-    MIGRATOR.run(&pool).await?;
-    Ok(pool)
+        .acquire_timeout(settings.acquire_timeout);
+    Ok(platform::database::connect_schema(&options, SCHEMA, pool, &MIGRATOR).await?)
 }
 
 /// Where the consumer keeps its offsets.
