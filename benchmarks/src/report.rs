@@ -787,7 +787,8 @@ fn replay_section(out: &mut String, p: &ReplayResults) {
             rep.order,
             rep.load_average,
         );
-    } // Per event: each repetition's CPU as a load of the log's events.
+    }
+    // Per event: each repetition's CPU as a load of the log's events.
     let per_event = |cpu: &Option<crate::cpu::CpuUse>, seconds: f64| Load {
         ok: usize::try_from(p.events).unwrap_or(usize::MAX),
         elapsed_s: seconds,
@@ -931,7 +932,13 @@ fn scale_section(out: &mut String, x: &ScaleResults, s: &Sizes) {
                 .iter()
                 .map(|x| x.sagas_two.rate() / x.sagas_one.rate())
         ),
-    ); // A whole booking's CPU, as a load of its finished sagas.
+    );
+    scale_cpu(out, x);
+}
+
+/// The scale-out section's "Where the CPU went": per command, and per whole booking (a load of
+/// its finished sagas).
+fn scale_cpu(out: &mut String, x: &ScaleResults) {
     let whole = |sagas: &SagaLoad| Load {
         ok: sagas.done,
         elapsed_s: sagas.elapsed_s,
