@@ -229,6 +229,41 @@ async fn assigned_from_start(
     .context("Failed to assign a consumer")
 }
 
+/// A broker just started spends about as much CPU compiling its own code (the JVM's JIT) as
+/// serving requests, for its first minute or so (a thread-by-thread census of the broker during
+/// the write section, 4 Dec 2026), so the first measurement would count compilation. It serves
+/// produce + read back of booking-sized records on topics of its own for `time` first, and the
+/// figures are thrown away.
+pub(crate) async fn warm_up_broker(
+    bench: &crate::config::Bench,
+    time: std::time::Duration,
+) -> anyhow::Result<()> {
+    let kafka = bench.kafka("warm-up");
+    bench.topics(&kafka).await?;
+    let topic = event_log::Topics::new(&kafka.topic_prefix).events(schemas::AggregateType::Booking);
+    let producer = producer(&kafka)?;
+    let reader = Arc::new(ReadBack::start(&kafka, &topic).await?);
+    let payload = Arc::new(booking_requested_record()?);
+    let started = Instant::now();
+    while started.elapsed() < time {
+        let load = produce_load(
+            &producer,
+            &topic,
+            &payload,
+            2_000,
+            bench.sizes.clients,
+            Some(&reader),
+        )
+        .await?;
+        anyhow::ensure!(
+            load.failed() == 0,
+            "warming the broker up failed: {:?}",
+            load.first_failure
+        );
+    }
+    Ok(())
+}
+
 /// `clients` tasks send `records` records of `payload` to `topic`, one in flight each; with
 /// `read_back`, each send also waits until its record has been read back.
 pub(crate) async fn produce_load(

@@ -231,6 +231,16 @@ async fn run(
     };
     let results_path = run_dir.join("results.json");
 
+    let warm_up = if quick {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(45)
+    };
+    eprintln!("==> warming the broker up for {warm_up:?} (not measured)");
+    kafka::warm_up_broker(&bench, warm_up)
+        .await
+        .context("Failed to warm the broker up")?;
+
     if wanted(Section::Write) {
         results.write = attempt(
             &mut results,

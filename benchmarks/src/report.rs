@@ -189,7 +189,9 @@ fn header(out: &mut String, r: &Results) {
          other engineers' builds and tests, so absolute numbers move from run to run and ratios \
          much less. Each measurement was repeated {} times, alternating the order of the \
          measured path and its baseline; a figure is the **median, with the range (min–max) in \
-         brackets**. Load average (1, 5, 15 min) at the start {}, at the end {}.\n",
+         brackets**. Before the first measurement the broker serves produce + read back, \
+         unmeasured, while its JVM compiles its hot code (a fresh broker spends as much CPU on \
+         that as on requests). Load average (1, 5, 15 min) at the start {}, at the end {}.\n",
         r.sizes.mode,
         r.started_at,
         r.finished_at,
