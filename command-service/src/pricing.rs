@@ -203,7 +203,7 @@ impl PriceLists {
         };
         metrics::counter!("price_list_reads_total", "source" => "database").increment(1);
         let mut conn = self.pool.acquire().await?;
-        let read = current(&mut conn, home).await?;
+        let read = read_current(&mut conn, home).await?;
         self.cache.fill(epoch, read.as_ref());
         Ok(read)
     }
@@ -257,7 +257,7 @@ impl PriceLists {
         published_by: &str,
     ) -> Result<Publication, PricingError> {
         let mut tx = self.pool.begin().await?;
-        let current = current(&mut tx, home).await?;
+        let current = read_current(&mut tx, home).await?;
         let current_version = current.as_ref().map_or(0, |published| published.version);
         if let Some(expected) = if_match
             && expected != current_version
@@ -294,8 +294,10 @@ impl PriceLists {
             // Another publish took this version first. Publishing the same list is still done
             // (two retries of one PUT, or replicas seeding alike): answer the version that holds
             // it; a different list lost the race and is told so.
+            // Read from the table, not the cache: the winner's notification may not be here yet.
             drop(tx);
-            return Ok(match self.current(home).await? {
+            let mut conn = self.pool.acquire().await?;
+            return Ok(match read_current(&mut conn, home).await? {
                 Some(current) if current.list == *list => Publication::Unchanged(current),
                 _ => Publication::Raced,
             });
@@ -314,7 +316,10 @@ impl PriceLists {
     }
 }
 
-async fn current(conn: &mut PgConnection, home: Uuid) -> Result<Option<ListVersion>, PricingError> {
+async fn read_current(
+    conn: &mut PgConnection,
+    home: Uuid,
+) -> Result<Option<ListVersion>, PricingError> {
     let row = sqlx::query(
         "SELECT version, list, published_by, published_at FROM price_lists \
          WHERE home = $1 ORDER BY version DESC LIMIT 1",
