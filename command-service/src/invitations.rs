@@ -41,8 +41,6 @@ const CODE_BYTES: usize = 32;
 pub(crate) enum InvitationError {
     #[error("the invitations database failed: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("the invitations schema's migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the master keys are unusable: {0}")]
     MasterKeys(#[from] privacy::CryptoError),
     /// The key could not be made, opened or used (never quotes key material).

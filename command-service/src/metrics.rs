@@ -80,4 +80,8 @@ pub(crate) fn describe() {
         metrics::Unit::Seconds,
         "Producing one event until the broker acknowledged it (acks=all)"
     );
+    metrics::describe_counter!(
+        "price_list_reads_total",
+        "Home price lists read, by source: cache (this replica's, while it hears of publishes) or database"
+    );
 }

@@ -5,17 +5,30 @@
 //! never folded, and what the log must keep for ever (what each booking was charged) is in the
 //! booking's own `BookingRequested` statement. Every replica reads the same rows, so a published
 //! version prices the next request on any replica.
+//!
+//! Each replica keeps the current version of each home it has read in memory ([`Cache`]): every
+//! `POST /bookings` needs its home's list, and reading it from PostgreSQL each time was a third
+//! of the database's work per booking (docs/pricing.md, "The cache"). A publish notifies every
+//! replica (`NOTIFY fm_price_lists` in the publishing transaction, so only a committed version is
+//! announced); a replica serves from memory only while its `LISTEN` connection is up, and drops
+//! everything it holds whenever that connection is lost, because a notification sent meanwhile
+//! is not delivered again.
 
-use std::str::FromStr;
+use std::{
+    collections::HashMap,
+    str::FromStr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use domain::pricing::PriceList;
-use platform::settings::DatabaseSettings;
+use platform::{settings::DatabaseSettings, shutdown::CancellationToken};
 use privacy::PrivacySettings;
 use secrecy::ExposeSecret;
 use sqlx::{
     PgConnection, PgPool, Row,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 use uuid::Uuid;
 
@@ -29,8 +42,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./pricing-migrations"
 pub(crate) enum PricingError {
     #[error("the price-list database failed: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("the price-list schema's migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
     /// A stored list no longer reads as a list (edited by hand): never quoted to callers.
     #[error("the stored price list of home {home} version {version} is not a valid list: {reason}")]
     Corrupt {
@@ -63,10 +74,85 @@ pub(crate) enum Publication {
     Raced,
 }
 
+/// The channel a publish notifies, with the home's id as the payload.
+const CHANNEL: &str = "fm_price_lists";
+/// How long the listener waits before connecting again after losing its connection.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
 /// The price lists.
 #[derive(Debug)]
 pub(crate) struct PriceLists {
     pool: PgPool,
+    /// A pool of one connection for `LISTEN`, apart so that it never takes one of the reads'.
+    listener_pool: PgPool,
+    cache: Arc<Cache>,
+}
+
+/// The current version of each home this replica has read, valid while its listener is up.
+///
+/// A read that missed fills the cache only if nothing was invalidated while it read: a publish
+/// that committed after the `SELECT` began may have been announced (and its entry removed)
+/// before the read's answer arrives, and that answer must not then be kept as current.
+#[derive(Debug, Default)]
+struct Cache {
+    state: Mutex<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    /// Whether the `LISTEN` connection is up: otherwise every read goes to PostgreSQL.
+    listening: bool,
+    /// Counts invalidations (a notification, a lost or regained listener).
+    epoch: u64,
+    lists: HashMap<Uuid, ListVersion>,
+}
+
+impl Cache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The home's cached version, or the epoch to fill it at after reading.
+    fn get(&self, home: Uuid) -> Result<ListVersion, u64> {
+        let state = self.lock();
+        match state.lists.get(&home) {
+            Some(list) => Ok(list.clone()),
+            None => Err(state.epoch),
+        }
+    }
+
+    /// Keeps what a read at `epoch` found, unless something was invalidated since. A home
+    /// without a list is not kept: any caller may ask for any home id, and only published
+    /// homes bound what the cache holds.
+    fn fill(&self, epoch: u64, read: Option<&ListVersion>) {
+        let mut state = self.lock();
+        if let Some(read) = read
+            && state.listening
+            && state.epoch == epoch
+        {
+            state.lists.insert(read.home, read.clone());
+        }
+    }
+
+    /// A home published a version (or a notification named no home: then all).
+    fn invalidate(&self, home: Option<Uuid>) {
+        let mut state = self.lock();
+        state.epoch += 1;
+        match home {
+            Some(home) => {
+                state.lists.remove(&home);
+            }
+            None => state.lists.clear(),
+        }
+    }
+
+    /// The listener is up (`true`) or lost (`false`); either way nothing held can be trusted.
+    fn set_listening(&self, listening: bool) {
+        let mut state = self.lock();
+        state.epoch += 1;
+        state.listening = listening;
+        state.lists.clear();
+    }
 }
 
 impl PriceLists {
@@ -79,17 +165,79 @@ impl PriceLists {
     ) -> Result<Self, PricingError> {
         let url = privacy.database_url.as_ref().unwrap_or(&database.url);
         let options = PgConnectOptions::from_str(url.expose_secret())?;
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(database.acquire_timeout)
+            .connect_lazy_with(
+                options
+                    .clone()
+                    .application_name("fm-command-service-price-lists"),
+            );
         let pool = PgPoolOptions::new()
             .max_connections(database.max_connections.min(4))
             .acquire_timeout(database.acquire_timeout);
         let pool = platform::database::connect_schema(&options, SCHEMA, pool, &MIGRATOR).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            listener_pool,
+            cache: Arc::default(),
+        })
     }
 
-    /// The home's current list, if it has published one.
+    /// The home's current list, if it has published one: from the cache while the listener
+    /// is up, else (and on a miss) from PostgreSQL.
     pub(crate) async fn current(&self, home: Uuid) -> Result<Option<ListVersion>, PricingError> {
+        let epoch = match self.cache.get(home) {
+            Ok(cached) => {
+                metrics::counter!("price_list_reads_total", "source" => "cache").increment(1);
+                return Ok(Some(cached));
+            }
+            Err(epoch) => epoch,
+        };
+        metrics::counter!("price_list_reads_total", "source" => "database").increment(1);
         let mut conn = self.pool.acquire().await?;
-        current(&mut conn, home).await
+        let read = read_current(&mut conn, home).await?;
+        self.cache.fill(epoch, read.as_ref());
+        Ok(read)
+    }
+
+    /// Listens for published versions until `shutdown`, connecting again (after
+    /// [`RECONNECT_AFTER`]) whenever the connection is lost; the cache is used only while it
+    /// listens.
+    pub(crate) async fn listen(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let listened = tokio::select! {
+                () = shutdown.cancelled() => return,
+                listened = self.listen_once() => listened,
+            };
+            self.cache.set_listening(false);
+            if let Err(error) = listened {
+                tracing::warn!(%error, "lost the price lists' notifications; reading every list from the database until they are back");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RECONNECT_AFTER) => {}
+            }
+        }
+    }
+
+    /// One `LISTEN` connection's life: invalidates the cache for each notification, and
+    /// returns when the connection is lost.
+    async fn listen_once(&self) -> Result<(), sqlx::Error> {
+        let mut listener = PgListener::connect_with(&self.listener_pool).await?;
+        // A lost connection ends this life (and so drops the cache) instead of being mended
+        // quietly inside `try_recv`, which would lose what was notified meanwhile.
+        listener.eager_reconnect(false);
+        listener.listen(CHANNEL).await?;
+        self.cache.set_listening(true);
+        tracing::debug!("listening for published price lists");
+        while let Some(notification) = listener.try_recv().await? {
+            self.cache
+                .invalidate(notification.payload().parse::<Uuid>().ok());
+        }
+        Err(sqlx::Error::Protocol(
+            "the notification connection was closed".into(),
+        ))
     }
 
     /// Publishes `list` as the home's next version, unless it is the current one already; with
@@ -102,7 +250,7 @@ impl PriceLists {
         published_by: &str,
     ) -> Result<Publication, PricingError> {
         let mut tx = self.pool.begin().await?;
-        let current = current(&mut tx, home).await?;
+        let current = read_current(&mut tx, home).await?;
         let current_version = current.as_ref().map_or(0, |published| published.version);
         if let Some(expected) = if_match
             && expected != current_version
@@ -127,17 +275,30 @@ impl PriceLists {
         .bind(published_by)
         .fetch_optional(&mut *tx)
         .await?;
+        if inserted.is_some() {
+            // Delivered to every listening replica when (and only if) the version commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(home.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         let Some(row) = inserted else {
             // Another publish took this version first. Publishing the same list is still done
             // (two retries of one PUT, or replicas seeding alike): answer the version that holds
             // it; a different list lost the race and is told so.
+            // Read from the table, not the cache: the winner's notification may not be here yet.
             drop(tx);
-            return Ok(match self.current(home).await? {
+            let mut conn = self.pool.acquire().await?;
+            return Ok(match read_current(&mut conn, home).await? {
                 Some(current) if current.list == *list => Publication::Unchanged(current),
                 _ => Publication::Raced,
             });
         };
         tx.commit().await?;
+        // This replica's next request sees the version at once, whenever its own notification
+        // arrives.
+        self.cache.invalidate(Some(home));
         Ok(Publication::New(ListVersion {
             home,
             version,
@@ -148,7 +309,10 @@ impl PriceLists {
     }
 }
 
-async fn current(conn: &mut PgConnection, home: Uuid) -> Result<Option<ListVersion>, PricingError> {
+async fn read_current(
+    conn: &mut PgConnection,
+    home: Uuid,
+) -> Result<Option<ListVersion>, PricingError> {
     let row = sqlx::query(
         "SELECT version, list, published_by, published_at FROM price_lists \
          WHERE home = $1 ORDER BY version DESC LIMIT 1",
@@ -173,4 +337,90 @@ async fn current(conn: &mut PgConnection, home: Uuid) -> Result<Option<ListVersi
         published_by: row.try_get("published_by")?,
         published_at: row.try_get("published_at")?,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn version(home: Uuid, version: u32) -> ListVersion {
+        ListVersion {
+            home,
+            version,
+            list: serde_json::from_value(test_support::price_list()).unwrap(),
+            published_by: "director-a".into(),
+            published_at: Utc::now(),
+        }
+    }
+
+    fn cached(cache: &Cache, home: Uuid) -> Option<u32> {
+        cache.get(home).ok().map(|list| list.version)
+    }
+
+    #[test]
+    fn nothing_is_kept_while_the_listener_is_down() {
+        let (cache, home) = (Cache::default(), Uuid::new_v4());
+        let Err(epoch) = cache.get(home) else {
+            panic!("an empty cache answered")
+        };
+        cache.fill(epoch, Some(&version(home, 1)));
+        assert_eq!(cached(&cache, home), None);
+
+        cache.set_listening(true);
+        let Err(epoch) = cache.get(home) else {
+            panic!("an empty cache answered")
+        };
+        cache.fill(epoch, Some(&version(home, 1)));
+        assert_eq!(cached(&cache, home), Some(1));
+        // Lost: what was notified meanwhile is never delivered, so nothing held is trusted.
+        cache.set_listening(false);
+        assert_eq!(cached(&cache, home), None);
+    }
+
+    #[test]
+    fn a_read_that_a_publish_overtook_is_not_kept() {
+        let (cache, home, other) = (Cache::default(), Uuid::new_v4(), Uuid::new_v4());
+        cache.set_listening(true);
+        let Err(before) = cache.get(home) else {
+            panic!("an empty cache answered")
+        };
+        // Version 2 is announced while the read (which found version 1) is on its way.
+        cache.invalidate(Some(home));
+        cache.fill(before, Some(&version(home, 1)));
+        assert_eq!(cached(&cache, home), None);
+        // A listener that came back while a read was on its way: the same.
+        let Err(before) = cache.get(home) else {
+            panic!("an empty cache answered")
+        };
+        cache.set_listening(true);
+        cache.fill(before, Some(&version(home, 1)));
+        assert_eq!(cached(&cache, home), None);
+
+        let Err(now) = cache.get(home) else {
+            panic!("an empty cache answered")
+        };
+        cache.fill(now, Some(&version(home, 2)));
+        cache.fill(now, Some(&version(other, 1)));
+        cache.invalidate(Some(home));
+        assert_eq!(
+            (cached(&cache, home), cached(&cache, other)),
+            (None, Some(1))
+        );
+        // A notification that names no home forgets every home.
+        cache.invalidate(None);
+        assert_eq!(cached(&cache, other), None);
+    }
+
+    #[test]
+    fn a_home_without_a_list_is_not_kept() {
+        let (cache, home) = (Cache::default(), Uuid::new_v4());
+        cache.set_listening(true);
+        let Err(epoch) = cache.get(home) else {
+            panic!("an empty cache answered")
+        };
+        cache.fill(epoch, None);
+        assert!(cache.lock().lists.is_empty());
+    }
 }

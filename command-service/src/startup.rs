@@ -112,6 +112,7 @@ impl Service for Application {
                 settings.commands.lag_check_interval,
                 shutdown.clone(),
             )),
+            tokio::spawn(price_lists.clone().listen(shutdown.clone())),
         ];
         if let Some(path) = snapshot_path {
             background.push(tokio::spawn(snapshot::run_writer(

@@ -36,8 +36,13 @@ impl Drop for Service {
 
 /// A command-service on a database of its own: no home has a list until the test publishes one.
 async fn start(kafka: &KafkaSettings) -> Service {
+    start_on(kafka, &test_support::fresh_database().await.unwrap()).await
+}
+
+/// A command-service on `database` (replicas share one).
+async fn start_on(kafka: &KafkaSettings, database: &str) -> Service {
     let database = DatabaseSettings {
-        url: SecretString::from(test_support::fresh_database().await.unwrap()),
+        url: SecretString::from(database.to_owned()),
         ..DatabaseSettings::default()
     };
     let mut privacy = test_support::privacy_settings();
@@ -359,4 +364,91 @@ async fn a_list_is_its_home_s_and_a_broken_one_is_refused_naming_every_field() {
     );
     let (status, _) = read(director_a, HOME_A).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "nothing was published");
+}
+
+/// The version of `home`'s list that `service` answers (its cache, while it listens).
+async fn current_version(service: &Service, token: &str, home: Uuid) -> Value {
+    let (status, body) = send(
+        Client::new()
+            .get(format!("{}/homes/{home}/price-list", service.url))
+            .bearer_auth(token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["version"].clone()
+}
+
+/// Asks `service` for `home`'s list until it answers `version`: the replica has learnt of a
+/// publish made on another one (its notification, or a lost listener's dropped cache). A
+/// replica that kept serving what it had cached would answer the old version until the end.
+async fn until_version(service: &Service, token: &str, home: Uuid, version: u32) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if current_version(service, token, home).await == version {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica still answers an older version than {version}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The version that priced `booking`, as its `BookingRequested` says.
+async fn priced_by(kafka: &KafkaSettings, booking: &Value) -> Value {
+    let id = booking["booking_id"].as_str().unwrap();
+    requested(kafka, id).await["statement"]["price_list"]["version"].clone()
+}
+
+#[tokio::test]
+async fn a_version_published_on_one_replica_prices_the_next_booking_on_another() {
+    // docs/pricing.md, "The cache": each replica keeps the lists it read, and forgets one when
+    // any replica publishes a version of it, or everything when it stops hearing of publishes.
+    let kafka = fresh_kafka().await;
+    let database = test_support::fresh_database().await.unwrap();
+    let a = start_on(&kafka, &database).await;
+    let b = start_on(&kafka, &database).await;
+    let director = token(Role::Director, "director-a").await;
+    let family = token(Role::Family, "family-demo").await;
+    let list = test_support::price_list();
+    let (status, v1) = publish(&a, &director, HOME_A, &list, Some("\"0\"")).await;
+    assert_eq!(status, StatusCode::OK, "{v1}");
+    let facility_id = register_facility(&b, &director).await;
+
+    // B reads (and keeps) version 1.
+    let (status, first) = request(&b, &family, &booking(&facility_id, 5)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    assert_eq!(priced_by(&kafka, &first).await, 1);
+
+    let mut dearer = list.clone();
+    dearer["items"][0]["amount_minor"] = json!(105_000);
+    let (status, v2) = publish(&a, &director, HOME_A, &dearer, Some("\"1\"")).await;
+    assert_eq!(status, StatusCode::OK, "{v2}");
+    until_version(&b, &director, HOME_A, 2).await;
+    let (status, second) = request(&b, &family, &booking(&facility_id, 6)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{second}");
+    assert_eq!(priced_by(&kafka, &second).await, 2);
+
+    // The listeners lose their connections; a version published before they are back is never
+    // notified to them, and B must not keep pricing with version 2.
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&database)
+        .await
+        .unwrap();
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'fm-command-service-price-lists' AND datname = current_database()",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!terminated.is_empty(), "no replica was listening");
+    let mut dearer_still = dearer.clone();
+    dearer_still["items"][0]["amount_minor"] = json!(110_000);
+    let (status, v3) = publish(&a, &director, HOME_A, &dearer_still, Some("\"2\"")).await;
+    assert_eq!(status, StatusCode::OK, "{v3}");
+    until_version(&b, &director, HOME_A, 3).await;
+    let (status, third) = request(&b, &family, &booking(&facility_id, 7)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{third}");
+    assert_eq!(priced_by(&kafka, &third).await, 3);
 }

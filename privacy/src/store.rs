@@ -35,9 +35,6 @@ pub enum PrivacyError {
     /// PostgreSQL failed.
     #[error("the key store failed: {0}")]
     Database(#[from] sqlx::Error),
-    /// The privacy schema's migrations failed.
-    #[error("the key store's migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
     /// A box or a key does not open, or the master keys are malformed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
