@@ -204,6 +204,11 @@ pub async fn doubt_capture_again(conn: &mut PgConnection, booking_id: Uuid) -> s
 /// gateway call, a mail), and a row lock would make the consumer's batch that changes the same
 /// saga's facts wait for the step (docs/saga.md, "Sharing the work between runners").
 ///
+/// A claimed pass's transaction ends itself when it stays idle for [`PASS_IDLE_LIMIT`]
+/// (`idle_in_transaction_session_timeout`, for this transaction only): a runner cut off from
+/// PostgreSQL without its connection closing (a network partition) would otherwise hold its
+/// claims until the server's TCP keepalive gave up on it, hours by default.
+///
 /// The statement's snapshot is taken before the lock: a saga another pass finished just then
 /// can be claimed although it is no longer due, so the caller reads the row again under the
 /// lock (`scheduled`) before acting.
@@ -216,7 +221,7 @@ pub async fn claim(
     // neither flattened nor given outer conditions), so it is tried on the candidates in due
     // order and stops at the first it gets; a lock function in a plain WHERE would be tried,
     // and taken, on every due row before the sort.
-    sqlx::query_scalar(
+    let claimed = sqlx::query_scalar(
         "SELECT booking_id FROM ( \
              SELECT booking_id FROM sagas \
              WHERE NOT done AND next_attempt_at <= now() AND booking_id <> ALL($1) \
@@ -227,9 +232,22 @@ pub async fn claim(
     )
     .bind(skip)
     .bind(look_ahead)
-    .fetch_optional(conn)
-    .await
+    .fetch_optional(&mut *conn)
+    .await?;
+    if claimed.is_some() {
+        sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+            .bind(PASS_IDLE_LIMIT)
+            .execute(conn)
+            .await?;
+    }
+    Ok(claimed)
 }
+
+/// How long a pass's transaction may stay idle before PostgreSQL ends it and its claim: far
+/// beyond the longest step (a command times out after 15 s, a gateway request after 5 s), so
+/// only a pass whose runner is gone or cut off reaches it; ending a live pass would only lose
+/// the record of its step, which is performed again.
+pub const PASS_IDLE_LIMIT: &str = "5min";
 
 /// When the next saga falls due, if any is scheduled.
 pub async fn next_due_at(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {

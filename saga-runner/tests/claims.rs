@@ -187,6 +187,16 @@ async fn a_claim_skips_held_sagas_and_a_dead_runners_claim_is_taken_at_once() {
         "soonest due first"
     );
 
+    let idle_limit: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+        .fetch_one(&mut *a)
+        .await
+        .unwrap();
+    assert_eq!(
+        idle_limit,
+        store::PASS_IDLE_LIMIT,
+        "a cut-off runner's pass ends on the server"
+    );
+
     // Runner B never gets A's saga while A holds it: it takes the other one, then nothing.
     let mut b = pool.begin().await.unwrap();
     assert_eq!(store::claim(&mut b, &[], 64).await.unwrap(), Some(sagas[1]));
