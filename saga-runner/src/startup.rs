@@ -196,7 +196,7 @@ impl Service for Application {
 }
 
 /// Connections the pool needs beside those of the sagas in flight: the worker's listener (it
-/// keeps one for good), the consumer's batch, the due query, the gauges, the reconciliation,
+/// keeps one for good), the consumer's batch, the claim that finds nothing due, the gauges, the reconciliation,
 /// and the privacy job (its lock's transaction and a query beside it).
 const POOL_OVERHEAD: u32 = 7;
 

@@ -186,32 +186,67 @@ pub async fn doubt_capture_again(conn: &mut PgConnection, booking_id: Uuid) -> s
     Ok(())
 }
 
-/// Sagas whose next step is due, soonest first.
-pub async fn due(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT booking_id FROM sagas WHERE NOT done AND next_attempt_at <= now() \
-         ORDER BY next_attempt_at LIMIT $1",
+/// Claims one due saga for a pass, in the pass's own transaction: the soonest due saga whose
+/// lock no other pass holds, locked for the rest of `conn`'s transaction (the booking's
+/// transaction-scoped advisory lock, the one every pass has always held). Sagas another pass
+/// holds — of this runner or of another replica — are skipped, not waited for and not returned,
+/// so runners sharing a database take disjoint sagas instead of racing for the same ones; a
+/// crashed or cut-off runner's locks die with its connections, so its sagas are claimable again
+/// at once. `skip` are the sagas this runner has in hand.
+///
+/// Not `FOR UPDATE SKIP LOCKED` on the row: a pass holds its claim while its step runs (a
+/// gateway call, a mail), and a row lock would make the consumer's batch that changes the same
+/// saga's facts wait for the step (docs/saga.md, "Sharing the work between runners").
+///
+/// A claimed pass's transaction ends itself when it stays idle for [`PASS_IDLE_LIMIT`]
+/// (`idle_in_transaction_session_timeout`, for this transaction only): a runner cut off from
+/// PostgreSQL without its connection closing (a network partition) would otherwise hold its
+/// claims until the server's TCP keepalive gave up on it, hours by default.
+///
+/// The statement's snapshot is taken before the lock: a saga another pass finished just then
+/// can be claimed although it is no longer due, so the caller reads the row again under the
+/// lock (`scheduled`) before acting.
+pub async fn claim(
+    conn: &mut PgConnection,
+    skip: &[Uuid],
+    look_ahead: i64,
+) -> sqlx::Result<Option<Uuid>> {
+    // The inner LIMIT keeps the lock function out of the scan (a subquery with a LIMIT is
+    // neither flattened nor given outer conditions), so it is tried on the candidates in due
+    // order and stops at the first it gets; a lock function in a plain WHERE would be tried,
+    // and taken, on every due row before the sort.
+    let claimed = sqlx::query_scalar(
+        "SELECT booking_id FROM ( \
+             SELECT booking_id FROM sagas \
+             WHERE NOT done AND next_attempt_at <= now() AND booking_id <> ALL($1) \
+             ORDER BY next_attempt_at LIMIT $2 \
+         ) AS due \
+         WHERE pg_try_advisory_xact_lock(84, hashtext(booking_id::text)) \
+         LIMIT 1",
     )
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    .bind(skip)
+    .bind(look_ahead)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if claimed.is_some() {
+        sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+            .bind(PASS_IDLE_LIMIT)
+            .execute(conn)
+            .await?;
+    }
+    Ok(claimed)
 }
+
+/// How long a pass's transaction may stay idle before PostgreSQL ends it and its claim: far
+/// beyond the longest step (a command times out after 15 s, a gateway request after 5 s), so
+/// only a pass whose runner is gone or cut off reaches it; ending a live pass would only lose
+/// the record of its step, which is performed again.
+pub const PASS_IDLE_LIMIT: &str = "5min";
 
 /// When the next saga falls due, if any is scheduled.
 pub async fn next_due_at(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar("SELECT min(next_attempt_at) FROM sagas WHERE NOT done")
         .fetch_one(pool)
-        .await
-}
-
-/// Takes the saga's lock for the rest of the transaction, or answers false at once when another
-/// worker (of this runner or another replica) holds it. A crashed worker's lock goes with its
-/// connection.
-pub async fn try_lock(conn: &mut PgConnection, booking_id: Uuid) -> sqlx::Result<bool> {
-    // Two 32-bit keys: a class for the saga runner and a hash of the booking id.
-    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(84, hashtext($1::text))")
-        .bind(booking_id)
-        .fetch_one(conn)
         .await
 }
 

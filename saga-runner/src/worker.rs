@@ -1,6 +1,8 @@
-//! Acting on the facts: picks sagas whose next step is due and performs it, one booking at a
-//! time (a transaction-scoped advisory lock per booking, so replicas share the work and a
-//! crashed worker's lock dies with its connection).
+//! Acting on the facts: claims sagas whose next step is due and performs it, one booking at a
+//! time. A pass's transaction claims its saga (`store::claim`: the booking's transaction-scoped
+//! advisory lock, taken on the soonest due saga no other pass holds), so replicas take disjoint
+//! sagas instead of racing for the same ones, and a crashed worker's claims die with its
+//! connections (docs/saga.md, "Sharing the work between runners").
 //!
 //! One pass over a saga: decide from its facts, perform the step, re-read the facts under the
 //! row lock (the consumer may have applied events meanwhile), add what acting taught, decide
@@ -17,7 +19,7 @@ use std::{collections::HashSet, time::Duration};
 use chrono::{DateTime, TimeDelta, Utc};
 use payment_gateway::Backoff;
 use platform::shutdown::CancellationToken;
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::{PgPool, Postgres, Transaction, postgres::PgListener};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -77,23 +79,23 @@ impl Worker {
         let mut in_flight: HashSet<Uuid> = HashSet::new();
         let mut tasks: JoinSet<Uuid> = JoinSet::new();
         while !shutdown.is_cancelled() {
-            if in_flight.len() < capacity {
-                match store::due(&self.pool, i64::try_from(capacity * 2).unwrap_or(64)).await {
-                    Ok(due) => {
-                        for booking_id in due {
-                            if in_flight.len() >= capacity {
-                                break;
-                            }
-                            if in_flight.insert(booking_id) {
-                                let worker = self.clone();
-                                tasks.spawn(async move {
-                                    worker.pass(booking_id).await;
-                                    booking_id
-                                });
-                            }
-                        }
+            // Claim while there is room and something is claimable; each claim is the pass's
+            // own transaction, handed to the task that performs it.
+            while in_flight.len() < capacity && !shutdown.is_cancelled() {
+                match self.claim(&in_flight, capacity).await {
+                    Ok(Some((booking_id, tx))) => {
+                        in_flight.insert(booking_id);
+                        let worker = self.clone();
+                        tasks.spawn(async move {
+                            worker.pass(tx, booking_id).await;
+                            booking_id
+                        });
                     }
-                    Err(error) => tracing::warn!(%error, "cannot read due sagas"),
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot claim due sagas");
+                        break;
+                    }
                 }
             }
             let wake = async {
@@ -131,29 +133,54 @@ impl Worker {
         tracing::info!("saga worker stopped");
     }
 
-    /// One pass over one saga; errors are logged and the saga is tried again when due.
-    async fn pass(&self, booking_id: Uuid) {
-        if let Err(error) = self.try_pass(booking_id).await {
+    /// Begins a pass: a transaction holding the claim on the soonest due saga that neither this
+    /// runner (`in_hand`) nor another pass holds, or `None` when there is none.
+    async fn claim(
+        &self,
+        in_hand: &HashSet<Uuid>,
+        capacity: usize,
+    ) -> anyhow::Result<Option<(Uuid, Transaction<'static, Postgres>)>> {
+        let mut tx = self.pool.begin().await?;
+        let skip: Vec<Uuid> = in_hand.iter().copied().collect();
+        // Far enough down the queue to pass the sagas other replicas hold (each holds at most
+        // its own concurrency) and still find one.
+        let look_ahead = i64::try_from(capacity.saturating_mul(8)).unwrap_or(i64::MAX);
+        if let Some(booking_id) = store::claim(&mut tx, &skip, look_ahead).await? {
+            Ok(Some((booking_id, tx)))
+        } else {
+            tx.rollback().await?;
+            Ok(None)
+        }
+    }
+
+    /// One pass over one claimed saga; errors are logged and the saga is tried again when due.
+    async fn pass(&self, tx: Transaction<'static, Postgres>, booking_id: Uuid) {
+        if let Err(error) = self.try_pass(tx, booking_id).await {
             metrics::counter!("saga_runner_errors_total", "part" => "worker").increment(1);
             tracing::warn!(%booking_id, %error, "saga pass failed; it will be retried");
         }
     }
 
-    #[allow(clippy::too_many_lines)] // One pass, in the one transaction that holds its lock.
-    async fn try_pass(&self, booking_id: Uuid) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        if !store::try_lock(&mut tx, booking_id).await? {
-            return Ok(());
-        }
+    #[allow(clippy::too_many_lines)] // One pass, in the one transaction that holds its claim.
+    async fn try_pass(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        booking_id: Uuid,
+    ) -> anyhow::Result<()> {
+        // Read again under the claim: the claim's snapshot predates its lock, so another pass
+        // may have finished this saga in between (counted: `saga_claims_total{outcome}`).
         let Some(row) = store::scheduled(&mut tx, booking_id).await? else {
+            metrics::counter!("saga_claims_total", "outcome" => "stale").increment(1);
             return Ok(());
         };
         let now = Utc::now();
         if row.done || row.next_attempt_at > now {
+            metrics::counter!("saga_claims_total", "outcome" => "stale").increment(1);
             return Ok(());
         }
+        metrics::counter!("saga_claims_total", "outcome" => "due").increment(1);
         let mut saga = row.facts.0;
-        // Passes on one booking take turns (the lock above): a capture mark found now was left
+        // Passes on one booking take turns (the claim): a capture mark found now was left
         // by a pass that never recorded its outcome.
         let lost_capture_attempt = saga.capture.attempting;
         saga.arm_deadlines(now, &self.config.deadlines);
