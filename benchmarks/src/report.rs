@@ -875,8 +875,9 @@ fn scale_section(out: &mut String, x: &ScaleResults, s: &Sizes) {
          clock runs until the last saga is `done` in `saga.progress` (slot held, payment \
          captured, booking confirmed, family mailed). Each replica folds the whole log and \
          answers a write only once its own consumer has read the record back \
-         (`docs/consistency.md`); two runners split the bookings' partitions as one consumer \
-         group. Every process of both set-ups shares the machine's cores (see Machine), so a \
+         (`docs/consistency.md`); of two runners one consumes the facts (a session lock elects \
+         it) and both claim due sagas one at a time under each saga's advisory lock \
+         (docs/saga.md, \"Sharing the work between runners\"). Every process of both set-ups shares the machine's cores (see Machine), so a \
          second instance can only add what the first leaves idle.\n\n\
          | Repetition, measure | Rate | p50 | p99 | max | Count | Failures |\n|---|---|---|---|---|---|---|\n",
         s.facilities,

@@ -243,13 +243,6 @@ pub async fn claim(
 /// the record of its step, which is performed again.
 pub const PASS_IDLE_LIMIT: &str = "5min";
 
-/// When the next saga falls due, if any is scheduled.
-pub async fn next_due_at(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar("SELECT min(next_attempt_at) FROM sagas WHERE NOT done")
-        .fetch_one(pool)
-        .await
-}
-
 /// The row as the worker needs it.
 #[derive(Debug, FromRow)]
 pub struct ScheduledSaga {
