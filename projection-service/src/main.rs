@@ -2,6 +2,11 @@
 
 use projection_service::Application;
 
+/// jemalloc, for the C code linked in (librdkafka) as well as Rust's: it gives memory back to the
+/// system once freed (docs/memory.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: platform::Allocator = platform::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
