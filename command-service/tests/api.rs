@@ -6,51 +6,14 @@
 
 mod support;
 
-use command_service::{Application, Settings};
 use event_log::KafkaSettings;
-use platform::shutdown::CancellationToken;
 use reqwest::{Client, StatusCode};
 use schemas::Role;
 use serde_json::{Value, json};
-use support::{booking, facility, fresh_kafka, log_ends, read_log, slot, token};
-
-struct Service {
-    url: String,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+use support::{Service, booking, facility, fresh_kafka, log_ends, read_log, slot, token};
 
 async fn start(kafka: &KafkaSettings) -> Service {
-    let mut settings = Settings::with_auth(
-        test_support::auth_settings(),
-        test_support::key_database(),
-        test_support::privacy_settings(),
-    );
-    settings.http.port = 0;
-    settings.kafka = kafka.clone();
-    let shutdown = CancellationToken::new();
-    let url = test_support::spawn_app::<Application>(settings, &shutdown)
-        .await
-        .unwrap();
-    let client = Client::new();
-    for _ in 0..300 {
-        if client
-            .get(format!("{url}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            test_support::publish_price_lists(&url).await.unwrap();
-            return Service { url, shutdown };
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("command-service did not become ready");
+    support::start_to_book(support::settings(kafka)).await
 }
 
 async fn post(url: &str, token: Option<&str>, body: &Value) -> (StatusCode, Value) {

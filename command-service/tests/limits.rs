@@ -8,50 +8,27 @@
 
 mod support;
 
-use command_service::{Application, Settings, settings::LimitSettings};
+use command_service::settings::LimitSettings;
 use event_log::KafkaSettings;
-use platform::{rate_limit::RateLimitSettings, shutdown::CancellationToken};
+use platform::rate_limit::RateLimitSettings;
 use reqwest::{Client, StatusCode};
 use schemas::Role;
 use serde_json::{Value, json};
-use support::{booking, facility, fresh_kafka, log_ends, token};
+use support::{Service, booking, facility, fresh_kafka, log_ends, token};
 
-struct Service {
-    url: String,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
+/// A command-service with `limits`, its homes' price lists published (for the tests that book).
 async fn start(kafka: &KafkaSettings, limits: LimitSettings) -> Service {
-    let mut settings = Settings::with_auth(
-        test_support::auth_settings(),
-        test_support::key_database(),
-        test_support::privacy_settings(),
-    );
-    settings.http.port = 0;
-    settings.kafka = kafka.clone();
+    let mut settings = support::settings(kafka);
     settings.limits = limits;
-    let shutdown = CancellationToken::new();
-    let url = test_support::spawn_app::<Application>(settings, &shutdown)
-        .await
-        .unwrap();
-    for _ in 0..300 {
-        if Client::new()
-            .get(format!("{url}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Service { url, shutdown };
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("command-service did not become ready");
+    support::start_to_book(settings).await
+}
+
+/// A command-service with `limits` and no write made to it yet: publishing the price lists
+/// would spend the per-address budget a test is about to measure.
+async fn start_untouched(kafka: &KafkaSettings, limits: LimitSettings) -> Service {
+    let mut settings = support::settings(kafka);
+    settings.limits = limits;
+    support::start(settings).await
 }
 
 struct Answer {
@@ -374,7 +351,7 @@ async fn an_address_over_its_write_rate_gets_429_whatever_its_tokens() {
         },
         ..LimitSettings::UNLIMITED
     };
-    let service = start(&kafka, limits).await;
+    let service = start_untouched(&kafka, limits).await;
     let family = token(Role::Family, "family-1").await;
     let other = token(Role::Family, "family-2").await;
     assert_eq!(

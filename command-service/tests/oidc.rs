@@ -13,7 +13,6 @@ mod support;
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use command_service::{Application, Settings};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use platform::{
     auth::{
@@ -21,12 +20,11 @@ use platform::{
         oidc::{ClientCredentials, OidcSettings, OidcVerifier},
     },
     settings::{AuthSettings, TenancySettings},
-    shutdown::CancellationToken,
 };
 use reqwest::{Client, StatusCode, header};
 use schemas::Role;
 use serde_json::{Value, json};
-use support::{facility, fresh_kafka};
+use support::{Service, facility, fresh_kafka};
 use test_support::{oidc_issuer, person_token, provider_token};
 use uuid::Uuid;
 
@@ -35,45 +33,12 @@ const SAGA_RUNNER: (&str, &str) = ("fm-saga-runner", "local-saga-runner-secret")
 /// Role `ops`, tokens that live 2 s.
 const SHORT_LIVED: (&str, &str) = ("fm-test-short-lived", "local-test-short-lived-secret");
 
-struct Service {
-    url: String,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 /// The command-service with the test provider as its only source of trust, a leeway of 1 s.
 async fn start() -> Service {
-    let mut settings = Settings::with_auth(
-        test_support::auth_settings(),
-        test_support::key_database(),
-        test_support::privacy_settings(),
-    );
+    let mut settings = support::settings(&fresh_kafka().await);
     settings.auth = AuthSettings::oidc(oidc_issuer().unwrap());
     settings.auth.leeway = Duration::from_secs(1);
-    settings.http.port = 0;
-    settings.kafka = fresh_kafka().await;
-    let shutdown = CancellationToken::new();
-    let url = test_support::spawn_app::<Application>(settings, &shutdown)
-        .await
-        .unwrap();
-    let client = Client::new();
-    for _ in 0..300 {
-        if client
-            .get(format!("{url}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Service { url, shutdown };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("command-service did not become ready");
+    support::start(settings).await
 }
 
 async fn post(url: &str, token: &str, body: &Value) -> (StatusCode, Option<String>, Value) {

@@ -9,30 +9,18 @@
 
 mod support;
 
-use command_service::{Application, Settings};
+use command_service::Settings;
 use event_log::KafkaSettings;
 use platform::settings::{DatabaseSettings, TenancySettings};
-use platform::shutdown::CancellationToken;
 use reqwest::{Client, StatusCode};
 use schemas::Role;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use support::{booking, facility, fresh_kafka, read_log, token};
+use support::{Service, booking, facility, fresh_kafka, read_log, token};
 use uuid::Uuid;
 
 const HOME_A: Uuid = TenancySettings::LOCAL_HOME_A;
 const HOME_B: Uuid = TenancySettings::LOCAL_HOME_B;
-
-struct Service {
-    url: String,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
 
 /// A command-service on a database of its own: no home has a list until the test publishes one.
 async fn start(kafka: &KafkaSettings) -> Service {
@@ -50,18 +38,7 @@ async fn start_on(kafka: &KafkaSettings, database: &str) -> Service {
     let mut settings = Settings::with_auth(test_support::auth_settings(), database, privacy);
     settings.http.port = 0;
     settings.kafka = kafka.clone();
-    let shutdown = CancellationToken::new();
-    let url = test_support::spawn_app::<Application>(settings, &shutdown)
-        .await
-        .unwrap();
-    for _ in 0..300 {
-        let ready = Client::new().get(format!("{url}/ready")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            return Service { url, shutdown };
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("command-service did not become ready");
+    support::start(settings).await
 }
 
 async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {

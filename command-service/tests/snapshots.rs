@@ -35,13 +35,7 @@ impl Running {
 }
 
 async fn start(kafka: &KafkaSettings, snapshot: Option<&Path>) -> Running {
-    let mut settings = Settings::with_auth(
-        test_support::auth_settings(),
-        test_support::key_database(),
-        test_support::privacy_settings(),
-    );
-    settings.http.port = 0;
-    settings.kafka = kafka.clone();
+    let mut settings = support::settings(kafka);
     settings.commands.snapshot_path = snapshot.map(Path::to_path_buf);
     settings.commands.snapshot_interval = Duration::from_millis(100);
     let shutdown = CancellationToken::new();
@@ -50,19 +44,14 @@ async fn start(kafka: &KafkaSettings, snapshot: Option<&Path>) -> Running {
         .unwrap();
     let (url, startup) = (format!("http://127.0.0.1:{}", app.port()), app.startup());
     let task = tokio::spawn(app.run_until_stopped());
-    for _ in 0..300 {
-        let ready = Client::new().get(format!("{url}/ready")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            return Running {
-                url,
-                startup,
-                shutdown,
-                task,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    support::wait_ready(&url).await;
+    test_support::publish_price_lists(&url).await.unwrap();
+    Running {
+        url,
+        startup,
+        shutdown,
+        task,
     }
-    panic!("command-service did not become ready");
 }
 
 async fn post(url: String, token: &str, key: Option<&str>, body: &Value) -> (StatusCode, Value) {

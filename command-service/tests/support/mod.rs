@@ -1,5 +1,6 @@
-//! What the command-service's tests share: fresh topics on the test broker, tokens, bodies, and
-//! reading the whole log back to check what was admitted.
+//! What the command-service's tests share: a service started in the test process, fresh topics
+//! on the test broker, tokens, bodies, and reading the whole log back to check what was
+//! admitted.
 
 #![allow(dead_code, clippy::unwrap_used)] // Each test binary uses a different part of this.
 
@@ -7,12 +8,73 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{Duration as Days, NaiveTime, TimeZone, Utc};
+use command_service::{Application, Settings};
 use event_log::{KafkaSettings, consumer};
 use futures::StreamExt;
+use platform::shutdown::CancellationToken;
 use rdkafka::Message;
 use schemas::{EventEnvelope, Role, SchemaRegistry};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+/// A command-service running in the test process; stopped when dropped.
+pub(crate) struct Service {
+    pub(crate) url: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The test stack's settings: the test provider, the shared key database, `kafka`, any free
+/// port.
+pub(crate) fn settings(kafka: &KafkaSettings) -> Settings {
+    let mut settings = Settings::with_auth(
+        test_support::auth_settings(),
+        test_support::key_database(),
+        test_support::privacy_settings(),
+    );
+    settings.http.port = 0;
+    settings.kafka = kafka.clone();
+    settings
+}
+
+/// Starts a command-service with `settings` and waits until it is ready.
+pub(crate) async fn start(settings: Settings) -> Service {
+    let shutdown = CancellationToken::new();
+    let url = test_support::spawn_app::<Application>(settings, &shutdown)
+        .await
+        .unwrap();
+    wait_ready(&url).await;
+    Service { url, shutdown }
+}
+
+/// [`start`], then the local realm's homes publish the test price list (a home without one
+/// takes no booking: docs/pricing.md). Publishing again changes nothing, and a test must not
+/// depend on another test having published first in the shared database.
+pub(crate) async fn start_to_book(settings: Settings) -> Service {
+    let service = start(settings).await;
+    test_support::publish_price_lists(&service.url)
+        .await
+        .unwrap();
+    service
+}
+
+/// Waits until the service at `url` answers `/ready` with 200 (at most 15 s).
+pub(crate) async fn wait_ready(url: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        let ready = client.get(format!("{url}/ready")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the command-service at {url} did not become ready");
+}
 
 /// Kafka settings with topics of this test's own (`test_support::fresh_kafka`).
 pub(crate) async fn fresh_kafka() -> KafkaSettings {
